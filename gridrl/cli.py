@@ -31,8 +31,9 @@ bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, powe
 app.add_typer(feeders_app, name="feeders")
 app.add_typer(bench_app, name="bench")
 
-console = Console()
-err_console = Console(stderr=True)
+# piped output (CI logs, files) gets wide tables instead of 80 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

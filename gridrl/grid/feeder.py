@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from collections import deque
@@ -47,9 +48,14 @@ def feeder_dirs() -> list[Path]:
 def _spec_files() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in feeder_dirs():
-        for f in sorted(d.glob("*.toml")):
+        for f in sorted(d.glob("*.toml"), key=_natural):
             found.setdefault(f.stem, f)
     return found
+
+
+def _natural(path: Path) -> list:
+    """ieee33 < ieee69 < ieee141: digits compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
 
 
 def list_feeders() -> list[str]:
