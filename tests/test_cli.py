@@ -1,0 +1,49 @@
+"""The command line end to end: tables, maps, and one clear line for every user mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from gridrl.cli import app
+
+runner = CliRunner()
+
+
+def test_feeders_table_lists_the_library():
+    res = runner.invoke(app, ["feeders"])
+    assert res.exit_code == 0, res.output
+    for name in ("ieee33", "ieee69", "ieee141", "mv-rural", "mv-urban", "mvlv-rural"):
+        assert name in res.output
+    assert "pandapower:case33bw" in res.output and "simbench:1-MVLV-rural-all-0-sw" in res.output
+
+
+def test_feeders_show_writes_a_self_contained_map(tmp_path):
+    out = tmp_path / "map.html"
+    res = runner.invoke(app, ["feeders", "show", "ieee33", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "agents" in res.output and "202.7 kW" in res.output
+    html = out.read_text()
+    assert "plotly" in html and "<script src=\"http" not in html  # plotly.js embedded, opens offline
+    assert "PV inverters" in html and "bus12" in html
+
+
+def test_unknown_feeder_is_one_line_exit_2_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "gridrl.cli", "feeders", "show", "ieee14l"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    assert "unknown feeder 'ieee14l'" in lines[0] and "ieee33, ieee69, ieee141" in lines[0]
+
+
+def test_bad_spec_file_lists_its_problems(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('name = "x"\ndescription = "d"\n[source]\nkind = "json"\ncase = "nope.json"\n'
+                    '[pv]\nplacement = "spread"\n[profiles]\nmapping = "assign"\n')
+    res = runner.invoke(app, ["feeders", "show", str(spec)])
+    assert res.exit_code == 2
+    assert "pv.count must be at least 1" in res.output
