@@ -1,0 +1,50 @@
+"""Environments: the batched torch core and its PettingZoo adapter.
+
+``make_env`` builds a :class:`VoltageControlEnv` (B scenarios × N agents, torch tensors batch
+first); ``parallel_env`` builds a PettingZoo ``ParallelEnv`` over one scenario. Both take a
+feeder name or a :class:`~gridrl.grid.feeder.Feeder`, and an :class:`EnvConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gridrl.env.config import EnvConfig
+from gridrl.env.core import VoltageControlEnv
+from gridrl.env.rewards import BARRIERS, barrier
+
+__all__ = ["BARRIERS", "EnvConfig", "VoltageControlEnv", "VoltageControlParallelEnv", "barrier",
+           "make_env", "parallel_env"]
+
+
+def _feeder(feeder_or_name):
+    if isinstance(feeder_or_name, str):
+        from gridrl.grid.feeder import load_feeder
+
+        return load_feeder(feeder_or_name)
+    return feeder_or_name
+
+
+def make_env(feeder_or_name, *, split: str = "train", num_envs: int = 1, seed: int = 0,
+             days: Sequence[int] | None = None, config: EnvConfig | None = None,
+             device: str = "cpu") -> VoltageControlEnv:
+    """The batched environment: ``num_envs`` episodes on days of ``split`` (or of ``days``)."""
+    return VoltageControlEnv(_feeder(feeder_or_name), num_envs=num_envs, seed=seed, split=split,
+                             days=days, config=config, device=device)
+
+
+def parallel_env(feeder_or_name, *, split: str = "train", seed: int = 0,
+                 config: EnvConfig | None = None, days: Sequence[int] | None = None):
+    """A PettingZoo ``ParallelEnv`` over one scenario (see :class:`VoltageControlParallelEnv`)."""
+    from gridrl.env.pettingzoo import VoltageControlParallelEnv
+
+    return VoltageControlParallelEnv(_feeder(feeder_or_name), split=split, seed=seed,
+                                     config=config, days=days)
+
+
+def __getattr__(name):
+    if name == "VoltageControlParallelEnv":
+        from gridrl.env.pettingzoo import VoltageControlParallelEnv
+
+        return VoltageControlParallelEnv
+    raise AttributeError(name)

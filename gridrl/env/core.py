@@ -1,0 +1,766 @@
+"""The batched voltage-control environment: B scenarios × N agents stepped together, in torch.
+
+One step of scenario b at profile time t:
+
+1. loads and PV output of time t are set from the feeder's profiles (interpolated when the
+   step is finer than the native 15 minutes);
+2. each agent's action ``a ∈ [-1, 1]`` (clipped) sets the reactive power of *each* of its
+   inverters to ``q_mvar = a · q_avail_mvar`` with ``q_avail_mvar = sqrt(s_max_mva² − p_mw²)``
+   (an agent with several inverters drives them all with the same ``a``; an inverter that is
+   out stays at 0);
+3. the power flow of time t is solved for all scenarios at once, warm-started from the
+   previous step's solution;
+4. observations, local rewards and global metrics of *that* solution are returned.
+
+Sign conventions are pandapower's: inverter (sgen) ``q_mvar > 0`` injects reactive power and
+raises voltage; loads consume positive ``p_mw``/``q_mvar``. A bus's net ``p_mw``/``q_mvar`` in
+observations is generation minus consumption at that bus (injection positive).
+
+Episodes are explicit: a finished scenario (end of its episode, or a power flow that did not
+converge) reports ``done`` and stays frozen — reward 0, observation repeated,
+``info["active"]`` False — until :meth:`VoltageControlEnv.reset_done` starts a new episode in
+it. Nothing in ``step`` raises for physics; a scenario whose power flow diverges ends with
+``-divergence_penalty`` for every agent and ``info["converged"]`` False while the other
+scenarios go on.
+
+Randomness (day draws, start hours, outages, sensor noise, message dropout, forecast noise)
+comes from separate generators spawned from ``seed``: the same seed and the same calls give the
+same numbers bit for bit, and switching one fault on does not change the others' draws.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from gridrl.env.config import EnvConfig
+from gridrl.env.rewards import barrier
+
+_EPISODE_KEYS = ("steps", "controllable_rate", "energy_loss_mwh", "violation_bus_hours",
+                 "q_energy_mvarh", "return", "diverged", "day")
+
+
+class VoltageControlEnv:
+    """B independent voltage-control episodes on one feeder, stepped together.
+
+    Build with :func:`gridrl.env.make_env`. Agents are ``feeder.agents`` (order kept); the
+    agent graph is ``adjacency`` / ``hop_distance``.
+
+    Observation of agent i (``obs[b, i]``, float32, layout in :attr:`obs_names`): only what its
+    own sensors measure —
+
+    * zone buses (``zone_layout="pad"``, Z = largest zone): ``dv_pu[z]`` (vm_pu − 1), net
+      ``p_mw[z]``, net ``q_mvar[z]`` and ``mask[z]`` (1 for a real bus, 0 for padding) for the
+      agent's own bus (z = 0) and then its other zone buses in bus order, zeros past the zone's
+      end; or (``"pool"``) ``dv_own_pu, dv_min_pu, dv_mean_pu, dv_max_pu, p_zone_mw,
+      q_zone_mvar``;
+    * its inverters (summed when several): ``inv_p_mw`` (PV output), ``inv_q_mvar`` (reactive
+      power applied), ``inv_q_avail_mvar`` (the limit ``sqrt(s_max² − p²)``);
+    * time of day of the solved step: ``sin_time``, ``cos_time``;
+    * with ``forecast_steps = k``: ``pv_forecast_mw[1..k]`` (its inverters' available PV) and
+      ``load_forecast_mw[1..k]`` (its zone's load P) for the next k steps.
+
+    Nothing comes from other zones: neighbours' information reaches an agent only as messages
+    on the learner's side (``info["message_mask"]`` says which arrive).
+
+    Local reward of agent i (``reward[b, i]``, float32):
+    ``−(voltage_weight·Σ_zone barrier(v) + loss_weight_per_mw·zone_loss_mw +
+    q_weight_per_mvar·Σ|q_mvar|)``. Every monitored bus belongs to exactly one zone and every
+    branch's loss is split between the zones it joins, so the sum of the local rewards is the
+    global reward.
+    """
+
+    def __init__(self, feeder, *, num_envs: int = 1, seed: int = 0, split: str = "train",
+                 days: Sequence[int] | None = None, config: EnvConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        cfg = config if config is not None else EnvConfig()
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be ≥ 1, got {num_envs}")
+        self.feeder = feeder
+        self.config = cfg
+        self.num_envs = int(num_envs)
+        self.device = torch.device(device)
+        self.split = split
+        pool = list(feeder.days(split)) if days is None else [int(d) for d in days]
+        n_days = feeder.profiles.n_days
+        bad = [d for d in pool if not 0 <= d < n_days]
+        if bad or not pool:
+            raise ValueError(f"days must be a non-empty list of day numbers in 0…{n_days - 1}"
+                             + (f"; got {bad[:5]}" if bad else ""))
+        self.day_pool = np.asarray(pool, dtype=np.int64)
+        self.v_min_pu = float(cfg.v_min_pu if cfg.v_min_pu is not None else feeder.v_min_pu)
+        self.v_max_pu = float(cfg.v_max_pu if cfg.v_max_pu is not None else feeder.v_max_pu)
+
+        self.agents: list[str] = list(feeder.agents)
+        self.n_agents = len(self.agents)
+        unknown = sorted(set(cfg.outage_agents) - set(self.agents))
+        if unknown:
+            raise ValueError(f"outage_agents: no agent {', '.join(map(repr, unknown))} on feeder "
+                             f"{feeder.name!r} (agents: {', '.join(self.agents[:8])}"
+                             f"{' …' if self.n_agents > 8 else ''})")
+        self.adjacency = torch.as_tensor(feeder.adjacency, dtype=torch.bool)
+        self.hop_distance = torch.as_tensor(feeder.hop_distance, dtype=torch.int64)
+
+        net = feeder.net
+        self._pf = feeder.power_flow()
+        self._build_maps(feeder, net)
+        self._branch_model(net)
+        self._build_time(feeder, cfg)
+        self._build_obs_layout(cfg)
+        self._v0 = None
+        self.reset(seed=seed)
+
+    # ---------------------------------------------------------------------------------------
+    # construction: index maps, computed once so that the step has no Python loops
+    # ---------------------------------------------------------------------------------------
+    def _build_maps(self, feeder, net) -> None:
+        bus_index = net.bus.index.to_numpy()
+        self.bus_index = bus_index
+        self.n_bus = len(bus_index)
+        pos = {int(b): i for i, b in enumerate(bus_index)}
+        T = lambda x, dt=torch.int64: torch.as_tensor(np.asarray(x), dtype=dt)  # noqa: E731
+
+        self._load_bus = T([pos[int(b)] for b in net.load.bus])
+        self._load_on = T(net.load.in_service.to_numpy(), torch.float64)
+        self._sgen_bus = T([pos[int(b)] for b in net.sgen.bus])
+        self._sgen_on = T(net.sgen.in_service.to_numpy(), torch.float64)
+        self.n_load, self.n_sgen = len(net.load), len(net.sgen)
+        self._sgen_q_base = T(net.sgen.q_mvar.to_numpy(float), torch.float64)
+
+        inv = feeder.inverters
+        self.n_inverters = len(inv)
+        agent_pos = {a: i for i, a in enumerate(self.agents)}
+        self.inverter_sgen_pos = T(net.sgen.index.get_indexer(inv.index))
+        self.inverter_agent = T([agent_pos[a] for a in inv["agent"]])
+        self.inverter_bus_pos = T([pos[int(b)] for b in inv["bus"]])
+        self.s_max_mva = T(inv["s_max_mva"].to_numpy(float), torch.float64)
+        self._pv = feeder.profiles.pv_p_mw
+        own = np.full(self.n_agents, -1)
+        for a, b in zip(self.inverter_agent.tolist(), self.inverter_bus_pos.tolist()):
+            if own[a] < 0:
+                own[a] = b
+        self.agent_bus_pos = T(own)
+        self._one_to_one = bool(self.n_inverters == self.n_agents and
+                                torch.equal(self.inverter_agent, torch.arange(self.n_agents)))
+
+        zone = feeder.bus_zone.reindex(bus_index).to_numpy()
+        bus_agent = np.array([agent_pos.get(z, -1) if z is not None else -1 for z in zone])
+        self._bus_agent = bus_agent
+        members = [[] for _ in range(self.n_agents)]
+        for i, a in enumerate(bus_agent):
+            if a >= 0:
+                members[a].append(i)
+        zones = []
+        for a, m in enumerate(members):
+            rest = [b for b in m if b != own[a]]
+            zones.append([own[a]] + rest)
+        self.zone_size = T([len(z) for z in zones])
+        Z = max(len(z) for z in zones)
+        self.max_zone_buses = Z
+        idx = np.full((self.n_agents, Z), self.n_bus)  # n_bus: the padding slot (always zero)
+        for a, z in enumerate(zones):
+            idx[a, :len(z)] = z
+        self.zone_index = T(idx)
+        self.zone_mask = self.zone_index < self.n_bus
+
+        monitored = np.asarray(feeder.monitored, dtype=bool)
+        self.monitored = T(monitored, torch.bool)
+        self._mon_pos = T(np.flatnonzero(monitored))
+        mz = np.flatnonzero(monitored & (bus_agent >= 0))
+        self._mon_zone_pos = T(mz)
+        self._mon_zone_agent = T(bus_agent[mz])
+        self.n_monitored = int(monitored.sum())
+        links = self.adjacency.clone()
+        self._links = links | torch.eye(self.n_agents, dtype=torch.bool)
+        self._edges = links.nonzero(as_tuple=True)
+
+    def _branch_model(self, net) -> None:
+        """Series/shunt admittances of every branch, to split line losses between zones.
+
+        Taken from pandapower's own branch model (so transformers with taps and phase shifts
+        count exactly as the power flow sees them). A branch that ends at an auxiliary bus of
+        an open line switch carries only charging current; it is folded into an equivalent
+        shunt at its connected end.
+        """
+        import pandapower as pp
+        from pandapower.pypower.idx_brch import BR_STATUS, F_BUS, T_BUS
+        from pandapower.pypower.makeYbus import branch_vectors
+
+        base = net  # a private copy (feeder.net copies): safe to change
+        base.sgen["p_mw"] = 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pp.runpp(base, lightsim2grid=False)
+        ppc = base._ppc
+        br = ppc["branch"]
+        ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
+        rep = np.full(ppc["bus"].shape[0], -1)
+        rep[base._pd2ppc_lookups["bus"][self.bus_index]] = np.arange(self.n_bus)
+        fp = rep[br[:, F_BUS].real.astype(np.int64)]
+        tp = rep[br[:, T_BUS].real.astype(np.int64)]
+        on = br[:, BR_STATUS].real > 0
+        both = on & (fp >= 0) & (tp >= 0)
+        f_only = on & (fp >= 0) & (tp < 0)
+        t_only = on & (fp < 0) & (tp >= 0)
+        # shunt-equivalent of a branch whose other end floats: its current there is zero
+        y_f = yff[f_only] - yft[f_only] * ytf[f_only] / ytt[f_only]
+        y_t = ytt[t_only] - ytf[t_only] * yft[t_only] / yff[t_only]
+        c = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.complex128)  # noqa: E731
+        i = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.int64)  # noqa: E731
+        self._br_f, self._br_t = i(fp[both]), i(tp[both])
+        self._br_y = [c(yff[both]), c(yft[both]), c(ytf[both]), c(ytt[both])]
+        self._sh_pos = i(np.concatenate([fp[f_only], tp[t_only]]))
+        self._sh_g = torch.as_tensor(np.concatenate([y_f.real, y_t.real]), dtype=torch.float64)
+        self._base_mva = float(ppc["baseMVA"])
+        ba = self._bus_agent
+        af, at = ba[fp[both]], ba[tp[both]]
+        af, at = np.where(af < 0, at, af), np.where(at < 0, af, at)
+        keep = (af >= 0) & (at >= 0)
+        self._br_keep = i(np.flatnonzero(keep))
+        self._br_agent_f, self._br_agent_t = i(af[keep]), i(at[keep])
+        sa = ba[self._sh_pos.numpy()] if len(self._sh_pos) else np.zeros(0, dtype=np.int64)
+        self._sh_keep = i(np.flatnonzero(sa >= 0))
+        self._sh_agent = i(sa[sa >= 0])
+
+    def _build_time(self, feeder, cfg: EnvConfig) -> None:
+        prof = feeder.profiles
+        self._prof = prof
+        self.native_step_minutes = prof.step_minutes
+        self.step_minutes = cfg.step_minutes
+        self._sub = prof.step_minutes // cfg.step_minutes  # env steps per native step
+        self.steps_per_day = prof.steps_per_day * self._sub
+        self.episode_steps = cfg.steps_per_episode
+        self.step_hours = cfg.step_minutes / 60.0
+
+    def _build_obs_layout(self, cfg: EnvConfig) -> None:
+        Z = self.max_zone_buses
+        if cfg.zone_layout == "pad":
+            names = ([f"dv_pu[{z}]" for z in range(Z)] + [f"p_mw[{z}]" for z in range(Z)]
+                     + [f"q_mvar[{z}]" for z in range(Z)] + [f"mask[{z}]" for z in range(Z)])
+        else:
+            names = ["dv_own_pu", "dv_min_pu", "dv_mean_pu", "dv_max_pu", "p_zone_mw",
+                     "q_zone_mvar"]
+        names += ["inv_p_mw", "inv_q_mvar", "inv_q_avail_mvar", "sin_time", "cos_time"]
+        k = cfg.forecast_steps
+        names += [f"pv_forecast_mw[{j}]" for j in range(1, k + 1)]
+        names += [f"load_forecast_mw[{j}]" for j in range(1, k + 1)]
+        self.obs_names: list[str] = names
+        self.obs_dim = len(names)
+        self.state_dim = 3 * self.n_bus + 3 * self.n_inverters + 2
+        if k:
+            # zone load per agent = loads at the agent's zone buses
+            la = torch.as_tensor(self._bus_agent, dtype=torch.int64)[self._load_bus]
+            self._fc_load_keep = (la >= 0).nonzero(as_tuple=True)[0]
+            self._fc_load_agent = la[self._fc_load_keep]
+
+    # ---------------------------------------------------------------------------------------
+    # randomness
+    # ---------------------------------------------------------------------------------------
+    def _seed(self, seed: int) -> None:
+        self.seed = int(seed)
+        ss = np.random.SeedSequence(self.seed)
+        days, starts, outages, noise, drop, fc = ss.spawn(6)
+        self._rng_days = np.random.default_rng(days)
+        self._rng_start = np.random.default_rng(starts)
+        self._rng_outage = np.random.default_rng(outages)
+        self._gen_noise, self._gen_drop, self._gen_fc = (
+            torch.Generator().manual_seed(int(s.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+            for s in (noise, drop, fc))
+        self._cycle = 0
+
+    def _draw_days(self, n: int) -> np.ndarray:
+        if self.config.day_sampling == "cycle":
+            k = np.arange(self._cycle, self._cycle + n) % len(self.day_pool)
+            self._cycle += n
+            return self.day_pool[k]
+        return self.day_pool[self._rng_days.integers(0, len(self.day_pool), size=n)]
+
+    def _draw_starts(self, n: int) -> np.ndarray:
+        start_hour = self.config.start_hour
+        if start_hour is not None:
+            return np.full(n, round(start_hour * 60 / self.step_minutes), dtype=np.int64)
+        last = self.steps_per_day - self.episode_steps
+        return self._rng_start.integers(0, last + 1, size=n)
+
+    def _draw_outages(self, n: int) -> torch.Tensor:
+        out = torch.zeros(n, self.n_agents, dtype=torch.bool)
+        if self.config.outage_prob > 0:
+            out = torch.as_tensor(self._rng_outage.random((n, self.n_agents)) < self.config.outage_prob)
+        for a in self.config.outage_agents:
+            out[:, self.agents.index(a)] = True
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # profiles
+    # ---------------------------------------------------------------------------------------
+    def _fine_index(self, offset: int = 0) -> np.ndarray:
+        """Year-wide fine step index of each scenario's pending step (+ offset)."""
+        return self._day * self.steps_per_day + self._start + self._k.numpy() + offset
+
+    def _at(self, arr, g: np.ndarray) -> torch.Tensor:
+        """Profile ``arr`` at fine step indices ``g`` (interpolated), as float64 torch."""
+        g = np.clip(g, 0, len(arr) * self._sub - 1)
+        t0 = g // self._sub
+        x = arr[t0]
+        if self._sub > 1:
+            frac = (g % self._sub) / self._sub
+            spd = self._prof.steps_per_day
+            t1 = np.where((t0 + 1) % spd == 0, t0, np.minimum(t0 + 1, len(arr) - 1))
+            x = x + frac[:, None] * (arr[t1] - x)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+
+    def _exogenous(self, g: np.ndarray) -> dict[str, torch.Tensor]:
+        p = self._prof
+        pv = self._at(p.sgen_p_mw, g)
+        return {"load_p_mw": self._at(p.load_p_mw, g), "load_q_mvar": self._at(p.load_q_mvar, g),
+                "sgen_p_mw": pv, "pv_p_mw": pv[:, self.inverter_sgen_pos]}
+
+    def _q_avail(self, pv_p_mw: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.clamp(self.s_max_mva ** 2 - pv_p_mw ** 2, min=0.0))
+
+    # ---------------------------------------------------------------------------------------
+    # physics
+    # ---------------------------------------------------------------------------------------
+    def _solve(self, exo: dict, q_inv: torch.Tensor, v_init):
+        sgen_q = self._sgen_q_base.expand(q_inv.shape[0], -1).clone()
+        sgen_q[:, self.inverter_sgen_pos] = q_inv
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,
+                                     v_init=v_init)
+            except Exception:  # a solver that raises is treated as diverged, never propagated
+                if v_init is None:
+                    raise
+                res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"],
+                                     sgen_q, v_init=None)
+        conv = torch.as_tensor(res.converged, dtype=torch.bool)
+        vm = torch.as_tensor(res.vm_pu, dtype=torch.float64)
+        va = torch.as_tensor(res.va_degree, dtype=torch.float64)
+        ok = conv & torch.isfinite(vm).all(1) & torch.isfinite(va).all(1)
+        vm = torch.where(ok[:, None], vm, torch.nan)
+        va = torch.where(ok[:, None], va, torch.nan)
+        loss = torch.where(ok, torch.as_tensor(res.loss_mw, dtype=torch.float64), torch.nan)
+        v = getattr(res, "v", None)
+        return {"vm_pu": vm, "va_degree": va, "loss_mw": loss, "converged": ok, "v": v,
+                "iterations": torch.as_tensor(res.iterations)}
+
+    def _bus_injection(self, exo: dict, q_inv: torch.Tensor):
+        """Net injection (generation − consumption) ``[B, n_bus]`` of P and Q at every bus."""
+        B = q_inv.shape[0]
+        p = torch.zeros(B, self.n_bus, dtype=torch.float64)
+        q = torch.zeros(B, self.n_bus, dtype=torch.float64)
+        p.index_add_(1, self._sgen_bus, exo["sgen_p_mw"] * self._sgen_on)
+        p.index_add_(1, self._load_bus, exo["load_p_mw"] * -self._load_on)
+        q.index_add_(1, self._load_bus, exo["load_q_mvar"] * -self._load_on)
+        q.index_add_(1, self._sgen_bus, (self._sgen_q_base * self._sgen_on).expand(B, -1))
+        q.index_add_(1, self.inverter_bus_pos,
+                    (q_inv - self._sgen_q_base[self.inverter_sgen_pos]) * self._sgen_on[self.inverter_sgen_pos])
+        return p, q
+
+    def _zone_loss(self, vm: torch.Tensor, va: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` each zone's share of branch losses (MW)."""
+        v = torch.polar(vm, torch.deg2rad(va))
+        vf, vt = v[:, self._br_f], v[:, self._br_t]
+        yff, yft, ytf, ytt = self._br_y
+        i_f = yff * vf + yft * vt
+        i_t = ytf * vf + ytt * vt
+        loss = (vf * i_f.conj() + vt * i_t.conj()).real * self._base_mva
+        out = torch.zeros(vm.shape[0], self.n_agents, dtype=torch.float64)
+        loss = loss[:, self._br_keep] * 0.5
+        out.index_add_(1, self._br_agent_f, loss)
+        out.index_add_(1, self._br_agent_t, loss)
+        if len(self._sh_keep):
+            sh = vm[:, self._sh_pos[self._sh_keep]] ** 2 * self._sh_g[self._sh_keep] * self._base_mva
+            out.index_add_(1, self._sh_agent, sh)
+        return out
+
+    def _to_agents(self, x_inv: torch.Tensor) -> torch.Tensor:
+        """Sum a per-inverter quantity ``[B, n_inv]`` over each agent's inverters → ``[B, N]``."""
+        if self._one_to_one:
+            return x_inv
+        out = torch.zeros(x_inv.shape[0], self.n_agents, dtype=x_inv.dtype)
+        return out.index_add_(1, self.inverter_agent, x_inv)
+
+    def _inverter_q(self, actions: torch.Tensor, q_avail: torch.Tensor, outage: torch.Tensor):
+        a = actions if self._one_to_one else actions[:, self.inverter_agent]
+        out = outage if self._one_to_one else outage[:, self.inverter_agent]
+        return torch.where(out, 0.0, a * q_avail)
+
+    # ---------------------------------------------------------------------------------------
+    # public API
+    # ---------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None, days: Sequence[int] | None = None) -> torch.Tensor:
+        """Start new episodes in every scenario; returns observations ``[B, N, obs_dim]``.
+
+        ``seed`` reseeds every generator (as at construction); ``days`` (length B) fixes each
+        scenario's day instead of drawing from the pool. The first observation is the feeder
+        one step before the episode starts, with every inverter at q = 0.
+        """
+        if seed is not None or not hasattr(self, "seed"):
+            self._seed(self.seed if seed is None else seed)
+        B = self.num_envs
+        if days is not None:
+            days = np.asarray([int(d) for d in days], dtype=np.int64)
+            if days.shape != (B,):
+                raise ValueError(f"reset(days=...) needs one day per scenario ({B}), got {len(days)}")
+            if (days < 0).any() or (days >= self._prof.n_days).any():
+                raise ValueError(f"days must lie in 0…{self._prof.n_days - 1}")
+        self._day = np.zeros(B, dtype=np.int64)
+        self._start = np.zeros(B, dtype=np.int64)
+        self._k = torch.zeros(B, dtype=torch.int64)
+        self._done = torch.zeros(B, dtype=torch.bool)
+        self._outage = torch.zeros(B, self.n_agents, dtype=torch.bool)
+        self._vm = torch.ones(B, self.n_bus, dtype=torch.float64)
+        self._bus_p = torch.zeros(B, self.n_bus, dtype=torch.float64)
+        self._bus_q = torch.zeros(B, self.n_bus, dtype=torch.float64)
+        self._inv = torch.zeros(B, 3, self.n_inverters, dtype=torch.float64)  # p, q, q_avail
+        self._g_obs = np.zeros(B, dtype=np.int64)
+        self._obs = torch.zeros(B, self.n_agents, self.obs_dim, dtype=torch.float32)
+        self._v = None
+        self._acc = {k: torch.zeros(B, dtype=torch.float64) for k in _EPISODE_KEYS}
+        self._start_episodes(torch.arange(B), days)
+        return self._out(self._obs)
+
+    def reset_done(self) -> torch.Tensor:
+        """Start new episodes (new days from the pool) in the finished scenarios only.
+
+        The explicit auto-reset: call it after a step that reported ``done``. Returns the
+        observations of every scenario; those of unfinished scenarios are unchanged.
+        """
+        rows = self._done.nonzero(as_tuple=True)[0]
+        if len(rows):
+            self._start_episodes(rows, None)
+        return self._out(self._obs)
+
+    def _start_episodes(self, rows: torch.Tensor, days: np.ndarray | None) -> None:
+        n = len(rows)
+        r = rows.numpy()
+        self._day[r] = self._draw_days(n) if days is None else days
+        self._start[r] = self._draw_starts(n)
+        self._k[rows] = 0
+        self._done[rows] = False
+        self._outage[rows] = self._draw_outages(n)
+        for k in _EPISODE_KEYS:
+            self._acc[k][rows] = 0.0
+        self._acc["day"][rows] = torch.as_tensor(self._day[r], dtype=torch.float64)
+        # the observed state before the first action: the previous step, inverters at q = 0
+        g = self._fine_index(-1)[r]
+        exo = self._exogenous(g)
+        q_inv = torch.zeros(n, self.n_inverters, dtype=torch.float64)
+        sol = self._solve(exo, q_inv, None)
+        vm = torch.where(sol["converged"][:, None], sol["vm_pu"], 1.0)
+        self._store(rows, exo, q_inv, vm, g)
+        self._store_v(rows, sol)
+        self._obs[rows] = self._observe(rows)
+
+    def _store(self, rows, exo, q_inv, vm, g) -> None:
+        p, q = self._bus_injection(exo, q_inv)
+        self._vm[rows], self._bus_p[rows], self._bus_q[rows] = vm, p, q
+        self._inv[rows, 0] = exo["pv_p_mw"]
+        self._inv[rows, 1] = q_inv
+        self._inv[rows, 2] = self._q_avail(exo["pv_p_mw"])
+        self._g_obs[rows.numpy()] = g
+
+    def _store_v(self, rows: torch.Tensor, sol: dict) -> None:
+        v = sol["v"]
+        if v is None:
+            return
+        v = torch.as_tensor(v)
+        if self._v0 is None:
+            ok = sol["converged"].nonzero(as_tuple=True)[0]
+            if not len(ok):
+                return
+            self._v0 = v[ok[0]].clone()
+        v = torch.where(sol["converged"].reshape(-1, *([1] * (v.dim() - 1))), v, self._v0)
+        if self._v is None:
+            self._v = self._v0.expand(self.num_envs, *self._v0.shape).clone()
+        if len(rows) == self.num_envs:
+            self._v = v.clone()
+        else:
+            self._v[rows] = v
+
+    def _observe(self, rows: torch.Tensor) -> torch.Tensor:
+        """Observations ``[n, N, obs_dim]`` of the scenarios ``rows`` from their stored state."""
+        cfg = self.config
+        n = len(rows)
+        full = n == self.num_envs
+        vm = self._vm if full else self._vm[rows]
+        dv = vm - 1.0
+        if cfg.sensor_noise_pu > 0:
+            dv = dv + cfg.sensor_noise_pu * torch.randn(dv.shape, generator=self._gen_noise,
+                                                        dtype=torch.float64)
+        bp = self._bus_p if full else self._bus_p[rows]
+        bq = self._bus_q if full else self._bus_q[rows]
+        pad = torch.zeros(n, 1, dtype=torch.float64)
+        zi = self.zone_index
+        dvz = torch.cat([dv, pad], 1)[:, zi]
+        parts = []
+        if cfg.zone_layout == "pad":
+            parts += [dvz, torch.cat([bp, pad], 1)[:, zi], torch.cat([bq, pad], 1)[:, zi],
+                      self.zone_mask.to(torch.float64).expand(n, -1, -1)]
+        else:
+            m = self.zone_mask
+            parts += [dvz[:, :, :1],
+                      torch.where(m, dvz, math.inf).amin(2, keepdim=True),
+                      (dvz.sum(2) / self.zone_size).unsqueeze(2),
+                      torch.where(m, dvz, -math.inf).amax(2, keepdim=True),
+                      torch.cat([bp, pad], 1)[:, zi].sum(2, keepdim=True),
+                      torch.cat([bq, pad], 1)[:, zi].sum(2, keepdim=True)]
+        inv = self._inv if full else self._inv[rows]
+        parts.append(torch.stack([self._to_agents(inv[:, j]) for j in range(3)], 2))
+        g = self._g_obs if full else self._g_obs[rows.numpy()]
+        angle = torch.as_tensor(2.0 * math.pi * (g % self.steps_per_day) / self.steps_per_day)
+        parts.append(torch.stack([torch.sin(angle), torch.cos(angle)], 1)[:, None, :]
+                     .expand(n, self.n_agents, 2))
+        if cfg.forecast_steps:
+            parts.append(self._forecast(g))
+        flat = [p.reshape(n, self.n_agents, -1) for p in parts]
+        return torch.cat(flat, 2).to(torch.float32)
+
+    def _forecast(self, g: np.ndarray) -> torch.Tensor:
+        k = self.config.forecast_steps
+        n = len(g)
+        gg = (g[:, None] + np.arange(1, k + 1)[None, :]).reshape(-1)
+        pv = self._to_agents(self._at(self._pv, gg)).reshape(n, k, -1)
+        lp = self._at(self._prof.load_p_mw, gg) * self._load_on
+        load = torch.zeros(n * k, self.n_agents, dtype=torch.float64)
+        load.index_add_(1, self._fc_load_agent, lp[:, self._fc_load_keep])
+        out = torch.cat([pv, load.reshape(n, k, -1)], 1)  # [n, 2k, N]
+        if self.config.forecast_noise_rel > 0:
+            out = out * (1.0 + self.config.forecast_noise_rel *
+                         torch.randn(out.shape, generator=self._gen_fc, dtype=torch.float64))
+        return out.transpose(1, 2)
+
+    def _check_actions(self, actions) -> torch.Tensor:
+        a = torch.as_tensor(actions, dtype=torch.float64).cpu()
+        if a.shape != (self.num_envs, self.n_agents):
+            raise ValueError(f"actions must have shape [num_envs, n_agents] = "
+                             f"[{self.num_envs}, {self.n_agents}], got {list(a.shape)}")
+        nan = torch.isnan(a)
+        if nan.any():
+            bad_agents = nan.any(0).nonzero(as_tuple=True)[0].tolist()
+            bad_rows = nan.any(1).nonzero(as_tuple=True)[0].tolist()
+            names = ", ".join(self.agents[i] for i in bad_agents[:10])
+            more = " …" if len(bad_agents) > 10 else ""
+            raise ValueError(f"actions contain NaN for agent(s) {names}{more} (scenario(s) "
+                             f"{', '.join(map(str, bad_rows[:10]))}{' …' if len(bad_rows) > 10 else ''}); "
+                             f"actions must be numbers in [-1, 1]")
+        return a.clamp(-1.0, 1.0)
+
+    def step(self, actions):
+        """Apply ``actions`` ``[B, N]`` (in [-1, 1]; clipped) and solve the next profile step.
+
+        Returns ``obs [B, N, obs_dim]`` (float32), ``reward [B, N]`` (float32, local rewards),
+        ``done [B]`` (bool) and ``info``, a dict of tensors (batch first):
+
+        ``converged``, ``active`` (scenario was stepped), ``truncated`` (episode reached its
+        length), ``controllable`` (every monitored bus in band), ``out_of_band_share``,
+        ``dv_mean_pu`` / ``dv_max_pu`` (mean / max |v − 1| over monitored buses), ``loss_mw``,
+        ``q_abs_mvar`` (Σ|q| over inverters), ``vm_pu [B, n_bus]``, ``q_mvar``, ``p_mw``,
+        ``q_avail_mvar`` ``[B, n_inverter]``, ``zone_loss_mw [B, N]``, the reward parts
+        ``reward_voltage``, ``reward_loss``, ``reward_q`` ``[B, N]`` (costs, before weights),
+        ``outage [B, N]``, ``message_mask [B, N, N]`` (``[b, i, j]``: a message from j reaches
+        i at this step; always True for i = j, False off the agent graph), ``step``, ``day``
+        and, when some episode ended at this step, ``episode`` (a dict of ``[B]`` aggregates,
+        NaN for scenarios that did not end; see :meth:`episode_metrics`). Per-step metrics of
+        an inactive or diverged scenario are NaN (False for flags).
+        """
+        a = self._check_actions(actions)
+        B, N, cfg = self.num_envs, self.n_agents, self.config
+        f64 = dict(dtype=torch.float64)
+        reward = torch.zeros(B, N, **f64)
+        nan_b = lambda: torch.full((B,), torch.nan, **f64)  # noqa: E731
+        info = {"converged": torch.zeros(B, dtype=torch.bool), "active": ~self._done,
+                "controllable": torch.zeros(B, dtype=torch.bool), "out_of_band_share": nan_b(),
+                "dv_mean_pu": nan_b(), "dv_max_pu": nan_b(), "loss_mw": nan_b(),
+                "q_abs_mvar": nan_b(), "vm_pu": torch.full((B, self.n_bus), torch.nan, **f64),
+                "q_mvar": torch.full((B, self.n_inverters), torch.nan, **f64),
+                "zone_loss_mw": torch.full((B, N), torch.nan, **f64),
+                "reward_voltage": torch.full((B, N), torch.nan, **f64),
+                "reward_loss": torch.full((B, N), torch.nan, **f64),
+                "reward_q": torch.full((B, N), torch.nan, **f64)}
+        rows = (~self._done).nonzero(as_tuple=True)[0]
+        full = len(rows) == B
+        if len(rows):
+            r = rows.numpy()
+            g = self._fine_index()[r]
+            exo = self._exogenous(g)
+            q_avail = self._q_avail(exo["pv_p_mw"])
+            outage = self._outage if full else self._outage[rows]
+            q_inv = self._inverter_q(a if full else a[rows], q_avail, outage)
+            v_init = None if self._v is None else (self._v if full else self._v[rows])
+            sol = self._solve(exo, q_inv, v_init)
+            ok = sol["converged"]
+            vm = sol["vm_pu"]
+            # metrics over monitored buses (NaN rows stay NaN; flags False)
+            vmon = vm[:, self._mon_pos]
+            out = (vmon < self.v_min_pu) | (vmon > self.v_max_pu)
+            dev = (vmon - 1.0).abs()
+            n_out = out.sum(1).to(torch.float64)
+            share = torch.where(ok, n_out / max(self.n_monitored, 1), torch.nan)
+            # local reward parts
+            bar = barrier(vm[:, self._mon_zone_pos], cfg.barrier, v_min_pu=self.v_min_pu,
+                          v_max_pu=self.v_max_pu)
+            r_v = torch.zeros(len(rows), N, **f64).index_add_(1, self._mon_zone_agent, bar)
+            r_l = self._zone_loss(vm, sol["va_degree"])
+            r_q = self._to_agents(q_inv.abs())
+            rew = -(cfg.voltage_weight * r_v + cfg.loss_weight_per_mw * r_l
+                    + cfg.q_weight_per_mvar * r_q)
+            rew = torch.where(ok[:, None], rew, -cfg.divergence_penalty)
+            reward[rows] = rew
+            for key, val in (("converged", ok), ("controllable", ok & (n_out == 0)),
+                             ("out_of_band_share", share), ("dv_mean_pu", dev.mean(1)),
+                             ("dv_max_pu", dev.amax(1)),
+                             ("loss_mw", sol["loss_mw"]), ("q_abs_mvar", q_inv.abs().sum(1)),
+                             ("vm_pu", vm), ("q_mvar", q_inv), ("zone_loss_mw", r_l),
+                             ("reward_voltage", r_v), ("reward_loss", r_l), ("reward_q", r_q)):
+                info[key][rows] = val
+            # state: a diverged scenario keeps its last valid measurement for observations
+            ok_rows = rows[ok]
+            if len(ok_rows) == B:
+                self._store(rows, exo, q_inv, vm, g)
+            elif len(ok_rows):
+                sub = {k: v[ok] for k, v in exo.items()}
+                self._store(ok_rows, sub, q_inv[ok], vm[ok], g[ok.numpy()])
+            self._store_v(rows, sol)
+            self._k[rows] += 1
+            truncated = self._k[rows] >= self.episode_steps
+            self._done[rows] = truncated | ~ok
+            # episode aggregates (diverged steps add no loss or violations)
+            acc, h = self._acc, self.step_hours
+            acc["steps"][rows] += 1.0
+            acc["controllable_rate"][rows] += (ok & (n_out == 0)).to(torch.float64)
+            acc["energy_loss_mwh"][rows] += torch.nan_to_num(sol["loss_mw"]) * h
+            acc["violation_bus_hours"][rows] += torch.where(ok, n_out, 0.0) * h
+            acc["q_energy_mvarh"][rows] += q_inv.abs().sum(1) * h
+            acc["return"][rows] += rew.sum(1)
+            acc["diverged"][rows] = torch.maximum(acc["diverged"][rows], (~ok).to(torch.float64))
+            if full and ok.all():
+                self._obs = self._observe(rows)
+            elif len(ok_rows):
+                self._obs[ok_rows] = self._observe(ok_rows)
+        ended = torch.zeros(B, dtype=torch.bool)
+        if len(rows):
+            ended[rows] = self._done[rows]
+        info["truncated"] = ended & (self._k >= self.episode_steps) & info["converged"]
+        info["outage"] = self._outage.clone()
+        info["message_mask"] = self._message_mask()
+        info["step"] = self._k.clone()
+        info["day"] = torch.as_tensor(self._day.copy())
+        info["p_mw"] = self._inv[:, 0].clone()
+        info["q_avail_mvar"] = self._inv[:, 2].clone()
+        if ended.any():
+            ep = self.episode_metrics()
+            info["episode"] = {k: torch.where(ended, v, torch.nan) for k, v in ep.items()}
+        done = self._done.clone()
+        return (self._out(self._obs), self._out(reward.to(torch.float32)), self._out(done),
+                {k: (self._out(v) if isinstance(v, torch.Tensor) else
+                     {kk: self._out(vv) for kk, vv in v.items()}) for k, v in info.items()})
+
+    def _message_mask(self) -> torch.Tensor:
+        B, N = self.num_envs, self.n_agents
+        p = self.config.message_dropout
+        if p <= 0:
+            return self._links.expand(B, N, N)
+        keep = torch.rand((B, len(self._edges[0])), generator=self._gen_drop) >= p
+        mask = torch.eye(N, dtype=torch.bool).repeat(B, 1, 1)
+        mask[:, self._edges[0], self._edges[1]] = keep
+        return mask
+
+    def episode_metrics(self) -> dict[str, torch.Tensor]:
+        """Aggregates of each scenario's current (or just finished) episode, ``[B]`` float64.
+
+        ``steps``, ``controllable_rate`` (share of steps with every monitored bus in band;
+        a diverged step counts as not controllable), ``energy_loss_mwh``,
+        ``violation_bus_hours`` (monitored buses out of band × hours), ``q_energy_mvarh``
+        (Σ|q|·h), ``return`` (sum over steps and agents of the local rewards), ``diverged``
+        (1.0 if the episode ended on a diverged power flow) and ``day``.
+        """
+        out = {k: v.clone() for k, v in self._acc.items()}
+        out["controllable_rate"] = out["controllable_rate"] / out["steps"].clamp(min=1.0)
+        return {k: self._out(v) for k, v in out.items()}
+
+    def pending(self) -> dict[str, torch.Tensor]:
+        """Exogenous inputs of the step that :meth:`step` would take next, per scenario.
+
+        ``load_p_mw``, ``load_q_mvar`` ``[B, n_load]`` (net.load order), ``sgen_p_mw``
+        ``[B, n_sgen]`` (net.sgen order), ``pv_p_mw``, ``q_avail_mvar`` ``[B, n_inverter]``
+        (feeder.inverters order), ``s_max_mva [n_inverter]``, ``outage [B, N]`` (agents whose
+        inverters are stuck at 0), ``step [B]`` (index within the episode), ``hour [B]``.
+        Finished scenarios report the step after their last one (it is never taken).
+        """
+        g = self._fine_index()
+        exo = self._exogenous(g)
+        exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"])
+        exo["s_max_mva"] = self.s_max_mva.clone()
+        exo["outage"] = self._outage.clone()
+        exo["step"] = self._k.clone()
+        exo["hour"] = torch.as_tensor((g % self.steps_per_day) * self.step_hours)
+        return {k: self._out(v) for k, v in exo.items()}
+
+    def peek(self, actions=None, *, q_mvar=None, v_init=None) -> dict[str, torch.Tensor]:
+        """Solve the pending step with ``actions`` ``[B, N]`` without changing any state.
+
+        Alternatively give ``q_mvar`` ``[B, n_inverter]`` per inverter (clipped to ±q_avail;
+        outages still hold q at 0). Warm-starts from the env's last solution unless ``v_init``
+        (e.g. the ``v`` of a previous peek) is given. Draws no random numbers. Returns
+        ``vm_pu [B, n_bus]``, ``va_degree``, ``loss_mw [B]``, ``converged [B]``, ``q_mvar``,
+        ``q_avail_mvar``, ``p_mw`` ``[B, n_inverter]``, ``vm_own_pu [B, N]`` (voltage at each
+        agent's own bus), ``zone_loss_mw [B, N]`` and ``v`` (solver state for ``v_init``).
+        Scenarios that did not converge carry NaN.
+        """
+        if (actions is None) == (q_mvar is None):
+            raise ValueError("peek needs exactly one of actions or q_mvar")
+        g = self._fine_index()
+        exo = self._exogenous(g)
+        q_avail = self._q_avail(exo["pv_p_mw"])
+        if actions is not None:
+            q_inv = self._inverter_q(self._check_actions(actions), q_avail, self._outage)
+        else:
+            q = torch.as_tensor(q_mvar, dtype=torch.float64).cpu()
+            if q.shape != (self.num_envs, self.n_inverters):
+                raise ValueError(f"q_mvar must have shape [num_envs, n_inverter] = "
+                                 f"[{self.num_envs}, {self.n_inverters}], got {list(q.shape)}")
+            if torch.isnan(q).any():
+                raise ValueError("q_mvar contains NaN")
+            q = torch.maximum(torch.minimum(q, q_avail), -q_avail)
+            out = self._outage if self._one_to_one else self._outage[:, self.inverter_agent]
+            q_inv = torch.where(out, 0.0, q)
+        sol = self._solve(exo, q_inv, self._v if v_init is None else v_init)
+        res = {"vm_pu": sol["vm_pu"], "va_degree": sol["va_degree"], "loss_mw": sol["loss_mw"],
+               "converged": sol["converged"], "q_mvar": q_inv, "q_avail_mvar": q_avail,
+               "p_mw": exo["pv_p_mw"], "vm_own_pu": sol["vm_pu"][:, self.agent_bus_pos],
+               "zone_loss_mw": self._zone_loss(sol["vm_pu"], sol["va_degree"])}
+        res = {k: self._out(v) for k, v in res.items()}
+        res["v"] = sol["v"]
+        return res
+
+    def state(self) -> torch.Tensor:
+        """Global state ``[B, state_dim]`` (float32) for centralized critics, noise-free.
+
+        ``vm_pu − 1`` of every bus (net.bus order), net ``p_mw`` and ``q_mvar`` of every bus,
+        the inverters' ``p_mw``, ``q_mvar`` and ``q_avail_mvar`` (feeder.inverters order), and
+        sin/cos of the time of day, all of the last solved step.
+        """
+        angle = torch.as_tensor(2.0 * math.pi * (self._g_obs % self.steps_per_day) / self.steps_per_day)
+        x = torch.cat([self._vm - 1.0, self._bus_p, self._bus_q, self._inv.reshape(self.num_envs, -1),
+                       torch.sin(angle)[:, None], torch.cos(angle)[:, None]], 1)
+        return self._out(torch.nan_to_num(x).to(torch.float32))
+
+    @property
+    def done(self) -> torch.Tensor:
+        """``[B]`` bool: scenarios whose episode has ended (waiting for :meth:`reset_done`)."""
+        return self._out(self._done.clone())
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.device.type == "cpu" else x.to(self.device)
+
+    def __repr__(self) -> str:
+        return (f"VoltageControlEnv({self.feeder.name!r}, num_envs={self.num_envs}, "
+                f"n_agents={self.n_agents}, obs_dim={self.obs_dim}, "
+                f"episode_steps={self.episode_steps}, step_minutes={self.step_minutes})")
