@@ -1,0 +1,54 @@
+"""Rule-based controllers: ``none`` (q = 0), ``droop`` (volt-var curves), ``opf`` (the optimum).
+
+``make_controller(name, feeder, **options)`` builds one; every controller shares the interface
+of trained policies (``act(obs, env=env) -> actions [B, N]``, ``hops``, ``communication``), so
+evaluation runs both the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gridrl.control.base import Controller, ControllerError, CurveError, UnknownController, UnknownPreset
+from gridrl.control.droop import PRESETS, DroopController, DroopCurve, DroopOptions
+from gridrl.control.none import NoControl
+from gridrl.control.opf import OpfOptions, OptimalPowerFlow
+
+CONTROLLERS = ("none", "droop", "opf")
+
+__all__ = ["CONTROLLERS", "PRESETS", "Controller", "ControllerError", "CurveError", "DroopController",
+           "DroopCurve", "DroopOptions", "NoControl", "OpfOptions", "OptimalPowerFlow", "UnknownController",
+           "UnknownPreset", "make_controller"]
+
+
+def make_controller(name: str, feeder, *, preset: str | None = None, curve: DroopCurve | Mapping | None = None,
+                    **options: Any) -> Controller:
+    """A controller by name for ``feeder``.
+
+    name: ``none``, ``droop`` or ``opf``.
+    preset, curve: droop only — a preset name (see :data:`PRESETS`, default ``ieee1547-b``) or a
+        custom curve (a :class:`DroopCurve` or a mapping with ``v_pu``, ``q``, ``reference``).
+    options: fields of :class:`DroopOptions` (droop) or :class:`OpfOptions` (opf).
+    Raises :class:`UnknownController`, :class:`UnknownPreset`, :class:`CurveError` or
+    :class:`ControllerError` (an option the controller does not take).
+    """
+    if name not in CONTROLLERS:
+        raise UnknownController(name, CONTROLLERS)
+    if name != "droop" and (preset is not None or curve is not None):
+        raise ControllerError(f"controller {name!r} takes no droop preset or curve")
+    if name == "none":
+        _check_options(name, options, ())
+        return NoControl(feeder)
+    if name == "droop":
+        _check_options(name, options, DroopOptions.__dataclass_fields__)
+        return DroopController(feeder, preset=preset, curve=curve, options=DroopOptions(**options))
+    _check_options(name, options, OpfOptions.__dataclass_fields__)
+    return OptimalPowerFlow(feeder, options=OpfOptions(**options))
+
+
+def _check_options(name: str, options: Mapping[str, Any], allowed) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        allowed_text = ", ".join(sorted(allowed)) or "none"
+        raise ControllerError(f"controller {name!r} has no option {', '.join(unknown)} (options: {allowed_text})")

@@ -1,0 +1,221 @@
+"""Rollouts of one controller (or trained policy) over whole days, as tidy tables.
+
+:func:`evaluate` runs every requested day of a split as one batch through the batched
+environment (B = number of days, each scenario one full day from midnight) and returns an
+:class:`Evaluation`: one row per day, one row per step, and the voltage of every bus at every
+step of a few chosen days (for heat maps). Nothing is written here; see :mod:`gridrl.compare`.
+
+Metrics (monitored buses only, the feeder's band unless the environment config says otherwise):
+
+- ``controllable_rate``: share of steps with every monitored bus in the band;
+- ``share_out_of_band``: share of bus-steps outside the band;
+- ``mean_abs_dv_pu`` / ``max_abs_dv_pu``: mean / max of |v − 1| over bus-steps;
+- ``energy_loss_mwh``: branch losses integrated over the day;
+- ``reactive_energy_mvarh``: Σ|q| of all inverters integrated over the day;
+- ``violation_bus_hours``: monitored buses out of band × hours;
+- ``unsettled_steps``: steps at which the controller's inner solve hit its iteration cap (droop's
+  fixed point, the OPF's SQP); ``infeasible_steps``: steps at which the OPF found the band
+  impossible to meet; ``diverged_steps``: steps whose power flow did not converge;
+- ``communication``: floats sent per agent per step; ``hops``: κ of the controller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gridrl.errors import GridrlError
+
+DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
+               "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "reactive_energy_mvarh",
+               "violation_bus_hours", "unsettled_steps", "infeasible_steps", "diverged_steps", "communication",
+               "hops", "seconds"]
+
+
+class DaysNotInSplit(GridrlError, ValueError):
+    """Requested days that are not days of the split."""
+
+    def __init__(self, feeder: str, split: str, bad: Sequence[int], allowed: Sequence[int]):
+        shown = _short(allowed)
+        super().__init__(f"day(s) {', '.join(map(str, bad))} are not {split} days of feeder {feeder!r} "
+                         f"({split} days: {shown})")
+
+
+def _short(xs: Sequence[int], n: int = 6) -> str:
+    xs = list(xs)
+    if len(xs) <= n:
+        return ", ".join(map(str, xs))
+    return ", ".join(map(str, xs[: n - 1])) + f", …, {xs[-1]} ({len(xs)} days)"
+
+
+def check_days(feeder, split: str, days: Sequence[int] | None) -> list[int]:
+    """The days to run: all days of ``split``, or ``days`` after checking they belong to it."""
+    allowed = feeder.days(split)
+    if days is None:
+        return list(allowed)
+    days = [int(d) for d in days]
+    bad = [d for d in days if d not in set(allowed)]
+    if bad:
+        raise DaysNotInSplit(feeder.name, split, bad, allowed)
+    if not days:
+        raise GridrlError("the list of days is empty")
+    return list(dict.fromkeys(days))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Tidy results of one controller on one feeder with one seed.
+
+    days: one row per day (columns :data:`DAY_COLUMNS`).
+    steps: one row per day and step: ``day, step, hour, loss_mw, v_min_pu, v_max_pu,
+        share_out_of_band, controllable, q_abs_mvar, pv_p_mw, load_p_mw, unsettled, infeasible,
+        converged`` (plus ``feeder, controller, seed``).
+    voltages: ``day, step, bus, vm_pu`` of every bus at every step of the ``voltage_days``
+        (plus ``feeder, controller, seed``); float32 to keep files small.
+    """
+
+    days: pd.DataFrame
+    steps: pd.DataFrame
+    voltages: pd.DataFrame
+
+
+def evaluate(feeder, controller, *, split: str = "test", days: Sequence[int] | None = None, seed: int = 0,
+             num_envs: int | None = None, voltage_days: Sequence[int] = (), env_config=None,
+             progress: Callable[[int], None] | None = None) -> Evaluation:
+    """Run ``controller`` over whole days of ``split`` (or the given ``days`` of it).
+
+    controller: anything with ``act(obs, env=env) -> [B, N]`` actions, ``name``, ``hops``,
+        ``communication`` and optionally ``reset()`` and ``last_info`` (controllers and policies).
+    num_envs: days per batch (default: all days in one batch).
+    voltage_days: days whose per-bus voltages are kept in ``Evaluation.voltages``.
+    env_config: an :class:`~gridrl.env.EnvConfig`; days always start at midnight and last 24 h.
+    progress: called with the number of environment steps just taken (for progress bars).
+    """
+    import dataclasses
+
+    from gridrl.env import EnvConfig, make_env
+
+    day_list = check_days(feeder, split, days)
+    cfg = env_config or EnvConfig()
+    cfg = dataclasses.replace(cfg, start_hour=0.0, episode_hours=24.0, day_sampling="cycle")
+    batch = len(day_list) if not num_envs else min(int(num_envs), len(day_list))
+    keep_v = set(int(d) for d in voltage_days)
+    day_rows, step_frames, volt_frames = [], [], []
+    for start in range(0, len(day_list), batch):
+        chunk = day_list[start:start + batch]
+        t0 = time.perf_counter()
+        env = make_env(feeder, split=split, num_envs=len(chunk), seed=seed, days=chunk, config=cfg)
+        rec = _rollout(env, controller, chunk, progress)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        d, s, v = _tables(feeder, env, controller, chunk, rec, keep_v, seconds)
+        day_rows.append(d)
+        step_frames.append(s)
+        volt_frames.append(v)
+    label = {"feeder": feeder.name, "controller": controller.name, "seed": int(seed)}
+    out = []
+    for frames in (day_rows, step_frames, volt_frames):
+        df = pd.concat(frames, ignore_index=True)
+        for i, (k, v) in enumerate(label.items()):
+            df.insert(i, k, v)
+        out.append(df)
+    out[0] = out[0][DAY_COLUMNS]
+    return Evaluation(*out)
+
+
+def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray]:
+    """Step every scenario through its day; per-step records ``[T, B, …]``."""
+    obs = env.reset(days=days)
+    if hasattr(controller, "reset"):
+        controller.reset()
+    keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged")
+    rec: dict[str, list] = {k: [] for k in (*keys, "vm_pu", "unsettled", "infeasible", "pv_p_mw", "load_p_mw")}
+    batch = env.num_envs
+    for _ in range(env.episode_steps):
+        pending = env.pending()
+        with torch.no_grad():
+            actions = controller.act(obs, env=env)
+        obs, _, done, info = env.step(actions)
+        for k in keys:
+            rec[k].append(_np(info[k]))
+        rec["vm_pu"].append(_np(info["vm_pu"]).astype(np.float32))
+        li = getattr(controller, "last_info", None) or {}
+        for k in ("unsettled", "infeasible"):
+            rec[k].append(np.asarray(li.get(k, np.zeros(batch, dtype=bool)), dtype=bool))
+        rec["pv_p_mw"].append(_np(pending["pv_p_mw"]).sum(axis=1))
+        rec["load_p_mw"].append(_np(pending["load_p_mw"]).sum(axis=1))
+        if progress is not None:
+            progress(1)
+        if bool(_np(done).all()):
+            break
+    return {k: np.stack(v) for k, v in rec.items()}
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _tables(feeder, env, controller, days, rec, keep_v, seconds):
+    n_steps, batch = rec["loss_mw"].shape
+    hours = env.step_hours
+    mon = _np(env.monitored).astype(bool)
+    vm = rec["vm_pu"]                                      # [T, B, n_bus]
+    vmon = vm[:, :, mon].astype(np.float64)
+    conv = rec["converged"].astype(bool)
+    start = feeder.profiles.start
+    day_rows = []
+    for b, day in enumerate(days):
+        ok = conv[:, b]
+        dv = np.abs(vmon[ok, b] - 1.0)
+        day_rows.append({
+            "day": int(day),
+            "date": (start + pd.Timedelta(days=int(day))).date().isoformat(),
+            "steps": int(n_steps),
+            "controllable_rate": float(np.mean(rec["controllable"][:, b])),
+            "share_out_of_band": float(np.nanmean(rec["out_of_band_share"][ok, b])) if ok.any() else np.nan,
+            "mean_abs_dv_pu": float(dv.mean()) if dv.size else np.nan,
+            "max_abs_dv_pu": float(dv.max()) if dv.size else np.nan,
+            "energy_loss_mwh": float(np.nansum(rec["loss_mw"][:, b]) * hours),
+            "reactive_energy_mvarh": float(np.nansum(rec["q_abs_mvar"][:, b]) * hours),
+            "violation_bus_hours": float(np.nansum(rec["out_of_band_share"][:, b]) * mon.sum() * hours),
+            "unsettled_steps": int(rec["unsettled"][:, b].sum()),
+            "infeasible_steps": int(rec["infeasible"][:, b].sum()),
+            "diverged_steps": int((~ok).sum()),
+            "communication": float(controller.communication),
+            "hops": int(controller.hops if controller.hops is not None else -1),
+            "seconds": float(seconds),
+        })
+    steps = pd.DataFrame({
+        "day": np.repeat(np.asarray(days, dtype=np.int64)[None, :], n_steps, 0).T.ravel(),
+        "step": np.tile(np.arange(n_steps), batch),
+        "hour": np.tile(np.arange(n_steps) * hours, batch),
+        "loss_mw": rec["loss_mw"].T.ravel(),
+        "v_min_pu": np.where(conv, vmon.min(axis=2, initial=np.inf), np.nan).T.ravel(),
+        "v_max_pu": np.where(conv, vmon.max(axis=2, initial=-np.inf), np.nan).T.ravel(),
+        "share_out_of_band": rec["out_of_band_share"].T.ravel(),
+        "controllable": rec["controllable"].astype(bool).T.ravel(),
+        "q_abs_mvar": rec["q_abs_mvar"].T.ravel(),
+        "pv_p_mw": rec["pv_p_mw"].T.ravel(),
+        "load_p_mw": rec["load_p_mw"].T.ravel(),
+        "unsettled": rec["unsettled"].T.ravel(),
+        "infeasible": rec["infeasible"].T.ravel(),
+        "converged": conv.T.ravel(),
+    })
+    bus = np.asarray(feeder.net.bus.index)
+    frames = []
+    for b, day in enumerate(days):
+        if int(day) in keep_v:
+            frames.append(pd.DataFrame({
+                "day": np.int64(day),
+                "step": np.repeat(np.arange(n_steps), len(bus)),
+                "bus": np.tile(bus, n_steps),
+                "vm_pu": vm[:, b, :].ravel().astype(np.float32),
+            }))
+    volts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"day": pd.Series(dtype=np.int64), "step": pd.Series(dtype=np.int64), "bus": pd.Series(dtype=np.int64),
+         "vm_pu": pd.Series(dtype=np.float32)})
+    return pd.DataFrame(day_rows), steps, volts
