@@ -1,0 +1,436 @@
+"""Batch comparison: every feeder × controller × seed over the days of a split, resumable.
+
+A comparison is described by one :class:`CompareConfig` (from the CLI or an experiment TOML) and
+lives in one output folder::
+
+    OUT/config.json                       what was asked (a different config here is an error)
+    OUT/cells/<feeder>/<controller>/seed<k>/{voltages,steps,days}.parquet
+    OUT/days.parquet                      the tidy table: one row per feeder × controller × seed × day
+    OUT/summary.md, OUT/summary.csv       one row per feeder × controller, with the gap to ``opf``
+    OUT/report.html                       see :mod:`gridrl.report`
+
+Each cell (feeder × controller × seed) is written atomically, ``days.parquet`` last, so a cell is
+finished exactly when its ``days.parquet`` exists: re-running the same comparison into the same
+folder skips finished cells and an interrupted comparison resumes where it stopped.
+
+Cells run through a *backend*, a function that takes the cells still to do and the function
+that runs one (:func:`run_cell`, a plain top-level function of picklable arguments) and runs
+them: ``local`` loops in this process; a cluster backend can map the same function over workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from gridrl.config import from_dict, read_toml, to_dict
+from gridrl.errors import GridrlError
+
+_CONFIG_VERSION = 1
+
+
+class CompareError(GridrlError, ValueError):
+    """A comparison that cannot run as asked (bad config, or an output folder in the way)."""
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerSpec:
+    """One controller of a comparison.
+
+    name: ``none``, ``droop`` or ``opf``.
+    preset: droop only: ``ieee1547-a``, ``ieee1547-b`` (default) or ``mapdn``.
+    curve: droop only, instead of a preset: a table with ``v_pu`` (breakpoints, strictly
+        increasing), ``q`` (fractions of the reference, non-increasing) and optionally
+        ``reference`` (``s_max`` or ``q_avail``).
+    label: name of the controller in tables and plots (default ``none``, ``droop-<preset>``,
+        ``droop-custom``, ``opf``); labels must be unique within a comparison.
+    """
+
+    name: str
+    preset: str | None = None
+    curve: dict | None = None
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The label used in tables, plots and folder names."""
+        if self.label:
+            return self.label
+        if self.name == "droop":
+            from gridrl.control.droop import DEFAULT_PRESET
+
+            return "droop-custom" if self.curve is not None else f"droop-{self.preset or DEFAULT_PRESET}"
+        return self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """A comparison of controllers on feeders.
+
+    feeders: feeder names (see ``gridrl feeders``) or spec paths.
+    controllers: the controllers compared (see :class:`ControllerSpec`).
+    split: days to run: ``test`` (held out), ``train`` or ``all``.
+    seeds: number of seeds per cell (seeds 0 … seeds−1).
+    days: run only these days (each must belong to the split of every feeder); default all.
+    report_day: the day the report shows in detail (heat maps, envelopes, losses over the day);
+        default the evaluated day with the most PV energy on each feeder.
+    num_envs: days per batch (default: all days of a cell in one batch).
+    out: output folder (the CLI's ``--out`` takes precedence).
+    backend: how cells run: ``local`` (in this process).
+    """
+
+    feeders: tuple[str, ...]
+    controllers: tuple[ControllerSpec, ...]
+    split: Literal["train", "test", "all"] = "test"
+    seeds: int = 1
+    days: tuple[int, ...] | None = None
+    report_day: int | None = None
+    num_envs: int | None = None
+    out: str | None = None
+    backend: Literal["local"] = "local"
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the results (where they are written and how cells run do not)."""
+        d = to_dict(self)
+        d.pop("out", None)
+        d.pop("backend", None)
+        d["controllers"] = [to_dict(c) for c in self.controllers]
+        d["version"] = _CONFIG_VERSION
+        return d
+
+
+def load_config(path: str | Path) -> CompareConfig:
+    """A :class:`CompareConfig` from an experiment TOML file (every problem reported at once)."""
+    return from_dict(CompareConfig, read_toml(path), source=str(path))
+
+
+def parse_controllers(text: str, *, preset: str | None = None) -> tuple[ControllerSpec, ...]:
+    """``none,droop:ieee1547-a,opf`` as controller specs; ``preset`` applies to bare ``droop``."""
+    specs = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        name, _, p = token.partition(":")
+        specs.append(ControllerSpec(name=name, preset=(p or preset) if name == "droop" else (p or None)))
+    return tuple(specs)
+
+
+def config_problems(config: CompareConfig) -> list[str]:
+    """Everything wrong with a comparison config (empty when it can run)."""
+    from gridrl.control import CONTROLLERS, ControllerError, UnknownController
+    from gridrl.control.droop import resolve_curve
+    from gridrl.evaluate import check_days
+    from gridrl.grid.feeder import load_feeder
+
+    problems: list[str] = []
+    if not config.feeders:
+        problems.append("no feeders given")
+    if not config.controllers:
+        problems.append("no controllers given")
+    if config.seeds < 1:
+        problems.append(f"seeds must be ≥ 1, got {config.seeds}")
+    if config.num_envs is not None and config.num_envs < 1:
+        problems.append(f"num_envs must be ≥ 1, got {config.num_envs}")
+    for spec in config.controllers:
+        try:
+            if spec.name not in CONTROLLERS:
+                raise UnknownController(spec.name, CONTROLLERS)
+            if spec.name == "droop":
+                resolve_curve(spec.preset, spec.curve)
+            elif spec.preset is not None or spec.curve is not None:
+                raise ControllerError(f"controller {spec.name!r} takes no droop preset or curve")
+        except GridrlError as exc:
+            problems.append(str(exc))
+    keys = [s.key for s in config.controllers]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        problems.append(f"controller {', '.join(map(repr, dup))} is listed twice (give each a distinct label)")
+    for name in config.feeders:
+        try:
+            feeder = load_feeder(name)
+            check_days(feeder, config.split, config.days)
+            if config.report_day is not None:
+                check_days(feeder, config.split, [config.report_day])
+                if config.days is not None and config.report_day not in config.days:
+                    problems.append(f"report_day {config.report_day} is not among the days run")
+        except GridrlError as exc:
+            problems.append(str(exc))
+    return list(dict.fromkeys(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# cells
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """One feeder × controller × seed: everything :func:`run_cell` needs (picklable)."""
+
+    feeder: str
+    controller: ControllerSpec
+    seed: int
+    split: str
+    days: tuple[int, ...] | None
+    report_day: int | None
+    num_envs: int | None
+    out: str
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out) / "cells" / _safe(self.feeder) / _safe(self.controller.key) / f"seed{self.seed}"
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "days.parquet").exists()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_"
+
+
+def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
+    """Evaluate one cell and write its tables atomically (``days.parquet`` last); its folder."""
+    from gridrl.control import make_controller
+    from gridrl.evaluate import check_days, evaluate
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.io import write_parquet
+
+    feeder = load_feeder(cell.feeder)
+    days = check_days(feeder, cell.split, cell.days)
+    spec = cell.controller
+    ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve)
+    ctrl.name = spec.key
+    rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, days)
+    ev = evaluate(feeder, ctrl, split=cell.split, days=days, seed=cell.seed, num_envs=cell.num_envs,
+                  voltage_days=[rday], progress=progress)
+    write_parquet(cell.folder / "voltages.parquet", ev.voltages)
+    write_parquet(cell.folder / "steps.parquet", ev.steps)
+    write_parquet(cell.folder / "days.parquet", ev.days)
+    return cell.folder
+
+
+def sunniest_day(feeder, days: Sequence[int]) -> int:
+    """The day among ``days`` with the most PV energy (where voltage rise is worst)."""
+    prof = feeder.profiles
+    energy = [float(prof.pv_p_mw[prof.day_steps(d)].sum()) for d in days]
+    return int(days[int(np.argmax(energy))])
+
+
+Backend = Callable[[Sequence[Cell], Callable[..., Path], Any], Iterable[Path]]
+
+
+def local_backend(cells: Sequence[Cell], run: Callable[..., Path], progress: Any = None) -> Iterable[Path]:
+    """Run cells one after another in this process."""
+    for cell in cells:
+        if progress is not None:
+            progress.set_description(f"{cell.feeder} · {cell.controller.key} · seed {cell.seed}")
+        yield run(cell, None if progress is None else progress.update)
+
+
+BACKENDS: dict[str, Backend] = {"local": local_backend}
+
+
+# --------------------------------------------------------------------------------------------
+# running a comparison
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """A finished comparison: the tidy per-day table, the summary and where they were written."""
+
+    out: Path
+    days: pd.DataFrame
+    summary: pd.DataFrame
+    ran: int
+    skipped: int
+
+
+def prepare_out(config: CompareConfig, out: Path) -> None:
+    """Claim ``out`` for ``config``: fine if new, empty or holding the same comparison; an error
+    (nothing written) if it holds a different comparison or anything else."""
+    from gridrl.io import write_json
+
+    cfg_file = out / "config.json"
+    if cfg_file.exists():
+        try:
+            old = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise CompareError(f"{out} holds an unreadable config.json; use another --out or delete it") from None
+        new = config.identity()
+        if old != json.loads(json.dumps(new)):
+            diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != json.loads(json.dumps(new.get(k)))]
+            raise CompareError(f"{out} holds a comparison of a different configuration "
+                               f"({', '.join(diff)} differ); use another --out or delete it")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CompareError(f"{out} exists and holds no gridrl comparison; use another --out or delete it")
+    write_json(cfg_file, config.identity())
+
+
+def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
+    """Every cell of the comparison, feeders outermost."""
+    return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=config.days, report_day=config.report_day,
+                 num_envs=config.num_envs, out=str(out))
+            for f in config.feeders for c in config.controllers for s in range(config.seeds)]
+
+
+def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend: str | None = None,
+                progress: bool = True, report: bool = True) -> CompareResult:
+    """Run (or resume) a comparison; write the tidy table, the summary and the report.
+
+    Raises :class:`CompareError` listing every problem of the config, or when ``out`` holds a
+    different comparison; nothing is written then.
+    """
+    from tqdm import tqdm
+
+    from gridrl.io import atomic_write, write_html, write_parquet, write_text
+
+    problems = config_problems(config)
+    if problems:
+        raise CompareError("; ".join(problems))
+    out = Path(out or config.out or "reports/compare")
+    backend_name = backend or config.backend
+    if backend_name not in BACKENDS:
+        raise CompareError(f"unknown backend {backend_name!r} — known backends: {', '.join(BACKENDS)}")
+    prepare_out(config, out)
+    cells = cells_of(config, out)
+    todo = [c for c in cells if not c.done]
+    steps_per_cell = _steps_per_cell(config)
+    bar = tqdm(total=len(todo) * steps_per_cell, unit="step", disable=not progress or not todo, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        for _ in BACKENDS[backend_name](todo, run_cell, bar):
+            pass
+    finally:
+        bar.close()
+    days = collect(out, cells, "days")
+    summary = summarize(days)
+    write_parquet(out / "days.parquet", days)
+    write_text(out / "summary.md", summary_markdown(summary))
+    atomic_write(out / "summary.csv", lambda p: summary.to_csv(p, index=False))
+    if report:
+        from gridrl.report import build_report
+
+        write_html(build_report(out), out / "report.html")
+    return CompareResult(out=out, days=days, summary=summary, ran=len(todo), skipped=len(cells) - len(todo))
+
+
+def _steps_per_cell(config: CompareConfig) -> int:
+    from gridrl.env import EnvConfig
+
+    steps = EnvConfig().steps_per_episode
+    if config.num_envs and config.days:
+        return steps * math.ceil(len(config.days) / config.num_envs)
+    return steps
+
+
+def collect(out: str | Path, cells: Sequence[Cell] | None = None, table: str = "days") -> pd.DataFrame:
+    """One table (``days``, ``steps`` or ``voltages``) of every finished cell under ``out``."""
+    out = Path(out)
+    files = ([c.folder / f"{table}.parquet" for c in cells] if cells is not None
+             else sorted((out / "cells").glob(f"*/*/seed*/{table}.parquet")))
+    frames = [pd.read_parquet(f) for f in files if f.exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = {
+    "feeder": "feeder",
+    "controller": "controller",
+    "days": "days",
+    "controllable_rate": "controllable rate",
+    "out_of_band_pct": "bus-steps out of band %",
+    "mean_abs_dv_pu": "mean |v−1| p.u.",
+    "max_abs_dv_pu": "max |v−1| p.u.",
+    "energy_loss_mwh": "energy loss MWh",
+    "loss_gap_to_opf_pct": "loss gap to opf %",
+    "reactive_energy_mvarh": "reactive energy MVArh",
+    "communication": "floats / agent / step",
+    "flagged_steps": "flagged steps",
+}
+
+
+def summarize(days: pd.DataFrame) -> pd.DataFrame:
+    """One row per feeder × controller from the tidy per-day table.
+
+    Rates and means are over all bus-steps of all days and seeds; energies are per seed (summed
+    over the days, averaged over seeds); ``loss_gap_to_opf_pct`` compares with ``opf`` on the
+    same feeder; ``flagged_steps`` counts unsettled, infeasible and diverged steps.
+    """
+    if days.empty:
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    order = {k: i for i, k in enumerate(dict.fromkeys(days["controller"]))}
+    rows = []
+    for (feeder, ctrl), g in days.groupby(["feeder", "controller"], sort=False):
+        n_seeds = g["seed"].nunique()
+        rows.append({
+            "feeder": feeder,
+            "controller": ctrl,
+            "days": int(g["day"].nunique()),
+            "controllable_rate": float(np.average(g["controllable_rate"], weights=g["steps"])),
+            "out_of_band_pct": 100.0 * float(np.average(g["share_out_of_band"], weights=g["steps"])),
+            "mean_abs_dv_pu": float(np.average(g["mean_abs_dv_pu"], weights=g["steps"])),
+            "max_abs_dv_pu": float(g["max_abs_dv_pu"].max()),
+            "energy_loss_mwh": float(g["energy_loss_mwh"].sum() / n_seeds),
+            "loss_gap_to_opf_pct": np.nan,
+            "reactive_energy_mvarh": float(g["reactive_energy_mvarh"].sum() / n_seeds),
+            "communication": float(g["communication"].iloc[0]),
+            "flagged_steps": int((g["unsettled_steps"] + g["infeasible_steps"] + g["diverged_steps"]).sum()),
+        })
+    summary = pd.DataFrame(rows)
+    for feeder, g in summary.groupby("feeder", sort=False):
+        opf = g.loc[g["controller"] == "opf", "energy_loss_mwh"]
+        if len(opf) and opf.iloc[0] > 0:
+            summary.loc[g.index, "loss_gap_to_opf_pct"] = 100.0 * (g["energy_loss_mwh"] / opf.iloc[0] - 1.0)
+    feeders = list(dict.fromkeys(days["feeder"]))
+    summary["_f"] = summary["feeder"].map({f: i for i, f in enumerate(feeders)})
+    summary["_c"] = summary["controller"].map(order)
+    return summary.sort_values(["_f", "_c"]).drop(columns=["_f", "_c"]).reset_index(drop=True)
+
+
+def format_summary(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """Summary rows with human headers and rounded values (for printing and markdown)."""
+    digits = {"controllable_rate": 4, "out_of_band_pct": 3, "mean_abs_dv_pu": 4, "max_abs_dv_pu": 4,
+              "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "reactive_energy_mvarh": 1, "communication": 1}
+    rows = []
+    for rec in summary.to_dict("records"):
+        row = {}
+        for key, header in SUMMARY_COLUMNS.items():
+            v = rec.get(key)
+            if isinstance(v, float):
+                v = "–" if math.isnan(v) else (f"{v:+.{digits[key]}f}" if key == "loss_gap_to_opf_pct"
+                                               else f"{v:.{digits.get(key, 3)}f}")
+            row[header] = v
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a GitHub markdown table."""
+    rows = format_summary(summary)
+    if not rows:
+        return "(no results)\n"
+    headers = list(rows[0])
+    right = [h not in ("feeder", "controller") for h in headers]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
+    lines += ["| " + " | ".join(str(r[h]) for h in headers) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
