@@ -128,6 +128,118 @@ def feeders_show(
 
 
 # --------------------------------------------------------------------------------------------
+# evaluate, compare, report (controllers and their comparison; gridrl.evaluate/compare/report)
+# --------------------------------------------------------------------------------------------
+
+
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise fail(f"{option} takes comma-separated day numbers, e.g. 2,7,12; got {text!r}") from None
+
+
+def _show_summary(result, title: str) -> None:
+    from gridrl.compare import format_summary
+
+    print_table(format_summary(result.summary), title=title)
+    done = f"{result.ran} cell(s) run" + (f", {result.skipped} already done" if result.skipped else "")
+    console.print(f"{done}; results in {result.out} (summary.md, days.parquet, report.html)", highlight=False)
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    feeder: Annotated[str, typer.Option(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
+    controller: Annotated[str, typer.Option(help="Controller: none, droop or opf.")] = "droop",
+    preset: Annotated[Optional[str], typer.Option(help="Droop preset: ieee1547-a, ieee1547-b (default) or mapdn.")] = None,
+    curve: Annotated[Optional[Path], typer.Option(help="Droop curve TOML file with v_pu = [...], q = [...] and "
+                                                  "optionally reference = 's_max' | 'q_avail' (instead of --preset).")] = None,
+    split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
+    days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/evaluate/FEEDER-CONTROLLER-SPLIT).")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
+) -> None:
+    """Run one controller over whole days; print a summary, write per-day and per-step tables
+    (parquet) and an HTML report. Re-running into the same folder reuses finished results."""
+    from gridrl.compare import CompareConfig, ControllerSpec, run_compare
+    from gridrl.config import read_toml
+
+    curve_table = None
+    if curve is not None:
+        data = read_toml(curve)
+        curve_table = data.get("curve", data) if isinstance(data.get("curve"), dict) else data
+    spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
+    if split not in ("train", "test", "all"):
+        raise fail(f"--split must be test, train or all, got {split!r}")
+    cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"))
+    out = out or Path("reports") / "evaluate" / f"{Path(feeder).stem}-{spec.key}-{split}"
+    result = run_compare(cfg, out=out, report=report)
+    if len(result.days) <= 12:
+        cols = ["day", "date", "controllable_rate", "share_out_of_band", "max_abs_dv_pu", "energy_loss_mwh",
+                "reactive_energy_mvarh", "unsettled_steps", "infeasible_steps"]
+        print_table(result.days[cols].to_dict("records"), title=f"{spec.key} on {feeder}: per day")
+    _show_summary(result, title=f"{spec.key} on {feeder}, {split} days")
+
+
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    config: Annotated[Optional[Path], typer.Option(help="Comparison TOML (experiments/*.toml); replaces the "
+                                                   "selection options below.")] = None,
+    feeders: Annotated[Optional[str], typer.Option(help="Comma-separated feeder names, e.g. ieee33,ieee141.")] = None,
+    controllers: Annotated[Optional[str], typer.Option(help="Comma-separated controllers: none, droop, opf; "
+                                                       "droop:PRESET picks a preset, e.g. droop:mapdn.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Preset of every bare `droop` in --controllers.")] = None,
+    split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
+    seeds: Annotated[int, typer.Option(help="Seeds per feeder × controller (0 … N−1).")] = 1,
+    days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else reports/compare).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Where cells run: local.")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
+) -> None:
+    """Every feeder × controller × seed over the days of a split: a progress bar, one tidy table,
+    a summary with the gap to opf (markdown and printed) and an HTML report. Interrupted runs
+    resume: finished cells are skipped."""
+    from gridrl.compare import CompareConfig, load_config, parse_controllers, run_compare
+
+    if config is not None:
+        given = [name for name, v in (("--feeders", feeders), ("--controllers", controllers), ("--preset", preset),
+                                      ("--days", days)) if v is not None]
+        if split != "test" or seeds != 1:
+            given += [o for o, changed in (("--split", split != "test"), ("--seeds", seeds != 1)) if changed]
+        if given:
+            raise fail(f"--config already says what to compare; drop {', '.join(given)} or edit {config}")
+        cfg = load_config(config)
+    else:
+        if not feeders or not controllers:
+            raise fail("give --feeders and --controllers, or --config FILE")
+        if split not in ("train", "test", "all"):
+            raise fail(f"--split must be test, train or all, got {split!r}")
+        cfg = CompareConfig(feeders=tuple(f.strip() for f in feeders.split(",") if f.strip()),
+                            controllers=parse_controllers(controllers, preset=preset), split=split, seeds=seeds,
+                            days=_int_list(days, "--days"))
+    result = run_compare(cfg, out=out, backend=backend, report=report)
+    _show_summary(result, title="comparison summary")
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    results: Annotated[Path, typer.Argument(help="Folder written by `gridrl compare` or `gridrl evaluate`.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default RESULTS/report.html).")] = None,
+) -> None:
+    """The self-contained HTML report of a results folder (plotly.js embedded: opens offline)."""
+    from gridrl.io import write_html
+    from gridrl.report import build_report
+
+    path = write_html(build_report(results), out or results / "report.html")
+    console.print(f"report written to {path}", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 
