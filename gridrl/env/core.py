@@ -40,6 +40,13 @@ import torch
 from gridrl.env.config import EnvConfig
 from gridrl.env.rewards import barrier
 
+# per-step info entries a frozen (finished) scenario fills with NaN / False: shape, kind
+_INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
+              "out_of_band_share": ("b", "f"), "dv_mean_pu": ("b", "f"), "dv_max_pu": ("b", "f"),
+              "loss_mw": ("b", "f"), "q_abs_mvar": ("b", "f"), "vm_pu": ("bus", "f"),
+              "q_mvar": ("inv", "f"), "zone_loss_mw": ("bn", "f"), "reward_voltage": ("bn", "f"),
+              "reward_loss": ("bn", "f"), "reward_q": ("bn", "f")}
+
 _EPISODE_KEYS = ("steps", "controllable_rate", "energy_loss_mwh", "violation_bus_hours",
                  "q_energy_mvarh", "return", "diverged", "day")
 
@@ -126,6 +133,7 @@ class VoltageControlEnv:
 
         self._load_bus = T([pos[int(b)] for b in net.load.bus])
         self._load_on = T(net.load.in_service.to_numpy(), torch.float64)
+        self._load_sign = -self._load_on
         self._sgen_bus = T([pos[int(b)] for b in net.sgen.bus])
         self._sgen_on = T(net.sgen.in_service.to_numpy(), torch.float64)
         self.n_load, self.n_sgen = len(net.load), len(net.sgen)
@@ -150,6 +158,7 @@ class VoltageControlEnv:
         zone = feeder.bus_zone.reindex(bus_index).to_numpy()
         bus_agent = np.array([agent_pos.get(z, -1) if z is not None else -1 for z in zone])
         self._bus_agent = bus_agent
+        self._energized_pos = T(np.flatnonzero(bus_agent >= 0))
         members = [[] for _ in range(self.n_agents)]
         for i, a in enumerate(bus_agent):
             if a >= 0:
@@ -166,6 +175,7 @@ class VoltageControlEnv:
             idx[a, :len(z)] = z
         self.zone_index = T(idx)
         self.zone_mask = self.zone_index < self.n_bus
+        self._zone_flat = self.zone_index.reshape(-1)
 
         monitored = np.asarray(feeder.monitored, dtype=bool)
         self.monitored = T(monitored, torch.bool)
@@ -197,6 +207,7 @@ class VoltageControlEnv:
             pp.runpp(base, lightsim2grid=False)
         ppc = base._ppc
         br = ppc["branch"]
+        base_mva = float(ppc["baseMVA"])
         ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
         rep = np.full(ppc["bus"].shape[0], -1)
         rep[base._pd2ppc_lookups["bus"][self.bus_index]] = np.arange(self.n_bus)
@@ -209,22 +220,21 @@ class VoltageControlEnv:
         # shunt-equivalent of a branch whose other end floats: its current there is zero
         y_f = yff[f_only] - yft[f_only] * ytf[f_only] / ytt[f_only]
         y_t = ytt[t_only] - ytf[t_only] * yft[t_only] / yff[t_only]
-        c = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.complex128)  # noqa: E731
         i = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.int64)  # noqa: E731
-        self._br_f, self._br_t = i(fp[both]), i(tp[both])
-        self._br_y = [c(yff[both]), c(yft[both]), c(ytf[both]), c(ytt[both])]
-        self._sh_pos = i(np.concatenate([fp[f_only], tp[t_only]]))
-        self._sh_g = torch.as_tensor(np.concatenate([y_f.real, y_t.real]), dtype=torch.float64)
-        self._base_mva = float(ppc["baseMVA"])
         ba = self._bus_agent
-        af, at = ba[fp[both]], ba[tp[both]]
-        af, at = np.where(af < 0, at, af), np.where(at < 0, af, at)
-        keep = (af >= 0) & (at >= 0)
-        self._br_keep = i(np.flatnonzero(keep))
-        self._br_agent_f, self._br_agent_t = i(af[keep]), i(at[keep])
-        sa = ba[self._sh_pos.numpy()] if len(self._sh_pos) else np.zeros(0, dtype=np.int64)
-        self._sh_keep = i(np.flatnonzero(sa >= 0))
-        self._sh_agent = i(sa[sa >= 0])
+        keep = np.flatnonzero(both)
+        keep = keep[(ba[fp[keep]] >= 0) & (ba[tp[keep]] >= 0)]  # unenergized buses carry nothing
+        self._br_f, self._br_t = i(fp[keep]), i(tp[keep])
+        # loss coefficients (see _zone_loss), halved: each end's zone takes one half
+        r = lambda x: torch.as_tensor(np.ascontiguousarray(x) * 0.5 * base_mva, dtype=torch.float64)  # noqa: E731
+        self._br_k = [r(yff[keep].real), r(ytt[keep].real), r(yft[keep].real + ytf[keep].real),
+                      r(yft[keep].imag - ytf[keep].imag)]
+        self._br_agent_f, self._br_agent_t = i(ba[fp[keep]]), i(ba[tp[keep]])
+        sh_pos = np.concatenate([fp[f_only], tp[t_only]])
+        sh_g = np.concatenate([y_f.real, y_t.real])
+        sh_keep = ba[sh_pos] >= 0
+        self._sh_pos, self._sh_agent = i(sh_pos[sh_keep]), i(ba[sh_pos[sh_keep]])
+        self._sh_g = torch.as_tensor(sh_g[sh_keep] * base_mva, dtype=torch.float64)
 
     def _build_time(self, feeder, cfg: EnvConfig) -> None:
         prof = feeder.profiles
@@ -317,7 +327,7 @@ class VoltageControlEnv:
         p = self._prof
         pv = self._at(p.sgen_p_mw, g)
         return {"load_p_mw": self._at(p.load_p_mw, g), "load_q_mvar": self._at(p.load_q_mvar, g),
-                "sgen_p_mw": pv, "pv_p_mw": pv[:, self.inverter_sgen_pos]}
+                "sgen_p_mw": pv, "pv_p_mw": torch.index_select(pv, 1, self.inverter_sgen_pos)}
 
     def _q_avail(self, pv_p_mw: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(torch.clamp(self.s_max_mva ** 2 - pv_p_mw ** 2, min=0.0))
@@ -325,58 +335,63 @@ class VoltageControlEnv:
     # ---------------------------------------------------------------------------------------
     # physics
     # ---------------------------------------------------------------------------------------
-    def _solve(self, exo: dict, q_inv: torch.Tensor, v_init):
+    def _solve(self, exo: dict, q_inv: torch.Tensor, v_init) -> dict:
+        """Power flow of the scenarios in ``exo`` with inverter reactive power ``q_inv``.
+
+        Adds ``sgen_q_mvar`` to ``exo``. Scenarios that did not converge carry NaN voltages,
+        angles and losses; they never raise.
+        """
         sgen_q = self._sgen_q_base.expand(q_inv.shape[0], -1).clone()
         sgen_q[:, self.inverter_sgen_pos] = q_inv
+        exo["sgen_q_mvar"] = sgen_q
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,
-                                     v_init=v_init)
-            except Exception:  # a solver that raises is treated as diverged, never propagated
-                if v_init is None:
-                    raise
-                res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"],
-                                     sgen_q, v_init=None)
-        conv = torch.as_tensor(res.converged, dtype=torch.bool)
+            res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,
+                                 v_init=v_init)
+        ok = torch.as_tensor(res.converged, dtype=torch.bool)
         vm = torch.as_tensor(res.vm_pu, dtype=torch.float64)
         va = torch.as_tensor(res.va_degree, dtype=torch.float64)
-        ok = conv & torch.isfinite(vm).all(1) & torch.isfinite(va).all(1)
-        vm = torch.where(ok[:, None], vm, torch.nan)
-        va = torch.where(ok[:, None], va, torch.nan)
-        loss = torch.where(ok, torch.as_tensor(res.loss_mw, dtype=torch.float64), torch.nan)
+        loss = torch.as_tensor(res.loss_mw, dtype=torch.float64)
         v = getattr(res, "v", None)
+        v = torch.polar(vm, torch.deg2rad(va)) if v is None else torch.as_tensor(v)
+        ok = ok & torch.isfinite(loss)
+        if not ok.all():
+            bad = ~ok
+            vm, va, loss, v = vm.clone(), va.clone(), loss.clone(), v.clone()
+            vm[bad], va[bad], loss[bad], v[bad] = torch.nan, torch.nan, torch.nan, torch.nan
         return {"vm_pu": vm, "va_degree": va, "loss_mw": loss, "converged": ok, "v": v,
                 "iterations": torch.as_tensor(res.iterations)}
 
-    def _bus_injection(self, exo: dict, q_inv: torch.Tensor):
+    def _bus_injection(self, exo: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Net injection (generation − consumption) ``[B, n_bus]`` of P and Q at every bus."""
-        B = q_inv.shape[0]
+        B = exo["load_p_mw"].shape[0]
         p = torch.zeros(B, self.n_bus, dtype=torch.float64)
         q = torch.zeros(B, self.n_bus, dtype=torch.float64)
         p.index_add_(1, self._sgen_bus, exo["sgen_p_mw"] * self._sgen_on)
-        p.index_add_(1, self._load_bus, exo["load_p_mw"] * -self._load_on)
-        q.index_add_(1, self._load_bus, exo["load_q_mvar"] * -self._load_on)
-        q.index_add_(1, self._sgen_bus, (self._sgen_q_base * self._sgen_on).expand(B, -1))
-        q.index_add_(1, self.inverter_bus_pos,
-                    (q_inv - self._sgen_q_base[self.inverter_sgen_pos]) * self._sgen_on[self.inverter_sgen_pos])
+        p.index_add_(1, self._load_bus, exo["load_p_mw"] * self._load_sign)
+        q.index_add_(1, self._sgen_bus, exo["sgen_q_mvar"] * self._sgen_on)
+        q.index_add_(1, self._load_bus, exo["load_q_mvar"] * self._load_sign)
         return p, q
 
     def _zone_loss(self, vm: torch.Tensor, va: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` each zone's share of branch losses (MW)."""
-        v = torch.polar(vm, torch.deg2rad(va))
-        vf, vt = v[:, self._br_f], v[:, self._br_t]
-        yff, yft, ytf, ytt = self._br_y
-        i_f = yff * vf + yft * vt
-        i_t = ytf * vf + ytt * vt
-        loss = (vf * i_f.conj() + vt * i_t.conj()).real * self._base_mva
+        """``[B, N]`` each zone's share of branch losses (MW).
+
+        With ``w = V_f·conj(V_t) = |V_f||V_t|·e^{jΔ}``, a branch's loss
+        ``Re(V_f·conj(I_f) + V_t·conj(I_t))`` is ``g_ff|V_f|² + g_tt|V_t|² + k_c|V_f||V_t|cos Δ +
+        k_s|V_f||V_t|sin Δ``, with real coefficients fixed at construction.
+        """
+        sel = torch.index_select
+        mf, mt = sel(vm, 1, self._br_f), sel(vm, 1, self._br_t)
+        delta = sel(va, 1, self._br_f) - sel(va, 1, self._br_t)
+        delta = delta * (math.pi / 180.0)
+        gff, gtt, kc, ks = self._br_k
+        half = gff * mf * mf + gtt * mt * mt + mf * mt * (kc * torch.cos(delta) + ks * torch.sin(delta))
         out = torch.zeros(vm.shape[0], self.n_agents, dtype=torch.float64)
-        loss = loss[:, self._br_keep] * 0.5
-        out.index_add_(1, self._br_agent_f, loss)
-        out.index_add_(1, self._br_agent_t, loss)
-        if len(self._sh_keep):
-            sh = vm[:, self._sh_pos[self._sh_keep]] ** 2 * self._sh_g[self._sh_keep] * self._base_mva
-            out.index_add_(1, self._sh_agent, sh)
+        out.index_add_(1, self._br_agent_f, half)
+        out.index_add_(1, self._br_agent_t, half)
+        if len(self._sh_pos):
+            m = sel(vm, 1, self._sh_pos)
+            out.index_add_(1, self._sh_agent, m * m * self._sh_g)
         return out
 
     def _to_agents(self, x_inv: torch.Tensor) -> torch.Tensor:
@@ -387,9 +402,11 @@ class VoltageControlEnv:
         return out.index_add_(1, self.inverter_agent, x_inv)
 
     def _inverter_q(self, actions: torch.Tensor, q_avail: torch.Tensor, outage: torch.Tensor):
-        a = actions if self._one_to_one else actions[:, self.inverter_agent]
-        out = outage if self._one_to_one else outage[:, self.inverter_agent]
-        return torch.where(out, 0.0, a * q_avail)
+        if not self._one_to_one:
+            actions = torch.index_select(actions, 1, self.inverter_agent)
+            outage = torch.index_select(outage, 1, self.inverter_agent)
+        q = actions * q_avail
+        return torch.where(outage, 0.0, q) if outage.any() else q
 
     # ---------------------------------------------------------------------------------------
     # public API
@@ -458,69 +475,76 @@ class VoltageControlEnv:
         self._store_v(rows, sol)
         self._obs[rows] = self._observe(rows)
 
-    def _store(self, rows, exo, q_inv, vm, g) -> None:
-        p, q = self._bus_injection(exo, q_inv)
-        self._vm[rows], self._bus_p[rows], self._bus_q[rows] = vm, p, q
-        self._inv[rows, 0] = exo["pv_p_mw"]
-        self._inv[rows, 1] = q_inv
-        self._inv[rows, 2] = self._q_avail(exo["pv_p_mw"])
-        self._g_obs[rows.numpy()] = g
+    def _store(self, rows: torch.Tensor, exo: dict, q_inv: torch.Tensor, vm: torch.Tensor,
+               g: np.ndarray) -> None:
+        """Keep what the sensors of the scenarios ``rows`` measured at the step just solved."""
+        p, q = self._bus_injection(exo)
+        inv = torch.stack([exo["pv_p_mw"], q_inv, self._q_avail(exo["pv_p_mw"])], 1)
+        if len(rows) == self.num_envs:
+            self._vm, self._bus_p, self._bus_q, self._inv = vm, p, q, inv
+            self._g_obs = np.asarray(g, dtype=np.int64).copy()
+        else:
+            self._vm[rows], self._bus_p[rows], self._bus_q[rows], self._inv[rows] = vm, p, q, inv
+            self._g_obs[rows.numpy()] = g
 
     def _store_v(self, rows: torch.Tensor, sol: dict) -> None:
-        v = sol["v"]
-        if v is None:
-            return
-        v = torch.as_tensor(v)
+        """Keep the solution as the warm start; a diverged scenario restarts from nominal."""
+        v, ok = sol["v"], sol["converged"]
         if self._v0 is None:
-            ok = sol["converged"].nonzero(as_tuple=True)[0]
-            if not len(ok):
+            good = ok.nonzero(as_tuple=True)[0]
+            if not len(good):
                 return
-            self._v0 = v[ok[0]].clone()
-        v = torch.where(sol["converged"].reshape(-1, *([1] * (v.dim() - 1))), v, self._v0)
+            self._v0 = v[good[0]].clone()  # NaN at unenergized buses: the solver skips them
+        if not ok.all():
+            v = torch.where(ok[:, None], v, self._v0)
         if self._v is None:
-            self._v = self._v0.expand(self.num_envs, *self._v0.shape).clone()
+            self._v = self._v0.expand(self.num_envs, -1).clone()
         if len(rows) == self.num_envs:
-            self._v = v.clone()
+            self._v = v
         else:
             self._v[rows] = v
 
     def _observe(self, rows: torch.Tensor) -> torch.Tensor:
-        """Observations ``[n, N, obs_dim]`` of the scenarios ``rows`` from their stored state."""
+        """Observations ``[n, N, obs_dim]`` (float32) of the scenarios ``rows``, from their
+        stored measurements (see the class docstring for the layout)."""
         cfg = self.config
-        n = len(rows)
+        n, N, Z = len(rows), self.n_agents, self.max_zone_buses
         full = n == self.num_envs
-        vm = self._vm if full else self._vm[rows]
-        dv = vm - 1.0
+        pick = (lambda x: x) if full else (lambda x: x[rows])
+        ext = torch.zeros(n, 3, self.n_bus + 1, dtype=torch.float32)  # last column: padding
+        dv = pick(self._vm) - 1.0
         if cfg.sensor_noise_pu > 0:
             dv = dv + cfg.sensor_noise_pu * torch.randn(dv.shape, generator=self._gen_noise,
                                                         dtype=torch.float64)
-        bp = self._bus_p if full else self._bus_p[rows]
-        bq = self._bus_q if full else self._bus_q[rows]
-        pad = torch.zeros(n, 1, dtype=torch.float64)
-        zi = self.zone_index
-        dvz = torch.cat([dv, pad], 1)[:, zi]
-        parts = []
+        ext[:, 0, :-1] = dv
+        ext[:, 1, :-1] = pick(self._bus_p)
+        ext[:, 2, :-1] = pick(self._bus_q)
+        z = torch.index_select(ext, 2, self._zone_flat).view(n, 3, N, Z)
+        obs = torch.empty(n, N, self.obs_dim, dtype=torch.float32)
         if cfg.zone_layout == "pad":
-            parts += [dvz, torch.cat([bp, pad], 1)[:, zi], torch.cat([bq, pad], 1)[:, zi],
-                      self.zone_mask.to(torch.float64).expand(n, -1, -1)]
+            obs[:, :, :3 * Z] = z.permute(0, 2, 1, 3).reshape(n, N, 3 * Z)
+            obs[:, :, 3 * Z:4 * Z] = self.zone_mask
+            c = 4 * Z
         else:
             m = self.zone_mask
-            parts += [dvz[:, :, :1],
-                      torch.where(m, dvz, math.inf).amin(2, keepdim=True),
-                      (dvz.sum(2) / self.zone_size).unsqueeze(2),
-                      torch.where(m, dvz, -math.inf).amax(2, keepdim=True),
-                      torch.cat([bp, pad], 1)[:, zi].sum(2, keepdim=True),
-                      torch.cat([bq, pad], 1)[:, zi].sum(2, keepdim=True)]
-        inv = self._inv if full else self._inv[rows]
-        parts.append(torch.stack([self._to_agents(inv[:, j]) for j in range(3)], 2))
+            dvz = z[:, 0]
+            obs[:, :, 0] = dvz[:, :, 0]
+            obs[:, :, 1] = torch.where(m, dvz, math.inf).amin(2)
+            obs[:, :, 2] = dvz.sum(2) / self.zone_size
+            obs[:, :, 3] = torch.where(m, dvz, -math.inf).amax(2)
+            obs[:, :, 4:6] = z[:, 1:].sum(3).transpose(1, 2)
+            c = 6
+        inv = pick(self._inv)  # [n, 3, n_inverter]: p, q, q_avail
+        if not self._one_to_one:
+            inv = torch.zeros(n, 3, N, dtype=torch.float64).index_add_(2, self.inverter_agent, inv)
+        obs[:, :, c:c + 3] = inv.transpose(1, 2)
         g = self._g_obs if full else self._g_obs[rows.numpy()]
         angle = torch.as_tensor(2.0 * math.pi * (g % self.steps_per_day) / self.steps_per_day)
-        parts.append(torch.stack([torch.sin(angle), torch.cos(angle)], 1)[:, None, :]
-                     .expand(n, self.n_agents, 2))
+        obs[:, :, c + 3] = torch.sin(angle)[:, None]
+        obs[:, :, c + 4] = torch.cos(angle)[:, None]
         if cfg.forecast_steps:
-            parts.append(self._forecast(g))
-        flat = [p.reshape(n, self.n_agents, -1) for p in parts]
-        return torch.cat(flat, 2).to(torch.float32)
+            obs[:, :, c + 5:] = self._forecast(g)
+        return obs
 
     def _forecast(self, g: np.ndarray) -> torch.Tensor:
         k = self.config.forecast_steps
@@ -561,93 +585,40 @@ class VoltageControlEnv:
         ``converged``, ``active`` (scenario was stepped), ``truncated`` (episode reached its
         length), ``controllable`` (every monitored bus in band), ``out_of_band_share``,
         ``dv_mean_pu`` / ``dv_max_pu`` (mean / max |v − 1| over monitored buses), ``loss_mw``,
-        ``q_abs_mvar`` (Σ|q| over inverters), ``vm_pu [B, n_bus]``, ``q_mvar``, ``p_mw``,
-        ``q_avail_mvar`` ``[B, n_inverter]``, ``zone_loss_mw [B, N]``, the reward parts
-        ``reward_voltage``, ``reward_loss``, ``reward_q`` ``[B, N]`` (costs, before weights),
-        ``outage [B, N]``, ``message_mask [B, N, N]`` (``[b, i, j]``: a message from j reaches
-        i at this step; always True for i = j, False off the agent graph), ``step``, ``day``
-        and, when some episode ended at this step, ``episode`` (a dict of ``[B]`` aggregates,
-        NaN for scenarios that did not end; see :meth:`episode_metrics`). Per-step metrics of
-        an inactive or diverged scenario are NaN (False for flags).
+        ``q_abs_mvar`` (Σ|q| over inverters), ``iterations``, ``vm_pu [B, n_bus]``,
+        ``q_mvar``, ``p_mw``, ``q_avail_mvar`` ``[B, n_inverter]``, ``zone_loss_mw [B, N]``,
+        the reward parts ``reward_voltage``, ``reward_loss``, ``reward_q`` ``[B, N]`` (costs,
+        before weights), ``outage [B, N]``, ``message_mask [B, N, N]`` (``[b, i, j]``: a
+        message from j reaches i at this step; always True for i = j, False off the agent
+        graph), ``step``, ``day`` and, when some episode ended at this step, ``episode`` (a
+        dict of ``[B]`` aggregates, NaN for scenarios that did not end; see
+        :meth:`episode_metrics`). Per-step metrics of an inactive or diverged scenario are NaN
+        (False for flags).
         """
         a = self._check_actions(actions)
         B, N, cfg = self.num_envs, self.n_agents, self.config
-        f64 = dict(dtype=torch.float64)
-        reward = torch.zeros(B, N, **f64)
-        nan_b = lambda: torch.full((B,), torch.nan, **f64)  # noqa: E731
-        info = {"converged": torch.zeros(B, dtype=torch.bool), "active": ~self._done,
-                "controllable": torch.zeros(B, dtype=torch.bool), "out_of_band_share": nan_b(),
-                "dv_mean_pu": nan_b(), "dv_max_pu": nan_b(), "loss_mw": nan_b(),
-                "q_abs_mvar": nan_b(), "vm_pu": torch.full((B, self.n_bus), torch.nan, **f64),
-                "q_mvar": torch.full((B, self.n_inverters), torch.nan, **f64),
-                "zone_loss_mw": torch.full((B, N), torch.nan, **f64),
-                "reward_voltage": torch.full((B, N), torch.nan, **f64),
-                "reward_loss": torch.full((B, N), torch.nan, **f64),
-                "reward_q": torch.full((B, N), torch.nan, **f64)}
-        rows = (~self._done).nonzero(as_tuple=True)[0]
+        active = ~self._done
+        rows = active.nonzero(as_tuple=True)[0]
         full = len(rows) == B
-        if len(rows):
-            r = rows.numpy()
-            g = self._fine_index()[r]
-            exo = self._exogenous(g)
-            q_avail = self._q_avail(exo["pv_p_mw"])
-            outage = self._outage if full else self._outage[rows]
-            q_inv = self._inverter_q(a if full else a[rows], q_avail, outage)
-            v_init = None if self._v is None else (self._v if full else self._v[rows])
-            sol = self._solve(exo, q_inv, v_init)
-            ok = sol["converged"]
-            vm = sol["vm_pu"]
-            # metrics over monitored buses (NaN rows stay NaN; flags False)
-            vmon = vm[:, self._mon_pos]
-            out = (vmon < self.v_min_pu) | (vmon > self.v_max_pu)
-            dev = (vmon - 1.0).abs()
-            n_out = out.sum(1).to(torch.float64)
-            share = torch.where(ok, n_out / max(self.n_monitored, 1), torch.nan)
-            # local reward parts
-            bar = barrier(vm[:, self._mon_zone_pos], cfg.barrier, v_min_pu=self.v_min_pu,
-                          v_max_pu=self.v_max_pu)
-            r_v = torch.zeros(len(rows), N, **f64).index_add_(1, self._mon_zone_agent, bar)
-            r_l = self._zone_loss(vm, sol["va_degree"])
-            r_q = self._to_agents(q_inv.abs())
-            rew = -(cfg.voltage_weight * r_v + cfg.loss_weight_per_mw * r_l
-                    + cfg.q_weight_per_mvar * r_q)
-            rew = torch.where(ok[:, None], rew, -cfg.divergence_penalty)
-            reward[rows] = rew
-            for key, val in (("converged", ok), ("controllable", ok & (n_out == 0)),
-                             ("out_of_band_share", share), ("dv_mean_pu", dev.mean(1)),
-                             ("dv_max_pu", dev.amax(1)),
-                             ("loss_mw", sol["loss_mw"]), ("q_abs_mvar", q_inv.abs().sum(1)),
-                             ("vm_pu", vm), ("q_mvar", q_inv), ("zone_loss_mw", r_l),
-                             ("reward_voltage", r_v), ("reward_loss", r_l), ("reward_q", r_q)):
-                info[key][rows] = val
-            # state: a diverged scenario keeps its last valid measurement for observations
-            ok_rows = rows[ok]
-            if len(ok_rows) == B:
-                self._store(rows, exo, q_inv, vm, g)
-            elif len(ok_rows):
-                sub = {k: v[ok] for k, v in exo.items()}
-                self._store(ok_rows, sub, q_inv[ok], vm[ok], g[ok.numpy()])
-            self._store_v(rows, sol)
-            self._k[rows] += 1
-            truncated = self._k[rows] >= self.episode_steps
-            self._done[rows] = truncated | ~ok
-            # episode aggregates (diverged steps add no loss or violations)
-            acc, h = self._acc, self.step_hours
-            acc["steps"][rows] += 1.0
-            acc["controllable_rate"][rows] += (ok & (n_out == 0)).to(torch.float64)
-            acc["energy_loss_mwh"][rows] += torch.nan_to_num(sol["loss_mw"]) * h
-            acc["violation_bus_hours"][rows] += torch.where(ok, n_out, 0.0) * h
-            acc["q_energy_mvarh"][rows] += q_inv.abs().sum(1) * h
-            acc["return"][rows] += rew.sum(1)
-            acc["diverged"][rows] = torch.maximum(acc["diverged"][rows], (~ok).to(torch.float64))
-            if full and ok.all():
-                self._obs = self._observe(rows)
-            elif len(ok_rows):
-                self._obs[ok_rows] = self._observe(ok_rows)
-        ended = torch.zeros(B, dtype=torch.bool)
-        if len(rows):
-            ended[rows] = self._done[rows]
-        info["truncated"] = ended & (self._k >= self.episode_steps) & info["converged"]
+        res = self._advance(rows, a if full else a[rows]) if len(rows) else None
+        if full:
+            reward, info = res.pop("reward"), res
+        else:
+            reward = torch.zeros(B, N, dtype=torch.float64)
+            info = {}
+            for key, like in _INFO_LIKE.items():
+                shape = {"b": (B,), "bn": (B, N), "bus": (B, self.n_bus),
+                         "inv": (B, self.n_inverters)}[like[0]]
+                info[key] = (torch.zeros(shape, dtype=torch.bool) if like[1] == "bool" else
+                             torch.full(shape, torch.nan, dtype=torch.float64))
+            info["iterations"] = torch.zeros(B, dtype=torch.int64)
+            if res is not None:
+                reward[rows] = res.pop("reward")
+                for key, val in res.items():
+                    info[key][rows] = val
+        ended = active & self._done
+        info["active"] = active
+        info["truncated"] = ended & info["converged"]
         info["outage"] = self._outage.clone()
         info["message_mask"] = self._message_mask()
         info["step"] = self._k.clone()
@@ -657,10 +628,78 @@ class VoltageControlEnv:
         if ended.any():
             ep = self.episode_metrics()
             info["episode"] = {k: torch.where(ended, v, torch.nan) for k, v in ep.items()}
-        done = self._done.clone()
-        return (self._out(self._obs), self._out(reward.to(torch.float32)), self._out(done),
-                {k: (self._out(v) if isinstance(v, torch.Tensor) else
-                     {kk: self._out(vv) for kk, vv in v.items()}) for k, v in info.items()})
+        out = self._out
+        return (out(self._obs.clone()), out(reward.to(torch.float32)), out(self._done.clone()),
+                {k: (out(v) if isinstance(v, torch.Tensor) else {kk: out(vv) for kk, vv in v.items()})
+                 for k, v in info.items()})
+
+    def _advance(self, rows: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Take the pending step in the scenarios ``rows``; returns their reward and metrics."""
+        cfg, N = self.config, self.n_agents
+        full = len(rows) == self.num_envs
+        r = rows.numpy()
+        g = self._fine_index()[r]
+        exo = self._exogenous(g)
+        q_avail = self._q_avail(exo["pv_p_mw"])
+        q_inv = self._inverter_q(a, q_avail, self._outage if full else self._outage[rows])
+        v_init = None if self._v is None else (self._v if full else self._v[rows])
+        sol = self._solve(exo, q_inv, v_init)
+        ok, vm = sol["converged"], sol["vm_pu"]
+        all_ok = bool(ok.all())
+
+        # global metrics over monitored buses (NaN for a diverged scenario; flags False)
+        vmon = torch.index_select(vm, 1, self._mon_pos)
+        n_out = ((vmon < self.v_min_pu) | (vmon > self.v_max_pu)).sum(1).to(torch.float64)
+        dev = (vmon - 1.0).abs()
+        controllable = ok & (n_out == 0)
+        share = n_out / max(self.n_monitored, 1)
+        q_abs = q_inv.abs()
+
+        # local reward: −(voltage barrier over the zone + zone's loss share + |q| cost)
+        bar = barrier(torch.index_select(vm, 1, self._mon_zone_pos), cfg.barrier, v_min_pu=self.v_min_pu,
+                      v_max_pu=self.v_max_pu)
+        r_v = torch.zeros(len(rows), N, dtype=torch.float64).index_add_(1, self._mon_zone_agent, bar)
+        r_l = self._zone_loss(vm, sol["va_degree"])
+        r_q = self._to_agents(q_abs)
+        reward = -(cfg.voltage_weight * r_v + cfg.loss_weight_per_mw * r_l
+                   + cfg.q_weight_per_mvar * r_q)
+        if not all_ok:
+            share = torch.where(ok, share, torch.nan)
+            reward = torch.where(ok[:, None], reward, -cfg.divergence_penalty)
+
+        # measurements for the next observation; a diverged scenario keeps its last valid one
+        if all_ok:
+            self._store(rows, exo, q_inv, vm, g)
+        elif ok.any():
+            sub = {k: v[ok] for k, v in exo.items()}
+            self._store(rows[ok], sub, q_inv[ok], vm[ok], g[ok.numpy()])
+        self._store_v(rows, sol)
+        self._k[rows] += 1
+        self._done[rows] = (self._k[rows] >= self.episode_steps) | ~ok
+
+        # episode aggregates (a diverged step adds no loss and no violations)
+        acc, h = self._acc, self.step_hours
+        loss0 = sol["loss_mw"] if all_ok else torch.nan_to_num(sol["loss_mw"])
+        n_out0 = n_out if all_ok else torch.where(ok, n_out, 0.0)
+        for key, val in (("steps", 1.0), ("controllable_rate", controllable.to(torch.float64)),
+                         ("energy_loss_mwh", loss0 * h), ("violation_bus_hours", n_out0 * h),
+                         ("q_energy_mvarh", q_abs.sum(1) * h), ("return", reward.sum(1))):
+            if full:
+                acc[key] += val
+            else:
+                acc[key][rows] += val
+        if not all_ok:
+            acc["diverged"][rows[~ok]] = 1.0
+
+        if full and all_ok:
+            self._obs = self._observe(rows)
+        elif ok.any():
+            self._obs[rows[ok]] = self._observe(rows[ok])
+        return {"reward": reward, "converged": ok, "controllable": controllable,
+                "out_of_band_share": share, "dv_mean_pu": dev.mean(1), "dv_max_pu": dev.amax(1),
+                "loss_mw": sol["loss_mw"], "q_abs_mvar": q_abs.sum(1),
+                "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv,
+                "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l, "reward_q": r_q}
 
     def _message_mask(self) -> torch.Tensor:
         B, N = self.num_envs, self.n_agents

@@ -48,10 +48,9 @@ def barrier(vm_pu: torch.Tensor, kind: str, *, v_min_pu: float = 0.95,
         return torch.relu(vm_pu - v_max_pu) ** 2 + torch.relu(v_min_pu - vm_pu) ** 2
     if kind == "bowl":
         d = dv.abs()
+        upper = dv >= 0
         up, down = v_max_pu - 1.0, 1.0 - v_min_pu
-        edge = torch.where(dv >= 0, torch.full_like(dv, up), torch.full_like(dv, down))
-        inside = _bowl_inside(d)
-        outside = 2.0 * (d - edge) + torch.where(dv >= 0, torch.full_like(dv, _bowl_inside(up)),
-                                                 torch.full_like(dv, _bowl_inside(down)))
-        return torch.where(d > edge, outside, inside)
+        edge = torch.where(upper, up, down)
+        outside = 2.0 * (d - edge) + torch.where(upper, _bowl_inside(up), _bowl_inside(down))
+        return torch.where(d > edge, outside, _bowl_inside(d))
     raise ValueError(f"unknown barrier {kind!r} (use one of {', '.join(BARRIERS)})")
