@@ -62,8 +62,9 @@ class PowerFlowOptions:
     max_iter: cap on fixed-point iterations per scenario; at nominal loading feeders need 5–15.
     fallback: retry scenarios the fixed point did not solve with Newton–Raphson.
     newton_max_iter: cap on Newton–Raphson iterations per retried scenario.
-    newton_tol_pu: Newton–Raphson stops when the largest power mismatch (p.u. of the net's
-        ``sn_mva``) falls below this.
+    newton_tol_pu: Newton–Raphson has converged when the largest power mismatch (p.u. of the
+        net's ``sn_mva``) falls below this, or when its last step moved no voltage by more than
+        ``tol_pu`` (very stiff branches put a rounding floor of ~1e-10 p.u. under the mismatch).
     chunk: scenarios per work unit of the compiled kernel; 0 picks one so that a unit's state
         stays in the core's cache and both cores get work.
     torch_method: how torch tensors are solved. ``"auto"``: the compiled kernel for CPU tensors,
@@ -78,7 +79,7 @@ class PowerFlowOptions:
     max_iter: int = 60
     fallback: bool = True
     newton_max_iter: int = 30
-    newton_tol_pu: float = 1e-10
+    newton_tol_pu: float = 1e-9
     chunk: int = 0
     torch_method: Literal["auto", "kernel", "dense"] = "auto"
     dense_max_bus: int = 1000
@@ -165,7 +166,7 @@ class BatchedPowerFlow:
             work[table]["q_mvar"] = 0.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pp.runpp(work, lightsim2grid=False, init="flat")
+            pp.runpp(work, lightsim2grid=False)
         ppci = work._ppc["internal"]
         if len(ppci["pv"]):
             raise NotImplementedError(
@@ -309,11 +310,11 @@ class BatchedPowerFlow:
     def _chunk(self, batch: int) -> int:
         if self.options.chunk:
             return self.options.chunk
-        # about 16 doubles of state per bus and scenario; keep a unit within ~512 kB of cache
-        cb = max(4, min(256, (512 * 1024) // (16 * 8 * self._n_all)))
-        cb = 1 << (cb.bit_length() - 1)
+        # the inner loops run over a unit's scenarios: long enough to vectorize well, short
+        # enough that a small feeder's state stays in cache; at least one unit per thread
+        cb = 64 if self._n_all <= 400 else 32 if self._n_all <= 1500 else 16
         threads = numba.get_num_threads()
-        while cb > 4 and -(-batch // cb) < threads:
+        while cb > 8 and -(-batch // cb) < threads:
             cb //= 2
         return cb
 
@@ -366,15 +367,16 @@ class BatchedPowerFlow:
 
     def _newton_one(self, k, lp, lq, gp, gq, out_v, out_vm, loss, p_slack, q_slack, iters, conv):
         s = self._injection(lp[k], lq[k], gp[k], gq[k])
+        o = self.options
         v, n_it, ok = _newton(self._ybus_internal, self._n_pq, s, self._v_flat.copy(),
-                              self.options.newton_max_iter, self.options.newton_tol_pu)
+                              o.newton_max_iter, o.newton_tol_pu, o.tol_pu)
         iters[k] += n_it
         if not ok:
             return
-        y = self._ybus_internal
-        s_net = v * np.conj(y @ v)
-        base = self._base_mva
         n_pq = self._n_pq
+        s_net = v * np.conj(self._ybus_internal @ v)
+        s_net[:n_pq] = s[:n_pq]  # converged: the specified injections, as in the kernel
+        base = self._base_mva
         loss[k] = (s_net.real.sum() - (self._gs * np.abs(v) ** 2).sum()) * base
         slack = s_net[n_pq:] - s[n_pq:]
         p_slack[k] = slack.real.sum() * base
@@ -421,7 +423,7 @@ class BatchedPowerFlow:
             t = lambda x: torch.as_tensor(np.ascontiguousarray(x), device=device)
             self._dense_cache[key] = dict(
                 zt=t(z.T.astype(np.complex128)),
-                y=t(self._ybus_internal.toarray().astype(np.complex128)),
+                y_slack=t(self._ybus_internal[n_pq:].toarray().astype(np.complex128)),
                 v_nl=t(self._v_nl.astype(np.complex128)),
                 v_s=t(self._v_slack.astype(np.complex128)),
                 s_other=t(self._p_other + 1j * self._q_other),
@@ -483,8 +485,7 @@ class BatchedPowerFlow:
             if not bool(active.any()):
                 break
         v_all = torch.cat([v, d["v_s"].expand(b, -1)], dim=1)
-        yv = v_all @ d["y"].T
-        s_net = v_all * torch.conj(yv)
+        s_net = torch.cat([s_pq, v_all[:, n_pq:] * torch.conj(v_all @ d["y_slack"].T)], dim=1)
         vm2 = v_all.real ** 2 + v_all.imag ** 2
         loss = (s_net.real.sum(dim=1) - (vm2 * d["gs"]).sum(dim=1)) * self._base_mva
         slack = (s_net[:, n_pq:] - s[:, n_pq:]).sum(dim=1) * self._base_mva
@@ -611,7 +612,8 @@ def _torch_device(*xs):
     return None
 
 
-def _newton(y: sp.csr_matrix, n_pq: int, s: np.ndarray, v: np.ndarray, max_iter: int, tol: float):
+def _newton(y: sp.csr_matrix, n_pq: int, s: np.ndarray, v: np.ndarray, max_iter: int, tol: float,
+            step_tol: float):
     """Polar Newton–Raphson on internal rows ``[0, n_pq)`` (PQ), the rest fixed (slack).
 
     Returns (v, iterations, converged). Stops, unconverged, on a singular Jacobian or NaN.
@@ -619,13 +621,14 @@ def _newton(y: sp.csr_matrix, n_pq: int, s: np.ndarray, v: np.ndarray, max_iter:
     pq = np.arange(n_pq)
     vm = np.abs(v)
     va = np.angle(v)
+    step = np.inf
     for it in range(max_iter + 1):
         i = y @ v
         mis = v * np.conj(i) - s
         f = np.concatenate([mis.real[:n_pq], mis.imag[:n_pq]])
         if not np.isfinite(f).all():
             return v, it, False
-        if np.abs(f).max(initial=0.0) < tol:
+        if np.abs(f).max(initial=0.0) < tol or step < step_tol:
             return v, it, True
         if it == max_iter:
             break
@@ -646,7 +649,9 @@ def _newton(y: sp.csr_matrix, n_pq: int, s: np.ndarray, v: np.ndarray, max_iter:
             return v, it, False
         va[:n_pq] += dx[:n_pq]
         vm[:n_pq] += dx[n_pq:]
-        v = vm * np.exp(1j * va)
+        v_new = vm * np.exp(1j * va)
+        step = np.abs(v_new - v).max(initial=0.0)
+        v = v_new
     return v, max_iter, False
 
 
@@ -780,11 +785,17 @@ def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
             if left == 0:
                 break
 
-        # losses and slack injection from S = V conj(Y V) at the final voltages
+        # Branch losses = all injections into the network minus bus-shunt consumption. At PQ
+        # buses the injection is the specified one (the scenario has converged), at the slack
+        # buses it is V conj(Y V): only the slack rows of Y are needed.
         loss = np.zeros(m)
         ps = np.zeros(m)
         qs = np.zeros(m)
-        for i in range(n_all):
+        for i in range(n_pq):
+            g = gs[i]
+            for b in range(m):
+                loss[b] += P[i, b] - g * (Vr[i, b] ** 2 + Vi[i, b] ** 2)
+        for i in range(n_pq, n_all):
             for b in range(m):
                 dv[b] = 0.0  # reused: real and imaginary part of (Y V)_i
                 ds[b] = 0.0
@@ -801,12 +812,8 @@ def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
                 vi = Vi[i, b]
                 s_re = vr * dv[b] + vi * ds[b]
                 loss[b] += s_re - g * (vr * vr + vi * vi)
-            if i >= n_pq:
-                for b in range(m):
-                    vr = Vr[i, b]
-                    vi = Vi[i, b]
-                    ps[b] += vr * dv[b] + vi * ds[b] - P[i, b]
-                    qs[b] += vi * dv[b] - vr * ds[b] - Q[i, b]
+                ps[b] += s_re - P[i, b]
+                qs[b] += vi * dv[b] - vr * ds[b] - Q[i, b]
         for b in range(m):
             out_loss[b0 + b] = loss[b]
             out_p[b0 + b] = ps[b]
