@@ -117,6 +117,7 @@ def solve_opf(plant: StepPlant, hessian: np.ndarray, a0: np.ndarray | None = Non
 
     ridge = 1e-6 * np.maximum(np.einsum("bii->b", hessian) / max(n, 1), 1e-12)
     chol = np.linalg.cholesky(hessian + ridge[:, None, None] * np.eye(n))
+    l_inv = np.linalg.inv(chol)                       # [B, N, N], once per step
     radius = np.full(batch, 2.0)
     active = ok.copy()
     iterations = np.zeros(batch, dtype=np.int64)
@@ -142,7 +143,7 @@ def solve_opf(plant: StepPlant, hessian: np.ndarray, a0: np.ndarray | None = Non
                 continue
             lo_box = np.maximum(-1.0 - a[b], -radius[b])
             hi_box = np.minimum(1.0 - a[b], radius[b])
-            d, t_model = _subproblem(chol[b], grad[j], jac[j], vm[b], lo_v, hi_v, lo_box, hi_box)
+            d, t_model = _subproblem(l_inv[b], grad[j], jac[j], vm[b], lo_v, hi_v, lo_box, hi_box)
             steps[j] = d
             pred[j] = mu * (viol[b] - t_model) - (grad[j] @ d + 0.5 * d @ hessian[b] @ d)
         iterations[idx] += 1
@@ -178,7 +179,7 @@ def _violation(vm: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.maximum(np.maximum(vm - hi, lo - vm).max(axis=-1), 0.0)
 
 
-def _subproblem(chol, grad, jac, vm, lo_v, hi_v, lo_box, hi_box) -> tuple[np.ndarray, float]:
+def _subproblem(l_inv, grad, jac, vm, lo_v, hi_v, lo_box, hi_box) -> tuple[np.ndarray, float]:
     """The SQP step ``d`` and the model's worst band violation after it.
 
     minimize ½ dᵀHd + gᵀd  s.t.  lo_v ≤ vm + J d ≤ hi_v,  lo_box ≤ d ≤ hi_box,
@@ -189,7 +190,7 @@ def _subproblem(chol, grad, jac, vm, lo_v, hi_v, lo_box, hi_box) -> tuple[np.nda
     c = np.vstack([jac, -jac, eye, -eye])
     b_v = np.concatenate([hi_v - vm, vm - lo_v])
     b_box = np.concatenate([hi_box, -lo_box])
-    d = _qp(chol, grad, c, np.concatenate([b_v, b_box]))
+    d = _qp(l_inv, grad, c, np.concatenate([b_v, b_box]))
     if d is not None:
         return d, 0.0
     # the linearized band cannot be met inside the box: least uniform widening t (an LP)
@@ -200,20 +201,19 @@ def _subproblem(chol, grad, jac, vm, lo_v, hi_v, lo_box, hi_box) -> tuple[np.nda
     if lp.status != 0:  # numerically degenerate: no step this iteration
         return np.zeros(n), float(max(0.0, np.max(-b_v)))
     t = float(lp.x[-1])
-    d = _qp(chol, grad, c, np.concatenate([b_v + t + 1e-10, b_box]))
+    d = _qp(l_inv, grad, c, np.concatenate([b_v + t + 1e-10, b_box]))
     if d is None:
         d = lp.x[:n]
     return d, t
 
 
-def _qp(chol: np.ndarray, grad: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """Solve ``min ½ dᵀ L Lᵀ d + gᵀd s.t. c d ≤ b`` exactly, or ``None`` if infeasible.
+def _qp(l_inv: np.ndarray, grad: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Solve ``min ½ dᵀ L Lᵀ d + gᵀd s.t. c d ≤ b`` exactly (given ``L⁻¹``), or ``None`` if infeasible.
 
     With ``y = Lᵀd + L⁻¹g`` it is the least-distance problem ``min |y| s.t. G y ≤ h``, solved by
     non-negative least squares on its dual (Lawson & Hanson, ch. 23).
     """
     n = grad.size
-    l_inv = np.linalg.solve(chol, np.eye(n))          # L⁻¹
     w = l_inv @ grad
     g_mat = c @ l_inv.T                                # c L⁻ᵀ
     h = b + g_mat @ w

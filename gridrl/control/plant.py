@@ -149,5 +149,6 @@ def resistance_matrix(feeder) -> tuple[np.ndarray, float]:
 def loss_hessian(r_inv: np.ndarray, base_mva: float, amap: ActionMap, q_avail_mvar: np.ndarray) -> np.ndarray:
     """``[B, N, N]`` curvature of the loss (MW) in the actions: ``2 Dᵀ R D / base_mva`` with
     ``D [n_inv, N]`` the MVAr each inverter injects per unit action of its agent."""
-    d = q_avail_mvar[:, :, None] * amap.incidence.T[None, :, :]          # [B, n_inv, N]
-    return 2.0 * np.einsum("bin,ij,bjm->bnm", d, r_inv, d) / base_mva
+    m = q_avail_mvar[:, :, None] * r_inv[None, :, :] * q_avail_mvar[:, None, :]   # [B, n_inv, n_inv]
+    k = amap.incidence.T                                                       # [n_inv, N]
+    return 2.0 * (k.T @ m @ k) / base_mva
