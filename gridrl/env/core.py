@@ -118,7 +118,6 @@ class VoltageControlEnv:
         self._branch_model(net)
         self._build_time(feeder, cfg)
         self._build_obs_layout(cfg)
-        self._v0 = None
         self.reset(seed=seed)
 
     # ---------------------------------------------------------------------------------------
@@ -134,6 +133,7 @@ class VoltageControlEnv:
         self._load_bus = T([pos[int(b)] for b in net.load.bus])
         self._load_on = T(net.load.in_service.to_numpy(), torch.float64)
         self._load_sign = -self._load_on
+        self._all_in_service = bool(net.load.in_service.all() and net.sgen.in_service.all())
         self._sgen_bus = T([pos[int(b)] for b in net.sgen.bus])
         self._sgen_on = T(net.sgen.in_service.to_numpy(), torch.float64)
         self.n_load, self.n_sgen = len(net.load), len(net.sgen)
@@ -367,10 +367,16 @@ class VoltageControlEnv:
         B = exo["load_p_mw"].shape[0]
         p = torch.zeros(B, self.n_bus, dtype=torch.float64)
         q = torch.zeros(B, self.n_bus, dtype=torch.float64)
-        p.index_add_(1, self._sgen_bus, exo["sgen_p_mw"] * self._sgen_on)
-        p.index_add_(1, self._load_bus, exo["load_p_mw"] * self._load_sign)
-        q.index_add_(1, self._sgen_bus, exo["sgen_q_mvar"] * self._sgen_on)
-        q.index_add_(1, self._load_bus, exo["load_q_mvar"] * self._load_sign)
+        if self._all_in_service:
+            p.index_add_(1, self._sgen_bus, exo["sgen_p_mw"])
+            p.index_add_(1, self._load_bus, exo["load_p_mw"], alpha=-1.0)
+            q.index_add_(1, self._sgen_bus, exo["sgen_q_mvar"])
+            q.index_add_(1, self._load_bus, exo["load_q_mvar"], alpha=-1.0)
+        else:
+            p.index_add_(1, self._sgen_bus, exo["sgen_p_mw"] * self._sgen_on)
+            p.index_add_(1, self._load_bus, exo["load_p_mw"] * self._load_sign)
+            q.index_add_(1, self._sgen_bus, exo["sgen_q_mvar"] * self._sgen_on)
+            q.index_add_(1, self._load_bus, exo["load_q_mvar"] * self._load_sign)
         return p, q
 
     def _zone_loss(self, vm: torch.Tensor, va: torch.Tensor) -> torch.Tensor:
@@ -479,7 +485,8 @@ class VoltageControlEnv:
                g: np.ndarray) -> None:
         """Keep what the sensors of the scenarios ``rows`` measured at the step just solved."""
         p, q = self._bus_injection(exo)
-        inv = torch.stack([exo["pv_p_mw"], q_inv, self._q_avail(exo["pv_p_mw"])], 1)
+        q_avail = exo["q_avail_mvar"] if "q_avail_mvar" in exo else self._q_avail(exo["pv_p_mw"])
+        inv = torch.stack([exo["pv_p_mw"], q_inv, q_avail], 1)
         if len(rows) == self.num_envs:
             self._vm, self._bus_p, self._bus_q, self._inv = vm, p, q, inv
             self._g_obs = np.asarray(g, dtype=np.int64).copy()
@@ -488,21 +495,17 @@ class VoltageControlEnv:
             self._g_obs[rows.numpy()] = g
 
     def _store_v(self, rows: torch.Tensor, sol: dict) -> None:
-        """Keep the solution as the warm start; a diverged scenario restarts from nominal."""
-        v, ok = sol["v"], sol["converged"]
-        if self._v0 is None:
-            good = ok.nonzero(as_tuple=True)[0]
-            if not len(good):
-                return
-            self._v0 = v[good[0]].clone()  # NaN at unenergized buses: the solver skips them
-        if not ok.all():
-            v = torch.where(ok[:, None], v, self._v0)
-        if self._v is None:
-            self._v = self._v0.expand(self.num_envs, -1).clone()
+        """Keep the solution as the next warm start. A diverged scenario gets NaN, which the
+        solver reads as "start from the no-load voltage"."""
+        v = sol["v"]
+        if not sol["converged"].all():
+            v = torch.where(sol["converged"][:, None], v, torch.nan)
         if len(rows) == self.num_envs:
             self._v = v
-        else:
-            self._v[rows] = v
+            return
+        if self._v is None:
+            self._v = torch.full((self.num_envs, v.shape[1]), torch.nan, dtype=v.dtype)
+        self._v[rows] = v
 
     def _observe(self, rows: torch.Tensor) -> torch.Tensor:
         """Observations ``[n, N, obs_dim]`` (float32) of the scenarios ``rows``, from their
@@ -640,7 +643,7 @@ class VoltageControlEnv:
         r = rows.numpy()
         g = self._fine_index()[r]
         exo = self._exogenous(g)
-        q_avail = self._q_avail(exo["pv_p_mw"])
+        q_avail = exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"])
         q_inv = self._inverter_q(a, q_avail, self._outage if full else self._outage[rows])
         v_init = None if self._v is None else (self._v if full else self._v[rows])
         sol = self._solve(exo, q_inv, v_init)
