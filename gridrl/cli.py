@@ -240,6 +240,52 @@ def report_cmd(
 
 
 # --------------------------------------------------------------------------------------------
+# benchmarks
+# --------------------------------------------------------------------------------------------
+
+
+@bench_app.command("powerflow")
+@user_errors
+def bench_powerflow(
+    feeder: Annotated[str, typer.Option(help="Feeder name(s), comma-separated.")] = "ieee141",
+    batch: Annotated[int, typer.Option(min=1, help="Scenarios per batch.")] = 1024,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per solver (the best counts).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random scenarios.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the markdown report here.")] = None,
+) -> None:
+    """gridrl's batched power flow against pandapower, lightsim2grid and power-grid-model, in one process."""
+    from gridrl.grid.bench import machine_info, run_benchmark, to_markdown
+    from gridrl.io import write_text
+
+    names = [f.strip() for f in feeder.split(",") if f.strip()]
+    df = run_benchmark(names, batch, seed=seed, repeats=repeats,
+                       progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    report = to_markdown(df, command="gridrl bench powerflow " + " ".join(sys.argv[3:]), info=machine_info())
+    console.print(report, highlight=False, markup=False)
+    if out:
+        write_text(out, report)
+
+
+@bench_app.command("env")
+@user_errors
+def bench_env(
+    feeder: Annotated[str, typer.Option(help="Feeder for the env vs pandapower step comparison.")] = "ieee141",
+    num_envs: Annotated[int, typer.Option(min=1, help="Scenarios stepped together.")] = 256,
+    agent_feeder: Annotated[str, typer.Option(help="Large feeder for agent-steps per second ('' to skip).")] = "mvlv-rural",
+    out: Annotated[Optional[Path], typer.Option(help="Also write the markdown report here.")] = None,
+) -> None:
+    """Full environment steps per second against a MAPDN-style pandapower step."""
+    from gridrl.env.bench import run_env_bench, to_markdown
+    from gridrl.io import write_text
+
+    r = run_env_bench(feeder, num_envs=num_envs, agent_feeder=agent_feeder or None)
+    report = to_markdown(r, command="gridrl bench env " + " ".join(sys.argv[3:]))
+    console.print(report, highlight=False, markup=False)
+    if out:
+        write_text(out, report)
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 
