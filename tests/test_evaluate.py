@@ -1,0 +1,249 @@
+"""Evaluation tables, resumable comparisons and the evaluate/compare CLI, bad input included."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import gridrl
+from gridrl.cli import app
+from gridrl.compare import (CompareConfig, CompareError, ControllerSpec, load_config, parse_controllers,
+                            run_compare, summarize)
+from gridrl.control import make_controller
+from gridrl.errors import SpecError
+from gridrl.evaluate import DAY_COLUMNS, DaysNotInSplit, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def feeder():
+    return gridrl.load_feeder("ieee33")
+
+
+@pytest.fixture(scope="module")
+def day(feeder):
+    """A sunny test day: the band binds at noon without control."""
+    prof = feeder.profiles
+    days = feeder.days("test")
+    return int(days[int(np.argmax([prof.pv_p_mw[prof.day_steps(d)].sum() for d in days]))])
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, day):
+    """A comparison of none, droop (mapdn) and opf on one sunny ieee33 day."""
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:mapdn,opf"), days=(day,))
+    return cfg, run_compare(cfg, out=out, progress=False, report=False)
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_tables_are_consistent(feeder, day):
+    days = [day, feeder.days("test")[0]]
+    ev = evaluate(feeder, make_controller("none", feeder), days=days, voltage_days=[day])
+    d, s, v = ev.days, ev.steps, ev.voltages
+    assert list(d.columns) == DAY_COLUMNS and d["day"].tolist() == days
+    assert len(s) == 2 * 96 and set(s["day"]) == set(days)
+    assert len(v) == 96 * len(feeder.net.bus) and set(v["day"]) == {day} and v["vm_pu"].dtype == np.float32
+    for _, row in d.iterrows():
+        g = s[s["day"] == row["day"]]
+        assert row["energy_loss_mwh"] == pytest.approx(g["loss_mw"].sum() * 0.25)
+        assert row["controllable_rate"] == pytest.approx(g["controllable"].mean())
+        assert row["share_out_of_band"] == pytest.approx(g["share_out_of_band"].mean())
+        assert row["max_abs_dv_pu"] == pytest.approx(max((g["v_max_pu"] - 1).max(), (1 - g["v_min_pu"]).max()))
+    sunny = d.set_index("day").loc[day]
+    assert sunny["controllable_rate"] < 1 and sunny["violation_bus_hours"] > 0
+    assert (d["reactive_energy_mvarh"] == 0).all() and (d["communication"] == 0).all()
+    # the heat-map voltages are the per-step envelope's
+    vv = v.groupby("step")["vm_pu"].max().to_numpy()
+    mon_max = s[s["day"] == day]["v_max_pu"].to_numpy()
+    assert (vv >= mon_max - 1e-6).all()
+
+
+def test_days_outside_the_split_are_refused(feeder):
+    with pytest.raises(DaysNotInSplit) as exc:
+        evaluate(feeder, make_controller("none", feeder), days=[0, 1, 2])
+    assert str(exc.value) == ("day(s) 0, 1 are not test days of feeder 'ieee33' "
+                              "(test days: 2, 7, 12, 17, 22, …, 362 (73 days))")
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------------
+
+
+def test_compare_writes_tidy_results_and_summary(small):
+    cfg, res = small
+    out = res.out
+    assert res.ran == 3 and res.skipped == 0
+    days = pd.read_parquet(out / "days.parquet")
+    assert len(days) == 3 and days["controller"].tolist() == ["none", "droop-mapdn", "opf"]
+    for key in ("none", "droop-mapdn", "opf"):
+        for table in ("days", "steps", "voltages"):
+            assert (out / "cells" / "ieee33" / key / "seed0" / f"{table}.parquet").exists()
+    s = res.summary.set_index("controller")
+    assert s.loc["opf", "loss_gap_to_opf_pct"] == 0.0
+    assert s.loc["opf", "controllable_rate"] == 1.0 and s.loc["none", "controllable_rate"] < 1.0
+    assert s.loc["droop-mapdn", "loss_gap_to_opf_pct"] > 0
+    assert s.loc["opf", "communication"] > 0 and s.loc["none", "communication"] == 0
+    md = (out / "summary.md").read_text()
+    assert md.startswith("| feeder | controller | days | controllable rate |") and "| ieee33 | opf |" in md
+    assert json.loads((out / "config.json").read_text())["feeders"] == ["ieee33"]
+
+
+def test_compare_resumes_and_skips_finished_cells(small):
+    cfg, res = small
+    cells = res.out / "cells"
+    before = _mtimes(cells)
+    again = run_compare(cfg, out=res.out, progress=False, report=False)
+    assert again.ran == 0 and again.skipped == 3 and _mtimes(cells) == before
+    pd.testing.assert_frame_equal(again.days, res.days)
+    # an interrupted run: one cell never finished
+    (cells / "ieee33" / "droop-mapdn" / "seed0" / "days.parquet").unlink()
+    resumed = run_compare(cfg, out=res.out, progress=False, report=False)
+    assert resumed.ran == 1 and resumed.skipped == 2
+    after = _mtimes(cells)
+    assert {k: v for k, v in after.items() if "droop" not in k} == {k: v for k, v in before.items() if "droop" not in k}
+    same = lambda df: df.drop(columns="seconds")  # noqa: E731 - wall time is the one non-deterministic column
+    pd.testing.assert_frame_equal(same(resumed.days), same(res.days), check_exact=False)
+
+
+def test_compare_refuses_an_out_dir_of_another_configuration(small, tmp_path):
+    cfg, res = small
+    before = _mtimes(res.out)
+    other = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,opf"), days=cfg.days)
+    with pytest.raises(CompareError) as exc:
+        run_compare(other, out=res.out, progress=False)
+    assert str(exc.value) == (f"{res.out} holds a comparison of a different configuration (controllers differ); "
+                              "use another --out or delete it")
+    assert _mtimes(res.out) == before
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(CompareError, match="exists and holds no gridrl comparison"):
+        run_compare(other, out=stray, progress=False)
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+
+
+def test_compare_config_lists_every_problem(tmp_path):
+    cfg = CompareConfig(feeders=("ieee33", "nowhere"), split="test", days=(0,),
+                        controllers=(ControllerSpec(name="pid"), ControllerSpec(name="droop", preset="x"),
+                                     ControllerSpec(name="none"), ControllerSpec(name="none")))
+    with pytest.raises(CompareError) as exc:
+        run_compare(cfg, out=tmp_path / "o", progress=False)
+    msg = str(exc.value)
+    for part in ("unknown controller 'pid'", "unknown droop preset 'x'", "controller 'none' is listed twice",
+                 "unknown feeder 'nowhere'", "day(s) 0 are not test days of feeder 'ieee33'"):
+        assert part in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_experiment_configs_load(tmp_path):
+    cfg = load_config(ROOT / "experiments" / "compare_baselines.toml")
+    assert cfg.feeders == ("ieee33", "ieee141", "mv-rural") and cfg.split == "test"
+    assert [c.key for c in cfg.controllers] == ["none", "droop-ieee1547-a", "droop-ieee1547-b", "droop-mapdn", "opf"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('feeders = ["ieee33"]\nseed = 3\n[[controllers]]\nname = "none"\ncolour = "red"\n')
+    with pytest.raises(SpecError) as exc:
+        load_config(bad)
+    assert "seed: unknown key" in str(exc.value) and "controllers[0].colour: unknown key" in str(exc.value)
+
+
+def test_summary_gap_is_relative_to_opf():
+    rows = []
+    for ctrl, loss in (("none", 2.0), ("opf", 1.6)):
+        for seed in (0, 1):
+            rows.append(dict(feeder="f", controller=ctrl, seed=seed, day=1, steps=96, controllable_rate=1.0,
+                             share_out_of_band=0.0, mean_abs_dv_pu=0.01, max_abs_dv_pu=0.02, energy_loss_mwh=loss,
+                             reactive_energy_mvarh=0.0, violation_bus_hours=0.0, unsettled_steps=0,
+                             infeasible_steps=0, diverged_steps=0, communication=0.0))
+    s = summarize(pd.DataFrame(rows)).set_index("controller")
+    assert s.loc["none", "energy_loss_mwh"] == 2.0  # per seed, not summed over seeds
+    assert s.loc["none", "loss_gap_to_opf_pct"] == pytest.approx(25.0)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: end to end and bad input (one red line, exit 2, nothing overwritten)
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line_error(result, text: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_evaluate_end_to_end(tmp_path, day):
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["evaluate", "--feeder", "ieee33", "--controller", "droop", "--preset", "ieee1547-b",
+                            "--days", str(day), "--out", str(out), "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "droop-ieee1547-b" in r.stdout and "1 cell(s) run" in r.stdout
+    assert (out / "cells" / "ieee33" / "droop-ieee1547-b" / "seed0" / "steps.parquet").exists()
+    assert len(pd.read_parquet(out / "days.parquet")) == 1
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--controller", "pid"], "unknown controller 'pid' — known controllers: none, droop, opf"),
+    (["--controller", "droop", "--preset", "ieee1547-z"],
+     "unknown droop preset 'ieee1547-z' — known presets: ieee1547-a, ieee1547-b, mapdn"),
+    (["--controller", "droop", "--days", "0,2"],
+     "day(s) 0 are not test days of feeder 'ieee33' (test days: 2, 7, 12, 17, 22, …, 362 (73 days))"),
+    (["--controller", "droop", "--days", "two"], "--days takes comma-separated day numbers"),
+])
+def test_cli_evaluate_bad_input(tmp_path, args, text):
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["evaluate", "--feeder", "ieee33", "--out", str(out), *args])
+    _one_line_error(r, text)
+    assert not out.exists()
+
+
+def test_cli_curve_with_non_monotone_breakpoints(tmp_path):
+    curve = tmp_path / "curve.toml"
+    curve.write_text("v_pu = [0.95, 1.02, 1.0, 1.05]\nq = [0.4, 0.0, 0.0, -0.4]\n")
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["evaluate", "--feeder", "ieee33", "--controller", "droop", "--curve", str(curve),
+                            "--out", str(out)])
+    _one_line_error(r, "droop curve: v_pu breakpoints must increase strictly, got [0.95, 1.02, 1, 1.05]")
+    assert not out.exists()
+
+
+def test_cli_compare_bad_input(small, tmp_path):
+    cfg, res = small
+    before = _mtimes(res.out)
+    r = runner.invoke(app, ["compare", "--feeders", "ieee33", "--controllers", "none,opf", "--days",
+                            str(cfg.days[0]), "--out", str(res.out)])
+    _one_line_error(r, "holds a comparison of a different configuration (controllers differ); "
+                       "use another --out or delete it")
+    assert _mtimes(res.out) == before
+    r = runner.invoke(app, ["compare", "--feeders", "ieee33", "--controllers", "none,droop:cat-c",
+                            "--out", str(tmp_path / "x")])
+    _one_line_error(r, "unknown droop preset 'cat-c'")
+    r = runner.invoke(app, ["compare", "--config", str(ROOT / "experiments" / "compare_baselines.toml"),
+                            "--feeders", "ieee33", "--out", str(tmp_path / "y")])
+    _one_line_error(r, "--config already says what to compare; drop --feeders")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_compare_resumes(small):
+    cfg, res = small
+    r = runner.invoke(app, ["compare", "--feeders", "ieee33", "--controllers", "none,droop:mapdn,opf",
+                            "--days", str(cfg.days[0]), "--out", str(res.out), "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "0 cell(s) run, 3 already done" in r.stdout and "opf" in r.stdout
