@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
 import time
 import warnings
 
@@ -32,12 +33,35 @@ def _actions(steps: int, num_envs: int, n_agents: int, seed: int) -> torch.Tenso
 
 
 def bench_env_steps(feeder, *, num_envs: int, steps: int = 48, repeats: int = 3, seed: int = 0,
-                    day: int | None = None) -> dict:
+                    day: int | None = None, solver_threads: int | None = None) -> dict:
     """Time ``steps`` full environment steps (best of ``repeats`` episodes) at batch ``num_envs``.
 
     Every scenario runs the same ``day`` (default: the first training day) so repeats are
-    comparable; actions are uniform in [-1, 1].
+    comparable; actions are uniform in [-1, 1]. ``solver_threads`` caps the power flow's numba
+    threads for this measurement (``None``: numba's default).
     """
+    with _numba_threads(solver_threads):
+        return _bench_env_steps(feeder, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed,
+                                day=day)
+
+
+@contextmanager
+def _numba_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _bench_env_steps(feeder, *, num_envs: int, steps: int, repeats: int, seed: int,
+                     day: int | None) -> dict:
     day = feeder.days("train")[0] if day is None else day
     cfg = EnvConfig()
     steps = min(steps, cfg.steps_per_episode)
@@ -120,14 +144,23 @@ def run_env_bench(feeder: str = "ieee141", *, num_envs: int = 256, steps: int = 
            "torch_threads": torch.get_num_threads(),
            "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     out.update(bench_env_steps(f, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed))
+    one = bench_env_steps(f, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed,
+                          solver_threads=1)
+    out["solver_1_thread"] = {k: one[k] for k in ("env_step_ms", "env_steps_per_s",
+                                                   "feeder_steps_per_s", "agent_steps_per_s")}
     out.update(bench_pandapower_steps(f, steps=pandapower_steps, seed=seed))
     out["speedup_feeder_steps"] = out["feeder_steps_per_s"] / out["pp_steps_per_s"]
+    out["solver_1_thread"]["speedup_feeder_steps"] = (out["solver_1_thread"]["feeder_steps_per_s"]
+                                                      / out["pp_steps_per_s"])
     out["numba_threading_layer"] = _numba_layer()
     if agent_feeder:
         try:
-            big = bench_env_steps(load_feeder(agent_feeder), num_envs=agent_num_envs,
-                                  steps=agent_steps, repeats=repeats, seed=seed)
-            out["agent"] = big
+            big = load_feeder(agent_feeder)
+            out["agent"] = bench_env_steps(big, num_envs=agent_num_envs, steps=agent_steps,
+                                           repeats=repeats, seed=seed)
+            one = bench_env_steps(big, num_envs=agent_num_envs, steps=agent_steps,
+                                  repeats=repeats, seed=seed, solver_threads=1)
+            out["agent"]["solver_1_thread"] = {k: one[k] for k in ("env_step_ms", "agent_steps_per_s")}
         except Exception as exc:  # recorded, not fatal: the main figure still stands
             out["agent"] = {"feeder": agent_feeder, "error": f"{type(exc).__name__}: {exc}"}
     return out
@@ -144,6 +177,7 @@ def _numba_layer() -> str:
 
 def to_markdown(r: dict, *, command: str) -> str:
     """The benchmark as a short markdown report."""
+    o = r["solver_1_thread"]
     lines = [
         "# Environment throughput",
         "",
@@ -163,14 +197,19 @@ def to_markdown(r: dict, *, command: str) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| env step (B = {r['num_envs']}) | {r['env_step_ms']:.2f} ms |",
-        f"| env steps / s | {r['env_steps_per_s']:,.0f} |",
-        f"| feeder-steps / s (env) | {r['feeder_steps_per_s']:,.0f} |",
-        f"| agent-steps / s (env) | {r['agent_steps_per_s']:,.0f} |",
-        f"| MAPDN-style pandapower step | {r['pp_step_ms']:.2f} ms |",
-        f"| feeder-steps / s (pandapower) | {r['pp_steps_per_s']:,.1f} |",
-        f"| **speed-up, feeder-steps / s** | **{r['speedup_feeder_steps']:,.0f}×** (target ≥ 1000×) |",
-        f"| power-flow iterations (mean, last step) | {r['pf_iterations_last_step']:.1f} |",
+        "| measure | solver: numba default threads | solver: 1 numba thread |",
+        "|---|---|---|",
+        f"| env step (B = {r['num_envs']}) | {r['env_step_ms']:.2f} ms | {o['env_step_ms']:.2f} ms |",
+        f"| env steps / s | {r['env_steps_per_s']:,.0f} | {o['env_steps_per_s']:,.0f} |",
+        f"| feeder-steps / s (env) | {r['feeder_steps_per_s']:,.0f} | {o['feeder_steps_per_s']:,.0f} |",
+        f"| agent-steps / s (env) | {r['agent_steps_per_s']:,.0f} | {o['agent_steps_per_s']:,.0f} |",
+        f"| MAPDN-style pandapower step | {r['pp_step_ms']:.2f} ms | |",
+        f"| feeder-steps / s (pandapower) | {r['pp_steps_per_s']:,.1f} | |",
+        f"| **speed-up, feeder-steps / s** | **{r['speedup_feeder_steps']:,.0f}×** | "
+        f"**{o['speedup_feeder_steps']:,.0f}×** |",
+        "",
+        f"Target: ≥ 1000× more feeder-steps per second than the pandapower step. Power-flow "
+        f"iterations at the last timed step: {r['pf_iterations_last_step']:.1f} on average.",
         "",
     ]
     a = r.get("agent")
@@ -187,6 +226,8 @@ def to_markdown(r: dict, *, command: str) -> str:
                 f"| env step | {a['env_step_ms']:.1f} ms |",
                 f"| feeder-steps / s | {a['feeder_steps_per_s']:,.1f} |",
                 f"| **agent-steps / s** | **{a['agent_steps_per_s']:,.0f}** |",
+                f"| env step, 1 numba thread | {a['solver_1_thread']['env_step_ms']:.1f} ms |",
+                f"| agent-steps / s, 1 numba thread | {a['solver_1_thread']['agent_steps_per_s']:,.0f} |",
                 "",
             ]
     return "\n".join(lines)
