@@ -53,9 +53,9 @@ class EnvConfig:
             (as a cost: the reward is ``-divergence_penalty``); that episode ends there.
 
     Observation (layout: see ``VoltageControlEnv.obs_names``)
-        zone_layout: how zones of different sizes become fixed-size vectors. ``"pad"``: one
-            entry per zone bus (the agent's own bus first, then the others in bus order),
-            zero-padded to the largest zone of the feeder, with a 0/1 mask feature per entry.
+        zone_layout: how zones of different sizes become fixed-size vectors. ``"pad"``: four
+            features per zone bus (voltage, net P, net Q, a 0/1 mask), the agent's own bus
+            first, then the others in bus order, zero-padded to the largest zone of the feeder.
             ``"pool"``: summaries over the zone (own-bus voltage, min, mean and max voltage,
             summed net P and Q) — small and size-independent, for large feeders.
         forecast_steps: number of upcoming steps of the agent's own PV available power and its

@@ -60,10 +60,11 @@ class VoltageControlEnv:
     Observation of agent i (``obs[b, i]``, float32, layout in :attr:`obs_names`): only what its
     own sensors measure —
 
-    * zone buses (``zone_layout="pad"``, Z = largest zone): ``dv_pu[z]`` (vm_pu − 1), net
-      ``p_mw[z]``, net ``q_mvar[z]`` and ``mask[z]`` (1 for a real bus, 0 for padding) for the
-      agent's own bus (z = 0) and then its other zone buses in bus order, zeros past the zone's
-      end; or (``"pool"``) ``dv_own_pu, dv_min_pu, dv_mean_pu, dv_max_pu, p_zone_mw,
+    * zone buses (``zone_layout="pad"``, Z = largest zone of the feeder): for z = 0 … Z−1 the
+      four features ``dv_pu[z]`` (vm_pu − 1), net ``p_mw[z]``, net ``q_mvar[z]`` and
+      ``mask[z]`` (1 for a real bus, 0 for padding), where z = 0 is the agent's own bus and
+      the other zone buses follow in bus order; entries past the zone's end are all zero.
+      Or (``"pool"``) ``dv_own_pu, dv_min_pu, dv_mean_pu, dv_max_pu, p_zone_mw,
       q_zone_mvar``;
     * its inverters (summed when several): ``inv_p_mw`` (PV output), ``inv_q_mvar`` (reactive
       power applied), ``inv_q_avail_mvar`` (the limit ``sqrt(s_max² − p²)``);
@@ -225,6 +226,7 @@ class VoltageControlEnv:
         keep = np.flatnonzero(both)
         keep = keep[(ba[fp[keep]] >= 0) & (ba[tp[keep]] >= 0)]  # unenergized buses carry nothing
         self._br_f, self._br_t = i(fp[keep]), i(tp[keep])
+        self._br_ft = torch.cat([self._br_f, self._br_t])
         # loss coefficients (see _zone_loss), halved: each end's zone takes one half
         r = lambda x: torch.as_tensor(np.ascontiguousarray(x) * 0.5 * base_mva, dtype=torch.float64)  # noqa: E731
         self._br_k = [r(yff[keep].real), r(ytt[keep].real), r(yft[keep].real + ytf[keep].real),
@@ -249,8 +251,7 @@ class VoltageControlEnv:
     def _build_obs_layout(self, cfg: EnvConfig) -> None:
         Z = self.max_zone_buses
         if cfg.zone_layout == "pad":
-            names = ([f"dv_pu[{z}]" for z in range(Z)] + [f"p_mw[{z}]" for z in range(Z)]
-                     + [f"q_mvar[{z}]" for z in range(Z)] + [f"mask[{z}]" for z in range(Z)])
+            names = [f"{x}[{z}]" for z in range(Z) for x in ("dv_pu", "p_mw", "q_mvar", "mask")]
         else:
             names = ["dv_own_pu", "dv_min_pu", "dv_mean_pu", "dv_max_pu", "p_zone_mw",
                      "q_zone_mvar"]
@@ -387,9 +388,10 @@ class VoltageControlEnv:
         k_s|V_f||V_t|sin Δ``, with real coefficients fixed at construction.
         """
         sel = torch.index_select
-        mf, mt = sel(vm, 1, self._br_f), sel(vm, 1, self._br_t)
-        delta = sel(va, 1, self._br_f) - sel(va, 1, self._br_t)
-        delta = delta * (math.pi / 180.0)
+        nbr = len(self._br_f)
+        m2, a2 = sel(vm, 1, self._br_ft), sel(va, 1, self._br_ft)
+        mf, mt = m2[:, :nbr], m2[:, nbr:]
+        delta = (a2[:, :nbr] - a2[:, nbr:]) * (math.pi / 180.0)
         gff, gtt, kc, ks = self._br_k
         half = gff * mf * mf + gtt * mt * mt + mf * mt * (kc * torch.cos(delta) + ks * torch.sin(delta))
         out = torch.zeros(vm.shape[0], self.n_agents, dtype=torch.float64)
@@ -514,28 +516,31 @@ class VoltageControlEnv:
         n, N, Z = len(rows), self.n_agents, self.max_zone_buses
         full = n == self.num_envs
         pick = (lambda x: x) if full else (lambda x: x[rows])
-        ext = torch.zeros(n, 3, self.n_bus + 1, dtype=torch.float32)  # last column: padding
+        # per bus: dv, p, q, 1 (the mask); the extra last bus is the all-zero padding slot
+        ext = torch.empty(n, self.n_bus + 1, 4, dtype=torch.float32)
         dv = pick(self._vm) - 1.0
         if cfg.sensor_noise_pu > 0:
             dv = dv + cfg.sensor_noise_pu * torch.randn(dv.shape, generator=self._gen_noise,
                                                         dtype=torch.float64)
-        ext[:, 0, :-1] = dv
-        ext[:, 1, :-1] = pick(self._bus_p)
-        ext[:, 2, :-1] = pick(self._bus_q)
-        z = torch.index_select(ext, 2, self._zone_flat).view(n, 3, N, Z)
+        ext[:, :-1, 0] = dv
+        ext[:, :-1, 1] = pick(self._bus_p)
+        ext[:, :-1, 2] = pick(self._bus_q)
+        ext[:, :-1, 3] = 1.0
+        ext[:, -1] = 0.0
+        z = torch.index_select(ext, 1, self._zone_flat)  # [n, N·Z, 4]
         obs = torch.empty(n, N, self.obs_dim, dtype=torch.float32)
         if cfg.zone_layout == "pad":
-            obs[:, :, :3 * Z] = z.permute(0, 2, 1, 3).reshape(n, N, 3 * Z)
-            obs[:, :, 3 * Z:4 * Z] = self.zone_mask
+            obs[:, :, :4 * Z] = z.view(n, N, 4 * Z)
             c = 4 * Z
         else:
+            z = z.view(n, N, Z, 4)
             m = self.zone_mask
-            dvz = z[:, 0]
+            dvz = z[..., 0]
             obs[:, :, 0] = dvz[:, :, 0]
             obs[:, :, 1] = torch.where(m, dvz, math.inf).amin(2)
             obs[:, :, 2] = dvz.sum(2) / self.zone_size
             obs[:, :, 3] = torch.where(m, dvz, -math.inf).amax(2)
-            obs[:, :, 4:6] = z[:, 1:].sum(3).transpose(1, 2)
+            obs[:, :, 4:6] = z[..., 1:3].sum(2)
             c = 6
         inv = pick(self._inv)  # [n, 3, n_inverter]: p, q, q_avail
         if not self._one_to_one:
