@@ -356,14 +356,14 @@ SUMMARY_COLUMNS = {
     "feeder": "feeder",
     "controller": "controller",
     "days": "days",
-    "controllable_rate": "controllable rate",
-    "out_of_band_pct": "bus-steps out of band %",
-    "mean_abs_dv_pu": "mean |v−1| p.u.",
-    "max_abs_dv_pu": "max |v−1| p.u.",
-    "energy_loss_mwh": "energy loss MWh",
-    "loss_gap_to_opf_pct": "loss gap to opf %",
-    "reactive_energy_mvarh": "reactive energy MVArh",
-    "communication": "floats / agent / step",
+    "controllable_rate": "controllable",
+    "out_of_band_pct": "out of band %",
+    "mean_abs_dv_pu": "mean |v−1|",
+    "max_abs_dv_pu": "max |v−1|",
+    "energy_loss_mwh": "loss MWh",
+    "loss_gap_to_opf_pct": "gap to opf %",
+    "reactive_energy_mvarh": "reactive MVArh",
+    "communication": "floats/agent/step",
     "flagged_steps": "flagged steps",
 }
 
@@ -433,4 +433,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
     lines += ["| " + " | ".join(str(r[h]) for h in headers) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + SUMMARY_LEGEND + "\n"
+
+
+SUMMARY_LEGEND = (
+    "controllable: share of steps with every monitored bus in the band; out of band %: share of "
+    "monitored bus-steps outside it; mean/max |v−1| in p.u. over monitored bus-steps; loss MWh: branch "
+    "losses over all days (mean over seeds); gap to opf %: extra loss relative to the centralized "
+    "optimum; reactive MVArh: Σ|q| of all inverters over time; floats/agent/step: communication; "
+    "flagged steps: unsettled droop/OPF iterations, band infeasible, or diverged power flow.")

@@ -74,7 +74,7 @@ class Evaluation:
     days: one row per day (columns :data:`DAY_COLUMNS`).
     steps: one row per day and step: ``day, step, hour, loss_mw, v_min_pu, v_max_pu,
         share_out_of_band, controllable, q_abs_mvar, pv_p_mw, load_p_mw, unsettled, infeasible,
-        converged`` (plus ``feeder, controller, seed``).
+        converged`` (plus ``feeder, controller, seed``); measurements in float32.
     voltages: ``day, step, bus, vm_pu`` of every bus at every step of the ``voltage_days``
         (plus ``feeder, controller, seed``); float32 to keep files small.
     """
@@ -205,6 +205,9 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
         "infeasible": rec["infeasible"].T.ravel(),
         "converged": conv.T.ravel(),
     })
+    # float32 keeps committed result tables small; the per-day figures above use float64
+    floats = [c for c in steps.columns if steps[c].dtype == np.float64 and c != "hour"]
+    steps[floats] = steps[floats].astype(np.float32)
     bus = np.asarray(feeder.net.bus.index)
     frames = []
     for b, day in enumerate(days):

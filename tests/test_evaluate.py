@@ -102,7 +102,7 @@ def test_compare_writes_tidy_results_and_summary(small):
     assert s.loc["droop-mapdn", "loss_gap_to_opf_pct"] > 0
     assert s.loc["opf", "communication"] > 0 and s.loc["none", "communication"] == 0
     md = (out / "summary.md").read_text()
-    assert md.startswith("| feeder | controller | days | controllable rate |") and "| ieee33 | opf |" in md
+    assert md.startswith("| feeder | controller | days | controllable | out of band % |") and "| ieee33 | opf |" in md
     assert json.loads((out / "config.json").read_text())["feeders"] == ["ieee33"]
 
 
