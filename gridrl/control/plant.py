@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import pandas as pd
 import torch
 
 
@@ -31,7 +32,7 @@ class ActionMap:
         self.n_agents = len(feeder.agents)
         self.n_sgen = len(pf.sgen_index)
         self.n_load = len(pf.load_index)
-        self.sgen_col = np.asarray(pd_index_positions(pf.sgen_index, inv.index), dtype=np.int64)   # [n_inv]
+        self.sgen_col = pd.Index(pf.sgen_index).get_indexer(inv.index).astype(np.int64)   # [n_inv]
         self.agent_of_inverter = np.array([feeder.agent_index(a) for a in inv["agent"]], dtype=np.int64)
         self.s_max_mva = inv["s_max_mva"].to_numpy(dtype=np.float64)
         # sgens that are not inverters keep the reactive power the net gives them
@@ -50,11 +51,6 @@ class ActionMap:
     def agent_sum(self, per_inverter: np.ndarray) -> np.ndarray:
         """``[B, N]`` sums over each agent's inverters of ``[B, n_inv]`` values."""
         return per_inverter @ self.incidence.T
-
-
-def pd_index_positions(index, labels) -> np.ndarray:
-    index = list(np.asarray(index))
-    return np.array([index.index(x) for x in labels])
 
 
 @dataclass(frozen=True, eq=False)
