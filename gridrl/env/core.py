@@ -20,8 +20,10 @@ Episodes are explicit: a finished scenario (end of its episode, or a power flow 
 converge) reports ``done`` and stays frozen — reward 0, observation repeated,
 ``info["active"]`` False — until :meth:`VoltageControlEnv.reset_done` starts a new episode in
 it. Nothing in ``step`` raises for physics; a scenario whose power flow diverges ends with
-``-divergence_penalty`` for every agent and ``info["converged"]`` False while the other
-scenarios go on.
+``-divergence_penalty`` for every agent and ``info["converged"]`` False (its observation
+repeats the last valid measurement, its per-step metrics are NaN) while the other scenarios go
+on. The observation returned by ``reset`` is the feeder one step before the episode starts,
+inverters at q = 0.
 
 Randomness (day draws, start hours, outages, sensor noise, message dropout, forecast noise)
 comes from separate generators spawned from ``seed``: the same seed and the same calls give the
