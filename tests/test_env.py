@@ -71,7 +71,8 @@ def test_observation_is_built_from_the_agents_own_zone_only(ieee33, noon_env):
     names = env.obs_names
     Z = env.max_zone_buses
     assert obs.shape == (4, env.n_agents, env.obs_dim) and obs.dtype == torch.float32
-    assert len(names) == env.obs_dim and names[:5] == ["dv_pu[0]", "p_mw[0]", "q_mvar[0]", "mask[0]", "dv_pu[1]"]
+    assert len(names) == env.obs_dim
+    assert names[:5] == ["dv_pu[0]", "p_mw[0]", "q_mvar[0]", "mask[0]", "dv_pu[1]"]
     assert names[-1] == "cos_time"
     bus_pos = {int(b): i for i, b in enumerate(ieee33.net.bus.index)}
     vm = info["vm_pu"]
@@ -400,7 +401,8 @@ def test_inverter_outage_holds_q_at_zero(ieee33):
 def test_sensor_noise_touches_observations_only(ieee33):
     base = EnvConfig(start_hour=12.0, episode_hours=1.0)
     noisy = EnvConfig(start_hour=12.0, episode_hours=1.0, sensor_noise_pu=0.01)
-    e1, e2 = make_env(ieee33, num_envs=2, seed=3, config=base), make_env(ieee33, num_envs=2, seed=3, config=noisy)
+    e1 = make_env(ieee33, num_envs=2, seed=3, config=base)
+    e2 = make_env(ieee33, num_envs=2, seed=3, config=noisy)
     a = _random_actions(e1)
     o1, r1, _, i1 = e1.step(a)
     o2, r2, _, i2 = e2.step(a)
@@ -436,7 +438,8 @@ def test_forecast_features_are_the_next_steps(ieee33):
     t = 160 * 96 + 48
     pv = ieee33.profiles.pv_p_mw
     names = env.obs_names
-    assert names[-4:] == ["pv_forecast_mw[1]", "pv_forecast_mw[2]", "load_forecast_mw[1]", "load_forecast_mw[2]"]
+    assert names[-4:] == ["pv_forecast_mw[1]", "pv_forecast_mw[2]", "load_forecast_mw[1]",
+                          "load_forecast_mw[2]"]
     np.testing.assert_allclose(obs[0, :, -4].numpy(), pv[t + 1], rtol=1e-6)
     np.testing.assert_allclose(obs[0, :, -3].numpy(), pv[t + 2], rtol=1e-6)
     np.testing.assert_allclose(env.pending()["pv_p_mw"][0].numpy(), pv[t + 1], rtol=1e-12)

@@ -161,7 +161,6 @@ class VoltageControlEnv:
         zone = feeder.bus_zone.reindex(bus_index).to_numpy()
         bus_agent = np.array([agent_pos.get(z, -1) if z is not None else -1 for z in zone])
         self._bus_agent = bus_agent
-        self._energized_pos = T(np.flatnonzero(bus_agent >= 0))
         members = [[] for _ in range(self.n_agents)]
         for i, a in enumerate(bus_agent):
             if a >= 0:
@@ -230,10 +229,9 @@ class VoltageControlEnv:
         self._br_f, self._br_t = i(fp[keep]), i(tp[keep])
         self._br_ft = torch.cat([self._br_f, self._br_t])
         # loss coefficients (see _zone_loss), halved: each end's zone takes one half
-        r = lambda x: torch.as_tensor(np.ascontiguousarray(x) * 0.5 * base_mva, dtype=torch.float64)  # noqa: E731
-        self._br_k = [r(yff[keep].real)[:, None], r(ytt[keep].real)[:, None],
-                      r(yft[keep].real + ytf[keep].real)[:, None],
-                      r(yft[keep].imag - ytf[keep].imag)[:, None]]
+        coef = [yff[keep].real, ytt[keep].real, yft[keep].real + ytf[keep].real,
+                yft[keep].imag - ytf[keep].imag]
+        self._br_k = [torch.as_tensor(0.5 * base_mva * x, dtype=torch.float64)[:, None] for x in coef]
         self._br_agent_f, self._br_agent_t = i(ba[fp[keep]]), i(ba[tp[keep]])
         sh_pos = np.concatenate([fp[f_only], tp[t_only]])
         sh_g = np.concatenate([y_f.real, y_t.real])
@@ -392,7 +390,8 @@ class VoltageControlEnv:
         (``[branch, B]``) because row gathers are several times faster than column gathers.
         """
         nbr = len(self._br_f)
-        x = torch.view_as_real(torch.index_select(v.T.contiguous(), 0, self._br_ft))
+        v_t = v.T.contiguous()
+        x = torch.view_as_real(torch.index_select(v_t, 0, self._br_ft))
         re, im = x[..., 0], x[..., 1]
         a, b, c, d = re[:nbr], im[:nbr], re[nbr:], im[nbr:]
         gff, gtt, kc, ks = self._br_k
@@ -401,7 +400,7 @@ class VoltageControlEnv:
         out.index_add_(0, self._br_agent_f, half)
         out.index_add_(0, self._br_agent_t, half)
         if len(self._sh_pos):
-            m = torch.index_select(v.T.contiguous(), 0, self._sh_pos).abs()
+            m = torch.index_select(v_t, 0, self._sh_pos).abs()
             out.index_add_(0, self._sh_agent, m * m * self._sh_g[:, None])
         return out.T
 
