@@ -15,7 +15,7 @@ from gridrl.env import EnvConfig, parallel_env
 SMALL = ["ieee33", "ieee69", "ieee141", "mv-rural", "mv-urban"]
 
 
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", [*SMALL, pytest.param("mvlv-rural", marks=pytest.mark.slow)])
 def test_pettingzoo_api_and_seed_tests_pass(name):
     feeder = gridrl.load_feeder(name)
     with warnings.catch_warnings(record=True) as caught:
