@@ -430,9 +430,10 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         return "(no results)\n"
     headers = list(rows[0])
     right = [h not in ("feeder", "controller") for h in headers]
-    lines = ["| " + " | ".join(headers) + " |",
+    cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731 - a bare pipe would split the column
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
              "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
-    lines += ["| " + " | ".join(str(r[h]) for h in headers) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r[h]) for h in headers) + " |" for r in rows]
     return "\n".join(lines) + "\n\n" + SUMMARY_LEGEND + "\n"
 
 

@@ -73,8 +73,9 @@ class Evaluation:
 
     days: one row per day (columns :data:`DAY_COLUMNS`).
     steps: one row per day and step: ``day, step, hour, loss_mw, v_min_pu, v_max_pu,
-        share_out_of_band, controllable, q_abs_mvar, pv_p_mw, load_p_mw, unsettled, infeasible,
-        converged`` (plus ``feeder, controller, seed``); measurements in float32.
+        share_out_of_band, controllable, q_abs_mvar, unsettled, infeasible, converged`` (plus
+        ``feeder, controller, seed``); measurements in float32. Loads and PV are the feeder's
+        profiles (``feeder.profiles``), the same for every controller, and are not repeated here.
     voltages: ``day, step, bus, vm_pu`` of every bus at every step of the ``voltage_days``
         (plus ``feeder, controller, seed``); float32 to keep files small.
     """
@@ -133,10 +134,9 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
     if hasattr(controller, "reset"):
         controller.reset()
     keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged")
-    rec: dict[str, list] = {k: [] for k in (*keys, "vm_pu", "unsettled", "infeasible", "pv_p_mw", "load_p_mw")}
+    rec: dict[str, list] = {k: [] for k in (*keys, "vm_pu", "unsettled", "infeasible")}
     batch = env.num_envs
     for _ in range(env.episode_steps):
-        pending = env.pending()
         with torch.no_grad():
             actions = controller.act(obs, env=env)
         obs, _, done, info = env.step(actions)
@@ -146,8 +146,6 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
         li = getattr(controller, "last_info", None) or {}
         for k in ("unsettled", "infeasible"):
             rec[k].append(np.asarray(li.get(k, np.zeros(batch, dtype=bool)), dtype=bool))
-        rec["pv_p_mw"].append(_np(pending["pv_p_mw"]).sum(axis=1))
-        rec["load_p_mw"].append(_np(pending["load_p_mw"]).sum(axis=1))
         if progress is not None:
             progress(1)
         if bool(_np(done).all()):
@@ -199,8 +197,6 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
         "share_out_of_band": rec["out_of_band_share"].T.ravel(),
         "controllable": rec["controllable"].astype(bool).T.ravel(),
         "q_abs_mvar": rec["q_abs_mvar"].T.ravel(),
-        "pv_p_mw": rec["pv_p_mw"].T.ravel(),
-        "load_p_mw": rec["load_p_mw"].T.ravel(),
         "unsettled": rec["unsettled"].T.ravel(),
         "infeasible": rec["infeasible"].T.ravel(),
         "converged": conv.T.ravel(),
