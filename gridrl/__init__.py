@@ -1,4 +1,8 @@
-"""gridrl: active voltage control on distribution feeders with decentralized multi-agent RL."""
+"""gridrl: active voltage control on distribution feeders with decentralized multi-agent RL.
+
+The feeder library loads eagerly; the environment and controllers (which import torch) load on
+first use, so ``gridrl feeders`` and ``import gridrl`` stay quick.
+"""
 
 from gridrl.errors import (CheckpointError, FeederBuildError, FeederNotFound, GridrlError,
                            PowerFlowDiverged, SpecError)
@@ -6,8 +10,16 @@ from gridrl.grid.feeder import Feeder, list_feeders, load_feeder
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "EnvConfig": "gridrl.env",
+    "make_env": "gridrl.env",
+    "parallel_env": "gridrl.env",
+    "make_controller": "gridrl.control",
+}
+
 __all__ = [
     "CheckpointError",
+    "EnvConfig",
     "Feeder",
     "FeederBuildError",
     "FeederNotFound",
@@ -16,4 +28,19 @@ __all__ = [
     "SpecError",
     "list_feeders",
     "load_feeder",
+    "make_controller",
+    "make_env",
+    "parallel_env",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gridrl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

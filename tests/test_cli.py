@@ -47,3 +47,13 @@ def test_bad_spec_file_lists_its_problems(tmp_path):
     res = runner.invoke(app, ["feeders", "show", str(spec)])
     assert res.exit_code == 2
     assert "pv.count must be at least 1" in res.output
+
+
+def test_public_api_names_resolve():
+    import gridrl
+
+    for name in gridrl.__all__:
+        assert getattr(gridrl, name) is not None
+    env = gridrl.make_env("ieee33", num_envs=2, seed=0)
+    assert env.n_agents == 6
+    assert gridrl.make_controller("none", gridrl.load_feeder("ieee33")).hops == 0
