@@ -76,8 +76,9 @@ class Evaluation:
         share_out_of_band, controllable, q_abs_mvar, unsettled, infeasible, converged`` (plus
         ``feeder, controller, seed``); measurements in float32. Loads and PV are the feeder's
         profiles (``feeder.profiles``), the same for every controller, and are not repeated here.
-    voltages: ``day, step, bus, vm_pu`` of every bus at every step of the ``voltage_days``
-        (plus ``feeder, controller, seed``); float32 to keep files small.
+    voltages: ``day, step, bus, monitored, vm_pu`` of every bus at every step of the
+        ``voltage_days`` (plus ``feeder, controller, seed``); ``monitored`` marks the buses the
+        band applies to; float32 to keep files small.
     """
 
     days: pd.DataFrame
@@ -212,9 +213,10 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
                 "day": np.int64(day),
                 "step": np.repeat(np.arange(n_steps), len(bus)),
                 "bus": np.tile(bus, n_steps),
+                "monitored": np.tile(mon, n_steps),
                 "vm_pu": vm[:, b, :].ravel().astype(np.float32),
             }))
     volts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         {"day": pd.Series(dtype=np.int64), "step": pd.Series(dtype=np.int64), "bus": pd.Series(dtype=np.int64),
-         "vm_pu": pd.Series(dtype=np.float32)})
+         "monitored": pd.Series(dtype=bool), "vm_pu": pd.Series(dtype=np.float32)})
     return pd.DataFrame(day_rows), steps, volts

@@ -97,7 +97,8 @@ def fig_loss(steps: pd.DataFrame, *, title: str = "") -> go.Figure:
 
 def fig_heatmaps(voltages: pd.DataFrame, *, v_min_pu: float, v_max_pu: float, title: str = "") -> go.Figure:
     """Bus voltage over the day (bus × time), one panel per controller, one shared colour scale
-    centred on 1 p.u. and spanning at least the band."""
+    centred on 1 p.u. and spanning at least the band. ``voltages``: rows of ``controller, step,
+    hour, bus, vm_pu`` (the report passes the monitored buses only)."""
     ctrls = list(dict.fromkeys(voltages["controller"]))
     fig = make_subplots(rows=1, cols=len(ctrls), shared_yaxes=True, subplot_titles=ctrls,
                         horizontal_spacing=0.02)
@@ -179,32 +180,38 @@ def results_sections(results_dir: str | Path) -> list[Section]:
         ]
         if not fv.empty:
             fvd = fv[(fv["day"] == day) & (fv["seed"] == fv["seed"].min())]
+            if "monitored" in fvd:
+                fvd = fvd[fvd["monitored"]]
             hours = fs[["controller", "step", "hour"]]
             fvd = fvd.merge(hours, on=["controller", "step"], how="left")
             parts.append(fig_heatmaps(fvd, v_min_pu=v_min, v_max_pu=v_max,
-                                      title=f"{feeder}, day {day} ({date}): bus voltages"))
+                                      title=f"{feeder}, day {day} ({date}): voltages of the monitored buses"))
         sections.append(Section(f"Feeder {feeder}", tuple(parts),
                                 f"Band {v_min:g}–{v_max:g} p.u.; detailed plots show day {day} ({date})."))
     return sections
 
 
-def _config_order(out: Path) -> list[str]:
+def _config_order(out: Path) -> tuple[list[str], list[str]]:
+    """Feeders and controller labels in the order the comparison listed them."""
     try:
         cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
         from gridrl.compare import ControllerSpec
 
-        return [ControllerSpec(**c).key for c in cfg.get("controllers", [])]
+        return list(cfg.get("feeders", [])), [ControllerSpec(**c).key for c in cfg.get("controllers", [])]
     except (OSError, ValueError, TypeError):
-        return []
+        return [], []
 
 
-def _ordered(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Rows with controllers in the order the comparison listed them."""
-    if df.empty or not order:
+def _ordered(df: pd.DataFrame, order: tuple[list[str], list[str]]) -> pd.DataFrame:
+    """Rows with feeders and controllers in the order the comparison listed them."""
+    if df.empty:
         return df
-    rank = {c: i for i, c in enumerate(order)}
-    key = df["controller"].map(lambda c: rank.get(c, len(rank)))
-    return df.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
+    keys = {}
+    for col, names in zip(("feeder", "controller"), order):
+        rank = {c: i for i, c in enumerate(names)}
+        keys[f"_{col}"] = df[col].map(lambda c, r=rank: r.get(c, len(r)))
+    return (df.assign(**keys).sort_values(list(keys), kind="stable").drop(columns=list(keys))
+            .reset_index(drop=True))
 
 
 def build_report(results_dir: str | Path, *, extra_sections: Sequence[Section] = (), title: str | None = None) -> str:

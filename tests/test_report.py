@@ -62,7 +62,7 @@ def test_report_is_self_contained(results):
     assert not re.search(r"<script[^>]+src=", html), "no external scripts: the report must open offline"
     assert "cdn.plot.ly" not in html.split("</script>", 1)[1]  # beyond plotly.js itself, no CDN link
     assert html.count("Plotly.newPlot") == 4
-    for text in ("Summary", "Feeder ieee33", "droop-ieee1547-a", "loss MWh", "gap to opf %", "bus voltages"):
+    for text in ("Summary", "Feeder ieee33", "droop-ieee1547-a", "loss MWh", "gap to opf %", "voltages of the monitored buses"):
         assert text in html
 
 
