@@ -247,3 +247,16 @@ def test_cli_compare_resumes(small):
                             "--days", str(cfg.days[0]), "--out", str(res.out), "--no-report"])
     assert r.exit_code == 0, r.output
     assert "0 cell(s) run, 3 already done" in r.stdout and "opf" in r.stdout
+
+
+def test_custom_droop_curve_from_an_experiment_file(tmp_path, day):
+    toml = tmp_path / "cmp.toml"
+    toml.write_text(f'feeders = ["ieee33"]\ndays = [{day}]\n'
+                    '[[controllers]]\nname = "droop"\nlabel = "steep"\n'
+                    'curve = {{v_pu = [0.97, 1.0, 1.03], q = [0.5, 0.0, -0.5], reference = "s_max"}}\n'
+                    .replace("{{", "{").replace("}}", "}"))
+    cfg = load_config(toml)
+    res = run_compare(cfg, out=tmp_path / "out", progress=False, report=False)
+    row = res.summary.iloc[0]
+    assert row["controller"] == "steep" and row["reactive_energy_mvarh"] > 0
+    assert (tmp_path / "out" / "cells" / "ieee33" / "steep" / "seed0" / "days.parquet").exists()
