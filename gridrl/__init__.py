@@ -4,6 +4,14 @@ The feeder library loads eagerly; the environment and controllers (which import 
 first use, so ``gridrl feeders`` and ``import gridrl`` stay quick.
 """
 
+import os
+
+# torch and numba (power flow) each keep an OpenMP thread pool; with busy-waiting, the idle
+# pool's spinning workers starve the busy one whenever the cores are shared (measured on a
+# loaded 2-core machine: an ieee141 step at B = 256 took 17–86 ms busy-waiting, 6–7 ms passive;
+# on a quiet one both about 3.5 ms). Set before torch or numba load; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from gridrl.errors import (CheckpointError, FeederBuildError, FeederNotFound, GridrlError,
                            PowerFlowDiverged, SpecError)
 from gridrl.grid.feeder import Feeder, list_feeders, load_feeder
