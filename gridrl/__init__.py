@@ -6,11 +6,13 @@ first use, so ``gridrl feeders`` and ``import gridrl`` stay quick.
 
 import os
 
-# torch and numba (power flow) each keep an OpenMP thread pool; with busy-waiting, the idle
-# pool's spinning workers starve the busy one whenever the cores are shared (measured on a
-# loaded 2-core machine: an ieee141 step at B = 256 took 17–86 ms busy-waiting, 6–7 ms passive;
-# on a quiet one both about 3.5 ms). Set before torch or numba load; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch and numba (power flow) each keep an OpenMP thread pool. libgomp's default of spinning
+# 300,000 rounds before sleeping lets one pool's idle workers starve the other's busy ones as
+# soon as anything else shares the cores (an ieee141 step at B = 256: 3.3 ms quiet, 11–86 ms
+# with a neighbour process, measured on 2 cores). Full passive waiting avoids that but costs
+# 2.5× on a quiet machine (8.5 ms). A short spin keeps the quiet figure (3.1–3.6 ms). Set before
+# torch or numba load; a user's own setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 from gridrl.errors import (CheckpointError, FeederBuildError, FeederNotFound, GridrlError,
                            PowerFlowDiverged, SpecError)
