@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
+# the feeder library, a map of ieee33, then none / droop / opf on its 73 test days with a report
 demo: setup
-	$(BIN)/gridrl demo
+	$(BIN)/gridrl feeders
+	$(BIN)/gridrl feeders show ieee33 --out out/demo/ieee33-map.html
+	$(BIN)/gridrl compare --config experiments/demo.toml
+	@echo "open out/demo/report.html (and out/demo/ieee33-map.html) in a browser"
 
 # the report test opens HTML in headless Chromium (Debian's package); install it when missing
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
