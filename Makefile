@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 # the feeder library, a map of ieee33, then none / droop / opf on its 73 test days with a report
 demo: setup
 	$(BIN)/gridrl feeders
-	$(BIN)/gridrl feeders show ieee33 --out out/demo/ieee33-map.html
+	$(BIN)/gridrl feeders show ieee33 --out out/ieee33-map.html
 	$(BIN)/gridrl compare --config experiments/demo.toml
-	@echo "open out/demo/report.html (and out/demo/ieee33-map.html) in a browser"
+	@echo "open out/demo/report.html and out/ieee33-map.html in a browser"
 
 # the report test opens HTML in headless Chromium (Debian's package); install it when missing
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
