@@ -285,3 +285,18 @@ def test_malformed_toml_names_the_file(tmp_path):
     bad = _own_spec(tmp_path, "name = \n")
     with pytest.raises(SpecError, match="mine.toml: not valid TOML"):
         load_feeder(bad)
+
+
+@pytest.mark.parametrize("name", ["mv-rural", "mvlv-rural"])
+def test_simbench_taps_are_honoured(name):
+    """SimBench leaves tap_changer_type empty; pandapower 3 would then ignore tap_pos."""
+    net = load_feeder(name).net
+    has_tap = net.trafo.tap_pos.notna()
+    assert has_tap.any()
+    assert (net.trafo.loc[has_tap, "tap_changer_type"] == "Ratio").all()
+    base = net.deepcopy()
+    _runpp(base)
+    moved = net.deepcopy()
+    moved.trafo.loc[has_tap, "tap_pos"] += 2
+    _runpp(moved)
+    assert np.abs(moved.res_bus.vm_pu - base.res_bus.vm_pu).max() > 0.01
