@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -294,9 +295,9 @@ def test_simbench_taps_are_honoured(name):
     has_tap = net.trafo.tap_pos.notna()
     assert has_tap.any()
     assert (net.trafo.loc[has_tap, "tap_changer_type"] == "Ratio").all()
-    base = net.deepcopy()
+    base = copy.deepcopy(net)
     _runpp(base)
-    moved = net.deepcopy()
+    moved = copy.deepcopy(net)
     moved.trafo.loc[has_tap, "tap_pos"] += 2
     _runpp(moved)
     assert np.abs(moved.res_bus.vm_pu - base.res_bus.vm_pu).max() > 0.01
