@@ -24,13 +24,20 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; a syntax error becomes a :class:`SpecError` naming the file."""
+    """Parse a TOML file; a missing or unreadable file or a syntax error becomes a :class:`SpecError`
+    naming the file."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise SpecError(str(path), ["file not found"]) from None
+    except IsADirectoryError:
+        raise SpecError(str(path), ["is a folder; give the path of a .toml file"]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot read it ({exc.strerror or exc})"]) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), ["not a text file (TOML is UTF-8 text)"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(path), [f"not valid TOML ({exc})"]) from None
 

@@ -48,5 +48,10 @@ class PowerFlowDiverged(GridrlError):
         super().__init__(f"power flow did not converge for scenario(s) {shown}{detail}")
 
 
+class OutputError(GridrlError):
+    """A file or folder that cannot be written (a folder in the way, a file where a folder should
+    be, no permission, disk full)."""
+
+
 class CheckpointError(GridrlError):
     """A run directory or checkpoint that cannot be read."""

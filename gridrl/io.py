@@ -10,12 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gridrl.errors import OutputError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one step."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one step.
+
+    Raises :class:`~gridrl.errors.OutputError` when ``path`` cannot be written; whatever was
+    there before is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _output_error(path, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -23,10 +34,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _output_error(path, exc) from None
         raise
     return path
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            return OutputError(f"cannot write {path}: {parent} is a file, not a folder; choose another path")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}; choose another path or fix its permissions")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from typer.testing import CliRunner
 
 from gridrl.cli import app
+from gridrl.errors import OutputError
+from gridrl.io import write_text
 
 runner = CliRunner()
 
@@ -57,3 +61,47 @@ def test_public_api_names_resolve():
     env = gridrl.make_env("ieee33", num_envs=2, seed=0)
     assert env.n_agents == 6
     assert gridrl.make_controller("none", gridrl.load_feeder("ieee33")).hops == 0
+
+
+def test_output_path_in_the_way_is_one_line(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep me")
+    folder, under_file = tmp_path / "folder", tmp_path / "file" / "map.html"
+    for out, text in ((folder, f"cannot write {folder}: it is a folder; give a file path"),
+                      (under_file, f"cannot write {under_file}: {tmp_path / 'file'} is a file, not a folder; "
+                                   "choose another path")):
+        res = runner.invoke(app, ["feeders", "show", "ieee33", "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert lines == [f"error: {text}"]
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_unwritable_output_is_an_output_error(tmp_path, monkeypatch):
+    target = tmp_path / "summary.md"
+    target.write_text("old")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", denied)
+    with pytest.raises(OutputError) as exc:
+        write_text(target, "new")
+    assert str(exc.value) == f"cannot write {target}: Permission denied; choose another path or fix its permissions"
+    assert target.read_text() == "old"
+
+
+def test_config_that_is_a_folder_or_not_text(tmp_path):
+    res = runner.invoke(app, ["compare", "--config", str(tmp_path)])
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {tmp_path}: is a folder; give the path of a .toml file"
+    binary = tmp_path / "cmp.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    res = runner.invoke(app, ["compare", "--config", str(binary)])
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {binary}: not a text file (TOML is UTF-8 text)"
+
+
+def test_report_of_a_missing_folder(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (f"error: {tmp_path / 'nope'} does not exist; give the --out folder of a "
+                                  "`gridrl compare` or `gridrl evaluate` run")
