@@ -141,12 +141,13 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise fail(f"{option} takes comma-separated day numbers, e.g. 2,7,12; got {text!r}") from None
 
 
-def _show_summary(result, title: str) -> None:
+def _show_summary(result, title: str, *, report: bool) -> None:
     from gridrl.compare import format_summary
 
     print_table(format_summary(result.summary), title=title)
     done = f"{result.ran} cell(s) run" + (f", {result.skipped} already done" if result.skipped else "")
-    console.print(f"{done}; results in {result.out} (summary.md, days.parquet, report.html)", highlight=False)
+    files = "summary.md, days.parquet" + (", report.html" if report else "")
+    console.print(f"{done}; results in {result.out} ({files})", highlight=False)
 
 
 @app.command("evaluate")
@@ -162,15 +163,24 @@ def evaluate_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/evaluate/FEEDER-CONTROLLER-SPLIT).")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
-    """Run one controller over whole days; print a summary, write per-day and per-step tables
-    (parquet) and an HTML report. Re-running into the same folder reuses finished results."""
+    """Run one controller over whole days of one feeder.
+
+    Prints a summary, writes per-day and per-step tables (parquet) and an HTML report. Re-running
+    into the same folder reuses finished results."""
     from gridrl.compare import CompareConfig, ControllerSpec, run_compare
     from gridrl.config import read_toml
+
+    from gridrl.control import CurveError
+    from gridrl.control.droop import resolve_curve
 
     curve_table = None
     if curve is not None:
         data = read_toml(curve)
         curve_table = data.get("curve", data) if isinstance(data.get("curve"), dict) else data
+        try:
+            resolve_curve(preset, curve_table)
+        except CurveError as exc:
+            raise CurveError(f"{curve}: {exc}") from None
     spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
     if split not in ("train", "test", "all"):
         raise fail(f"--split must be test, train or all, got {split!r}")
@@ -181,7 +191,7 @@ def evaluate_cmd(
         cols = ["day", "date", "controllable_rate", "share_out_of_band", "max_abs_dv_pu", "energy_loss_mwh",
                 "reactive_energy_mvarh", "unsettled_steps", "infeasible_steps"]
         print_table(result.days[cols].to_dict("records"), title=f"{spec.key} on {feeder}: per day")
-    _show_summary(result, title=f"{spec.key} on {feeder}, {split} days")
+    _show_summary(result, title=f"{spec.key} on {feeder}, {split} days", report=report)
 
 
 @app.command("compare")
@@ -200,9 +210,10 @@ def compare_cmd(
     backend: Annotated[Optional[str], typer.Option(help="Where cells run: local.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
-    """Every feeder × controller × seed over the days of a split: a progress bar, one tidy table,
-    a summary with the gap to opf (markdown and printed) and an HTML report. Interrupted runs
-    resume: finished cells are skipped."""
+    """Compare controllers: every feeder × controller × seed over the days of a split.
+
+    Shows a progress bar; writes one tidy table, a summary with the gap to opf (markdown and
+    printed) and an HTML report. Interrupted runs resume: finished cells are skipped."""
     from gridrl.compare import CompareConfig, load_config, parse_controllers, run_compare
 
     if config is not None:
@@ -222,7 +233,7 @@ def compare_cmd(
                             controllers=parse_controllers(controllers, preset=preset), split=split, seeds=seeds,
                             days=_int_list(days, "--days"))
     result = run_compare(cfg, out=out, backend=backend, report=report)
-    _show_summary(result, title="comparison summary")
+    _show_summary(result, title="comparison summary", report=report)
 
 
 @app.command("report")
@@ -233,8 +244,12 @@ def report_cmd(
 ) -> None:
     """The self-contained HTML report of a results folder (plotly.js embedded: opens offline)."""
     from gridrl.io import write_html
-    from gridrl.report import build_report
+    from gridrl.report import ReportError, build_report
 
+    if not results.is_dir():
+        what = "is not a folder" if results.exists() else "does not exist"
+        raise ReportError(f"{results} {what}; give the --out folder of a `gridrl compare` or "
+                          f"`gridrl evaluate` run")
     path = write_html(build_report(results), out or results / "report.html")
     console.print(f"report written to {path}", highlight=False)
 

@@ -11,7 +11,8 @@ lives in one output folder::
 
 Each cell (feeder × controller × seed) is written atomically, ``days.parquet`` last, so a cell is
 finished exactly when its ``days.parquet`` exists: re-running the same comparison into the same
-folder skips finished cells and an interrupted comparison resumes where it stopped.
+folder skips finished cells and an interrupted comparison resumes where it stopped. A cell with a
+table that does not read as parquet (damaged outside gridrl) is run again.
 
 Cells run through a *backend*, a function that takes the cells still to do and the function
 that runs one (:func:`run_cell`, a plain top-level function of picklable arguments) and runs
@@ -195,7 +196,21 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        return (self.folder / "days.parquet").exists()
+        """Finished: its tables are all there and readable (a damaged cell runs again)."""
+        return all(_readable(self.folder / f"{table}.parquet") for table in CELL_TABLES)
+
+
+CELL_TABLES = ("voltages", "steps", "days")
+
+
+def _readable(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except (OSError, ValueError):  # missing, or not parquet (pyarrow's ArrowInvalid is a ValueError)
+        return False
+    return True
 
 
 def _safe(name: str) -> str:
@@ -344,8 +359,16 @@ def collect(out: str | Path, cells: Sequence[Cell] | None = None, table: str = "
     out = Path(out)
     files = ([c.folder / f"{table}.parquet" for c in cells] if cells is not None
              else sorted((out / "cells").glob(f"*/*/seed*/{table}.parquet")))
-    frames = [pd.read_parquet(f) for f in files if f.exists()]
+    frames = [_read_table(f, out) for f in files if f.exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _read_table(path: Path, out: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        raise CompareError(f"{path} is damaged (not a readable parquet table); run the same comparison again "
+                           f"with --out {out} to redo that cell") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,6 +69,17 @@ def test_curve_breakpoints_must_be_monotone():
     assert label == "custom" and curve.reference == "s_max"
 
 
+def test_curve_of_wrong_types_is_a_curve_error(feeder):
+    with pytest.raises(CurveError) as exc:
+        gridrl.make_controller("droop", feeder, curve={"v_pu": "abc", "q": 1})
+    assert str(exc.value) == ("droop curve: v_pu must be a list of numbers, e.g. v_pu = [0.95, 1.0, 1.05], got "
+                              "'abc'; q must be a list of numbers, e.g. q = [1.0, 0.0, -1.0], got 1")
+    with pytest.raises(CurveError, match=r"v_pu must be a list of numbers, .*got \[0.95, None\]"):
+        resolve_curve(curve={"v_pu": [0.95, None], "q": [1, -1]})
+    with pytest.raises(CurveError, match=r"missing q \(a curve needs v_pu = \[...\] and q = \[...\]\)"):
+        resolve_curve(curve={"v_pu": [0.95, 1.05]})
+
+
 def test_unknown_names_are_one_clear_error(feeder):
     with pytest.raises(UnknownController) as exc:
         make_controller("pid", feeder)

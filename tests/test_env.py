@@ -13,8 +13,8 @@ import torch
 
 import gridrl
 from gridrl.config import from_dict
-from gridrl.env import EnvConfig, barrier, make_env
-from gridrl.errors import SpecError
+from gridrl.env import EnvConfig, EnvError, barrier, make_env
+from gridrl.errors import GridrlError, SpecError
 
 NOON = EnvConfig(start_hour=12.0, episode_hours=2.0)
 SUNNY_DAYS = [150, 160, 170, 180]  # day 160 leaves the band at noon without control
@@ -150,10 +150,21 @@ def test_nan_action_names_the_agent(noon_env):
     env.reset()
     a = torch.zeros(4, env.n_agents)
     a[2, 3] = float("nan")
-    with pytest.raises(ValueError, match=rf"NaN for agent\(s\) {env.agents[3]} \(scenario\(s\) 2\)"):
+    with pytest.raises(EnvError, match=rf"NaN for agent\(s\) {env.agents[3]} \(scenario\(s\) 2\)"):
         env.step(a)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(EnvError, match=rf"must have shape \[num_envs, n_agents\] = \[4, {env.n_agents}\], got "
+                                       rf"\[4, {env.n_agents + 1}\]"):
         env.step(torch.zeros(4, env.n_agents + 1))
+
+
+def test_bad_env_arguments_are_user_errors(ieee33):
+    """A user error (GridrlError, still a ValueError) that names the problem and the fix."""
+    with pytest.raises(EnvError) as exc:
+        make_env(ieee33, days=[999])
+    assert isinstance(exc.value, GridrlError) and isinstance(exc.value, ValueError)
+    assert str(exc.value) == "days must be a non-empty list of day numbers in 0…365; got [999]"
+    with pytest.raises(EnvError, match=r"^unknown split 'validation' \(use 'train', 'test' or 'all'\)$"):
+        make_env(ieee33, split="validation")
 
 
 # ---------------------------------------------------------------------------------------------

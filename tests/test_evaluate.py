@@ -224,6 +224,20 @@ def test_cli_curve_with_non_monotone_breakpoints(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("body, text", [
+    ('v_pu = "abc"\nq = [1, -1]\n',
+     "droop curve: v_pu must be a list of numbers, e.g. v_pu = [0.95, 1.0, 1.05], got 'abc'"),
+    ("v_pu = [0.95, 1.05]\n", "droop curve: missing q (a curve needs v_pu = [...] and q = [...])"),
+])
+def test_cli_curve_of_wrong_types_or_missing_keys(tmp_path, body, text):
+    curve = tmp_path / "curve.toml"
+    curve.write_text(body)
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["evaluate", "--feeder", "ieee33", "--curve", str(curve), "--out", str(out)])
+    _one_line_error(r, f"{curve}: {text}")
+    assert not out.exists()
+
+
 def test_cli_compare_bad_input(small, tmp_path):
     cfg, res = small
     before = _mtimes(res.out)
@@ -260,3 +274,17 @@ def test_custom_droop_curve_from_an_experiment_file(tmp_path, day):
     row = res.summary.iloc[0]
     assert row["controller"] == "steep" and row["reactive_energy_mvarh"] > 0
     assert (tmp_path / "out" / "cells" / "ieee33" / "steep" / "seed0" / "days.parquet").exists()
+
+
+def test_compare_reruns_a_damaged_cell(small):
+    cfg, res = small
+    table = res.out / "cells" / "ieee33" / "none" / "seed0" / "steps.parquet"
+    table.write_bytes(b"not parquet")
+    r = runner.invoke(app, ["report", str(res.out)])
+    _one_line_error(r, f"{table} is damaged (not a readable parquet table); run the same comparison again "
+                       f"with --out {res.out} to redo that cell")
+    again = run_compare(cfg, out=res.out, progress=False, report=False)
+    assert again.ran == 1 and again.skipped == 2
+    assert len(pd.read_parquet(table)) == 96
+    same = lambda df: df.drop(columns="seconds")  # noqa: E731 - wall time is the one non-deterministic column
+    pd.testing.assert_frame_equal(same(again.days), same(res.days), check_exact=False)

@@ -76,8 +76,10 @@ class DroopCurve:
 def curve_problems(v_pu: Sequence[float], q: Sequence[float], reference: str = "s_max") -> list[str]:
     """Everything wrong with a curve's breakpoints (empty when it is a valid droop curve)."""
     problems: list[str] = []
-    v = [float(x) for x in v_pu]
-    qq = [float(x) for x in q]
+    v = _numbers("v_pu", v_pu, problems)
+    qq = _numbers("q", q, problems)
+    if v is None or qq is None:
+        return problems
     if len(v) < 2:
         problems.append(f"needs at least 2 breakpoints, got {len(v)}")
     if len(v) != len(qq):
@@ -96,6 +98,16 @@ def curve_problems(v_pu: Sequence[float], q: Sequence[float], reference: str = "
     if reference not in ("s_max", "q_avail"):
         problems.append(f"reference must be 's_max' or 'q_avail', got {reference!r}")
     return problems
+
+
+def _numbers(name: str, xs: Any, problems: list[str]) -> list[float] | None:
+    """``xs`` as floats, or None (and a problem noted) when it is not a list of numbers."""
+    if (isinstance(xs, str) or not isinstance(xs, Sequence | np.ndarray)
+            or any(isinstance(x, bool) or not isinstance(x, int | float | np.number) for x in xs)):
+        example = "[0.95, 1.0, 1.05]" if name == "v_pu" else "[1.0, 0.0, -1.0]"
+        problems.append(f"{name} must be a list of numbers, e.g. {name} = {example}, got {xs!r}")
+        return None
+    return [float(x) for x in xs]
 
 
 def _fmt(xs: Sequence[float]) -> str:
@@ -120,10 +132,11 @@ def resolve_curve(preset: str | None = None, curve: DroopCurve | Mapping[str, An
             unknown = sorted(set(curve) - {"v_pu", "q", "reference"})
             missing = sorted({"v_pu", "q"} - set(curve))
             if unknown or missing:
-                parts = ([f"unknown keys {', '.join(unknown)} (allowed: v_pu, q, reference)"] if unknown else []) + \
-                        ([f"missing {', '.join(missing)}"] if missing else [])
+                parts = [f"unknown keys {', '.join(unknown)} (allowed: v_pu, q, reference)"] if unknown else []
+                if missing:
+                    parts.append(f"missing {', '.join(missing)} (a curve needs v_pu = [...] and q = [...])")
                 raise CurveError("droop curve: " + "; ".join(parts))
-            curve = DroopCurve(v_pu=tuple(curve["v_pu"]), q=tuple(curve["q"]),
+            curve = DroopCurve(v_pu=curve["v_pu"], q=curve["q"],
                                reference=curve.get("reference", "s_max"))
         return "custom", curve
     name = preset or DEFAULT_PRESET

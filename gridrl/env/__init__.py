@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gridrl.env.config import EnvConfig
-from gridrl.env.core import VoltageControlEnv
+from gridrl.env.core import EnvError, VoltageControlEnv
 from gridrl.env.rewards import BARRIERS, barrier
 
-__all__ = ["BARRIERS", "EnvConfig", "VoltageControlEnv", "VoltageControlParallelEnv", "barrier",
+__all__ = ["BARRIERS", "EnvConfig", "EnvError", "VoltageControlEnv", "VoltageControlParallelEnv", "barrier",
            "make_env", "parallel_env"]
 
 

@@ -41,6 +41,7 @@ import torch
 
 from gridrl.env.config import EnvConfig
 from gridrl.env.rewards import barrier
+from gridrl.errors import GridrlError
 
 # per-step info entries a frozen (finished) scenario fills with NaN / False: shape, kind
 _INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
@@ -51,6 +52,11 @@ _INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
 
 _EPISODE_KEYS = ("steps", "controllable_rate", "energy_loss_mwh", "violation_bus_hours",
                  "q_energy_mvarh", "return", "diverged", "day")
+
+
+class EnvError(GridrlError, ValueError):
+    """Input the environment cannot take: a bad split or day list, actions of the wrong shape or
+    with NaN."""
 
 
 class VoltageControlEnv:
@@ -89,17 +95,19 @@ class VoltageControlEnv:
                  device: str | torch.device = "cpu"):
         cfg = config if config is not None else EnvConfig()
         if num_envs < 1:
-            raise ValueError(f"num_envs must be ≥ 1, got {num_envs}")
+            raise EnvError(f"num_envs must be ≥ 1, got {num_envs}")
         self.feeder = feeder
         self.config = cfg
         self.num_envs = int(num_envs)
         self.device = torch.device(device)
+        if split not in ("train", "test", "all"):
+            raise EnvError(f"unknown split {split!r} (use 'train', 'test' or 'all')")
         self.split = split
         pool = list(feeder.days(split)) if days is None else [int(d) for d in days]
         n_days = feeder.profiles.n_days
         bad = [d for d in pool if not 0 <= d < n_days]
         if bad or not pool:
-            raise ValueError(f"days must be a non-empty list of day numbers in 0…{n_days - 1}"
+            raise EnvError(f"days must be a non-empty list of day numbers in 0…{n_days - 1}"
                              + (f"; got {bad[:5]}" if bad else ""))
         self.day_pool = np.asarray(pool, dtype=np.int64)
         self.v_min_pu = float(cfg.v_min_pu if cfg.v_min_pu is not None else feeder.v_min_pu)
@@ -109,7 +117,7 @@ class VoltageControlEnv:
         self.n_agents = len(self.agents)
         unknown = sorted(set(cfg.outage_agents) - set(self.agents))
         if unknown:
-            raise ValueError(f"outage_agents: no agent {', '.join(map(repr, unknown))} on feeder "
+            raise EnvError(f"outage_agents: no agent {', '.join(map(repr, unknown))} on feeder "
                              f"{feeder.name!r} (agents: {', '.join(self.agents[:8])}"
                              f"{' …' if self.n_agents > 8 else ''})")
         self.adjacency = torch.as_tensor(feeder.adjacency, dtype=torch.bool)
@@ -434,9 +442,9 @@ class VoltageControlEnv:
         if days is not None:
             days = np.asarray([int(d) for d in days], dtype=np.int64)
             if days.shape != (B,):
-                raise ValueError(f"reset(days=...) needs one day per scenario ({B}), got {len(days)}")
+                raise EnvError(f"reset(days=...) needs one day per scenario ({B}), got {len(days)}")
             if (days < 0).any() or (days >= self._prof.n_days).any():
-                raise ValueError(f"days must lie in 0…{self._prof.n_days - 1}")
+                raise EnvError(f"days must lie in 0…{self._prof.n_days - 1}")
         self._day = np.zeros(B, dtype=np.int64)
         self._start = np.zeros(B, dtype=np.int64)
         self._k = torch.zeros(B, dtype=torch.int64)
@@ -573,7 +581,7 @@ class VoltageControlEnv:
     def _check_actions(self, actions) -> torch.Tensor:
         a = torch.as_tensor(actions, dtype=torch.float64).cpu()
         if a.shape != (self.num_envs, self.n_agents):
-            raise ValueError(f"actions must have shape [num_envs, n_agents] = "
+            raise EnvError(f"actions must have shape [num_envs, n_agents] = "
                              f"[{self.num_envs}, {self.n_agents}], got {list(a.shape)}")
         nan = torch.isnan(a)
         if nan.any():
@@ -581,7 +589,7 @@ class VoltageControlEnv:
             bad_rows = nan.any(1).nonzero(as_tuple=True)[0].tolist()
             names = ", ".join(self.agents[i] for i in bad_agents[:10])
             more = " …" if len(bad_agents) > 10 else ""
-            raise ValueError(f"actions contain NaN for agent(s) {names}{more} (scenario(s) "
+            raise EnvError(f"actions contain NaN for agent(s) {names}{more} (scenario(s) "
                              f"{', '.join(map(str, bad_rows[:10]))}{' …' if len(bad_rows) > 10 else ''}); "
                              f"actions must be numbers in [-1, 1]")
         return a.clamp(-1.0, 1.0)
