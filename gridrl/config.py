@@ -76,7 +76,7 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:  # __post_init__ checks of cross-field rules
-        problems.append(f"{where}: {exc}")
+        problems.append(f"{path}: {exc}" if path else str(exc))
         return None
 
 

@@ -89,7 +89,7 @@ def test_unknown_names_are_one_clear_error(feeder):
     assert str(exc.value) == "unknown droop preset 'ieee1547-c' — known presets: ieee1547-a, ieee1547-b, mapdn"
     with pytest.raises(ControllerError, match="controller 'opf' takes no droop preset"):
         make_controller("opf", feeder, preset="mapdn")
-    with pytest.raises(ControllerError, match="has no option damp"):
+    with pytest.raises(ControllerError, match="damp: unknown key"):
         make_controller("droop", feeder, damp=0.3)
     assert isinstance(UnknownController("x", []), gridrl.GridrlError)
 
@@ -235,3 +235,18 @@ def test_opf_agrees_with_pandapower_opf(feeder, sunny_days, opf):
     assert sol.loss_mw[0] == pytest.approx(pp_loss, rel=1e-4, abs=1e-6)
     q_ours = sol.actions[0] * q_avail
     np.testing.assert_allclose(q_ours, net.res_sgen.q_mvar.loc[inv].to_numpy(), atol=0.01)
+
+
+def test_controller_options_are_validated_together(feeder):
+    from gridrl.control import ControllerError
+
+    with pytest.raises(ControllerError) as err:
+        gridrl.make_controller("droop", feeder, damping="a", dampin=0.3)
+    msg = str(err.value)
+    assert "damping: expected a number, got 'a'" in msg
+    assert "dampin: unknown key (allowed: damping, max_iter, min_damping, tol)" in msg
+    with pytest.raises(ControllerError, match="need 0 < min_damping ≤ damping ≤ 1"):
+        gridrl.make_controller("droop", feeder, damping=2.0)
+    with pytest.raises(ControllerError, match="max_iter: expected an integer, got 'x'"):
+        gridrl.make_controller("opf", feeder, max_iter="x")
+    assert gridrl.make_controller("droop", feeder, max_iter=5).options.max_iter == 5

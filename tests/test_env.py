@@ -316,13 +316,24 @@ def test_reset_draws_days_of_the_split_only(ieee33):
     test_days = set(ieee33.days("test"))
     _, _, _, info = env.step(torch.zeros(64, env.n_agents))
     assert set(info["day"].tolist()) <= test_days
-    env = make_env(ieee33, num_envs=3, seed=0, days=[7, 8, 9],
+    env = make_env(ieee33, num_envs=3, seed=0, days=[7, 8, 9], split="all",
                    config=EnvConfig(day_sampling="cycle", episode_hours=1.0))
     assert env._day.tolist() == [7, 8, 9]
     env.reset(days=[100, 101, 102])
     assert env._day.tolist() == [100, 101, 102]
     with pytest.raises(ValueError, match="one day per scenario"):
         env.reset(days=[1, 2])
+
+
+def test_explicit_days_stay_inside_their_split(ieee33):
+    """A test day can never reach a training environment, by the pool or by reset(days=...)."""
+    with pytest.raises(ValueError, match=r"day\(s\) 2, 7 are not train days of feeder 'ieee33'"):
+        make_env(ieee33, num_envs=1, days=[2, 7, 10])
+    env = make_env(ieee33, num_envs=2, days=[10, 11])
+    with pytest.raises(ValueError, match=r"day\(s\) 12 are not train days"):
+        env.reset(days=[10, 12])
+    with pytest.raises(ValueError, match="are not test days"):
+        make_env(ieee33, num_envs=1, split="test", days=[10])
 
 
 def test_finer_steps_interpolate_the_profiles(ieee33):

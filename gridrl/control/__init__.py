@@ -41,10 +41,19 @@ def make_controller(name: str, feeder, *, preset: str | None = None, curve: Droo
         _check_options(name, options, ())
         return NoControl(feeder)
     if name == "droop":
-        _check_options(name, options, DroopOptions.__dataclass_fields__)
-        return DroopController(feeder, preset=preset, curve=curve, options=DroopOptions(**options))
-    _check_options(name, options, OpfOptions.__dataclass_fields__)
-    return OptimalPowerFlow(feeder, options=OpfOptions(**options))
+        return DroopController(feeder, preset=preset, curve=curve, options=_options(name, DroopOptions, options))
+    return OptimalPowerFlow(feeder, options=_options(name, OpfOptions, options))
+
+
+def _options(name: str, cls, options: Mapping[str, Any]):
+    """Options through the same validation as config files: unknown keys and wrong types listed together."""
+    from gridrl.config import from_dict
+    from gridrl.errors import SpecError
+
+    try:
+        return from_dict(cls, dict(options), source=f"controller {name!r} options")
+    except SpecError as exc:
+        raise ControllerError(str(exc)) from None
 
 
 def _check_options(name: str, options: Mapping[str, Any], allowed) -> None:

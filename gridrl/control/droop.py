@@ -162,6 +162,12 @@ class DroopOptions:
     tol: float = 1e-4
     max_iter: int = 200
 
+    def __post_init__(self) -> None:
+        if not 0 < self.min_damping <= self.damping <= 1:
+            raise ValueError(f"need 0 < min_damping ≤ damping ≤ 1, got {self.min_damping}, {self.damping}")
+        if self.tol <= 0 or self.max_iter < 1:
+            raise ValueError(f"need tol > 0 and max_iter ≥ 1, got {self.tol}, {self.max_iter}")
+
 
 class DroopController(Controller):
     """Volt-var droop at every inverter from its own bus voltage, settled to a fixed point per step."""

@@ -106,6 +106,8 @@ class VoltageControlEnv:
         pool = list(feeder.days(split)) if days is None else [int(d) for d in days]
         n_days = feeder.profiles.n_days
         bad = [d for d in pool if not 0 <= d < n_days]
+        if not bad and days is not None:
+            self._check_split(feeder, split, pool)
         if bad or not pool:
             raise EnvError(f"days must be a non-empty list of day numbers in 0…{n_days - 1}"
                              + (f"; got {bad[:5]}" if bad else ""))
@@ -445,6 +447,7 @@ class VoltageControlEnv:
                 raise EnvError(f"reset(days=...) needs one day per scenario ({B}), got {len(days)}")
             if (days < 0).any() or (days >= self._prof.n_days).any():
                 raise EnvError(f"days must lie in 0…{self._prof.n_days - 1}")
+            self._check_split(self.feeder, self.split, days.tolist())
         self._day = np.zeros(B, dtype=np.int64)
         self._start = np.zeros(B, dtype=np.int64)
         self._k = torch.zeros(B, dtype=torch.int64)
@@ -460,6 +463,18 @@ class VoltageControlEnv:
         self._acc = {k: torch.zeros(B, dtype=torch.float64) for k in _EPISODE_KEYS}
         self._start_episodes(torch.arange(B), days)
         return self._out(self._obs)
+
+    @staticmethod
+    def _check_split(feeder, split: str, days: Sequence[int]) -> None:
+        """Explicit days must belong to the split, so a test day never reaches training."""
+        if split == "all":
+            return
+        allowed = set(feeder.days(split))
+        outside = sorted({int(d) for d in days} - allowed)
+        if outside:
+            shown = ", ".join(map(str, outside[:6])) + (" …" if len(outside) > 6 else "")
+            raise EnvError(f"day(s) {shown} are not {split} days of feeder {feeder.name!r}; "
+                           f"pick days from feeder.days({split!r}) or use split='all'")
 
     def reset_done(self) -> torch.Tensor:
         """Start new episodes (new days from the pool) in the finished scenarios only.
