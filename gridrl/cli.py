@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-feeders_app = typer.Typer(help="List the feeder library, or show one feeder.", invoke_without_command=True)
+feeders_app = typer.Typer(help="`gridrl feeders` prints the feeder library as a table; `gridrl feeders show NAME` details one feeder and writes its map.", invoke_without_command=True)
 bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, power-grid-model.", no_args_is_help=True)
 app.add_typer(feeders_app, name="feeders")
 app.add_typer(bench_app, name="bench")
