@@ -128,7 +128,7 @@ class VoltageControlEnv:
         net = feeder.net
         self._pf = feeder.power_flow()
         self._build_maps(feeder, net)
-        self._branch_model(net)
+        self._branch_model()
         self._build_time(feeder, cfg)
         self._build_obs_layout(cfg)
         self.reset(seed=seed)
@@ -200,7 +200,7 @@ class VoltageControlEnv:
         self._links = links | torch.eye(self.n_agents, dtype=torch.bool)
         self._edges = links.nonzero(as_tuple=True)
 
-    def _branch_model(self, net) -> None:
+    def _branch_model(self) -> None:
         """Series/shunt admittances of every branch, to split line losses between zones.
 
         Taken from pandapower's own branch model (so transformers with taps and phase shifts
@@ -208,21 +208,15 @@ class VoltageControlEnv:
         an open line switch carries only charging current; it is folded into an equivalent
         shunt at its connected end.
         """
-        import pandapower as pp
         from pandapower.pypower.idx_brch import BR_STATUS, F_BUS, T_BUS
         from pandapower.pypower.makeYbus import branch_vectors
 
-        base = net  # a private copy (feeder.net copies): safe to change
-        base.sgen["p_mw"] = 0.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pp.runpp(base, lightsim2grid=False)
-        ppc = base._ppc
-        br = ppc["branch"]
-        base_mva = float(ppc["baseMVA"])
+        model = self._pf.branch_model  # compiled once with the power flow: no second runpp
+        br = model.branch
+        base_mva = model.base_mva
         ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
-        rep = np.full(ppc["bus"].shape[0], -1)
-        rep[base._pd2ppc_lookups["bus"][self.bus_index]] = np.arange(self.n_bus)
+        rep = np.full(model.n_ppc_bus, -1)
+        rep[model.bus_lookup[self.bus_index]] = np.arange(self.n_bus)
         fp = rep[br[:, F_BUS].real.astype(np.int64)]
         tp = rep[br[:, T_BUS].real.astype(np.int64)]
         on = br[:, BR_STATUS].real > 0

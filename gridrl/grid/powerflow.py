@@ -130,6 +130,22 @@ class PowerFlowResult:
     q_slack_mvar: Array
 
 
+@dataclass(frozen=True)
+class BranchModel:
+    """pandapower's branch table of the compiled net (``net._ppc["branch"]``, external numbering).
+
+    branch: the ppc branch matrix (complex; pandapower's ``idx_brch`` columns).
+    base_mva: the system base.
+    bus_lookup: pandapower bus index → ppc bus row (``net._pd2ppc_lookups["bus"]``).
+    n_ppc_bus: rows of the ppc bus table.
+    """
+
+    branch: np.ndarray
+    base_mva: float
+    bus_lookup: np.ndarray
+    n_ppc_bus: int
+
+
 class BatchedPowerFlow:
     """AC power flow of one pandapower net, compiled once, solving batches of scenarios.
 
@@ -168,6 +184,11 @@ class BatchedPowerFlow:
             warnings.simplefilter("ignore")
             pp.runpp(work, lightsim2grid=False)
         ppci = work._ppc["internal"]
+        # pandapower's branch model in its external bus numbering, for per-branch quantities
+        # (e.g. the environment's split of losses between zones) without another runpp
+        self.branch_model = BranchModel(branch=work._ppc["branch"].copy(), base_mva=float(work._ppc["baseMVA"]),
+                                        bus_lookup=np.asarray(work._pd2ppc_lookups["bus"]).copy(),
+                                        n_ppc_bus=int(work._ppc["bus"].shape[0]))
         if len(ppci["pv"]):
             raise NotImplementedError(
                 "the net has voltage-controlled (PV) buses, e.g. from gen or xward elements; "
