@@ -21,20 +21,6 @@ TOL_PU = 1e-6      # voltages: "in band" up to the OPF's own margin
 
 
 @pytest.fixture(scope="module")
-def feeder():
-    return gridrl.load_feeder("ieee33")
-
-
-@pytest.fixture(scope="module")
-def sunny_days(feeder):
-    """The test days with the most PV energy: noon voltages leave the band without control."""
-    prof = feeder.profiles
-    days = feeder.days("test")
-    energy = [prof.pv_p_mw[prof.day_steps(d)].sum() for d in days]
-    return [days[i] for i in np.argsort(energy)[::-1][:3]]
-
-
-@pytest.fixture(scope="module")
 def opf(feeder):
     return make_controller("opf", feeder)
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import gridrl
 from gridrl.cli import app
 from gridrl.compare import (CompareConfig, CompareError, ControllerSpec, load_config, parse_controllers,
                             run_compare, summarize)
@@ -23,16 +22,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def feeder():
-    return gridrl.load_feeder("ieee33")
-
-
-@pytest.fixture(scope="module")
-def day(feeder):
-    """A sunny test day: the band binds at noon without control."""
-    prof = feeder.profiles
-    days = feeder.days("test")
-    return int(days[int(np.argmax([prof.pv_p_mw[prof.day_steps(d)].sum() for d in days]))])
+def day(sunny_days):
+    """The sunniest test day: the band binds at noon without control."""
+    return sunny_days[0]
 
 
 @pytest.fixture(scope="module")

@@ -623,7 +623,7 @@ class VoltageControlEnv:
         (False for flags).
         """
         a = self._check_actions(actions)
-        B, N, cfg = self.num_envs, self.n_agents, self.config
+        B, N = self.num_envs, self.n_agents
         active = ~self._done
         rows = active.nonzero(as_tuple=True)[0]
         full = len(rows) == B

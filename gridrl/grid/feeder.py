@@ -334,7 +334,6 @@ def _atomic_pickle(path: Path, obj) -> None:
 
 
 def _build(spec: FeederSpec) -> dict:
-    import pandapower as pp
     import pandapower.topology as top
 
     net = build_net(spec)

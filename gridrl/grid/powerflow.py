@@ -314,7 +314,7 @@ class BatchedPowerFlow:
             out[name] = x
         batch = {x.shape[0] for x in out.values() if x.ndim == 2}
         if len(batch) > 1:
-            raise ValueError(f"batch sizes differ: " + ", ".join(
+            raise ValueError("batch sizes differ: " + ", ".join(
                 f"{k} {list(v.shape)}" for k, v in out.items()))
         b = batch.pop() if batch else 1
         for name, x in out.items():
