@@ -66,12 +66,6 @@ class DroopCurve:
         """The curve's reactive power fraction at each voltage (flat beyond the ends)."""
         return np.interp(vm_pu, self.v_pu, self.q)
 
-    @property
-    def max_slope(self) -> float:
-        """Steepest |dq/dv| of the curve, in fraction per p.u."""
-        v, q = np.asarray(self.v_pu), np.asarray(self.q)
-        return float(np.max(np.abs(np.diff(q) / np.diff(v))))
-
 
 def curve_problems(v_pu: Sequence[float], q: Sequence[float], reference: str = "s_max") -> list[str]:
     """Everything wrong with a curve's breakpoints (empty when it is a valid droop curve)."""
@@ -187,8 +181,7 @@ class DroopController(Controller):
         self.n_agents = len(agents)
         s_max = inv.groupby("agent", sort=False)["s_max_mva"].sum()
         self.s_max_mva = s_max.reindex(agents).to_numpy(dtype=np.float64)  # [N]
-        self._incidence = np.zeros((self.n_agents, len(inv)))
-        self._incidence[[feeder.agent_index(a) for a in inv["agent"]], np.arange(len(inv))] = 1.0
+        self._incidence = feeder.agent_incidence
         self._last: np.ndarray | None = None
 
     def reset(self) -> None:

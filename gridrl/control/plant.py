@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -37,9 +36,7 @@ class ActionMap:
         self.s_max_mva = inv["s_max_mva"].to_numpy(dtype=np.float64)
         # sgens that are not inverters keep the reactive power the net gives them
         self.sgen_q_base_mvar = feeder.net.sgen.q_mvar.reindex(pf.sgen_index).to_numpy(dtype=np.float64)
-        # agent × inverter incidence: sums over an agent's inverters
-        self.incidence = np.zeros((self.n_agents, len(inv)))
-        self.incidence[self.agent_of_inverter, np.arange(len(inv))] = 1.0
+        self.incidence = feeder.agent_incidence  # [N, n_inv]: sums over an agent's inverters
 
     def sgen_q_mvar(self, actions: np.ndarray, q_avail_mvar: np.ndarray) -> np.ndarray:
         """``[M, n_sgen]`` reactive power of every sgen for actions ``[M, N]`` and the inverters'
@@ -75,11 +72,6 @@ class StepPlant:
     @property
     def batch(self) -> int:
         return self.load_p_mw.shape[0]
-
-    @cached_property
-    def q_avail_agent_mvar(self) -> np.ndarray:
-        """``[B, N]`` available reactive power of each agent (summed over its inverters)."""
-        return self.amap.agent_sum(self.q_avail_mvar)
 
     def solve(self, actions: np.ndarray, rows: np.ndarray | None = None):
         """Power flow for actions ``[M, N]``; row ``m`` is scenario ``rows[m]`` (default: row m is

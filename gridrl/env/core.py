@@ -246,7 +246,6 @@ class VoltageControlEnv:
     def _build_time(self, feeder, cfg: EnvConfig) -> None:
         prof = feeder.profiles
         self._prof = prof
-        self.native_step_minutes = prof.step_minutes
         self.step_minutes = cfg.step_minutes
         self._sub = prof.step_minutes // cfg.step_minutes  # env steps per native step
         self.steps_per_day = prof.steps_per_day * self._sub

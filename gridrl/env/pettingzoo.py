@@ -48,7 +48,6 @@ class VoltageControlParallelEnv(ParallelEnv):
         self.action_spaces = {a: spaces.Box(-1.0, 1.0, (1,), np.float32)
                               for a in self.possible_agents}
         self.state_space = spaces.Box(-np.inf, np.inf, (self.core.state_dim,), np.float32)
-        self._started = False
 
     # -- spaces: the same cached object every call (PettingZoo's seeding relies on it) -------
     def observation_space(self, agent: str) -> spaces.Box:
@@ -67,7 +66,6 @@ class VoltageControlParallelEnv(ParallelEnv):
         day = (options or {}).get("day")
         obs = self.core.reset(seed=seed, days=None if day is None else [int(day)])
         self.agents = list(self.possible_agents)
-        self._started = True
         infos = {a: {"day": int(self.core._day[0])} for a in self.agents}
         return self._obs_dict(obs), infos
 

@@ -219,6 +219,14 @@ class Feeder:
                         q.append(v)
         return out
 
+    @cached_property
+    def agent_incidence(self) -> np.ndarray:
+        """``[N, n_inverter]`` 0/1 matrix: row i marks agent i's inverters (``x @ incidence.T``
+        sums per-inverter values per agent)."""
+        out = np.zeros((len(self.agents), len(self.inverters)))
+        out[[self.agent_index(a) for a in self.inverters["agent"]], np.arange(len(self.inverters))] = 1.0
+        return out
+
     def agent_index(self, agent: str) -> int:
         try:
             return self.agents.index(agent)
