@@ -159,6 +159,9 @@ def config_problems(config: CompareConfig) -> list[str]:
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
         problems.append(f"controller {', '.join(map(repr, dup))} is listed twice (give each a distinct label)")
+    if config.split not in ("train", "test", "all"):
+        problems.append(f"split must be test, train or all, got {config.split!r}")
+        return problems  # the days checks below need a valid split
     for name in config.feeders:
         try:
             feeder = load_feeder(name)

@@ -105,3 +105,11 @@ def test_report_of_a_missing_folder(tmp_path):
     assert res.exit_code == 2
     assert res.stderr.strip() == (f"error: {tmp_path / 'nope'} does not exist; give the --out folder of a "
                                   "`gridrl compare` or `gridrl evaluate` run")
+
+
+def test_unknown_split_is_one_line():
+    for cmd in (["evaluate", "--feeder", "ieee33", "--split", "validation"],
+                ["compare", "--feeders", "ieee33", "--controllers", "none", "--split", "validation"]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 2, res.output
+        assert "split must be test, train or all, got 'validation'" in res.output
