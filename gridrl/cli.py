@@ -15,7 +15,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from gridrl.errors import GridrlError
 
@@ -31,7 +30,7 @@ bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, powe
 app.add_typer(feeders_app, name="feeders")
 app.add_typer(bench_app, name="bench")
 
-# piped output (CI logs, files) gets wide tables instead of 80 columns
+# piped output (CI logs, files) is not wrapped at 80 columns; tables print at their natural width
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
@@ -57,23 +56,12 @@ def user_errors(fn):
     return wrapper
 
 
-def print_table(rows: list[dict], title: str | None = None) -> None:
-    """A list of dicts as a rich table on stdout."""
-    if not rows:
-        console.print("(nothing)")
-        return
-    table = Table(title=title, show_lines=False)
-    for key in rows[0]:
-        table.add_column(str(key), justify="right" if isinstance(rows[0][key], int | float) else "left")
-    for row in rows:
-        table.add_row(*(_fmt(v) for v in row.values()))
-    console.print(table)
+def print_table(rows: list[dict], title: str | None = None, *, keys: tuple[str, ...] = (),
+                full_table: str | None = None) -> None:
+    """A list of dicts as a table on stdout; names and numbers are never cut (see gridrl.terminal)."""
+    from gridrl.terminal import print_table as _print
 
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    _print(console, rows, title=title, keys=keys, full_table=full_table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,21 +80,23 @@ def feeders(ctx: typer.Context) -> None:
     rows = []
     for name in list_feeders():
         s = load_feeder(name).summary()
-        rows.append({k: s[k] for k in ("name", "buses", "lines", "trafos", "agents", "load_mw",
-                                        "pv_peak_mw", "pv_to_load", "source")})
-    print_table(rows, title="gridrl feeders")
+        rows.append({"name": s["name"], "buses": s["buses"], "lines": s["lines"], "trafos": s["trafos"],
+                     "agents": s["agents"], "load MW": s["load_mw"], "PV peak MW": s["pv_peak_mw"],
+                     "PV / load": s["pv_to_load"], "source": s["source"]})
+    print_table(rows, title="gridrl feeders", keys=("name",))
 
 
 @feeders_app.command("show")
 @user_errors
 def feeders_show(
     name: Annotated[str, typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
-    out: Annotated[Optional[Path], typer.Option(help="HTML map to write (default: reports/feeders/NAME.html).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML map to write (default: out/feeders/NAME.html; "
+                                                "$GRIDRL_OUT_DIR replaces out/).")] = None,
 ) -> None:
     """Details of one feeder, and a self-contained HTML map with zones coloured and inverters marked."""
     from gridrl.grid.feeder import load_feeder
     from gridrl.grid.plot import feeder_map
-    from gridrl.io import write_html
+    from gridrl.io import default_out, write_html
 
     feeder = load_feeder(name)
     s = feeder.summary()
@@ -122,7 +112,7 @@ def feeders_show(
     if spec.base_case:
         console.print(f"[bold]{'base case':>12}[/]  published {spec.base_case.loss_kw} kW loss, "
                       f"min {spec.base_case.min_vm_pu} p.u.", highlight=False)
-    out = out or Path("reports") / "feeders" / f"{feeder.name}.html"
+    out = out or default_out("feeders", f"{feeder.name}.html")
     write_html(feeder_map(feeder), out)
     console.print(f"map written to {out}")
 
@@ -135,8 +125,11 @@ def feeders_show(
 def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     if text is None:
         return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise fail(f"{option} has an empty item in {text!r}; give comma-separated day numbers, e.g. 2,7,12")
     try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
+        return tuple(int(t) for t in items)
     except ValueError:
         raise fail(f"{option} takes comma-separated day numbers, e.g. 2,7,12; got {text!r}") from None
 
@@ -144,7 +137,8 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 def _show_summary(result, title: str, *, report: bool) -> None:
     from gridrl.compare import format_summary
 
-    print_table(format_summary(result.summary), title=title)
+    print_table(format_summary(result.summary), title=title, keys=("feeder", "controller"),
+                full_table=str(result.out / "summary.md"))
     done = f"{result.ran} cell(s) run" + (f", {result.skipped} already done" if result.skipped else "")
     files = "summary.md, days.parquet" + (", report.html" if report else "")
     console.print(f"{done}; results in {result.out} ({files})", highlight=False)
@@ -160,7 +154,8 @@ def evaluate_cmd(
                                                   "optionally reference = 's_max' | 'q_avail' (instead of --preset).")] = None,
     split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/evaluate/FEEDER-CONTROLLER-SPLIT).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default out/evaluate/FEEDER-CONTROLLER-SPLIT; "
+                                                "$GRIDRL_OUT_DIR replaces out/).")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
     """Run one controller over whole days of one feeder.
@@ -169,9 +164,9 @@ def evaluate_cmd(
     into the same folder reuses finished results."""
     from gridrl.compare import CompareConfig, ControllerSpec, run_compare
     from gridrl.config import read_toml
-
     from gridrl.control import CurveError
     from gridrl.control.droop import resolve_curve
+    from gridrl.io import default_out
 
     curve_table = None
     if curve is not None:
@@ -183,12 +178,13 @@ def evaluate_cmd(
             raise CurveError(f"{curve}: {exc}") from None
     spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
     cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"))
-    out = out or Path("reports") / "evaluate" / f"{Path(feeder).stem}-{spec.key}-{split}"
+    out = out or default_out("evaluate", f"{Path(feeder).stem}-{spec.key}-{split}")
     result = run_compare(cfg, out=out, report=report)
     if len(result.days) <= 12:
-        cols = ["day", "date", "controllable_rate", "share_out_of_band", "max_abs_dv_pu", "energy_loss_mwh",
-                "reactive_energy_mvarh", "unsettled_steps", "infeasible_steps"]
-        print_table(result.days[cols].to_dict("records"), title=f"{spec.key} on {feeder}: per day")
+        from gridrl.compare import format_days
+
+        print_table(format_days(result.days), title=f"{spec.key} on {feeder}: per day",
+                    keys=("day", "date"), full_table=str(result.out / "days.parquet"))
     _show_summary(result, title=f"{spec.key} on {feeder}, {split} days", report=report)
 
 
@@ -204,7 +200,8 @@ def compare_cmd(
     split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
     seeds: Annotated[int, typer.Option(help="Seeds per feeder × controller (0 … N−1).")] = 1,
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else reports/compare).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else out/compare; "
+                                                "$GRIDRL_OUT_DIR replaces out/).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Where cells run: local.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:

@@ -89,7 +89,8 @@ class CompareConfig:
     report_day: the day the report shows in detail (heat maps, envelopes, losses over the day);
         default the evaluated day with the most PV energy on each feeder.
     num_envs: days per batch (default: all days of a cell in one batch).
-    out: output folder (the CLI's ``--out`` takes precedence).
+    out: output folder (the CLI's ``--out`` takes precedence; default ``out/compare``, see
+        :func:`gridrl.io.default_out`).
     backend: how cells run: ``local`` (in this process).
     """
 
@@ -316,12 +317,12 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     """
     from tqdm import tqdm
 
-    from gridrl.io import atomic_write, write_html, write_parquet, write_text
+    from gridrl.io import atomic_write, default_out, write_html, write_parquet, write_text
 
     problems = config_problems(config)
     if problems:
         raise CompareError("; ".join(problems))
-    out = Path(out or config.out or "reports/compare")
+    out = Path(out or config.out or default_out("compare"))
     backend_name = backend or config.backend
     if backend_name not in BACKENDS:
         raise CompareError(f"unknown backend {backend_name!r} — known backends: {', '.join(BACKENDS)}")
@@ -432,14 +433,16 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["_f", "_c"]).drop(columns=["_f", "_c"]).reset_index(drop=True)
 
 
-def format_summary(summary: pd.DataFrame) -> list[dict[str, Any]]:
-    """Summary rows with human headers and rounded values (for printing and markdown)."""
+def format_summary(summary: pd.DataFrame, *, columns: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Summary rows with human headers and rounded values (for printing and markdown).
+
+    columns: which columns to show, ``{column: header}`` (default :data:`SUMMARY_COLUMNS`)."""
     digits = {"controllable_rate": 4, "out_of_band_pct": 3, "mean_abs_dv_pu": 4, "max_abs_dv_pu": 4,
               "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "reactive_energy_mvarh": 1, "communication": 1}
     rows = []
     for rec in summary.to_dict("records"):
         row = {}
-        for key, header in SUMMARY_COLUMNS.items():
+        for key, header in (columns or SUMMARY_COLUMNS).items():
             v = rec.get(key)
             if isinstance(v, float):
                 v = "–" if math.isnan(v) else (f"{v:+.{digits[key]}f}" if key == "loss_gap_to_opf_pct"
@@ -447,6 +450,15 @@ def format_summary(summary: pd.DataFrame) -> list[dict[str, Any]]:
             row[header] = v
         rows.append(row)
     return rows
+
+
+def format_days(days: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of the tidy per-day table with the summary's headers and rounding (for printing)."""
+    d = days.assign(out_of_band_pct=100.0 * days["share_out_of_band"],
+                    flagged_steps=days["unsettled_steps"] + days["infeasible_steps"] + days["diverged_steps"])
+    keys = ("day", "date", "controllable_rate", "out_of_band_pct", "max_abs_dv_pu", "energy_loss_mwh",
+            "reactive_energy_mvarh", "flagged_steps")
+    return format_summary(d, columns={k: SUMMARY_COLUMNS.get(k, k) for k in keys})
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:

@@ -1,5 +1,13 @@
-"""Writing files at the edge: every write is atomic (temp file in the same folder, then rename),
-so an interrupted run never leaves a half-written table, report or checkpoint behind."""
+"""Writing files at the edge, and where they go when nobody says.
+
+Every write is atomic (temp file in the same folder, then rename), so an interrupted run never
+leaves a half-written table, report or checkpoint behind.
+
+One rule for default outputs: a command not given ``--out`` writes under ``./out/`` (relative to
+the current folder; ``out/`` is git-ignored), or under ``$GRIDRL_OUT_DIR`` when that is set:
+``out/feeders/NAME.html``, ``out/evaluate/FEEDER-CONTROLLER-SPLIT/``, ``out/compare/``,
+``out/runs/…``. Paths given explicitly (``--out``, a config's ``out``) are used as given.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from gridrl.errors import OutputError
+
+__all__ = ["OUT_DIR_ENV", "atomic_write", "default_out", "write_html", "write_json", "write_parquet", "write_text"]
+
+OUT_DIR_ENV = "GRIDRL_OUT_DIR"
+
+
+def default_out(*parts: str) -> Path:
+    """Where output goes when no path was given: ``./out/<parts…>``, or ``$GRIDRL_OUT_DIR/<parts…>``.
+
+    Never a folder of the package's own (``reports/`` holds committed results only)."""
+    base = os.environ.get(OUT_DIR_ENV, "").strip() or "out"
+    return Path(base).expanduser().joinpath(*parts)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

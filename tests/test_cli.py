@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,22 @@ def test_unknown_split_is_one_line():
         res = runner.invoke(app, cmd)
         assert res.exit_code == 2, res.output
         assert "split must be test, train or all, got 'validation'" in res.output
+
+
+def test_default_outputs_go_under_out_or_gridrl_out_dir(tmp_path, monkeypatch):
+    from gridrl.io import default_out
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDRL_OUT_DIR", raising=False)
+    res = runner.invoke(app, ["feeders", "show", "ieee33"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "feeders" / "ieee33.html").is_file()
+    assert not (tmp_path / "reports").exists(), "nothing lands in the package's committed folders"
+    assert default_out("compare") == Path("out/compare")
+    assert default_out("evaluate", "ieee33-none-test") == Path("out/evaluate/ieee33-none-test")
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("GRIDRL_OUT_DIR", str(elsewhere))
+    res = runner.invoke(app, ["feeders", "show", "ieee33"])
+    assert res.exit_code == 0, res.output
+    assert (elsewhere / "feeders" / "ieee33.html").is_file()
+    assert default_out("runs", "ieee33-dmpo") == elsewhere / "runs" / "ieee33-dmpo"

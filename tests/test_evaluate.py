@@ -198,6 +198,9 @@ def test_cli_evaluate_end_to_end(tmp_path, day):
     (["--controller", "droop", "--days", "0,2"],
      "day(s) 0 are not test days of feeder 'ieee33' (test days: 2, 7, 12, 17, 22, …, 362 (73 days))"),
     (["--controller", "droop", "--days", "two"], "--days takes comma-separated day numbers"),
+    (["--controller", "droop", "--days", "2,,7"],
+     "--days has an empty item in '2,,7'; give comma-separated day numbers, e.g. 2,7,12"),
+    (["--controller", "droop", "--days", "2,7,"], "--days has an empty item in '2,7,'"),
 ])
 def test_cli_evaluate_bad_input(tmp_path, args, text):
     out = tmp_path / "ev"

@@ -9,6 +9,10 @@ the pending step through ``env.peek`` / ``env.pending`` and never change its sta
 Sign convention (pandapower's generator convention for sgens): a positive action injects
 reactive power and raises the voltage; action ``a`` sets ``q_mvar = a · sqrt(s_max² − p²)`` at
 each of the agent's inverters.
+
+Actions outside [-1, 1] are clipped to it by the environment, silently: an inverter cannot give
+more than its headroom, and a policy's Gaussian sample may fall outside the box. A controller
+should still return actions inside it; NaN is an error.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class Controller:
         self.last_info = {}
 
     def act(self, obs: Any, *, env: Any = None):
-        """Actions ``[B, N]`` in [-1, 1] for the pending step."""
+        """Actions ``[B, N]`` in [-1, 1] for the pending step (the environment clips anything outside)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Each agent observes the same vector as in :class:`~gridrl.env.core.VoltageControlEnv`
 (float32, layout ``obs_names``) and acts with a ``Box(-1, 1, (1,))`` action: the share of its
-inverters' available reactive power. Rewards are the local rewards. The end of the episode's
+inverters' available reactive power (values outside [-1, 1] are clipped, as in the core). Rewards are the local rewards. The end of the episode's
 day is a *truncation* (time ran out) for every agent; a power flow that did not converge is a
 *termination* for every agent. Once an episode is over, ``agents`` is empty until ``reset``.
 ``state()`` returns the global state for centralized critics.
