@@ -25,6 +25,9 @@ repeats the last valid measurement, its per-step metrics are NaN) while the othe
 on. The observation returned by ``reset`` is the feeder one step before the episode starts,
 inverters at q = 0.
 
+Every tensor that a public method returns is the caller's own: no later call writes into it,
+and no two returned tensors share memory, so rollouts can be stored without cloning.
+
 Randomness (day draws, start hours, outages, sensor noise, message dropout, forecast noise)
 comes from separate generators spawned from ``seed``: the same seed and the same calls give the
 same numbers bit for bit, and switching one fault on does not change the others' draws.
@@ -455,7 +458,7 @@ class VoltageControlEnv:
         self._v = None
         self._acc = {k: torch.zeros(B, dtype=torch.float64) for k in _EPISODE_KEYS}
         self._start_episodes(torch.arange(B), days)
-        return self._out(self._obs)
+        return self._out(self._obs.clone())
 
     @staticmethod
     def _check_split(feeder, split: str, days: Sequence[int]) -> None:
@@ -478,7 +481,7 @@ class VoltageControlEnv:
         rows = self._done.nonzero(as_tuple=True)[0]
         if len(rows):
             self._start_episodes(rows, None)
-        return self._out(self._obs)
+        return self._out(self._obs.clone())
 
     def _start_episodes(self, rows: torch.Tensor, days: np.ndarray | None) -> None:
         n = len(rows)
@@ -508,7 +511,8 @@ class VoltageControlEnv:
         q_avail = exo["q_avail_mvar"] if "q_avail_mvar" in exo else self._q_avail(exo["pv_p_mw"])
         inv = torch.stack([exo["pv_p_mw"], q_inv, q_avail], 1)
         if len(rows) == self.num_envs:
-            self._vm, self._bus_p, self._bus_q, self._inv = vm, p, q, inv
+            # vm is also returned in step's info: keep a copy, later partial steps write into it
+            self._vm, self._bus_p, self._bus_q, self._inv = vm.clone(), p, q, inv
             self._g_obs = np.asarray(g, dtype=np.int64).copy()
         else:
             self._vm[rows], self._bus_p[rows], self._bus_q[rows], self._inv[rows] = vm, p, q, inv
@@ -616,8 +620,9 @@ class VoltageControlEnv:
         the reward parts ``reward_voltage``, ``reward_loss``, ``reward_q`` ``[B, N]`` (costs,
         before weights), ``outage [B, N]``, ``message_mask [B, N, N]`` (``[b, i, j]``: a
         message from j reaches i at this step; always True for i = j, False off the agent
-        graph), ``step``, ``day`` and, when some episode ended at this step, ``episode`` (a
-        dict of ``[B]`` aggregates, NaN for scenarios that did not end; see
+        graph; without message dropout a broadcast view of one ``[N, N]`` copy, so clone it
+        before writing into it), ``step``, ``day`` and, when some episode ended at this step,
+        ``episode`` (a dict of ``[B]`` aggregates, NaN for scenarios that did not end; see
         :meth:`episode_metrics`). Per-step metrics of an inactive or diverged scenario are NaN
         (False for flags).
         """
@@ -726,13 +731,13 @@ class VoltageControlEnv:
                 "out_of_band_share": share, "dv_mean_pu": dev.mean(0), "dv_max_pu": dev.amax(0),
                 "loss_mw": sol["loss_mw"], "q_abs_mvar": q_abs.sum(1),
                 "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv,
-                "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l, "reward_q": r_q}
+                "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l.clone(), "reward_q": r_q}
 
     def _message_mask(self) -> torch.Tensor:
         B, N = self.num_envs, self.n_agents
         p = self.config.message_dropout
-        if p <= 0:
-            return self._links.expand(B, N, N)
+        if p <= 0:  # the same graph in every scenario: one fresh [N, N] copy, broadcast
+            return self._links.clone().expand(B, N, N)
         keep = torch.rand((B, len(self._edges[0])), generator=self._gen_drop) >= p
         mask = torch.eye(N, dtype=torch.bool).repeat(B, 1, 1)
         mask[:, self._edges[0], self._edges[1]] = keep
