@@ -45,6 +45,7 @@ import torch
 from gridrl.env.config import EnvConfig
 from gridrl.env.rewards import barrier
 from gridrl.errors import GridrlError
+from gridrl.threads import apply_torch
 
 # per-step info entries a frozen (finished) scenario fills with NaN / False: shape, kind
 _INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
@@ -97,6 +98,7 @@ class VoltageControlEnv:
                  days: Sequence[int] | None = None, config: EnvConfig | None = None,
                  device: str | torch.device = "cpu"):
         cfg = config if config is not None else EnvConfig()
+        apply_torch()  # the thread policy, once per process (see gridrl.threads)
         if num_envs < 1:
             raise EnvError(f"num_envs must be ≥ 1, got {num_envs}")
         self.feeder = feeder

@@ -46,6 +46,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from gridrl.threads import apply_numba
+
 __all__ = ["PowerFlowOptions", "PowerFlowResult", "BatchedPowerFlow", "reference_solve"]
 
 Array = Any  # numpy.ndarray or torch.Tensor, matching the inputs of the solve
@@ -351,6 +353,10 @@ class BatchedPowerFlow:
         conv = np.empty(b, dtype=np.bool_)
         has_init = v_init is not None
         init = v_init if has_init else np.empty((1, 1), dtype=np.complex128)
+        # one signature for every caller (numba types read-only and writable arrays apart):
+        # the kernel compiles once and its on-disk cache holds one entry
+        lp, lq, gp, gq, init = (_read_only(x) for x in (lp, lq, gp, gq, init))
+        apply_numba()  # the thread policy, in whichever thread calls (see gridrl.threads)
         # chunks are handed out one at a time, so a core busy with other work simply takes fewer
         with numba.parallel_chunksize(1):
             _zbus_kernel(
@@ -624,6 +630,13 @@ def _element_rows(table, lookup, pos, n_all) -> np.ndarray:
     ppci = lookup[table.bus.to_numpy(dtype=np.int64)]
     ok = table.in_service.to_numpy(dtype=bool) & (ppci >= 0) & (ppci < n_all)
     return np.where(ok, pos[np.where(ok, ppci, 0)], -1).astype(np.int64)
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    """A read-only view of ``x`` (the caller's array keeps its own flags)."""
+    view = x.view()
+    view.flags.writeable = False
+    return view
 
 
 def _torch_device(*xs):

@@ -1,0 +1,116 @@
+"""The thread policy: one thread per process by default, ``GRIDRL_THREADS`` / ``set_threads`` to
+change it, the user's own ``OMP_NUM_THREADS`` / ``NUMBA_NUM_THREADS`` respected, and torch's
+count not disturbed when numba starts its pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numba
+import pytest
+import torch
+
+import gridrl
+from gridrl import threads
+from gridrl.env import make_env
+from gridrl.grid.bench import random_scenarios
+
+# a fresh process: build an env, step it, solve in a second Python thread, report the counts
+PROBE = """
+import json, threading, numba, torch, gridrl
+from gridrl.env import make_env
+env = make_env("ieee33", num_envs=2)
+env.step(torch.zeros(2, env.n_agents))
+other = {}
+def solve():
+    env.peek(torch.zeros(2, env.n_agents))
+    other["numba"] = numba.get_num_threads()
+t = threading.Thread(target=solve); t.start(); t.join()
+print(json.dumps({"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
+                  "numba_other_thread": other["numba"], "source": gridrl.threads.policy()["source"]}))
+"""
+
+CLEAN = {k: v for k, v in os.environ.items()
+         if k not in ("GRIDRL_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
+def _probe(**env) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          env={**CLEAN, **env}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell 1 from 2 threads")
+def test_one_thread_per_process_by_default_in_every_python_thread():
+    assert _probe() == {"torch": 1, "numba": 1, "numba_other_thread": 1, "source": "default"}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell 1 from 2 threads")
+def test_the_users_omp_setting_survives_numbas_pool_start():
+    got = _probe(OMP_NUM_THREADS="2", NUMBA_NUM_THREADS="1")
+    assert got == {"torch": 2, "numba": 1, "numba_other_thread": 1, "source": "default"}
+
+
+def test_precedence_set_threads_then_gridrl_threads_then_library_variables(monkeypatch):
+    monkeypatch.delenv("GRIDRL_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    assert threads.policy() == {"torch": None, "numba": 1, "source": "default"}
+    monkeypatch.setenv("GRIDRL_THREADS", "2")
+    assert threads.policy() == {"torch": 2, "numba": 2, "source": "GRIDRL_THREADS"}
+    with threads.using(1):
+        assert threads.policy() == {"torch": 1, "numba": 1, "source": "gridrl.set_threads"}
+    assert threads.policy()["source"] == "GRIDRL_THREADS"
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two", "1.5", " "])
+def test_bad_gridrl_threads_says_what_to_give(monkeypatch, bad):
+    monkeypatch.setenv("GRIDRL_THREADS", bad)
+    if not bad.strip():  # empty means unset
+        assert threads.policy()["source"] != "GRIDRL_THREADS"
+        return
+    with pytest.raises(threads.ThreadsError, match="GRIDRL_THREADS must be a whole number"):
+        threads.policy()
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "x"])
+def test_bad_set_threads_says_what_to_give(bad):
+    with pytest.raises(threads.ThreadsError, match=r"set_threads\(n\) must be a whole number"):
+        gridrl.set_threads(bad)
+    assert threads.policy()["source"] != "gridrl.set_threads"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell 1 from 2 threads")
+def test_set_threads_reaches_torch_and_the_power_flow_in_every_thread():
+    feeder = gridrl.load_feeder("ieee33")
+    env = make_env(feeder, num_envs=2)
+    pf = feeder.power_flow()
+    scen = random_scenarios(feeder.net, 4)
+    seen = {}
+
+    def solve():
+        pf.solve(*scen)
+        seen["numba"] = numba.get_num_threads()
+
+    with threads.using(2):
+        env.step(torch.zeros(2, env.n_agents))
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (2, 2)
+        t = threading.Thread(target=solve)
+        t.start()
+        t.join()
+        assert seen["numba"] == 2
+    assert threads.policy()["source"] != "gridrl.set_threads"
+
+
+def test_no_stray_public_names_in_the_package():
+    import types
+
+    public = {n for n in dir(gridrl) if not n.startswith("_")}
+    modules = {n for n in public if isinstance(getattr(gridrl, n), types.ModuleType)}
+    assert public - modules == set(gridrl.__all__)
+    assert "os" not in public and all(getattr(gridrl, m).__name__.startswith("gridrl.") for m in modules)
