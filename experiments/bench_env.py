@@ -1,4 +1,4 @@
-"""Environment throughput benchmark; writes reports/bench/env.md.
+"""Environment throughput and the thread policy quiet vs contended; writes reports/bench/env.md.
 
     python experiments/bench_env.py --feeder ieee141 --num-envs 256
 
@@ -26,13 +26,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--agent-num-envs", type=int, default=16, help="batch size on the agent feeder")
     p.add_argument("--agent-steps", type=int, default=8, help="env steps timed on the agent feeder")
     p.add_argument("--repeats", type=int, default=3, help="timed episodes; the best counts")
+    p.add_argument("--no-contention", action="store_true",
+                   help="skip the quiet/contended comparison of thread settings")
+    p.add_argument("--rounds", type=int, default=3, help="quiet/contended rounds")
     p.add_argument("--out", default="reports/bench/env.md", help="markdown report path")
     args = p.parse_args(argv)
     result = run_env_bench(args.feeder, num_envs=args.num_envs, steps=args.steps,
                            pandapower_steps=args.pandapower_steps,
                            agent_feeder=args.agent_feeder or None,
                            agent_num_envs=args.agent_num_envs, agent_steps=args.agent_steps,
-                           repeats=args.repeats)
+                           repeats=args.repeats, contention=not args.no_contention,
+                           contention_rounds=args.rounds)
     command = "python experiments/bench_env.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     text = to_markdown(result, command=command.strip())
     write_text(Path(args.out), text + "\n")

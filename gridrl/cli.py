@@ -266,8 +266,9 @@ def bench_powerflow(
     from gridrl.io import write_text
 
     names = [f.strip() for f in feeder.split(",") if f.strip()]
-    df = run_benchmark(names, batch, seed=seed, repeats=repeats,
-                       progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    with err_console.status("benchmarking") as status:  # transient: leaves no lines behind
+        df = run_benchmark(names, batch, seed=seed, repeats=repeats,
+                           progress=lambda m: status.update(f"benchmarking {m}"))
     report = to_markdown(df, command="gridrl bench powerflow " + " ".join(sys.argv[3:]), info=machine_info())
     console.print(report, highlight=False, markup=False)
     if out:
@@ -280,13 +281,18 @@ def bench_env(
     feeder: Annotated[str, typer.Option(help="Feeder for the env vs pandapower step comparison.")] = "ieee141",
     num_envs: Annotated[int, typer.Option(min=1, help="Scenarios stepped together.")] = 256,
     agent_feeder: Annotated[str, typer.Option(help="Large feeder for agent-steps per second ('' to skip).")] = "mvlv-rural",
+    contention: Annotated[bool, typer.Option(help="Also time the thread settings quiet and beside one "
+                                             "CPU-bound process that the benchmark starts and stops.")] = True,
+    rounds: Annotated[int, typer.Option(min=1, help="Quiet/contended rounds of the contention part.")] = 3,
     out: Annotated[Optional[Path], typer.Option(help="Also write the markdown report here.")] = None,
 ) -> None:
-    """Full environment steps per second against a MAPDN-style pandapower step."""
+    """Full environment steps per second against a MAPDN-style pandapower step, and the thread
+    policy quiet and contended."""
     from gridrl.env.bench import run_env_bench, to_markdown
     from gridrl.io import write_text
 
-    r = run_env_bench(feeder, num_envs=num_envs, agent_feeder=agent_feeder or None)
+    r = run_env_bench(feeder, num_envs=num_envs, agent_feeder=agent_feeder or None,
+                      contention=contention, contention_rounds=rounds)
     report = to_markdown(r, command="gridrl bench env " + " ".join(sys.argv[3:]))
     console.print(report, highlight=False, markup=False)
     if out:

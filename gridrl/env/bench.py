@@ -1,4 +1,5 @@
-"""Environment throughput: full batched steps against a MAPDN-style pandapower step.
+"""Environment throughput: full batched steps against a MAPDN-style pandapower step, and the
+thread policy on a quiet and on a contended machine.
 
 A *full* environment step is everything :meth:`VoltageControlEnv.step` does — profiles of the
 next step, actions to reactive power, the batched power flow (warm-started), observations,
@@ -6,25 +7,35 @@ local rewards, global metrics and episode aggregates. The MAPDN-style step is wh
 pandapower environment does per step: write the profiles and the inverters' q into the net,
 ``pandapower.runpp``, read bus voltages and line losses back (no deep copy of the net, which
 would only make pandapower slower). Both run the same day with the same random actions in one
-process. :func:`run_env_bench` returns one flat dict; :func:`to_markdown` renders it.
-``experiments/bench_env.py`` (and the CLI) are thin wrappers that write the report.
+process.
+
+The contention part (:func:`bench_contention`) times single steps, and a learner-sized torch
+update beside them, under each thread setting, quiet and while one CPU-bound process that
+the benchmark starts itself (:func:`background_load`) competes for the cores; rounds
+alternate quiet and contended so that a change in the machine's other load hits both alike.
+:func:`run_env_bench` returns one dict; :func:`to_markdown` renders it.
+``experiments/bench_env.py`` and ``gridrl bench env`` are thin wrappers that write the report.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from contextlib import contextmanager
+import subprocess
+import sys
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 
 from gridrl.env.config import EnvConfig
 from gridrl.env.core import VoltageControlEnv
+from gridrl.threads import describe, policy, using
 
-__all__ = ["bench_env_steps", "bench_pandapower_steps", "run_env_bench", "to_markdown"]
+__all__ = ["background_load", "bench_contention", "bench_env_steps", "bench_pandapower_steps",
+           "run_env_bench", "to_markdown"]
 
 
 def _actions(steps: int, num_envs: int, n_agents: int, seed: int) -> torch.Tensor:
@@ -38,29 +49,11 @@ def bench_env_steps(feeder, *, num_envs: int, steps: int = 48, repeats: int = 3,
 
     Every scenario runs the same ``day`` (default: the first training day) so repeats are
     comparable; actions are uniform in [-1, 1]. ``threads`` sets torch's and numba's thread
-    counts for this measurement (``None``: leave them as they are).
+    counts for this measurement (``None``: the thread policy, see :mod:`gridrl.threads`).
     """
-    with _threads(threads):
+    with nullcontext() if threads is None else using(threads):
         return _bench_env_steps(feeder, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed,
                                 day=day)
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Run with ``n`` torch and numba threads, restoring both afterwards."""
-    if n is None:
-        yield
-        return
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        numba.set_num_threads(before[1])
 
 
 def _bench_env_steps(feeder, *, num_envs: int, steps: int, repeats: int, seed: int,
@@ -135,40 +128,170 @@ def bench_pandapower_steps(feeder, *, steps: int = 24, seed: int = 0, day: int |
             "pp_steps_per_s": len(t) / elapsed, "pp_converged_share": float(np.mean(ok))}
 
 
+@contextmanager
+def background_load(seconds: float = 300.0):
+    """One CPU-bound process beside this one for the duration of the block.
+
+    It runs at this process's priority (a ``nice`` benchmark gets a ``nice`` neighbour), is
+    killed when the block ends — Ctrl-C included — and exits by itself after ``seconds`` should
+    this process die without cleaning up. Yields the ``Popen`` once the loop is running.
+    """
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # the parent stops it, not Ctrl-C
+            "end = time.monotonic() + float(sys.argv[1])\n"
+            "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+            "while time.monotonic() < end:\n    pass\n")
+    proc = subprocess.Popen([sys.executable, "-S", "-c", code, str(float(seconds))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        proc.stdout.readline()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+class _LearnerUpdate:
+    """What a learner does between environment steps, for timing: an MLP (obs → 256 → 256 → 1,
+    tanh, the paper's actor size) over every agent-row of one batch, forward, backward and an
+    Adam step. Built under a forked RNG, so the caller's torch seed is untouched."""
+
+    def __init__(self, obs_dim: int, rows: int, seed: int):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = torch.nn.Sequential(torch.nn.Linear(obs_dim, 256), torch.nn.Tanh(),
+                                           torch.nn.Linear(256, 256), torch.nn.Tanh(),
+                                           torch.nn.Linear(256, 1))
+            self.x = torch.randn(rows, obs_dim)
+            self.y = torch.randn(rows, 1)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-4)
+
+    def __call__(self) -> None:
+        loss = ((self.net(self.x) - self.y) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+def _settings() -> dict[str, int | None]:
+    """Thread settings to compare: the policy, one thread each, every core each (the default
+    before the policy); the same setting twice is kept once."""
+    cores = os.cpu_count() or 1
+    p = policy()
+    out: dict[str, int | None] = {f"policy ({p['source']})": None}
+    if (p["torch"], p["numba"]) != (1, 1):
+        out["one thread each"] = 1
+    if cores > 1 and (p["torch"], p["numba"]) != (cores, cores):
+        out["every core (the default before the policy)"] = cores
+    return out
+
+
+def bench_contention(feeder, *, num_envs: int = 256, steps: int = 40, rounds: int = 3,
+                     updates: int = 3, seed: int = 0, day: int | None = None,
+                     settings: dict[str, int | None] | None = None,
+                     load_seconds: float = 600.0) -> dict:
+    """Milliseconds per env step and per learner update under each thread setting, quiet and
+    with one CPU-bound process beside it.
+
+    ``settings`` maps a label to a thread count (``None``: the policy; default: the policy,
+    1 thread and every core). Each of ``rounds`` rounds times ``steps`` single steps and
+    ``updates`` learner updates per setting, first quiet, then contended (one warm-up step and
+    update each, untimed). Returns ``{"rows": [...], "load_average_before", ..._after}``; a
+    row holds its label, the torch and numba counts it ran with and, per condition, the
+    median and max ms of steps and updates.
+    """
+    import numba
+
+    settings = _settings() if settings is None else settings
+    day = feeder.days("train")[0] if day is None else day
+    env = VoltageControlEnv(feeder, num_envs=num_envs, seed=seed, config=EnvConfig())
+    steps = min(steps, env.episode_steps - 1)
+    acts = _actions(steps + 1, num_envs, env.n_agents, seed)
+    learner = _LearnerUpdate(env.obs_dim, num_envs * env.n_agents, seed)
+    times = {(label, cond, what): [] for label in settings for cond in ("quiet", "contended")
+             for what in ("step", "update")}
+    counts = {}
+    before = _load_average()
+    for _ in range(rounds):
+        for cond in ("quiet", "contended"):
+            with background_load(load_seconds) if cond == "contended" else nullcontext():
+                for label, n in settings.items():
+                    with nullcontext() if n is None else using(n):
+                        env.reset(days=[day] * num_envs)
+                        for k in range(steps + 1):
+                            t = time.perf_counter()
+                            env.step(acts[k])
+                            if k:  # the first step warms the thread pool up
+                                times[label, cond, "step"].append(time.perf_counter() - t)
+                        for k in range(updates + 1):
+                            t = time.perf_counter()
+                            learner()
+                            if k:
+                                times[label, cond, "update"].append(time.perf_counter() - t)
+                        counts[label] = (torch.get_num_threads(), numba.get_num_threads())
+    rows = []
+    for label, n in settings.items():
+        row = {"label": label, "threads": n, "torch": counts[label][0], "numba": counts[label][1]}
+        for (lab, cond, what), ts in times.items():
+            if lab == label:
+                ms = 1e3 * np.asarray(ts)
+                row[f"{cond}_{what}_median_ms"] = float(np.median(ms))
+                row[f"{cond}_{what}_max_ms"] = float(ms.max())
+        rows.append(row)
+    return {"feeder": feeder.name, "num_envs": num_envs, "n_agents": env.n_agents, "steps": steps,
+            "rounds": rounds, "updates": updates, "rows": rows,
+            "load_average_before": before, "load_average_after": _load_average()}
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not on every platform
+        return "n/a"
+
+
 def run_env_bench(feeder: str = "ieee141", *, num_envs: int = 256, steps: int = 48,
                   pandapower_steps: int = 24, agent_feeder: str | None = "mvlv-rural",
                   agent_num_envs: int = 16, agent_steps: int = 8, repeats: int = 3,
+                  contention: bool = True, contention_steps: int = 40, contention_rounds: int = 3,
                   seed: int = 0) -> dict:
-    """The whole benchmark: env vs pandapower on ``feeder``, agent-steps/s on ``agent_feeder``."""
+    """The whole benchmark: env vs pandapower on ``feeder`` under the thread policy and on every
+    core, agent-steps/s on ``agent_feeder``, and (``contention``) the thread settings quiet
+    and contended (:func:`bench_contention`)."""
+    import numba
+
     from gridrl.grid.feeder import load_feeder
 
     f = load_feeder(feeder)
-    out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-           "torch_threads": torch.get_num_threads(),
-           "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    cores = os.cpu_count() or 1
+    out = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores",
+           "policy": describe(), "cores": cores, "load_average": _load_average()}
     out.update(bench_env_steps(f, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed))
-    one = bench_env_steps(f, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed,
-                          threads=1)
-    out["one_thread"] = {k: one[k] for k in ("env_step_ms", "env_steps_per_s",
-                                                   "feeder_steps_per_s", "agent_steps_per_s")}
+    out["torch_threads"], out["numba_threads"] = torch.get_num_threads(), numba.get_num_threads()
+    every = bench_env_steps(f, num_envs=num_envs, steps=steps, repeats=repeats, seed=seed,
+                            threads=cores)
+    out["every_core"] = {k: every[k] for k in ("env_step_ms", "env_steps_per_s",
+                                               "feeder_steps_per_s", "agent_steps_per_s")}
     out.update(bench_pandapower_steps(f, steps=pandapower_steps, seed=seed))
     out["speedup_feeder_steps"] = out["feeder_steps_per_s"] / out["pp_steps_per_s"]
-    out["one_thread"]["speedup_feeder_steps"] = (out["one_thread"]["feeder_steps_per_s"]
-                                                      / out["pp_steps_per_s"])
+    out["every_core"]["speedup_feeder_steps"] = (out["every_core"]["feeder_steps_per_s"]
+                                                 / out["pp_steps_per_s"])
     out["numba_threading_layer"] = _numba_layer()
-    import numba
-
-    out["numba_threads"] = numba.get_num_threads()
     if agent_feeder:
         try:
             big = load_feeder(agent_feeder)
             out["agent"] = bench_env_steps(big, num_envs=agent_num_envs, steps=agent_steps,
                                            repeats=repeats, seed=seed)
-            one = bench_env_steps(big, num_envs=agent_num_envs, steps=agent_steps,
-                                  repeats=repeats, seed=seed, threads=1)
-            out["agent"]["one_thread"] = {k: one[k] for k in ("env_step_ms", "agent_steps_per_s")}
+            every = bench_env_steps(big, num_envs=agent_num_envs, steps=agent_steps,
+                                    repeats=repeats, seed=seed, threads=cores)
+            out["agent"]["every_core"] = {k: every[k] for k in ("env_step_ms", "agent_steps_per_s")}
         except Exception as exc:  # recorded, not fatal: the main figure still stands
             out["agent"] = {"feeder": agent_feeder, "error": f"{type(exc).__name__}: {exc}"}
+    if contention:
+        out["contention"] = bench_contention(f, num_envs=num_envs, steps=contention_steps,
+                                             rounds=contention_rounds, seed=seed)
     return out
 
 
@@ -183,36 +306,41 @@ def _numba_layer() -> str:
 
 def to_markdown(r: dict, *, command: str) -> str:
     """The benchmark as a short markdown report."""
-    o = r["one_thread"]
+    e = r["every_core"]
+    cores = r["cores"]
     lines = [
         "# Environment throughput",
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {r['machine']}, torch threads {r['torch_threads']}, numba threading layer "
-        f"{r.get('numba_threading_layer', 'n/a')}, load average at start "
-        f"{r['load_average']}. Timings are the best of several episodes. Other processes share "
-        "the cores: with two threads, every torch op and solve waits for a thread that a "
-        "neighbour may hold, so the one-thread column is the steadier figure on a busy machine.",
+        f"Machine: {r['machine']}, numba threading layer {r.get('numba_threading_layer', 'n/a')}, "
+        f"load average (1/5/15 min) at start {r['load_average']}. gridrl's thread policy: "
+        f"{r['policy']} (see `gridrl/threads.py`; `GRIDRL_THREADS=n` or `gridrl.set_threads(n)` "
+        "change it). Throughput timings are the best of several episodes.",
+        "",
+    ]
+    c = r.get("contention")
+    if c:
+        lines += _contention_markdown(c)
+    lines += [
+        f"## {r['feeder']} ({r['n_bus']} buses, {r['n_agents']} agents), B = {r['num_envs']}",
         "",
         "A full step = profiles → actions to q → batched power flow (warm start) → observations, "
         "local rewards, global metrics, episode aggregates. The MAPDN-style step writes the "
         "profiles and q into the pandapower net, runs `pandapower.runpp` "
         "(`lightsim2grid=False`) and reads voltages and losses; no deep copy of the net.",
         "",
-        f"## {r['feeder']} ({r['n_bus']} buses, {r['n_agents']} agents), B = {r['num_envs']}",
-        "",
-        f"| measure | default threads (torch {r['torch_threads']}, numba {r['numba_threads']}) "
-        "| 1 thread (torch and numba) |",
+        f"| measure | policy (torch {r['torch_threads']} + numba {r['numba_threads']}) "
+        f"| every core ({cores} + {cores}) |",
         "|---|---|---|",
-        f"| env step (B = {r['num_envs']}) | {r['env_step_ms']:.2f} ms | {o['env_step_ms']:.2f} ms |",
-        f"| env steps / s | {r['env_steps_per_s']:,.0f} | {o['env_steps_per_s']:,.0f} |",
-        f"| feeder-steps / s (env) | {r['feeder_steps_per_s']:,.0f} | {o['feeder_steps_per_s']:,.0f} |",
-        f"| agent-steps / s (env) | {r['agent_steps_per_s']:,.0f} | {o['agent_steps_per_s']:,.0f} |",
+        f"| env step (B = {r['num_envs']}) | {r['env_step_ms']:.2f} ms | {e['env_step_ms']:.2f} ms |",
+        f"| env steps / s | {r['env_steps_per_s']:,.0f} | {e['env_steps_per_s']:,.0f} |",
+        f"| feeder-steps / s (env) | {r['feeder_steps_per_s']:,.0f} | {e['feeder_steps_per_s']:,.0f} |",
+        f"| agent-steps / s (env) | {r['agent_steps_per_s']:,.0f} | {e['agent_steps_per_s']:,.0f} |",
         f"| MAPDN-style pandapower step | {r['pp_step_ms']:.2f} ms | |",
         f"| feeder-steps / s (pandapower) | {r['pp_steps_per_s']:,.1f} | |",
         f"| **speed-up, feeder-steps / s** | **{r['speedup_feeder_steps']:,.0f}×** | "
-        f"**{o['speedup_feeder_steps']:,.0f}×** |",
+        f"**{e['speedup_feeder_steps']:,.0f}×** |",
         "",
         f"Target: ≥ 1000× more feeder-steps per second than the pandapower step. Power-flow "
         f"iterations at the last timed step: {r['pf_iterations_last_step']:.1f} on average.",
@@ -229,11 +357,52 @@ def to_markdown(r: dict, *, command: str) -> str:
                 "|---|---|",
                 f"| buses / agents | {a['n_bus']} / {a['n_agents']} |",
                 f"| B | {a['num_envs']} |",
-                f"| env step | {a['env_step_ms']:.1f} ms |",
+                f"| env step (policy) | {a['env_step_ms']:.1f} ms |",
                 f"| feeder-steps / s | {a['feeder_steps_per_s']:,.1f} |",
                 f"| **agent-steps / s** | **{a['agent_steps_per_s']:,.0f}** |",
-                f"| env step, 1 thread | {a['one_thread']['env_step_ms']:.1f} ms |",
-                f"| agent-steps / s, 1 thread | {a['one_thread']['agent_steps_per_s']:,.0f} |",
+                f"| env step, every core | {a['every_core']['env_step_ms']:.1f} ms |",
+                f"| agent-steps / s, every core | {a['every_core']['agent_steps_per_s']:,.0f} |",
                 "",
             ]
     return "\n".join(lines)
+
+
+def _contention_markdown(c: dict) -> list[str]:
+    rows = c["rows"]
+    one = next((x for x in rows if (x["torch"], x["numba"]) == (1, 1)), None)
+    before = next((x for x in rows if "before" in x["label"]), None)
+    policy = rows[0]
+    out = [
+        f"## Thread settings, quiet and contended ({c['feeder']}, B = {c['num_envs']})",
+        "",
+        f"Single steps with random actions ({c['steps']} per round) and learner updates "
+        f"({c['updates']} per round: MLP obs → 256 → 256 → 1 over all {c['num_envs']}·"
+        f"{c['n_agents']} agent-rows, forward, backward, Adam), {c['rounds']} rounds, each "
+        "quiet and then *contended*: one CPU-bound process that the benchmark starts for the "
+        "phase and stops afterwards. \"Quiet\" means no load of the benchmark's own: other "
+        f"work on the machine counts in both (load average {c['load_average_before']} before, "
+        f"{c['load_average_after']} after).",
+        "",
+        "| threads (torch + numba) | step quiet, median / max ms | step contended, median / max ms "
+        "| contended ÷ quiet | update quiet, median ms | update contended, median ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in rows:
+        out.append(
+            f"| {x['label']} ({x['torch']} + {x['numba']}) "
+            f"| {x['quiet_step_median_ms']:.2f} / {x['quiet_step_max_ms']:.1f} "
+            f"| {x['contended_step_median_ms']:.2f} / {x['contended_step_max_ms']:.1f} "
+            f"| {x['contended_step_median_ms'] / x['quiet_step_median_ms']:.2f}× "
+            f"| {x['quiet_update_median_ms']:.1f} | {x['contended_update_median_ms']:.1f} |")
+    out.append("")
+    if one is not None:
+        ratio = policy["contended_step_median_ms"] / one["quiet_step_median_ms"]
+        out.append(f"- Policy contended ÷ one thread quiet (median step): **{ratio:.2f}×** "
+                   "(target ≤ 1.5×).")
+    if before is not None:
+        ratio = policy["quiet_step_median_ms"] / before["quiet_step_median_ms"]
+        worst = policy["contended_step_max_ms"] / before["contended_step_max_ms"]
+        out.append(f"- Policy quiet ÷ every core quiet (median step): **{ratio:.2f}×** (target "
+                   f"≤ 1.2×); worst contended step, policy ÷ every core: {worst:.2f}×.")
+    out.append("")
+    return out

@@ -1,7 +1,8 @@
 """Power-flow benchmark: gridrl's batched solver against pandapower, lightsim2grid and
 power-grid-model, on the same random scenarios, in one process.
 
-:func:`run_benchmark` returns a tidy table (one row per feeder × solver); :func:`to_markdown`
+:func:`run_benchmark` returns a tidy table (one row per feeder × solver × thread count);
+:func:`to_markdown`
 renders it with the machine it ran on. ``experiments/bench_powerflow.py`` and
 ``gridrl bench powerflow`` are thin wrappers. Timings are the best of several repeats, so a
 neighbour process briefly taking a core shows up less; the report records the load average.
@@ -58,22 +59,16 @@ def _best_time(fn: Callable[[], object], *, repeats: int, min_seconds: float = 0
 # ---------------------------------------------------------------------------------------------
 
 
-def _bench_gridrl(net, scen, repeats, threads=None):
-    import numba
-
+def _bench_gridrl(net, scen, repeats, threads):
     from gridrl.grid.powerflow import BatchedPowerFlow
+    from gridrl.threads import using
 
     pf = BatchedPowerFlow(net)
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads or before)
-    try:
+    with using(threads):
         res = pf.solve(*scen)
         seconds = _best_time(lambda: pf.solve(*scen), repeats=repeats)
-    finally:
-        numba.set_num_threads(before)
-    note = (f"{threads or before} thread(s); converged {int(res.converged.sum())}/{len(res.converged)}, "
-            f"mean iterations {res.iterations.mean():.1f}")
-    return seconds, res.v, note
+    note = f"converged {int(res.converged.sum())}/{len(res.converged)}, mean iterations {res.iterations.mean():.1f}"
+    return seconds, res.v, note, threads
 
 
 def _bench_pandapower(net, scen, n_calls):
@@ -98,7 +93,7 @@ def _bench_pandapower(net, scen, n_calls):
             pp.runpp(work, lightsim2grid=False, init="results")
             times.append(time.perf_counter() - t)
             v[k] = work.res_bus.vm_pu.to_numpy() * np.exp(1j * np.deg2rad(work.res_bus.va_degree.to_numpy()))
-    return float(np.median(times)), v, f"median of {n_calls} calls"
+    return float(np.median(times)), v, f"median of {n_calls} calls", 1
 
 
 def _bench_lightsim2grid(net, scen, repeats, threads):
@@ -129,7 +124,7 @@ def _bench_lightsim2grid(net, scen, repeats, threads):
     v0 = (work.res_bus.vm_pu.fillna(1.0) * np.exp(1j * np.deg2rad(work.res_bus.va_degree.fillna(0.0))))
     v0 = v0.to_numpy().astype(complex).reshape(-1, 1)
     best = None
-    for cls, note in ((InjectionSweepCPP, f"InjectionSweep, {threads} threads"), (TimeSeriesCPP, "TimeSeries")):
+    for cls, note, used in ((InjectionSweepCPP, "InjectionSweep", threads), (TimeSeriesCPP, "TimeSeries", 1)):
         computer = cls(model)
         if cls is InjectionSweepCPP:
             computer.nb_thread = threads
@@ -139,7 +134,7 @@ def _bench_lightsim2grid(net, scen, repeats, threads):
             continue
         seconds = _best_time(run, repeats=repeats)
         if best is None or seconds < best[0]:
-            best = (seconds, computer.get_voltages()[:, : len(net.bus)].copy(), note)
+            best = (seconds, computer.get_voltages()[:, : len(net.bus)].copy(), note, used)
     if best is None:
         raise RuntimeError("lightsim2grid did not converge")
     return best
@@ -255,7 +250,7 @@ def _bench_pgm(net, scen, repeats, threads):
             ok = (rows >= 0) & (rows < n)
             v = np.full((b, len(net.bus)), np.nan, dtype=complex)
             v[:, ok] = v_ppci[:, rows[ok]]
-            best = (seconds, v, f"{method.name}, {threads} threads")
+            best = (seconds, v, method.name, threads)
     if best is None:
         raise RuntimeError("power-grid-model failed on every method")
     return best
@@ -267,24 +262,24 @@ def _bench_pgm(net, scen, repeats, threads):
 
 
 def run_benchmark(feeders: Sequence[str], batch: int = 1024, *, seed: int = 0, repeats: int = 5,
-                  pandapower_calls: int = 30, check: int = 5,
-                  solvers: Sequence[str] = ("gridrl", "gridrl-1-thread", "pandapower", "lightsim2grid",
-                                            "power-grid-model"),
+                  pandapower_calls: int = 30, check: int = 5, threads: int | None = None,
+                  solvers: Sequence[str] = ("gridrl", "pandapower", "lightsim2grid", "power-grid-model"),
                   progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Time every solver on the same ``batch`` random scenarios per feeder.
 
-    Returns one row per feeder × solver: ``us_per_solve`` (best batch time / batch, or the median
-    ``pp.runpp`` call), ``gridrl_speedup`` (how many times faster gridrl, on all numba threads,
-    is; ``gridrl-1-thread`` is the same solver held to one thread), ``max_dv_pu``
-    (largest complex voltage difference from ``pp.runpp`` over the first ``check`` scenarios)
-    and a note (iterations, method, or why a solver could not run).
+    gridrl runs twice, on one thread and on ``threads`` (default: every core); lightsim2grid
+    and power-grid-model get ``threads``; pandapower is single-threaded. Returns one row per
+    feeder × solver × thread count: ``threads`` (what the row's timing used),
+    ``us_per_solve`` (best batch time / batch, or the median ``pp.runpp`` call),
+    ``gridrl_speedup`` (how many times faster gridrl is than this competitor *on the same
+    number of threads*; empty on gridrl's own rows), ``max_dv_pu`` (largest complex voltage
+    difference from ``pp.runpp`` over the first ``check`` scenarios) and a note (iterations,
+    method, or why a solver could not run).
     """
-    import numba
-
     from gridrl.grid.feeder import load_feeder
     from gridrl.grid.powerflow import reference_solve
 
-    threads = numba.get_num_threads()
+    threads = threads or os.cpu_count() or 1
     rows = []
     say = progress or (lambda msg: None)
     for name in feeders:
@@ -293,51 +288,63 @@ def run_benchmark(feeders: Sequence[str], batch: int = 1024, *, seed: int = 0, r
         k = min(check, batch)
         ref = reference_solve(net, *(x[:k] for x in scen))
         runners = {
-            "gridrl": lambda: _bench_gridrl(net, scen, repeats),
-            "gridrl-1-thread": lambda: _bench_gridrl(net, scen, repeats, threads=1),
-            "pandapower": lambda: _bench_pandapower(net, scen, min(pandapower_calls, batch)),
-            "lightsim2grid": lambda: _bench_lightsim2grid(net, scen, repeats, threads),
-            "power-grid-model": lambda: _bench_pgm(net, scen, repeats, threads),
+            "gridrl": [lambda n=n: _bench_gridrl(net, scen, repeats, n) for n in sorted({1, threads})],
+            "pandapower": [lambda: _bench_pandapower(net, scen, min(pandapower_calls, batch))],
+            "lightsim2grid": [lambda: _bench_lightsim2grid(net, scen, repeats, threads)],
+            "power-grid-model": [lambda: _bench_pgm(net, scen, repeats, threads)],
         }
-        results = {}
         for solver in solvers:
-            say(f"{name}: {solver}")
-            try:
-                seconds, v, note = runners[solver]()
-            except Exception as exc:  # a competitor that cannot load the feeder is reported, not fatal
+            for run in runners[solver]:
+                say(f"{name}: {solver}")
+                try:
+                    seconds, v, note, used = run()
+                except Exception as exc:  # a competitor that cannot load the feeder is reported, not fatal
+                    rows.append(dict(feeder=name, n_bus=len(net.bus), batch=batch, solver=solver,
+                                     threads=np.nan, us_per_solve=np.nan, max_dv_pu=np.nan,
+                                     note=f"failed: {type(exc).__name__}: {exc}"[:160]))
+                    continue
+                per_solve = seconds if solver == "pandapower" else seconds / batch
+                m = min(k, len(v))  # pandapower may have solved fewer scenarios than checked
+                dv = float(np.nanmax(np.abs(v[:m] - ref.v[:m]))) if ref.converged.any() else np.nan
                 rows.append(dict(feeder=name, n_bus=len(net.bus), batch=batch, solver=solver,
-                                 us_per_solve=np.nan, max_dv_pu=np.nan, note=f"failed: {type(exc).__name__}: {exc}"[:160]))
-                continue
-            per_solve = seconds if solver == "pandapower" else seconds / batch
-            dv = float(np.nanmax(np.abs(v[:k] - ref.v))) if ref.converged.any() else np.nan
-            results[solver] = per_solve
-            rows.append(dict(feeder=name, n_bus=len(net.bus), batch=batch, solver=solver,
-                             us_per_solve=per_solve * 1e6, max_dv_pu=dv, note=note))
+                                 threads=used, us_per_solve=per_solve * 1e6, max_dv_pu=dv, note=note))
     df = pd.DataFrame(rows)
-    gr = df[df.solver == "gridrl"].set_index("feeder")["us_per_solve"]
-    df["gridrl_speedup"] = df["us_per_solve"] / df["feeder"].map(gr)
-    return df[["feeder", "n_bus", "batch", "solver", "us_per_solve", "gridrl_speedup", "max_dv_pu", "note"]]
+    own = df[df.solver == "gridrl"].set_index(["feeder", "threads"])["us_per_solve"]
+    df["gridrl_speedup"] = [np.nan if r.solver == "gridrl" else
+                            r.us_per_solve / own.get((r.feeder, r.threads), np.nan)
+                            for r in df.itertuples()]
+    return df[["feeder", "n_bus", "batch", "solver", "threads", "us_per_solve", "gridrl_speedup",
+               "max_dv_pu", "note"]]
 
 
 def machine_info() -> dict:
-    import numba
-    import torch
+    from importlib.metadata import version
+
+    from gridrl.threads import describe
 
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "numba threads": numba.get_num_threads(),
-            "torch": torch.__version__, "numpy": np.__version__}
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "gridrl thread policy": describe(),
+            "numba threading layer": _numba_layer(), "torch": version("torch"),
+            "numpy": np.__version__}
     try:
         info["load average (1/5/15 min)"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         pass
     for pkg in ("pandapower", "lightsim2grid", "power_grid_model"):
         try:
-            from importlib.metadata import version
-
             info[pkg] = version(pkg.replace("_", "-"))
         except Exception:
             info[pkg] = "not installed"
     return info
+
+
+def _numba_layer() -> str:
+    import numba
+
+    try:
+        return str(numba.threading_layer())
+    except ValueError:  # no parallel function has run yet
+        return "not started"
 
 
 def _cpu_name() -> str:
@@ -357,13 +364,15 @@ def to_markdown(df: pd.DataFrame, *, command: str = "", info: dict | None = None
     lines = ["# Power-flow benchmark", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
-    lines += ["| feeder | buses | batch | solver | µs per solve | gridrl is × faster | max \\|ΔV\\| vs pp.runpp (p.u.) | note |",
-              "|---|---:|---:|---|---:|---:|---:|---|"]
+    lines += ["| feeder | buses | batch | solver | threads | µs per solve | gridrl is × faster (same threads) "
+              "| max \\|ΔV\\| vs pp.runpp (p.u.) | note |",
+              "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in df.itertuples():
         us = "—" if np.isnan(r.us_per_solve) else f"{r.us_per_solve:,.1f}"
         sp = "—" if np.isnan(r.gridrl_speedup) else f"{r.gridrl_speedup:,.1f}"
         dv = "—" if np.isnan(r.max_dv_pu) else f"{r.max_dv_pu:.1e}"
-        lines.append(f"| {r.feeder} | {r.n_bus} | {r.batch} | {r.solver} | {us} | {sp} | {dv} | {r.note} |")
+        th = "—" if np.isnan(r.threads) else f"{int(r.threads)}"
+        lines.append(f"| {r.feeder} | {r.n_bus} | {r.batch} | {r.solver} | {th} | {us} | {sp} | {dv} | {r.note} |")
     lines += ["", "Machine:", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     if notes:
