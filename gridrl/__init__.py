@@ -1,8 +1,9 @@
 """gridrl: active voltage control on distribution feeders with decentralized multi-agent RL.
 
-The feeder library loads eagerly; the environment and controllers (which import torch) load on
-first use, so ``gridrl feeders`` and ``import gridrl`` stay quick. gridrl runs one thread per
-process unless told otherwise (``GRIDRL_THREADS``, :func:`set_threads`; see :mod:`gridrl.threads`).
+The feeder library loads eagerly; the environment, controllers and trained policies (which import
+torch) load on first use, so ``gridrl feeders`` and ``import gridrl`` stay quick. gridrl runs one
+thread per process unless told otherwise (``GRIDRL_THREADS``, :func:`set_threads`; see
+:mod:`gridrl.threads`).
 """
 
 # first: the thread policy sets GOMP_SPINCOUNT before torch or numba load (see gridrl.threads)
@@ -18,6 +19,7 @@ _LAZY = {
     "make_env": "gridrl.env",
     "parallel_env": "gridrl.env",
     "make_controller": "gridrl.control",
+    "load_policy": "gridrl.marl",
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "SpecError",
     "list_feeders",
     "load_feeder",
+    "load_policy",
     "make_controller",
     "make_env",
     "parallel_env",

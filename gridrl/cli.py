@@ -248,6 +248,61 @@ def report_cmd(
 
 
 # --------------------------------------------------------------------------------------------
+# train (learners; gridrl.marl)
+# --------------------------------------------------------------------------------------------
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    feeder: Annotated[str, typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
+    algo: Annotated[Optional[str], typer.Option(help="Learner: dppo, ippo or cppo (default: the config's, else dppo).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Training TOML (experiments/*.toml): top-level settings, "
+                                                   "[env] and [learner] tables.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of weights, exploration and the days drawn.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/FEEDER-ALGO-seedSEED); must not "
+                                                "exist unless --resume.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out from its last checkpoint.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a learner on the feeder's training days, then compare it on the test days.
+
+    Shows environment steps, episode return, controllable rate, value loss and steps/s; writes
+    checkpoints, scalars (CSV and TensorBoard), the resolved config, the comparison against
+    none, droop and opf and a report into the run folder. Interrupted runs continue with --resume
+    and end where an uninterrupted run would."""
+    import json
+
+    from gridrl.compare import format_summary
+    from gridrl.config import read_toml
+    from gridrl.marl.train import CONFIG_FILE, resolve_train_config, train
+
+    if device not in ("cpu", "cuda"):
+        raise fail(f"--device must be cpu or cuda, got {device!r}")
+    data, source = ({}, "command line")
+    if config is not None:
+        data, source = read_toml(config), str(config)
+    elif resume and out is not None and (out / CONFIG_FILE).is_file():
+        try:
+            data = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+            source = str(out / CONFIG_FILE)
+        except (OSError, ValueError, KeyError):
+            raise fail(f"{out / CONFIG_FILE} is damaged; give the run's settings with --config") from None
+    cfg = resolve_train_config(data, source=source, overrides={"algo": algo, "steps": steps, "seed": seed})
+    if out is None:
+        if resume:
+            raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
+        out = Path("runs") / f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}"
+    result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
+                   log=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    if result.summary is not None:
+        print_table(format_summary(result.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days")
+    console.print(f"run folder {out} (checkpoint.pt, scalars.csv, tb/, compare/, report.html)", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
 # benchmarks
 # --------------------------------------------------------------------------------------------
 

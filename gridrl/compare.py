@@ -49,9 +49,11 @@ class CompareError(GridrlError, ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class ControllerSpec:
-    """One controller of a comparison.
+    """One controller of a comparison: a rule-based controller by ``name``, or a trained run.
 
     name: ``none``, ``droop`` or ``opf``.
+    run: instead of ``name``, a run directory written by ``gridrl train``; its policy is
+        evaluated with the run's observation settings, and only on the feeder it was trained on.
     preset: droop only: ``ieee1547-a``, ``ieee1547-b`` (default) or ``mapdn``.
     curve: droop only, instead of a preset: a table with ``v_pu`` (breakpoints, strictly
         increasing), ``q`` (fractions of the reference, non-increasing) and optionally
@@ -60,16 +62,19 @@ class ControllerSpec:
         ``droop-custom``, ``opf``); labels must be unique within a comparison.
     """
 
-    name: str
+    name: str | None = None
     preset: str | None = None
     curve: dict | None = None
     label: str | None = None
+    run: str | None = None
 
     @property
     def key(self) -> str:
         """The label used in tables, plots and folder names."""
         if self.label:
             return self.label
+        if self.run is not None:
+            return Path(self.run).name or str(self.run)
         if self.name == "droop":
             from gridrl.control.droop import DEFAULT_PRESET
 
@@ -120,12 +125,19 @@ def load_config(path: str | Path) -> CompareConfig:
 
 
 def parse_controllers(text: str, *, preset: str | None = None) -> tuple[ControllerSpec, ...]:
-    """``none,droop:ieee1547-a,opf`` as controller specs; ``preset`` applies to bare ``droop``."""
+    """``none,droop:ieee1547-a,opf,runs/ieee33-dppo`` as controller specs; ``preset`` applies to
+    bare ``droop``. A token that is not a controller name and names a folder (or contains a path
+    separator) is a run directory."""
+    from gridrl.control import CONTROLLERS
+
     specs = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
         name, _, p = token.partition(":")
+        if name not in CONTROLLERS and ("/" in token or Path(token).is_dir()):
+            specs.append(ControllerSpec(run=token))
+            continue
         specs.append(ControllerSpec(name=name, preset=(p or preset) if name == "droop" else (p or None)))
     return tuple(specs)
 
@@ -148,6 +160,11 @@ def config_problems(config: CompareConfig) -> list[str]:
         problems.append(f"num_envs must be ≥ 1, got {config.num_envs}")
     for spec in config.controllers:
         try:
+            if spec.run is not None:
+                problems += _run_problems(spec, config.feeders)
+                continue
+            if spec.name is None:
+                raise ControllerError("a controller needs a name (none, droop or opf) or a run directory (run = ...)")
             if spec.name not in CONTROLLERS:
                 raise UnknownController(spec.name, CONTROLLERS)
             if spec.name == "droop":
@@ -176,6 +193,22 @@ def config_problems(config: CompareConfig) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def _run_problems(spec: ControllerSpec, feeders: Sequence[str]) -> list[str]:
+    """A run directory that cannot be read, or was trained on another feeder than compared."""
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.marl.run import open_run
+
+    if spec.name is not None or spec.preset is not None or spec.curve is not None:
+        return [f"controller with run = {spec.run!r} takes no name, preset or curve"]
+    try:
+        run = open_run(spec.run)
+        for name in feeders:
+            run.check_feeder(load_feeder(name))
+    except GridrlError as exc:
+        return [str(exc)]
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 # cells
 # --------------------------------------------------------------------------------------------
@@ -183,7 +216,11 @@ def config_problems(config: CompareConfig) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class Cell:
-    """One feeder × controller × seed: everything :func:`run_cell` needs (picklable)."""
+    """One feeder × controller × seed: everything :func:`run_cell` needs (picklable).
+
+    identity: for a trained run, its checkpoint's hash: a cell evaluated with another checkpoint
+        (the run was trained again) is not finished and runs again.
+    """
 
     feeder: str
     controller: ControllerSpec
@@ -193,6 +230,7 @@ class Cell:
     report_day: int | None
     num_envs: int | None
     out: str
+    identity: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -200,11 +238,22 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        """Finished: its tables are all there and readable (a damaged cell runs again)."""
+        """Finished: its tables are all there and readable (a damaged cell runs again), and made
+        by the same checkpoint when the controller is a trained run."""
+        if self.identity is not None and _cell_identity(self.folder) != self.identity:
+            return False
         return all(_readable(self.folder / f"{table}.parquet") for table in CELL_TABLES)
 
 
 CELL_TABLES = ("voltages", "steps", "days")
+_CELL_IDENTITY = "checkpoint.txt"
+
+
+def _cell_identity(folder: Path) -> str | None:
+    try:
+        return (folder / _CELL_IDENTITY).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def _readable(path: Path) -> bool:
@@ -226,19 +275,31 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     from gridrl.control import make_controller
     from gridrl.evaluate import check_days, evaluate
     from gridrl.grid.feeder import load_feeder
-    from gridrl.io import write_parquet
+    from gridrl.io import write_parquet, write_text
 
     feeder = load_feeder(cell.feeder)
     days = check_days(feeder, cell.split, cell.days)
     spec = cell.controller
-    ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve)
+    env_config = None
+    if spec.run is not None:
+        from gridrl.marl.run import evaluation_env_config, open_run
+
+        (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another run's
+        run = open_run(spec.run)
+        run.check_feeder(feeder)
+        ctrl = run.policy(name=spec.key)
+        env_config = evaluation_env_config(run.env_config)
+    else:
+        ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve)
     ctrl.name = spec.key
     rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, days)
     ev = evaluate(feeder, ctrl, split=cell.split, days=days, seed=cell.seed, num_envs=cell.num_envs,
-                  voltage_days=[rday], progress=progress)
+                  voltage_days=[rday], env_config=env_config, progress=progress)
     write_parquet(cell.folder / "voltages.parquet", ev.voltages)
     write_parquet(cell.folder / "steps.parquet", ev.steps)
     write_parquet(cell.folder / "days.parquet", ev.days)
+    if cell.identity is not None:
+        write_text(cell.folder / _CELL_IDENTITY, cell.identity + "\n")
     return cell.folder
 
 
@@ -303,8 +364,11 @@ def prepare_out(config: CompareConfig, out: Path) -> None:
 
 def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
     """Every cell of the comparison, feeders outermost."""
+    from gridrl.marl.run import open_run
+
+    ident = {c.key: open_run(c.run).hash for c in config.controllers if c.run is not None}
     return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=config.days, report_day=config.report_day,
-                 num_envs=config.num_envs, out=str(out))
+                 num_envs=config.num_envs, out=str(out), identity=ident.get(c.key))
             for f in config.feeders for c in config.controllers for s in range(config.seeds)]
 
 

@@ -93,6 +93,8 @@ def evaluate(feeder, controller, *, split: str = "test", days: Sequence[int] | N
 
     controller: anything with ``act(obs, env=env) -> [B, N]`` actions, ``name``, ``hops``,
         ``communication`` and optionally ``reset()`` and ``last_info`` (controllers and policies).
+        One with ``reads_messages = True`` (a trained policy) is also given ``message_mask``, the
+        ``info["message_mask"]`` that came with ``obs`` (``None`` before the first step).
     num_envs: days per batch (default: all days in one batch).
     voltage_days: days whose per-bus voltages are kept in ``Evaluation.voltages``.
     env_config: an :class:`~gridrl.env.EnvConfig`; days always start at midnight and last 24 h.
@@ -137,10 +139,15 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
     keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged")
     rec: dict[str, list] = {k: [] for k in (*keys, "vm_pu", "unsettled", "infeasible")}
     batch = env.num_envs
+    # trained policies read which neighbours' messages arrived with the observation
+    messages = getattr(controller, "reads_messages", False)
+    mask = None
     for _ in range(env.episode_steps):
         with torch.no_grad():
-            actions = controller.act(obs, env=env)
+            actions = controller.act(obs, env=env, message_mask=mask) if messages else controller.act(obs, env=env)
         obs, _, done, info = env.step(actions)
+        if messages and env.config.message_dropout > 0:
+            mask = info["message_mask"]
         for k in keys:
             rec[k].append(_np(info[k]))
         rec["vm_pu"].append(_np(info["vm_pu"]).astype(np.float32))

@@ -292,6 +292,22 @@ class VoltageControlEnv:
             for s in (noise, drop, fc))
         self._cycle = 0
 
+    def rng_state(self) -> dict:
+        """The state of every random generator (day and start draws, outages, noise, dropout,
+        forecasts): with :meth:`set_rng_state`, a resumed training run draws what an
+        uninterrupted one would have drawn. Plain Python values and byte tensors."""
+        return {"seed": self.seed, "cycle": self._cycle,
+                **{k: getattr(self, f"_rng_{k}").bit_generator.state for k in ("days", "start", "outage")},
+                **{k: getattr(self, f"_gen_{k}").get_state() for k in ("noise", "drop", "fc")}}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore generators saved by :meth:`rng_state`."""
+        self.seed, self._cycle = int(state["seed"]), int(state["cycle"])
+        for k in ("days", "start", "outage"):
+            getattr(self, f"_rng_{k}").bit_generator.state = state[k]
+        for k in ("noise", "drop", "fc"):
+            getattr(self, f"_gen_{k}").set_state(state[k])
+
     def _draw_days(self, n: int) -> np.ndarray:
         if self.config.day_sampling == "cycle":
             k = np.arange(self._cycle, self._cycle + n) % len(self.day_pool)

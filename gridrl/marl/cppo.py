@@ -1,0 +1,101 @@
+"""CPPO: decentralized actors, one centralized critic (MAPPO-style centralized training).
+
+The actors are DPPO's — agent *i* acts on its κ-hop neighbourhood, so execution stays
+decentralized — but the critic is one network on the environment's global state
+(``env.state()``: every bus voltage and injection, every inverter), predicting the return of the
+*global* reward (the sum of all local rewards), and every agent's policy advantage is that one
+global advantage. Training therefore needs every agent's measurements at one place (counted in
+:attr:`CPPO.communication_training`); acting does not.
+
+Only the critic differs from :mod:`gridrl.marl.dppo`, whose collect → advantages → update loop
+this reuses: the four methods below say what the critic reads, stores and predicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gridrl.marl.dppo import DPPO, DppoConfig
+from gridrl.marl.gae import gae
+from gridrl.marl.nets import StateValue
+from gridrl.marl.normalize import RunningNorm
+
+__all__ = ["CPPO", "CppoConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CppoConfig(DppoConfig):
+    """DPPO's settings (see :class:`~gridrl.marl.dppo.DppoConfig`; ``hops`` is the actors' κ)
+    plus the width of the centralized critic.
+
+    critic_hidden: width of the two hidden layers of the critic on the global state.
+    """
+
+    critic_hidden: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.critic_hidden < 1:
+            raise ValueError(f"critic_hidden must be ≥ 1, got {self.critic_hidden}")
+
+
+class CPPO(DPPO):
+    """Decentralized κ-hop actors trained against one centralized value of the global return."""
+
+    algo = "cppo"
+    Config = CppoConfig
+
+    def _make_critic(self) -> torch.nn.Module:
+        self.state_norm = RunningNorm(self.env.state_dim)
+        return StateValue(self.env.state_dim, hidden=self.cfg.critic_hidden)
+
+    def _value_shape(self) -> tuple[int, ...]:
+        return ()
+
+    def _critic_fields(self):
+        return {"state": ((self.env.state_dim,), torch.float32)}
+
+    def _critic_step(self, x, delivered):
+        state = self.env.state().to(self.device)
+        return {"state": state, "value": self.critic(self.state_norm(state))}
+
+    def _value_of(self, idx, x, delivered):
+        return self.critic(self.state_norm(self.buffer.flat("state")[idx]))
+
+    def _critic_reward(self, reward: torch.Tensor) -> torch.Tensor:
+        return reward.sum(-1, keepdim=True)
+
+    def _advantages(self):
+        """One GAE on the global reward; every agent's policy advantage is the global one."""
+        buf = self.buffer
+        scale = self.reward_scale.scale.to(torch.float32)[0]
+        values = buf["value"]
+        next_values = torch.cat([values[1:], self._last_value[None]], 0)
+        adv, returns = gae(buf["reward"].sum(-1) / scale, values, next_values, terminal=buf["terminal"],
+                           end=buf["end"], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
+        a = adv[buf["active"]]
+        adv = (adv - a.mean()) / (a.std() + 1e-8)
+        return adv[..., None].expand(-1, -1, self.env.n_agents), returns
+
+    def _update_statistics(self) -> None:
+        super()._update_statistics()
+        self.state_norm.update(self.buffer["state"][self.buffer["active"]])
+
+    def _warm_up_statistics(self) -> None:
+        super()._warm_up_statistics()
+        self.state_norm.update(self.env.state().to(self.device))
+
+    @property
+    def communication_training(self) -> float:
+        """Actor messages to the κ-hop neighbourhood, every agent's observation to the critic's
+        place, and the global advantage back to every agent."""
+        return self.graph.relay_floats(self.cfg.message_dim) + self.env.obs_dim + 1.0
+
+    def state_dict(self):
+        return {**super().state_dict(), "state_norm": self.state_norm.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.state_norm.load_state_dict(state["state_norm"])

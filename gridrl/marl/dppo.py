@@ -1,0 +1,309 @@
+"""DPPO: decentralized PPO over κ-hop neighbourhoods (Ma et al., 2024; the model-free baseline
+of DMPO).
+
+Agent *i* acts on its κ-hop neighbourhood's observations, which reach it as messages (see
+:mod:`gridrl.marl.nets`); its critic is an *extended value function* ``V_i`` over the same
+neighbourhood, fitted to *i*'s own local reward. Per-agent GAE gives local advantages ``A_j``;
+agent *i*'s policy advantage is their sum over its κ-hop neighbourhood, ``Σ_{j ∈ N_κ(i)} A_j``
+— the agents whose rewards its action can move. Weights are shared by all agents (with an agent
+embedding), which is what keeps hundreds of agents fast.
+
+One iteration, top to bottom in :meth:`DPPO.iterate`:
+
+1. **collect** — every scenario starts a new episode (a random training day and start time, from
+   the environment's seeded generators) and runs it to its end with Gaussian actions;
+2. **advantages** — rewards divided by each agent's running return scale, per-agent GAE, local
+   advantages scaled back to reward units and summed over each neighbourhood, then standardised;
+3. **update** — ``epochs`` passes of minibatch PPO (clipped surrogate, value loss, gradient
+   clipping), stopped early once the approximate KL exceeds 1.5 × ``target_kl`` (the paper's
+   rule); the learning rate decays linearly over the run;
+4. **statistics** — the rollout's observations are folded into the running normaliser, after
+   the update, so that collection and update of one iteration see the same inputs.
+
+Starting every iteration with new episodes means a checkpoint between iterations holds the whole
+state of training (weights, optimizer, normalisers, generators): a resumed run ends where an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gridrl.marl.buffer import RolloutBuffer
+from gridrl.marl.gae import gae
+from gridrl.marl.graph import Neighbourhood
+from gridrl.marl.nets import GaussianActor, NeighbourhoodNet
+from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
+from gridrl.marl.policy import Policy
+from gridrl.marl.ppo import (Stopwatch, clipped_surrogate, episode_stats, gaussian_log_prob, linear_lr,
+                             ppo_problems)
+
+__all__ = ["DPPO", "DppoConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DppoConfig:
+    """Settings of DPPO (defaults: the paper's where it gives them, else tuned on training days).
+
+    hops: κ, how far on the agent graph an agent's inputs (actor and critic) reach.
+    gamma: discount per step. gae_lambda: GAE's λ (the paper: 0.5).
+    clip: PPO's ratio clip. target_kl: epochs stop once the approximate KL of a minibatch exceeds
+        1.5 × this (the paper: 0.01).
+    epochs: passes over each rollout. minibatches: minibatches per pass (each holds whole feeder
+        steps, all agents together).
+    lr, lr_end: Adam's learning rate, decayed linearly from ``lr`` to ``lr_end`` over the run.
+    vf_coef: weight of the value loss. ent_coef: weight of the entropy bonus.
+    max_grad_norm: gradients are clipped to this global norm.
+    hidden: width of the networks' layers. message_dim: floats in one agent's message.
+    embed_dim: size of the learned agent embedding.
+    log_std_init: initial log standard deviation of the actions (the paper: −0.5).
+    log_std_min: floor on the log standard deviation.
+    """
+
+    hops: int = 1
+    gamma: float = 0.99
+    gae_lambda: float = 0.5
+    clip: float = 0.2
+    target_kl: float = 0.01
+    epochs: int = 4
+    minibatches: int = 4
+    lr: float = 3e-4
+    lr_end: float = 3e-5
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+    message_dim: int = 32
+    embed_dim: int = 8
+    log_std_init: float = -0.5
+    log_std_min: float = -2.5
+
+    def __post_init__(self) -> None:
+        problems = ppo_problems(self)
+        if self.hops < 0:
+            problems.append(f"hops must be ≥ 0, got {self.hops}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class DPPO:
+    """The DPPO learner on a training environment (see the module docstring).
+
+    env: a :class:`~gridrl.env.VoltageControlEnv` on training days; every iteration runs one
+        episode in each of its scenarios. total_steps: the run's budget in feeder steps (for the
+        learning-rate schedule). seed: weights, action noise and minibatch order.
+    """
+
+    algo = "dppo"
+    Config = DppoConfig
+
+    def __init__(self, env, config: DppoConfig, *, seed: int, total_steps: int, device: str = "cpu",
+                 name: str | None = None):
+        self.env, self.cfg = env, config
+        self.total_steps = int(total_steps)
+        self.device = torch.device(device)
+        N, D = env.n_agents, env.obs_dim
+        self.graph = Neighbourhood(env.hop_distance, self._hops())
+        valid, keep = observation_masks(env)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            actor = GaussianActor(NeighbourhoodNet(D, self.graph, out_dim=1, out_gain=0.01, **self._net_sizes()),
+                                  log_std_init=config.log_std_init, log_std_min=config.log_std_min)
+            self.critic = self._make_critic()
+        self.policy = Policy(actor, RunningNorm(D, valid=valid, keep=keep), self.graph, agents=env.agents,
+                             obs_names=env.obs_names, name=name or self.algo).to(self.device)
+        self.critic.to(self.device)
+        self.reward_scale = ReturnScale(self._value_shape()[0] if self._value_shape() else 1,
+                                        gamma=config.gamma).to(self.device)
+        self.optimizer = torch.optim.Adam([*self.policy.actor.parameters(), *self.critic.parameters()],
+                                          lr=config.lr, eps=1e-5)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.env_steps = 0
+        self.iteration = 0
+        self.dropout = env.config.message_dropout > 0
+        T, B = env.episode_steps, env.num_envs
+        fields = {"obs": ((N, D), torch.float32), "action": ((N,), torch.float32),
+                  "logp": ((N,), torch.float32), "value": (self._value_shape(), torch.float32),
+                  "reward": ((N,), torch.float32), "active": ((), torch.bool), "terminal": ((), torch.bool),
+                  "end": ((), torch.bool), **self._critic_fields()}
+        if self.dropout:
+            fields["delivered"] = ((self.graph.n_pairs,), torch.bool)
+        self.buffer = RolloutBuffer(T, B, fields, device=self.device)
+        self._warm_up_statistics()
+
+    def _hops(self) -> int:
+        return self.cfg.hops
+
+    def _net_sizes(self) -> dict[str, int]:
+        return {"hidden": self.cfg.hidden, "message_dim": self.cfg.message_dim, "embed_dim": self.cfg.embed_dim}
+
+    # -- the critic: what CPPO replaces ------------------------------------------------------
+    def _make_critic(self) -> torch.nn.Module:
+        """The extended value function: agent i's value over its κ-hop neighbourhood."""
+        return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, **self._net_sizes())
+
+    def _value_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's value: one per agent."""
+        return (self.env.n_agents,)
+
+    def _critic_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Extra rollout fields the critic reads (none: it reads the observations)."""
+        return {}
+
+    def _critic_step(self, x: torch.Tensor, delivered: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Values of the current step from normalised observations ``x`` (plus any fields to store)."""
+        return {"value": self.critic(x, delivered)[..., 0]}
+
+    def _value_of(self, idx: torch.Tensor, x: torch.Tensor, delivered: torch.Tensor | None) -> torch.Tensor:
+        """The critic's values of the rollout samples ``idx`` (``x``: their normalised observations)."""
+        return self.critic(x, delivered)[..., 0]
+
+    @property
+    def communication_training(self) -> float:
+        """Floats per agent per step during training: actor and critic messages to the κ-hop
+        neighbourhood, plus each local advantage sent to every agent that sums it."""
+        return (self.graph.relay_floats(self.cfg.message_dim) * 2 + self.graph.relay_floats(1.0))
+
+    # ---------------------------------------------------------------------------------------
+    # one iteration
+    # ---------------------------------------------------------------------------------------
+    def iterate(self) -> dict[str, float]:
+        """Collect one episode per scenario, then update; returns the iteration's scalars."""
+        watch = Stopwatch()
+        lr = linear_lr(self.cfg.lr, self.cfg.lr_end, self.env_steps / max(self.total_steps, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        episodes = self._collect(watch)
+        with watch("update"):
+            advantage, returns = self._advantages()
+            stats = self._update(advantage, returns)
+            self._update_statistics()
+        self.iteration += 1
+        steps = int(self.buffer["active"].sum())
+        self.env_steps += steps
+        out = {**episode_stats(episodes), **stats, "lr": lr, "policy/std": float(self.policy.actor.log_std.detach().exp().mean()),
+               "time/env_s": watch.seconds.get("env", 0.0), "time/act_s": watch.seconds.get("act", 0.0),
+               "time/update_s": watch.seconds.get("update", 0.0), "iteration_steps": float(steps)}
+        return out
+
+    def _collect(self, watch: Stopwatch) -> list[dict[str, torch.Tensor]]:
+        env, buf, policy = self.env, self.buffer, self.policy
+        with watch("env"):
+            obs = env.reset().to(self.device)
+        self.reward_scale.reset()
+        delivered = None
+        if self.dropout:  # the first observation's messages: all links up (no step has run yet)
+            delivered = torch.ones(env.num_envs, self.graph.n_pairs, dtype=torch.bool, device=self.device)
+        episodes = []
+        for t in range(buf.steps):
+            with watch("act"), torch.no_grad():
+                x = policy.obs_norm(obs)
+                mean, log_std = policy.actor(x, delivered)
+                action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
+                logp = gaussian_log_prob(action, mean, log_std)
+                critic = self._critic_step(x, delivered)
+            with watch("env"):
+                next_obs, reward, done, info = env.step(action)
+            active = info["active"].to(self.device)
+            buf.store(t, obs=obs, action=action, logp=logp, reward=reward.to(self.device), **critic,
+                      active=active, terminal=active & ~info["converged"].to(self.device),
+                      end=(active & done.to(self.device)) | (t == buf.steps - 1))
+            if self.dropout:
+                buf.store(t, delivered=delivered)
+                delivered = self.graph.delivered(info["message_mask"].to(self.device))
+            self.reward_scale.update(self._critic_reward(reward.to(self.device)), done.to(self.device), active)
+            if "episode" in info:
+                episodes.append(info["episode"])
+            obs = next_obs.to(self.device)
+        with watch("act"), torch.no_grad():
+            self._last_value = self._critic_step(policy.obs_norm(obs), delivered)["value"]
+        return episodes
+
+    def _critic_reward(self, reward: torch.Tensor) -> torch.Tensor:
+        """The reward the critic predicts the return of: each agent's own."""
+        return reward
+
+    def _advantages(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-agent GAE in scaled reward units; policy advantages summed over neighbourhoods in
+        reward units (so every agent's reward counts at its true weight), then standardised."""
+        buf, scale = self.buffer, self.reward_scale.scale.to(torch.float32)
+        values = buf["value"]
+        next_values = torch.cat([values[1:], self._last_value[None]], 0)
+        local, returns = gae(buf["reward"] / scale, values, next_values, terminal=buf["terminal"][..., None],
+                             end=buf["end"][..., None], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
+        advantage = self.graph.neighbourhood_sum(local * scale)
+        act = buf["active"]
+        a = advantage[act]
+        advantage = (advantage - a.mean()) / (a.std() + 1e-8)
+        return advantage, returns
+
+    def _update(self, advantage: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        cfg, buf, policy = self.cfg, self.buffer, self.policy
+        obs, action, old_logp = buf.flat("obs"), buf.flat("action"), buf.flat("logp")
+        adv = advantage.reshape(-1, advantage.shape[-1])
+        ret = returns.reshape(-1, *returns.shape[2:])
+        delivered = buf.flat("delivered") if self.dropout else None
+        params = [*policy.actor.parameters(), *self.critic.parameters()]
+        sums = {"loss/policy": 0.0, "loss/value": 0.0, "loss/approx_kl": 0.0, "loss/clip_fraction": 0.0}
+        n = 0
+        stop = False
+        for epoch in range(cfg.epochs):
+            for idx in buf.minibatches(cfg.minibatches, generator=self.generator, where=buf["active"]):
+                x = policy.obs_norm(obs[idx])
+                d = None if delivered is None else delivered[idx]
+                mean, log_std = policy.actor(x, d)
+                logp = gaussian_log_prob(action[idx], mean, log_std)
+                pg_loss, approx_kl, clip_fraction = clipped_surrogate(logp, old_logp[idx], adv[idx], cfg.clip)
+                v_loss = 0.5 * ((self._value_of(idx, x, d) - ret[idx]) ** 2).mean()
+                entropy = log_std.mean()  # the Gaussian entropy up to a constant
+                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                for key, v in zip(sums, (pg_loss, v_loss, approx_kl, clip_fraction)):
+                    sums[key] += float(v.detach())
+                n += 1
+                if float(approx_kl) > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        out = {k: v / max(n, 1) for k, v in sums.items()}
+        act = buf["active"]
+        v, r = buf["value"][act], returns[act]
+        out["loss/explained_variance"] = float(1.0 - (r - v).var() / r.var().clamp(min=1e-12))
+        out["loss/epochs"] = float(epoch + (0 if stop else 1))
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # set-up and checkpoints
+    # ---------------------------------------------------------------------------------------
+    def _update_statistics(self) -> None:
+        """Fold the rollout's observations into the normaliser (after the update that used the
+        old statistics)."""
+        self.policy.obs_norm.update(self.buffer["obs"][self.buffer["active"]])
+
+    def _warm_up_statistics(self) -> None:
+        """First observation statistics from the initial states of one batch of episodes, so the
+        first rollout already sees inputs of order one."""
+        self.policy.obs_norm.update(self.env.reset().to(self.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during training (the environment's generators are saved by
+        the caller)."""
+        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                "reward_scale": self.reward_scale.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "env_steps": self.env_steps, "iteration": self.iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.reward_scale.load_state_dict(state["reward_scale"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.env_steps = int(state["env_steps"])
+        self.iteration = int(state["iteration"])

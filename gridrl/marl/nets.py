@@ -1,0 +1,107 @@
+"""Networks shared by every agent: one set of weights, an agent embedding, κ-hop inputs.
+
+:class:`NeighbourhoodNet` is how agent *i* sees its κ-hop neighbourhood. Each agent *j* encodes
+its own (normalised) observation together with its learned agent embedding into a short message
+``m_j`` — computed where the observation is, so only ``message_dim`` floats travel. Agent *i*
+averages the messages that reached it separately for each hop distance 1 … κ (neighbourhoods are
+uneven, so means keep inputs of the same scale everywhere; the embedding inside each message
+says who sent it) and feeds its own message, the κ hop means, the share of each hop it heard
+from and its own embedding to a head MLP. Nothing outside the κ-hop neighbourhood enters, and a
+lost message is left out of the mean — absent, never stale. Weights are shared by all agents,
+which keeps hundreds of agents fast; the embedding lets them still act differently.
+
+The paper's DPPO concatenates the neighbourhood's observations instead; with uneven
+neighbourhoods that means padding every agent to the largest one (103 agents on mvlv-rural at
+κ = 3 against 17 on average), so pooling per hop is used here: linear in the number of
+neighbour pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gridrl.marl.graph import Neighbourhood
+
+__all__ = ["GaussianActor", "NeighbourhoodNet", "StateValue", "mlp"]
+
+
+def mlp(sizes: list[int], *, out_gain: float = 1.0) -> nn.Sequential:
+    """ReLU MLP with orthogonal initialisation (gain √2 inside, ``out_gain`` on the last layer).
+
+    ReLU rather than PPO's customary tanh: on a CPU core torch's tanh costs 20× a ReLU
+    (8.7 ms against 0.4 ms for 720k values, measured), more than the matrix products."""
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(a, b)
+        last = k == len(sizes) - 2
+        nn.init.orthogonal_(lin.weight, out_gain if last else math.sqrt(2.0))
+        nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if not last:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class NeighbourhoodNet(nn.Module):
+    """``[M, N, D]`` normalised observations → ``[M, N, out_dim]``, agent i reading only its
+    κ-hop neighbourhood (see the module docstring).
+
+    hidden: width of the encoder and head layers; message_dim: floats per message;
+    embed_dim: size of the learned agent embedding; out_gain: initial scale of the outputs.
+    """
+
+    def __init__(self, obs_dim: int, graph: Neighbourhood, *, out_dim: int, hidden: int = 64,
+                 message_dim: int = 32, embed_dim: int = 8, out_gain: float = 1.0):
+        super().__init__()
+        self.graph = graph
+        self.hops = graph.hops
+        self.message_dim = int(message_dim)
+        self.embed = nn.Parameter(0.1 * torch.randn(graph.n_agents, embed_dim))
+        self.encoder = mlp([obs_dim + embed_dim, hidden, message_dim])
+        head_in = message_dim * (1 + self.hops) + self.hops + embed_dim
+        self.head = mlp([head_in, hidden, hidden, out_dim], out_gain=out_gain)
+
+    def messages(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[M, N, message_dim]``: what each agent sends its neighbours."""
+        emb = self.embed.expand(obs.shape[0], -1, -1)
+        return self.encoder(torch.cat([obs, emb], -1))
+
+    def forward(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> torch.Tensor:
+        msg = self.messages(obs)
+        M, N, _ = msg.shape
+        parts = [msg]
+        if self.hops:
+            pooled, heard = self.graph.pool(msg, delivered)
+            parts += [pooled.reshape(M, N, -1), heard]
+        parts.append(self.embed.expand(M, -1, -1))
+        return self.head(torch.cat(parts, -1))
+
+
+class GaussianActor(nn.Module):
+    """Gaussian actions: mean from a :class:`NeighbourhoodNet`, a learned state-independent log
+    standard deviation per agent (as in the paper's DPPO), floored at ``log_std_min`` so
+    exploration never collapses before the learning rate has decayed."""
+
+    def __init__(self, net: NeighbourhoodNet, *, log_std_init: float = -0.5, log_std_min: float = -2.5):
+        super().__init__()
+        self.net = net
+        self.log_std = nn.Parameter(torch.full((net.graph.n_agents,), float(log_std_init)))
+        self.log_std_min = float(log_std_min)
+
+    def forward(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean [M, N]`` and ``log_std [N]``."""
+        return self.net(obs, delivered)[..., 0], self.log_std.clamp(min=self.log_std_min)
+
+
+class StateValue(nn.Module):
+    """A centralized critic: the global state ``[M, S]`` (normalised) → one value ``[M]``."""
+
+    def __init__(self, state_dim: int, *, hidden: int = 128):
+        super().__init__()
+        self.body = mlp([state_dim, hidden, hidden, 1])
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.body(state)[..., 0]

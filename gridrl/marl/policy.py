@@ -1,0 +1,95 @@
+"""A trained policy: local observations (and which messages arrived) → actions. Nothing else.
+
+:class:`Policy` has the controller protocol of :mod:`gridrl.control.base` (``name``, ``hops``,
+``communication``, ``reset``, ``act``), so evaluation and comparisons run it like droop or the
+optimum. Unlike the rule-based controllers it never reads the environment: ``act(obs)`` works
+without one, and it has no handle through which it could call ``env.peek`` / ``env.pending``
+(an oracle of the pending step that no inverter has). With message dropout the environment's
+``info["message_mask"]`` of the step that produced ``obs`` is passed as ``message_mask``.
+
+The learner that trained it (optimizers, buffers, losses) is a separate object; the policy holds
+only the actor network, the frozen observation statistics and the agent graph. Actions are the
+Gaussian mean (deterministic) unless ``deterministic=False``; they are clipped to [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from gridrl.errors import GridrlError
+from gridrl.marl.graph import Neighbourhood
+from gridrl.marl.nets import GaussianActor
+from gridrl.marl.normalize import RunningNorm
+
+__all__ = ["Policy", "PolicyError"]
+
+
+class PolicyError(GridrlError, ValueError):
+    """Observations a policy cannot read (another feeder, another observation layout)."""
+
+
+class Policy(torch.nn.Module):
+    """Decentralized actor over κ-hop neighbourhoods, with the controller protocol.
+
+    name: label in result tables; hops: κ; communication: floats each agent sends per step to
+    act (its message, relayed to every agent within κ hops); agents, obs_names: what the
+    observations must be (the environment's ``agents`` and ``obs_names``).
+    """
+
+    reads_messages = True  # evaluation passes info["message_mask"] as message_mask
+
+    def __init__(self, actor: GaussianActor, obs_norm: RunningNorm, graph: Neighbourhood, *,
+                 agents: Sequence[str], obs_names: Sequence[str], name: str = "policy"):
+        super().__init__()
+        self.actor = actor
+        self.obs_norm = obs_norm
+        self.graph = graph
+        self.agents = list(agents)
+        self.obs_names = list(obs_names)
+        self.name = name
+        self.hops = graph.hops
+        self.communication = graph.relay_floats(actor.net.message_dim)
+        self.last_info: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        """The policy carries nothing between steps; kept for the controller protocol."""
+        self.last_info = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "hops": self.hops, "communication": self.communication}
+
+    def distribution(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian ``mean [M, N]`` and ``log_std [N]`` for raw observations ``[M, N, D]``."""
+        return self.actor(self.obs_norm(obs), delivered)
+
+    def act(self, obs: torch.Tensor, *, env: Any = None, message_mask: torch.Tensor | None = None,
+            deterministic: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Actions ``[B, N]`` (float64, in [-1, 1]) for observations ``[B, N, D]``.
+
+        env: accepted for the controller protocol and ignored: a trained policy never reads the
+            environment. message_mask: ``info["message_mask"]`` ``[B, N, N]`` of the step that
+            produced ``obs`` (``None``: every message arrived).
+        """
+        obs = self._check(obs)
+        with torch.no_grad():
+            mean, log_std = self.distribution(obs, self.graph.delivered(message_mask))
+            a = mean if deterministic else mean + log_std.exp() * torch.randn(
+                mean.shape, generator=generator, device=mean.device)
+        return a.clamp(-1.0, 1.0).to(torch.float64)
+
+    def _check(self, obs) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        if obs.ndim == 2:
+            obs = obs[None]
+        want = (len(self.agents), len(self.obs_names))
+        if obs.ndim != 3 or tuple(obs.shape[1:]) != want:
+            raise PolicyError(f"policy {self.name!r} reads observations [B, {want[0]}, {want[1]}] "
+                              f"({want[0]} agents, {want[1]} features); got {list(obs.shape)} — evaluate it "
+                              f"on the feeder and environment settings it was trained with")
+        return obs.to(self.obs_norm.mean.device)
+
+    def __repr__(self) -> str:
+        return f"Policy({self.name!r}, agents={len(self.agents)}, hops={self.hops})"

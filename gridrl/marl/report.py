@@ -1,0 +1,155 @@
+"""Training curves for reports: the sections ``gridrl report RUN_DIR`` adds beside the comparison.
+
+Figure functions take the tidy scalars table of one or more runs (columns ``run, algo, seed,
+env_steps, wall_s, tag, value``; one run's ``scalars.csv`` plus its labels) and return plotly
+figures; several seeds of one algorithm are drawn as their mean with a band from the lowest to
+the highest seed. :func:`training_sections` reads a run directory; the quality experiment
+(``experiments/learners.py``) calls the figure functions on all of its runs at once.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from gridrl.report import Section
+
+__all__ = ["fig_curves", "fig_time_split", "read_scalars", "training_sections"]
+
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+_REF_COLORS = {"none": "#636363", "opf": "#d62728"}
+
+
+def read_scalars(run_dir: str | Path) -> pd.DataFrame:
+    """One run's ``scalars.csv`` with ``run``, ``algo`` and ``seed`` columns added (empty if none)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "scalars.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["run", "algo", "seed", "iteration", "env_steps", "wall_s", "tag", "value"])
+    df = pd.read_csv(path)
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config"]
+        algo, seed = cfg["algo"], int(cfg["seed"])
+    except (OSError, ValueError, KeyError):
+        algo, seed = "?", 0
+    return df.assign(run=run_dir.name, algo=algo, seed=seed)
+
+
+def fig_curves(scalars: pd.DataFrame, tags: Mapping[str, str], *, group: str = "algo", x: str = "env_steps",
+               references: Mapping[str, Mapping[str, float]] | None = None, title: str = "") -> go.Figure:
+    """One panel per tag (``tags``: tag → panel title), one line per ``group`` value: the mean
+    over its runs (seeds) at each x, with a band from the lowest to the highest run.
+
+    references: tag → {label: value}, drawn as dashed horizontal lines (e.g. droop's and the
+    optimum's figures on the same days).
+    """
+    tags = {t: name for t, name in tags.items() if (scalars["tag"] == t).any()}
+    fig = make_subplots(rows=1, cols=max(len(tags), 1), subplot_titles=list(tags.values()) or [""])
+    groups = list(dict.fromkeys(scalars[group]))
+    for col, tag in enumerate(tags, start=1):
+        d = scalars[scalars["tag"] == tag]
+        for k, g in enumerate(groups):
+            s = d[d[group] == g].groupby(x)["value"]
+            stats = pd.DataFrame({"mean": s.mean(), "lo": s.min(), "hi": s.max(), "n": s.count()}).reset_index()
+            if stats.empty:
+                continue
+            color = _COLORS[k % len(_COLORS)]
+            if (stats["n"] > 1).any():
+                fig.add_trace(go.Scatter(x=list(stats[x]) + list(stats[x])[::-1],
+                                         y=list(stats["hi"]) + list(stats["lo"])[::-1], fill="toself",
+                                         fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
+                                         showlegend=False, legendgroup=str(g)), row=1, col=col)
+            fig.add_trace(go.Scatter(x=stats[x], y=stats["mean"], mode="lines+markers", name=str(g),
+                                     line=dict(color=color), marker=dict(size=4), legendgroup=str(g),
+                                     showlegend=col == 1), row=1, col=col)
+        for label, value in (references or {}).get(tag, {}).items():
+            fig.add_hline(y=value, line=dict(color=_REF_COLORS.get(label, "#7f7f7f"), dash="dash", width=1),
+                          annotation_text=label, annotation_position="top left", row=1, col=col)
+        fig.update_xaxes(title_text="environment steps" if x == "env_steps" else "wall-clock s", row=1, col=col)
+    fig.update_layout(title=title, height=400, margin=dict(t=80, b=50, l=60, r=20))
+    return fig
+
+
+def fig_time_split(scalars: pd.DataFrame, *, group: str = "run", title: str = "") -> go.Figure:
+    """Wall-clock seconds spent in the environment, acting and updating, per run (stacked)."""
+    parts = {"time/env_s": "environment", "time/act_s": "acting", "time/update_s": "updating"}
+    d = scalars[scalars["tag"].isin(list(parts))]
+    totals = d.groupby([group, "tag"])["value"].sum().unstack("tag").reindex(columns=list(parts)).fillna(0.0)
+    fig = go.Figure()
+    for tag, label in parts.items():
+        fig.add_trace(go.Bar(x=list(totals.index.astype(str)), y=totals[tag], name=label))
+    fig.update_layout(barmode="stack", title=title, yaxis_title="seconds", height=360,
+                      margin=dict(t=60, b=40, l=60, r=20))
+    return fig
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
+
+
+def _references(run_dir: Path, label: str) -> dict[str, dict[str, float]]:
+    """The final comparison's other controllers as reference lines of the evaluation curves
+    (the same test days, when the evaluation used them all)."""
+    path = run_dir / "compare" / "summary.csv"
+    if not path.exists():
+        return {}
+    s = pd.read_csv(path)
+    s = s[s["controller"] != label]
+    return {"eval/controllable_rate": dict(zip(s["controller"], s["controllable_rate"])),
+            "eval/energy_loss_mwh": dict(zip(s["controller"], s["energy_loss_mwh"]))}
+
+
+def training_sections(run_dir: str | Path) -> list[Section]:
+    """The training section of a run's report: settings, evaluation and training curves, losses
+    and where the time went."""
+    run_dir = Path(run_dir)
+    sc = read_scalars(run_dir)
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    rows = [("feeder", cfg.get("feeder", "?"))]
+    c = cfg.get("config", {})
+    for key in ("algo", "steps", "seed", "num_envs"):
+        if key in c:
+            rows.append((key, c[key]))
+    if not sc.empty:
+        rows += [("environment steps trained", f"{int(sc['env_steps'].max()):,}"),
+                 ("wall-clock", f"{float(sc['wall_s'].max()):.0f} s")]
+        sps = sc[sc["tag"] == "time/steps_per_s"]["value"]
+        if len(sps):
+            rows.append(("feeder steps/s (median iteration)", f"{float(sps.median()):.0f}"))
+    table = ('<table class="summary"><tbody>' + "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</tbody></table>")
+    learner = c.get("learner", {})
+    env = c.get("env", {})
+    details = ("<details><summary>learner and environment settings</summary><pre>"
+               + html.escape(json.dumps({"learner": learner, "env": env}, indent=1)) + "</pre></details>")
+    parts: list = [table, details]
+    if sc.empty:
+        return [Section("Training", tuple(parts), "No scalars yet (the run stopped before its first checkpoint).")]
+    split = c.get("eval_split", "test")
+    parts.append(fig_curves(sc, {"eval/controllable_rate": f"controllable rate ({split} days)",
+                                 "eval/energy_loss_mwh": f"energy loss, MWh ({split} days)"},
+                            references=_references(run_dir, c.get("algo", "")) if split == "test" and
+                            c.get("eval_days") is None and c.get("compare_days") is None else None,
+                            title="Evaluation on whole days against environment steps"))
+    parts.append(fig_curves(sc, {"train/episode_return": "episode return", "train/controllable_rate":
+                                 "controllable rate (training band, with exploration)",
+                                 "policy/std": "action standard deviation"},
+                            title="Training episodes"))
+    parts.append(fig_curves(sc, {"loss/policy": "policy loss", "loss/value": "value loss",
+                                 "loss/approx_kl": "approximate KL", "loss/explained_variance": "explained variance"},
+                            title="Updates"))
+    parts.append(fig_time_split(sc, title="Where the time went"))
+    intro = ("Curves against real environment steps (one step of one scenario). Evaluation points are whole "
+             "days with the deterministic policy; training figures include exploration noise and use the "
+             "training reward's band.")
+    return [Section("Training", tuple(parts), intro)]

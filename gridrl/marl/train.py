@@ -1,0 +1,470 @@
+"""The train driver: one run of one learner on one feeder, in one run directory, resumable.
+
+``gridrl train FEEDER --algo dppo --out RUN_DIR`` and :func:`train` do the same::
+
+    RUN_DIR/config.json       the resolved configuration (every default filled in)
+    RUN_DIR/checkpoint.pt     the latest checkpoint (atomic; see gridrl.marl.checkpoint)
+    RUN_DIR/scalars.csv       tidy scalars: iteration, env_steps, wall_s, tag, value
+    RUN_DIR/tb/               the same scalars as TensorBoard event files
+    RUN_DIR/compare/          the final comparison on the test days (gridrl compare's layout)
+    RUN_DIR/report.html       training curves beside that comparison
+
+The driver owns what every learner needs around its iterations — the training environment, the
+progress bar, logging, periodic evaluation on whole days (the learning curves against real
+environment steps), checkpoints and resume, the NaN guard and the final comparison — and asks the
+learner only for ``iterate()``, ``state_dict()`` / ``load_state_dict()``, ``policy``,
+``env_steps`` and ``iteration``. A model-based learner plugs in the same way.
+
+Training runs on the feeder's training days; test days are only ever evaluated. Every learner
+trains on a reward aligned with what it is judged by — line losses plus a penalty outside a band
+``band_margin_pu`` inside the feeder's — unless the ``[env]`` table says otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gridrl.config import from_dict
+from gridrl.errors import CheckpointError, GridrlError, SpecError
+
+__all__ = ["ALGORITHMS", "TRAIN_ENV_DEFAULTS", "TrainConfig", "TrainError", "TrainResult", "TrainingDiverged",
+           "learner_class", "resolve_train_config", "train"]
+
+ALGORITHMS = {"dppo": ("gridrl.marl.dppo", "DPPO"), "ippo": ("gridrl.marl.ippo", "IPPO"),
+              "cppo": ("gridrl.marl.cppo", "CPPO")}
+
+# the training environment unless the [env] table overrides it: episodes of 8 hours from random
+# days and times; a next-step forecast of own PV and zone load (observations are one step old);
+# losses plus a steep penalty outside a band slightly narrower than the feeder's (the margin
+# is TrainConfig.band_margin_pu); a small reactive-power cost
+TRAIN_ENV_DEFAULTS: dict[str, Any] = {"start_hour": None, "episode_hours": 8.0, "forecast_steps": 1,
+                                      "barrier": "courant_beltrami", "voltage_weight": 1000.0,
+                                      "loss_weight_per_mw": 10.0, "q_weight_per_mvar": 0.001}
+
+CONFIG_FILE, SCALARS_FILE = "config.json", "scalars.csv"
+
+
+class TrainError(GridrlError, ValueError):
+    """A training run that cannot start as asked (its folder, its configuration)."""
+
+
+class TrainingDiverged(GridrlError):
+    """An update produced NaN or infinite values; the last good checkpoint is kept."""
+
+
+def learner_class(algo: str):
+    """The learner class of ``algo`` (``dppo``, ``ippo``, ``cppo``)."""
+    import importlib
+
+    if algo not in ALGORITHMS:
+        raise TrainError(f"unknown algorithm {algo!r} — known algorithms: {', '.join(ALGORITHMS)}")
+    module, name = ALGORITHMS[algo]
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run (an experiment TOML's top level, ``[env]`` and ``[learner]`` tables).
+
+    algo: ``dppo``, ``ippo`` or ``cppo``.
+    steps: budget in environment feeder steps (one step of one scenario; the run stops at the
+        first iteration boundary at or past it).
+    seed: weights, action noise, minibatch order and the training days and start times drawn.
+    num_envs: scenarios stepped together; each iteration runs one episode in each.
+    band_margin_pu: the training reward's band is the feeder's, narrowed by this on both sides
+        (unless ``[env]`` sets ``v_min_pu`` / ``v_max_pu``): a safety margin, since
+        evaluation counts any bus outside the feeder's band.
+    checkpoint_every_s: wall-clock seconds between checkpoints (0: after every iteration); the
+        last one is always written.
+    eval_every_steps: environment steps between evaluations on whole days for the learning
+        curves (0: only at the end).
+    eval_split: days of those evaluations: ``test`` (held out; curves are reported, nothing is
+        chosen by them) or ``train`` (for tuning).
+    eval_days: only these days of ``eval_split`` (default: all).
+    compare: controllers the trained policy is compared with on the test days at the end
+        (``none``, ``droop``, ``droop:PRESET``, ``opf``; empty: no comparison).
+    compare_days: only these test days in that comparison (default: all).
+    env: the training :class:`~gridrl.env.EnvConfig` (defaults: :data:`TRAIN_ENV_DEFAULTS`).
+    learner: the algorithm's config (:class:`~gridrl.marl.dppo.DppoConfig`, …).
+    """
+
+    algo: str = "dppo"
+    steps: int = 300_000
+    seed: int = 0
+    num_envs: int = 64
+    band_margin_pu: float = 0.005
+    checkpoint_every_s: float = 60.0
+    eval_every_steps: int = 0
+    eval_split: str = "test"
+    eval_days: tuple[int, ...] | None = None
+    compare: tuple[str, ...] = ("none", "droop", "opf")
+    compare_days: tuple[int, ...] | None = None
+    env: Any = None
+    learner: Any = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.algo not in ALGORITHMS:
+            problems.append(f"algo: unknown algorithm {self.algo!r} (known: {', '.join(ALGORITHMS)})")
+        for name in ("steps", "num_envs"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("band_margin_pu", "checkpoint_every_s", "eval_every_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.eval_split not in ("test", "train"):
+            problems.append(f"eval_split must be 'test' or 'train', got {self.eval_split!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+_SECTIONS = ("env", "learner")
+
+
+def resolve_train_config(data: Mapping[str, Any], *, source: str, overrides: Mapping[str, Any] = {}) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML mapping plus command-line ``overrides`` (top-level
+    keys), every default filled in; one :class:`SpecError` lists every problem of every table."""
+    from gridrl.env import EnvConfig
+
+    data = dict(data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    top = {k: v for k, v in data.items() if k not in _SECTIONS}
+    problems: list[str] = []
+    base = _collect(TrainConfig, top, source, problems, skip=_SECTIONS)
+    algo = top.get("algo", TrainConfig.algo)
+    env_table = data.get("env", {})
+    learner_table = data.get("learner", {})
+    for name, table in (("env", env_table), ("learner", learner_table)):
+        if not isinstance(table, Mapping):
+            problems.append(f"{name}: expected a table [{name}], got {table!r}")
+    env = None
+    if isinstance(env_table, Mapping):
+        env = _collect(EnvConfig, {**TRAIN_ENV_DEFAULTS, **env_table}, source, problems, prefix="env")
+    learner = None
+    if algo in ALGORITHMS and isinstance(learner_table, Mapping):
+        learner = _collect(learner_class(algo).Config, learner_table, source, problems, prefix="learner")
+    if problems:
+        raise SpecError(source, problems)
+    return dataclasses.replace(base, env=env, learner=learner)
+
+
+def _collect(cls, table: Mapping[str, Any], source: str, problems: list[str], *, prefix: str = "",
+             skip: tuple[str, ...] = ()):
+    """``from_dict(cls, table)``, its problems added to ``problems`` (prefixed) instead of raised."""
+    try:
+        return from_dict(cls, {k: v for k, v in table.items() if k not in skip}, source=source)
+    except SpecError as exc:
+        problems.extend(f"{prefix}.{p}" if prefix else p for p in exc.problems)
+        return None
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What determines a run's results: a resumed run must agree on all of it."""
+    from gridrl.marl.checkpoint import config_dict
+
+    d = config_dict(cfg)
+    for key in ("checkpoint_every_s",):
+        d.pop(key)
+    return json.loads(json.dumps(d))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: its folder, the final policy, the scalars and the comparison summary."""
+
+    out: Path
+    policy: Any
+    scalars: Any
+    summary: Any = None
+    resumed_from: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+
+def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: bool = False, device: str = "cpu",
+          progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``config.learner`` on ``feeder_name`` into ``out`` (see the module docstring).
+
+    resume: continue the run in ``out`` from its checkpoint (its configuration must be the same);
+        a run that finished is not trained further, only evaluated again if needed.
+    Raises :class:`TrainError` (folder or configuration problems, nothing written),
+    :class:`CheckpointError` (an unusable checkpoint) or :class:`TrainingDiverged`.
+    """
+    from gridrl.env import make_env
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.marl.checkpoint import make_header, read_checkpoint, write_checkpoint
+
+    say = log or (lambda m: print(m, file=sys.stderr))
+    out = Path(out)
+    if not resume and out.is_dir() and any(out.iterdir()):  # before the slow part
+        raise TrainError(f"{out} already exists; add --resume to continue that run, or choose another --out")
+    feeder = load_feeder(feeder_name)
+    config = _with_band(config, feeder)
+    checkpoint = _claim(out, feeder, config, resume=resume)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, config=config.env)
+    cls = learner_class(config.algo)
+    learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
+    header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
+                         learner_config=config.learner, seed=config.seed)
+    driver = {"wall_s": 0.0, "next_eval": config.eval_every_steps or math.inf, "finished": False}
+    if checkpoint is not None:
+        learner.load_state_dict(checkpoint["learner"])
+        env.set_rng_state(checkpoint["env_rng"])
+        driver.update(checkpoint["driver"])
+        say(f"resuming {out} at iteration {learner.iteration} ({learner.env_steps:,} environment steps)")
+    resumed_from = learner.iteration
+    scalars = _ScalarLog(out, resume_iteration=learner.iteration if checkpoint is not None else None,
+                         purge_step=learner.env_steps + 1 if checkpoint is not None else None)
+
+    def save() -> None:
+        if not _finite(learner):
+            return
+        write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=env.rng_state(), driver=driver)
+        scalars.flush()
+
+    bar = _progress(progress, config.steps, learner.env_steps)
+    last_save = time.perf_counter()
+    started = time.perf_counter() - driver["wall_s"]
+    try:
+        while learner.env_steps < config.steps:
+            t0 = time.perf_counter()
+            good = {"iteration": learner.iteration, "env_steps": learner.env_steps}
+            stats = learner.iterate()
+            if not _finite(learner) or not all(math.isfinite(v) for k, v in stats.items() if k.startswith("loss/")):
+                raise TrainingDiverged(_nan_message(out, good, learner.iteration))
+            stats["time/steps_per_s"] = stats["iteration_steps"] / max(time.perf_counter() - t0, 1e-9)
+            driver["wall_s"] = time.perf_counter() - started
+            if learner.env_steps >= driver["next_eval"] or learner.env_steps >= config.steps:
+                stats.update(_evaluate(feeder, learner.policy, config))
+                while driver["next_eval"] <= learner.env_steps:
+                    driver["next_eval"] += config.eval_every_steps or math.inf
+            scalars.add(learner.iteration, learner.env_steps, driver["wall_s"], stats)
+            bar.update(learner.env_steps - bar.n)
+            bar.set_postfix_str(_postfix(stats), refresh=False)
+            if time.perf_counter() - last_save >= config.checkpoint_every_s or learner.env_steps >= config.steps:
+                save()
+                last_save = time.perf_counter()
+    finally:
+        bar.close()
+        scalars.close()
+    if not driver["finished"]:
+        driver["finished"] = True
+        save()
+    say(f"trained {learner.env_steps:,} environment steps in {driver['wall_s']:.0f} s; checkpoint in {out}")
+    summary = None
+    policy = learner.policy
+    policy.name = out.name or config.algo
+    if config.compare:
+        summary = compare_run(out, feeder_name, config, progress=progress)
+    write_run_report(out)
+    read_checkpoint(out)  # the run folder is usable as a controller
+    return TrainResult(out=out, policy=policy, scalars=scalars.frame(), summary=summary,
+                       resumed_from=resumed_from, seconds=driver["wall_s"])
+
+
+def _with_band(config: TrainConfig, feeder) -> TrainConfig:
+    """The training band: the feeder's, narrowed by ``band_margin_pu``, unless [env] gives one."""
+    env = config.env
+    if env.v_min_pu is not None or config.band_margin_pu == 0:
+        return config
+    m = config.band_margin_pu
+    env = dataclasses.replace(env, v_min_pu=round(feeder.v_min_pu + m, 9), v_max_pu=round(feeder.v_max_pu - m, 9))
+    return dataclasses.replace(config, env=env)
+
+
+def _claim(out: Path, feeder, config: TrainConfig, *, resume: bool) -> dict | None:
+    """Make ``out`` this run's folder; returns the checkpoint to resume from (or None)."""
+    from gridrl.io import write_json
+    from gridrl.marl.checkpoint import CHECKPOINT, read_checkpoint
+
+    ident = {"feeder": feeder.name, "feeder_hash": feeder.spec.content_hash(), **_identity(config)}
+    cfg_file = out / CONFIG_FILE
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"{out} is a file; give a folder path for --out")
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise TrainError(f"{out} already exists; add --resume to continue that run, or choose another --out")
+        try:
+            old = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise TrainError(f"{out} holds no readable {CONFIG_FILE}; it is not a `gridrl train` run folder — "
+                             f"choose another --out") from None
+        old_ident = old.get("identity", {})
+        diff = sorted(k for k in set(old_ident) | set(ident) if old_ident.get(k) != ident.get(k))
+        if diff:
+            raise TrainError(f"{out} holds a run with other settings ({', '.join(diff)} differ); resume it with "
+                             f"its own settings (drop the changed options) or choose another --out")
+        if not (out / CHECKPOINT).exists():
+            return None  # stopped before its first checkpoint: start again from the beginning
+        ckpt = read_checkpoint(out)
+        h = ckpt["header"]
+        if h["algo"] != config.algo or h["feeder"] != feeder.name or h["feeder_hash"] != ident["feeder_hash"]:
+            raise CheckpointError(f"{out / CHECKPOINT} is a {h['algo']} checkpoint on {h['feeder']} "
+                                  f"(feeder version {h['feeder_hash'][:8]}), not {config.algo} on {feeder.name} "
+                                  f"(version {ident['feeder_hash'][:8]}); choose another --out")
+        return ckpt
+    if resume and not out.exists():
+        raise TrainError(f"--resume: {out} does not exist; drop --resume to start a new run there")
+    from gridrl.marl.checkpoint import config_dict
+
+    write_json(cfg_file, {"feeder": feeder.name, "config": config_dict(config), "identity": ident})
+    return None
+
+
+def _finite(learner) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in learner.policy.parameters()) and \
+        all(bool(torch.isfinite(p).all()) for p in learner.critic.parameters())
+
+
+def _nan_message(out: Path, good: dict, iteration: int) -> str:
+    from gridrl.marl.checkpoint import CHECKPOINT
+
+    kept = (f"the last good checkpoint (iteration {_last_checkpoint_iteration(out)}) is kept in {out}"
+            if (out / CHECKPOINT).exists() else f"no checkpoint had been written yet in {out}")
+    return (f"NaN in the update of iteration {iteration} (after {good['env_steps']:,} environment steps); "
+            f"training stopped and {kept}; lower learner.lr or learner.max_grad_norm and train again")
+
+
+def _last_checkpoint_iteration(out: Path) -> int | str:
+    from gridrl.marl.checkpoint import read_checkpoint
+
+    try:
+        return int(read_checkpoint(out)["learner"]["iteration"])
+    except GridrlError:
+        return "?"
+
+
+def _evaluate(feeder, policy, config: TrainConfig) -> dict[str, float]:
+    """Whole days of ``eval_split`` with the deterministic policy: the learning-curve points."""
+    import numpy as np
+
+    from gridrl.evaluate import evaluate
+    from gridrl.marl.run import evaluation_env_config
+
+    ev = evaluate(feeder, policy, split=config.eval_split, days=config.eval_days,
+                  env_config=evaluation_env_config(config.env))
+    d = ev.days
+    return {"eval/controllable_rate": float(np.average(d["controllable_rate"], weights=d["steps"])),
+            "eval/energy_loss_mwh": float(d["energy_loss_mwh"].sum()),
+            "eval/violation_bus_hours": float(d["violation_bus_hours"].sum()),
+            "eval/reactive_energy_mvarh": float(d["reactive_energy_mvarh"].sum())}
+
+
+def _progress(enabled: bool, total: int, start: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", unit_scale=True, disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, desc="train")
+
+
+def _postfix(stats: dict[str, float]) -> str:
+    parts = []
+    for key, label, fmt in (("train/episode_return", "return", "{:.3g}"),
+                            ("train/controllable_rate", "controllable", "{:.3f}"),
+                            ("eval/controllable_rate", "eval ctrl", "{:.4f}"),
+                            ("eval/energy_loss_mwh", "eval MWh", "{:.2f}"),
+                            ("loss/value", "v-loss", "{:.3g}"), ("time/steps_per_s", "steps/s", "{:.0f}")):
+        if key in stats:
+            parts.append(f"{label} {fmt.format(stats[key])}")
+    return ", ".join(parts)
+
+
+class _ScalarLog:
+    """Scalars kept in memory, written to ``scalars.csv`` atomically with each checkpoint (so the
+    table always matches the checkpoint) and to TensorBoard at once (x-axis: environment steps)."""
+
+    COLUMNS = ("iteration", "env_steps", "wall_s", "tag", "value")
+
+    def __init__(self, out: Path, *, resume_iteration: int | None, purge_step: int | None):
+        self.path = out / SCALARS_FILE
+        self.rows: list[tuple] = []
+        if resume_iteration is not None and self.path.exists():
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    try:
+                        if int(row["iteration"]) <= resume_iteration:
+                            self.rows.append((int(row["iteration"]), int(row["env_steps"]), float(row["wall_s"]),
+                                              row["tag"], float(row["value"])))
+                    except (KeyError, TypeError, ValueError):
+                        continue  # a damaged line: the checkpoint's rows are what counts
+        self._tb = _tensorboard(out / "tb", purge_step)
+
+    def add(self, iteration: int, env_steps: int, wall_s: float, stats: dict[str, float]) -> None:
+        for tag, value in stats.items():
+            self.rows.append((iteration, env_steps, round(wall_s, 3), tag, float(value)))
+            if self._tb is not None:
+                self._tb.add_scalar(tag, float(value), global_step=env_steps, walltime=None)
+
+    def flush(self) -> None:
+        from gridrl.io import write_text
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.COLUMNS)
+        w.writerows(self.rows)
+        write_text(self.path, buf.getvalue())
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(self.COLUMNS))
+
+
+def _tensorboard(folder: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
+        return None
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+# --------------------------------------------------------------------------------------------
+# after training: comparison and report
+# --------------------------------------------------------------------------------------------
+
+
+def compare_run(out: Path, feeder_name: str, config: TrainConfig, *, progress: bool = True):
+    """The trained policy against ``config.compare`` on the test days, into ``RUN_DIR/compare``."""
+    from gridrl.compare import CompareConfig, ControllerSpec, parse_controllers, run_compare
+
+    specs = parse_controllers(",".join(config.compare)) + (ControllerSpec(run=str(out.resolve()),
+                                                                          label=config.algo),)
+    cfg = CompareConfig(feeders=(feeder_name,), controllers=specs, split="test", days=config.compare_days)
+    return run_compare(cfg, out=out / "compare", progress=progress, report=False).summary
+
+
+def write_run_report(out: Path) -> Path:
+    """``RUN_DIR/report.html``: training curves, and the comparison when there is one."""
+    from gridrl.io import write_html
+    from gridrl.report import render, results_sections
+    from gridrl.marl.report import training_sections
+
+    sections = training_sections(out)
+    if (out / "compare" / "days.parquet").exists():
+        sections = results_sections(out / "compare") + sections
+    return write_html(render(sections, title=f"gridrl — run {out.resolve().name}"), out / "report.html")
