@@ -147,7 +147,10 @@ def _show_summary(result, title: str, *, report: bool) -> None:
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
-    feeder: Annotated[str, typer.Option(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
+    run: Annotated[Optional[Path], typer.Argument(help="A run folder of `gridrl train`: evaluate its trained policy "
+                                                  "(instead of --controller) on the feeder it was trained on.")] = None,
+    feeder: Annotated[Optional[str], typer.Option(help="Feeder name (see `gridrl feeders`) or path to a spec .toml "
+                                                  "(default with RUN: the run's feeder).")] = None,
     controller: Annotated[str, typer.Option(help="Controller: none, droop or opf.")] = "droop",
     preset: Annotated[Optional[str], typer.Option(help="Droop preset: ieee1547-a, ieee1547-b (default) or mapdn.")] = None,
     curve: Annotated[Optional[Path], typer.Option(help="Droop curve TOML file with v_pu = [...], q = [...] and "
@@ -158,10 +161,10 @@ def evaluate_cmd(
                                                 "$GRIDRL_OUT_DIR replaces out/).")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
-    """Run one controller over whole days of one feeder.
+    """Run one controller, or the trained policy of a run folder, over whole days of one feeder.
 
     Prints a summary, writes per-day and per-step tables (parquet) and an HTML report. Re-running
-    into the same folder reuses finished results."""
+    into the same folder reuses finished results (a run trained again is evaluated again)."""
     from gridrl.compare import CompareConfig, ControllerSpec, run_compare
     from gridrl.config import read_toml
     from gridrl.control import CurveError
@@ -176,7 +179,17 @@ def evaluate_cmd(
             resolve_curve(preset, curve_table)
         except CurveError as exc:
             raise CurveError(f"{curve}: {exc}") from None
-    spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
+    if run is not None:
+        from gridrl.marl.run import open_run
+
+        if curve is not None or preset is not None:
+            raise fail("RUN is a trained policy: drop --preset / --curve (they are droop's)")
+        feeder = feeder or open_run(run).feeder
+        spec = ControllerSpec(run=str(run))
+    else:
+        if feeder is None:
+            raise fail("give --feeder (and --controller), or a run folder of `gridrl train`")
+        spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
     cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"))
     out = out or default_out("evaluate", f"{Path(feeder).stem}-{spec.key}-{split}")
     result = run_compare(cfg, out=out, report=report)
@@ -195,7 +208,8 @@ def compare_cmd(
                                                    "selection options below.")] = None,
     feeders: Annotated[Optional[str], typer.Option(help="Comma-separated feeder names, e.g. ieee33,ieee141.")] = None,
     controllers: Annotated[Optional[str], typer.Option(help="Comma-separated controllers: none, droop, opf; "
-                                                       "droop:PRESET picks a preset, e.g. droop:mapdn.")] = None,
+                                                       "droop:PRESET picks a preset, e.g. droop:mapdn; a run "
+                                                       "folder of `gridrl train` adds its trained policy.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Preset of every bare `droop` in --controllers.")] = None,
     split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
     seeds: Annotated[int, typer.Option(help="Seeds per feeder × controller (0 … N−1).")] = 1,
@@ -232,17 +246,26 @@ def compare_cmd(
 @app.command("report")
 @user_errors
 def report_cmd(
-    results: Annotated[Path, typer.Argument(help="Folder written by `gridrl compare` or `gridrl evaluate`.")],
+    results: Annotated[Path, typer.Argument(help="Folder written by `gridrl compare`, `gridrl evaluate` or "
+                                            "`gridrl train`.")],
     out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default RESULTS/report.html).")] = None,
 ) -> None:
-    """The self-contained HTML report of a results folder (plotly.js embedded: opens offline)."""
+    """The self-contained HTML report of a results folder (plotly.js embedded: opens offline).
+
+    For a training run: its training curves beside its comparison on the test days."""
     from gridrl.io import write_html
     from gridrl.report import ReportError, build_report
 
     if not results.is_dir():
         what = "is not a folder" if results.exists() else "does not exist"
-        raise ReportError(f"{results} {what}; give the --out folder of a `gridrl compare` or "
-                          f"`gridrl evaluate` run")
+        raise ReportError(f"{results} {what}; give the --out folder of a `gridrl compare`, "
+                          f"`gridrl evaluate` or `gridrl train` run")
+    if (results / "checkpoint.pt").exists() or (results / "scalars.csv").exists():
+        from gridrl.marl.train import write_run_report
+
+        path = write_run_report(results, path=out)
+        console.print(f"report written to {path}", highlight=False)
+        return
     path = write_html(build_report(results), out or results / "report.html")
     console.print(f"report written to {path}", highlight=False)
 

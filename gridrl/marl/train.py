@@ -238,8 +238,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     def save() -> None:
         if not _finite(learner):
             return
+        scalars.flush()  # first: a resumed run drops rows past its checkpoint, never lacks any
         write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=env.rng_state(), driver=driver)
-        scalars.flush()
 
     bar = _progress(progress, config.steps, learner.env_steps)
     last_save = time.perf_counter()
@@ -458,8 +458,8 @@ def compare_run(out: Path, feeder_name: str, config: TrainConfig, *, progress: b
     return run_compare(cfg, out=out / "compare", progress=progress, report=False).summary
 
 
-def write_run_report(out: Path) -> Path:
-    """``RUN_DIR/report.html``: training curves, and the comparison when there is one."""
+def write_run_report(out: Path, *, path: Path | None = None) -> Path:
+    """``RUN_DIR/report.html`` (or ``path``): training curves, and the comparison when there is one."""
     from gridrl.io import write_html
     from gridrl.report import render, results_sections
     from gridrl.marl.report import training_sections
@@ -467,4 +467,4 @@ def write_run_report(out: Path) -> Path:
     sections = training_sections(out)
     if (out / "compare" / "days.parquet").exists():
         sections = results_sections(out / "compare") + sections
-    return write_html(render(sections, title=f"gridrl — run {out.resolve().name}"), out / "report.html")
+    return write_html(render(sections, title=f"gridrl — run {out.resolve().name}"), path or out / "report.html")

@@ -1,0 +1,293 @@
+"""The learners' shared pieces (κ-hop gathering, normalisation, GAE, PPO's loss) and the proof that
+every trained policy is decentralized."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import gridrl
+from gridrl.env import EnvConfig, make_env
+from gridrl.marl.gae import gae
+from gridrl.marl.graph import Neighbourhood
+from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
+from gridrl.marl.ppo import clipped_surrogate, gaussian_log_prob, linear_lr
+
+
+@pytest.fixture(scope="module")
+def ieee141():
+    return gridrl.load_feeder("ieee141")
+
+
+# --------------------------------------------------------------------------------------------
+# κ-hop neighbourhoods
+# --------------------------------------------------------------------------------------------
+
+
+def test_neighbourhoods_are_the_hop_balls_of_the_agent_graph(ieee141):
+    d = ieee141.hop_distance
+    for hops in (0, 1, 2, 3):
+        g = Neighbourhood(d, hops)
+        np.testing.assert_array_equal(g.mask().numpy(), (d >= 0) & (d <= hops))
+        assert g.n_pairs == int(((d >= 0) & (d <= hops)).sum())  # linear: no padding to the largest
+        np.testing.assert_array_equal(g.hop.numpy(), d[g.receiver.numpy(), g.sender.numpy()])
+        # CSR: receiver-sorted, own pair first
+        assert (np.diff(g.receiver.numpy()) >= 0).all()
+        assert (g.sender[g.offsets[:-1]] == torch.arange(d.shape[0])).all()
+    g2 = Neighbourhood(d, 2)  # the sizes the issue measured on ieee141
+    assert int(g2.size.max()) == 10 and abs(float(g2.size.float().mean()) - 5.64) < 0.01
+
+
+def _dense_pool(x, d, hops, delivered_dense):
+    """Reference: per receiver and hop, the mean over delivered senders at that hop, as a loop."""
+    M, N, H = x.shape
+    pooled = torch.zeros(M, N, hops, H)
+    heard = torch.zeros(M, N, hops)
+    for m, i, h in itertools.product(range(M), range(N), range(1, hops + 1)):
+        ring = [j for j in range(N) if d[i, j] == h]
+        got = [j for j in ring if delivered_dense[m, i, j]]
+        if got:
+            pooled[m, i, h - 1] = x[m, got].mean(0)
+        heard[m, i, h - 1] = len(got) / len(ring) if ring else 0.0
+    return pooled, heard
+
+
+def _path_delivery(d, link_mask, hops=None):
+    """Reference: j's message reaches i when every link of the relay path (smallest-index relay
+    at each hop) delivered."""
+    M, N, _ = link_mask.shape
+    out = torch.zeros(M, N, N, dtype=torch.bool)
+    for m, i, j in itertools.product(range(M), range(N), range(N)):
+        if d[i, j] < 0 or (hops is not None and d[i, j] > hops):
+            continue
+        ok, cur = True, i
+        while d[cur, j] > 0:
+            relay = int(np.flatnonzero((d[cur] == 1) & (d[:, j] == d[cur, j] - 1))[0])
+            ok &= bool(link_mask[m, cur, relay])
+            cur = relay
+        out[m, i, j] = ok
+    return out
+
+
+def test_pooling_and_delivery_match_a_dense_reference():
+    feeder = gridrl.load_feeder("ieee33")
+    d = feeder.hop_distance
+    N = d.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, N, 5, generator=gen)
+    links = torch.rand(3, N, N, generator=gen) < 0.6
+    links |= torch.eye(N, dtype=torch.bool)
+    links &= torch.as_tensor((d <= 1) & (d >= 0))
+    for hops in (1, 2, 3):
+        g = Neighbourhood(d, hops)
+        delivered = g.delivered(links)
+        dense = _path_delivery(d, links)
+        assert torch.equal(delivered, dense[:, g.receiver, g.sender])
+        pooled, heard = g.pool(x, delivered)
+        ref_p, ref_h = _dense_pool(x, d, hops, dense)
+        torch.testing.assert_close(pooled, ref_p)
+        torch.testing.assert_close(heard, ref_h)
+        full_p, full_h = g.pool(x, None)
+        ref_p, ref_h = _dense_pool(x, d, hops, torch.ones(3, N, N, dtype=torch.bool))
+        torch.testing.assert_close(full_p, ref_p)
+        torch.testing.assert_close(full_h, ref_h)
+
+
+def test_neighbourhood_sum_and_communication(ieee141):
+    d = ieee141.hop_distance
+    g = Neighbourhood(d, 2)
+    x = torch.randn(4, 7, d.shape[0], dtype=torch.float64)
+    dense = torch.as_tensor(((d >= 0) & (d <= 2)).astype(float))
+    torch.testing.assert_close(g.neighbourhood_sum(x), x @ dense.T)
+    # floats per agent: each message crosses as many links as it is hops away
+    assert g.relay_floats(1.0) == pytest.approx(d[(d >= 1) & (d <= 2)].sum() / d.shape[0])
+    assert Neighbourhood(d, 0).relay_floats(32.0) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def test_running_norm_ignores_padding_and_merges_batches():
+    env = make_env("ieee33", num_envs=6, seed=1, config=EnvConfig(start_hour=None, episode_hours=2))
+    valid, keep = observation_masks(env)
+    assert not valid.all() and keep.sum() == env.max_zone_buses  # one mask feature per zone slot
+    obs = [env.reset()] + [env.step(torch.zeros(6, env.n_agents))[0] for _ in range(3)]
+    norm = RunningNorm(env.obs_dim, valid=valid, keep=keep)
+    for o in obs:  # in four batches
+        norm.update(o)
+    x = torch.cat(obs).double()
+    for c in range(env.obs_dim):
+        real = x[:, valid[:, c], c]
+        assert norm.count[c] == real.numel()
+        torch.testing.assert_close(norm.mean[c], real.mean(), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(norm.var[c], real.var(unbiased=False), rtol=1e-6, atol=1e-12)
+    y = norm(obs[0])
+    assert (y[:, ~valid] == 0).all()                        # padding stays exactly zero
+    assert torch.equal(y[..., keep], obs[0][..., keep])     # masks pass through
+    dv = [c for c, n in enumerate(env.obs_names) if n == "dv_pu[0]"][0]
+    assert abs(float(norm(x.float())[..., dv].mean())) < 1e-3
+
+
+def test_return_scale_is_the_return_std_per_agent():
+    gen = torch.Generator().manual_seed(0)
+    scale = ReturnScale(3, gamma=0.9)
+    rewards = torch.randn(200, 5, 3, generator=gen) * torch.tensor([0.01, 1.0, 10.0])
+    rets = []
+    ret = torch.zeros(5, 3, dtype=torch.float64)
+    for r in rewards:
+        scale.update(r, torch.zeros(5, dtype=torch.bool))
+        ret = ret * 0.9 + r.double()
+        rets.append(ret)
+    want = torch.stack(rets).pow(2).mean((0, 1))
+    torch.testing.assert_close(scale.var, want, rtol=1e-9, atol=0.0)
+    torch.testing.assert_close(scale.scale, (want + scale.eps).sqrt())
+    scale.update(torch.ones(5, 3), torch.ones(5, dtype=torch.bool))
+    assert (scale.ret == 0).all()  # episodes ended
+
+
+# --------------------------------------------------------------------------------------------
+# GAE and PPO's pieces
+# --------------------------------------------------------------------------------------------
+
+
+def _gae_loop(r, v, nv, term, end, gamma, lam):
+    T = len(r)
+    adv = np.zeros(T)
+    for t in range(T):
+        total, k = 0.0, t
+        while True:
+            delta = r[k] + gamma * nv[k] * (not term[k]) - v[k]
+            total += (gamma * lam) ** (k - t) * delta
+            if end[k] or k == T - 1:
+                break
+            k += 1
+        adv[t] = total
+    return adv
+
+
+@pytest.mark.parametrize("gamma,lam", [(0.99, 0.5), (0.9, 1.0), (0.5, 0.0), (0.0, 0.95)])
+def test_gae_matches_the_definition(gamma, lam):
+    gen = np.random.default_rng(3)
+    T = 12
+    r, v = gen.normal(size=T), gen.normal(size=T)
+    nv = np.append(v[1:], gen.normal())
+    term = np.zeros(T, dtype=bool)
+    end = np.zeros(T, dtype=bool)
+    term[4] = end[4] = True     # a diverged step
+    end[8] = True               # a cut: bootstrapped from nv[8]
+    nv[8] = 7.0
+    adv, ret = gae(torch.tensor(r)[:, None], torch.tensor(v)[:, None], torch.tensor(nv)[:, None],
+                   terminal=torch.tensor(term)[:, None], end=torch.tensor(end)[:, None], gamma=gamma, lam=lam)
+    want = _gae_loop(r, v, nv, term, end, gamma, lam)
+    np.testing.assert_allclose(adv[:, 0].numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(ret[:, 0].numpy(), want + v, rtol=1e-12)
+    if lam == 1.0:  # Monte Carlo: discounted rewards to the episode's end (+ bootstrap) minus V
+        mc = r[5] + gamma * (r[6] + gamma * (r[7] + gamma * (r[8] + gamma * nv[8])))
+        assert ret[5, 0].item() == pytest.approx(mc)
+
+
+def test_gaussian_log_prob_and_clipped_surrogate():
+    gen = torch.Generator().manual_seed(0)
+    mean, log_std, x = torch.randn(50, generator=gen), torch.randn(50, generator=gen) * 0.3, torch.randn(50, generator=gen)
+    ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(x)
+    torch.testing.assert_close(gaussian_log_prob(x, mean, log_std), ref)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5]))
+    loss, kl, frac = clipped_surrogate(new, old, adv, 0.2)
+    # min(r·A, clip(r)·A): 1.2, −1.5, 0.5, −0.8 → loss = −mean
+    assert loss.item() == pytest.approx(-(1.2 - 1.5 + 0.5 - 0.8) / 4)
+    assert frac.item() == 1.0 and kl.item() > 0
+    assert linear_lr(1e-3, 1e-4, 0.0) == 1e-3 and linear_lr(1e-3, 1e-4, 2.0) == pytest.approx(1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# decentralization: nothing outside agent i's κ-hop neighbourhood moves its action
+# --------------------------------------------------------------------------------------------
+
+
+def _learner(algo, feeder, hops, *, dropout=0.0, seed=0, iterations=1):
+    from gridrl.marl.train import learner_class
+
+    cls = learner_class(algo)
+    cfg = cls.Config(**({} if algo == "ippo" else {"hops": hops}))
+    env = make_env(feeder, num_envs=4, seed=seed, config=EnvConfig(start_hour=None, episode_hours=1.0,
+                                                                    forecast_steps=1, message_dropout=dropout))
+    learner = cls(env, cfg, seed=seed, total_steps=10_000)
+    for _ in range(iterations):  # trained briefly: weights and statistics are not the initial ones
+        learner.iterate()
+    return learner, env
+
+
+CASES = [("ippo", 0), ("dppo", 1), ("dppo", 2), ("dppo", 3), ("cppo", 1), ("cppo", 2)]
+
+
+@pytest.mark.parametrize("algo,hops", CASES)
+def test_actions_depend_only_on_the_k_hop_neighbourhood(algo, hops, ieee141):
+    learner, env = _learner(algo, ieee141, hops)
+    policy = learner.policy
+    assert policy.hops == hops
+    obs = env.reset()
+    gen = torch.Generator().manual_seed(1)
+    base = policy.act(obs)
+    d = ieee141.hop_distance
+    N = d.shape[0]
+    for i in range(N):
+        outside = torch.as_tensor(d[i] > hops)
+        if outside.any():  # perturb every feature of every agent outside at once, strongly
+            moved = obs.clone()
+            moved[:, outside] += 5.0 * torch.randn(moved[:, outside].shape, generator=gen)
+            assert torch.equal(policy.act(moved)[:, i], base[:, i]), f"agent {i} saw outside its {hops}-hop ball"
+        for j in np.flatnonzero(d[i] == hops):  # the farthest ring still counts
+            moved = obs.clone()
+            moved[:, j] += 5.0 * torch.randn(moved[:, j].shape, generator=gen)
+            assert not torch.equal(policy.act(moved)[:, i], base[:, i]), f"agent {i} ignores agent {j}"
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+def test_lost_messages_are_missing_not_stale(hops, ieee141):
+    learner, env = _learner("dppo", ieee141, hops, dropout=0.3)
+    policy = learner.policy
+    obs = env.reset()
+    _, _, _, info = env.step(torch.zeros(env.num_envs, env.n_agents))
+    mask = info["message_mask"]
+    assert not mask[:, ieee141.adjacency].all()  # some links dropped
+    base = policy.act(obs, message_mask=mask)
+    dense = _path_delivery(ieee141.hop_distance, mask, hops)
+    d = torch.as_tensor(ieee141.hop_distance)
+    gen = torch.Generator().manual_seed(2)
+    lost_checked = heard_checked = 0
+    for i, j in itertools.product(range(env.n_agents), range(env.n_agents)):
+        if not 1 <= d[i, j] <= hops:
+            continue
+        moved = obs.clone()
+        moved[:, j] += 5.0 * torch.randn(moved[:, j].shape, generator=gen)
+        same = policy.act(moved, message_mask=mask)[:, i] == base[:, i]
+        assert same[~dense[:, i, j]].all(), f"a lost message from {j} reached {i}"
+        assert not same[dense[:, i, j]].any(), f"a message from {j} that arrived did not reach {i}"
+        lost_checked += int((~dense[:, i, j]).sum())
+        heard_checked += int(dense[:, i, j].sum())
+    assert lost_checked > 0 and heard_checked > 0
+    # a lost message is not a zero message either: all lost ≠ all arrived with zeros
+    none_heard = mask & torch.eye(env.n_agents, dtype=torch.bool)
+    zeroed = obs.clone()
+    zeroed[:, 1:] = 0.0
+    assert not torch.equal(policy.act(obs, message_mask=none_heard)[:, 0], policy.act(zeroed)[:, 0])
+
+
+def test_policy_needs_no_environment_and_checks_its_inputs(feeder):
+    learner, env = _learner("dppo", feeder, 1, iterations=0)
+    obs = env.reset()
+    a = learner.policy.act(obs)  # no env argument
+    assert a.shape == (env.num_envs, env.n_agents) and a.dtype == torch.float64
+    assert (a.abs() <= 1).all()
+    assert torch.equal(learner.policy.act(obs, env=object()), a)  # an env is accepted and never read
+    from gridrl.marl.policy import PolicyError
+
+    with pytest.raises(PolicyError, match=r"reads observations \[B, 6, \d+\]"):
+        learner.policy.act(obs[..., :-1])

@@ -1,0 +1,325 @@
+"""`gridrl train` end to end on a tiny budget: run folders, checkpoints and resume, the NaN guard,
+trained runs as controllers, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import gridrl
+from gridrl.cli import app
+from gridrl.compare import CompareConfig, ControllerSpec, parse_controllers, run_compare
+from gridrl.config import read_toml
+from gridrl.errors import CheckpointError, SpecError
+from gridrl.marl.checkpoint import read_checkpoint
+from gridrl.marl.train import TrainingDiverged, resolve_train_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+# two iterations of 4 scenarios × 8 steps (2-hour episodes), small networks, one test day
+TINY = """
+steps = 64
+num_envs = 4
+checkpoint_every_s = 0
+eval_every_steps = 32
+eval_days = [{day}]
+compare = ["none", "droop"]
+compare_days = [{day}]
+[env]
+episode_hours = 2.0
+[learner]
+hidden = 16
+message_dim = 8
+epochs = 2
+minibatches = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def day(sunny_days):
+    return sunny_days[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, day):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text(TINY.format(day=day))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny):
+    """One finished tiny dppo run on ieee33, through the CLI."""
+    out = tmp_path_factory.mktemp("runs") / "ieee33-dppo"
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _one_line_error(res, *parts):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    err = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error:"), res.output
+    for part in parts:
+        assert part in err[0], err[0]
+
+
+# --------------------------------------------------------------------------------------------
+# a run end to end
+# --------------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_complete_run_folder(run_dir, day):
+    for name in ("config.json", "checkpoint.pt", "scalars.csv", "report.html", "compare/summary.csv"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tb").glob("events.out.tfevents.*"))
+    cfg = json.loads((run_dir / "config.json").read_text())["config"]
+    # resolved: every default written out, the training band narrowed by the margin
+    assert cfg["algo"] == "dppo" and cfg["learner"]["hops"] == 1 and cfg["env"]["start_hour"] is None
+    assert cfg["env"]["v_min_pu"] == pytest.approx(0.955) and cfg["env"]["v_max_pu"] == pytest.approx(1.045)
+    sc = pd.read_csv(run_dir / "scalars.csv")
+    assert list(sc.columns) == ["iteration", "env_steps", "wall_s", "tag", "value"]
+    assert sorted(set(sc["iteration"])) == [1, 2] and sc["env_steps"].max() == 64
+    ev = sc[sc["tag"] == "eval/energy_loss_mwh"]
+    assert ev["env_steps"].tolist() == [32, 64] and (ev["value"] > 0).all()
+    for tag in ("train/episode_return", "loss/value", "time/env_s", "time/update_s", "time/steps_per_s"):
+        assert (sc["tag"] == tag).sum() == 2, tag
+    summary = pd.read_csv(run_dir / "compare" / "summary.csv")
+    assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", "dppo"]
+    comm = summary.set_index("controller")["communication"]
+    assert comm["dppo"] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
+    html = (run_dir / "report.html").read_text()
+    assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
+
+
+def test_load_policy_acts_without_an_environment(run_dir, day):
+    policy = gridrl.load_policy(run_dir)
+    run = gridrl.marl.open_run(run_dir)
+    assert policy.hops == 1 and policy.name == run_dir.name and run.algo == "dppo"
+    env = gridrl.make_env("ieee33", split="test", num_envs=2, days=[day, day],
+                          config=gridrl.marl.run.evaluation_env_config(run.env_config))
+    obs = env.reset()
+    a = policy.act(obs)
+    assert a.shape == (2, 6) and torch.equal(a[0], a[1])  # deterministic: same day, same action
+    ckpt = read_checkpoint(run_dir)
+    assert ckpt["header"]["feeder"] == "ieee33" and ckpt["header"]["algo"] == "dppo"
+
+
+def test_run_folders_are_controllers_in_evaluate_and_compare(run_dir, day, tmp_path):
+    res = runner.invoke(app, ["evaluate", str(run_dir), "--days", str(day), "--out", str(tmp_path / "ev"),
+                              "--no-report"])
+    assert res.exit_code == 0, res.output
+    days = pd.read_parquet(tmp_path / "ev" / "days.parquet")
+    assert days["controller"].tolist() == [run_dir.name] and days["hops"].tolist() == [1]
+    res = runner.invoke(app, ["compare", "--feeders", "ieee33", "--controllers", f"none,{run_dir}", "--days", str(day),
+                              "--out", str(tmp_path / "cmp"), "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_parquet(tmp_path / "cmp" / "days.parquet")["controller"]) == {"none", run_dir.name}
+    # the same policy, the same day: the same figures as the run's own comparison
+    own = pd.read_parquet(run_dir / "compare" / "days.parquet").set_index("controller")
+    got = days.set_index("controller")
+    assert got.loc[run_dir.name, "energy_loss_mwh"] == pytest.approx(own.loc["dppo", "energy_loss_mwh"])
+    # a comparison TOML takes run folders too
+    toml = tmp_path / "cmp.toml"
+    toml.write_text(f'feeders = ["ieee33"]\ndays = [{day}]\n[[controllers]]\nrun = "{run_dir}"\nlabel = "mine"\n')
+    res = runner.invoke(app, ["compare", "--config", str(toml), "--out", str(tmp_path / "cmp2"), "--no-report"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_run_is_refused_on_another_feeder(run_dir, tmp_path):
+    res = runner.invoke(app, ["compare", "--feeders", "ieee141", "--controllers", f"none,{run_dir}",
+                              "--out", str(tmp_path / "x")])
+    _one_line_error(res, "was trained on feeder 'ieee33', not 'ieee141'")
+    res = runner.invoke(app, ["evaluate", str(run_dir), "--feeder", "ieee69", "--out", str(tmp_path / "y")])
+    _one_line_error(res, "was trained on feeder 'ieee33', not 'ieee69'")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    cfg = CompareConfig(feeders=("ieee33",), controllers=(ControllerSpec(run=str(run)),), days=(day,))
+    first = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    again = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    assert (first.ran, again.ran) == (1, 0)
+    # "retrain": another checkpoint in the same folder (weights changed)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    key = next(k for k in ckpt["learner"]["policy"] if k.endswith("head.4.bias"))
+    ckpt["learner"]["policy"][key] += 0.5
+    torch.save(ckpt, run / "checkpoint.pt")
+    third = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    assert third.ran == 1
+    assert third.days["energy_loss_mwh"].iloc[0] != first.days["energy_loss_mwh"].iloc[0]
+
+
+def test_report_of_a_run_folder(run_dir, tmp_path):
+    res = runner.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "r.html").read_text()
+    assert "Where the time went" in html and "plotly" in html
+
+
+# --------------------------------------------------------------------------------------------
+# resume: a killed run, resumed, ends exactly where an uninterrupted one ends
+# --------------------------------------------------------------------------------------------
+
+
+def _final_state(run: Path) -> dict:
+    c = read_checkpoint(run)
+    return {"learner": c["learner"], "env_rng": c["env_rng"], "scalars": pd.read_csv(run / "scalars.csv")}
+
+
+def _assert_same(a, b, path="state"):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{k}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("algo", ["dppo", pytest.param("cppo", marks=pytest.mark.slow)])
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path, day):
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text(TINY.format(day=day).replace("steps = 64", "steps = 320").replace(
+        'compare = ["none", "droop"]', "compare = []").replace("eval_every_steps = 32", "eval_every_steps = 160"))
+    cfg = resolve_train_config(read_toml(cfg_file), source=str(cfg_file), overrides={"algo": algo})
+    whole = tmp_path / "whole"
+    train("ieee33", cfg, out=whole, progress=False, log=lambda m: None)
+
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "gridrl.cli", "train", "ieee33", "--algo", algo, "--config",
+                             str(cfg_file), "--out", str(cut), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (cut / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = read_checkpoint(cut)["learner"]["iteration"]
+    assert 1 <= killed_at < 10, "the run was not killed mid-way"
+    res = runner.invoke(app, ["train", "ieee33", "--out", str(cut), "--resume", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    a, b = _final_state(whole), _final_state(cut)
+    assert a["learner"]["iteration"] == 10
+    _assert_same(a["learner"], b["learner"])
+    _assert_same(a["env_rng"], b["env_rng"])
+    keep = ["iteration", "env_steps", "tag", "value"]
+    not_time = lambda df: df[~df["tag"].str.startswith("time/")][keep].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(not_time(a["scalars"]), not_time(b["scalars"]))
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: one line, nothing lost
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_run_folder_that_exists_needs_resume(run_dir, tiny):
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(run_dir)])
+    _one_line_error(res, "already exists; add --resume")
+    assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(run_dir), "--resume",
+                              "--seed", "7"])
+    _one_line_error(res, "holds a run with other settings (seed differ)")
+
+
+def test_train_config_problems_are_listed_together(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('stepz = 10\nnum_envs = 0\n[env]\nforecast_step = 1\n[learner]\nhops = -1\nlr = "fast"\n')
+    with pytest.raises(SpecError) as exc:
+        resolve_train_config(read_toml(bad), source=str(bad))
+    msg = str(exc.value)
+    for part in ("stepz: unknown key", "env.forecast_step: unknown key", "learner.lr: expected a number"):
+        assert part in msg, msg
+    values = tmp_path / "values.toml"
+    values.write_text('num_envs = 0\n[env]\nepisode_hours = 30.0\n[learner]\nhops = -1\n')
+    with pytest.raises(SpecError) as exc:
+        resolve_train_config(read_toml(values), source=str(values))
+    for part in ("num_envs must be ≥ 1", "episode_hours must lie in (0, 24]", "hops must be ≥ 0"):
+        assert part in str(exc.value), str(exc.value)
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(bad), "--out", str(tmp_path / "r")])
+    _one_line_error(res, "stepz: unknown key")
+    res = runner.invoke(app, ["train", "ieee33", "--algo", "sac", "--out", str(tmp_path / "r")])
+    _one_line_error(res, "unknown algorithm 'sac'")
+    ipo = tmp_path / "ippo.toml"
+    ipo.write_text("algo = 'ippo'\n[learner]\nhops = 2\n")
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(ipo), "--out", str(tmp_path / "r")])
+    _one_line_error(res, "ippo has no neighbours (hops = 0)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_damaged_or_foreign_checkpoints_are_one_line(run_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="is damaged or not a gridrl checkpoint"):
+        gridrl.load_policy(broken)
+    res = runner.invoke(app, ["train", "ieee33", "--out", str(broken), "--resume"])
+    _one_line_error(res, "is damaged or not a gridrl checkpoint")
+    res = runner.invoke(app, ["evaluate", str(broken)])
+    _one_line_error(res, "is damaged or not a gridrl checkpoint")
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    ckpt = torch.load(other / "checkpoint.pt", weights_only=True)
+    ckpt["header"]["layout_version"] = 99
+    torch.save(ckpt, other / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="has checkpoint layout 99"):
+        gridrl.load_policy(other)
+    ckpt["header"]["layout_version"] = 1
+    ckpt["header"]["algo"] = "ippo"
+    torch.save(ckpt, other / "checkpoint.pt")
+    res = runner.invoke(app, ["train", "ieee33", "--out", str(other), "--resume"])
+    _one_line_error(res, "is a ippo checkpoint on ieee33")
+    with pytest.raises(CheckpointError, match="holds no checkpoint.pt"):
+        gridrl.load_policy(tmp_path)
+
+
+def test_nan_in_an_update_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    from gridrl.marl.dppo import DPPO
+
+    real = DPPO._update
+
+    def poisoned(self, advantage, returns):
+        out = real(self, advantage, returns)
+        if self.iteration == 1:  # the second update goes wrong
+            with torch.no_grad():
+                next(self.policy.actor.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(DPPO, "_update", poisoned)
+    out = tmp_path / "nan"
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(out), "--no-progress"])
+    _one_line_error(res, "NaN in the update of iteration 2", "last good checkpoint (iteration 1) is kept")
+    ckpt = read_checkpoint(out)
+    assert ckpt["learner"]["iteration"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["learner"]["policy"].values() if v.is_floating_point())
+    with pytest.raises(TrainingDiverged):
+        cfg = resolve_train_config(read_toml(tiny), source="tiny")
+        train("ieee33", cfg, out=tmp_path / "nan2", progress=False, log=lambda m: None)
