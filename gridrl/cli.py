@@ -285,8 +285,8 @@ def train_cmd(
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, exploration and the days drawn.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/FEEDER-ALGO-seedSEED); must not "
-                                                "exist unless --resume.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default out/runs/FEEDER-ALGO-seedSEED); must "
+                                                "not exist unless --resume.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out from its last checkpoint.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -317,11 +317,14 @@ def train_cmd(
     if out is None:
         if resume:
             raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
-        out = Path("runs") / f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}"
+        from gridrl.io import default_out
+
+        out = default_out("runs", f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}")
     result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
                    log=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
     if result.summary is not None:
-        print_table(format_summary(result.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days")
+        print_table(format_summary(result.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
+                    keys=("feeder", "controller"), full_table=str(out / "compare" / "summary.md"))
     console.print(f"run folder {out} (checkpoint.pt, scalars.csv, tb/, compare/, report.html)", highlight=False)
 
 

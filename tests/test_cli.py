@@ -105,7 +105,7 @@ def test_report_of_a_missing_folder(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert res.exit_code == 2
     assert res.stderr.strip() == (f"error: {tmp_path / 'nope'} does not exist; give the --out folder of a "
-                                  "`gridrl compare` or `gridrl evaluate` run")
+                                  "`gridrl compare`, `gridrl evaluate` or `gridrl train` run")
 
 
 def test_unknown_split_is_one_line():
