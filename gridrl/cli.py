@@ -95,7 +95,7 @@ def feeders_show(
 ) -> None:
     """Details of one feeder, and a self-contained HTML map with zones coloured and inverters marked."""
     from gridrl.grid.feeder import load_feeder
-    from gridrl.grid.plot import feeder_map
+    from gridrl.grid.plot import ZOOM_LABELS_JS, feeder_map
     from gridrl.io import default_out, write_html
 
     feeder = load_feeder(name)
@@ -113,7 +113,7 @@ def feeders_show(
         console.print(f"[bold]{'base case':>12}[/]  published {spec.base_case.loss_kw} kW loss, "
                       f"min {spec.base_case.min_vm_pu} p.u.", highlight=False)
     out = out or default_out("feeders", f"{feeder.name}.html")
-    write_html(feeder_map(feeder), out)
+    write_html(feeder_map(feeder), out, post_script=ZOOM_LABELS_JS)
     console.print(f"map written to {out}")
 
 
@@ -140,7 +140,7 @@ def _show_summary(result, title: str, *, report: bool) -> None:
     print_table(format_summary(result.summary), title=title, keys=("feeder", "controller"),
                 full_table=str(result.out / "summary.md"))
     done = f"{result.ran} cell(s) run" + (f", {result.skipped} already done" if result.skipped else "")
-    files = "summary.md, days.parquet" + (", report.html" if report else "")
+    files = "summary.md, days.parquet, provenance.json" + (", report.html" if report else "")
     console.print(f"{done}; results in {result.out} ({files})", highlight=False)
 
 

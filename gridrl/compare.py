@@ -4,7 +4,8 @@ A comparison is described by one :class:`CompareConfig` (from the CLI or an expe
 lives in one output folder::
 
     OUT/config.json                       what was asked (a different config here is an error)
-    OUT/cells/<feeder>/<controller>/seed<k>/{voltages,steps,days}.parquet
+    OUT/cells/<feeder>/<controller>/seed<k>/{voltages,agents,steps,days}.parquet, controller.json
+    OUT/provenance.json                   who ran what, when, with which gridrl and feeder specs
     OUT/days.parquet                      the tidy table: one row per feeder × controller × seed × day
     OUT/summary.md, OUT/summary.csv       one row per feeder × controller, with the gap to ``opf``
     OUT/report.html                       see :mod:`gridrl.report`
@@ -234,7 +235,7 @@ class Cell:
 
     @property
     def folder(self) -> Path:
-        return Path(self.out) / "cells" / _safe(self.feeder) / _safe(self.controller.key) / f"seed{self.seed}"
+        return cell_folder(self.out, self.feeder, self.controller.key, self.seed)
 
     @property
     def done(self) -> bool:
@@ -256,6 +257,11 @@ def _cell_identity(folder: Path) -> str | None:
         return None
 
 
+def cell_folder(out: str | Path, feeder: str, controller: str, seed: int) -> Path:
+    """Where the cell of ``feeder`` × ``controller`` (its label) × ``seed`` keeps its tables."""
+    return Path(out) / "cells" / _safe(feeder) / _safe(controller) / f"seed{seed}"
+
+
 def _readable(path: Path) -> bool:
     import pyarrow.parquet as pq
 
@@ -275,7 +281,7 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     from gridrl.control import make_controller
     from gridrl.evaluate import check_days, evaluate
     from gridrl.grid.feeder import load_feeder
-    from gridrl.io import write_parquet, write_text
+    from gridrl.io import write_json, write_parquet, write_text
 
     feeder = load_feeder(cell.feeder)
     days = check_days(feeder, cell.split, cell.days)
@@ -295,7 +301,10 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, days)
     ev = evaluate(feeder, ctrl, split=cell.split, days=days, seed=cell.seed, num_envs=cell.num_envs,
                   voltage_days=[rday], env_config=env_config, progress=progress)
+    if callable(getattr(ctrl, "describe", None)):  # its settings, e.g. the droop curve the report draws
+        write_json(cell.folder / "controller.json", ctrl.describe())
     write_parquet(cell.folder / "voltages.parquet", ev.voltages)
+    write_parquet(cell.folder / "agents.parquet", ev.agents)
     write_parquet(cell.folder / "steps.parquet", ev.steps)
     write_parquet(cell.folder / "days.parquet", ev.days)
     if cell.identity is not None:
@@ -382,6 +391,7 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     from tqdm import tqdm
 
     from gridrl.io import atomic_write, default_out, write_html, write_parquet, write_text
+    from gridrl.provenance import read_provenance, record_run
 
     problems = config_problems(config)
     if problems:
@@ -393,6 +403,8 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     prepare_out(config, out)
     cells = cells_of(config, out)
     todo = [c for c in cells if not c.done]
+    if todo or read_provenance(out) is None:  # before running, so an interrupted run is on record too
+        record_run(out, config=config.identity(), feeders=_feeder_specs(config.feeders), cells_to_run=len(todo))
     steps_per_cell = _steps_per_cell(config)
     bar = tqdm(total=len(todo) * steps_per_cell, unit="step", disable=not progress or not todo, file=sys.stderr,
                dynamic_ncols=True)
@@ -413,6 +425,17 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     return CompareResult(out=out, days=days, summary=summary, ran=len(todo), skipped=len(cells) - len(todo))
 
 
+def _feeder_specs(names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Each feeder's spec file and content hash, for provenance."""
+    from gridrl.grid.feeder import resolve_spec
+
+    specs = {}
+    for name in names:
+        spec = resolve_spec(name)
+        specs[name] = {"spec_hash": spec.content_hash(), "spec_file": spec.path, "source": spec.source.case}
+    return specs
+
+
 def _steps_per_cell(config: CompareConfig) -> int:
     from gridrl.env import EnvConfig
 
@@ -423,7 +446,8 @@ def _steps_per_cell(config: CompareConfig) -> int:
 
 
 def collect(out: str | Path, cells: Sequence[Cell] | None = None, table: str = "days") -> pd.DataFrame:
-    """One table (``days``, ``steps`` or ``voltages``) of every finished cell under ``out``."""
+    """One table (``days``, ``steps``, ``voltages`` or ``agents``) of every finished cell under ``out``
+    (cells written before a table existed simply lack it)."""
     out = Path(out)
     files = ([c.folder / f"{table}.parquet" for c in cells] if cells is not None
              else sorted((out / "cells").glob(f"*/*/seed*/{table}.parquet")))
@@ -539,9 +563,27 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n" + SUMMARY_LEGEND + "\n"
 
 
-SUMMARY_LEGEND = (
-    "controllable: share of steps with every monitored bus in the band; out of band %: share of "
-    "monitored bus-steps outside it; mean/max |v−1| in p.u. over monitored bus-steps; loss MWh: branch "
-    "losses over all days (mean over seeds); gap to opf %: extra loss relative to the centralized "
-    "optimum; reactive MVArh: Σ|q| of all inverters over time; floats/agent/step: communication; "
-    "flagged steps: unsettled droop/OPF iterations, band infeasible, or diverged power flow.")
+#: What each summary column means, in the words a grid engineer would look for (summary.md, the report).
+SUMMARY_GLOSSARY = {
+    "feeder": "the feeder (see `gridrl feeders`).",
+    "controller": "none: inverters at q = 0; droop-PRESET: a volt-var curve at each inverter from its own bus "
+                  "voltage, settled within each step; opf: the centralized optimum with full information at "
+                  "every step (minimum losses, every bus in the band); trained policies by their run name.",
+    "days": "days evaluated, each a whole day from midnight.",
+    "controllable_rate": "share of steps at which every monitored bus is inside the band (MAPDN's controllable "
+                         "rate, without its 0.1 % tolerance).",
+    "out_of_band_pct": "share of monitored bus-steps outside the band, in %.",
+    "mean_abs_dv_pu": "mean deviation from 1 p.u. over monitored bus-steps, in p.u.",
+    "max_abs_dv_pu": "largest deviation from 1 p.u. at any monitored bus and step, in p.u.",
+    "energy_loss_mwh": "energy lost in lines and transformers over all days, in MWh (mean over seeds).",
+    "loss_gap_to_opf_pct": "extra energy loss relative to opf on the same feeder and days, in %.",
+    "reactive_energy_mvarh": "Σ|q| of all inverters integrated over time, in MVArh: how hard the inverters work.",
+    "communication": "numbers each agent sends per step to compute the actions, averaged over agents: 0 for "
+                     "local rules (none, droop); for opf the measurements sent to the central solver (every "
+                     "load's P and Q, every inverter's PV power) plus one setpoint back per agent, divided by "
+                     "the number of agents; for learners, messages to neighbours on the agent graph.",
+    "flagged_steps": "steps to look at: a droop fixed point or OPF iteration stopped at its iteration cap, "
+                     "the band could not be met by any admissible action, or the power flow diverged.",
+}
+
+SUMMARY_LEGEND = "\n".join(f"- **{SUMMARY_COLUMNS[k]}**: {v}" for k, v in SUMMARY_GLOSSARY.items())

@@ -2,8 +2,9 @@
 
 :func:`evaluate` runs every requested day of a split as one batch through the batched
 environment (B = number of days, each scenario one full day from midnight) and returns an
-:class:`Evaluation`: one row per day, one row per step, and the voltage of every bus at every
-step of a few chosen days (for heat maps). Nothing is written here; see :mod:`gridrl.compare`.
+:class:`Evaluation`: one row per day, one row per step, and for a few chosen days (the report's
+detail day) the voltage of every bus and the power of every agent's inverters at every step.
+Nothing is written here; see :mod:`gridrl.compare`.
 
 Metrics (monitored buses only, the feeder's band unless the environment config says otherwise):
 
@@ -73,17 +74,23 @@ class Evaluation:
 
     days: one row per day (columns :data:`DAY_COLUMNS`).
     steps: one row per day and step: ``day, step, hour, loss_mw, v_min_pu, v_max_pu,
-        share_out_of_band, controllable, q_abs_mvar, unsettled, infeasible, converged`` (plus
-        ``feeder, controller, seed``); measurements in float32. Loads and PV are the feeder's
-        profiles (``feeder.profiles``), the same for every controller, and are not repeated here.
+        share_out_of_band, controllable, q_abs_mvar, q_mvar, pv_p_mw, load_p_mw, unsettled,
+        infeasible, converged`` (plus ``feeder, controller, seed``); ``q_mvar`` is the signed sum
+        over inverters (positive injects), ``pv_p_mw`` the PV output of all inverters and
+        ``load_p_mw`` the total load of the step, the same for every controller; measurements in
+        float32.
     voltages: ``day, step, bus, monitored, vm_pu`` of every bus at every step of the
         ``voltage_days`` (plus ``feeder, controller, seed``); ``monitored`` marks the buses the
         band applies to; float32 to keep files small.
+    agents: ``day, step, agent, p_mw, q_mvar, q_avail_mvar, vm_pu`` of every agent at every
+        step of the ``voltage_days``: its inverters' PV output, reactive power (positive
+        injects) and headroom summed, and the voltage at its own bus; float32.
     """
 
     days: pd.DataFrame
     steps: pd.DataFrame
     voltages: pd.DataFrame
+    agents: pd.DataFrame
 
 
 def evaluate(feeder, controller, *, split: str = "test", days: Sequence[int] | None = None, seed: int = 0,
@@ -96,7 +103,8 @@ def evaluate(feeder, controller, *, split: str = "test", days: Sequence[int] | N
         One with ``reads_messages = True`` (a trained policy) is also given ``message_mask``, the
         ``info["message_mask"]`` that came with ``obs`` (``None`` before the first step).
     num_envs: days per batch (default: all days in one batch).
-    voltage_days: days whose per-bus voltages are kept in ``Evaluation.voltages``.
+    voltage_days: days whose per-bus voltages and per-agent powers are kept in
+        ``Evaluation.voltages`` and ``Evaluation.agents``.
     env_config: an :class:`~gridrl.env.EnvConfig`; days always start at midnight and last 24 h.
     progress: called with the number of environment steps just taken (for progress bars).
     """
@@ -109,20 +117,21 @@ def evaluate(feeder, controller, *, split: str = "test", days: Sequence[int] | N
     cfg = dataclasses.replace(cfg, start_hour=0.0, episode_hours=24.0, day_sampling="cycle")
     batch = len(day_list) if not num_envs else min(int(num_envs), len(day_list))
     keep_v = set(int(d) for d in voltage_days)
-    day_rows, step_frames, volt_frames = [], [], []
+    day_rows, step_frames, volt_frames, agent_frames = [], [], [], []
     for start in range(0, len(day_list), batch):
         chunk = day_list[start:start + batch]
         t0 = time.perf_counter()
         env = make_env(feeder, split=split, num_envs=len(chunk), seed=seed, days=chunk, config=cfg)
         rec = _rollout(env, controller, chunk, progress)
         seconds = (time.perf_counter() - t0) / len(chunk)
-        d, s, v = _tables(feeder, env, controller, chunk, rec, keep_v, seconds)
+        d, s, v, a = _tables(feeder, env, controller, chunk, rec, keep_v, seconds)
         day_rows.append(d)
         step_frames.append(s)
         volt_frames.append(v)
+        agent_frames.append(a)
     label = {"feeder": feeder.name, "controller": controller.name, "seed": int(seed)}
     out = []
-    for frames in (day_rows, step_frames, volt_frames):
+    for frames in (day_rows, step_frames, volt_frames, agent_frames):
         df = pd.concat(frames, ignore_index=True)
         for i, (k, v) in enumerate(label.items()):
             df.insert(i, k, v)
@@ -137,12 +146,14 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
     if hasattr(controller, "reset"):
         controller.reset()
     keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged")
-    rec: dict[str, list] = {k: [] for k in (*keys, "vm_pu", "unsettled", "infeasible")}
+    per_inverter = ("q_mvar", "p_mw", "q_avail_mvar")
+    rec: dict[str, list] = {k: [] for k in (*keys, *per_inverter, "vm_pu", "load_p_mw", "unsettled", "infeasible")}
     batch = env.num_envs
     # trained policies read which neighbours' messages arrived with the observation
     messages = getattr(controller, "reads_messages", False)
     mask = None
     for _ in range(env.episode_steps):
+        rec["load_p_mw"].append(_np(env.pending()["load_p_mw"]).sum(axis=1))
         with torch.no_grad():
             actions = controller.act(obs, env=env, message_mask=mask) if messages else controller.act(obs, env=env)
         obs, _, done, info = env.step(actions)
@@ -150,7 +161,8 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
             mask = info["message_mask"]
         for k in keys:
             rec[k].append(_np(info[k]))
-        rec["vm_pu"].append(_np(info["vm_pu"]).astype(np.float32))
+        for k in ("vm_pu", *per_inverter):
+            rec[k].append(_np(info[k]).astype(np.float32))
         li = getattr(controller, "last_info", None) or {}
         for k in ("unsettled", "infeasible"):
             rec[k].append(np.asarray(li.get(k, np.zeros(batch, dtype=bool)), dtype=bool))
@@ -205,6 +217,9 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
         "share_out_of_band": rec["out_of_band_share"].T.ravel(),
         "controllable": rec["controllable"].astype(bool).T.ravel(),
         "q_abs_mvar": rec["q_abs_mvar"].T.ravel(),
+        "q_mvar": rec["q_mvar"].sum(axis=2, dtype=np.float64).T.ravel(),
+        "pv_p_mw": rec["p_mw"].sum(axis=2, dtype=np.float64).T.ravel(),
+        "load_p_mw": rec["load_p_mw"].T.ravel(),
         "unsettled": rec["unsettled"].T.ravel(),
         "infeasible": rec["infeasible"].T.ravel(),
         "converged": conv.T.ravel(),
@@ -226,4 +241,33 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
     volts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         {"day": pd.Series(dtype=np.int64), "step": pd.Series(dtype=np.int64), "bus": pd.Series(dtype=np.int64),
          "monitored": pd.Series(dtype=bool), "vm_pu": pd.Series(dtype=np.float32)})
-    return pd.DataFrame(day_rows), steps, volts
+    return pd.DataFrame(day_rows), steps, volts, _agent_table(env, days, rec, keep_v)
+
+
+def _agent_table(env, days, rec, keep_v) -> pd.DataFrame:
+    """Per-agent p, q, headroom and own-bus voltage at every step of the kept days."""
+    n_steps = rec["loss_mw"].shape[0]
+    agents = np.asarray(env.agents, dtype=object)
+    of_inverter = _np(env.inverter_agent)
+    own_bus = _np(env.agent_bus_pos)
+    frames = []
+    for b, day in enumerate(days):
+        if int(day) not in keep_v:
+            continue
+        cols = {}
+        for k in ("p_mw", "q_mvar", "q_avail_mvar"):
+            per_agent = np.zeros((n_steps, len(agents)), dtype=np.float64)
+            np.add.at(per_agent, (slice(None), of_inverter), rec[k][:, b, :])  # [T, N]: an agent's inverters summed
+            cols[k] = per_agent.ravel().astype(np.float32)
+        frames.append(pd.DataFrame({
+            "day": np.int64(day),
+            "step": np.repeat(np.arange(n_steps), len(agents)),
+            "agent": np.tile(agents, n_steps),
+            **cols,
+            "vm_pu": rec["vm_pu"][:, b, own_bus].ravel().astype(np.float32),
+        }))
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    return pd.DataFrame({"day": pd.Series(dtype=np.int64), "step": pd.Series(dtype=np.int64),
+                         "agent": pd.Series(dtype=object),
+                         **{k: pd.Series(dtype=np.float32) for k in ("p_mw", "q_mvar", "q_avail_mvar", "vm_pu")}})

@@ -84,8 +84,11 @@ def write_parquet(path: str | os.PathLike, df) -> Path:
     return atomic_write(path, lambda p: df.to_parquet(p, index=False))
 
 
-def write_html(fig_or_html, path: str | os.PathLike) -> Path:
-    """Write a plotly figure (plotly.js embedded: opens offline) or an HTML string atomically."""
+def write_html(fig_or_html, path: str | os.PathLike, *, post_script: str | None = None) -> Path:
+    """Write a plotly figure (plotly.js embedded: opens offline) or an HTML string atomically.
+
+    post_script: JavaScript run after the figure is drawn (plotly fills in ``{plot_id}``)."""
     if isinstance(fig_or_html, str):
         return write_text(path, fig_or_html)
-    return atomic_write(path, lambda p: fig_or_html.write_html(str(p), include_plotlyjs=True, full_html=True))
+    return atomic_write(path, lambda p: fig_or_html.write_html(str(p), include_plotlyjs=True, full_html=True,
+                                                               post_script=post_script))

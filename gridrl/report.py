@@ -1,12 +1,24 @@
 """Self-contained HTML reports of comparisons and evaluations (plotly.js embedded: opens offline).
 
-The report of a results folder (see :mod:`gridrl.compare`) has a summary section and one
-section per feeder: energy loss and violations by controller, the min/max voltage envelope
-against the band, losses over the day, and a voltage heat map (bus × time) per controller, all
-for the feeder's report day. Figure functions take tidy DataFrames and return plotly figures;
-:func:`render` turns a list of :class:`Section` into one HTML page, so other parts of gridrl
-(learners' training curves) add a section without touching the rest. Writing the file happens
-at the edge (``gridrl report``, :func:`gridrl.compare.run_compare`).
+The report of a results folder (see :mod:`gridrl.compare`) answers, per feeder, what a grid
+engineer asks of a voltage controller:
+
+- how it does over all days (energy loss and violations, every bar labelled) and how that
+  varies from day to day (per-day distributions, the worst day of each controller);
+- on the detail day: where along the feeder the voltage leaves the band (voltage against
+  electrical distance from the substation at the day's extreme steps), the min/max envelope and
+  losses over the day, what the inverters did (total and per-agent reactive power beside PV and
+  load, the droop curves with their operating points) and the bus × time heat maps;
+- where the agents sit (the feeder map with zones and the agent graph);
+
+plus a summary table with a glossary of its columns, and the folder's provenance (gridrl
+version and commit, feeder spec hashes, configuration, command lines, dates). The detail day is
+the configuration's ``report_day`` or else the evaluated day with the most PV energy; the report
+says which. Folders written before a table existed get a note in place of the figures that need it.
+
+Figures come from :mod:`gridrl.plots`; :func:`render` turns a list of :class:`Section` into one
+HTML page, so other parts of gridrl (learners' training curves) add a section without touching
+the rest. Writing the file happens at the edge (``gridrl report``, :func:`gridrl.compare.run_compare`).
 """
 
 from __future__ import annotations
@@ -16,15 +28,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from gridrl.errors import GridrlError
+from gridrl.plots import (fig_agent_q, fig_day_distributions, fig_droop_curves, fig_energy_violations, fig_envelope,
+                          fig_heatmaps, fig_inverters_day, fig_loss, fig_voltage_profile)
 
-_PALETTE = ["#636363", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-            "#d62728"]
+__all__ = ["ReportError", "Section", "build_report", "fig_energy_violations", "fig_envelope", "fig_heatmaps",
+           "fig_loss", "render", "results_sections", "summary_table_html"]
 
 
 class ReportError(GridrlError):
@@ -41,93 +56,72 @@ class Section:
 
 
 # --------------------------------------------------------------------------------------------
-# figures: DataFrame in, figure out
+# tables
 # --------------------------------------------------------------------------------------------
 
 
-def _colors(controllers: Sequence[str]) -> dict[str, str]:
-    colors = {}
-    rest = iter(_PALETTE[1:])
-    for c in controllers:
-        colors[c] = _PALETTE[0] if c == "none" else ("#d62728" if c == "opf" else next(rest, "#7f7f7f"))
-    return colors
-
-
-def fig_energy_violations(days: pd.DataFrame, *, title: str = "") -> go.Figure:
-    """Bars by controller: energy loss (MWh, per seed, summed over days) and violation bus-hours."""
-    g = days.groupby("controller", sort=False)
-    n_seeds = g["seed"].nunique()
-    loss = g["energy_loss_mwh"].sum() / n_seeds
-    viol = g["violation_bus_hours"].sum() / n_seeds
-    colors = _colors(list(loss.index))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("energy loss (MWh)", "violations (bus-hours out of band)"))
-    fig.add_trace(go.Bar(x=list(loss.index), y=loss.values, marker_color=[colors[c] for c in loss.index],
-                         name="energy loss", showlegend=False), row=1, col=1)
-    fig.add_trace(go.Bar(x=list(viol.index), y=viol.values, marker_color=[colors[c] for c in viol.index],
-                         name="violations", showlegend=False), row=1, col=2)
-    fig.update_layout(title=title, height=380, margin=dict(t=70, b=40, l=60, r=20))
-    return fig
-
-
-def fig_envelope(steps: pd.DataFrame, *, v_min_pu: float, v_max_pu: float, title: str = "") -> go.Figure:
-    """Lowest and highest monitored bus voltage over the day, per controller, against the band."""
-    fig = go.Figure()
-    colors = _colors(list(dict.fromkeys(steps["controller"])))
-    for ctrl, g in steps.groupby("controller", sort=False):
-        for col, dash in (("v_max_pu", "solid"), ("v_min_pu", "dot")):
-            fig.add_trace(go.Scatter(x=g["hour"], y=g[col], mode="lines", line=dict(color=colors[ctrl], dash=dash),
-                                     name=f"{ctrl} {'max' if col == 'v_max_pu' else 'min'}", legendgroup=ctrl))
-    for v in (v_min_pu, v_max_pu):
-        fig.add_hline(y=v, line=dict(color="black", width=1, dash="dash"))
-    fig.update_layout(title=title, xaxis_title="hour of day", yaxis_title="voltage (p.u.)", height=420,
-                      margin=dict(t=60, b=40, l=60, r=20))
-    return fig
-
-
-def fig_loss(steps: pd.DataFrame, *, title: str = "") -> go.Figure:
-    """Line losses (MW) over the day, per controller."""
-    fig = go.Figure()
-    colors = _colors(list(dict.fromkeys(steps["controller"])))
-    for ctrl, g in steps.groupby("controller", sort=False):
-        fig.add_trace(go.Scatter(x=g["hour"], y=g["loss_mw"], mode="lines", name=ctrl, line=dict(color=colors[ctrl])))
-    fig.update_layout(title=title, xaxis_title="hour of day", yaxis_title="loss (MW)", height=380,
-                      margin=dict(t=60, b=40, l=60, r=20))
-    return fig
-
-
-def fig_heatmaps(voltages: pd.DataFrame, *, v_min_pu: float, v_max_pu: float, title: str = "") -> go.Figure:
-    """Bus voltage over the day (bus × time), one panel per controller, one shared colour scale
-    centred on 1 p.u. and spanning at least the band. ``voltages``: rows of ``controller, step,
-    hour, bus, vm_pu`` (the report passes the monitored buses only)."""
-    ctrls = list(dict.fromkeys(voltages["controller"]))
-    fig = make_subplots(rows=1, cols=len(ctrls), shared_yaxes=True, subplot_titles=ctrls,
-                        horizontal_spacing=0.02)
-    half = max(v_max_pu - 1.0, 1.0 - v_min_pu, float((voltages["vm_pu"] - 1.0).abs().max()))
-    for k, ctrl in enumerate(ctrls, start=1):
-        g = voltages[voltages["controller"] == ctrl]
-        m = g.pivot_table(index="bus", columns="step", values="vm_pu", aggfunc="first").sort_index()
-        hours = g.drop_duplicates("step").set_index("step")["hour"].reindex(m.columns) if "hour" in g else m.columns
-        fig.add_trace(go.Heatmap(z=m.values, x=list(hours), y=[str(b) for b in m.index], coloraxis="coloraxis",
-                                 hovertemplate="bus %{y}<br>hour %{x}<br>%{z:.4f} p.u.<extra>" + ctrl + "</extra>"),
-                      row=1, col=k)
-        fig.update_xaxes(title_text="hour", row=1, col=k)
-    fig.update_yaxes(title_text="bus", type="category", row=1, col=1)
-    fig.update_layout(title=title, height=520, margin=dict(t=80, b=40, l=60, r=20),
-                      coloraxis=dict(colorscale="RdBu_r", cmin=1.0 - half, cmax=1.0 + half, cmid=1.0,
-                                     colorbar=dict(title="p.u.")))
-    return fig
+def _html_table(rows: list[dict[str, Any]], *, left: int = 2) -> str:
+    if not rows:
+        return "<p>(no results)</p>"
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f'<table class="summary left{left}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def summary_table_html(summary: pd.DataFrame) -> str:
     """The comparison summary as an HTML table."""
     from gridrl.compare import format_summary
 
-    rows = format_summary(summary)
-    if not rows:
-        return "<p>(no results)</p>"
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return _html_table(format_summary(summary))
+
+
+def glossary_html() -> str:
+    """What every summary column means."""
+    from gridrl.compare import SUMMARY_COLUMNS, SUMMARY_GLOSSARY
+
+    items = "".join(f"<dt>{html.escape(SUMMARY_COLUMNS[k])}</dt><dd>{html.escape(v)}</dd>"
+                    for k, v in SUMMARY_GLOSSARY.items())
+    return f'<dl class="glossary">{items}</dl>'
+
+
+def _worst_days_html(daily: pd.DataFrame) -> str:
+    """Each controller's worst day: most violation bus-hours, ties (e.g. none at all) broken by
+    the largest deviation from 1 p.u."""
+    rows = []
+    for ctrl, g in daily.groupby("controller", sort=False):
+        w = g.sort_values(["violation_bus_hours", "max_abs_dv_pu"], ascending=False, kind="stable").iloc[0]
+        rows.append({"controller": ctrl, "worst day": f"{int(w['day'])} ({w['date']})",
+                     "violations (bus-h)": f"{w['violation_bus_hours']:.3g}",
+                     "max |v−1| (p.u.)": f"{w['max_abs_dv_pu']:.4f}",
+                     "lowest / highest v (p.u.)": f"{w['v_min_pu']:.4f} / {w['v_max_pu']:.4f}",
+                     "loss (MWh)": f"{w['energy_loss_mwh']:.3f}",
+                     "days with violations": f"{int((g['violation_bus_hours'] > 0).sum())} of {len(g)}"})
+    return _html_table(rows, left=2)
+
+
+def _provenance_html(out: Path) -> str:
+    from gridrl.provenance import read_provenance
+
+    prov = read_provenance(out)
+    if prov is None:
+        return ("<p>This folder has no <code>provenance.json</code> (written by gridrl versions before it was "
+                "recorded); its configuration is in <code>config.json</code>.</p>")
+    runs = []
+    for r in prov.get("runs", []):
+        git = r.get("git") or {}
+        commit = (git.get("commit") or "")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+        runs.append({"date (UTC)": r.get("date_utc", ""), "command": r.get("command", ""),
+                     "gridrl": r.get("gridrl_version", ""), "commit": commit or "not a git checkout",
+                     "cells run": r.get("cells_to_run", "")})
+    feeders = [{"feeder": name, "spec hash": f.get("spec_hash", ""), "spec file": f.get("spec_file", ""),
+                "source": f.get("source", "")} for name, f in prov.get("feeders", {}).items()]
+    packages = ", ".join(f"{k} {v}" for k, v in ((prov.get("runs") or [{}])[-1].get("packages") or {}).items() if v)
+    warn = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in prov.get("warnings", []))
+    config = html.escape(json.dumps(prov.get("config", {}), indent=2, sort_keys=True))
+    return (warn + "<h3>Runs into this folder</h3>" + _html_table(runs, left=5)
+            + "<h3>Feeder specs</h3>" + _html_table(feeders, left=4)
+            + (f"<p>Packages of the latest run: {html.escape(packages)}.</p>" if packages else "")
+            + f"<details><summary>Configuration</summary><pre>{config}</pre></details>")
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,70 +129,21 @@ def summary_table_html(summary: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _band(feeder: str) -> tuple[float, float]:
-    from gridrl.grid.feeder import resolve_spec
-
-    try:
-        v = resolve_spec(feeder).voltage
-        return float(v.v_min_pu), float(v.v_max_pu)
-    except GridrlError:
-        return 0.95, 1.05
-
-
-def results_sections(results_dir: str | Path) -> list[Section]:
-    """The summary and per-feeder sections of a comparison or evaluation folder."""
-    from gridrl.compare import collect, summarize
-
-    out = Path(results_dir)
-    days = collect(out, table="days")
-    if days.empty:
-        raise ReportError(f"{out} holds no results (no cells/*/*/seed*/days.parquet); run `gridrl compare` "
-                          f"or `gridrl evaluate` with --out {out} first")
-    order = _config_order(out)
-    days = _ordered(days, order)
-    steps = _ordered(collect(out, table="steps"), order)
-    volts = _ordered(collect(out, table="voltages"), order)
-    summary = summarize(days)
-    n_days = days.groupby("feeder")["day"].nunique()
-    intro = ("Every controller ran the same days; rates and |v − 1| are over all monitored bus-steps, energies are "
-             "summed over the days (averaged over seeds). The loss gap is relative to the centralized optimum "
-             "(<code>opf</code>). Flagged steps: droop fixed points or OPF iterations that did not settle, steps "
-             "where the band could not be met, and diverged power flows.")
-    sections = [Section("Summary", (summary_table_html(summary),), intro)]
-    for feeder in dict.fromkeys(days["feeder"]):
-        v_min, v_max = _band(feeder)
-        fd = days[days["feeder"] == feeder]
-        fv = volts[volts["feeder"] == feeder] if not volts.empty else volts
-        day = int(fv["day"].mode().iloc[0]) if not fv.empty else int(fd["day"].iloc[0])
-        fs = steps[(steps["feeder"] == feeder) & (steps["day"] == day) & (steps["seed"] == steps["seed"].min())]
-        date = fd.loc[fd["day"] == day, "date"].iloc[0] if (fd["day"] == day).any() else ""
-        parts: list[go.Figure | str] = [
-            fig_energy_violations(fd, title=f"{feeder}: {n_days[feeder]} days"),
-            fig_envelope(fs, v_min_pu=v_min, v_max_pu=v_max,
-                         title=f"{feeder}, day {day} ({date}): lowest and highest bus voltage"),
-            fig_loss(fs, title=f"{feeder}, day {day} ({date}): line losses"),
-        ]
-        if not fv.empty:
-            fvd = fv[(fv["day"] == day) & (fv["seed"] == fv["seed"].min())]
-            if "monitored" in fvd:
-                fvd = fvd[fvd["monitored"]]
-            hours = fs[["controller", "step", "hour"]]
-            fvd = fvd.merge(hours, on=["controller", "step"], how="left")
-            parts.append(fig_heatmaps(fvd, v_min_pu=v_min, v_max_pu=v_max,
-                                      title=f"{feeder}, day {day} ({date}): voltages of the monitored buses"))
-        sections.append(Section(f"Feeder {feeder}", tuple(parts),
-                                f"Band {v_min:g}–{v_max:g} p.u.; detailed plots show day {day} ({date})."))
-    return sections
-
-
-def _config_order(out: Path) -> tuple[list[str], list[str]]:
-    """Feeders and controller labels in the order the comparison listed them."""
+def _config(out: Path) -> dict[str, Any]:
     try:
         cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        from gridrl.compare import ControllerSpec
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
+
+def _config_order(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Feeders and controller labels in the order the comparison listed them."""
+    from gridrl.compare import ControllerSpec
+
+    try:
         return list(cfg.get("feeders", [])), [ControllerSpec(**c).key for c in cfg.get("controllers", [])]
-    except (OSError, ValueError, TypeError):
+    except TypeError:
         return [], []
 
 
@@ -214,10 +159,168 @@ def _ordered(df: pd.DataFrame, order: tuple[list[str], list[str]]) -> pd.DataFra
             .reset_index(drop=True))
 
 
+def _load(feeder: str):
+    from gridrl.grid.feeder import load_feeder
+
+    try:
+        return load_feeder(feeder)
+    except GridrlError:
+        return None
+
+
+def _curves(out: Path, feeder: str, cfg: dict[str, Any], controllers: Sequence[str], seed: int) -> dict[str, dict]:
+    """Volt-var curves of the droop controllers: from each cell's controller.json, else the config."""
+    from gridrl.compare import ControllerSpec, cell_folder
+    from gridrl.control.droop import resolve_curve
+
+    curves = {}
+    for ctrl in controllers:
+        try:
+            d = json.loads((cell_folder(out, feeder, ctrl, seed) / "controller.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict) and {"v_pu", "q", "reference"} <= set(d):
+            curves[ctrl] = {"v_pu": d["v_pu"], "q": d["q"], "reference": d["reference"]}
+    for c in cfg.get("controllers", []):
+        try:
+            spec = ControllerSpec(**c)
+            if spec.name == "droop" and spec.key in controllers and spec.key not in curves:
+                _, curve = resolve_curve(spec.preset, spec.curve)
+                curves[spec.key] = {"v_pu": list(curve.v_pu), "q": list(curve.q), "reference": curve.reference}
+        except (TypeError, GridrlError):
+            continue
+    return curves
+
+
+def results_sections(results_dir: str | Path) -> list[Section]:
+    """The summary, per-feeder and provenance sections of a comparison or evaluation folder."""
+    from gridrl.compare import collect, summarize
+
+    out = Path(results_dir)
+    days = collect(out, table="days")
+    if days.empty:
+        raise ReportError(f"{out} holds no results (no cells/*/*/seed*/days.parquet); run `gridrl compare` "
+                          f"or `gridrl evaluate` with --out {out} first")
+    cfg = _config(out)
+    order = _config_order(cfg)
+    days = _ordered(days, order)
+    tables = {t: _ordered(collect(out, table=t), order) for t in ("steps", "voltages", "agents")}
+    intro = ("Every controller ran the same days; rates and |v − 1| are over all monitored bus-steps, energies are "
+             "summed over the days (averaged over seeds). The loss gap is relative to the centralized optimum "
+             "(<code>opf</code>). The glossary below says what each column counts.")
+    sections = [Section("Summary", (summary_table_html(summarize(days)), glossary_html()), intro)]
+    for feeder in dict.fromkeys(days["feeder"]):
+        sections.append(_feeder_section(out, feeder, days[days["feeder"] == feeder],
+                                        {t: (df[df["feeder"] == feeder] if not df.empty else df)
+                                         for t, df in tables.items()}, cfg))
+    sections.append(Section("Provenance", (_provenance_html(out),),
+                            "Where these results came from, so that they can be reproduced or told apart."))
+    return sections
+
+
+def _feeder_section(out: Path, name: str, fd: pd.DataFrame, t: dict[str, pd.DataFrame], cfg: dict) -> Section:
+    from gridrl.grid.feeder import resolve_spec
+
+    feeder = _load(name)
+    try:
+        volt = resolve_spec(name).voltage
+        v_min, v_max = float(volt.v_min_pu), float(volt.v_max_pu)
+    except GridrlError:
+        v_min, v_max = 0.95, 1.05
+    steps, volts, agents = t["steps"], t["voltages"], t["agents"]
+    seed = int(fd["seed"].min())
+    day = int(volts["day"].mode().iloc[0]) if not volts.empty else int(fd["day"].iloc[0])
+    date = fd.loc[fd["day"] == day, "date"].iloc[0] if (fd["day"] == day).any() else ""
+    why = ("set by the configuration's <code>report_day</code>" if cfg.get("report_day") is not None
+           else "the evaluated day with the most PV energy, where voltage rise is worst")
+    ctrls = list(dict.fromkeys(fd["controller"]))
+    fs = steps[(steps["day"] == day) & (steps["seed"] == seed)] if not steps.empty else steps
+    hours = dict(zip(fs["step"], fs["hour"])) if not fs.empty else {}
+    parts: list[go.Figure | str] = [fig_energy_violations(fd, title=f"{name}: {fd['day'].nunique()} days, all "
+                                                                    f"controllers")]
+
+    parts.append("<h3>How it varies across days</h3>")
+    if not steps.empty:
+        extremes = (steps.groupby(["controller", "seed", "day"], sort=False)
+                    .agg(v_min_pu=("v_min_pu", "min"), v_max_pu=("v_max_pu", "max")).reset_index())
+        daily = fd.merge(extremes, on=["controller", "seed", "day"], how="left")
+        parts += [fig_day_distributions(daily, v_min_pu=v_min, v_max_pu=v_max, detail_day=day,
+                                        title=f"{name}: every day of the split (ringed: the detail day {day})"),
+                  "<p>Each controller's worst day: the most bus-hours outside the band, or where none has any, "
+                  "the largest deviation from 1 p.u.</p>", _worst_days_html(daily)]
+
+    parts.append(f"<h3>The detail day: day {day} ({html.escape(str(date))})</h3>")
+    fv = volts[(volts["day"] == day) & (volts["seed"] == seed)] if not volts.empty else volts
+    if feeder is not None and not fv.empty and not fs.empty:
+        parts.append(_profile_figure(feeder, fv, fs, ctrls, hours, v_min, v_max, name, day, date))
+    if not fs.empty:
+        parts += [fig_envelope(fs, v_min_pu=v_min, v_max_pu=v_max,
+                               title=f"{name}, day {day} ({date}): lowest and highest bus voltage"),
+                  fig_loss(fs, title=f"{name}, day {day} ({date}): line losses")]
+
+    parts.append("<h3>What the inverters did</h3>")
+    fa = agents[(agents["day"] == day) & (agents["seed"] == seed)] if not agents.empty else agents
+    if not fs.empty and {"q_mvar", "pv_p_mw", "load_p_mw"} <= set(fs.columns):
+        parts.append(fig_inverters_day(fs, title=f"{name}, day {day} ({date}): PV, load and the inverters' "
+                                                 f"reactive power"))
+    if not fa.empty:
+        parts.append(fig_agent_q(fa, hours=hours, title=f"{name}, day {day} ({date}): reactive power per agent"))
+        curves = _curves(out, name, cfg, ctrls, seed)
+        if curves and feeder is not None:
+            parts.append(fig_droop_curves(curves, _curve_points(feeder, fa, curves), v_min_pu=v_min, v_max_pu=v_max,
+                                          title=f"{name}: droop curves in use, with day {day}'s operating points"))
+    else:
+        parts.append("<p class=\"note\">Per-agent reactive power is not in this folder (written before gridrl "
+                     "kept it); re-run the comparison into a new folder to see it.</p>")
+
+    if not fv.empty:
+        fvd = fv[fv["monitored"]] if "monitored" in fv else fv
+        fvd = fvd.merge(fs[["controller", "step", "hour"]], on=["controller", "step"], how="left")
+        parts.append(fig_heatmaps(fvd, v_min_pu=v_min, v_max_pu=v_max,
+                                  title=f"{name}, day {day} ({date}): voltages of the monitored buses"))
+    if feeder is not None:
+        from gridrl.grid.plot import feeder_map
+
+        parts += ["<h3>Where the agents are</h3>", feeder_map(feeder)]
+    intro = (f"Band {v_min:g}–{v_max:g} p.u. The detail day is day {day} ({html.escape(str(date))}): {why}.")
+    return Section(f"Feeder {name}", tuple(parts), intro)
+
+
+def _profile_figure(feeder, fv, fs, ctrls, hours, v_min, v_max, name, day, date) -> go.Figure:
+    """Voltage against electrical distance at the reference controller's extreme steps of the day."""
+    from gridrl.grid.distance import electrical_distance
+
+    ref = "none" if "none" in ctrls else ctrls[0]
+    r = fs[fs["controller"] == ref]
+    at = {f"highest voltage ({ref})": int(r.loc[r["v_max_pu"].idxmax(), "step"]),
+          f"lowest voltage ({ref})": int(r.loc[r["v_min_pu"].idxmin(), "step"])}
+    dist = electrical_distance(feeder)
+    inv = feeder.inverters.drop_duplicates("bus")
+    return fig_voltage_profile(fv[fv["step"].isin(list(at.values()))], dist.table, steps=at, hours=hours,
+                               v_ref_kv=dist.v_ref_kv, v_min_pu=v_min, v_max_pu=v_max,
+                               agent_buses=dict(zip(inv["bus"], inv["agent"])),
+                               title=f"{name}, day {day} ({date}): voltage along the feeder at the steps of the "
+                                     f"highest and lowest voltage without control")
+
+
+def _curve_points(feeder, agents: pd.DataFrame, curves: dict[str, dict]) -> pd.DataFrame:
+    """Each droop agent-step as (own-bus voltage, q as a share of its curve's reference)."""
+    s_max = feeder.inverters.groupby("agent")["s_max_mva"].sum()
+    frames = []
+    for ctrl, c in curves.items():
+        a = agents[agents["controller"] == ctrl]
+        ref = a["q_avail_mvar"] if c["reference"] == "q_avail" else a["agent"].map(s_max)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.where(ref > 0, a["q_mvar"] / ref, np.nan)
+        frames.append(pd.DataFrame({"controller": ctrl, "vm_pu": a["vm_pu"], "q_frac": frac}).dropna())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["controller", "vm_pu", "q_frac"])
+
+
 def build_report(results_dir: str | Path, *, extra_sections: Sequence[Section] = (), title: str | None = None) -> str:
     """The HTML report of a results folder (plus ``extra_sections``) as a string."""
     out = Path(results_dir)
-    sections = results_sections(out) + list(extra_sections)
+    sections = results_sections(out)
+    sections = sections[:-1] + list(extra_sections) + sections[-1:]  # provenance stays last
     return render(sections, title=title or f"gridrl — {out.name or out.resolve().name}")
 
 
@@ -229,10 +332,15 @@ _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1400px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.3em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-table.summary { border-collapse: collapse; font-size: .9em; }
+h3 { font-size: 1.1em; margin-top: 1.6em; }
+table.summary { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 table.summary th, table.summary td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
 table.summary th { background: #f3f3f3; }
-table.summary td:nth-child(-n+2) { text-align: left; }
+table.left2 td:nth-child(-n+2), table.left4 td:nth-child(-n+4), table.left5 td:nth-child(-n+5) { text-align: left; }
+dl.glossary { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; font-size: .9em; }
+dl.glossary dt { font-weight: 600; } dl.glossary dd { margin: 0; }
+.note { color: #666; font-style: italic; } .warning { color: #b00; font-weight: 600; }
+pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .85em; }
 .figure { margin: 1em 0; }
 """
 
@@ -240,6 +348,8 @@ table.summary td:nth-child(-n+2) { text-align: left; }
 def render(sections: Sequence[Section], *, title: str = "gridrl report") -> str:
     """Sections as one self-contained HTML page: plotly.js is embedded once, no network needed."""
     from plotly.offline import get_plotlyjs
+
+    from gridrl.grid.plot import ZOOM_LABELS_JS
 
     body = [f"<h1>{html.escape(title)}</h1>"]
     n = 0
@@ -250,8 +360,10 @@ def render(sections: Sequence[Section], *, title: str = "gridrl report") -> str:
         for part in sec.parts:
             if isinstance(part, go.Figure):
                 n += 1
+                meta = part.layout.meta if isinstance(part.layout.meta, dict) else {}
                 snippet = part.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{n}",
-                                       config={"displaylogo": False, "responsive": True})
+                                       config={"displaylogo": False, "responsive": True},
+                                       post_script=ZOOM_LABELS_JS if "zoom_labels" in meta else None)
                 body.append(f'<div class="figure">{snippet}</div>')
             else:
                 body.append(str(part))

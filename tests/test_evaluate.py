@@ -67,6 +67,27 @@ def test_evaluate_tables_are_consistent(feeder, day):
     np.testing.assert_allclose(vv, mon_max, atol=1e-6)
 
 
+def test_agent_table_adds_up_to_the_feeder(feeder, day):
+    """The per-agent table of the detail day agrees with the per-step totals, the inverter limits,
+    the bus voltages and the feeder's profiles."""
+    ev = evaluate(feeder, make_controller("droop", feeder, preset="mapdn"), days=[day], voltage_days=[day])
+    a, s, v = ev.agents, ev.steps, ev.voltages
+    assert len(a) == 96 * len(feeder.agents) and a["agent"].tolist()[:len(feeder.agents)] == list(feeder.agents)
+    assert a["q_mvar"].dtype == np.float32
+    by_step = a.groupby("step")[["q_mvar", "p_mw"]].sum()
+    np.testing.assert_allclose(by_step["q_mvar"], s["q_mvar"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_step["p_mw"], s["pv_p_mw"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.groupby("step")["q_mvar"].apply(lambda q: q.abs().sum()), s["q_abs_mvar"],
+                               rtol=1e-5, atol=1e-5)
+    assert (a["q_mvar"].abs() <= a["q_avail_mvar"] + 1e-5).all()
+    assert (a["q_mvar"] < 0).any(), "the sunny day pushes mapdn's droop to absorb"
+    bus_of = feeder.inverters.drop_duplicates("agent").set_index("agent")["bus"]
+    own = v.merge(a.assign(bus=a["agent"].map(bus_of)), on=["step", "bus"], suffixes=("_bus", "_agent"))
+    np.testing.assert_array_equal(own["vm_pu_bus"], own["vm_pu_agent"])
+    prof = feeder.profiles
+    np.testing.assert_allclose(s["load_p_mw"], prof.load_p_mw[prof.day_steps(day)].sum(axis=1), rtol=1e-5)
+
+
 def test_days_outside_the_split_are_refused(feeder):
     with pytest.raises(DaysNotInSplit) as exc:
         evaluate(feeder, make_controller("none", feeder), days=[0, 1, 2])
@@ -95,13 +116,32 @@ def test_compare_writes_tidy_results_and_summary(small):
     assert s.loc["opf", "communication"] > 0 and s.loc["none", "communication"] == 0
     md = (out / "summary.md").read_text()
     assert md.startswith("| feeder | controller | days | controllable | out of band % |") and "| ieee33 | opf |" in md
+    assert "- **floats/agent/step**: numbers each agent sends per step" in md, "the glossary follows the table"
     assert json.loads((out / "config.json").read_text())["feeders"] == ["ieee33"]
+    droop = json.loads((out / "cells" / "ieee33" / "droop-mapdn" / "seed0" / "controller.json").read_text())
+    assert droop["v_pu"] == [0.95, 1.0, 1.05] and droop["reference"] == "q_avail"
+
+
+def test_compare_records_its_provenance(small):
+    from gridrl.grid.feeder import resolve_spec
+    from gridrl.provenance import read_provenance
+
+    cfg, res = small
+    prov = read_provenance(res.out)
+    assert prov["config"] == json.loads(json.dumps(cfg.identity()))
+    assert prov["feeders"]["ieee33"]["spec_hash"] == resolve_spec("ieee33").content_hash()
+    first = prov["runs"][0]
+    assert first["cells_to_run"] == 3 and first["gridrl_version"] and first["packages"]["pandapower"]
+    assert first["date_utc"].endswith("+00:00") and first["command"]
+    if (ROOT / ".git").exists():
+        assert len(first["git"]["commit"]) == 40 and isinstance(first["git"]["dirty"], bool)
 
 
 def test_compare_resumes_and_skips_finished_cells(small):
     cfg, res = small
     cells = res.out / "cells"
     before = _mtimes(cells)
+    runs = len(json.loads((res.out / "provenance.json").read_text())["runs"])
     again = run_compare(cfg, out=res.out, progress=False, report=False)
     assert again.ran == 0 and again.skipped == 3 and _mtimes(cells) == before
     pd.testing.assert_frame_equal(again.days, res.days)
@@ -109,6 +149,9 @@ def test_compare_resumes_and_skips_finished_cells(small):
     (cells / "ieee33" / "droop-mapdn" / "seed0" / "days.parquet").unlink()
     resumed = run_compare(cfg, out=res.out, progress=False, report=False)
     assert resumed.ran == 1 and resumed.skipped == 2
+    prov = json.loads((res.out / "provenance.json").read_text())["runs"]
+    assert len(prov) == runs + 1 and prov[-1]["cells_to_run"] == 1, \
+        "a run that did nothing adds no entry to provenance.json; the resumed one does"
     after = _mtimes(cells)
     assert {k: v for k, v in after.items() if "droop" not in k} == {k: v for k, v in before.items() if "droop" not in k}
     same = lambda df: df.drop(columns="seconds")  # noqa: E731 - wall time is the one non-deterministic column

@@ -1,40 +1,62 @@
-"""The HTML report: self-contained, and every plot actually draws in a headless browser.
+"""The HTML report: self-contained, every plot actually draws in a headless browser, and each
+figure a grid engineer asks for is there, drawn, non-empty and with units on its axes.
 
-The browser check needs Debian's ``chromium`` package (``make test`` installs it). Without it
-the test fails with that instruction instead of skipping: a report nobody saw render is not
-tested.
+The browser checks need Debian's ``chromium`` package (``make test`` installs it). Without it
+the tests fail with that instruction instead of skipping: a report nobody saw render is not
+tested. Screenshots are decoded with Pillow (a test dependency).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import pytest
 from typer.testing import CliRunner
 
 import gridrl
 from gridrl.cli import app
 from gridrl.compare import CompareConfig, parse_controllers, run_compare
-from gridrl.report import ReportError, Section, build_report, fig_loss
+from gridrl.grid.distance import electrical_distance
+from gridrl.grid.plot import feeder_map, zone_colors
+from gridrl.plots import controller_colors
+from gridrl.report import ReportError, Section, build_report, fig_loss, results_sections
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+CONTROLLERS = ("none", "droop-ieee1547-a")
+N_FIGURES = 10  # per feeder: bars, day distributions, profile, envelope, losses, PV/load/q, agent q, curves,
+# heat maps, map
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """A two-controller comparison on one sunny ieee33 test day."""
+def results(tmp_path_factory, sunny_days):
+    """No control and droop on ieee33's sunniest test day and one cloudier one."""
     feeder = gridrl.load_feeder("ieee33")
     prof = feeder.profiles
     days = feeder.days("test")
-    day = int(days[int(np.argmax([prof.pv_p_mw[prof.day_steps(d)].sum() for d in days]))])
+    dull = int(days[int(np.argmin([prof.pv_p_mw[prof.day_steps(d)].sum() for d in days]))])
     out = tmp_path_factory.mktemp("rep") / "run"
-    cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:ieee1547-a"), days=(day,))
+    cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:ieee1547-a"),
+                        days=(sunny_days[0], dull))
     run_compare(cfg, out=out, progress=False, report=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def figures(results) -> dict[str, go.Figure]:
+    """The figures of the ieee33 section, by a short name."""
+    sec = next(s for s in results_sections(results) if s.title == "Feeder ieee33")
+    figs = [p for p in sec.parts if isinstance(p, go.Figure)]
+    assert len(figs) == N_FIGURES
+    names = ["bars", "days", "profile", "envelope", "losses", "inverters", "agent_q", "curves", "heatmaps", "map"]
+    return dict(zip(names, figs))
 
 
 def _chromium() -> str:
@@ -45,13 +67,17 @@ def _chromium() -> str:
     return exe
 
 
+def _chromium_cmd(profile: Path) -> list[str]:
+    return [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-extensions", "--disable-dev-shm-usage", "--proxy-server=127.0.0.1:9", "--hide-scrollbars",
+            f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
+
+
 def _dump_dom(path: Path, profile: Path) -> str:
     """The page's DOM after its scripts ran, from headless Chromium with networking off."""
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-extensions", "--disable-dev-shm-usage", "--proxy-server=127.0.0.1:9",
-           f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", path.resolve().as_uri()]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(_chromium_cmd(profile) + ["--dump-dom", path.resolve().as_uri()], capture_output=True,
+                          text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -61,9 +87,11 @@ def test_report_is_self_contained(results):
     assert html.startswith("<!DOCTYPE html>")
     assert not re.search(r"<script[^>]+src=", html), "no external scripts: the report must open offline"
     assert "cdn.plot.ly" not in html.split("</script>", 1)[1]  # beyond plotly.js itself, no CDN link
-    assert html.count("Plotly.newPlot") == 4
-    for text in ("Summary", "Feeder ieee33", "droop-ieee1547-a", "loss MWh", "gap to opf %", "voltages of the monitored buses"):
-        assert text in html
+    assert html.count("Plotly.newPlot") == N_FIGURES
+    for text in ("Summary", "Feeder ieee33", "droop-ieee1547-a", "loss MWh", "gap to opf %",
+                 "voltages of the monitored buses", "How it varies across days", "What the inverters did",
+                 "Where the agents are", "Provenance", "the evaluated day with the most PV energy"):
+        assert text in html, text
 
 
 def test_report_renders_in_headless_chromium(results, tmp_path):
@@ -72,21 +100,197 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     assert r.exit_code == 0, r.output
     dom = _dump_dom(page, tmp_path / "profile")
     figures = re.findall(r'<div id="(fig\d+)" class="([^"]*)"', dom)
-    assert len(figures) == 4, "every figure's div is in the page"
+    assert len(figures) == N_FIGURES, "every figure's div is in the page"
     assert all("js-plotly-plot" in cls for _, cls in figures), "plotly drew every figure"
     assert dom.count('class="main-svg"') >= 2 * len(figures)
-    assert len(re.findall(r'class="hm"', dom)) == 2, "one heat map per controller"
+    assert len(re.findall(r'class="hm"', dom)) == 4, "voltage and reactive power heat maps, one per controller"
     assert len(re.findall(r'class="point"', dom)) >= 4, "bars drawn"
     assert len(re.findall(r'class="js-line"', dom)) >= 6, "envelope and loss lines drawn"
-    assert "<table class=\"summary\">" in dom
+    assert "<table class=\"summary" in dom and '<dl class="glossary">' in dom
+    # ieee33's 33 buses are few enough to be labelled on the map without zooming
+    assert len(re.findall(r'class="textpoint"', dom)) >= 33, "bus labels drawn"
+    assert len(re.findall(r'class="bartext', dom)) == 4, "every bar labelled with its value, zeros too"
+
+
+# --------------------------------------------------------------------------------------------
+# the figures, one by one
+# --------------------------------------------------------------------------------------------
+
+_CATEGORICAL = {"controller", "agent"}  # axes of names carry no unit
+
+
+def _axis_titles(fig: go.Figure) -> list[str]:
+    """Titles of the axes that carry data (a hidden axis, as on a map, needs none; a panel sharing
+    another's axis, tick labels hidden, is covered by that axis's title)."""
+    titles = []
+    for name in dir(fig.layout):
+        if re.fullmatch(r"[xy]axis\d*", name):
+            ax = fig.layout[name]
+            if ax.visible is not False and not (ax.matches and ax.showticklabels is False):
+                titles.append((ax.title.text or "") if ax.title else "")
+    return titles
+
+
+def test_every_axis_is_titled_with_its_unit(figures):
+    for name, fig in figures.items():
+        for title in _axis_titles(fig):
+            assert title, f"{name}: an axis has no title"
+            assert title in _CATEGORICAL or re.search(r"\([^)]*\)", title), f"{name}: {title!r} names no unit"
+
+
+@pytest.fixture(scope="module")
+def screenshots(figures, tmp_path_factory) -> dict[str, np.ndarray]:
+    """Each figure drawn by headless Chromium, as an RGB array: one page with every figure at a
+    known place, one screenshot, cut into pieces."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("shots")
+    width, top, divs, boxes = 1100, 0, [], {}
+    for k, (name, fig) in enumerate(figures.items()):
+        height = int(fig.layout.height or 450)
+        fig = go.Figure(fig).update_layout(width=width, height=height)
+        divs.append(f'<div style="position:absolute;left:0;top:{top}px">'
+                    + fig.to_html(full_html=False, include_plotlyjs=k == 0, div_id=f"s{k}",
+                                  config={"displayModeBar": False, "staticPlot": True}) + "</div>")
+        boxes[name] = (top, top + height)
+        top += height
+    page = folder / "figures.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body style='margin:0'>"
+                    + "".join(divs) + "</body></html>", encoding="utf-8")
+    png = folder / "figures.png"
+    done = subprocess.run(_chromium_cmd(folder / "profile") + [f"--window-size={width},{top}",
+                                                               f"--screenshot={png}", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and png.exists(), done.stderr[-2000:]
+    image = np.asarray(Image.open(png).convert("RGB"))
+    return {name: image[a:b] for name, (a, b) in boxes.items()}
+
+
+def _has_colour(img: np.ndarray, hex_colour: str, *, min_pixels: int = 30, tol: int = 40) -> bool:
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(img.astype(int) - rgb).max(axis=2) <= tol).sum()) >= min_pixels
+
+
+@pytest.mark.parametrize("name", ["bars", "days", "profile", "inverters", "agent_q", "curves", "map"])
+def test_new_figure_is_drawn_and_not_empty(screenshots, name):
+    img = screenshots[name]
+    background = (img.min(axis=2) >= 235)
+    sparse = 0.995 if name == "map" else 0.97  # a map is lines and dots on white
+    assert background.mean() < sparse, f"{name}: the screenshot is (nearly) blank"
+    colours = len(np.unique(img.reshape(-1, 3)[::7], axis=0))
+    assert colours > 40, f"{name}: only {colours} colours drawn"
+    c = controller_colors(CONTROLLERS)
+    expected = {"bars": [c["none"], c["droop-ieee1547-a"]], "days": [c["none"], c["droop-ieee1547-a"]],
+                "profile": [c["none"], c["droop-ieee1547-a"]], "inverters": ["#e6a000", c["droop-ieee1547-a"]],
+                "agent_q": [], "curves": [c["droop-ieee1547-a"]], "map": ["#000000"]}[name]
+    for colour in expected:
+        assert _has_colour(img, colour), f"{name}: nothing drawn in {colour}"
+    if name == "agent_q":  # droop absorbs on the sunny day: blue cells in its heat map
+        assert (img[..., 2].astype(int) - img[..., 0] > 60).sum() > 200
+
+
+# --------------------------------------------------------------------------------------------
+# what the figures show is right
+# --------------------------------------------------------------------------------------------
+
+
+def test_voltage_profile_is_drawn_at_the_days_extremes(figures, results):
+    steps = pd.concat(pd.read_parquet(p) for p in results.glob("cells/ieee33/none/seed0/steps.parquet"))
+    day = figures["profile"].layout.title.text.split("day ")[1].split(" ")[0]
+    s = steps[steps["day"] == int(day)]
+    hhmm = lambda h: f"{int(round(h * 60)) // 60:02d}:{int(round(h * 60)) % 60:02d}"  # noqa: E731
+    captions = [a.text for a in figures["profile"].layout.annotations]
+    assert f"highest voltage (none): {hhmm(s.loc[s['v_max_pu'].idxmax(), 'hour'])}" in captions
+    assert f"lowest voltage (none): {hhmm(s.loc[s['v_min_pu'].idxmin(), 'hour'])}" in captions
+    # the uncontrolled line reaches the day's highest voltage at the far end of the feeder
+    none = [t for t in figures["profile"].data if t.name == "none" and t.mode == "lines"][0]
+    assert max(y for y in none.y if y is not None) == pytest.approx(s["v_max_pu"].max(), abs=1e-6)
+
+
+def test_bars_show_their_values_even_zero(figures):
+    viol = figures["bars"].data[1]
+    assert list(viol.text)[1] == "0" or float(viol.y[1]) > 0
+    assert all(t != "" for t in viol.text)
+
+
+def test_electrical_distance_sums_the_line_impedances():
+    feeder = gridrl.load_feeder("ieee33")
+    d = electrical_distance(feeder)
+    net = feeder.net
+    assert d.v_ref_kv == pytest.approx(12.66) and d.table.loc[0, "z_ohm"] == 0
+    # MAPDN's bus 18 (index 17) at the end of the main feeder: the lines 0-1-…-17 in series
+    z = r = 0.0
+    bus = 17
+    while bus != 0:
+        line = net.line[(net.line.to_bus == bus) & net.line.in_service].iloc[0]
+        zl = complex(line.r_ohm_per_km, line.x_ohm_per_km) * line.length_km / line.parallel
+        z, r, bus = z + abs(zl), r + zl.real, int(line.from_bus)
+    assert d.table.loc[17, "z_ohm"] == pytest.approx(z, rel=1e-9)
+    assert d.table.loc[17, "r_ohm"] == pytest.approx(r, rel=1e-9)
+    t = d.table
+    parent = t["parent"][t["parent"] >= 0]
+    assert (t.loc[parent.index, "z_ohm"].to_numpy() > t.loc[parent.to_numpy(), "z_ohm"].to_numpy()).all()
+
+
+def test_electrical_distance_across_a_transformer():
+    """mv-rural: a 110/20 kV substation; distances are referred to 20 kV and start at the slack."""
+    feeder = gridrl.load_feeder("mv-rural")
+    d = electrical_distance(feeder)
+    assert d.v_ref_kv == pytest.approx(20.0)
+    net = feeder.net
+    energized = feeder.bus_zone.index[feeder.bus_zone.notna()]
+    assert set(energized) <= set(d.table.index)
+    lv = net.trafo.lv_bus.iloc[0]
+    assert 0 < d.table.loc[lv, "z_ohm"] < d.table["z_ohm"].max()
+
+
+@pytest.mark.parametrize("name", ["ieee141", "mv-rural"])
+def test_neighbouring_zones_never_share_a_colour(name):
+    feeder = gridrl.load_feeder(name)
+    colour = zone_colors(feeder)
+    adj = np.asarray(feeder.adjacency, dtype=bool)
+    agents = feeder.agents
+    clashes = [(agents[i], agents[j]) for i, j in zip(*np.nonzero(adj)) if colour[agents[i]] == colour[agents[j]]]
+    assert not clashes
+    counts = pd.Series(colour).value_counts()
+    assert len(counts) >= min(len(agents), 8), "the palette is used, not three colours for everything"
+    assert counts.max() - counts.min() <= max(2, len(agents) // len(counts)), "colours used evenly"
+
+
+def test_map_draws_the_agent_graph_and_labels_on_zoom():
+    feeder = gridrl.load_feeder("ieee141")
+    fig = feeder_map(feeder, max_labels=50)
+    graph = next(t for t in fig.data if t.name == "agent graph (neighbours)")
+    assert sum(x is None for x in graph.x) == int(np.asarray(feeder.adjacency).sum() // 2)
+    meta = fig.layout.meta["zoom_labels"]
+    assert meta["max"] == 50 and len(meta["text"]) == len(meta["x"]) == 141
+    assert fig.data[meta["trace"]].mode == "text"
+
+
+def test_report_of_an_older_folder_says_what_is_missing(results, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(results, old)
+    for f in list(old.glob("cells/*/*/seed*/agents.parquet")) + list(old.glob("cells/*/*/seed*/controller.json")):
+        f.unlink()
+    (old / "provenance.json").unlink()
+    html = build_report(old)
+    assert "Per-agent reactive power is not in this folder" in html
+    assert "This folder has no <code>provenance.json</code>" in html
+    assert html.count("Plotly.newPlot") == N_FIGURES - 2
+
+
+def test_report_shows_provenance(results):
+    html = build_report(results)
+    prov = json.loads((results / "provenance.json").read_text())
+    assert prov["feeders"]["ieee33"]["spec_hash"] in html
+    assert prov["runs"][0]["date_utc"] in html and "Configuration" in html
 
 
 def test_report_sections_can_be_added(results):
-    import pandas as pd
-
     steps = pd.DataFrame({"controller": ["dmpo"] * 3, "hour": [0.0, 0.25, 0.5], "loss_mw": [0.1, 0.2, 0.1]})
     html = build_report(results, extra_sections=[Section("Training", (fig_loss(steps, title="curve"),), "later")])
-    assert "<h2>Training</h2>" in html and html.count("Plotly.newPlot") == 5
+    assert "<h2>Training</h2>" in html and html.count("Plotly.newPlot") == N_FIGURES + 1
+    assert html.index("<h2>Training</h2>") < html.index("<h2>Provenance</h2>")
 
 
 def test_report_of_a_folder_without_results(tmp_path):
