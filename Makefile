@@ -8,12 +8,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first, pinned to the CPU build that pip finds on this machine's disk
+# torch first, pinned to the CPU build that pip finds on this machine's disk; then every feeder
+# built into the cache and the power-flow kernel compiled, so that first commands start at once
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/gridrl warmup
 	touch $(STAMP)
 
 # the feeder library, a map of ieee33, then none / droop / opf on its 73 test days with a report

@@ -9,6 +9,7 @@ as a traceback.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -54,6 +55,34 @@ def user_errors(fn):
             raise fail("interrupted; finished work is kept and a re-run resumes", 130) from None
 
     return wrapper
+
+
+class _StderrNotes(logging.Handler):
+    """gridrl's INFO messages (a feeder built on first use, the kernel compiling) as dim lines
+    on stderr, so long first steps are never silent; the library itself stays quiet."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        text = self.format(record)
+        if getattr(tqdm, "_instances", None):  # a progress bar is on stderr: print above it
+            tqdm.write(text, file=sys.stderr)
+            return
+        style = "yellow" if record.levelno >= logging.WARNING else "dim"
+        err_console.print(text, style=style, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.callback()
+@user_errors
+def _startup() -> None:
+    logger = logging.getLogger("gridrl")
+    if not any(isinstance(h, _StderrNotes) for h in logger.handlers):
+        logger.addHandler(_StderrNotes())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    from gridrl.threads import policy
+
+    policy()  # a malformed GRIDRL_THREADS is one line before any work starts
 
 
 def print_table(rows: list[dict], title: str | None = None, *, keys: tuple[str, ...] = (),
@@ -378,6 +407,22 @@ def bench_env(
     console.print(report, highlight=False, markup=False)
     if out:
         write_text(out, report)
+
+
+@app.command("warmup")
+@user_errors
+def warmup_cmd(
+    feeder: Annotated[Optional[str], typer.Option(help="Feeder name(s), comma-separated (default: every shipped feeder).")] = None,
+) -> None:
+    """Build feeders into the cache and compile the power-flow kernel now, so that first commands
+    start at once (`make setup` runs it; a second run only checks)."""
+    from gridrl.grid.warmup import warm_up
+
+    names = None if feeder is None else [f.strip() for f in feeder.split(",") if f.strip()]
+    with err_console.status("warming up") as status:
+        rows = warm_up(names, progress=lambda m: status.update(f"warming up: {m}"))
+    print_table([{**r, "seconds": round(r["seconds"], 1)} for r in rows], title="gridrl warmup",
+                keys=("what",))
 
 
 # --------------------------------------------------------------------------------------------

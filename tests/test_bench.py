@@ -35,7 +35,7 @@ def test_contention_bench_runs_each_setting_quiet_and_contended_then_restores():
     threads.apply_torch()  # the policy's own count, as after building any environment
     torch_before = torch.get_num_threads()
     r = bench_contention(gridrl.load_feeder("ieee33"), num_envs=8, steps=3, rounds=1, updates=1,
-                         settings={"one": 1, "two": 2, "policy": None})
+                         settings={"one": (1, 1), "two": (2, 2), "policy": None})
     assert [(x["label"], x["torch"], x["numba"]) for x in r["rows"]][:2] == [("one", 1, 1), ("two", 2, 2)]
     for x in r["rows"]:
         for cond in ("quiet", "contended"):

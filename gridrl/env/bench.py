@@ -175,28 +175,45 @@ class _LearnerUpdate:
         self.opt.step()
 
 
-def _settings() -> dict[str, int | None]:
-    """Thread settings to compare: the policy, one thread each, every core each (the default
-    before the policy); the same setting twice is kept once."""
+def _settings() -> dict[str, tuple[int, int] | None]:
+    """Thread settings to compare, as (torch, numba) counts: the policy, one thread each,
+    torch on one thread with numba on every core, every core each (the default before the
+    policy); a setting equal to the policy is left out."""
     cores = os.cpu_count() or 1
     p = policy()
-    out: dict[str, int | None] = {f"policy ({p['source']})": None}
-    if (p["torch"], p["numba"]) != (1, 1):
-        out["one thread each"] = 1
-    if cores > 1 and (p["torch"], p["numba"]) != (cores, cores):
-        out["every core (the default before the policy)"] = cores
+    out: dict[str, tuple[int, int] | None] = {f"policy ({p['source']})": None}
+    for label, pair in (("one thread each", (1, 1)), ("numba on every core", (1, cores)),
+                        ("every core (the default before the policy)", (cores, cores))):
+        if pair != (p["torch"], p["numba"]) and pair not in out.values():
+            out[label] = pair
     return out
+
+
+@contextmanager
+def _pair(pair: tuple[int, int] | None):
+    """Run with ``(torch, numba)`` threads (``None``: the policy), restoring both afterwards."""
+    if pair is None:
+        yield
+        return
+    torch_n, numba_n = pair
+    with using(numba_n):
+        before = torch.get_num_threads()
+        torch.set_num_threads(torch_n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def bench_contention(feeder, *, num_envs: int = 256, steps: int = 40, rounds: int = 3,
                      updates: int = 3, seed: int = 0, day: int | None = None,
-                     settings: dict[str, int | None] | None = None,
+                     settings: dict[str, tuple[int, int] | None] | None = None,
                      load_seconds: float = 600.0) -> dict:
     """Milliseconds per env step and per learner update under each thread setting, quiet and
     with one CPU-bound process beside it.
 
-    ``settings`` maps a label to a thread count (``None``: the policy; default: the policy,
-    1 thread and every core). Each of ``rounds`` rounds times ``steps`` single steps and
+    ``settings`` maps a label to ``(torch, numba)`` thread counts (``None``: the policy;
+    default: see :func:`_settings`). Each of ``rounds`` rounds times ``steps`` single steps and
     ``updates`` learner updates per setting, first quiet, then contended (one warm-up step and
     update each, untimed). Returns ``{"rows": [...], "load_average_before", ..._after}``; a
     row holds its label, the torch and numba counts it ran with and, per condition, the
@@ -217,8 +234,8 @@ def bench_contention(feeder, *, num_envs: int = 256, steps: int = 40, rounds: in
     for _ in range(rounds):
         for cond in ("quiet", "contended"):
             with background_load(load_seconds) if cond == "contended" else nullcontext():
-                for label, n in settings.items():
-                    with nullcontext() if n is None else using(n):
+                for label, pair in settings.items():
+                    with _pair(pair):
                         env.reset(days=[day] * num_envs)
                         for k in range(steps + 1):
                             t = time.perf_counter()
@@ -232,8 +249,8 @@ def bench_contention(feeder, *, num_envs: int = 256, steps: int = 40, rounds: in
                                 times[label, cond, "update"].append(time.perf_counter() - t)
                         counts[label] = (torch.get_num_threads(), numba.get_num_threads())
     rows = []
-    for label, n in settings.items():
-        row = {"label": label, "threads": n, "torch": counts[label][0], "numba": counts[label][1]}
+    for label in settings:
+        row = {"label": label, "torch": counts[label][0], "numba": counts[label][1]}
         for (lab, cond, what), ts in times.items():
             if lab == label:
                 ms = 1e3 * np.asarray(ts)

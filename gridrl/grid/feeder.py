@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -306,7 +307,7 @@ def load_feeder(name_or_path: str | os.PathLike, *, cache: bool = True) -> Feede
     its base case does not solve.
     """
     spec = resolve_spec(name_or_path)
-    path = cache_dir() / f"{spec.name}-{spec.content_hash()}-{_code_key()}.pkl"
+    path = cache_path(spec)
     if cache and path.exists():
         try:
             with path.open("rb") as fh:
@@ -314,10 +315,21 @@ def load_feeder(name_or_path: str | os.PathLike, *, cache: bool = True) -> Feede
             return Feeder(spec=spec, **state)
         except Exception as exc:  # a corrupt or stale cache entry is rebuilt, never trusted
             log.warning("rebuilding feeder cache %s (%s)", path, exc)
+    # INFO: the CLI shows it, a Python user sees it only after configuring logging
+    log.info("building feeder %s from %s:%s (first use; cached afterwards)", spec.name,
+             spec.source.kind, spec.source.case)
+    start = time.perf_counter()
     state = _build(spec)
     if cache:
         _atomic_pickle(path, state)
+    log.info("built feeder %s in %.1f s; cached in %s", spec.name, time.perf_counter() - start,
+             path.parent if cache else "(no cache)")
     return Feeder(spec=spec, **state)
+
+
+def cache_path(spec: FeederSpec) -> Path:
+    """The file that holds (or will hold) the build of ``spec``; it exists once built."""
+    return cache_dir() / f"{spec.name}-{spec.content_hash()}-{_code_key()}.pkl"
 
 
 def _code_key() -> str:
@@ -603,7 +615,7 @@ def _check_base_case(spec: FeederSpec, net) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pp.runpp(test, lightsim2grid=False)
+            pp.runpp(test, lightsim2grid=False, numba=False)  # one solve: JIT would cost ~10 s
     except Exception as exc:
         raise FeederBuildError(
             f"feeder {spec.name!r}: the base-case power flow (nominal load, PV off) does not converge "

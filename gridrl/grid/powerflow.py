@@ -4,7 +4,7 @@ This module owns :class:`BatchedPowerFlow`, the solver every environment step go
 :func:`reference_solve`, the same scenarios run through ``pandapower.runpp`` one by one.
 
 How it works. The feeder is compiled from pandapower's own internal model: one ``runpp`` (with
-``lightsim2grid=False``) on a copy of the net whose loads and static generators are zeroed gives
+``lightsim2grid=False, numba=False``) on a copy of the net whose loads and static generators are zeroed gives
 the bus admittance matrix ``Ybus``, the pandapower→internal bus lookup and every constant
 injection that is not a load or sgen (storage, wards, ...). Transformers, taps, phase shifts,
 shunts, switches and out-of-service elements therefore act exactly as in pandapower. Slack
@@ -36,8 +36,11 @@ variant of the same iteration runs in torch on the device, for feeders up to
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,7 +51,9 @@ import scipy.sparse.linalg as spla
 
 from gridrl.threads import apply_numba
 
-__all__ = ["PowerFlowOptions", "PowerFlowResult", "BatchedPowerFlow", "reference_solve"]
+log = logging.getLogger(__name__)
+
+__all__ = ["PowerFlowOptions", "PowerFlowResult", "BatchedPowerFlow", "kernel_compiled", "reference_solve"]
 
 Array = Any  # numpy.ndarray or torch.Tensor, matching the inputs of the solve
 
@@ -184,7 +189,9 @@ class BatchedPowerFlow:
             work[table]["q_mvar"] = 0.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pp.runpp(work, lightsim2grid=False)
+            # numba=False: the same Ybus from pandapower's numpy code; its numba variant would
+            # JIT-compile (about 10 s, in every new process) for this one solve
+            pp.runpp(work, lightsim2grid=False, numba=False)
         ppci = work._ppc["internal"]
         # pandapower's branch model in its external bus numbering, for per-branch quantities
         # (e.g. the environment's split of losses between zones) without another runpp
@@ -358,7 +365,7 @@ class BatchedPowerFlow:
         lp, lq, gp, gq, init = (_read_only(x) for x in (lp, lq, gp, gq, init))
         apply_numba()  # the thread policy, in whichever thread calls (see gridrl.threads)
         # chunks are handed out one at a time, so a core busy with other work simply takes fewer
-        with numba.parallel_chunksize(1):
+        with _first_launch_notice(), numba.parallel_chunksize(1):
             _zbus_kernel(
                 *self._L, *self._U, *self._dinv,
                 np.ascontiguousarray(self._v_nl.real), np.ascontiguousarray(self._v_nl.imag),
@@ -630,6 +637,33 @@ def _element_rows(table, lookup, pos, n_all) -> np.ndarray:
     ppci = lookup[table.bus.to_numpy(dtype=np.int64)]
     ok = table.in_service.to_numpy(dtype=bool) & (ppci >= 0) & (ppci < n_all)
     return np.where(ok, pos[np.where(ok, ppci, 0)], -1).astype(np.int64)
+
+
+def kernel_compiled() -> bool:
+    """Whether the power-flow kernel runs without compiling first: already loaded in this
+    process, or a current build in numba's on-disk cache (``cache=True``)."""
+    if _zbus_kernel.signatures:
+        return True
+    try:
+        return bool(_zbus_kernel._cache._cache_file._load_index())
+    except Exception:  # numba's internals moved: report "not compiled", which only adds a message
+        return False
+
+
+@contextmanager
+def _first_launch_notice():
+    """Say (at INFO, which the CLI shows) when the kernel is about to compile, and how long it
+    took. numba keeps the build on disk, so this happens once per install and source change."""
+    if _zbus_kernel.signatures:
+        yield
+        return
+    cached = kernel_compiled()
+    if not cached:
+        log.info("compiling the power-flow kernel (first use only: numba caches it on disk)")
+    start = time.perf_counter()
+    yield
+    log.log(logging.DEBUG if cached else logging.INFO, "power-flow kernel %s in %.1f s",
+            "loaded from numba's cache" if cached else "compiled", time.perf_counter() - start)
 
 
 def _read_only(x: np.ndarray) -> np.ndarray:
