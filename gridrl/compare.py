@@ -55,12 +55,16 @@ class ControllerSpec:
     name: ``none``, ``droop`` or ``opf``.
     run: instead of ``name``, a run directory written by ``gridrl train``; its policy is
         evaluated with the run's observation settings, and only on the feeder it was trained on.
-    preset: droop only: ``ieee1547-a``, ``ieee1547-b`` (default) or ``mapdn``.
+    preset: droop only: ``ieee1547-a``, ``ieee1547-b`` (default), ``mapdn`` or ``tuned`` (fitted
+        to each feeder on its training days, see :mod:`gridrl.control.tuning`).
     curve: droop only, instead of a preset: a table with ``v_pu`` (breakpoints, strictly
         increasing), ``q`` (fractions of the reference, non-increasing) and optionally
         ``reference`` (``s_max`` or ``q_avail``).
     label: name of the controller in tables and plots (default ``none``, ``droop-<preset>``,
         ``droop-custom``, ``opf``); labels must be unique within a comparison.
+    tune: droop with preset ``tuned`` only: settings of the search that fits the curve on each
+        feeder's training days (fields of :class:`~gridrl.control.tuning.TuneConfig`; default
+        the documented ones).
     """
 
     name: str | None = None
@@ -68,6 +72,7 @@ class ControllerSpec:
     curve: dict | None = None
     label: str | None = None
     run: str | None = None
+    tune: dict | None = None
 
     @property
     def key(self) -> str:
@@ -147,6 +152,7 @@ def config_problems(config: CompareConfig) -> list[str]:
     """Everything wrong with a comparison config (empty when it can run)."""
     from gridrl.control import CONTROLLERS, ControllerError, UnknownController
     from gridrl.control.droop import resolve_curve
+    from gridrl.control.tuning import TuneConfig, check_fitted_for
     from gridrl.evaluate import check_days
     from gridrl.grid.feeder import load_feeder
 
@@ -168,7 +174,12 @@ def config_problems(config: CompareConfig) -> list[str]:
                 raise ControllerError("a controller needs a name (none, droop or opf) or a run directory (run = ...)")
             if spec.name not in CONTROLLERS:
                 raise UnknownController(spec.name, CONTROLLERS)
-            if spec.name == "droop":
+            if _is_tuned(spec):
+                from_dict(TuneConfig, spec.tune or {}, source=f"controller {spec.key!r} tune")
+            elif spec.tune is not None:
+                raise ControllerError(f"controller {spec.key!r}: tune settings apply to droop with preset "
+                                      f"'tuned' only")
+            elif spec.name == "droop":
                 resolve_curve(spec.preset, spec.curve)
             elif spec.preset is not None or spec.curve is not None:
                 raise ControllerError(f"controller {spec.name!r} takes no droop preset or curve")
@@ -189,6 +200,9 @@ def config_problems(config: CompareConfig) -> list[str]:
                 check_days(feeder, config.split, [config.report_day])
                 if config.days is not None and config.report_day not in config.days:
                     problems.append(f"report_day {config.report_day} is not among the days run")
+            for spec in config.controllers:  # a fitted curve file belongs to its own feeder
+                if isinstance(spec.curve, dict) and isinstance(spec.curve.get("fit"), dict):
+                    check_fitted_for(feeder, spec.curve)
         except GridrlError as exc:
             problems.append(str(exc))
     return list(dict.fromkeys(problems))
@@ -220,7 +234,8 @@ class Cell:
     """One feeder × controller × seed: everything :func:`run_cell` needs (picklable).
 
     identity: for a trained run, its checkpoint's hash: a cell evaluated with another checkpoint
-        (the run was trained again) is not finished and runs again.
+        (the run was trained again) is not finished and runs again; for droop:tuned, the key of
+        its fit (feeder content, scenario, search), so a changed feeder refits and reruns.
     """
 
     feeder: str
@@ -287,22 +302,26 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     days = check_days(feeder, cell.split, cell.days)
     spec = cell.controller
     env_config = None
+    (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another identity's
     if spec.run is not None:
         from gridrl.marl.run import evaluation_env_config, open_run
 
-        (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another run's
         run = open_run(spec.run)
         run.check_feeder(feeder)
         ctrl = run.policy(name=spec.key)
         env_config = evaluation_env_config(run.env_config)
     else:
-        ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve)
+        ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune)
     ctrl.name = spec.key
     rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, days)
     ev = evaluate(feeder, ctrl, split=cell.split, days=days, seed=cell.seed, num_envs=cell.num_envs,
                   voltage_days=[rday], env_config=env_config, progress=progress)
     if callable(getattr(ctrl, "describe", None)):  # its settings, e.g. the droop curve the report draws
         write_json(cell.folder / "controller.json", ctrl.describe())
+    if getattr(ctrl, "fit", None):  # the fitted curve the cell ran, with its provenance
+        from gridrl.control.curvefile import write_curve_file
+
+        write_curve_file(cell.folder / "curve.toml", ctrl.curve, ctrl.fit)
     write_parquet(cell.folder / "voltages.parquet", ev.voltages)
     write_parquet(cell.folder / "agents.parquet", ev.agents)
     write_parquet(cell.folder / "steps.parquet", ev.steps)
@@ -375,10 +394,24 @@ def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
     """Every cell of the comparison, feeders outermost."""
     from gridrl.marl.run import open_run
 
-    ident = {c.key: open_run(c.run).hash for c in config.controllers if c.run is not None}
+    ident = {(f, c.key): open_run(c.run).hash for f in config.feeders for c in config.controllers if c.run is not None}
+    ident.update({(f, c.key): _tuned_key(f, c) for f in config.feeders for c in config.controllers if _is_tuned(c)})
     return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=config.days, report_day=config.report_day,
-                 num_envs=config.num_envs, out=str(out), identity=ident.get(c.key))
+                 num_envs=config.num_envs, out=str(out), identity=ident.get((f, c.key)))
             for f in config.feeders for c in config.controllers for s in range(config.seeds)]
+
+
+def _is_tuned(spec: ControllerSpec) -> bool:
+    from gridrl.control.droop import TUNED
+
+    return spec.name == "droop" and spec.preset == TUNED and spec.curve is None
+
+
+def _tuned_key(feeder: str, spec: ControllerSpec) -> str:
+    from gridrl.control.tuning import TuneConfig, tune_key
+    from gridrl.grid.feeder import load_feeder
+
+    return tune_key(load_feeder(feeder), config=from_dict(TuneConfig, spec.tune or {}, source="tune"))
 
 
 def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend: str | None = None,
@@ -405,6 +438,7 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     todo = [c for c in cells if not c.done]
     if todo or read_provenance(out) is None:  # before running, so an interrupted run is on record too
         record_run(out, config=config.identity(), feeders=_feeder_specs(config.feeders), cells_to_run=len(todo))
+    _fit_tuned(todo, progress)
     steps_per_cell = _steps_per_cell(config)
     bar = tqdm(total=len(todo) * steps_per_cell, unit="step", disable=not progress or not todo, file=sys.stderr,
                dynamic_ncols=True)
@@ -434,6 +468,18 @@ def _feeder_specs(names: Sequence[str]) -> dict[str, dict[str, str]]:
         spec = resolve_spec(name)
         specs[name] = {"spec_hash": spec.content_hash(), "spec_file": spec.path, "source": spec.source.case}
     return specs
+
+
+def _fit_tuned(cells: Sequence[Cell], progress: bool) -> None:
+    """Fit (or find in the cache) every droop:tuned curve the cells need before their progress
+    bar starts, so the bar measures rollouts only."""
+    from gridrl.control.tuning import TuneConfig, tuned_curve
+    from gridrl.grid.feeder import load_feeder
+
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    wanted = {(c.feeder, json.dumps(c.controller.tune or {}, sort_keys=True)) for c in cells if _is_tuned(c.controller)}
+    for feeder, tune in sorted(wanted):
+        tuned_curve(load_feeder(feeder), config=from_dict(TuneConfig, json.loads(tune), source="tune"), progress=say)
 
 
 def _steps_per_cell(config: CompareConfig) -> int:
@@ -467,6 +513,8 @@ def _read_table(path: Path, out: Path) -> pd.DataFrame:
 # summary
 # --------------------------------------------------------------------------------------------
 
+TUNED_KEY = "droop-tuned"  # the controller the "gap to tuned droop" column compares with
+
 SUMMARY_COLUMNS = {
     "feeder": "feeder",
     "controller": "controller",
@@ -477,6 +525,7 @@ SUMMARY_COLUMNS = {
     "max_abs_dv_pu": "max |v−1|",
     "energy_loss_mwh": "loss MWh",
     "loss_gap_to_opf_pct": "gap to opf %",
+    "loss_gap_to_tuned_pct": "gap to tuned droop %",
     "reactive_energy_mvarh": "reactive MVArh",
     "communication": "floats/agent/step",
     "flagged_steps": "flagged steps",
@@ -487,8 +536,9 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
     """One row per feeder × controller from the tidy per-day table.
 
     Rates and means are over all bus-steps of all days and seeds; energies are per seed (summed
-    over the days, averaged over seeds); ``loss_gap_to_opf_pct`` compares with ``opf`` on the
-    same feeder; ``flagged_steps`` counts unsettled, infeasible and diverged steps.
+    over the days, averaged over seeds); ``loss_gap_to_opf_pct`` compares with ``opf`` and
+    ``loss_gap_to_tuned_pct`` with ``droop-tuned`` on the same feeder (NaN when that controller
+    is not in the comparison); ``flagged_steps`` counts unsettled, infeasible and diverged steps.
     """
     if days.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
@@ -506,15 +556,17 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
             "max_abs_dv_pu": float(g["max_abs_dv_pu"].max()),
             "energy_loss_mwh": float(g["energy_loss_mwh"].sum() / n_seeds),
             "loss_gap_to_opf_pct": np.nan,
+            "loss_gap_to_tuned_pct": np.nan,
             "reactive_energy_mvarh": float(g["reactive_energy_mvarh"].sum() / n_seeds),
             "communication": float(g["communication"].iloc[0]),
             "flagged_steps": int((g["unsettled_steps"] + g["infeasible_steps"] + g["diverged_steps"]).sum()),
         })
     summary = pd.DataFrame(rows)
     for feeder, g in summary.groupby("feeder", sort=False):
-        opf = g.loc[g["controller"] == "opf", "energy_loss_mwh"]
-        if len(opf) and opf.iloc[0] > 0:
-            summary.loc[g.index, "loss_gap_to_opf_pct"] = 100.0 * (g["energy_loss_mwh"] / opf.iloc[0] - 1.0)
+        for column, reference in (("loss_gap_to_opf_pct", "opf"), ("loss_gap_to_tuned_pct", TUNED_KEY)):
+            ref = g.loc[g["controller"] == reference, "energy_loss_mwh"]
+            if len(ref) and ref.iloc[0] > 0:
+                summary.loc[g.index, column] = 100.0 * (g["energy_loss_mwh"] / ref.iloc[0] - 1.0)
     feeders = list(dict.fromkeys(days["feeder"]))
     summary["_f"] = summary["feeder"].map({f: i for i, f in enumerate(feeders)})
     summary["_c"] = summary["controller"].map(order)
@@ -526,14 +578,15 @@ def format_summary(summary: pd.DataFrame, *, columns: dict[str, str] | None = No
 
     columns: which columns to show, ``{column: header}`` (default :data:`SUMMARY_COLUMNS`)."""
     digits = {"controllable_rate": 4, "out_of_band_pct": 3, "mean_abs_dv_pu": 4, "max_abs_dv_pu": 4,
-              "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "reactive_energy_mvarh": 1, "communication": 1}
+              "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "loss_gap_to_tuned_pct": 1, "reactive_energy_mvarh": 1,
+              "communication": 1}
     rows = []
     for rec in summary.to_dict("records"):
         row = {}
         for key, header in (columns or SUMMARY_COLUMNS).items():
             v = rec.get(key)
             if isinstance(v, float):
-                v = "–" if math.isnan(v) else (f"{v:+.{digits[key]}f}" if key == "loss_gap_to_opf_pct"
+                v = "–" if math.isnan(v) else (f"{v:+.{digits[key]}f}" if key.startswith("loss_gap_to_")
                                                else f"{v:.{digits.get(key, 3)}f}")
             row[header] = v
         rows.append(row)
@@ -587,3 +640,10 @@ SUMMARY_GLOSSARY = {
 }
 
 SUMMARY_LEGEND = "\n".join(f"- **{SUMMARY_COLUMNS[k]}**: {v}" for k, v in SUMMARY_GLOSSARY.items())
+SUMMARY_LEGEND = (
+    "controllable: share of steps with every monitored bus in the band; out of band %: share of "
+    "monitored bus-steps outside it; mean/max |v−1| in p.u. over monitored bus-steps; loss MWh: branch "
+    "losses over all days (mean over seeds); gap to opf %: extra loss relative to the centralized "
+    "optimum; gap to tuned droop %: extra loss relative to the volt-var curve fitted on the feeder's training "
+    "days (droop-tuned); reactive MVArh: Σ|q| of all inverters over time; floats/agent/step: communication; "
+    "flagged steps: unsettled droop/OPF iterations, band infeasible, or diverged power flow.")

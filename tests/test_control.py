@@ -72,7 +72,7 @@ def test_unknown_names_are_one_clear_error(feeder):
     assert str(exc.value) == "unknown controller 'pid' — known controllers: none, droop, opf"
     with pytest.raises(UnknownPreset) as exc:
         make_controller("droop", feeder, preset="ieee1547-c")
-    assert str(exc.value) == "unknown droop preset 'ieee1547-c' — known presets: ieee1547-a, ieee1547-b, mapdn"
+    assert str(exc.value) == "unknown droop preset 'ieee1547-c' — known presets: ieee1547-a, ieee1547-b, mapdn, tuned"
     with pytest.raises(ControllerError, match="controller 'opf' takes no droop preset"):
         make_controller("opf", feeder, preset="mapdn")
     with pytest.raises(ControllerError, match="damp: unknown key"):

@@ -7,28 +7,35 @@ evaluation runs both the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gridrl.control.base import Controller, ControllerError, CurveError, UnknownController, UnknownPreset
-from gridrl.control.droop import PRESETS, DroopController, DroopCurve, DroopOptions
+from gridrl.control.droop import PRESET_NAMES, PRESETS, TUNED, DroopController, DroopCurve, DroopOptions
 from gridrl.control.none import NoControl
 from gridrl.control.opf import OpfOptions, OptimalPowerFlow
 
 CONTROLLERS = ("none", "droop", "opf")
 
-__all__ = ["CONTROLLERS", "PRESETS", "Controller", "ControllerError", "CurveError", "DroopController",
-           "DroopCurve", "DroopOptions", "NoControl", "OpfOptions", "OptimalPowerFlow", "UnknownController",
-           "UnknownPreset", "make_controller"]
+__all__ = ["CONTROLLERS", "PRESETS", "PRESET_NAMES", "Controller", "ControllerError", "CurveError",
+           "DroopController", "DroopCurve", "DroopOptions", "NoControl", "OpfOptions", "OptimalPowerFlow",
+           "UnknownController", "UnknownPreset", "make_controller"]
 
 
 def make_controller(name: str, feeder, *, preset: str | None = None, curve: DroopCurve | Mapping | None = None,
-                    **options: Any) -> Controller:
+                    env_config=None, tune: Mapping[str, Any] | None = None,
+                    progress: Callable[[str], None] | None = None, **options: Any) -> Controller:
     """A controller by name for ``feeder``.
 
     name: ``none``, ``droop`` or ``opf``.
-    preset, curve: droop only — a preset name (see :data:`PRESETS`, default ``ieee1547-b``) or a
-        custom curve (a :class:`DroopCurve` or a mapping with ``v_pu``, ``q``, ``reference``).
+    preset, curve: droop only — a preset name (see :data:`PRESET_NAMES`, default ``ieee1547-b``)
+        or a custom curve (a :class:`DroopCurve` or a mapping with ``v_pu``, ``q``, ``reference``
+        and optionally ``fit``, as a curve file holds). ``tuned`` is the curve fitted to this
+        feeder on its training days for the scenario ``env_config`` (an
+        :class:`~gridrl.env.EnvConfig`; default the standard one): read from the cache, or fitted
+        now (seconds to minutes; ``progress`` hears what happens). A curve mapping whose ``fit``
+        names another feeder, spec or scenario is refused.
+    tune: droop:tuned only: fields of :class:`~gridrl.control.tuning.TuneConfig` (the search).
     options: fields of :class:`DroopOptions` (droop) or :class:`OpfOptions` (opf).
     Raises :class:`UnknownController`, :class:`UnknownPreset`, :class:`CurveError` or
     :class:`ControllerError` (an option the controller does not take).
@@ -37,11 +44,26 @@ def make_controller(name: str, feeder, *, preset: str | None = None, curve: Droo
         raise UnknownController(name, CONTROLLERS)
     if name != "droop" and (preset is not None or curve is not None):
         raise ControllerError(f"controller {name!r} takes no droop preset or curve")
+    if tune is not None and preset != TUNED:
+        raise ControllerError("tune settings apply to droop:tuned only")
     if name == "none":
         _check_options(name, options, ())
         return NoControl(feeder)
     if name == "droop":
-        return DroopController(feeder, preset=preset, curve=curve, options=_options(name, DroopOptions, options))
+        droop_options = _options(name, DroopOptions, options)
+        if preset == TUNED:
+            from gridrl.control.curvefile import curve_mapping
+            from gridrl.control.tuning import TuneConfig, tuned_curve
+
+            fitted = tuned_curve(feeder, env_config=env_config, config=_options("droop:tuned", TuneConfig, tune or {}),
+                                 options=droop_options, progress=progress)
+            return DroopController(feeder, curve=curve_mapping(fitted.curve, fitted.fit), options=droop_options,
+                                   label=TUNED)
+        if isinstance(curve, Mapping) and curve.get("fit"):
+            from gridrl.control.tuning import check_fitted_for
+
+            check_fitted_for(feeder, curve, env_config)
+        return DroopController(feeder, preset=preset, curve=curve, options=droop_options)
     return OptimalPowerFlow(feeder, options=_options(name, OpfOptions, options))
 
 

@@ -14,6 +14,8 @@ Presets:
   at ≥ 1.08.
 - ``mapdn``: +q_max at ≤ 0.95, 0 at 1.00, −q_max at ≥ 1.05, with q_max the available reactive
   power (the droop baseline of the MAPDN benchmark).
+- ``tuned``: a curve fitted to each feeder and operating point on its training days (see
+  :mod:`gridrl.control.tuning`); built by :func:`gridrl.control.make_controller`.
 
 Real inverters settle where their own output and the voltage it causes agree: ``q = Q(v(q))``.
 Within each step the controller finds that fixed point with a damped iteration on the pending
@@ -64,7 +66,31 @@ class DroopCurve:
 
     def __call__(self, vm_pu: np.ndarray) -> np.ndarray:
         """The curve's reactive power fraction at each voltage (flat beyond the ends)."""
-        return np.interp(vm_pu, self.v_pu, self.q)
+        return curve_fraction(np.asarray(vm_pu, dtype=np.float64), np.array(self.v_pu), np.array(self.q))
+
+
+def curve_table(curves: Sequence[DroopCurve]) -> tuple[np.ndarray, np.ndarray]:
+    """Breakpoints of several curves as ``(v_pu, q)`` arrays ``[C, K]``; a curve with fewer
+    breakpoints repeats its last one (zero-width segments add nothing)."""
+    k = max(len(c.v_pu) for c in curves)
+    v = np.array([c.v_pu + (c.v_pu[-1],) * (k - len(c.v_pu)) for c in curves], dtype=np.float64)
+    q = np.array([c.q + (c.q[-1],) * (k - len(c.q)) for c in curves], dtype=np.float64)
+    return v, q
+
+
+def curve_fraction(vm_pu: np.ndarray, v_tab: np.ndarray, q_tab: np.ndarray) -> np.ndarray:
+    """Each voltage's reactive power fraction on its own curve, flat beyond the ends.
+
+    vm_pu ``[...]``; v_tab, q_tab ``[..., K]`` breakpoints broadcast against it (one curve for
+    all, one per scenario ``[B, 1, K]``, one per agent ``[1, N, K]``). The curve is the first
+    value plus each segment's slope times how far into the segment the voltage lies, which
+    needs no search for the segment and so vectorises over any number of curves.
+    """
+    width = np.diff(v_tab, axis=-1)
+    dq = np.diff(q_tab, axis=-1)
+    slope = np.divide(dq, width, out=np.zeros(np.broadcast_shapes(dq.shape, width.shape)), where=width > 0)
+    into = np.clip(vm_pu[..., None] - v_tab[..., :-1], 0.0, width)
+    return q_tab[..., 0] + (slope * into).sum(axis=-1)
 
 
 def curve_problems(v_pu: Sequence[float], q: Sequence[float], reference: str = "s_max") -> list[str]:
@@ -114,19 +140,24 @@ PRESETS: dict[str, DroopCurve] = {
     "mapdn": DroopCurve(v_pu=(0.95, 1.00, 1.05), q=(1.0, 0.0, -1.0), reference="q_avail"),
 }
 DEFAULT_PRESET = "ieee1547-b"
+TUNED = "tuned"  # a preset fitted to each feeder on its training days (see gridrl.control.tuning)
+PRESET_NAMES = (*PRESETS, TUNED)
 
 
 def resolve_curve(preset: str | None = None, curve: DroopCurve | Mapping[str, Any] | None = None) -> tuple[str, DroopCurve]:
     """The (label, curve) for a preset name or a custom curve (a :class:`DroopCurve` or a mapping
-    with ``v_pu``, ``q`` and optionally ``reference``, as read from TOML)."""
+    with ``v_pu``, ``q`` and optionally ``reference`` and ``fit``, the provenance of a fitted
+    curve; see :mod:`gridrl.control.curvefile`)."""
     if curve is not None:
         if preset is not None:
             raise CurveError("give either a droop preset or a custom curve, not both")
         if isinstance(curve, Mapping):
-            unknown = sorted(set(curve) - {"v_pu", "q", "reference"})
+            unknown = sorted(set(curve) - {"v_pu", "q", "reference", "fit"})
             missing = sorted({"v_pu", "q"} - set(curve))
+            if "fit" in curve and not isinstance(curve["fit"], Mapping):
+                raise CurveError(f"droop curve: fit must be a table of provenance, got {curve['fit']!r}")
             if unknown or missing:
-                parts = [f"unknown keys {', '.join(unknown)} (allowed: v_pu, q, reference)"] if unknown else []
+                parts = [f"unknown keys {', '.join(unknown)} (allowed: v_pu, q, reference, fit)"] if unknown else []
                 if missing:
                     parts.append(f"missing {', '.join(missing)} (a curve needs v_pu = [...] and q = [...])")
                 raise CurveError("droop curve: " + "; ".join(parts))
@@ -134,8 +165,11 @@ def resolve_curve(preset: str | None = None, curve: DroopCurve | Mapping[str, An
                                reference=curve.get("reference", "s_max"))
         return "custom", curve
     name = preset or DEFAULT_PRESET
+    if name == TUNED:
+        raise CurveError("the tuned curve is fitted to each feeder: use make_controller('droop', feeder, "
+                         "preset='tuned') or gridrl.control.tuning.tuned_curve(feeder)")
     if name not in PRESETS:
-        raise UnknownPreset(name, list(PRESETS))
+        raise UnknownPreset(name, PRESET_NAMES)
     return name, PRESETS[name]
 
 
@@ -170,70 +204,119 @@ class DroopController(Controller):
     communication = 0.0
 
     def __init__(self, feeder, *, preset: str | None = None, curve: DroopCurve | Mapping | None = None,
-                 options: DroopOptions = DroopOptions()) -> None:
+                 options: DroopOptions = DroopOptions(), label: str | None = None) -> None:
         super().__init__()
-        label, self.curve = resolve_curve(preset, curve)
-        self.preset = label
-        self.name = f"droop-{label}"
+        resolved, self.curve = resolve_curve(preset, curve)
+        self.fit = dict(curve["fit"]) if isinstance(curve, Mapping) and curve.get("fit") else None
+        self.preset = label or resolved
+        self.name = f"droop-{self.preset}"
         self.options = options
+        self._set_curves([self.curve], repeat=1)
         inv = feeder.inverters
         agents = list(feeder.agents)
         self.n_agents = len(agents)
         s_max = inv.groupby("agent", sort=False)["s_max_mva"].sum()
         self.s_max_mva = s_max.reindex(agents).to_numpy(dtype=np.float64)  # [N]
         self._incidence = feeder.agent_incidence
+        bus_pos = {int(b): i for i, b in enumerate(feeder.net.bus.index)}
+        own = inv.drop_duplicates("agent").set_index("agent")["bus"].reindex(agents)
+        self._own_bus = np.array([bus_pos[int(b)] for b in own], dtype=np.int64)  # [N] each agent's bus
+        self._pf = None
+        self._amap = None
+        self._checked_env = None
         self._last: np.ndarray | None = None
+
+    @classmethod
+    def batch(cls, feeder, curves: Sequence[DroopCurve], *, repeat: int = 1,
+              options: DroopOptions = DroopOptions()) -> DroopController:
+        """One droop for many curves at once: scenarios ``c·repeat … (c+1)·repeat − 1`` of the
+        environment follow ``curves[c]`` (e.g. every curve on the same ``repeat`` days), so a
+        whole set of candidate curves is settled and stepped in one batched environment."""
+        ctrl = cls(feeder, curve=curves[0], options=options, label="batch")
+        ctrl._set_curves(curves, repeat=repeat)
+        return ctrl
+
+    def _set_curves(self, curves: Sequence[DroopCurve], *, repeat: int) -> None:
+        """Breakpoint tables ``[R, 1, K]`` (R = 1: one curve for every scenario)."""
+        v_tab, q_tab = curve_table(curves)
+        self._v_tab = np.repeat(v_tab, repeat, axis=0)[:, None, :]
+        self._q_tab = np.repeat(q_tab, repeat, axis=0)[:, None, :]
+        self._of_q_avail = np.repeat([c.reference == "q_avail" for c in curves], repeat)[:, None]
 
     def reset(self) -> None:
         super().reset()
         self._last = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "preset": self.preset, "v_pu": list(self.curve.v_pu),
-                "q": list(self.curve.q), "reference": self.curve.reference}
+        out = {**super().describe(), "preset": self.preset, "v_pu": list(self.curve.v_pu),
+               "q": list(self.curve.q), "reference": self.curve.reference}
+        if self.fit:
+            out["fit"] = self.fit
+        return out
 
-    def target(self, vm_own_pu: np.ndarray, q_avail_mvar: np.ndarray) -> np.ndarray:
+    def target(self, vm_own_pu: np.ndarray, q_avail_mvar: np.ndarray, *, rows: np.ndarray | None = None) -> np.ndarray:
         """The actions ``[B, N]`` the curve asks for at own-bus voltages ``vm_own_pu [B, N]`` given the
-        agents' available reactive power ``q_avail_mvar [B, N]``."""
-        frac = self.curve(vm_own_pu)
-        if self.curve.reference == "q_avail":
-            return np.clip(frac, -1.0, 1.0)
-        want_mvar = frac * self.s_max_mva
+        agents' available reactive power ``q_avail_mvar [B, N]``; ``rows`` says which scenarios
+        these are when a batch of curves (:meth:`batch`) acts on some of its scenarios only."""
+        pick = (lambda x: x) if rows is None or self._v_tab.shape[0] == 1 else (lambda x: x[rows])
+        frac = curve_fraction(vm_own_pu, pick(self._v_tab), pick(self._q_tab))
         with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.where(q_avail_mvar > 0, want_mvar / q_avail_mvar, 0.0)
-        return np.clip(a, -1.0, 1.0)
+            of_s_max = np.where(q_avail_mvar > 0, frac * self.s_max_mva / q_avail_mvar, 0.0)
+        return np.clip(np.where(pick(self._of_q_avail), frac, of_s_max), -1.0, 1.0)
 
     def act(self, obs: Any, *, env: Any = None) -> torch.Tensor:
-        """Settled droop actions for the pending step (needs ``env`` to see its physics)."""
+        """Settled droop actions for the pending step (needs ``env`` to see its physics).
+
+        Each iteration solves the power flow of the scenarios still moving only, warm-started
+        from their previous iterate, so a batch costs the sum of its scenarios' iterations
+        rather than the slowest scenario's count times the batch."""
         if env is None:
             raise ValueError("droop settles on the pending step's physics: call act(obs, env=env)")
+        from gridrl.control.plant import plant_from_env
+
+        if self.fit and self._checked_env is not env:
+            from gridrl.control.tuning import check_fitted_for
+
+            check_fitted_for(env.feeder, {"fit": self.fit}, env.config)  # never a fitted curve off its scenario
+            self._checked_env = env
         o = self.options
-        batch = env.num_envs
+        plant = plant_from_env(env, self._power_flow(env), self._amap)
+        batch = plant.batch
         a = np.zeros((batch, self.n_agents)) if self._last is None or self._last.shape[0] != batch else self._last.copy()
+        q_avail = plant.q_avail_mvar @ self._incidence.T                     # [B, N]
         alpha = np.full(batch, o.damping)
         prev = np.full(batch, np.inf)
         settled = np.zeros(batch, dtype=bool)
-        v_init = None
+        v = None                                                              # [B, n_bus] warm starts
+        rows = np.arange(batch)
         for _ in range(o.max_iter):
-            vm_own, q_avail, v_init = self._peek(env, a, v_init)
-            step = self.target(vm_own, q_avail) - a
-            step = np.where(np.isfinite(step), step, 0.0)  # a diverged peek: hold the actions
-            res = np.abs(step).max(axis=1)
-            settled = res < o.tol
-            if settled.all():
+            res = plant.solve(a[rows], rows, v_init=None if v is None else v[rows])
+            if v is None:
+                v = np.array(res.v)
+            else:
+                v[rows] = res.v
+            vm_own = np.where(np.asarray(res.converged)[:, None], np.asarray(res.vm_pu)[:, self._own_bus], np.nan)
+            step = self.target(vm_own, q_avail[rows], rows=rows) - a[rows]
+            step = np.where(np.isfinite(step), step, 0.0)  # a diverged solve: hold the actions
+            r = np.abs(step).max(axis=1)
+            done = r < o.tol
+            settled[rows[done]] = True
+            alpha[rows] = np.where(r > prev[rows], np.maximum(alpha[rows] / 2, o.min_damping), alpha[rows])
+            prev[rows] = r
+            move = ~done
+            rows, step = rows[move], step[move]
+            if not len(rows):
                 break
-            grew = res > prev
-            alpha = np.where(grew, np.maximum(alpha / 2, o.min_damping), alpha)
-            prev = res
-            a = np.where(settled[:, None], a, np.clip(a + alpha[:, None] * step, -1.0, 1.0))
+            a[rows] = np.clip(a[rows] + alpha[rows, None] * step, -1.0, 1.0)
         self._last = a
         self.last_info = {"unsettled": ~settled}
         return torch.as_tensor(a, dtype=torch.float64)
 
-    def _peek(self, env, actions: np.ndarray, v_init):
-        """Own-bus voltages and available reactive power ``[B, N]`` of the pending step under
-        ``actions``, and the solver state to warm-start the next peek from."""
-        res = env.peek(torch.as_tensor(actions, dtype=torch.float64), v_init=v_init)
-        vm_own = np.asarray(res["vm_own_pu"].cpu(), dtype=np.float64)
-        q_avail = np.asarray(res["q_avail_mvar"].cpu(), dtype=np.float64) @ self._incidence.T
-        return vm_own, q_avail, res["v"]
+    def _power_flow(self, env):
+        """The feeder's batched power flow, compiled once per controller."""
+        if self._pf is None:
+            from gridrl.control.plant import ActionMap
+
+            self._pf = env.feeder.power_flow()
+            self._amap = ActionMap(env.feeder, self._pf)
+        return self._pf

@@ -73,14 +73,15 @@ class StepPlant:
     def batch(self) -> int:
         return self.load_p_mw.shape[0]
 
-    def solve(self, actions: np.ndarray, rows: np.ndarray | None = None):
+    def solve(self, actions: np.ndarray, rows: np.ndarray | None = None, *, v_init: np.ndarray | None = None):
         """Power flow for actions ``[M, N]``; row ``m`` is scenario ``rows[m]`` (default: row m is
-        scenario m). Returns the batched power flow's result (numpy)."""
+        scenario m); ``v_init [M, n_bus]`` warm-starts it. Returns the batched power flow's
+        result (numpy)."""
         actions = np.asarray(actions, dtype=np.float64)
         if rows is None:
             rows = np.arange(actions.shape[0])
         q = self.amap.sgen_q_mvar(actions, self.q_avail_mvar[rows])
-        return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q)
+        return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init)
 
 
 def plant_from_profiles(feeder, steps, *, pf=None, amap: ActionMap | None = None) -> StepPlant:
