@@ -576,14 +576,19 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
 def format_summary(summary: pd.DataFrame, *, columns: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Summary rows with human headers and rounded values (for printing and markdown).
 
-    columns: which columns to show, ``{column: header}`` (default :data:`SUMMARY_COLUMNS`)."""
+    columns: which columns to show, ``{column: header}`` (default :data:`SUMMARY_COLUMNS`, less
+        the gap to tuned droop when the comparison has no ``droop-tuned``)."""
     digits = {"controllable_rate": 4, "out_of_band_pct": 3, "mean_abs_dv_pu": 4, "max_abs_dv_pu": 4,
               "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "loss_gap_to_tuned_pct": 1, "reactive_energy_mvarh": 1,
               "communication": 1}
+    if columns is None:
+        columns = dict(SUMMARY_COLUMNS)
+        if "loss_gap_to_tuned_pct" in summary and summary["loss_gap_to_tuned_pct"].isna().all():
+            del columns["loss_gap_to_tuned_pct"]
     rows = []
     for rec in summary.to_dict("records"):
         row = {}
-        for key, header in (columns or SUMMARY_COLUMNS).items():
+        for key, header in columns.items():
             v = rec.get(key)
             if isinstance(v, float):
                 v = "–" if math.isnan(v) else (f"{v:+.{digits[key]}f}" if key.startswith("loss_gap_to_")
