@@ -625,7 +625,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 SUMMARY_GLOSSARY = {
     "feeder": "the feeder (see `gridrl feeders`).",
     "controller": "none: inverters at q = 0; droop-PRESET: a volt-var curve at each inverter from its own bus "
-                  "voltage, settled within each step; opf: the centralized optimum with full information at "
+                  "voltage, settled within each step (droop-tuned: the curve fitted on the feeder's training "
+                  "days); opf: the centralized optimum with full information at "
                   "every step (minimum losses, every bus in the band); trained policies by their run name.",
     "days": "days evaluated, each a whole day from midnight.",
     "controllable_rate": "share of steps at which every monitored bus is inside the band (MAPDN's controllable "
@@ -635,6 +636,8 @@ SUMMARY_GLOSSARY = {
     "max_abs_dv_pu": "largest deviation from 1 p.u. at any monitored bus and step, in p.u.",
     "energy_loss_mwh": "energy lost in lines and transformers over all days, in MWh (mean over seeds).",
     "loss_gap_to_opf_pct": "extra energy loss relative to opf on the same feeder and days, in %.",
+    "loss_gap_to_tuned_pct": "extra energy loss relative to droop-tuned (the volt-var curve fitted on the feeder's "
+                             "training days) on the same feeder and days, in %; shown when droop-tuned ran.",
     "reactive_energy_mvarh": "Σ|q| of all inverters integrated over time, in MVArh: how hard the inverters work.",
     "communication": "numbers each agent sends per step to compute the actions, averaged over agents: 0 for "
                      "local rules (none, droop); for opf the measurements sent to the central solver (every "
@@ -645,10 +648,4 @@ SUMMARY_GLOSSARY = {
 }
 
 SUMMARY_LEGEND = "\n".join(f"- **{SUMMARY_COLUMNS[k]}**: {v}" for k, v in SUMMARY_GLOSSARY.items())
-SUMMARY_LEGEND = (
-    "controllable: share of steps with every monitored bus in the band; out of band %: share of "
-    "monitored bus-steps outside it; mean/max |v−1| in p.u. over monitored bus-steps; loss MWh: branch "
-    "losses over all days (mean over seeds); gap to opf %: extra loss relative to the centralized "
-    "optimum; gap to tuned droop %: extra loss relative to the volt-var curve fitted on the feeder's training "
-    "days (droop-tuned); reactive MVArh: Σ|q| of all inverters over time; floats/agent/step: communication; "
-    "flagged steps: unsettled droop/OPF iterations, band infeasible, or diverged power flow.")
+
