@@ -267,6 +267,27 @@ def test_map_draws_the_agent_graph_and_labels_on_zoom():
     assert fig.data[meta["trace"]].mode == "text"
 
 
+def test_map_labels_buses_once_zoomed_in(tmp_path):
+    """In the browser: 141 buses are too many to label at full view; zoomed in on a few, they are."""
+    from gridrl.grid.plot import ZOOM_LABELS_JS, bus_positions
+
+    feeder = gridrl.load_feeder("ieee141")
+    fig = feeder_map(feeder, max_labels=40)
+    pos = np.array(list(bus_positions(feeder).values()))
+    cx, cy = np.median(pos, axis=0)
+    span = np.ptp(pos, axis=0) / 12
+    zoom = ("var gd = document.getElementById('{plot_id}'); Plotly.relayout(gd, {'xaxis.range': [%f, %f], "
+            "'yaxis.range': [%f, %f]});" % (cx - span[0], cx + span[0], cy - span[1], cy + span[1]))
+    inside = int(((np.abs(pos[:, 0] - cx) <= span[0]) & (np.abs(pos[:, 1] - cy) <= span[1])).sum())
+    assert 0 < inside <= 40
+    counts = {}
+    for name, script in (("full", ZOOM_LABELS_JS), ("zoomed", ZOOM_LABELS_JS + zoom)):
+        page = tmp_path / f"{name}.html"
+        fig.write_html(str(page), include_plotlyjs=True, post_script=script)
+        counts[name] = len(re.findall(r'class="textpoint"', _dump_dom(page, tmp_path / f"profile-{name}")))
+    assert counts == {"full": 0, "zoomed": inside}
+
+
 def test_report_of_an_older_folder_says_what_is_missing(results, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(results, old)
