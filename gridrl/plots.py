@@ -249,7 +249,8 @@ def fig_agent_q(agents: pd.DataFrame, *, hours: Mapping[int, float], title: str 
                       row=1, col=k)
         fig.update_xaxes(title_text="hour of day (h)", row=1, col=k)
     fig.update_yaxes(title_text="agent", type="category", row=1, col=1)
-    fig.update_layout(title=title, height=min(900, max(360, 120 + 14 * len(order))), margin=dict(t=80, b=50, l=110, r=20),
+    height = min(900, max(360, 120 + 14 * len(order)))  # hundreds of agents: thin rows, still on screen
+    fig.update_layout(title=title, height=height, margin=dict(t=80, b=50, l=110, r=20),
                       coloraxis=dict(colorscale="RdBu_r", cmin=-half, cmax=half, cmid=0.0,
                                      colorbar=dict(title="q (Mvar)")))
     return fig
