@@ -110,7 +110,8 @@ def feeders(ctx: typer.Context) -> None:
     for name in list_feeders():
         s = load_feeder(name).summary()
         rows.append({"name": s["name"], "buses": s["buses"], "lines": s["lines"], "trafos": s["trafos"],
-                     "agents": s["agents"], "load MW": s["load_mw"], "PV peak MW": s["pv_peak_mw"],
+                     "agents": s["agents"], "load MW": s["load_mw"], "yearly peak MW": s["load_peak_mw"],
+                     "load factor": s["load_factor"], "PV peak MW": s["pv_peak_mw"],
                      "PV / load": s["pv_to_load"], "source": s["source"]})
     print_table(rows, title="gridrl feeders", keys=("name",))
 
@@ -132,6 +133,16 @@ def feeders_show(
     for k, v in s.items():
         console.print(f"[bold]{k:>12}[/]  {v}", highlight=False)
     spec = feeder.spec
+    peak_rule = ("scaled so that the coincident yearly peak equals the nominal load"
+                 if spec.profiles.load_peak == "nominal" else "as the profiles give it (SimBench's own scaling)")
+    console.print(f"[bold]{'load':>12}[/]  yearly peak {s['load_peak_mw']:g} MW = "
+                  f"{s['load_peak_mw'] / s['load_mw']:.0%} of nominal {s['load_mw']:g} MW, {peak_rule}; "
+                  f"load factor (mean / peak) {s['load_factor']:.2f}", highlight=False)
+    console.print(f"[bold]{'agent names':>12}[/]  {feeder.agent_naming}, e.g. "
+                  f"{', '.join(feeder.agents[:3])}", highlight=False)
+    console.print(f"[bold]{'q at night':>12}[/]  "
+                  + ("inverters keep their reactive capability at night (STATCOM mode)" if spec.pv.q_at_night
+                     else "inverters give no reactive power while their PV produces nothing"), highlight=False)
     console.print(f"[bold]{'band':>12}[/]  {spec.voltage.v_min_pu}–{spec.voltage.v_max_pu} p.u.", highlight=False)
     console.print(f"[bold]{'days':>12}[/]  {len(feeder.days('train'))} train, {len(feeder.days('test'))} test "
                   f"(every {spec.split.test_every}th day from day {spec.split.test_offset} held out)", highlight=False)
@@ -163,6 +174,21 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise fail(f"{option} takes comma-separated day numbers, e.g. 2,7,12; got {text!r}") from None
 
 
+_LOAD_SCALE_HELP = "Multiply every load's P and Q by this factor (a stress scenario; EnvConfig.load_scale)."
+_PV_SCALE_HELP = ("Multiply installed PV and inverter ratings by this factor (more PV of the same kind; "
+                  "EnvConfig.pv_scale).")
+
+
+def _scenario(load_scale: float, pv_scale: float):
+    """The EnvConfig of --load-scale / --pv-scale (a bad value is one line, exit 2)."""
+    from gridrl.env.config import EnvConfig
+
+    try:
+        return EnvConfig(load_scale=load_scale, pv_scale=pv_scale)
+    except ValueError as exc:
+        raise fail(f"--load-scale / --pv-scale: {exc}") from None
+
+
 def _show_summary(result, title: str, *, report: bool) -> None:
     from gridrl.compare import format_summary
 
@@ -190,6 +216,8 @@ def evaluate_cmd(
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default out/evaluate/FEEDER-CONTROLLER-SPLIT; "
                                                 "$GRIDRL_OUT_DIR replaces out/).")] = None,
+    load_scale: Annotated[float, typer.Option(help=_LOAD_SCALE_HELP)] = 1.0,
+    pv_scale: Annotated[float, typer.Option(help=_PV_SCALE_HELP)] = 1.0,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
     """Run one controller, or the trained policy of a run folder, over whole days of one feeder.
@@ -214,7 +242,8 @@ def evaluate_cmd(
             raise fail("give either --preset or --curve, not both")
         curve_table = read_curve_file(curve) if curve is not None else None
         spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
-    cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"))
+    cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"),
+                        env=_scenario(load_scale, pv_scale))
     out = out or default_out("evaluate", f"{Path(feeder).stem}-{spec.key}-{split}")
     result = run_compare(cfg, out=out, report=report)
     if len(result.days) <= 12:
@@ -242,6 +271,8 @@ def compare_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else out/compare; "
                                                 "$GRIDRL_OUT_DIR replaces out/).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Where cells run: local.")] = None,
+    load_scale: Annotated[float, typer.Option(help=_LOAD_SCALE_HELP)] = 1.0,
+    pv_scale: Annotated[float, typer.Option(help=_PV_SCALE_HELP)] = 1.0,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
     """Compare controllers: every feeder × controller × seed over the days of a split.
@@ -253,8 +284,9 @@ def compare_cmd(
     if config is not None:
         given = [name for name, v in (("--feeders", feeders), ("--controllers", controllers), ("--preset", preset),
                                       ("--days", days)) if v is not None]
-        if split != "test" or seeds != 1:
-            given += [o for o, changed in (("--split", split != "test"), ("--seeds", seeds != 1)) if changed]
+        given += [o for o, changed in (("--split", split != "test"), ("--seeds", seeds != 1),
+                                       ("--load-scale", load_scale != 1.0), ("--pv-scale", pv_scale != 1.0))
+                  if changed]
         if given:
             raise fail(f"--config already says what to compare; drop {', '.join(given)} or edit {config}")
         cfg = load_config(config)
@@ -263,7 +295,7 @@ def compare_cmd(
             raise fail("give --feeders and --controllers, or --config FILE")
         cfg = CompareConfig(feeders=tuple(f.strip() for f in feeders.split(",") if f.strip()),
                             controllers=parse_controllers(controllers, preset=preset), split=split, seeds=seeds,
-                            days=_int_list(days, "--days"))
+                            days=_int_list(days, "--days"), env=_scenario(load_scale, pv_scale))
     result = run_compare(cfg, out=out, backend=backend, report=report)
     _show_summary(result, title="comparison summary", report=report)
 

@@ -22,11 +22,12 @@ them: ``local`` loops in this process; a cluster backend can map the same functi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from gridrl.config import from_dict, read_toml, to_dict
+from gridrl.env.config import EnvConfig
 from gridrl.errors import GridrlError
 
 _CONFIG_VERSION = 1
@@ -100,6 +102,10 @@ class CompareConfig:
     report_day: the day the report shows in detail (heat maps, envelopes, losses over the day);
         default the evaluated day with the most PV energy on each feeder.
     num_envs: days per batch (default: all days of a cell in one batch).
+    env: the environment every cell runs in (an ``[env]`` table of :class:`EnvConfig` fields),
+        e.g. the stress scenario ``load_scale = 1.3``, ``pv_scale = 1.5``, ``q_at_night = false``,
+        or a different band or step length. Days always run whole, from midnight, once each, so
+        ``start_hour``, ``episode_hours`` and ``day_sampling`` cannot be set here.
     out: output folder (the CLI's ``--out`` takes precedence; default ``out/compare``, see
         :func:`gridrl.io.default_out`).
     backend: how cells run: ``local`` (in this process).
@@ -112,17 +118,42 @@ class CompareConfig:
     days: tuple[int, ...] | None = None
     report_day: int | None = None
     num_envs: int | None = None
+    env: EnvConfig = field(default_factory=EnvConfig)
     out: str | None = None
     backend: Literal["local"] = "local"
 
     def identity(self) -> dict[str, Any]:
-        """What determines the results (where they are written and how cells run do not)."""
+        """What determines the results (where they are written and how cells run do not).
+
+        ``env`` enters with the fields that differ from :class:`EnvConfig`'s defaults only, so a
+        comparison in the default environment keeps its identity when EnvConfig gains a field.
+        """
         d = to_dict(self)
         d.pop("out", None)
         d.pop("backend", None)
         d["controllers"] = [to_dict(c) for c in self.controllers]
+        env = env_changes(self.env)
+        if env:
+            d["env"] = env
+        else:
+            d.pop("env", None)
         d["version"] = _CONFIG_VERSION
         return d
+
+
+#: EnvConfig fields a comparison fixes itself: every day of the split, whole, from midnight, once.
+_WHOLE_DAYS = ("start_hour", "episode_hours", "day_sampling")
+
+
+def env_changes(env: EnvConfig) -> dict[str, Any]:
+    """The fields of ``env`` that differ from the defaults, TOML-ready (tuples as lists)."""
+    default = EnvConfig()
+    out = {}
+    for f in dataclasses.fields(EnvConfig):
+        value = getattr(env, f.name)
+        if value != getattr(default, f.name):
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def load_config(path: str | Path) -> CompareConfig:
@@ -165,6 +196,10 @@ def config_problems(config: CompareConfig) -> list[str]:
         problems.append(f"seeds must be ≥ 1, got {config.seeds}")
     if config.num_envs is not None and config.num_envs < 1:
         problems.append(f"num_envs must be ≥ 1, got {config.num_envs}")
+    fixed = [k for k in _WHOLE_DAYS if k in env_changes(config.env)]
+    if fixed:
+        problems.append(f"env.{', env.'.join(fixed)}: a comparison runs every day of the split whole, from "
+                        f"midnight, once; remove {'it' if len(fixed) == 1 else 'them'} from the [env] table")
     for spec in config.controllers:
         try:
             if spec.run is not None:
@@ -196,6 +231,11 @@ def config_problems(config: CompareConfig) -> list[str]:
         try:
             feeder = load_feeder(name)
             check_days(feeder, config.split, config.days)
+            unknown = sorted(set(config.env.outage_agents) - set(feeder.agents))
+            if unknown:
+                problems.append(f"env.outage_agents: feeder {feeder.name!r} has no agent "
+                                f"{', '.join(map(repr, unknown))} (its agents: {', '.join(feeder.agents[:6])}"
+                                f"{' …' if len(feeder.agents) > 6 else ''})")
             if config.report_day is not None:
                 check_days(feeder, config.split, [config.report_day])
                 if config.days is not None and config.report_day not in config.days:
@@ -247,6 +287,7 @@ class Cell:
     num_envs: int | None
     out: str
     identity: str | None = None
+    env: EnvConfig = field(default_factory=EnvConfig)
 
     @property
     def folder(self) -> Path:
@@ -301,7 +342,7 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     feeder = load_feeder(cell.feeder)
     days = check_days(feeder, cell.split, cell.days)
     spec = cell.controller
-    env_config = None
+    env_config = cell.env
     (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another identity's
     if spec.run is not None:
         from gridrl.marl.run import evaluation_env_config, open_run
@@ -309,9 +350,10 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
         run = open_run(spec.run)
         run.check_feeder(feeder)
         ctrl = run.policy(name=spec.key)
-        env_config = evaluation_env_config(run.env_config)
+        env_config = evaluation_env_config(run.env_config, cell.env)  # the comparison's scenario, the run's observations
     else:
-        ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune)
+        ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune,
+                               env_config=cell.env)
     ctrl.name = spec.key
     rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, days)
     ev = evaluate(feeder, ctrl, split=cell.split, days=days, seed=cell.seed, num_envs=cell.num_envs,
@@ -397,7 +439,7 @@ def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
     ident = {(f, c.key): open_run(c.run).hash for f in config.feeders for c in config.controllers if c.run is not None}
     ident.update({(f, c.key): _tuned_key(f, c) for f in config.feeders for c in config.controllers if _is_tuned(c)})
     return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=config.days, report_day=config.report_day,
-                 num_envs=config.num_envs, out=str(out), identity=ident.get((f, c.key)))
+                 num_envs=config.num_envs, out=str(out), identity=ident.get((f, c.key)), env=config.env)
             for f in config.feeders for c in config.controllers for s in range(config.seeds)]
 
 
@@ -477,15 +519,15 @@ def _fit_tuned(cells: Sequence[Cell], progress: bool) -> None:
     from gridrl.grid.feeder import load_feeder
 
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
-    wanted = {(c.feeder, json.dumps(c.controller.tune or {}, sort_keys=True)) for c in cells if _is_tuned(c.controller)}
-    for feeder, tune in sorted(wanted):
-        tuned_curve(load_feeder(feeder), config=from_dict(TuneConfig, json.loads(tune), source="tune"), progress=say)
+    wanted = {(c.feeder, json.dumps(c.controller.tune or {}, sort_keys=True), json.dumps(env_changes(c.env), sort_keys=True))
+              for c in cells if _is_tuned(c.controller)}
+    for feeder, tune, env in sorted(wanted):
+        tuned_curve(load_feeder(feeder), env_config=from_dict(EnvConfig, json.loads(env), source="env"),
+                    config=from_dict(TuneConfig, json.loads(tune), source="tune"), progress=say)
 
 
 def _steps_per_cell(config: CompareConfig) -> int:
-    from gridrl.env import EnvConfig
-
-    steps = EnvConfig().steps_per_episode
+    steps = dataclasses.replace(config.env, start_hour=0.0, episode_hours=24.0).steps_per_episode
     if config.num_envs and config.days:
         return steps * math.ceil(len(config.days) / config.num_envs)
     return steps

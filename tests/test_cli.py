@@ -32,7 +32,7 @@ def test_feeders_show_writes_a_self_contained_map(tmp_path):
     assert "agents" in res.output and "202.7 kW" in res.output
     html = out.read_text()
     assert "plotly" in html and "<script src=\"http" not in html  # plotly.js embedded, opens offline
-    assert "PV inverters" in html and "bus12" in html
+    assert "PV inverters" in html and "bus13" in html
 
 
 def test_unknown_feeder_is_one_line_exit_2_no_traceback():

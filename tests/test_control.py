@@ -124,6 +124,41 @@ def test_droop_settles_on_its_curve(feeder, sunny_days, preset):
         obs, *_ = env.step(torch.as_tensor(a))
 
 
+def test_droop_curves_follow_the_installed_rating(feeder, sunny_days):
+    """With pv_scale = 2 every inverter is rated twice as large; IEEE 1547 curves are in % of
+    nameplate, so the settled reactive power is the curve times the environment's rating."""
+    cfg = EnvConfig(start_hour=11.0, episode_hours=1.0, pv_scale=2.0)
+    env = make_env(feeder, split="test", num_envs=len(sunny_days), days=sunny_days, config=cfg)
+    obs = env.reset(days=sunny_days)
+    droop = make_controller("droop", feeder, preset="ieee1547-b")
+    a = droop.act(obs, env=env).numpy()
+    peek = env.peek(torch.as_tensor(a))
+    q_avail = peek["q_avail_mvar"].numpy()
+    want_mvar = droop.curve(peek["vm_own_pu"].numpy()) * 2.0 * feeder.inverters.s_max_mva.to_numpy()
+    assert np.abs(want_mvar).max() > 0.1  # the curve is active
+    np.testing.assert_allclose(a * q_avail, np.clip(want_mvar, -q_avail, q_avail),
+                               atol=2 * droop.options.tol * q_avail.max())
+
+
+@pytest.mark.parametrize("q_at_night", [True, False])
+def test_droop_and_opf_use_reactive_power_after_dark_only_if_inverters_can(feeder, q_at_night):
+    """Test day 27 at 17:45: dark, and the evening peak sags ieee33 to 0.924 p.u. without control."""
+    cfg = EnvConfig(start_hour=17.75, episode_hours=0.25, q_at_night=q_at_night)
+    env = make_env(feeder, split="test", days=[27], config=cfg)
+    obs = env.reset(days=[27])
+    mon = np.asarray(feeder.monitored)
+    for name in ("droop", "opf"):
+        ctrl = make_controller(name, feeder)
+        peek = env.peek(ctrl.act(obs, env=env))
+        q, vmin = peek["q_mvar"].numpy(), peek["vm_pu"].numpy()[:, mon].min()
+        if q_at_night:
+            assert q.sum() > 0.5 and vmin > 0.93, name  # injecting lifts the evening sag
+        else:
+            assert (q == 0).all() and vmin < 0.925, name
+    assert ctrl.last_info["infeasible"].all() != q_at_night  # opf: the band is out of reach without q
+    assert (vmin >= feeder.v_min_pu - TOL_PU) == q_at_night
+
+
 def test_droop_reports_steps_that_did_not_settle(feeder, sunny_days):
     env = _noon_env(feeder, sunny_days)
     obs = env.reset(days=sunny_days)

@@ -409,11 +409,11 @@ def test_peek_leaves_the_environment_unchanged(ieee33):
 
 
 def test_inverter_outage_holds_q_at_zero(ieee33):
-    cfg = EnvConfig(start_hour=12.0, episode_hours=1.0, outage_agents=("bus17",), outage_prob=0.5)
+    cfg = EnvConfig(start_hour=12.0, episode_hours=1.0, outage_agents=("bus18",), outage_prob=0.5)
     env = make_env(ieee33, num_envs=8, seed=2, config=cfg)
     _, _, _, info = env.step(torch.ones(8, env.n_agents))
     out = info["outage"]
-    assert out[:, env.agents.index("bus17")].all()
+    assert out[:, env.agents.index("bus18")].all()
     assert 0 < out.float().mean() < 1
     assert (info["q_mvar"][out] == 0).all() and (info["q_mvar"][~out] > 0).all()
     with pytest.raises(ValueError, match="outage_agents: no agent 'bus99'"):
@@ -468,14 +468,93 @@ def test_forecast_features_are_the_next_steps(ieee33):
 
 
 # ---------------------------------------------------------------------------------------------
+# the scenario: load_scale, pv_scale, q_at_night
+# ---------------------------------------------------------------------------------------------
+
+EVENING = dict(start_hour=17.75, episode_hours=0.25)  # test day 27, 17:45: dark, ieee33 sags to 0.924 p.u.
+
+
+def test_load_and_pv_scale_set_the_physics_every_controller_sees(ieee33):
+    """More load, and more PV with inverters rated like the existing ones: pending inputs, ratings,
+    headroom, forecasts and the solved step all follow; the solve agrees with pandapower."""
+    base_cfg = EnvConfig(start_hour=12.0, episode_hours=1.0, forecast_steps=1)
+    base = make_env(ieee33, num_envs=2, days=[160, 170], config=base_cfg)
+    env = make_env(ieee33, num_envs=2, days=[160, 170],
+                   config=EnvConfig(start_hour=12.0, episode_hours=1.0, forecast_steps=1, load_scale=1.3, pv_scale=1.5))
+    a, b = base.pending(), env.pending()
+    for key, k in (("load_p_mw", 1.3), ("load_q_mvar", 1.3), ("sgen_p_mw", 1.5), ("pv_p_mw", 1.5),
+                   ("s_max_mva", 1.5), ("q_avail_mvar", 1.5)):
+        torch.testing.assert_close(b[key], k * a[key], rtol=1e-12, atol=1e-12)
+    obs_a, _, _, _ = base.step(torch.zeros(2, base.n_agents))
+    obs_b, _, _, info = env.step(torch.full((2, env.n_agents), 0.5))
+    names = env.obs_names
+    for feature, k in (("pv_forecast_mw[1]", 1.5), ("load_forecast_mw[1]", 1.3), ("inv_q_avail_mvar", 1.5)):
+        j = names.index(feature)
+        torch.testing.assert_close(obs_b[..., j], k * obs_a[..., j], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(info["q_mvar"], 0.5 * b["q_avail_mvar"])
+    net = ieee33.net
+    net.load["p_mw"] = b["load_p_mw"][1].numpy()
+    net.load["q_mvar"] = b["load_q_mvar"][1].numpy()
+    net.sgen["p_mw"] = b["sgen_p_mw"][1].numpy()
+    net.sgen.loc[ieee33.inverters.index, "q_mvar"] = info["q_mvar"][1].numpy()  # inverters order
+    _runpp(net)
+    np.testing.assert_allclose(info["vm_pu"][1].numpy(), net.res_bus.vm_pu.to_numpy(), atol=1e-6)
+
+
+def test_pv_scale_leaves_generators_that_are_no_inverter_alone(tmp_path):
+    import pandapower.networks as pn
+
+    net = pn.case33bw()
+    for bus in (17, 32):
+        pp.create_sgen(net, bus=bus, p_mw=1.0, sn_mva=1.2, name=f"roof {bus}", type="PV")
+    pp.to_json(net, str(tmp_path / "net.json"))
+    spec = tmp_path / "one.toml"
+    spec.write_text('name = "one"\ndescription = "one of two PV is an inverter"\n[source]\nkind = "json"\n'
+                    'case = "net.json"\n[pv]\nplacement = "existing"\nsgen_names = ["roof 17"]\n'
+                    '[profiles]\nmapping = "assign"\n')
+    feeder = gridrl.load_feeder(spec, cache=False)
+    noon = EnvConfig(start_hour=12.0, episode_hours=1.0)
+    a = make_env(feeder, days=[160], config=noon).pending()["sgen_p_mw"][0]
+    b = make_env(feeder, days=[160], config=EnvConfig(start_hour=12.0, episode_hours=1.0, pv_scale=2.0)).pending()
+    inverter = feeder.net.sgen.index.get_loc(feeder.inverters.index[0])
+    assert b["sgen_p_mw"][0, inverter] == 2 * a[inverter] > 0
+    other = 1 - inverter
+    assert b["sgen_p_mw"][0, other] == a[other]
+
+
+def test_q_at_night_is_the_inverters_capability_after_dark(ieee33):
+    dark = make_env(ieee33, split="test", days=[27], config=EnvConfig(**EVENING))
+    pend = dark.pending()
+    assert (pend["pv_p_mw"] == 0).all() and dark.q_at_night  # the spec's default: a STATCOM at night
+    torch.testing.assert_close(pend["q_avail_mvar"][0], dark.s_max_mva)
+    off = make_env(ieee33, split="test", days=[27], config=EnvConfig(**EVENING, q_at_night=False))
+    assert (off.pending()["q_avail_mvar"] == 0).all()
+    obs, _, _, info = off.step(torch.ones(1, off.n_agents))
+    assert (info["q_mvar"] == 0).all() and (info["q_avail_mvar"] == 0).all()
+    assert (obs[..., off.obs_names.index("inv_q_avail_mvar")] == 0).all()
+    # by day the capability changes nothing
+    day = [make_env(ieee33, days=[160], config=EnvConfig(start_hour=12.0, episode_hours=1.0, q_at_night=night))
+           for night in (True, False)]
+    torch.testing.assert_close(day[0].pending()["q_avail_mvar"], day[1].pending()["q_avail_mvar"], rtol=0, atol=0)
+
+
+def test_scenario_knobs_are_validated():
+    for bad in ({"load_scale": 0.0}, {"pv_scale": -1.0}, {"load_scale": float("nan")}):
+        with pytest.raises(ValueError, match="must be a number > 0"):
+            EnvConfig(**bad)
+    with pytest.raises(SpecError, match="q_at_night: expected true or false"):
+        from_dict(EnvConfig, {"q_at_night": "no"}, source="exp.toml")
+
+
+# ---------------------------------------------------------------------------------------------
 # configuration and the global state
 # ---------------------------------------------------------------------------------------------
 
 
 def test_config_loads_from_toml_and_lists_every_problem():
-    cfg = from_dict(EnvConfig, {"barrier": "l1", "step_minutes": 5, "outage_agents": ["bus12"],
+    cfg = from_dict(EnvConfig, {"barrier": "l1", "step_minutes": 5, "outage_agents": ["bus13"],
                                 "v_min_pu": 0.94, "v_max_pu": 1.06}, source="exp.toml")
-    assert cfg.barrier == "l1" and cfg.outage_agents == ("bus12",) and cfg.steps_per_episode == 288
+    assert cfg.barrier == "l1" and cfg.outage_agents == ("bus13",) and cfg.steps_per_episode == 288
     with pytest.raises(SpecError) as err:
         from_dict(EnvConfig, {"barrier": "l3", "stepminutes": 5, "sensor_noise_pu": "x"}, source="exp.toml")
     msg = str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gridrl.cli import app
 from gridrl.compare import (CompareConfig, CompareError, ControllerSpec, load_config, parse_controllers,
                             run_compare, summarize)
 from gridrl.control import make_controller
+from gridrl.env import EnvConfig
 from gridrl.errors import SpecError
 from gridrl.evaluate import DAY_COLUMNS, DaysNotInSplit, evaluate
 
@@ -199,6 +201,40 @@ def test_experiment_configs_load(tmp_path):
     assert "seed: unknown key" in str(exc.value) and "controllers[0].colour: unknown key" in str(exc.value)
 
 
+def test_compare_env_table_runs_every_cell_in_that_scenario(tmp_path, feeder, day, small):
+    toml = tmp_path / "stress.toml"
+    toml.write_text(f'feeders = ["ieee33"]\ndays = [{day}]\n[[controllers]]\nname = "none"\n'
+                    f'[env]\nload_scale = 1.3\npv_scale = 1.5\n')
+    cfg = load_config(toml)
+    assert cfg.env == EnvConfig(load_scale=1.3, pv_scale=1.5)
+    assert cfg.identity()["env"] == {"load_scale": 1.3, "pv_scale": 1.5}
+    assert "env" not in small[0].identity()  # the default environment leaves the identity as it was
+    res = run_compare(cfg, out=tmp_path / "s", progress=False, report=False)
+    want = evaluate(feeder, make_controller("none", feeder), days=[day], env_config=cfg.env).days
+    got, base = res.days.iloc[0], small[1].days.set_index("controller").loc["none"]
+    assert got["energy_loss_mwh"] == pytest.approx(want["energy_loss_mwh"].iloc[0], rel=1e-12)
+    assert got["max_abs_dv_pu"] > base["max_abs_dv_pu"]  # 50 % more PV on a sunny day
+    other = dataclasses.replace(cfg, env=EnvConfig(load_scale=1.2, pv_scale=1.5))
+    with pytest.raises(CompareError, match=r"different configuration \(env differ\)"):
+        run_compare(other, out=tmp_path / "s", progress=False)
+
+
+def test_compare_env_table_is_validated(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('feeders = ["ieee33"]\n[[controllers]]\nname = "none"\n[env]\nload_scale = -1\n')
+    with pytest.raises(SpecError, match="env: load_scale must be a number > 0, got -1.0"):
+        load_config(toml)
+    cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none"),
+                        env=EnvConfig(start_hour=6.0, episode_hours=12.0, outage_agents=("bus99",)))
+    with pytest.raises(CompareError) as exc:
+        run_compare(cfg, out=tmp_path / "o", progress=False)
+    msg = str(exc.value)
+    assert ("env.start_hour, env.episode_hours: a comparison runs every day of the split whole, from midnight, "
+            "once; remove them from the [env] table") in msg
+    assert "env.outage_agents: feeder 'ieee33' has no agent 'bus99'" in msg
+    assert not (tmp_path / "o").exists()
+
+
 def test_summary_gap_is_relative_to_opf():
     rows = []
     for ctrl, loss in (("none", 2.0), ("opf", 1.6)):
@@ -244,6 +280,8 @@ def test_cli_evaluate_end_to_end(tmp_path, day):
     (["--controller", "droop", "--days", "2,,7"],
      "--days has an empty item in '2,,7'; give comma-separated day numbers, e.g. 2,7,12"),
     (["--controller", "droop", "--days", "2,7,"], "--days has an empty item in '2,7,'"),
+    (["--controller", "none", "--load-scale", "0"],
+     "--load-scale / --pv-scale: load_scale must be a number > 0, got 0.0"),
 ])
 def test_cli_evaluate_bad_input(tmp_path, args, text):
     out = tmp_path / "ev"

@@ -72,6 +72,44 @@ def test_ieee33_agents_sit_at_mapdn_buses():
     assert len(feeder.agents) == 6
 
 
+def _bus_number(agent: str) -> int:
+    assert agent.startswith("bus")
+    return int(agent[3:])
+
+
+@pytest.mark.parametrize("name, case", [("ieee33", "case33bw"), ("ieee69", "case69"), ("ieee141", "case141")])
+def test_agents_carry_the_bus_numbers_of_the_case_file(name, case):
+    """An agent ``busN`` sits at the bus the MATPOWER case (and its paper) numbers N: that row of
+    the case file holds the load pandapower has at the agent's bus."""
+    from matpowercaseframes import CaseFrames
+
+    from gridrl.grid.sources import matpower_case_path
+
+    feeder = load_feeder(name)
+    raw = CaseFrames(str(matpower_case_path(case))).bus.set_index("BUS_I")
+    net = feeder.net
+    pf = feeder.spec.source.load_power_factor or 1.0  # case141 lists kVA
+    for agent, bus in zip(feeder.inverters.agent, feeder.inverters.bus):
+        case_kw = raw.loc[_bus_number(agent), "PD"] * pf  # all three files list kW
+        assert 1e3 * net.load.p_mw[net.load.bus == bus].sum() == pytest.approx(case_kw, rel=1e-9)
+    assert "1 = substation" in feeder.agent_naming
+    slack = int(net.ext_grid.bus.iloc[0])
+    assert raw.loc[1, "BUS_TYPE"] == 3 and (slack + 1 if name == "ieee33" else slack) == 1
+
+
+def test_ieee33_agents_are_mapdns_bus_numbers():
+    assert sorted(load_feeder("ieee33").agents, key=_bus_number) == ["bus13", "bus18", "bus22", "bus25", "bus29",
+                                                                      "bus33"]
+
+
+@pytest.mark.parametrize("name", ["mv-rural", "mv-urban", "mvlv-rural"])
+def test_simbench_agents_carry_the_nets_bus_names(name):
+    feeder = load_feeder(name)
+    names = feeder.net.bus.name
+    assert (feeder.inverters.agent.to_numpy() == names.loc[feeder.inverters.bus].to_numpy()).all()
+    assert feeder.agent_naming == "the net's own bus names"
+
+
 @pytest.mark.parametrize("name,n_agents,n_inverters", [
     ("ieee69", 8, 8), ("ieee141", 22, 22), ("mv-rural", 94, 102), ("mv-urban", 133, 134),
     ("mvlv-rural", 571, 571)])
@@ -92,6 +130,7 @@ def test_zones_cover_every_energized_bus_once_and_graph_is_connected(name):
     assert sum(sizes) == len(zone)
     for _, row in feeder.inverters.iterrows():
         assert zone.at[row.bus] == row.agent
+    assert len(set(feeder.agents)) == len(feeder.agents) == feeder.inverters.bus.nunique()
     assert (feeder.hop_distance >= 0).all(), "agent graph must be connected"
     assert (feeder.adjacency == feeder.adjacency.T).all()
     assert not feeder.adjacency.diagonal().any()
@@ -134,7 +173,11 @@ def test_profiles_shape_units_and_daylight(name):
     assert np.abs(midnight).max() < 1e-6
     lp = prof.load_p_mw[:]
     assert (lp >= 0).all()
-    assert lp.max() <= net.load.p_mw.max() * 1.0001
+    if feeder.spec.profiles.load_peak == "profiles":  # SimBench: each load peaks at its nominal p_mw at most
+        assert (lp.max(axis=0) <= net.load.p_mw.to_numpy() * 1.0001).all()
+    else:  # the feeder's coincident peak is its nominal load; single loads peak higher (diversity)
+        assert lp.sum(axis=1).max() == pytest.approx(net.load.p_mw.sum(), rel=1e-9)
+        assert (lp.max(axis=0) > net.load.p_mw.to_numpy()).any()
     # lazy indexing agrees with the materialized array
     steps = np.array([5, 500, 30000])
     np.testing.assert_array_equal(prof.load_p_mw[steps], lp[steps])
@@ -164,23 +207,89 @@ def test_train_test_split_is_disjoint_and_complete(name):
         feeder.days("validation")
 
 
-@pytest.mark.parametrize("name", ["ieee33", "ieee69", "ieee141", "mv-rural", "mv-urban"])
-def test_uncontrolled_noon_voltage_leaves_the_band_on_some_test_day(name):
-    """PV is sized so that, without control, sunny noons push voltages above the band."""
-    feeder = load_feeder(name)
+def _uncontrolled_vm_pu(feeder, steps) -> np.ndarray:
+    """``[len(steps), n_monitored]`` voltages without control (q = 0), by pandapower itself."""
     prof = feeder.profiles
-    days = np.array(feeder.days("test"))
-    noon = days * 96 + 52  # 13:00 local-ish; the sunniest test days first
-    pv = prof.pv_p_mw[noon].sum(axis=1)
     net = feeder.net
-    vmax = 0.0
-    for step in noon[np.argsort(-pv)[:3]]:
+    out = []
+    for step in steps:
         net.load["p_mw"] = prof.load_p_mw[step]
         net.load["q_mvar"] = prof.load_q_mvar[step]
         net.sgen["p_mw"] = prof.sgen_p_mw[step]
         _runpp(net)
-        vmax = max(vmax, net.res_bus.vm_pu.to_numpy()[feeder.monitored].max())
-    assert vmax > feeder.v_max_pu
+        out.append(net.res_bus.vm_pu.to_numpy()[feeder.monitored])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name", ["ieee33", "ieee69", "ieee141", "mv-rural", "mv-urban"])
+def test_uncontrolled_noon_voltage_leaves_the_band_on_some_test_day(name):
+    """PV is sized so that, without control, sunny noons push voltages above the band: the three
+    midday steps of the test days with the largest surplus of generation over load."""
+    feeder = load_feeder(name)
+    prof = feeder.profiles
+    days = np.array(feeder.days("test"))
+    midday = (days[:, None] * 96 + np.arange(10 * 4, 15 * 4)[None, :]).ravel()  # 10:00–15:00
+    surplus = prof.sgen_p_mw[midday].sum(axis=1) - prof.load_p_mw[midday].sum(axis=1)
+    assert _uncontrolled_vm_pu(feeder, midday[np.argsort(-surplus)[:3]]).max() > feeder.v_max_pu
+
+
+@pytest.mark.parametrize("name", ["ieee33", "ieee69"])
+def test_uncontrolled_evening_peak_falls_below_the_band_on_some_test_day(name):
+    """With the loads at the published design peak, heavy evenings sag below the band."""
+    feeder = load_feeder(name)
+    days = np.array(feeder.days("test"))
+    evening = (days[:, None] * 96 + np.arange(17 * 4, 22 * 4)[None, :]).ravel()  # 17:00–22:00
+    load = feeder.profiles.load_p_mw[evening].sum(axis=1)
+    vm = _uncontrolled_vm_pu(feeder, evening[np.argsort(-load)[:3]])
+    assert vm.min() < feeder.v_min_pu
+
+
+# ---------------------------------------------------------------------------------------------
+# operating point: the published case is the design peak
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ieee33", "ieee69", "ieee141"])
+def test_published_cases_peak_at_their_nominal_load(name):
+    feeder = load_feeder(name)
+    net = feeder.net
+    prof = feeder.profiles
+    assert feeder.spec.profiles.load_peak == "nominal"
+    total = prof.load_p_mw[:].sum(axis=1)
+    assert total.max() == pytest.approx(net.load.p_mw.sum(), rel=1e-9)
+    np.testing.assert_allclose(prof.load_p_mw.total(), total, rtol=1e-12)
+    # every load keeps its nominal power factor
+    t = int(total.argmax())
+    np.testing.assert_allclose(prof.load_q_mvar[t] * net.load.p_mw.to_numpy(),
+                               prof.load_p_mw[t] * net.load.q_mvar.to_numpy(), rtol=1e-12, atol=1e-15)
+    s = feeder.summary()
+    assert s["load_peak_mw"] == pytest.approx(net.load.p_mw.sum(), abs=1e-3)
+    assert s["load_factor"] == pytest.approx(total.mean() / total.max(), abs=1e-3)
+    assert 0.25 < s["load_factor"] < 0.5  # households, trade and farms: a typical feeder's load factor
+
+
+def test_load_peak_profiles_keeps_the_published_profile_scale(tmp_path):
+    """One factor per feeder: ``load_peak = 'profiles'`` gives nominal × profile, ``'nominal'``
+    the same shape scaled so the coincident peak is the nominal load."""
+    from gridrl.grid.sources import simbench_profiles
+
+    text = open(resolve_spec("ieee33").path).read().replace('name = "ieee33"', 'name = "ieee33-raw"')
+    raw_spec = tmp_path / "ieee33-raw.toml"
+    raw_spec.write_text(text.replace("seed = 33", 'seed = 33\nload_peak = "profiles"'))
+    raw, scaled = load_feeder(raw_spec, cache=False), load_feeder("ieee33")
+    nominal = raw.net.load.p_mw.sum()
+    peak_raw = raw.load_stats()["load_peak_mw"]
+    assert 0.3 < peak_raw / nominal < 0.6  # SimBench profiles peak on different days
+    steps = np.arange(96 * 200, 96 * 201)
+    np.testing.assert_allclose(scaled.profiles.load_p_mw[steps], raw.profiles.load_p_mw[steps] * nominal / peak_raw,
+                               rtol=1e-12)
+    # SimBench feeders keep SimBench's own scaling: load = nominal p_mw × the published profile
+    mv = load_feeder("mv-rural")
+    assert mv.spec.profiles.load_peak == "profiles"
+    net, table = mv.net, simbench_profiles()["load"]
+    for i in (0, len(net.load) // 2):
+        want = net.load.p_mw.iloc[i] * table[f"{net.load.profile.iloc[i]}_pload"].to_numpy()[steps]
+        np.testing.assert_allclose(mv.profiles.load_p_mw[steps, i], want, rtol=1e-12)
 
 
 def test_cache_is_used_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
@@ -199,12 +308,12 @@ def test_cache_is_used_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def _own_net(tmp_path, *, scale_load=1.0):
+def _own_net(tmp_path, *, scale_load=1.0, pv_mw=(1.0, 1.0)):
     net = pn.case33bw()
     net.load["p_mw"] *= scale_load
     net.load["q_mvar"] *= scale_load
-    for b in (17, 32):
-        pp.create_sgen(net, bus=b, p_mw=1.0, sn_mva=1.2, name=f"roof {b}", type="PV")
+    for b, p_mw in zip((17, 32), pv_mw):
+        pp.create_sgen(net, bus=b, p_mw=p_mw, sn_mva=1.2, name=f"roof {b}", type="PV")
     path = tmp_path / "mynet.json"
     pp.to_json(net, str(path))
     return path
@@ -237,6 +346,23 @@ def test_own_pandapower_json_feeder(tmp_path):
     assert sorted(feeder.agents) == ["bus17", "bus32"]
     np.testing.assert_allclose(feeder.inverters.s_max_mva, 1.2)
     assert set(feeder.bus_zone) == {"bus17", "bus32"}
+
+
+def test_own_feeder_names_agents_by_pandapower_index(tmp_path):
+    _own_net(tmp_path)
+    feeder = load_feeder(_own_spec(tmp_path, OWN), cache=False)
+    assert feeder.agent_naming == "pandapower bus indices"  # its own net, without bus names
+
+
+@pytest.mark.parametrize("pv_mw, text", [
+    ((0.0, 0.0), "pv: every selected sgen (2) has a PV peak p_mw of 0, so no inverter could give reactive power"),
+    ((1.0, 0.0), "pv: 1 selected sgen(s) have a PV peak p_mw ≤ 0 (roof 32)"),
+])
+def test_own_feeder_with_zero_pv_peak_is_refused(tmp_path, pv_mw, text):
+    _own_net(tmp_path, pv_mw=pv_mw)
+    with pytest.raises(SpecError) as err:
+        load_feeder(_own_spec(tmp_path, OWN), cache=False)
+    assert text in str(err.value)
 
 
 def test_own_feeder_whose_base_case_diverges_is_named(tmp_path):

@@ -254,14 +254,18 @@ class DroopController(Controller):
             out["fit"] = self.fit
         return out
 
-    def target(self, vm_own_pu: np.ndarray, q_avail_mvar: np.ndarray, *, rows: np.ndarray | None = None) -> np.ndarray:
+    def target(self, vm_own_pu: np.ndarray, q_avail_mvar: np.ndarray, *, rows: np.ndarray | None = None,
+               s_max_mva: np.ndarray | None = None) -> np.ndarray:
         """The actions ``[B, N]`` the curve asks for at own-bus voltages ``vm_own_pu [B, N]`` given the
         agents' available reactive power ``q_avail_mvar [B, N]``; ``rows`` says which scenarios
-        these are when a batch of curves (:meth:`batch`) acts on some of its scenarios only."""
+        these are when a batch of curves (:meth:`batch`) acts on some of its scenarios only;
+        ``s_max_mva [N]`` are the agents' nameplate ratings (default: the feeder's; an environment
+        with ``pv_scale`` has its own, see :meth:`act`)."""
         pick = (lambda x: x) if rows is None or self._v_tab.shape[0] == 1 else (lambda x: x[rows])
         frac = curve_fraction(vm_own_pu, pick(self._v_tab), pick(self._q_tab))
+        s_max = self.s_max_mva if s_max_mva is None else s_max_mva
         with np.errstate(divide="ignore", invalid="ignore"):
-            of_s_max = np.where(q_avail_mvar > 0, frac * self.s_max_mva / q_avail_mvar, 0.0)
+            of_s_max = np.where(q_avail_mvar > 0, frac * s_max / q_avail_mvar, 0.0)
         return np.clip(np.where(pick(self._of_q_avail), frac, of_s_max), -1.0, 1.0)
 
     def act(self, obs: Any, *, env: Any = None) -> torch.Tensor:
@@ -284,6 +288,7 @@ class DroopController(Controller):
         batch = plant.batch
         a = np.zeros((batch, self.n_agents)) if self._last is None or self._last.shape[0] != batch else self._last.copy()
         q_avail = plant.q_avail_mvar @ self._incidence.T                     # [B, N]
+        s_max = np.asarray(env.s_max_mva.cpu(), dtype=np.float64) @ self._incidence.T  # the env's ratings
         alpha = np.full(batch, o.damping)
         prev = np.full(batch, np.inf)
         settled = np.zeros(batch, dtype=bool)
@@ -296,7 +301,7 @@ class DroopController(Controller):
             else:
                 v[rows] = res.v
             vm_own = np.where(np.asarray(res.converged)[:, None], np.asarray(res.vm_pu)[:, self._own_bus], np.nan)
-            step = self.target(vm_own, q_avail[rows], rows=rows) - a[rows]
+            step = self.target(vm_own, q_avail[rows], rows=rows, s_max_mva=s_max) - a[rows]
             step = np.where(np.isfinite(step), step, 0.0)  # a diverged solve: hold the actions
             r = np.abs(step).max(axis=1)
             done = r < o.tol

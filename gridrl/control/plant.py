@@ -4,7 +4,9 @@ A :class:`StepPlant` holds the loads and PV output of the B scenarios of the ste
 taken and solves the feeder's batched power flow for any set of agent actions, without touching
 the environment: droop's fixed point and the optimal power flow call it many times per step.
 Actions map to reactive power as in the environment: action ``a`` of an agent sets
-``q_mvar = a · q_avail_mvar`` at each of its inverters, ``q_avail = sqrt(s_max² − p²)``.
+``q_mvar = a · q_avail_mvar`` at each of its inverters, ``q_avail = sqrt(s_max² − p²)``
+(:func:`gridrl.grid.inverters.q_avail_mvar`, which also knows the inverters' capability at
+night).
 
 :func:`loss_hessian` is the physical curvature of line losses in the actions, used by the OPF
 as its quadratic model: with bus injections ``S`` near nominal voltage the injected currents are
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+
+from gridrl.grid.inverters import q_avail_mvar
 
 
 class ActionMap:
@@ -84,15 +88,18 @@ class StepPlant:
         return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init)
 
 
-def plant_from_profiles(feeder, steps, *, pf=None, amap: ActionMap | None = None) -> StepPlant:
+def plant_from_profiles(feeder, steps, *, pf=None, amap: ActionMap | None = None,
+                        q_at_night: bool | None = None) -> StepPlant:
     """A :class:`StepPlant` for profile steps ``steps [B]`` straight from the feeder's profiles
-    (no environment): loads and PV as recorded, every inverter in service."""
+    (no environment): loads and PV as recorded, every inverter in service, reactive capability
+    at night as ``q_at_night`` says (default: the feeder's ``pv.q_at_night``)."""
     steps = np.asarray(steps, dtype=np.int64)
     pf = pf or feeder.power_flow()
     amap = amap or ActionMap(feeder, pf)
     prof = feeder.profiles
     pv = prof.pv_p_mw[steps]
-    q_avail = np.sqrt(np.maximum(amap.s_max_mva ** 2 - pv ** 2, 0.0))
+    night = feeder.spec.pv.q_at_night if q_at_night is None else q_at_night
+    q_avail = q_avail_mvar(pv, amap.s_max_mva, q_at_night=night)
     return StepPlant(pf=pf, amap=amap, load_p_mw=prof.load_p_mw[steps], load_q_mvar=prof.load_q_mvar[steps],
                      sgen_p_mw=prof.sgen_p_mw[steps], q_avail_mvar=q_avail, monitored=np.asarray(feeder.monitored),
                      v_min_pu=feeder.v_min_pu, v_max_pu=feeder.v_max_pu)

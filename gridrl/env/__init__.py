@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gridrl.env.config import EnvConfig
-from gridrl.env.core import EnvError, VoltageControlEnv
-from gridrl.env.rewards import BARRIERS, barrier
+
+# torch loads with the environment itself, not with its configuration: a comparison config or a
+# report can name an EnvConfig without paying for torch.
+_LAZY = {"EnvError": "gridrl.env.core", "VoltageControlEnv": "gridrl.env.core",
+         "BARRIERS": "gridrl.env.rewards", "barrier": "gridrl.env.rewards",
+         "VoltageControlParallelEnv": "gridrl.env.pettingzoo"}
 
 __all__ = ["BARRIERS", "EnvConfig", "EnvError", "VoltageControlEnv", "VoltageControlParallelEnv", "barrier",
            "make_env", "parallel_env"]
@@ -29,6 +33,8 @@ def make_env(feeder_or_name, *, split: str = "train", num_envs: int = 1, seed: i
              days: Sequence[int] | None = None, config: EnvConfig | None = None,
              device: str = "cpu") -> VoltageControlEnv:
     """The batched environment: ``num_envs`` episodes on days of ``split`` (or of ``days``)."""
+    from gridrl.env.core import VoltageControlEnv
+
     return VoltageControlEnv(_feeder(feeder_or_name), num_envs=num_envs, seed=seed, split=split,
                              days=days, config=config, device=device)
 
@@ -43,8 +49,8 @@ def parallel_env(feeder_or_name, *, split: str = "train", seed: int = 0,
 
 
 def __getattr__(name):
-    if name == "VoltageControlParallelEnv":
-        from gridrl.env.pettingzoo import VoltageControlParallelEnv
+    if name in _LAZY:
+        import importlib
 
-        return VoltageControlParallelEnv
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gridrl.env' has no attribute {name!r}")

@@ -32,6 +32,7 @@ import torch
 
 from gridrl.env.config import EnvConfig
 from gridrl.env.core import VoltageControlEnv
+from gridrl.grid.inverters import q_avail_mvar
 from gridrl.threads import describe, policy, using
 
 __all__ = ["background_load", "bench_contention", "bench_env_steps", "bench_pandapower_steps",
@@ -94,8 +95,7 @@ def bench_pandapower_steps(feeder, *, steps: int = 24, seed: int = 0, day: int |
     t = prof.day_steps(day)[:steps]
     load_p, load_q, sgen_p = prof.load_p_mw[t], prof.load_q_mvar[t], prof.sgen_p_mw[t]
     pv = prof.pv_p_mw[t]
-    s_max = feeder.inverters.s_max_mva.to_numpy()
-    q_avail = np.sqrt(np.maximum(s_max ** 2 - pv ** 2, 0.0))
+    q_avail = q_avail_mvar(pv, feeder.inverters.s_max_mva.to_numpy(), q_at_night=feeder.spec.pv.q_at_night)
     n_agents = len(feeder.agents)
     agent_of = np.array([feeder.agents.index(a) for a in feeder.inverters.agent])
     acts = _actions(len(t), 1, n_agents, seed)[:, 0].numpy()

@@ -1,14 +1,16 @@
 """The environment's configuration: one frozen dataclass, loadable from a TOML table.
 
 ``EnvConfig`` holds every knob of :class:`~gridrl.env.core.VoltageControlEnv` that is not the
-feeder itself: the voltage band, episode and step length, the reward (barrier and weights), the
-observation layout, and the fault options for robustness studies (all off by default). Load one
+feeder itself: the voltage band, the operating scenario (load and PV scaling, the inverters' reactive
+capability at night), episode and step length, the reward (barrier and weights), the observation
+layout, and the fault options for robustness studies (all off by default). Load one
 from an experiment file with ``gridrl.config.from_dict(EnvConfig, table, source=path)``, which
 lists every unknown key and wrong value at once.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +27,20 @@ class EnvConfig:
         v_min_pu, v_max_pu: the band every monitored bus should stay in; ``None`` takes the
             feeder's band (0.95–1.05 p.u. on every shipped feeder). Used by the barrier, the
             band metrics and the episode aggregates.
+
+    Scenario (stress studies without writing a feeder; defaults keep the feeder as specified)
+        load_scale: multiplies every load's P and Q at every step (power factor kept). 1.2 is
+            a feeder whose loads grew by 20 %.
+        pv_scale: multiplies the installed capacity of every inverter: its available PV power
+            at every step *and* its apparent-power rating ``s_max_mva``, as when more PV is
+            installed with inverters sized like the existing ones (the usual meaning in
+            hosting-capacity and stress studies). Reactive headroom therefore scales too:
+            ``q_avail = pv_scale·sqrt(s_max² − p²)``. Generators that are not inverters (e.g.
+            mvlv-rural's wind and biomass units) are unchanged.
+        q_at_night: whether inverters keep their reactive capability when their PV produces
+            nothing (see :mod:`gridrl.grid.inverters`); ``None`` takes the feeder's
+            ``pv.q_at_night`` (true on every shipped feeder). False models inverters that
+            disconnect at night: ``q_avail = 0`` while ``p ≤ 0``.
 
     Time
         episode_hours: length of one episode in hours (default one day, 24.0). An episode never
@@ -77,6 +93,10 @@ class EnvConfig:
     v_min_pu: float | None = None
     v_max_pu: float | None = None
 
+    load_scale: float = 1.0
+    pv_scale: float = 1.0
+    q_at_night: bool | None = None
+
     episode_hours: float = 24.0
     start_hour: float | None = 0.0
     step_minutes: int = 15
@@ -119,6 +139,10 @@ class EnvConfig:
             elif (self.start_hour * 60) % self.step_minutes:
                 problems.append(f"start_hour ({self.start_hour}) must fall on a "
                                 f"{self.step_minutes}-minute step")
+        for name in ("load_scale", "pv_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be a number > 0, got {value!r}")
         for name in ("voltage_weight", "loss_weight_per_mw", "q_weight_per_mvar",
                      "divergence_penalty", "forecast_noise_rel", "sensor_noise_pu"):
             if getattr(self, name) < 0:

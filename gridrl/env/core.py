@@ -3,11 +3,13 @@
 One step of scenario b at profile time t:
 
 1. loads and PV output of time t are set from the feeder's profiles (interpolated when the
-   step is finer than the native 15 minutes);
+   step is finer than the native 15 minutes), times the config's ``load_scale`` and
+   ``pv_scale``;
 2. each agent's action ``a ∈ [-1, 1]`` (clipped) sets the reactive power of *each* of its
    inverters to ``q_mvar = a · q_avail_mvar`` with ``q_avail_mvar = sqrt(s_max_mva² − p_mw²)``
-   (an agent with several inverters drives them all with the same ``a``; an inverter that is
-   out stays at 0);
+   (:func:`gridrl.grid.inverters.q_avail_mvar`; 0 at night when the inverters have no
+   ``q_at_night`` capability; an agent with several inverters drives them all with the same
+   ``a``; an inverter that is out stays at 0);
 3. the power flow of time t is solved for all scenarios at once, warm-started from the
    previous step's solution;
 4. observations, local rewards and global metrics of *that* solution are returned.
@@ -45,6 +47,7 @@ import torch
 from gridrl.env.config import EnvConfig
 from gridrl.env.rewards import barrier
 from gridrl.errors import GridrlError
+from gridrl.grid.inverters import q_avail_mvar
 from gridrl.threads import apply_torch
 
 # per-step info entries a frozen (finished) scenario fills with NaN / False: shape, kind
@@ -163,7 +166,15 @@ class VoltageControlEnv:
         self.inverter_sgen_pos = T(net.sgen.index.get_indexer(inv.index))
         self.inverter_agent = T([agent_pos[a] for a in inv["agent"]])
         self.inverter_bus_pos = T([pos[int(b)] for b in inv["bus"]])
-        self.s_max_mva = T(inv["s_max_mva"].to_numpy(float), torch.float64)
+        # the scenario: more PV means more inverters of the same kind, so ratings scale with it
+        cfg = self.config
+        self.s_max_mva = T(inv["s_max_mva"].to_numpy(float) * cfg.pv_scale, torch.float64)
+        self.q_at_night = bool(feeder.spec.pv.q_at_night if cfg.q_at_night is None else cfg.q_at_night)
+        self._load_scale = float(cfg.load_scale)
+        self._pv_scale = float(cfg.pv_scale)
+        sgen_scale = np.ones(self.n_sgen)
+        sgen_scale[net.sgen.index.get_indexer(inv.index)] = cfg.pv_scale
+        self._sgen_scale = T(sgen_scale, torch.float64)
         self._pv = feeder.profiles.pv_p_mw
         own = np.full(self.n_agents, -1)
         for a, b in zip(self.inverter_agent.tolist(), self.inverter_bus_pos.tolist()):
@@ -350,13 +361,18 @@ class VoltageControlEnv:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
 
     def _exogenous(self, g: np.ndarray) -> dict[str, torch.Tensor]:
+        """Loads and generation at fine steps ``g``, scaled to the config's scenario."""
         p = self._prof
-        pv = self._at(p.sgen_p_mw, g)
-        return {"load_p_mw": self._at(p.load_p_mw, g), "load_q_mvar": self._at(p.load_q_mvar, g),
-                "sgen_p_mw": pv, "pv_p_mw": torch.index_select(pv, 1, self.inverter_sgen_pos)}
+        load_p, load_q, sgen_p = self._at(p.load_p_mw, g), self._at(p.load_q_mvar, g), self._at(p.sgen_p_mw, g)
+        if self._load_scale != 1.0:
+            load_p, load_q = load_p * self._load_scale, load_q * self._load_scale
+        if self._pv_scale != 1.0:
+            sgen_p = sgen_p * self._sgen_scale
+        return {"load_p_mw": load_p, "load_q_mvar": load_q, "sgen_p_mw": sgen_p,
+                "pv_p_mw": torch.index_select(sgen_p, 1, self.inverter_sgen_pos)}
 
     def _q_avail(self, pv_p_mw: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(torch.clamp(self.s_max_mva ** 2 - pv_p_mw ** 2, min=0.0))
+        return q_avail_mvar(pv_p_mw, self.s_max_mva, q_at_night=self.q_at_night)
 
     # ---------------------------------------------------------------------------------------
     # physics
@@ -598,8 +614,8 @@ class VoltageControlEnv:
         k = self.config.forecast_steps
         n = len(g)
         gg = (g[:, None] + np.arange(1, k + 1)[None, :]).reshape(-1)
-        pv = self._to_agents(self._at(self._pv, gg)).reshape(n, k, -1)
-        lp = self._at(self._prof.load_p_mw, gg) * self._load_on
+        pv = self._to_agents(self._at(self._pv, gg) * self._pv_scale).reshape(n, k, -1)
+        lp = self._at(self._prof.load_p_mw, gg) * (self._load_on * self._load_scale)
         load = torch.zeros(n * k, self.n_agents, dtype=torch.float64)
         load.index_add_(1, self._fc_load_agent, lp[:, self._fc_load_keep])
         out = torch.cat([pv, load.reshape(n, k, -1)], 1)  # [n, 2k, N]
@@ -775,7 +791,8 @@ class VoltageControlEnv:
         return {k: self._out(v) for k, v in out.items()}
 
     def pending(self) -> dict[str, torch.Tensor]:
-        """Exogenous inputs of the step that :meth:`step` would take next, per scenario.
+        """Exogenous inputs of the step that :meth:`step` would take next, per scenario, as the
+        environment applies them (after ``load_scale`` and ``pv_scale``).
 
         ``load_p_mw``, ``load_q_mvar`` ``[B, n_load]`` (net.load order), ``sgen_p_mw``
         ``[B, n_sgen]`` (net.sgen order), ``pv_p_mw``, ``q_avail_mvar`` ``[B, n_inverter]``

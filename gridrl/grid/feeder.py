@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 
 from gridrl.errors import FeederBuildError, FeederNotFound, SpecError
-from gridrl.grid.sources import STEP_MINUTES, build_net, simbench_profiles
+from gridrl.grid.sources import STEP_MINUTES, build_net, bus_names, simbench_profiles
 from gridrl.grid.spec import FeederSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +118,12 @@ class ProfileArray:
         columns = np.asarray(columns, dtype=np.int64)
         return ProfileArray(self._base, self.column[columns], self.scale[columns])
 
+    def total(self, weights=None) -> np.ndarray:
+        """``[T]`` sum over the elements (each times ``weights[i]``, e.g. 0/1 for in service),
+        without materializing ``[T, n]``."""
+        w = self.scale if weights is None else self.scale * np.asarray(weights, dtype=np.float64)
+        return self._base @ np.bincount(self.column, weights=w, minlength=self._base.shape[1])
+
 
 @dataclass(frozen=True, eq=False)
 class Profiles:
@@ -166,8 +172,10 @@ class Feeder:
     """
 
     def __init__(self, *, spec: FeederSpec, net, inverters: pd.DataFrame, bus_zone: pd.Series,
-                 agent_edges: list[tuple[int, int]], profiles: Profiles, monitored: np.ndarray):
+                 agent_edges: list[tuple[int, int]], profiles: Profiles, monitored: np.ndarray,
+                 agent_naming: str):
         self.spec = spec
+        self.agent_naming = agent_naming  # which convention agent names follow (see bus_names)
         self._net = net
         self.inverters = inverters
         self.agents: list[str] = list(dict.fromkeys(inverters["agent"]))
@@ -265,11 +273,21 @@ class Feeder:
 
         return BatchedPowerFlow(self.net, options=PowerFlowOptions(**options))
 
+    def load_stats(self) -> dict[str, float]:
+        """The yearly total load P of the in-service loads as the profiles give it:
+        ``load_peak_mw`` (coincident peak), ``load_mean_mw`` and ``load_factor`` (mean / peak)."""
+        total = self.profiles.load_p_mw.total(self._net.load.in_service.to_numpy())
+        peak, mean = float(total.max()), float(total.mean())
+        return {"load_peak_mw": peak, "load_mean_mw": mean,
+                "load_factor": mean / peak if peak > 0 else float("nan")}
+
     def summary(self) -> dict:
-        """One row for ``gridrl feeders``."""
+        """One row for ``gridrl feeders``: size, nominal load, yearly peak and load factor of
+        the profiles, PV, and where the net comes from."""
         net = self._net
         load = float(net.load.loc[net.load.in_service, "p_mw"].sum())
         pv = float(self.inverters["p_peak_mw"].sum())
+        stats = self.load_stats()
         return {
             "name": self.name,
             "buses": int(len(net.bus)),
@@ -278,6 +296,8 @@ class Feeder:
             "agents": len(self.agents),
             "inverters": len(self.inverters),
             "load_mw": round(load, 3),
+            "load_peak_mw": round(stats["load_peak_mw"], 3),
+            "load_factor": round(stats["load_factor"], 3),
             "pv_peak_mw": round(pv, 3),
             "pv_to_load": round(pv / load, 2) if load > 0 else float("nan"),
             "source": f"{self.spec.source.kind}:{self.spec.source.case}",
@@ -370,7 +390,8 @@ def _build(spec: FeederSpec) -> dict:
         graph = top.create_nxgraph(net, respect_switches=True, include_out_of_service=False)
     slack = int(net.ext_grid.bus[net.ext_grid.in_service].iloc[0])
     order, parent, depth = _bfs_tree(graph, slack)
-    inverters = _place_inverters(spec, net, graph, order, depth)
+    names, naming = bus_names(spec, net)
+    inverters = _place_inverters(spec, net, graph, order, depth, names)
     bus_zone, edges = _zones(net, graph, order, parent, inverters)
     profiles = _profiles(spec, net, inverters)
     slack_kv = float(net.bus.vn_kv.at[slack])
@@ -381,7 +402,7 @@ def _build(spec: FeederSpec) -> dict:
         monitored &= lower
     _check_base_case(spec, net)
     return dict(net=net, inverters=inverters, bus_zone=bus_zone, agent_edges=edges,
-                profiles=profiles, monitored=monitored)
+                profiles=profiles, monitored=monitored, agent_naming=naming)
 
 
 def _bfs_tree(graph, root: int):
@@ -401,7 +422,7 @@ def _bfs_tree(graph, root: int):
     return order, parent, depth
 
 
-def _place_inverters(spec: FeederSpec, net, graph, order, depth) -> pd.DataFrame:
+def _place_inverters(spec: FeederSpec, net, graph, order, depth, names: pd.Series) -> pd.DataFrame:
     import pandapower as pp
 
     pv = spec.pv
@@ -423,6 +444,17 @@ def _place_inverters(spec: FeederSpec, net, graph, order, depth) -> pd.DataFrame
             raise SpecError(spec.path or spec.name, problems)
         net.sgen.loc[idx, "p_mw"] *= pv.scale
         p_peak = net.sgen.loc[idx, "p_mw"].to_numpy(dtype=float)
+        if not (p_peak > 0).any():
+            raise SpecError(spec.path or spec.name, [
+                f"pv: every selected sgen ({len(idx)}) has a PV peak p_mw of 0, so no inverter could "
+                f"give reactive power; give them their rated p_mw in the net, or select others with "
+                f"pv.sgen_types / pv.sgen_names"])
+        if not (p_peak > 0).all():
+            zero = net.sgen.loc[idx[p_peak <= 0], "name"].astype(str).tolist()
+            raise SpecError(spec.path or spec.name, [
+                f"pv: {len(zero)} selected sgen(s) have a PV peak p_mw ≤ 0 ({', '.join(zero[:6])}"
+                f"{' …' if len(zero) > 6 else ''}) and could give no reactive power; give them their "
+                f"rated p_mw, or leave them out with pv.sgen_types / pv.sgen_names"])
         s_max = pv.s_max_ratio * p_peak
         net.sgen.loc[idx, "sn_mva"] = s_max
     else:
@@ -444,13 +476,17 @@ def _place_inverters(spec: FeederSpec, net, graph, order, depth) -> pd.DataFrame
         if problems:
             raise SpecError(spec.path or spec.name, problems)
         total_load = float(net.load.loc[net.load.in_service, "p_mw"].sum())
+        if total_load <= 0:
+            raise SpecError(spec.path or spec.name, [
+                "pv.peak_to_load sizes PV from the total nominal load, but the net's in-service loads "
+                "sum to 0 MW; give the loads their nominal p_mw, or use placement = 'existing'"])
         peak = pv.peak_to_load * total_load / len(buses)
         idx = [pp.create_sgen(net, bus=b, p_mw=peak, q_mvar=0.0, sn_mva=pv.s_max_ratio * peak,
                               type="PV", name=f"PV {b}") for b in buses]
         p_peak = np.full(len(idx), peak)
         s_max = pv.s_max_ratio * p_peak
     bus = net.sgen.loc[idx, "bus"].to_numpy(dtype=np.int64)
-    inv = pd.DataFrame({"bus": bus, "agent": [f"bus{b}" for b in bus], "p_peak_mw": p_peak,
+    inv = pd.DataFrame({"bus": bus, "agent": names.loc[bus].to_numpy(dtype=object), "p_peak_mw": p_peak,
                         "s_max_mva": s_max}, index=pd.Index(idx, name="sgen"))
     # agents ordered by bus depth then bus index: upstream agents first, deterministic
     dep = np.array([depth.get(b, 10**9) for b in bus])
@@ -597,13 +633,29 @@ def _profiles(spec: FeederSpec, net, inverters: pd.DataFrame) -> Profiles:
         raise SpecError(spec.path or spec.name, problems)
     base = np.ascontiguousarray(np.stack(columns, axis=1))
     s_scale = sgen["scaling"].to_numpy(dtype=float) if "scaling" in sgen else np.ones(len(sgen))
-    load_p = ProfileArray(base, lp, load.p_mw.to_numpy(float) * scaling * ps.load_scale)
-    load_q = ProfileArray(base, lq, load.q_mvar.to_numpy(float) * scaling * ps.load_scale)
+    nominal_p = load.p_mw.to_numpy(float) * scaling
+    factor = ps.load_scale
+    if ps.load_peak == "nominal":
+        factor *= _peak_factor(spec, ProfileArray(base, lp, nominal_p), load.in_service.to_numpy())
+    load_p = ProfileArray(base, lp, nominal_p * factor)
+    load_q = ProfileArray(base, lq, load.q_mvar.to_numpy(float) * scaling * factor)
     sgen_p = ProfileArray(base, sp, sgen.p_mw.to_numpy(float) * s_scale)
     inv_pos = sgen.index.get_indexer(inverters.index)
     return Profiles(load_p_mw=load_p, load_q_mvar=load_q, sgen_p_mw=sgen_p,
                     pv_p_mw=sgen_p.select(inv_pos), step_minutes=STEP_MINUTES,
                     start=pd.Timestamp("2016-01-01 00:00"))
+
+
+def _peak_factor(spec: FeederSpec, load_p: ProfileArray, in_service: np.ndarray) -> float:
+    """The factor that puts the coincident yearly peak of the total in-service load P on the
+    total nominal load (``profiles.load_peak = 'nominal'``)."""
+    nominal = float((load_p.scale * in_service).sum())
+    peak = float(load_p.total(in_service).max()) if len(in_service) else 0.0
+    if nominal <= 0 or peak <= 0:
+        raise SpecError(spec.path or spec.name, [
+            "profiles.load_peak = 'nominal' needs in-service loads with positive p_mw; the net has "
+            "none (set load_peak = 'profiles' or give the loads their nominal power)"])
+    return nominal / peak
 
 
 def _check_base_case(spec: FeederSpec, net) -> None:

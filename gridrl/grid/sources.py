@@ -117,6 +117,34 @@ def _json_net(path: Path):
         raise FeederBuildError(f"cannot read pandapower net from {path}: {exc}") from None
 
 
+def bus_names(spec: FeederSpec, net) -> tuple[pd.Series, str]:
+    """A name for every bus (indexed like ``net.bus``) that a reader of the case's literature
+    recognises, and a sentence saying which convention it follows.
+
+    - The net's own bus names where they mean something: unique, non-empty and not merely the
+      row index repeated (SimBench: ``MV1.101 Bus 4``).
+    - Else the case's own bus numbers, as its publication and MATPOWER file count them, from 1 at
+      the substation: ``bus13``. pandapower's ``from_ppc`` keeps MATPOWER's ``BUS_I`` as the
+      index (case69, case141); pandapower's own MATPOWER-derived networks (``case33bw``)
+      renumber from 0 and repeat that index as the name, so they get index + 1.
+    - Else (a user's net without names) the pandapower index: ``bus7``.
+    """
+    index = net.bus.index
+    names = net.bus["name"] if "name" in net.bus else pd.Series(None, index=index, dtype=object)
+    text = names.astype(str).str.strip()
+    repeats_index = bool((text == index.astype(str)).all())
+    if names.notna().all() and (text != "").all() and text.is_unique and not repeats_index:
+        return text, "the net's own bus names"
+    if spec.source.kind == "matpower":
+        return pd.Series([f"bus{b}" for b in index], index=index), \
+            "MATPOWER bus numbers (BUS_I, 1 = substation)"
+    if spec.source.kind == "pandapower" and repeats_index and spec.source.case.startswith("case") \
+            and (index == np.arange(len(index))).all():
+        return pd.Series([f"bus{b + 1}" for b in index], index=index), \
+            "the case's 1-based bus numbers (pandapower index + 1; 1 = substation)"
+    return pd.Series([f"bus{b}" for b in index], index=index), "pandapower bus indices"
+
+
 @lru_cache(maxsize=1)
 def simbench_profiles() -> dict[str, pd.DataFrame]:
     """SimBench's full profile tables (scenario 0): ``load`` and ``renewables``, one column each."""

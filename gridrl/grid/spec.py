@@ -60,6 +60,10 @@ class PVSpec:
         the PV in proportion to ``weights`` (equal by default). Not used for ``existing``.
     scale: multiplies the rating of ``existing`` sgens (1.0 keeps the net's figures).
     s_max_ratio: inverter apparent-power rating over PV peak (MAPDN: 1.2).
+    q_at_night: whether an inverter keeps its reactive capability when its PV produces nothing
+        (true, the default: it runs as a STATCOM at night with ``q_avail = s_max``; false: it
+        disconnects and gives no reactive power while ``p ≤ 0``). See
+        :mod:`gridrl.grid.inverters`; an ``EnvConfig`` may override it.
     """
 
     placement: Literal["buses", "spread", "existing"]
@@ -70,6 +74,7 @@ class PVSpec:
     sgen_types: tuple[str, ...] = ()
     sgen_names: tuple[str, ...] = ()
     s_max_ratio: float = 1.2
+    q_at_night: bool = True
 
     def __post_init__(self) -> None:
         if self.placement == "buses" and not self.buses:
@@ -95,14 +100,36 @@ class ProfileSpec:
         its nominal ``p_mw`` times the profile, reactive power keeps the nominal power factor.
     pv_profiles: SimBench PV profile names (``PV1`` … ``PV8``); output = PV peak × profile.
     seed: seed of the assignment.
-    load_scale: multiplies every load profile (to study heavier or lighter loading).
+    load_peak: what the loads' nominal ``p_mw`` stands for.
+
+        ``nominal`` (default for ``mapping = 'assign'``): the nominal loads are the feeder's
+        design peak, as a published IEEE/MATPOWER case gives them. Every load profile is scaled
+        by one factor per feeder so that the coincident yearly peak of the total load P equals
+        the total nominal load. SimBench normalises each profile to its own yearly maximum, and
+        those maxima fall on different days, so without this the feeder never comes near its
+        design load (ieee33: 47 % of nominal at most).
+
+        ``profiles`` (default for ``mapping = 'own'``): load = nominal × profile as the profile
+        is published; SimBench nets give ``p_mw`` on exactly this scale, so their loading stays
+        SimBench's own.
+
+        ``gridrl feeders show`` states the resulting peak and load factor (mean over peak).
+    load_scale: multiplies every load profile after ``load_peak`` (a feeder that is heavier or
+        lighter for good; for stress studies, ``EnvConfig.load_scale`` does the same per run).
     """
 
     mapping: Literal["own", "assign"]
     load_profiles: tuple[str, ...] = ("H0-A", "H0-B", "H0-C", "H0-G", "H0-L", "G0-A", "G1-A", "G4-A", "L0-A")
     pv_profiles: tuple[str, ...] = ("PV1", "PV2", "PV3", "PV4", "PV5", "PV6", "PV7", "PV8")
     seed: int = 0
+    load_peak: Literal["nominal", "profiles"] | None = None
     load_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.load_peak is None:
+            object.__setattr__(self, "load_peak", "nominal" if self.mapping == "assign" else "profiles")
+        if self.load_scale <= 0:
+            raise ValueError(f"profiles.load_scale must be > 0, got {self.load_scale}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,35 @@
+"""The inverter capability, written once: reactive headroom by day, and at night with or without
+the STATCOM mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gridrl.grid.inverters import q_avail_mvar
+
+S_MAX = np.array([1.2, 1.2, 1.2, 1.2, 0.6])
+P = np.array([[0.0, 0.6, 1.0, 1.2, -1e-6]])  # night, part load, near rating, at rating, an idle wind unit
+
+
+def test_headroom_is_what_the_rating_leaves_by_day():
+    q = q_avail_mvar(P, S_MAX)
+    np.testing.assert_allclose(q, [[1.2, np.sqrt(1.2 ** 2 - 0.36), np.sqrt(1.44 - 1.0), 0.0, 0.6]], rtol=1e-11)
+    assert q_avail_mvar(np.array([1.5]), np.array([1.2]))[0] == 0.0  # output above rating: no headroom, never NaN
+
+
+def test_without_q_at_night_an_inverter_gives_nothing_while_its_array_produces_nothing():
+    on, off = q_avail_mvar(P, S_MAX, q_at_night=True), q_avail_mvar(P, S_MAX, q_at_night=False)
+    producing = P > 0
+    np.testing.assert_array_equal(off[producing], on[producing])
+    assert (off[~producing] == 0).all()
+    np.testing.assert_allclose(on[~producing], S_MAX[~producing[0]], rtol=1e-11)  # a STATCOM at night
+
+
+@pytest.mark.parametrize("night", [True, False])
+def test_numpy_and_torch_agree(night):
+    want = q_avail_mvar(P, S_MAX, q_at_night=night)
+    got = q_avail_mvar(torch.as_tensor(P), torch.as_tensor(S_MAX), q_at_night=night)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), want)
