@@ -194,6 +194,10 @@ def test_experiment_configs_load(tmp_path):
     cfg = load_config(ROOT / "experiments" / "compare_baselines.toml")
     assert cfg.feeders == ("ieee33", "ieee141", "mv-rural") and cfg.split == "test"
     assert [c.key for c in cfg.controllers] == ["none", "droop-ieee1547-a", "droop-ieee1547-b", "droop-mapdn", "opf"]
+    stress = load_config(ROOT / "experiments" / "compare_stress.toml")
+    assert stress.feeders == ("ieee33", "ieee69", "ieee141") and stress.out == "reports/stress"
+    assert stress.env == EnvConfig(load_scale=1.2, pv_scale=1.5)
+    assert [c.key for c in stress.controllers] == ["none", "droop-ieee1547-b", "droop-mapdn", "opf"]
     bad = tmp_path / "bad.toml"
     bad.write_text('feeders = ["ieee33"]\nseed = 3\n[[controllers]]\nname = "none"\ncolour = "red"\n')
     with pytest.raises(SpecError) as exc:

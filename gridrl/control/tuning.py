@@ -328,7 +328,8 @@ def _rank_keys(scores: Mapping[str, np.ndarray], cr_ref: float) -> list[tuple]:
 
 def scenario_of(feeder, env_config=None) -> dict[str, Any]:
     """The physical scenario a curve is fitted for: every :class:`~gridrl.env.EnvConfig` field
-    that can change a droop rollout, with the band resolved to the feeder's when not given."""
+    that can change a droop rollout, with the band and the inverters' capability at night
+    resolved to the feeder's when not given."""
     from gridrl.env import EnvConfig
 
     cfg = env_config or EnvConfig()
@@ -340,6 +341,7 @@ def scenario_of(feeder, env_config=None) -> dict[str, Any]:
         out[f.name] = list(v) if isinstance(v, tuple) else v
     out["v_min_pu"] = float(cfg.v_min_pu if cfg.v_min_pu is not None else feeder.v_min_pu)
     out["v_max_pu"] = float(cfg.v_max_pu if cfg.v_max_pu is not None else feeder.v_max_pu)
+    out["q_at_night"] = bool(cfg.q_at_night if cfg.q_at_night is not None else feeder.spec.pv.q_at_night)
     return out
 
 
