@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed episodes; the best counts")
     p.add_argument("--no-contention", action="store_true",
                    help="skip the quiet/contended comparison of thread settings")
-    p.add_argument("--rounds", type=int, default=3, help="quiet/contended rounds")
+    p.add_argument("--rounds", type=int, default=6, help="quiet/contended rounds")
     p.add_argument("--out", default="reports/bench/env.md", help="markdown report path")
     args = p.parse_args(argv)
     result = run_env_bench(args.feeder, num_envs=args.num_envs, steps=args.steps,

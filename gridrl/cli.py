@@ -466,7 +466,7 @@ def bench_env(
     agent_feeder: Annotated[str, typer.Option(help="Large feeder for agent-steps per second ('' to skip).")] = "mvlv-rural",
     contention: Annotated[bool, typer.Option(help="Also time the thread settings quiet and beside one "
                                              "CPU-bound process that the benchmark starts and stops.")] = True,
-    rounds: Annotated[int, typer.Option(min=1, help="Quiet/contended rounds of the contention part.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Quiet/contended rounds of the contention part.")] = 6,
     out: Annotated[Optional[Path], typer.Option(help="Also write the markdown report here.")] = None,
 ) -> None:
     """Full environment steps per second against a MAPDN-style pandapower step, and the thread

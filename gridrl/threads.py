@@ -4,10 +4,11 @@ An environment step is a handful of small torch operations around one call of th
 power-flow kernel; a learner's update is torch matrix products. Both libraries keep an OpenMP
 thread pool, and a pool of two threads on two cores must wait at every barrier for a worker
 that a neighbour process may have just taken. Measured on a 2-core machine with one other
-CPU-bound process running (ieee141, B = 256, random actions): 2 torch + 2 numba threads took a
-median 50.4 ms and up to 345 ms per step, 1 + 1 took 9.0 / 14.2 ms; on a quiet machine the
-second thread saves 15 % (4.60 ms against 5.40 ms, ``reports/bench/env.md`` before this
-policy). ``gridrl bench env`` measures both settings, quiet and with a load it starts itself.
+CPU-bound process running (ieee141, B = 256, random actions; issue 8): 2 torch + 2 numba
+threads took a median 50.4 ms and up to 345 ms per step, 1 + 1 took 9.0 / 14.2 ms. On a quiet
+machine the second thread saved 15 % (4.60 ms against 5.40 ms per step, best of three
+episodes: ``reports/bench/env.md`` as of commit 38f873a). ``gridrl bench env`` measures the
+settings quiet and beside a CPU-bound process that it starts itself.
 
 The policy, in order of precedence:
 

@@ -11,7 +11,7 @@ process.
 
 The contention part (:func:`bench_contention`) times single steps, and a learner-sized torch
 update beside them, under each thread setting, quiet and while one CPU-bound process that
-the benchmark starts itself (:func:`background_load`) competes for the cores; rounds
+the benchmark starts itself (:func:`background_load`) competes for the cores; short rounds
 alternate quiet and contended so that a change in the machine's other load hits both alike.
 :func:`run_env_bench` returns one dict; :func:`to_markdown` renders it.
 ``experiments/bench_env.py`` and ``gridrl bench env`` are thin wrappers that write the report.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from gridrl.env.core import VoltageControlEnv
 from gridrl.grid.inverters import q_avail_mvar
 from gridrl.threads import describe, policy, using
 
-__all__ = ["background_load", "bench_contention", "bench_env_steps", "bench_pandapower_steps",
+__all__ = ["BackgroundLoad", "background_load", "bench_contention", "bench_env_steps", "bench_pandapower_steps",
            "run_env_bench", "to_markdown"]
 
 
@@ -128,27 +129,44 @@ def bench_pandapower_steps(feeder, *, steps: int = 24, seed: int = 0, day: int |
             "pp_steps_per_s": len(t) / elapsed, "pp_converged_share": float(np.mean(ok))}
 
 
+class BackgroundLoad:
+    """A running CPU-bound neighbour process (see :func:`background_load`), which can be paused
+    and resumed (SIGSTOP / SIGCONT) so that quiet and contended phases can alternate often
+    without starting a process each time."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        os.waitpid(self.proc.pid, os.WUNTRACED)  # returns once it has stopped
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
 @contextmanager
-def background_load(seconds: float = 300.0):
+def background_load(seconds: float = 600.0):
     """One CPU-bound process beside this one for the duration of the block.
 
     It runs at this process's priority (a ``nice`` benchmark gets a ``nice`` neighbour), is
-    killed when the block ends — Ctrl-C included — and exits by itself after ``seconds`` should
-    this process die without cleaning up. Yields the ``Popen`` once the loop is running.
+    killed when the block ends — Ctrl-C included — and exits by itself when this process dies
+    without cleaning up, or after ``seconds``. Yields a :class:`BackgroundLoad` once it runs.
     """
-    code = ("import signal, sys, time\n"
+    code = ("import os, signal, sys, time\n"
             "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # the parent stops it, not Ctrl-C
             "end = time.monotonic() + float(sys.argv[1])\n"
+            "parent = int(sys.argv[2])\n"
             "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
-            "while time.monotonic() < end:\n    pass\n")
-    proc = subprocess.Popen([sys.executable, "-S", "-c", code, str(float(seconds))],
+            "while time.monotonic() < end and os.getppid() == parent:\n    pass\n")
+    proc = subprocess.Popen([sys.executable, "-S", "-c", code, str(float(seconds)), str(os.getpid())],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     try:
         proc.stdout.readline()
-        yield proc
+        yield BackgroundLoad(proc)
     finally:
-        proc.kill()
+        proc.kill()  # SIGKILL also ends a paused process
         proc.wait()
         proc.stdout.close()
 
@@ -205,19 +223,21 @@ def _pair(pair: tuple[int, int] | None):
             torch.set_num_threads(before)
 
 
-def bench_contention(feeder, *, num_envs: int = 256, steps: int = 40, rounds: int = 3,
-                     updates: int = 3, seed: int = 0, day: int | None = None,
+def bench_contention(feeder, *, num_envs: int = 256, steps: int = 20, rounds: int = 6,
+                     updates: int = 2, seed: int = 0, day: int | None = None,
                      settings: dict[str, tuple[int, int] | None] | None = None,
-                     load_seconds: float = 600.0) -> dict:
+                     load_seconds: float = 1800.0) -> dict:
     """Milliseconds per env step and per learner update under each thread setting, quiet and
     with one CPU-bound process beside it.
 
     ``settings`` maps a label to ``(torch, numba)`` thread counts (``None``: the policy;
-    default: see :func:`_settings`). Each of ``rounds`` rounds times ``steps`` single steps and
-    ``updates`` learner updates per setting, first quiet, then contended (one warm-up step and
-    update each, untimed). Returns ``{"rows": [...], "load_average_before", ..._after}``; a
-    row holds its label, the torch and numba counts it ran with and, per condition, the
-    median and max ms of steps and updates.
+    default: see :func:`_settings`). One background process lives for the whole measurement
+    and is paused in quiet phases; each of ``rounds`` rounds times, quiet and then contended,
+    ``steps`` single steps and ``updates`` learner updates per setting (after one untimed
+    warm-up step and update each). Many short rounds pair quiet and contended figures in time,
+    so that the machine's other load, which drifts, weighs on both alike. Returns ``{"rows":
+    [...], "load_average_before", ..._after}``; a row holds its label, the torch and numba
+    counts it ran with and, per condition, the median and max ms of steps and updates.
     """
     import numba
 
@@ -228,20 +248,22 @@ def bench_contention(feeder, *, num_envs: int = 256, steps: int = 40, rounds: in
     acts = _actions(steps + 1, num_envs, env.n_agents, seed)
     learner = _LearnerUpdate(env.obs_dim, num_envs * env.n_agents, seed)
     times = {(label, cond, what): [] for label in settings for cond in ("quiet", "contended")
-             for what in ("step", "update")}
+             for what in ("step", "step_cpu", "update")}
     counts = {}
     before = _load_average()
-    for _ in range(rounds):
-        for cond in ("quiet", "contended"):
-            with background_load(load_seconds) if cond == "contended" else nullcontext():
+    with background_load(load_seconds) as load:
+        for _ in range(rounds):
+            for cond in ("quiet", "contended"):
+                load.resume() if cond == "contended" else load.pause()
                 for label, pair in settings.items():
                     with _pair(pair):
                         env.reset(days=[day] * num_envs)
                         for k in range(steps + 1):
-                            t = time.perf_counter()
+                            t, cpu = time.perf_counter(), time.process_time()
                             env.step(acts[k])
                             if k:  # the first step warms the thread pool up
                                 times[label, cond, "step"].append(time.perf_counter() - t)
+                                times[label, cond, "step_cpu"].append(time.process_time() - cpu)
                         for k in range(updates + 1):
                             t = time.perf_counter()
                             learner()
@@ -272,7 +294,7 @@ def _load_average() -> str:
 def run_env_bench(feeder: str = "ieee141", *, num_envs: int = 256, steps: int = 48,
                   pandapower_steps: int = 24, agent_feeder: str | None = "mvlv-rural",
                   agent_num_envs: int = 16, agent_steps: int = 8, repeats: int = 3,
-                  contention: bool = True, contention_steps: int = 40, contention_rounds: int = 3,
+                  contention: bool = True, contention_steps: int = 20, contention_rounds: int = 6,
                   seed: int = 0) -> dict:
     """The whole benchmark: env vs pandapower on ``feeder`` under the thread policy and on every
     core, agent-steps/s on ``agent_feeder``, and (``contention``) the thread settings quiet
@@ -395,14 +417,15 @@ def _contention_markdown(c: dict) -> list[str]:
         f"Single steps with random actions ({c['steps']} per round) and learner updates "
         f"({c['updates']} per round: MLP obs → 256 → 256 → 1 over all {c['num_envs']}·"
         f"{c['n_agents']} agent-rows, forward, backward, Adam), {c['rounds']} rounds, each "
-        "quiet and then *contended*: one CPU-bound process that the benchmark starts for the "
-        "phase and stops afterwards. \"Quiet\" means no load of the benchmark's own: other "
-        f"work on the machine counts in both (load average {c['load_average_before']} before, "
-        f"{c['load_average_after']} after).",
+        "quiet and then *contended*: beside one CPU-bound process that the benchmark starts, "
+        "pauses in quiet phases and stops at the end. \"Quiet\" means no load of the "
+        "benchmark's own: other work on the machine counts in both (load average "
+        f"{c['load_average_before']} before, {c['load_average_after']} after).",
         "",
         "| threads (torch + numba) | step quiet, median / max ms | step contended, median / max ms "
-        "| contended ÷ quiet | update quiet, median ms | update contended, median ms |",
-        "|---|---|---|---|---|---|",
+        "| contended ÷ quiet | CPU per step, quiet / contended, median ms "
+        "| update quiet, median ms | update contended, median ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for x in rows:
         out.append(
@@ -410,7 +433,11 @@ def _contention_markdown(c: dict) -> list[str]:
             f"| {x['quiet_step_median_ms']:.2f} / {x['quiet_step_max_ms']:.1f} "
             f"| {x['contended_step_median_ms']:.2f} / {x['contended_step_max_ms']:.1f} "
             f"| {x['contended_step_median_ms'] / x['quiet_step_median_ms']:.2f}× "
+            f"| {x['quiet_step_cpu_median_ms']:.2f} / {x['contended_step_cpu_median_ms']:.2f} "
             f"| {x['quiet_update_median_ms']:.1f} | {x['contended_update_median_ms']:.1f} |")
+    out += ["", "CPU per step is this process's CPU time over all its threads: on one thread it is "
+            "close to what the step takes on an idle core; above the wall time, threads spin or "
+            "run in parallel."]
     out.append("")
     if one is not None:
         ratio = policy["contended_step_median_ms"] / one["quiet_step_median_ms"]
