@@ -149,8 +149,10 @@ class BackgroundLoad:
 def background_load(seconds: float = 600.0):
     """One CPU-bound process beside this one for the duration of the block.
 
-    It runs at this process's priority (a ``nice`` benchmark gets a ``nice`` neighbour), is
-    killed when the block ends — Ctrl-C included — and exits by itself when this process dies
+    It runs at this process's priority (a ``nice`` benchmark gets a ``nice`` neighbour) in a
+    session of its own, as another user's job would: Linux's autogroup scheduler shares the CPU
+    between sessions first, so a child in the benchmark's own session would only halve the
+    benchmark's share instead of competing like a neighbour. It is killed when the block ends — Ctrl-C included — and exits by itself when this process dies
     without cleaning up, or after ``seconds``. Yields a :class:`BackgroundLoad` once it runs.
     """
     code = ("import os, signal, sys, time\n"
@@ -161,7 +163,7 @@ def background_load(seconds: float = 600.0):
             "while time.monotonic() < end and os.getppid() == parent:\n    pass\n")
     proc = subprocess.Popen([sys.executable, "-S", "-c", code, str(float(seconds)), str(os.getpid())],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         proc.stdout.readline()
         yield BackgroundLoad(proc)
