@@ -523,8 +523,9 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
         "figures": {"tuned": figures(pick), **{p: figures(len(top) + i) for i, p in enumerate(presets)}},
     }
     if not fit["feasible"]:
-        log.warning("droop:tuned on %s: no searched curve reaches controllable rate %.4f on all training days; "
-                    "the best one is used (see its [fit] table)", feeder.name, cr_full)
+        log.warning("droop:tuned on %s: no candidate meets every constraint on the training days (controllable "
+                    "rate ≥ %.4f, no unsettled or diverged step); the best by the ranking is used: %s", feeder.name,
+                    cr_full, fit["figures"]["tuned"])
     say(f"{feeder.name}: tuned curve v_pu={list(curve.v_pu)} q={list(curve.q)}: "
         f"{fit['objective_mwh']:.3f} MWh on the training days ({fit['seconds']:.0f} s)")
     return FittedCurve(curve=curve, fit=fit)
