@@ -389,7 +389,8 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default out/runs/FEEDER-ALGO-seedSEED); must "
                                                 "not exist unless --resume.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (a finished run is "
+                                         "only evaluated again; an empty --out starts a new run).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a learner on the feeder's training days, then compare it on the test days.
@@ -422,8 +423,12 @@ def train_cmd(
         from gridrl.io import default_out
 
         out = default_out("runs", f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}")
-    result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
-                   log=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    try:
+        result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
+                       log=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; {out} keeps its last checkpoint: continue with "
+                   f"gridrl train {feeder} --out {out} --resume", 130) from None
     if result.summary is not None:
         print_table(format_summary(result.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
                     keys=("feeder", "controller"), full_table=str(out / "compare" / "summary.md"))

@@ -203,7 +203,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     """Train ``config.learner`` on ``feeder_name`` into ``out`` (see the module docstring).
 
     resume: continue the run in ``out`` from its checkpoint (its configuration must be the same);
-        a run that finished is not trained further, only evaluated again if needed.
+        a run that finished is not trained further, only evaluated again if needed; with nothing
+        in ``out`` yet, a new run starts there (so one command both starts and resumes).
     Raises :class:`TrainError` (folder or configuration problems, nothing written),
     :class:`CheckpointError` (an unusable checkpoint) or :class:`TrainingDiverged`.
     """
@@ -225,7 +226,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
     header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
                          learner_config=config.learner, seed=config.seed)
-    driver = {"wall_s": 0.0, "next_eval": config.eval_every_steps or math.inf, "finished": False}
+    driver = {"wall_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf, "finished": False}
     if checkpoint is not None:
         learner.load_state_dict(checkpoint["learner"])
         env.set_rng_state(checkpoint["env_rng"])
@@ -254,7 +255,10 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             stats["time/steps_per_s"] = stats["iteration_steps"] / max(time.perf_counter() - t0, 1e-9)
             driver["wall_s"] = time.perf_counter() - started
             if learner.env_steps >= driver["next_eval"] or learner.env_steps >= config.steps:
+                t_eval = time.perf_counter()
                 stats.update(_evaluate(feeder, learner.policy, config))
+                stats["time/eval_s"] = time.perf_counter() - t_eval
+                driver["eval_s"] = driver.get("eval_s", 0.0) + stats["time/eval_s"]
                 while driver["next_eval"] <= learner.env_steps:
                     driver["next_eval"] += config.eval_every_steps or math.inf
             scalars.add(learner.iteration, learner.env_steps, driver["wall_s"], stats)
@@ -269,7 +273,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     if not driver["finished"]:
         driver["finished"] = True
         save()
-    say(f"trained {learner.env_steps:,} environment steps in {driver['wall_s']:.0f} s; checkpoint in {out}")
+    say(f"trained {learner.env_steps:,} environment steps in {driver['wall_s'] - driver['eval_s']:.0f} s "
+        f"(+ {driver['eval_s']:.0f} s evaluating); checkpoint in {out}")
     summary = None
     policy = learner.policy
     policy.name = out.name or config.algo
@@ -322,8 +327,6 @@ def _claim(out: Path, feeder, config: TrainConfig, *, resume: bool) -> dict | No
                                   f"(feeder version {h['feeder_hash'][:8]}), not {config.algo} on {feeder.name} "
                                   f"(version {ident['feeder_hash'][:8]}); choose another --out")
         return ckpt
-    if resume and not out.exists():
-        raise TrainError(f"--resume: {out} does not exist; drop --resume to start a new run there")
     from gridrl.marl.checkpoint import config_dict
 
     write_json(cfg_file, {"feeder": feeder.name, "config": config_dict(config), "identity": ident})
