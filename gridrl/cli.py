@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 feeders_app = typer.Typer(help="`gridrl feeders` prints the feeder library as a table; `gridrl feeders show NAME` details one feeder and writes its map.", invoke_without_command=True)
-bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, power-grid-model.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, power-grid-model; training throughput.", no_args_is_help=True)
 app.add_typer(feeders_app, name="feeders")
 app.add_typer(bench_app, name="bench")
 
@@ -482,6 +482,33 @@ def bench_env(
     r = run_env_bench(feeder, num_envs=num_envs, agent_feeder=agent_feeder or None,
                       contention=contention, contention_rounds=rounds)
     report = to_markdown(r, command="gridrl bench env " + " ".join(sys.argv[3:]))
+    console.print(report, highlight=False, markup=False)
+    if out:
+        write_text(out, report)
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train(
+    feeder: Annotated[str, typer.Option(help="Feeder to train on.")] = "ieee141",
+    algo: Annotated[str, typer.Option(help="Learner: dppo, ippo or cppo.")] = "dppo",
+    num_envs: Annotated[Optional[int], typer.Option(min=1, help="Scenarios per iteration (default: the "
+                                                    "training default).")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Timed iterations; medians are reported.")] = 5,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for this run (default: gridrl's "
+                                                   "thread policy).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the markdown report here.")] = None,
+) -> None:
+    """Training throughput end to end (feeder-steps/s including learning) and its split between
+    environment, acting and updating, against the environment alone and a pandapower step."""
+    from gridrl.io import write_text
+    from gridrl.marl.bench import run_train_bench, to_markdown
+    from gridrl.marl.train import ALGORITHMS, TrainError
+
+    if algo not in ALGORITHMS:
+        raise TrainError(f"unknown algorithm {algo!r} — known algorithms: {', '.join(ALGORITHMS)}")
+    r = run_train_bench(feeder, algo=algo, num_envs=num_envs, rounds=rounds, threads=threads)
+    report = to_markdown(r, command="gridrl bench train " + " ".join(sys.argv[3:]))
     console.print(report, highlight=False, markup=False)
     if out:
         write_text(out, report)

@@ -345,12 +345,12 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     env_config = cell.env
     (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another identity's
     if spec.run is not None:
-        from gridrl.marl.run import evaluation_env_config, open_run
+        from gridrl.marl.run import open_run
 
         run = open_run(spec.run)
         run.check_feeder(feeder)
         ctrl = run.policy(name=spec.key)
-        env_config = evaluation_env_config(run.env_config, cell.env)  # the comparison's scenario, the run's observations
+        env_config = run.evaluation_config(cell.env)  # the comparison's scenario, the run's observations
     else:
         ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune,
                                env_config=cell.env)

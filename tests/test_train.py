@@ -323,3 +323,23 @@ def test_nan_in_an_update_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     with pytest.raises(TrainingDiverged):
         cfg = resolve_train_config(read_toml(tiny), source="tiny")
         train("ieee33", cfg, out=tmp_path / "nan2", progress=False, log=lambda m: None)
+
+
+# --------------------------------------------------------------------------------------------
+# the training benchmark's machinery (tiny sizes; the figures come from experiments/bench_train.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_train_bench_splits_the_time_and_compares_in_one_process():
+    from gridrl.marl.bench import run_train_bench, to_markdown
+
+    r = run_train_bench("ieee33", num_envs=4, rounds=2, pandapower_steps=2)
+    assert r["iteration_steps"] == 4 * r["episode_steps"] and r["torch_threads"] >= 1
+    shares = r["env_share"] + r["act_share"] + r["update_share"]
+    assert 0.5 < shares <= 1.0 + 1e-9  # the three phases are (nearly) the whole iteration
+    assert r["train_vs_env_alone"] == pytest.approx(r["train_steps_per_s"] / r["env_alone_steps_per_s"])
+    assert 0 < r["train_vs_env_alone"] < 1  # learning costs time: never faster than the env alone
+    text = to_markdown(r, command="x")
+    assert "feeder-steps / s, training end to end" in text and "Target: ≥ 2,000" in text
+    res = runner.invoke(app, ["bench", "train", "--algo", "sac"])
+    _one_line_error(res, "unknown algorithm 'sac'")

@@ -60,6 +60,11 @@ class Run:
         d["outage_agents"] = tuple(d.get("outage_agents", ()))
         return EnvConfig(**d)
 
+    def evaluation_config(self, base=None):
+        """``base`` (default: the default :class:`EnvConfig`) with this run's observation
+        settings: the environment to evaluate its policy in."""
+        return evaluation_env_config(self.env_config, base)
+
     def check_feeder(self, feeder) -> None:
         """Refuse (one line) a feeder other than the one the run was trained on."""
         if feeder.name != self.feeder:
