@@ -40,6 +40,7 @@ class Experiment:
     steps: feeder name → training budget in environment steps.
     train: the training config every run starts from (``gridrl train --config``'s format).
     baselines: rule-based controllers of the comparison (``none``, ``droop``, ``droop:PRESET``, ``opf``, …).
+    days: only these test days in the comparison (default: all; for quick checks).
     runs: folder of the run folders; out: folder of the comparison, tables and report.
     """
 
@@ -50,6 +51,7 @@ class Experiment:
     steps: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     baselines: tuple[str, ...] = ("none", "droop", "opf")
+    days: tuple[int, ...] | None = None
     runs: str = "out/learners/runs"
     out: str = "reports/learners"
 
@@ -113,7 +115,7 @@ def compare_all(exp: Experiment, runs: list[dict], *, progress: bool):
     result = None
     for feeder in exp.feeders:  # a run belongs to one feeder: one comparison per feeder
         mine = tuple(s for s in specs if s.run is None or f"/{feeder}/" in s.run.replace(os.sep, "/"))
-        cfg = CompareConfig(feeders=(feeder,), controllers=mine, split="test")
+        cfg = CompareConfig(feeders=(feeder,), controllers=mine, split="test", days=exp.days)
         result = run_compare(cfg, out=Path(exp.out) / "compare" / feeder, progress=progress, report=False)
     return result
 

@@ -100,6 +100,9 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", "dppo"]
     comm = summary.set_index("controller")["communication"]
     assert comm["dppo"] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
+    acting = sc.loc[sc["tag"] == "comm/acting", "value"].iloc[-1]
+    training = sc.loc[sc["tag"] == "comm/training", "value"].iloc[-1]
+    assert acting == pytest.approx(comm["dppo"]) and training > acting  # critic messages, advantage sums
     html = (run_dir / "report.html").read_text()
     assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
 
@@ -343,3 +346,48 @@ def test_train_bench_splits_the_time_and_compares_in_one_process():
     assert "feeder-steps / s, training end to end" in text and "Target: ≥ 2,000" in text
     res = runner.invoke(app, ["bench", "train", "--algo", "sac"])
     _one_line_error(res, "unknown algorithm 'sac'")
+
+
+def test_the_quality_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path, day):
+    """experiments/learners.py: train, compare, summarize and report, with its own config format."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learners_exp", ROOT / "experiments" / "learners.py")
+    exp = importlib.util.module_from_spec(spec)
+    sys.modules["learners_exp"] = exp  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(exp)
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(f"""
+feeders = ["ieee33"]
+algos = ["ippo"]
+seeds = 1
+baselines = ["none"]
+days = [{day}]
+runs = "{tmp_path / 'runs'}"
+out = "{tmp_path / 'out'}"
+[steps]
+ieee33 = 32
+[variants.forecast]
+[variants.no-forecast]
+env = {{ forecast_steps = 0 }}
+[train]
+num_envs = 4
+eval_days = [{day}]
+[train.env]
+episode_hours = 2.0
+[train.learner]
+hidden = 8
+message_dim = 4
+""")
+    exp.main(["--config", str(cfg), "--no-progress"])
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert sorted(runs["variant"]) == ["forecast", "no-forecast"] and (runs["env_steps"] == 32).all()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| none |" in summary and "| ippo forecast | 1 |" in summary
+    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    assert set(curves["tag"]) >= {"eval/controllable_rate", "eval/energy_loss_mwh"}
+    assert (tmp_path / "out" / "report.html").stat().st_size > 100_000
+    assert set(pd.read_parquet(tmp_path / "out" / "compare" / "ieee33" / "days.parquet")["day"]) == {day}
+    no_fc = read_checkpoint(tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0")["header"]
+    assert no_fc["env_config"]["forecast_steps"] == 0 and not any("forecast" in n for n in no_fc["obs_names"])
+    exp.main(["--config", str(cfg), "--no-progress"])  # again: every run is finished, nothing retrains

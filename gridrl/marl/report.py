@@ -126,6 +126,11 @@ def training_sections(run_dir: str | Path) -> list[Section]:
         sps = sc[sc["tag"] == "time/steps_per_s"]["value"]
         if len(sps):
             rows.append(("feeder steps/s (median iteration)", f"{float(sps.median()):.0f}"))
+        for tag, label in (("comm/acting", "floats sent per agent per step, acting"),
+                           ("comm/training", "floats sent per agent per step, training")):
+            v = sc.loc[sc["tag"] == tag, "value"]
+            if len(v):
+                rows.append((label, f"{float(v.iloc[-1]):.1f}"))
     table = ('<table class="summary"><tbody>' + "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</tbody></table>")
     learner = c.get("learner", {})

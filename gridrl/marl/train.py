@@ -12,8 +12,9 @@
 The driver owns what every learner needs around its iterations — the training environment, the
 progress bar, logging, periodic evaluation on whole days (the learning curves against real
 environment steps), checkpoints and resume, the NaN guard and the final comparison — and asks the
-learner only for ``iterate()``, ``state_dict()`` / ``load_state_dict()``, ``policy``,
-``env_steps`` and ``iteration``. A model-based learner plugs in the same way.
+learner only for ``iterate()``, ``state_dict()`` / ``load_state_dict()``, ``policy``, ``critic``,
+``communication_training``, ``env_steps`` and ``iteration``. A model-based learner plugs in the
+same way (add it to :data:`ALGORITHMS`).
 
 Training runs on the feeder's training days; test days are only ever evaluated. Every learner
 trains on a reward aligned with what it is judged by — line losses plus a penalty outside a band
@@ -253,6 +254,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             if not _finite(learner) or not all(math.isfinite(v) for k, v in stats.items() if k.startswith("loss/")):
                 raise TrainingDiverged(_nan_message(out, good, learner.iteration))
             stats["time/steps_per_s"] = stats["iteration_steps"] / max(time.perf_counter() - t0, 1e-9)
+            stats["comm/acting"] = float(learner.policy.communication)
+            stats["comm/training"] = float(learner.communication_training)
             driver["wall_s"] = time.perf_counter() - started
             if learner.env_steps >= driver["next_eval"] or learner.env_steps >= config.steps:
                 t_eval = time.perf_counter()
