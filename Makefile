@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/gridrl warmup
 	touch $(STAMP)
 
-# the feeder library, a map of ieee33, then none / droop / opf on its 73 test days with a report
+# the feeder library, a map of ieee33, then dppo trained on its training days and compared with
+# none / droop / opf on its 73 test days, with training curves in the report
 demo: setup
 	$(BIN)/gridrl feeders
 	$(BIN)/gridrl feeders show ieee33 --out out/ieee33-map.html
-	$(BIN)/gridrl compare --config experiments/demo.toml
+	$(BIN)/gridrl train ieee33 --config experiments/demo.toml --out out/demo --resume
 	@echo "open out/demo/report.html and out/ieee33-map.html in a browser"
 
 # the report test opens HTML in headless Chromium (Debian's package); install it when missing
@@ -39,6 +40,7 @@ test-all: setup
 bench: setup
 	$(BIN)/python experiments/bench_powerflow.py
 	$(BIN)/python experiments/bench_env.py
+	$(BIN)/python experiments/bench_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

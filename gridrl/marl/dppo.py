@@ -106,7 +106,7 @@ class DPPO:
         self.total_steps = int(total_steps)
         self.device = torch.device(device)
         N, D = env.n_agents, env.obs_dim
-        self.graph = Neighbourhood(env.hop_distance, self._hops())
+        self.graph = Neighbourhood(env.hop_distance, config.hops)
         valid, keep = observation_masks(env)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -116,8 +116,8 @@ class DPPO:
         self.policy = Policy(actor, RunningNorm(D, valid=valid, keep=keep), self.graph, agents=env.agents,
                              obs_names=env.obs_names, name=name or self.algo).to(self.device)
         self.critic.to(self.device)
-        self.reward_scale = ReturnScale(self._value_shape()[0] if self._value_shape() else 1,
-                                        gamma=config.gamma).to(self.device)
+        streams = self._value_shape()[0] if self._value_shape() else 1  # one return per value
+        self.reward_scale = ReturnScale(streams, gamma=config.gamma).to(self.device)
         self.optimizer = torch.optim.Adam([*self.policy.actor.parameters(), *self.critic.parameters()],
                                           lr=config.lr, eps=1e-5)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -133,9 +133,6 @@ class DPPO:
             fields["delivered"] = ((self.graph.n_pairs,), torch.bool)
         self.buffer = RolloutBuffer(T, B, fields, device=self.device)
         self._warm_up_statistics()
-
-    def _hops(self) -> int:
-        return self.cfg.hops
 
     def _net_sizes(self) -> dict[str, int]:
         return {"hidden": self.cfg.hidden, "message_dim": self.cfg.message_dim, "embed_dim": self.cfg.embed_dim}
@@ -242,7 +239,8 @@ class DPPO:
 
     def _update(self, advantage: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg, buf, policy = self.cfg, self.buffer, self.policy
-        obs, action, old_logp = buf.flat("obs"), buf.flat("action"), buf.flat("logp")
+        # the statistics stay fixed during the update: normalise every sample once, not per epoch
+        obs, action, old_logp = policy.obs_norm(buf.flat("obs")), buf.flat("action"), buf.flat("logp")
         adv = advantage.reshape(-1, advantage.shape[-1])
         ret = returns.reshape(-1, *returns.shape[2:])
         delivered = buf.flat("delivered") if self.dropout else None
@@ -252,7 +250,7 @@ class DPPO:
         stop = False
         for epoch in range(cfg.epochs):
             for idx in buf.minibatches(cfg.minibatches, generator=self.generator, where=buf["active"]):
-                x = policy.obs_norm(obs[idx])
+                x = obs[idx]
                 d = None if delivered is None else delivered[idx]
                 mean, log_std = policy.actor(x, d)
                 logp = gaussian_log_prob(action[idx], mean, log_std)

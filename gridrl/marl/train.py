@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,6 @@ class TrainResult:
     summary: Any = None
     resumed_from: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +242,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         scalars.flush()  # first: a resumed run drops rows past its checkpoint, never lacks any
         write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=env.rng_state(), driver=driver)
 
+    curves = _Curves(feeder, config)
     bar = _progress(progress, config.steps, learner.env_steps)
     last_save = time.perf_counter()
     started = time.perf_counter() - driver["wall_s"]
@@ -259,7 +259,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             driver["wall_s"] = time.perf_counter() - started
             if learner.env_steps >= driver["next_eval"] or learner.env_steps >= config.steps:
                 t_eval = time.perf_counter()
-                stats.update(_evaluate(feeder, learner.policy, config))
+                stats.update(curves(learner.policy))
                 stats["time/eval_s"] = time.perf_counter() - t_eval
                 driver["eval_s"] = driver.get("eval_s", 0.0) + stats["time/eval_s"]
                 while driver["next_eval"] <= learner.env_steps:
@@ -359,20 +359,44 @@ def _last_checkpoint_iteration(out: Path) -> int | str:
         return "?"
 
 
-def _evaluate(feeder, policy, config: TrainConfig) -> dict[str, float]:
-    """Whole days of ``eval_split`` with the deterministic policy: the learning-curve points."""
-    import numpy as np
+class _Curves:
+    """The learning curves' points: whole days of ``eval_split`` with the deterministic policy.
 
-    from gridrl.evaluate import evaluate
-    from gridrl.marl.run import evaluation_env_config
+    One environment (every evaluated day a scenario, from midnight, with the run's observation
+    settings) is built at the first evaluation and reused; the figures are the environment's
+    own episode aggregates, the same definitions as :func:`gridrl.evaluate.evaluate`'s.
+    """
 
-    ev = evaluate(feeder, policy, split=config.eval_split, days=config.eval_days,
-                  env_config=evaluation_env_config(config.env))
-    d = ev.days
-    return {"eval/controllable_rate": float(np.average(d["controllable_rate"], weights=d["steps"])),
-            "eval/energy_loss_mwh": float(d["energy_loss_mwh"].sum()),
-            "eval/violation_bus_hours": float(d["violation_bus_hours"].sum()),
-            "eval/reactive_energy_mvarh": float(d["reactive_energy_mvarh"].sum())}
+    def __init__(self, feeder, config: TrainConfig):
+        self.feeder, self.config = feeder, config
+        self.env = None
+
+    def __call__(self, policy) -> dict[str, float]:
+        import torch
+
+        if self.env is None:
+            from gridrl.env import make_env
+            from gridrl.evaluate import check_days
+            from gridrl.marl.run import evaluation_env_config
+
+            c = self.config
+            self.days = check_days(self.feeder, c.eval_split, c.eval_days)
+            cfg = dataclasses.replace(evaluation_env_config(c.env), start_hour=0.0, episode_hours=24.0,
+                                      day_sampling="cycle")
+            self.env = make_env(self.feeder, split=c.eval_split, num_envs=len(self.days), days=self.days, config=cfg)
+        env = self.env
+        obs, mask = env.reset(days=self.days), None
+        dropout = env.config.message_dropout > 0
+        for _ in range(env.episode_steps):
+            obs, _, done, info = env.step(policy.act(obs, message_mask=mask))
+            mask = info["message_mask"] if dropout else None
+            if bool(done.all()):
+                break
+        m = {k: v.to(torch.float64) for k, v in env.episode_metrics().items()}
+        return {"eval/controllable_rate": float((m["controllable_rate"] * m["steps"]).sum() / m["steps"].sum()),
+                "eval/energy_loss_mwh": float(m["energy_loss_mwh"].sum()),
+                "eval/violation_bus_hours": float(m["violation_bus_hours"].sum()),
+                "eval/reactive_energy_mvarh": float(m["q_energy_mvarh"].sum())}
 
 
 def _progress(enabled: bool, total: int, start: int):
