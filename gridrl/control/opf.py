@@ -16,27 +16,37 @@ scenarios. Why this and not a general NLP solver call per step:
 - The problem is small and smooth and, on a distribution feeder, close to a convex QP: voltages
   are nearly linear in reactive power and losses nearly quadratic (``Qᵀ R Q`` with ``R`` the
   resistive part of the bus impedance matrix). An SQP step with that physical curvature
-  (:func:`~gridrl.control.plant.loss_hessian`) and exact first derivatives lands next to the
-  optimum at once; two to five iterations reach 1e-7 MW.
-- First derivatives come from the batched power flow itself: the N forward-difference
-  perturbations of all B scenarios are one batched solve of ``B·N`` scenarios, so derivatives
-  are exact to the solver's tolerance (the known curvature removes the forward-difference
-  bias of the loss gradient) for any net pandapower models, transformers included.
+  (:class:`~gridrl.control.plant.PlantDerivatives`) and exact first derivatives lands next to the
+  optimum at once.
+- First derivatives are analytic: the voltage and loss sensitivities to every inverter's reactive
+  power come from the power-flow Jacobian at the current point (one sparse block factorization
+  per scenario, no fill on a radial feeder, one pair of triangular solves per inverter;
+  :mod:`gridrl.grid.sensitivity`). Forward differences of the batched power flow, which this
+  replaced, cost a power flow of ``B·N`` scenarios per iteration (minutes per step on a feeder
+  with hundreds of inverters); ``experiments/bench_opf.py`` measures both.
+- The curvature model starts from the physical ``Qᵀ R Q`` and is corrected along the way by
+  damped BFGS updates on the Lagrangian (loss plus band multipliers): on LV feeders with large PV
+  injections the physical model can be off by a factor of two along the direction that trades
+  reactive power between neighbouring inverters, and the pure physical model then converges
+  linearly (or stops early, microwatts above the optimum).
 - Each QP subproblem (N variables, the band linearized, box bounds with the trust region) is
-  strictly convex and is solved exactly as a least-distance problem through non-negative least
-  squares (Lawson & Hanson, the same core as SLSQP). When the linearized band cannot be met, a
-  linear program (HiGHS via ``scipy.optimize.linprog``) finds the smallest uniform widening of
-  the band that can, and the QP is solved in the widened band: this is what makes "minimum worst
+  strictly convex and is solved exactly by DAQP (a dual active-set method), warm-started from the
+  previous active set. The band enters by constraint generation: the rows out of band or active
+  last time first, then the most violated rows at the QP's solution, until none is — thousands of
+  monitored buses cost a handful of rows. When the linearized band cannot be met, a linear
+  program (HiGHS via ``scipy.optimize.linprog``) finds the smallest uniform widening of the band
+  that can, and the QP is solved in the widened band: this is what makes "minimum worst
   violation, then minimum loss" exact rather than a soft penalty.
 - Globalization: a step is accepted when the merit ``loss + μ·violation`` falls by a fraction
   of what the model predicted; otherwise the trust region shrinks. A scenario stops when the
   model predicts less than ``tol_mw`` of improvement; one still running after ``max_iter``
-  iterations keeps its best point and is flagged ``unsettled``.
+  iterations keeps its best point and is flagged ``unsettled``. Every accepted point is an exact
+  AC power flow of the feeder: the derivatives only choose the steps.
 
 The band is tightened by ``band_margin_pu`` inside the solver so that the final linearization
 error cannot leave a bus a hair outside the band. Steps warm-start from the previous step's
-optimum. ``tests/test_control.py`` checks the result against droop and no control on random
-steps, and against pandapower's interior-point OPF (``pandapower.runopp``) on a few.
+optimum and active set. ``tests/test_control.py`` checks the result against droop and no control
+on random steps, and against pandapower's interior-point OPF (``pandapower.runopp``) on a few.
 
 Communication (``communication``, floats per agent per step): the central controller needs every
 load's P and Q and every inverter's available PV power each step (uplink), and sends one setpoint
@@ -45,16 +55,17 @@ to each agent (downlink); the static grid model is not counted. That total is di
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import daqp
+import numba
 import numpy as np
 import torch
-from scipy.optimize import linprog, nnls
+from scipy.optimize import linprog
 
 from gridrl.control.base import Controller
-from gridrl.control.plant import ActionMap, StepPlant, loss_hessian, plant_from_env, resistance_matrix
+from gridrl.control.plant import ActionMap, PlantDerivatives, StepPlant, plant_from_env
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +74,6 @@ class OpfOptions:
 
     max_iter: SQP iterations per step; scenarios still improving then are flagged ``unsettled``.
     tol_mw: a scenario has converged when the model predicts less improvement than this (MW).
-    fd_step: forward-difference step in action units for the derivatives.
     band_margin_pu: the solver keeps voltages this far inside the band.
     penalty_mw_per_pu: weight μ of the worst band violation in the merit function (MW per p.u.);
         far above any loss-voltage trade-off so that the band comes first.
@@ -73,7 +83,6 @@ class OpfOptions:
 
     max_iter: int = 30
     tol_mw: float = 1e-7
-    fd_step: float = 1e-3
     band_margin_pu: float = 1e-6
     penalty_mw_per_pu: float = 1e3
     infeasible_tol_pu: float = 1e-6
@@ -81,7 +90,12 @@ class OpfOptions:
 
 @dataclass(frozen=True)
 class OpfSolution:
-    """Result of one batched OPF: ``[B, N]`` actions and ``[B]`` diagnostics."""
+    """Result of one batched OPF: ``[B, N]`` actions and ``[B]`` diagnostics.
+
+    active: ``[B, N + n_mon]`` the QP's last active set per scenario (DAQP's ``sense`` flags:
+    0 inactive, 1 at the upper, 3 at the lower limit; the N action bounds, then the monitored
+    buses' band), to warm-start the next step.
+    """
 
     actions: np.ndarray
     loss_mw: np.ndarray
@@ -89,20 +103,22 @@ class OpfSolution:
     infeasible: np.ndarray
     unsettled: np.ndarray
     iterations: np.ndarray
+    active: np.ndarray
 
 
-def solve_opf(plant: StepPlant, hessian: np.ndarray, a0: np.ndarray | None = None,
-              options: OpfOptions = OpfOptions()) -> OpfSolution:
+def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None = None,
+              options: OpfOptions = OpfOptions(), active0: np.ndarray | None = None) -> OpfSolution:
     """Optimal actions for every scenario of ``plant`` (see the module docstring).
 
-    hessian: ``[B, N, N]`` model curvature of the loss in the actions (positive semi-definite).
-    a0: ``[B, N]`` starting actions (default zeros).
+    model: the feeder's derivatives and loss curvature.
+    a0: ``[B, N]`` starting actions (default zeros); active0: ``[B, N + n_mon]`` a previous
+    active set (:attr:`OpfSolution.active`) to start the QPs from.
     """
     o = options
     batch, n = plant.batch, plant.amap.n_agents
-    mon = np.asarray(plant.monitored, dtype=bool)
+    mon = model.monitored
     lo_v, hi_v = plant.v_min_pu + o.band_margin_pu, plant.v_max_pu - o.band_margin_pu
-    mu, h = o.penalty_mw_per_pu, o.fd_step
+    mu = o.penalty_mw_per_pu
 
     a = np.zeros((batch, n)) if a0 is None else np.clip(np.asarray(a0, dtype=np.float64), -1.0, 1.0)
     res = plant.solve(a)
@@ -111,50 +127,69 @@ def solve_opf(plant: StepPlant, hessian: np.ndarray, a0: np.ndarray | None = Non
         a[bad] = 0.0
         res = plant.solve(a)
     vm, loss = res.vm_pu[:, mon], np.asarray(res.loss_mw, dtype=np.float64)
+    v = res.v.copy()
     ok = np.asarray(res.converged, dtype=bool)
     viol = _violation(vm, lo_v, hi_v)
     merit = loss + mu * viol
+    active_set = (np.zeros((batch, n + mon.size), dtype=np.int32) if active0 is None
+                  else np.array(active0, dtype=np.int32))
 
-    ridge = 1e-6 * np.maximum(np.einsum("bii->b", hessian) / max(n, 1), 1e-12)
-    chol = np.linalg.cholesky(hessian + ridge[:, None, None] * np.eye(n))
-    l_inv = np.linalg.inv(chol)                       # [B, N, N], once per step
     radius = np.full(batch, 2.0)
-    active = ok.copy()
+    running = ok.copy()
     iterations = np.zeros(batch, dtype=np.int64)
-    eye = np.eye(n)
+    curv = np.empty((batch, n, n))           # the model's curvature, BFGS-corrected as the SQP moves
+    have_curv = np.zeros(batch, dtype=bool)
+    prev_a = np.full((batch, n), np.nan)      # where the last derivatives were taken ...
+    prev_g = np.zeros((batch, n))             # ... the loss gradient there
+    band: list = [None] * batch               # ... and the band rows active in its QP: rows, J rows, λ
 
     for _ in range(o.max_iter):
-        idx = np.flatnonzero(active)
+        idx = np.flatnonzero(running)
         if idx.size == 0:
             break
         k = idx.size
-        # derivatives of every active scenario in one batched solve of k·N perturbed scenarios
-        pert = np.repeat(a[idx], n, axis=0) + h * np.tile(eye, (k, 1))
-        fd = plant.solve(pert, np.repeat(idx, n))
-        fd_ok = np.asarray(fd.converged, dtype=bool).reshape(k, n).all(axis=1)
-        jac = (fd.vm_pu[:, mon].reshape(k, n, -1) - vm[idx, None, :]).transpose(0, 2, 1) / h   # [k, n_mon, N]
-        diag = np.einsum("bii->bi", hessian[idx])
-        grad = (np.asarray(fd.loss_mw).reshape(k, n) - loss[idx, None]) / h - 0.5 * h * diag
-
         steps = np.zeros((k, n))
         pred = np.zeros(k)
-        for j, b in enumerate(idx):
-            if not fd_ok[j]:
-                continue
-            lo_box = np.maximum(-1.0 - a[b], -radius[b])
-            hi_box = np.minimum(1.0 - a[b], radius[b])
-            d, t_model = _subproblem(l_inv[b], grad[j], jac[j], vm[b], lo_v, hi_v, lo_box, hi_box)
-            steps[j] = d
-            pred[j] = mu * (viol[b] - t_model) - (grad[j] @ d + 0.5 * d @ hessian[b] @ d)
+        usable = np.ones(k, dtype=bool)
+        for g0 in range(0, k, model.group):
+            grp = idx[g0:g0 + model.group]
+            jac, grad, fine = model.first_order(plant, grp, v[grp])
+            usable[g0:g0 + grp.size] = fine   # a singular Jacobian (voltage collapse): no step
+            fresh = grp[~have_curv[grp]]
+            if fresh.size:
+                curv[fresh] = _with_ridge(model.hessian(plant.q_avail_mvar[fresh]))
+                have_curv[fresh] = True
+            # learn the curvature from the gradient of the Lagrangian along the step just taken
+            at = np.flatnonzero(fine & ~np.isnan(prev_a[grp, 0]) & (prev_a[grp] != a[grp]).any(axis=1))
+            if at.size:
+                moved = grp[at]
+                y = grad[at] - prev_g[moved]
+                for j, b in zip(at, moved):
+                    rows, j_rows, lam = band[b]
+                    if rows.size:
+                        y[np.searchsorted(at, j)] += (jac[j][rows] - j_rows).T @ lam
+                curv[moved] = _damped_bfgs(curv[moved], a[moved] - prev_a[moved], y)
+            lo_box = np.maximum(-1.0 - a[grp], -radius[grp, None])
+            hi_box = np.minimum(1.0 - a[grp], radius[grp, None])
+            t_model = np.zeros(grp.size)
+            for j, b in enumerate(grp):
+                if fine[j]:
+                    steps[g0 + j], t_model[j], active_set[b], rows, lam = _subproblem(
+                        curv[b], grad[j], jac[j], vm[b], lo_v, hi_v, lo_box[j], hi_box[j], active_set[b])
+                    band[b] = (rows, jac[j][rows], lam)
+            prev_a[grp], prev_g[grp] = a[grp], grad
+            d = steps[g0:g0 + grp.size]
+            pred[g0:g0 + grp.size] = mu * (viol[grp] - t_model) - (
+                np.einsum("bi,bi->b", grad, d) + 0.5 * np.einsum("bi,bij,bj->b", d, curv[grp], d))
         iterations[idx] += 1
-        done = ~fd_ok | (pred <= o.tol_mw) | (radius[idx] < 1e-9)
-        active[idx[done]] = False
+        done = ~usable | (pred <= o.tol_mw) | (radius[idx] < 1e-9)
+        running[idx[done]] = False
         go = ~done
         if not go.any():
             continue
         tid = idx[go]
         trial_a = np.clip(a[tid] + steps[go], -1.0, 1.0)
-        tr = plant.solve(trial_a, tid)
+        tr = plant.solve(trial_a, tid, v_init=v[tid])
         t_vm, t_loss = tr.vm_pu[:, mon], np.asarray(tr.loss_mw, dtype=np.float64)
         t_viol = _violation(t_vm, lo_v, hi_v)
         t_merit = np.where(np.asarray(tr.converged, dtype=bool), t_loss + mu * t_viol, np.inf)
@@ -162,14 +197,15 @@ def solve_opf(plant: StepPlant, hessian: np.ndarray, a0: np.ndarray | None = Non
         acc = tid[accept]
         a[acc], vm[acc], loss[acc], viol[acc], merit[acc] = (trial_a[accept], t_vm[accept], t_loss[accept],
                                                              t_viol[accept], t_merit[accept])
+        v[acc] = tr.v[accept]
         size = np.abs(steps[go]).max(axis=1)
         radius[tid] = np.where(accept, np.where(size >= 0.9 * radius[tid], np.minimum(2 * radius[tid], 2.0), radius[tid]),
                                0.25 * size)
 
     true_viol = _violation(vm, plant.v_min_pu, plant.v_max_pu)
     return OpfSolution(actions=a, loss_mw=loss, violation_pu=true_viol,
-                       infeasible=ok & (true_viol > o.infeasible_tol_pu), unsettled=active | ~ok,
-                       iterations=iterations)
+                       infeasible=ok & (true_viol > o.infeasible_tol_pu), unsettled=running | ~ok,
+                       iterations=iterations, active=active_set)
 
 
 def _violation(vm: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -179,55 +215,158 @@ def _violation(vm: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.maximum(np.maximum(vm - hi, lo - vm).max(axis=-1), 0.0)
 
 
-def _subproblem(l_inv, grad, jac, vm, lo_v, hi_v, lo_box, hi_box) -> tuple[np.ndarray, float]:
-    """The SQP step ``d`` and the model's worst band violation after it.
+_UPPER, _LOWER = 1, 3          # DAQP's sense flags: active at the upper / lower limit
+_ALL_ROWS_UP_TO = 256          # up to this many candidate band rows go to the QP at once
+_ADD_PER_ROUND = 64            # beyond that: rows added per round of constraint generation
+
+
+def _subproblem(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active
+                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+    """The SQP step ``d``, the model's worst band violation after it, the QP's active set, and
+    the band rows active in it (positions in ``vm``) with their multipliers.
 
     minimize ½ dᵀHd + gᵀd  s.t.  lo_v ≤ vm + J d ≤ hi_v,  lo_box ≤ d ≤ hi_box,
     with the band widened by the least uniform amount that makes it feasible if necessary.
+    ``hess`` must be positive definite; ``active`` ``[N + n_mon]`` warm-starts the QP (DAQP sense
+    flags, see :class:`OpfSolution`).
+
+    Rows the box cannot carry out of the band (``vm ± Σ|J|·reach`` inside it) cannot bind and are
+    left out. A feeder with thousands of monitored buses may keep thousands of candidates, of
+    which a few bind, while a dense QP solver's setup costs rows × N²; there the band enters by
+    constraint generation: the QP is solved with the rows that were active last time or are out
+    of band now, every candidate is checked at its solution, the most violated are added, until
+    none is violated — then the solution is that of the full QP (its optimum satisfies the
+    constraints it was not given).
     """
     n = grad.size
-    eye = np.eye(n)
-    c = np.vstack([jac, -jac, eye, -eye])
-    b_v = np.concatenate([hi_v - vm, vm - lo_v])
-    b_box = np.concatenate([hi_box, -lo_box])
-    d = _qp(l_inv, grad, c, np.concatenate([b_v, b_box]))
-    if d is not None:
-        return d, 0.0
-    # the linearized band cannot be met inside the box: least uniform widening t (an LP)
-    m = jac.shape[0]
-    a_ub = np.hstack([np.vstack([jac, -jac]), -np.ones((2 * m, 1))])
+    cand, j_c, up_c, low_c, warm = _candidates(jac, vm, lo_v, hi_v, lo_box, hi_box, active)
+    if cand.size <= _ALL_ROWS_UP_TO:
+        work = np.arange(cand.size)
+    else:
+        work = np.flatnonzero((warm != 0) | (up_c < 0) | (low_c > 0))     # positions in cand
+    t = widen = 0.0
+    sense_box = active[:n]
+    while True:
+        d, sense_out, lam = _qp(hess, grad, j_c[work], np.concatenate([hi_box, up_c[work] + widen]),
+                                np.concatenate([lo_box, low_c[work] - widen]),
+                                np.concatenate([sense_box, warm[work]]))
+        if d is None:
+            if widen > 0.0:        # the LP's widened band and the QP disagree (rounding): take the LP's step
+                d, sense_out, lam = lp_d, np.zeros(n + work.size, dtype=np.int32), np.zeros(n + work.size)
+                break
+            # the linearized band cannot be met inside the box: least uniform widening t (an LP
+            # over every candidate row)
+            lp = _least_widening(j_c, up_c, low_c, lo_box, hi_box)
+            if lp is None:  # numerically degenerate: no step this iteration
+                worst = float(max(0.0, np.max(-up_c, initial=0.0), np.max(low_c, initial=0.0)))
+                return np.zeros(n), worst, active, np.zeros(0, dtype=np.int64), np.zeros(0)
+            t, lp_d = lp
+            widen = t + 1e-10
+            jd = j_c @ lp_d
+            work = np.union1d(work, np.flatnonzero((jd > up_c) | (jd < low_c)))
+            continue
+        sense_box = sense_out[:n]
+        warm = np.zeros_like(warm)
+        warm[work] = sense_out[n:]
+        if work.size == cand.size:
+            break
+        jd = j_c @ d
+        excess = np.maximum(jd - up_c - widen, low_c - widen - jd)
+        excess[work] = 0.0
+        worst = np.flatnonzero(excess > 1e-9)
+        if worst.size == 0:
+            break
+        worst = worst[np.argsort(excess[worst])[::-1][:_ADD_PER_ROUND]]
+        work = np.union1d(work, worst)
+    out = np.zeros_like(active)
+    out[:n] = sense_box
+    out[n + cand] = warm
+    lam_rows = lam[n:]
+    on = np.flatnonzero(lam_rows)
+    return d, t, out, cand[work[on]], lam_rows[on]
+
+
+@numba.njit(cache=True)
+def _candidates(jac, vm, lo_v, hi_v, lo_box, hi_box, active):
+    """Band rows the box can carry out of the band: positions in ``vm``, their J rows, the room
+    to the upper and lower limit (``hi_v − vm``, ``lo_v − vm``) and their warm-start flags."""
+    n_mon, n = jac.shape
+    reach = np.empty(n)
+    for j in range(n):
+        reach[j] = max(hi_box[j], -lo_box[j])
+    keep = np.empty(n_mon, dtype=np.int64)
+    m = 0
+    for r in range(n_mon):
+        swing = 0.0
+        for j in range(n):
+            swing += abs(jac[r, j]) * reach[j]
+        if vm[r] + swing > hi_v or vm[r] - swing < lo_v:
+            keep[m] = r
+            m += 1
+    cand = keep[:m].copy()
+    j_c = np.empty((m, n))
+    up_c = np.empty(m)
+    low_c = np.empty(m)
+    warm = np.empty(m, dtype=np.int32)
+    for q in range(m):
+        r = cand[q]
+        j_c[q] = jac[r]
+        up_c[q] = hi_v - vm[r]
+        low_c[q] = lo_v - vm[r]
+        warm[q] = active[n + r]
+    return cand, j_c, up_c, low_c, warm
+
+
+def _least_widening(j_c, up_c, low_c, lo_box, hi_box) -> tuple[float, np.ndarray] | None:
+    """The least ``t ≥ 0`` with ``low − t ≤ J d ≤ up + t`` for some ``d`` in the box (an LP,
+    HiGHS), and that ``d``; ``None`` if the LP solver fails."""
+    n, m = lo_box.size, up_c.size
+    a_ub = np.hstack([np.vstack([j_c, -j_c]), -np.ones((2 * m, 1))])
+    b_ub = np.concatenate([up_c, -low_c])
     bounds = [(lo, hi) for lo, hi in zip(lo_box, hi_box)] + [(0.0, None)]
-    lp = linprog(np.r_[np.zeros(n), 1.0], A_ub=a_ub, b_ub=b_v, bounds=bounds, method="highs")
-    if lp.status != 0:  # numerically degenerate: no step this iteration
-        return np.zeros(n), float(max(0.0, np.max(-b_v)))
-    t = float(lp.x[-1])
-    d = _qp(l_inv, grad, c, np.concatenate([b_v + t + 1e-10, b_box]))
-    if d is None:
-        d = lp.x[:n]
-    return d, t
-
-
-def _qp(l_inv: np.ndarray, grad: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """Solve ``min ½ dᵀ L Lᵀ d + gᵀd s.t. c d ≤ b`` exactly (given ``L⁻¹``), or ``None`` if infeasible.
-
-    With ``y = Lᵀd + L⁻¹g`` it is the least-distance problem ``min |y| s.t. G y ≤ h``, solved by
-    non-negative least squares on its dual (Lawson & Hanson, ch. 23).
-    """
-    n = grad.size
-    w = l_inv @ grad
-    g_mat = c @ l_inv.T                                # c L⁻ᵀ
-    h = b + g_mat @ w
-    e = np.vstack([-g_mat.T, -h[None, :]])             # min ‖E u − f‖, u ≥ 0
-    f = np.zeros(n + 1)
-    f[-1] = 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        u, _ = nnls(e, f, maxiter=50 * e.shape[1])
-    r = e @ u - f
-    if np.linalg.norm(r) < 1e-10 or -r[-1] < 1e-12:
+    lp = linprog(np.r_[np.zeros(n), 1.0], A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    if lp.status != 0:
         return None
-    y = -r[:-1] / r[-1]
-    return l_inv.T @ (y - w)
+    return float(lp.x[-1]), lp.x[:n]
+
+
+def _qp(h, g, a, upper, lower, sense) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``min ½ dᵀHd + gᵀd s.t. lower ≤ [d; A d] ≤ upper`` exactly (DAQP, a dual active-set
+    method: the optimum of a strictly convex QP up to rounding), warm-started from the active
+    set ``sense``. Returns ``d``, the active set and the multipliers (``Hd + g + [I; A]ᵀλ = 0``),
+    or ``(None, sense, 0)`` if the constraints cannot be met."""
+    a = np.ascontiguousarray(a) if a.size else np.zeros((0, g.size))
+    d, _, flag, info = daqp.solve(h, g, a, upper, lower, sense, primal_tol=1e-10)
+    if flag < 0 and np.any(sense):  # a stale warm start can stall the active-set method: start cold
+        d, _, flag, info = daqp.solve(h, g, a, upper, lower, np.zeros_like(sense), primal_tol=1e-10)
+    if flag < 0:
+        return None, sense, np.zeros(sense.size)
+    lam = info["lam"]
+    return d, np.where(lam > 0, _UPPER, np.where(lam < 0, _LOWER, 0)).astype(np.int32), lam
+
+
+def _with_ridge(hess: np.ndarray) -> np.ndarray:
+    """``[B, N, N]`` curvatures made positive definite (an inverter at the slack bus or one with
+    no reactive power available adds a zero row) by a ridge of 1e-6 of their mean diagonal."""
+    n = hess.shape[-1]
+    ridge = 1e-6 * np.maximum(np.einsum("bii->b", hess) / max(n, 1), 1e-12)
+    return hess + ridge[:, None, None] * np.eye(n)
+
+
+def _damped_bfgs(h: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Powell's damped BFGS update of the curvatures ``h [M, N, N]`` by the steps ``s [M, N]`` and
+    the changes ``y [M, N]`` of the Lagrangian's gradient along them; each stays positive
+    definite (Nocedal & Wright, procedure 18.2)."""
+    hs = np.einsum("bij,bj->bi", h, s)
+    shs = np.einsum("bi,bi->b", s, hs)
+    sy = np.einsum("bi,bi->b", s, y)
+    theta = np.where(sy >= 0.2 * shs, 1.0, 0.8 * shs / np.where(shs - sy > 0, shs - sy, 1.0))
+    r = theta[:, None] * y + (1.0 - theta[:, None]) * hs
+    sr = np.einsum("bi,bi->b", s, r)
+    ok = (shs > 0) & (sr > 0)
+    shs, sr = np.where(ok, shs, 1.0), np.where(ok, sr, 1.0)
+    update = r[:, :, None] * r[:, None, :] / sr[:, None, None] - hs[:, :, None] * hs[:, None, :] / shs[:, None, None]
+    return h + np.where(ok[:, None, None], update, 0.0)
 
 
 class OptimalPowerFlow(Controller):
@@ -243,32 +382,32 @@ class OptimalPowerFlow(Controller):
         self.n_agents = len(feeder.agents)
         n_load = int(feeder.net.load.in_service.sum())
         self.communication = float(2 * n_load + len(feeder.inverters) + self.n_agents) / self.n_agents
-        self._r, self._base_mva = resistance_matrix(feeder)
         self._pf = feeder.power_flow()
         self._amap = ActionMap(feeder, self._pf)
-        self._last: np.ndarray | None = None
+        self._model = PlantDerivatives(feeder, self._pf, self._amap)
         self.last_solution: OpfSolution | None = None
 
     def reset(self) -> None:
         super().reset()
-        self._last = None
+        self.last_solution = None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **{k: getattr(self.options, k) for k in ("max_iter", "tol_mw", "band_margin_pu")}}
 
-    def solve(self, plant: StepPlant, a0: np.ndarray | None = None) -> OpfSolution:
-        """Optimal actions for the step ``plant`` describes."""
-        hess = loss_hessian(self._r, self._base_mva, plant.amap, plant.q_avail_mvar)
-        return solve_opf(plant, hess, a0, self.options)
+    def solve(self, plant: StepPlant, a0: np.ndarray | None = None,
+              active0: np.ndarray | None = None) -> OpfSolution:
+        """Optimal actions for the step ``plant`` describes (warm-started from ``a0`` and the
+        active set ``active0`` of a previous solution, if given)."""
+        return solve_opf(plant, self._model, a0, self.options, active0)
 
     def act(self, obs: Any, *, env: Any = None) -> torch.Tensor:
         """Optimal actions ``[B, N]`` for the pending step (needs ``env`` for its physics)."""
         if env is None:
             raise ValueError("opf optimizes the pending step's physics: call act(obs, env=env)")
         plant = plant_from_env(env, self._pf, self._amap)
-        a0 = self._last if self._last is not None and self._last.shape[0] == plant.batch else None
-        sol = self.solve(plant, a0)
-        self._last = sol.actions
+        last = self.last_solution
+        warm = last is not None and last.actions.shape[0] == plant.batch
+        sol = self.solve(plant, last.actions if warm else None, last.active if warm else None)
         self.last_solution = sol
         self.last_info = {"unsettled": sol.unsettled, "infeasible": sol.infeasible}
         return torch.as_tensor(sol.actions, dtype=torch.float64)

@@ -8,23 +8,27 @@ Actions map to reactive power as in the environment: action ``a`` of an agent se
 (:func:`gridrl.grid.inverters.q_avail_mvar`, which also knows the inverters' capability at
 night).
 
-:func:`loss_hessian` is the physical curvature of line losses in the actions, used by the OPF
-as its quadratic model: with bus injections ``S`` near nominal voltage the injected currents are
-about ``conj(S)``, so losses are about ``Pᵀ R P + Qᵀ R Q`` with ``R = Re(Z_bus)`` (the
-resistive part of the inverse of the admittance matrix with the slack removed).
+:class:`PlantDerivatives` gives the OPF its local model of a step in action units: exact first
+derivatives of the monitored voltages and of the losses at a solved point (from the power-flow
+Jacobian, :class:`~gridrl.grid.sensitivity.InjectionSensitivity`), and the physical curvature of
+the losses: with bus injections ``S`` near nominal voltage the injected currents are about
+``conj(S)``, so losses are about ``Pᵀ R P + Qᵀ R Q`` with ``R = Re(Z_bus)`` (the resistive part of
+the inverse of the admittance matrix with the slack removed). :func:`finite_difference` computes
+the same first derivatives by perturbing every action (one power flow per agent), the way the OPF
+used to; tests and ``experiments/bench_opf.py`` compare the two.
 """
 
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from gridrl.grid.inverters import q_avail_mvar
+from gridrl.grid.sensitivity import InjectionSensitivity, bus_impedance
 
 
 class ActionMap:
@@ -118,33 +122,67 @@ def plant_from_env(env, pf, amap: ActionMap) -> StepPlant:
                      v_max_pu=env.v_max_pu)
 
 
-def resistance_matrix(feeder) -> tuple[np.ndarray, float]:
-    """``(R, base_mva)``: ``R [n_inv, n_inv]`` = Re(Z_bus) between the inverters' buses (p.u. on
-    the net's ``base_mva``), from pandapower's own admittance matrix of the feeder."""
-    import pandapower as pp
+class PlantDerivatives:
+    """The OPF's local model of a step, in action units, for one feeder (built once).
 
-    net = copy.deepcopy(feeder.net)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pp.runpp(net, lightsim2grid=False)
-    ppci = net._ppc["internal"]
-    ybus = ppci["Ybus"].toarray()
-    ref = set(int(r) for r in ppci["ref"])
-    keep = np.array([i for i in range(ybus.shape[0]) if i not in ref])
-    z = np.linalg.inv(ybus[np.ix_(keep, keep)])
-    pos = np.full(ybus.shape[0], -1)
-    pos[keep] = np.arange(len(keep))
-    lookup = np.asarray(net._pd2ppc_lookups["bus"])
-    rows = pos[lookup[feeder.inverters["bus"].to_numpy(dtype=np.int64)]]
-    r = np.zeros((len(rows), len(rows)))
-    ok = rows >= 0  # an inverter at the slack bus changes no loss
-    r[np.ix_(ok, ok)] = z.real[np.ix_(rows[ok], rows[ok])]
-    return r, float(ppci["baseMVA"])
+    ``first_order`` gives ``d vm_pu / d a`` of the monitored buses and ``d loss_mw / d a`` at a
+    solved point, exact (power-flow Jacobian); ``hessian`` the curvature ``2 Dᵀ R D / base_mva``
+    of the losses, with ``D [n_inv, N]`` the MVAr each inverter injects per unit action of its
+    agent and ``R`` the resistive part of the bus impedance matrix between inverters.
+    """
+
+    def __init__(self, feeder, pf, amap: ActionMap, *, max_floats: int = 20_000_000) -> None:
+        self.amap = amap
+        self.monitored = np.flatnonzero(np.asarray(feeder.monitored, dtype=bool))
+        self.sensitivity = InjectionSensitivity(pf, amap.sgen_col, self.monitored, max_floats=max_floats)
+        self.r_pu = bus_impedance(pf, amap.sgen_col).real                      # [n_inv, n_inv]
+        self.base_mva = pf.internal_model().base_mva
+        self._k = sp.csr_matrix(amap.incidence.T)                              # [n_inv, N]
+        self._one_each = amap.incidence.shape[0] == amap.incidence.shape[1] and np.array_equal(
+            amap.incidence, np.eye(amap.n_agents))
+
+    @property
+    def group(self) -> int:
+        """Scenarios to differentiate together (bounded memory)."""
+        return self.sensitivity.group
+
+    def hessian(self, q_avail_mvar: np.ndarray) -> np.ndarray:
+        """``[B, N, N]`` curvature of the loss (MW) in the actions for ``q_avail_mvar [B, n_inv]``."""
+        m = q_avail_mvar[:, :, None] * self.r_pu[None, :, :] * q_avail_mvar[:, None, :]   # [B, n_inv, n_inv]
+        return 2.0 * self._per_agent(self._per_agent(m).transpose(0, 2, 1)) / self.base_mva
+
+    def first_order(self, plant: StepPlant, rows: np.ndarray, v: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``jac [M, n_mon, N]`` (p.u. per unit action), ``grad [M, N]`` (MW per unit action)
+        and ``ok [M]`` (False: singular Jacobian, values NaN) of scenarios ``rows`` at their
+        solved voltages ``v [M, n_bus]``; at most :attr:`group` scenarios at a time keep memory
+        bounded."""
+        dvm_dq, dloss_dq, ok = self.sensitivity(v)
+        q = plant.q_avail_mvar[rows]
+        return self._per_agent(dvm_dq * q[:, None, :]), self._per_agent(dloss_dq * q), ok
+
+    def _per_agent(self, per_inverter: np.ndarray) -> np.ndarray:
+        """Sum the last axis (inverters) per agent."""
+        if self._one_each:
+            return per_inverter
+        shape = per_inverter.shape
+        out = per_inverter.reshape(-1, shape[-1]) @ self._k
+        return np.asarray(out).reshape(*shape[:-1], -1)
 
 
-def loss_hessian(r_inv: np.ndarray, base_mva: float, amap: ActionMap, q_avail_mvar: np.ndarray) -> np.ndarray:
-    """``[B, N, N]`` curvature of the loss (MW) in the actions: ``2 Dᵀ R D / base_mva`` with
-    ``D [n_inv, N]`` the MVAr each inverter injects per unit action of its agent."""
-    m = q_avail_mvar[:, :, None] * r_inv[None, :, :] * q_avail_mvar[:, None, :]   # [B, n_inv, n_inv]
-    k = amap.incidence.T                                                       # [n_inv, N]
-    return 2.0 * (k.T @ m @ k) / base_mva
+def finite_difference(plant: StepPlant, actions: np.ndarray, rows: np.ndarray, *, step: float = 1e-3,
+                      monitored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``jac [M, n_mon, N]`` and ``grad [M, N]`` as :meth:`PlantDerivatives.first_order`, by
+    forward differences of ``step`` in every action: the N perturbations of all M scenarios in one
+    batched solve of ``M·N`` scenarios (no curvature correction: ``grad`` carries the difference's
+    truncation error, about ``step/2`` times the loss curvature)."""
+    actions = np.asarray(actions, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    mon = plant.monitored if monitored is None else monitored
+    m, n = actions.shape
+    base = plant.solve(actions, rows)
+    pert = np.repeat(actions, n, axis=0) + step * np.tile(np.eye(n), (m, 1))
+    fd = plant.solve(pert, np.repeat(rows, n))
+    jac = (fd.vm_pu[:, mon].reshape(m, n, -1) - base.vm_pu[:, None, mon]).transpose(0, 2, 1) / step
+    grad = (np.asarray(fd.loss_mw).reshape(m, n) - base.loss_mw[:, None]) / step
+    return jac, grad

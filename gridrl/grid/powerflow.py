@@ -153,6 +153,30 @@ class BranchModel:
     n_ppc_bus: int
 
 
+@dataclass(frozen=True)
+class InternalModel:
+    """The compiled net as the solver sees it (read-only; for derived computations such as
+    :mod:`gridrl.grid.sensitivity`).
+
+    ybus: ``[n_all, n_all]`` sparse bus admittance matrix (p.u., bus shunts included) in internal
+        order: the ``n_pq`` PQ buses in elimination order, then the slack buses.
+    n_pq: number of PQ buses; base_mva: the system base.
+    bus_row, load_row, sgen_row: internal row of each bus / load / sgen in ``net`` index order
+        (−1: out of service or not connected).
+    gs: ``[n_all]`` bus-shunt conductance (p.u.); s_other: ``[n_all]`` constant injections that
+        are not loads or sgens (p.u., generator convention).
+    """
+
+    ybus: sp.csr_matrix
+    n_pq: int
+    base_mva: float
+    bus_row: np.ndarray
+    load_row: np.ndarray
+    sgen_row: np.ndarray
+    gs: np.ndarray
+    s_other: np.ndarray
+
+
 class BatchedPowerFlow:
     """AC power flow of one pandapower net, compiled once, solving batches of scenarios.
 
@@ -282,6 +306,12 @@ class BatchedPowerFlow:
     @property
     def n_sgen(self) -> int:
         return len(self.sgen_index)
+
+    def internal_model(self) -> InternalModel:
+        """The admittance matrix and index maps the solver works with (see :class:`InternalModel`)."""
+        return InternalModel(ybus=self._ybus_internal, n_pq=self._n_pq, base_mva=self._base_mva,
+                             bus_row=self._bus_row, load_row=self._load_row, sgen_row=self._sgen_row,
+                             gs=self._gs, s_other=self._p_other + 1j * self._q_other)
 
     def __repr__(self) -> str:
         return (f"BatchedPowerFlow({self.n_bus} buses, {self._n_pq} PQ buses internally, "
