@@ -99,6 +99,8 @@ class CompareConfig:
     split: days to run: ``test`` (held out), ``train`` or ``all``.
     seeds: number of seeds per cell (seeds 0 … seeds−1).
     days: run only these days (each must belong to the split of every feeder); default all.
+    day_stride: per feeder, run only every k-th of its days (e.g. ``{"mvlv-rural" = 4}``: a
+        quarter of the days on a feeder whose optimum costs minutes per day).
     report_day: the day the report shows in detail (heat maps, envelopes, losses over the day);
         default the evaluated day with the most PV energy on each feeder.
     num_envs: days per batch (default: all days of a cell in one batch).
@@ -116,6 +118,7 @@ class CompareConfig:
     split: Literal["train", "test", "all"] = "test"
     seeds: int = 1
     days: tuple[int, ...] | None = None
+    day_stride: dict[str, int] | None = None
     report_day: int | None = None
     num_envs: int | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -131,6 +134,8 @@ class CompareConfig:
         d = to_dict(self)
         d.pop("out", None)
         d.pop("backend", None)
+        if not self.day_stride:  # comparisons written before the field existed stay resumable
+            d.pop("day_stride", None)
         d["controllers"] = [to_dict(c) for c in self.controllers]
         env = env_changes(self.env)
         if env:
@@ -224,6 +229,11 @@ def config_problems(config: CompareConfig) -> list[str]:
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
         problems.append(f"controller {', '.join(map(repr, dup))} is listed twice (give each a distinct label)")
+    for name, stride in (config.day_stride or {}).items():
+        if name not in config.feeders:
+            problems.append(f"day_stride names {name!r}, which is not a feeder of the comparison")
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            problems.append(f"day_stride.{name} must be a whole number ≥ 1, got {stride!r}")
     if config.split not in ("train", "test", "all"):
         problems.append(f"split must be test, train or all, got {config.split!r}")
         return problems  # the days checks below need a valid split
@@ -384,11 +394,9 @@ Backend = Callable[[Sequence[Cell], Callable[..., Path], Any], Iterable[Path]]
 
 
 def local_backend(cells: Sequence[Cell], run: Callable[..., Path], progress: Any = None) -> Iterable[Path]:
-    """Run cells one after another in this process."""
+    """Run cells one after another in this process (``progress``: a :class:`CellProgress`)."""
     for cell in cells:
-        if progress is not None:
-            progress.set_description(f"{cell.feeder} · {cell.controller.key} · seed {cell.seed}")
-        yield run(cell, None if progress is None else progress.update)
+        yield run(cell, None if progress is None else progress.start(cell))
 
 
 BACKENDS: dict[str, Backend] = {"local": local_backend}
@@ -438,9 +446,21 @@ def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
 
     ident = {(f, c.key): open_run(c.run).hash for f in config.feeders for c in config.controllers if c.run is not None}
     ident.update({(f, c.key): _tuned_key(f, c) for f in config.feeders for c in config.controllers if _is_tuned(c)})
-    return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=config.days, report_day=config.report_day,
+    days = {f: feeder_days(config, f) for f in config.feeders}
+    return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=days[f], report_day=config.report_day,
                  num_envs=config.num_envs, out=str(out), identity=ident.get((f, c.key)), env=config.env)
             for f in config.feeders for c in config.controllers for s in range(config.seeds)]
+
+
+def feeder_days(config: CompareConfig, feeder: str) -> tuple[int, ...] | None:
+    """The days a comparison runs on one feeder (``None``: every day of the split)."""
+    stride = (config.day_stride or {}).get(feeder)
+    if not stride:
+        return config.days
+    from gridrl.grid.feeder import load_feeder
+
+    days = config.days if config.days is not None else load_feeder(feeder).days(config.split)
+    return tuple(int(d) for d in days[::stride])
 
 
 def _is_tuned(spec: ControllerSpec) -> bool:
@@ -481,11 +501,12 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     if todo or read_provenance(out) is None:  # before running, so an interrupted run is on record too
         record_run(out, config=config.identity(), feeders=_feeder_specs(config.feeders), cells_to_run=len(todo))
     _fit_tuned(todo, progress)
-    steps_per_cell = _steps_per_cell(config)
-    bar = tqdm(total=len(todo) * steps_per_cell, unit="step", disable=not progress or not todo, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(total=1.0, disable=not progress or not todo, file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    cell_progress = CellProgress(bar, todo)
+    bar.total = cell_progress.total
     try:
-        for _ in BACKENDS[backend_name](todo, run_cell, bar):
+        for _ in BACKENDS[backend_name](todo, run_cell, cell_progress):
             pass
     finally:
         bar.close()
@@ -526,11 +547,77 @@ def _fit_tuned(cells: Sequence[Cell], progress: bool) -> None:
                     config=from_dict(TuneConfig, json.loads(tune), source="tune"), progress=say)
 
 
-def _steps_per_cell(config: CompareConfig) -> int:
-    steps = dataclasses.replace(config.env, start_hour=0.0, episode_hours=24.0).steps_per_episode
-    if config.num_envs and config.days:
-        return steps * math.ceil(len(config.days) / config.num_envs)
-    return steps
+class CellProgress:
+    """The comparison's progress bar, advanced in estimated work rather than steps.
+
+    Cells differ in cost by three orders of magnitude (no control on ieee33 against the optimum on
+    a feeder with hundreds of inverters), so a bar that counts environment steps tells the time
+    left wrongly whenever cheap and dear cells are mixed. Each environment step of a cell weighs
+    :func:`step_cost`; the bar's fraction (and so tqdm's time estimate) is the share of that work
+    done. ``start(cell)`` names the cell on the bar and returns the per-step callback for it.
+    """
+
+    def __init__(self, bar, cells: Sequence[Cell]) -> None:
+        self.bar = bar
+        self.per_step, self.steps = self.plan(cells)
+
+    @property
+    def total(self) -> float:
+        """All the cells' estimated work."""
+        return float(sum(self.per_step[k] * self.steps[k] for k in self.per_step))
+
+    @staticmethod
+    def plan(cells: Sequence[Cell]) -> tuple[dict[tuple, float], dict[tuple, int]]:
+        """Per cell (keyed by :func:`cell_id`): the estimated cost of one of its environment
+        steps and how many steps it takes (episode steps × batches of days)."""
+        from gridrl.grid.feeder import load_feeder
+
+        feeders: dict[str, tuple[int, int, int]] = {}
+        per_step, steps = {}, {}
+        for cell in cells:
+            if cell.feeder not in feeders:
+                f = load_feeder(cell.feeder)
+                feeders[cell.feeder] = (len(f.net.bus), len(f.agents), len(f.days(cell.split)))
+            n_bus, n_agents, n_days = feeders[cell.feeder]
+            days = len(cell.days) if cell.days is not None else n_days
+            batch = min(days, cell.num_envs or days)
+            per_step[cell_id(cell)] = step_cost(n_bus, n_agents, batch, cell.controller)
+            episode = dataclasses.replace(cell.env, start_hour=0.0, episode_hours=24.0).steps_per_episode
+            steps[cell_id(cell)] = episode * math.ceil(days / batch)
+        return per_step, steps
+
+    def start(self, cell: Cell) -> Callable[[int], None]:
+        self.bar.set_description(f"{cell.feeder} · {cell.controller.key} · seed {cell.seed}")
+        cost = self.per_step[cell_id(cell)]
+        return lambda n: self.bar.update(n * cost)
+
+
+def cell_id(cell: Cell) -> tuple:
+    """What tells cells of one comparison apart."""
+    return cell.feeder, cell.controller.key, cell.seed
+
+
+def step_cost(n_bus: int, n_agents: int, batch: int, controller: ControllerSpec) -> float:
+    """Estimated cost of one environment step of a cell (about µs on one core), for weighting.
+
+    A step of ``batch`` scenarios costs per scenario the environment and one power flow (about
+    40 + 0.4·buses); droop adds its fixed point (about 8 more power flows); the optimum adds its
+    SQP iterations (about 3, each one sensitivity solve ∝ buses × agents, one QP ∝ agents³ and a
+    power flow); a trained policy adds its forward pass (∝ agents). The constants come from
+    timing each part on ieee33, ieee141, mv-rural and mvlv-rural; they need only be right in
+    proportion.
+    """
+    power_flow = 0.4 * n_bus
+    base = 40.0 + power_flow
+    if controller.run is not None:
+        extra = 2.0 * n_agents
+    elif controller.name == "droop":
+        extra = 8.0 * power_flow
+    elif controller.name == "opf":
+        extra = 3.0 * (300.0 + power_flow + 0.03 * n_bus * n_agents + 1e-3 * n_agents ** 3)
+    else:
+        extra = 0.0
+    return batch * (base + extra)
 
 
 def collect(out: str | Path, cells: Sequence[Cell] | None = None, table: str = "days") -> pd.DataFrame:

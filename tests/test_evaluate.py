@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gridrl.cli import app
-from gridrl.compare import (CompareConfig, CompareError, ControllerSpec, load_config, parse_controllers,
-                            run_compare, summarize)
+import gridrl
+from gridrl.compare import (CellProgress, CompareConfig, CompareError, ControllerSpec, cells_of, config_problems,
+                            load_config, parse_controllers, run_compare, step_cost, summarize)
 from gridrl.control import make_controller
 from gridrl.env import EnvConfig
 from gridrl.errors import SpecError
@@ -192,12 +193,17 @@ def test_compare_config_lists_every_problem(tmp_path):
 
 def test_experiment_configs_load(tmp_path):
     cfg = load_config(ROOT / "experiments" / "compare_baselines.toml")
-    assert cfg.feeders == ("ieee33", "ieee141", "mv-rural") and cfg.split == "test"
-    assert [c.key for c in cfg.controllers] == ["none", "droop-ieee1547-a", "droop-ieee1547-b", "droop-mapdn", "opf"]
     stress = load_config(ROOT / "experiments" / "compare_stress.toml")
     assert stress.feeders == ("ieee33", "ieee69", "ieee141") and stress.out == "reports/stress"
     assert stress.env == EnvConfig(load_scale=1.2, pv_scale=1.5)
     assert [c.key for c in stress.controllers] == ["none", "droop-ieee1547-b", "droop-mapdn", "opf"]
+    assert set(cfg.feeders) == set(gridrl.list_feeders()) and cfg.split == "test"
+    assert [c.key for c in cfg.controllers] == ["none", "droop-ieee1547-a", "droop-ieee1547-b", "droop-mapdn",
+                                                "droop-tuned", "opf"]
+    assert not config_problems(cfg)
+    days = {c.feeder: c.days for c in cells_of(cfg, tmp_path / "baselines")}
+    test_days = gridrl.load_feeder("mvlv-rural").days("test")
+    assert days["mvlv-rural"] == tuple(test_days[::4]) and days["ieee33"] is None  # every test day
     bad = tmp_path / "bad.toml"
     bad.write_text('feeders = ["ieee33"]\nseed = 3\n[[controllers]]\nname = "none"\ncolour = "red"\n')
     with pytest.raises(SpecError) as exc:
@@ -237,6 +243,57 @@ def test_compare_env_table_is_validated(tmp_path):
             "once; remove them from the [env] table") in msg
     assert "env.outage_agents: feeder 'ieee33' has no agent 'bus99'" in msg
     assert not (tmp_path / "o").exists()
+
+
+def test_day_stride_is_checked(tmp_path):
+    cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none"), day_stride={"ieee69": 0})
+    problems = config_problems(cfg)
+    assert "day_stride names 'ieee69', which is not a feeder of the comparison" in problems
+    assert "day_stride.ieee69 must be a whole number ≥ 1, got 0" in problems
+    plain = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none"))
+    assert "day_stride" not in plain.identity()  # older comparisons' config.json stays valid
+
+
+class _Bar:
+    """Stands in for tqdm: records what the comparison tells its progress bar."""
+
+    def __init__(self):
+        self.n = 0.0
+        self.desc = ""
+
+    def update(self, x):
+        self.n += x
+
+    def set_description(self, text):
+        self.desc = text
+
+
+def test_progress_weighs_cells_by_their_cost(tmp_path):
+    """The issue's case: at 90 % of the cells the bar said 1:12 left when 4:25 were left, because
+    the last cell (the optimum on the largest feeder) counted like no control on the smallest."""
+    cfg = CompareConfig(feeders=("ieee33", "mv-rural"), controllers=parse_controllers("none,droop:mapdn,opf"))
+    cells = cells_of(cfg, tmp_path)
+    bar = _Bar()
+    prog = CellProgress(bar, cells)
+    assert set(prog.steps.values()) == {96}  # one batch of all test days: one step per quarter hour
+    for cell in cells[:-1]:  # everything but the optimum on mv-rural
+        callback = prog.start(cell)
+        for _ in range(96):
+            callback(1)
+    assert bar.desc == "mv-rural · droop-mapdn · seed 0"
+    done = bar.n / prog.total
+    assert 5 / 6 == pytest.approx(len(cells[:-1]) / len(cells))
+    assert done < 0.5  # five of six cells done, but most of the work is still ahead
+    prog.start(cells[-1])(96)
+    assert bar.n == pytest.approx(prog.total)
+    # the estimate orders cells as their cost does
+    none, droop, opf = (ControllerSpec(name="none"), ControllerSpec(name="droop", preset="mapdn"),
+                        ControllerSpec(name="opf"))
+    small, large = (33, 6, 1), (5479, 571, 1)
+    assert step_cost(*small, none) < step_cost(*small, droop) < step_cost(*small, opf)
+    assert step_cost(*large, none) < step_cost(*large, droop) < step_cost(*large, opf)
+    assert step_cost(*large, opf) > 100 * step_cost(*small, opf)
+    assert step_cost(33, 6, 10, none) == pytest.approx(10 * step_cost(33, 6, 1, none))
 
 
 def test_summary_gap_is_relative_to_opf():
