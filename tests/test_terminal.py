@@ -4,6 +4,7 @@ columns tables are split into panels that repeat the key columns; piped output i
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -20,20 +21,36 @@ from gridrl.terminal import layout_panels, print_table, table_width
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "experiments" / "compare_baselines.toml"
 
 
 @pytest.fixture(scope="module")
 def baselines(tmp_path_factory):
-    """The committed baseline comparison, copied: re-running its config skips every cell and
-    prints the summary whose names used to be cut (droop-ieee1547-a vs -b)."""
+    """The committed baseline comparison, copied, with the config it was made with (the
+    experiment file may have grown since): re-running it skips every cell and prints the summary
+    whose names used to be cut (droop-ieee1547-a vs -b)."""
     out = tmp_path_factory.mktemp("term") / "baselines"
     shutil.copytree(ROOT / "reports" / "baselines", out)
+    made_with = json.loads((out / "config.json").read_text())
+    made_with.pop("version")
+    (out.parent / "config.toml").write_text(_toml(made_with))
     return out
 
 
+def _toml(config: dict) -> str:
+    """A comparison config as TOML (scalars, lists of scalars and tables of scalars suffice)."""
+    # JSON strings, numbers, booleans and lists of them are TOML too
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items()
+             if k != "controllers" and v is not None and not isinstance(v, dict)]
+    for k, v in config.items():
+        if isinstance(v, dict):
+            lines += [f"[{k}]"] + [f'"{kk}" = {json.dumps(vv)}' for kk, vv in v.items()]
+    for c in config["controllers"]:
+        lines += ["[[controllers]]"] + [f"{kk} = {json.dumps(vv)}" for kk, vv in c.items() if vv is not None]
+    return "\n".join(lines) + "\n"
+
+
 def _compare(out: Path):
-    return runner.invoke(app, ["compare", "--config", str(CONFIG), "--out", str(out), "--no-report"])
+    return runner.invoke(app, ["compare", "--config", str(out.parent / "config.toml"), "--out", str(out), "--no-report"])
 
 
 def _terminal(width: int) -> Console:
