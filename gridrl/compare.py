@@ -589,7 +589,8 @@ class CellProgress:
     def start(self, cell: Cell) -> Callable[[int], None]:
         self.bar.set_description(f"{cell.feeder} · {cell.controller.key} · seed {cell.seed}")
         cost = self.per_step[cell_id(cell)]
-        return lambda n: self.bar.update(n * cost)
+        # an estimate: a cell that takes more steps than planned must not run the bar past its end
+        return lambda n: self.bar.update(min(n * cost, max(self.bar.total - self.bar.n, 0.0)))
 
 
 def cell_id(cell: Cell) -> tuple:

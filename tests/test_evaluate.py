@@ -259,6 +259,7 @@ class _Bar:
 
     def __init__(self):
         self.n = 0.0
+        self.total = 0.0
         self.desc = ""
 
     def update(self, x):
@@ -275,6 +276,7 @@ def test_progress_weighs_cells_by_their_cost(tmp_path):
     cells = cells_of(cfg, tmp_path)
     bar = _Bar()
     prog = CellProgress(bar, cells)
+    bar.total = prog.total
     assert set(prog.steps.values()) == {96}  # one batch of all test days: one step per quarter hour
     for cell in cells[:-1]:  # everything but the optimum on mv-rural
         callback = prog.start(cell)
