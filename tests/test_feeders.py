@@ -292,6 +292,20 @@ def test_load_peak_profiles_keeps_the_published_profile_scale(tmp_path):
         np.testing.assert_allclose(mv.profiles.load_p_mw[steps, i], want, rtol=1e-12)
 
 
+def test_power_flow_is_compiled_once_per_feeder_and_options():
+    import pickle
+
+    feeder = load_feeder("ieee33")
+    pf = feeder.power_flow()
+    assert feeder.power_flow() is pf and feeder.power_flow(tol_pu=1e-8) is not pf
+    steps = np.arange(96 * 160 + 40, 96 * 160 + 56)
+    prof = feeder.profiles
+    args = (prof.load_p_mw[steps], prof.load_q_mvar[steps], prof.sgen_p_mw[steps], np.zeros((16, len(feeder.inverters))))
+    copy_ = pickle.loads(pickle.dumps(feeder))  # a feeder sent to a worker compiles its own
+    assert copy_.power_flow() is not pf
+    np.testing.assert_array_equal(copy_.power_flow().solve(*args).vm_pu, pf.solve(*args).vm_pu)
+
+
 def test_cache_is_used_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("GRIDRL_CACHE_DIR", str(tmp_path))
     a = load_feeder("ieee33")

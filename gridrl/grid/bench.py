@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from gridrl.grid.inverters import q_avail_mvar
+
 __all__ = ["random_scenarios", "run_benchmark", "to_markdown"]
 
 
@@ -33,8 +35,7 @@ def random_scenarios(net, batch: int, *, seed: int = 0):
     factor = rng.uniform(0.0, 1.5, (batch, len(load_p)))
     peak = (net.sgen.p_mw * net.sgen.scaling).to_numpy(dtype=float)
     sgen_p = rng.uniform(0.0, 1.0, (batch, len(peak))) * peak
-    q_max = np.sqrt(np.maximum((1.2 * peak) ** 2 - sgen_p ** 2, 0.0))
-    sgen_q = rng.uniform(-1.0, 1.0, sgen_p.shape) * q_max
+    sgen_q = rng.uniform(-1.0, 1.0, sgen_p.shape) * q_avail_mvar(sgen_p, 1.2 * peak)
     return factor * load_p, factor * load_q, sgen_p, sgen_q
 
 

@@ -176,6 +176,7 @@ class Feeder:
                  agent_naming: str):
         self.spec = spec
         self.agent_naming = agent_naming  # which convention agent names follow (see bus_names)
+        self._power_flows: dict = {}  # compiled solvers by options (see power_flow)
         self._net = net
         self.inverters = inverters
         self.agents: list[str] = list(dict.fromkeys(inverters["agent"]))
@@ -268,10 +269,23 @@ class Feeder:
 
     # -- physics ----------------------------------------------------------------------------
     def power_flow(self, **options):
-        """A :class:`~gridrl.grid.powerflow.BatchedPowerFlow` compiled for this feeder."""
+        """A :class:`~gridrl.grid.powerflow.BatchedPowerFlow` compiled for this feeder.
+
+        Compiled once per feeder and set of ``options`` and shared by every caller (environments,
+        controllers, benchmarks): compiling copies the net, runs pandapower once and factorizes
+        the admittance matrix (seconds on a busy machine), and the compiled solver is read-only.
+        """
         from gridrl.grid.powerflow import BatchedPowerFlow, PowerFlowOptions
 
-        return BatchedPowerFlow(self.net, options=PowerFlowOptions(**options))
+        key = PowerFlowOptions(**options)
+        if key not in self._power_flows:
+            self._power_flows[key] = BatchedPowerFlow(self.net, options=key)
+        return self._power_flows[key]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_power_flows"] = {}  # compiled solvers hold factorizations: rebuilt where unpickled
+        return state
 
     def load_stats(self) -> dict[str, float]:
         """The yearly total load P of the in-service loads as the profiles give it:
