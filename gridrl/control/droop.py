@@ -20,10 +20,13 @@ Presets:
 Real inverters settle where their own output and the voltage it causes agree: ``q = Q(v(q))``.
 Within each step the controller finds that fixed point with a damped iteration on the pending
 step's physics (``env.peek``): ``a ← a + α (a_curve(v(a)) − a)``, starting from the previous
-step's settled actions. The damping ``α`` starts at ``damping`` and halves for a scenario whose
-residual grows (steep curves on weak feeders overshoot otherwise); a scenario settles when the
-largest change its curve asks for falls below ``tol``. Steps still moving after ``max_iter``
-iterations keep their last iterate and are reported in ``last_info["unsettled"]``.
+step's settled actions. The damping ``α`` is per agent: it starts at ``damping``, halves for an
+agent whose correction changes sign (it overshot: steep curves on weak feeders do, and a
+coupled pair of agents can swing against each other for hundreds of iterations at a fixed
+step), and grows back by half after each correction of the same sign, up to ``damping`` again.
+A scenario settles when the largest change its curve asks for falls below ``tol``. Steps still
+moving after ``max_iter`` iterations keep their last iterate and are reported in
+``last_info["unsettled"]``.
 
 An agent owning several inverters on one bus acts on their sum: its curve target is the curve
 fraction times the summed reference, as a share of the summed available reactive power.
@@ -177,8 +180,9 @@ def resolve_curve(preset: str | None = None, curve: DroopCurve | Mapping[str, An
 class DroopOptions:
     """Settings of the within-step fixed-point iteration.
 
-    damping: initial step ``α`` of ``a ← a + α (a_curve − a)``; halves per scenario when its
-        residual grows, down to ``min_damping``.
+    damping: initial and largest step ``α`` of ``a ← a + α (a_curve − a)``; per agent, it halves
+        when the agent's correction changes sign (down to ``min_damping``) and grows by 1.5×
+        after a correction of the same sign.
     min_damping: smallest step.
     tol: a scenario has settled when ``max |a_curve − a| < tol`` (action units, i.e. fractions of
         the available reactive power).
@@ -289,8 +293,8 @@ class DroopController(Controller):
         a = np.zeros((batch, self.n_agents)) if self._last is None or self._last.shape[0] != batch else self._last.copy()
         q_avail = plant.q_avail_mvar @ self._incidence.T                     # [B, N]
         s_max = np.asarray(env.s_max_mva.cpu(), dtype=np.float64) @ self._incidence.T  # the env's ratings
-        alpha = np.full(batch, o.damping)
-        prev = np.full(batch, np.inf)
+        alpha = np.full((batch, self.n_agents), o.damping)
+        prev = np.zeros((batch, self.n_agents))                               # last correction
         settled = np.zeros(batch, dtype=bool)
         v = None                                                              # [B, n_bus] warm starts
         rows = np.arange(batch)
@@ -306,13 +310,15 @@ class DroopController(Controller):
             r = np.abs(step).max(axis=1)
             done = r < o.tol
             settled[rows[done]] = True
-            alpha[rows] = np.where(r > prev[rows], np.maximum(alpha[rows] / 2, o.min_damping), alpha[rows])
-            prev[rows] = r
+            overshot = step * prev[rows] < 0
+            alpha[rows] = np.where(overshot, np.maximum(alpha[rows] / 2, o.min_damping),
+                                   np.minimum(alpha[rows] * 1.5, o.damping))
+            prev[rows] = step
             move = ~done
             rows, step = rows[move], step[move]
             if not len(rows):
                 break
-            a[rows] = np.clip(a[rows] + alpha[rows, None] * step, -1.0, 1.0)
+            a[rows] = np.clip(a[rows] + alpha[rows] * step, -1.0, 1.0)
         self._last = a
         self.last_info = {"unsettled": ~settled}
         return torch.as_tensor(a, dtype=torch.float64)

@@ -86,7 +86,7 @@ __all__ = ["OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted
 
 log = logging.getLogger(__name__)
 
-_TUNE_VERSION = 1
+_TUNE_VERSION = 2
 N_PARAMS = 7
 
 OBJECTIVE = ("minimise energy loss over the training days subject to a controllable rate at least that "
