@@ -41,22 +41,18 @@ def test_the_library_stays_quiet_on_a_cold_build(tmp_path):
     assert list(tmp_path.glob("ieee33-*.pkl")) and proc.stderr == "" and proc.stdout == ""
 
 
-class _FreshKernel:
-    """Stands in for a kernel that has never run and has no build on disk."""
-
-    signatures: list = []
-
-
 def test_kernel_compile_is_announced_only_when_it_will_compile(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="gridrl.grid.powerflow")
-    monkeypatch.setattr(powerflow, "_zbus_kernel", _FreshKernel)
-    monkeypatch.setattr(powerflow, "kernel_compiled", lambda: False)
+    monkeypatch.setattr(powerflow, "_kernel_ready", False)  # not launched in this process yet
+    monkeypatch.setattr(powerflow, "kernel_compiled", lambda: False)  # and no build on disk
     with powerflow._first_launch_notice():
         pass
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs[0] == "compiling the power-flow kernel (first use only: numba caches it on disk)"
     assert msgs[1].startswith("power-flow kernel compiled in") and len(msgs) == 2
+    assert powerflow._kernel_ready  # announced once per process
     caplog.clear()
+    monkeypatch.setattr(powerflow, "_kernel_ready", False)
     monkeypatch.setattr(powerflow, "kernel_compiled", lambda: True)  # a current build on disk
     with powerflow._first_launch_notice():
         pass

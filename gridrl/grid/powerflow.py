@@ -684,7 +684,8 @@ def kernel_compiled() -> bool:
 def _first_launch_notice():
     """Say (at INFO, which the CLI shows) when the kernel is about to compile, and how long it
     took. numba keeps the build on disk, so this happens once per install and source change."""
-    if _zbus_kernel.signatures:
+    global _kernel_ready
+    if _kernel_ready:  # a flag: the dispatcher's signature list costs ~0.3 ms to build
         yield
         return
     cached = kernel_compiled()
@@ -692,8 +693,12 @@ def _first_launch_notice():
         log.info("compiling the power-flow kernel (first use only: numba caches it on disk)")
     start = time.perf_counter()
     yield
+    _kernel_ready = True
     log.log(logging.DEBUG if cached else logging.INFO, "power-flow kernel %s in %.1f s",
             "loaded from numba's cache" if cached else "compiled", time.perf_counter() - start)
+
+
+_kernel_ready = False  # set after the kernel's first launch in this process
 
 
 def _read_only(x: np.ndarray) -> np.ndarray:
