@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python experiments/bench_powerflow.py
 	$(BIN)/python experiments/bench_env.py
 	$(BIN)/python experiments/bench_train.py
+	$(BIN)/python experiments/bench_first_use.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
