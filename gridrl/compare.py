@@ -435,7 +435,8 @@ def prepare_out(config: CompareConfig, out: Path) -> None:
             raise CompareError(f"{out} holds a comparison of a different configuration "
                                f"({', '.join(diff)} differ); use another --out or delete it")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # hidden files (a .gitignore of a committed results folder) do not make a folder someone else's
+    if out.exists() and (not out.is_dir() or any(not p.name.startswith(".") for p in out.iterdir())):
         raise CompareError(f"{out} exists and holds no gridrl comparison; use another --out or delete it")
     write_json(cfg_file, config.identity())
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from gridrl.cli import app
 import gridrl
 from gridrl.compare import (CellProgress, CompareConfig, CompareError, ControllerSpec, cells_of, config_problems,
-                            load_config, parse_controllers, run_compare, step_cost, summarize)
+                            load_config, parse_controllers, prepare_out, run_compare, step_cost, summarize)
 from gridrl.control import make_controller
 from gridrl.env import EnvConfig
 from gridrl.errors import SpecError
@@ -176,6 +176,11 @@ def test_compare_refuses_an_out_dir_of_another_configuration(small, tmp_path):
     with pytest.raises(CompareError, match="exists and holds no gridrl comparison"):
         run_compare(other, out=stray, progress=False)
     assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+    # a folder holding only hidden files (e.g. the .gitignore of a committed results folder) is free
+    (stray / "notes.txt").unlink()
+    (stray / ".gitignore").write_text("report.html\n")
+    prepare_out(other, stray)
+    assert (stray / "config.json").exists() and (stray / ".gitignore").read_text() == "report.html\n"
 
 
 def test_compare_config_lists_every_problem(tmp_path):
