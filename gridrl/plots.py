@@ -140,10 +140,12 @@ def fig_loss(steps: pd.DataFrame, *, title: str = "") -> go.Figure:
     return fig
 
 
-def fig_heatmaps(voltages: pd.DataFrame, *, v_min_pu: float, v_max_pu: float, title: str = "") -> go.Figure:
+def fig_heatmaps(voltages: pd.DataFrame, *, v_min_pu: float, v_max_pu: float,
+                 bus_names: Mapping[int, str] | None = None, title: str = "") -> go.Figure:
     """Bus voltage over the day (bus × time), one panel per controller, one shared colour scale
     centred on 1 p.u. and spanning at least the band. ``voltages``: rows of ``controller, step,
-    hour, bus, vm_pu`` (the report passes the monitored buses only)."""
+    hour, bus, vm_pu`` (the report passes the monitored buses only); rows in bus-index order,
+    labelled with ``bus_names`` where given."""
     ctrls = list(dict.fromkeys(voltages["controller"]))
     fig = make_subplots(rows=1, cols=len(ctrls), shared_yaxes=True, subplot_titles=ctrls,
                         horizontal_spacing=0.02)
@@ -152,11 +154,12 @@ def fig_heatmaps(voltages: pd.DataFrame, *, v_min_pu: float, v_max_pu: float, ti
         g = voltages[voltages["controller"] == ctrl]
         m = g.pivot_table(index="bus", columns="step", values="vm_pu", aggfunc="first").sort_index()
         hours = g.drop_duplicates("step").set_index("step")["hour"].reindex(m.columns) if "hour" in g else m.columns
-        fig.add_trace(go.Heatmap(z=m.values, x=list(hours), y=[str(b) for b in m.index], coloraxis="coloraxis",
-                                 hovertemplate="bus %{y}<br>hour %{x}<br>%{z:.4f} p.u.<extra>" + ctrl + "</extra>"),
+        rows = [(bus_names or {}).get(int(b), str(b)) for b in m.index]
+        fig.add_trace(go.Heatmap(z=m.values, x=list(hours), y=rows, coloraxis="coloraxis",
+                                 hovertemplate="%{y}<br>hour %{x}<br>%{z:.4f} p.u.<extra>" + ctrl + "</extra>"),
                       row=1, col=k)
         fig.update_xaxes(title_text="hour of day (h)", row=1, col=k)
-    fig.update_yaxes(title_text="bus (pandapower index)", type="category", row=1, col=1)
+    fig.update_yaxes(title_text="bus" if bus_names else "bus (pandapower index)", type="category", row=1, col=1)
     fig.update_layout(title=title, height=520, margin=dict(t=80, b=50, l=70, r=20),
                       coloraxis=dict(colorscale="RdBu_r", cmin=1.0 - half, cmax=1.0 + half, cmid=1.0,
                                      colorbar=dict(title="voltage (p.u.)")))
@@ -165,7 +168,8 @@ def fig_heatmaps(voltages: pd.DataFrame, *, v_min_pu: float, v_max_pu: float, ti
 
 def fig_voltage_profile(voltages: pd.DataFrame, distance: pd.DataFrame, *, steps: Mapping[str, int],
                         hours: Mapping[int, float], v_ref_kv: float, v_min_pu: float, v_max_pu: float,
-                        agent_buses: Mapping[int, str] | None = None, title: str = "") -> go.Figure:
+                        agent_buses: Mapping[int, str] | None = None, bus_names: Mapping[int, str] | None = None,
+                        title: str = "") -> go.Figure:
     """Bus voltage against electrical distance from the substation, one panel per chosen step,
     one line per controller drawn along the feeder's branches (each lateral its own stroke).
 
@@ -173,6 +177,7 @@ def fig_voltage_profile(voltages: pd.DataFrame, distance: pd.DataFrame, *, steps
     distance: per bus (index) ``parent`` and ``z_ohm`` (see :mod:`gridrl.grid.distance`).
     steps: panel caption → step index, e.g. ``{"highest voltage": 48, "lowest voltage": 76}``.
     agent_buses: bus → agent name; those buses are marked.
+    bus_names: bus → name shown on hover (default ``bus <index>``).
     """
     ctrls = list(dict.fromkeys(voltages["controller"]))
     colors = controller_colors(ctrls)
@@ -193,7 +198,8 @@ def fig_voltage_profile(voltages: pd.DataFrame, distance: pd.DataFrame, *, steps
             fig.add_trace(scatter(x=xs, y=ys, mode="lines", line=dict(color=colors[ctrl], width=1.6), name=ctrl,
                                      legendgroup=ctrl, showlegend=k == 1, hoverinfo="skip"), row=1, col=k)
             buses = [b for b in v.index if b in z.index]
-            labels = [f"bus {b}" + (f", agent {agent_buses[b]}" if agent_buses and b in agent_buses else "")
+            labels = [(bus_names or {}).get(b, f"bus {b}") + f" (index {b})"
+                      + (f", agent {agent_buses[b]}" if agent_buses and b in agent_buses else "")
                       for b in buses]
             fig.add_trace(scatter(
                 x=[z[b] for b in buses], y=[float(v[b]) for b in buses], mode="markers", legendgroup=ctrl,

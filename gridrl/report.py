@@ -276,7 +276,12 @@ def _feeder_section(out: Path, name: str, fd: pd.DataFrame, t: dict[str, pd.Data
     if not fv.empty:
         fvd = fv[fv["monitored"]] if "monitored" in fv else fv
         fvd = fvd.merge(fs[["controller", "step", "hour"]], on=["controller", "step"], how="left")
-        parts.append(fig_heatmaps(fvd, v_min_pu=v_min, v_max_pu=v_max,
+        names = None
+        if feeder is not None:
+            from gridrl.grid.plot import bus_labels
+
+            names = bus_labels(feeder)
+        parts.append(fig_heatmaps(fvd, v_min_pu=v_min, v_max_pu=v_max, bus_names=names,
                                   title=f"{name}, day {day} ({date}): voltages of the monitored buses"))
     if feeder is not None:
         from gridrl.grid.plot import feeder_map
@@ -289,6 +294,7 @@ def _feeder_section(out: Path, name: str, fd: pd.DataFrame, t: dict[str, pd.Data
 def _profile_figure(feeder, fv, fs, ctrls, hours, v_min, v_max, name, day, date) -> go.Figure:
     """Voltage against electrical distance at the reference controller's extreme steps of the day."""
     from gridrl.grid.distance import electrical_distance
+    from gridrl.grid.plot import bus_labels
 
     ref = "none" if "none" in ctrls else ctrls[0]
     r = fs[fs["controller"] == ref]
@@ -299,6 +305,7 @@ def _profile_figure(feeder, fv, fs, ctrls, hours, v_min, v_max, name, day, date)
     return fig_voltage_profile(fv[fv["step"].isin(list(at.values()))], dist.table, steps=at, hours=hours,
                                v_ref_kv=dist.v_ref_kv, v_min_pu=v_min, v_max_pu=v_max,
                                agent_buses=dict(zip(inv["bus"], inv["agent"])),
+                               bus_names=bus_labels(feeder),
                                title=f"{name}, day {day} ({date}): voltage along the feeder at the steps of the "
                                      f"highest and lowest voltage without control")
 

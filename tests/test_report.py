@@ -116,7 +116,7 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
 # the figures, one by one
 # --------------------------------------------------------------------------------------------
 
-_CATEGORICAL = {"controller", "agent"}  # axes of names carry no unit
+_CATEGORICAL = {"controller", "agent", "bus"}  # axes of names carry no unit
 
 
 def _axis_titles(fig: go.Figure) -> list[str]:

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from gridrl.grid.feeder import Feeder
 
 
-__all__ = ["ZOOM_LABELS_JS", "bus_positions", "feeder_map", "zone_colors"]
+__all__ = ["ZOOM_LABELS_JS", "bus_labels", "bus_positions", "feeder_map", "zone_colors"]
 
 # distinct hues, none grey or black (branches and the substation are)
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
@@ -156,9 +156,12 @@ def zone_colors(feeder: Feeder) -> dict[str, str]:
     return {a: _PALETTE[colour[i]] for i, a in enumerate(feeder.agents)}
 
 
-def _bus_label(net, b: int) -> str:
-    name = net.bus.name.at[b] if "name" in net.bus else None
-    return f"{name}" if isinstance(name, str) and name else f"bus {b}"
+def bus_labels(feeder: Feeder) -> dict[int, str]:
+    """Bus index → the name a reader of the case recognises (the same convention as agent names)."""
+    from gridrl.grid.sources import bus_names
+
+    names, _ = bus_names(feeder.spec, feeder._net)
+    return {int(b): str(n) for b, n in names.items()}
 
 
 def feeder_map(feeder: Feeder, *, max_labels: int = 80) -> go.Figure:
@@ -192,7 +195,8 @@ def feeder_map(feeder: Feeder, *, max_labels: int = 80) -> go.Figure:
                           hoverinfo="skip", name="agent graph (neighbours)"))
     buses = [b for b in feeder.bus_zone.index if b in pos]
     zone = feeder.bus_zone.loc[buses]
-    labels = [_bus_label(net, b) for b in buses]
+    name = bus_labels(feeder)
+    labels = [name[b] for b in buses]
     fig.add_trace(scatter(
         x=[pos[b][0] for b in buses], y=[pos[b][1] for b in buses], mode="markers",
         marker=dict(size=6 if not big else 4, color=[colour.get(z, "#000000") for z in zone]),
