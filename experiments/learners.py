@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from gridrl.config import from_dict, read_toml
@@ -70,12 +68,12 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     from gridrl.marl.train import resolve_train_config
 
     runs, problems = [], []
-    for feeder in exp.feeders:
-        if feeder not in exp.steps:
-            problems.append(f"steps: no budget for feeder {feeder!r}")
-            continue
+    missing = [f for f in exp.feeders if f not in exp.steps]
+    problems += [f"steps: no budget for feeder {f!r}" for f in missing]
+    # the first variant and algorithm first: an experiment stopped early has its main rows
+    for variant, over in exp.variants.items():
         for algo in exp.algos:
-            for variant, over in exp.variants.items():
+            for feeder in [f for f in exp.feeders if f not in missing]:
                 data = _merge(_merge(exp.train, over), {"algo": algo, "steps": int(exp.steps[feeder]), "compare": []})
                 for seed in range(exp.seeds):
                     try:
@@ -90,19 +88,25 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     return runs
 
 
-def run_all(exp: Experiment, runs: list[dict], *, progress: bool) -> None:
+def finished(run: dict) -> bool:
+    """A run whose training ended (its last checkpoint says so)."""
+    from gridrl.errors import GridrlError
     from gridrl.marl.checkpoint import read_checkpoint
+
+    try:
+        return bool(read_checkpoint(run["folder"])["driver"].get("finished"))
+    except GridrlError:
+        return False
+
+
+def run_all(exp: Experiment, runs: list[dict], *, progress: bool) -> None:
     from gridrl.marl.train import train
 
     for k, r in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {r['feeder']} {r['algo']} {r['variant']} seed {r['seed']}"
-        try:
-            c = read_checkpoint(r["folder"])
-            if c["driver"].get("finished"):
-                print(f"{label}: done", file=sys.stderr)
-                continue
-        except Exception:  # noqa: BLE001 - not started or damaged: train (resume decides)
-            pass
+        if finished(r):
+            print(f"{label}: done", file=sys.stderr)
+            continue
         print(f"{label} → {r['folder']}", file=sys.stderr)
         train(r["feeder"], r["config"], out=r["folder"], resume=True, progress=progress)
 
@@ -231,11 +235,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="experiments/learners.toml", help="experiment TOML")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: compare and report the runs that have finished")
     args = p.parse_args(argv)
     exp = from_dict(Experiment, read_toml(args.config), source=args.config)
-    runs = plan(exp, args.config)
+    planned = plan(exp, args.config)
     progress = not args.no_progress
-    run_all(exp, runs, progress=progress)
+    if not args.report_only:
+        run_all(exp, planned, progress=progress)
+    runs = [r for r in planned if finished(r)]
+    if not runs:
+        sys.exit("no run has finished yet; train first (drop --report-only)")
+    exp = dataclasses.replace(exp, feeders=tuple(f for f in exp.feeders if any(r["feeder"] == f for r in runs)))
     compare_all(exp, runs, progress=progress)
     runs_df, curves, base = tables(exp, runs)
     out = Path(exp.out)
@@ -243,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     split = runs[0]["config"].eval_split if runs else "test"
     md = summary_markdown(runs_df, base, eval_split=split, command=command.strip(), load=load)
+    if len(runs) < len(planned):
+        left = [f"{r['feeder']} {r['algo']} {r['variant']} seed {r['seed']}" for r in planned if r not in runs]
+        md += f"\nNot finished yet ({len(left)} of {len(planned)} planned runs): {'; '.join(left)}.\n"
     write_text(out / "summary.md", md)
     atomic_write(out / "runs.csv", lambda f: runs_df.to_csv(f, index=False))
     keep = ["feeder", "algo", "variant", "seed", "iteration", "env_steps", "wall_s", "train_s", "tag", "value"]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import gridrl
 from gridrl.cli import app
-from gridrl.compare import CompareConfig, ControllerSpec, parse_controllers, run_compare
+from gridrl.compare import CompareConfig, ControllerSpec, run_compare
 from gridrl.config import read_toml
 from gridrl.errors import CheckpointError, SpecError
 from gridrl.marl.checkpoint import read_checkpoint
