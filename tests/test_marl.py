@@ -11,6 +11,7 @@ import torch
 
 import gridrl
 from gridrl.env import EnvConfig, make_env
+from gridrl.marl.buffer import minibatch_indices
 from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
@@ -150,6 +151,26 @@ def test_return_scale_is_the_return_std_per_agent():
     assert (scale.ret == 0).all()  # episodes ended
 
 
+def test_per_agent_running_norm_keeps_each_agents_scale():
+    gen = torch.Generator().manual_seed(0)
+    valid = torch.tensor([[True, True], [True, False], [True, True]])
+    scale = torch.tensor([[1.0, 10.0], [100.0, 1.0], [0.01, 1.0]], dtype=torch.float64)
+    norm = RunningNorm(2, valid=valid, per_agent=True)
+    batches = [torch.randn(7, 3, 2, generator=gen, dtype=torch.float64) * scale + 3.0 for _ in range(3)]
+    for b in batches:
+        norm.update(b)
+    x = torch.cat(batches)
+    assert norm.mean.shape == (3, 2)
+    torch.testing.assert_close(norm.mean[valid], x.mean(0)[valid])
+    torch.testing.assert_close(norm.var[valid], x.var(0, unbiased=False)[valid])
+    y = norm(x)
+    assert (y[:, ~valid] == 0).all()
+    torch.testing.assert_close(y.std(0, unbiased=False)[valid], torch.ones(int(valid.sum()), dtype=torch.float64),
+                               rtol=1e-3, atol=0.0)  # eps = 1e-8 beside var 1e-4
+    with pytest.raises(ValueError, match="per_agent"):
+        RunningNorm(2, per_agent=True)
+
+
 # --------------------------------------------------------------------------------------------
 # GAE and PPO's pieces
 # --------------------------------------------------------------------------------------------
@@ -203,7 +224,20 @@ def test_gaussian_log_prob_and_clipped_surrogate():
     # min(r·A, clip(r)·A): 1.2, −1.5, 0.5, −0.8 → loss = −mean
     assert loss.item() == pytest.approx(-(1.2 - 1.5 + 0.5 - 0.8) / 4)
     assert frac.item() == 1.0 and kl.item() > 0
+    # weights: the weighted mean over the elements that count; weight 0 drops an element
+    w = torch.tensor([1.0, 0.0, 3.0, 0.0])
+    loss_w, kl_w, frac_w = clipped_surrogate(new, old, adv, 0.2, weight=w)
+    assert loss_w.item() == pytest.approx(-(1.2 * 1 + 0.5 * 3) / 4)
+    sub = clipped_surrogate(new[[0, 2, 2, 2]], old[[0, 2, 2, 2]], adv[[0, 2, 2, 2]], 0.2)
+    torch.testing.assert_close(torch.stack([loss_w, kl_w, frac_w]), torch.stack(sub))
     assert linear_lr(1e-3, 1e-4, 0.0) == 1e-3 and linear_lr(1e-3, 1e-4, 2.0) == pytest.approx(1e-4)
+
+
+def test_minibatch_indices_cover_the_chosen_samples_once():
+    where = torch.arange(23) % 3 != 0
+    chunks = list(minibatch_indices(23, 4, generator=torch.Generator().manual_seed(0), where=where))
+    assert len(chunks) == 4 and max(map(len, chunks)) - min(map(len, chunks)) <= 1
+    assert sorted(torch.cat(chunks).tolist()) == torch.arange(23)[where].tolist()
 
 
 # --------------------------------------------------------------------------------------------

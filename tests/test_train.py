@@ -314,8 +314,8 @@ def test_nan_in_an_update_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
 
     real = DPPO._update
 
-    def poisoned(self, advantage, returns):
-        out = real(self, advantage, returns)
+    def poisoned(self, samples):
+        out = real(self, samples)
         if self.iteration == 1:  # the second update goes wrong
             with torch.no_grad():
                 next(self.policy.actor.parameters()).fill_(float("nan"))

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-__all__ = ["RolloutBuffer"]
+__all__ = ["RolloutBuffer", "minibatch_indices"]
 
 
 class RolloutBuffer:
@@ -42,8 +42,16 @@ class RolloutBuffer:
                     ) -> Iterator[torch.Tensor]:
         """Sample indices into :meth:`flat`, shuffled by ``generator`` and split into ``count``
         minibatches of (nearly) equal size; ``where [T, B]`` bool keeps only those samples."""
-        idx = torch.arange(self.steps * self.num_envs)
-        if where is not None:
-            idx = idx[where.reshape(-1).cpu()]
-        idx = idx[torch.randperm(len(idx), generator=generator)]
-        yield from (chunk for chunk in idx.tensor_split(max(1, int(count))) if len(chunk))
+        yield from minibatch_indices(self.steps * self.num_envs, count, generator=generator,
+                                     where=None if where is None else where.reshape(-1))
+
+
+def minibatch_indices(n: int, count: int, *, generator: torch.Generator, where: torch.Tensor | None = None
+                      ) -> Iterator[torch.Tensor]:
+    """Indices ``0 … n−1`` (those where ``where [n]`` is True), shuffled by ``generator`` and split
+    into ``count`` minibatches of (nearly) equal size; empty minibatches are skipped."""
+    idx = torch.arange(n)
+    if where is not None:
+        idx = idx[where.cpu()]
+    idx = idx[torch.randperm(len(idx), generator=generator)]
+    yield from (chunk for chunk in idx.tensor_split(max(1, int(count))) if len(chunk))

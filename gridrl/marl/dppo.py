@@ -32,14 +32,14 @@ from typing import Any
 
 import torch
 
-from gridrl.marl.buffer import RolloutBuffer
+from gridrl.marl.buffer import RolloutBuffer, minibatch_indices
 from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.nets import GaussianActor, NeighbourhoodNet
 from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
 from gridrl.marl.policy import Policy
 from gridrl.marl.ppo import (Stopwatch, clipped_surrogate, episode_stats, gaussian_log_prob, linear_lr,
-                             ppo_problems)
+                             ppo_problems, weighted_mean)
 
 __all__ = ["DPPO", "DppoConfig"]
 
@@ -175,8 +175,7 @@ class DPPO:
             group["lr"] = lr
         episodes = self._collect(watch)
         with watch("update"):
-            advantage, returns = self._advantages()
-            stats = self._update(advantage, returns)
+            stats = self._update(self._samples(*self._advantages()))
             self._update_statistics()
         self.iteration += 1
         steps = int(self.buffer["active"].sum())
@@ -237,25 +236,40 @@ class DPPO:
         advantage = (advantage - a.mean()) / (a.std() + 1e-8)
         return advantage, returns
 
-    def _update(self, advantage: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-        cfg, buf, policy = self.cfg, self.buffer, self.policy
+    def _samples(self, advantage: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The rollout as flat update samples ``[S, …]`` (S = T·B, one feeder step each):
+        ``obs, action, logp, advantage, returns, value`` (the critic's values at collection),
+        ``delivered`` (or None), ``where [S]`` (samples to use) and the optional per-agent
+        weights ``policy_weight`` / ``value_weight [S, N]`` (None: every agent counts)."""
+        buf = self.buffer
+        return {"obs": buf.flat("obs"), "action": buf.flat("action"), "logp": buf.flat("logp"),
+                "advantage": advantage.reshape(-1, advantage.shape[-1]),
+                "returns": returns.reshape(-1, *returns.shape[2:]), "value": buf.flat("value"),
+                "delivered": buf.flat("delivered") if self.dropout else None,
+                "where": buf["active"].reshape(-1), "policy_weight": None, "value_weight": None}
+
+    def _update(self, samples: dict[str, torch.Tensor | None]) -> dict[str, float]:
+        """``epochs`` passes of minibatch PPO over ``samples`` (see :meth:`_samples`)."""
+        cfg, policy = self.cfg, self.policy
         # the statistics stay fixed during the update: normalise every sample once, not per epoch
-        obs, action, old_logp = policy.obs_norm(buf.flat("obs")), buf.flat("action"), buf.flat("logp")
-        adv = advantage.reshape(-1, advantage.shape[-1])
-        ret = returns.reshape(-1, *returns.shape[2:])
-        delivered = buf.flat("delivered") if self.dropout else None
+        obs, action, old_logp = policy.obs_norm(samples["obs"]), samples["action"], samples["logp"]
+        adv, ret, delivered = samples["advantage"], samples["returns"], samples["delivered"]
+        pw, vw, where = samples["policy_weight"], samples["value_weight"], samples["where"]
+        count = self._minibatch_count(int(where.sum()))
         params = [*policy.actor.parameters(), *self.critic.parameters()]
         sums = {"loss/policy": 0.0, "loss/value": 0.0, "loss/approx_kl": 0.0, "loss/clip_fraction": 0.0}
         n = 0
         stop = False
         for epoch in range(cfg.epochs):
-            for idx in buf.minibatches(cfg.minibatches, generator=self.generator, where=buf["active"]):
+            for idx in minibatch_indices(len(where), count, generator=self.generator, where=where):
                 x = obs[idx]
                 d = None if delivered is None else delivered[idx]
                 mean, log_std = policy.actor(x, d)
                 logp = gaussian_log_prob(action[idx], mean, log_std)
-                pg_loss, approx_kl, clip_fraction = clipped_surrogate(logp, old_logp[idx], adv[idx], cfg.clip)
-                v_loss = 0.5 * ((self._value_of(idx, x, d) - ret[idx]) ** 2).mean()
+                pg_loss, approx_kl, clip_fraction = clipped_surrogate(
+                    logp, old_logp[idx], adv[idx], cfg.clip, weight=None if pw is None else pw[idx])
+                v_loss = 0.5 * weighted_mean((self._value_of(idx, x, d) - ret[idx]) ** 2,
+                                             None if vw is None else vw[idx])
                 entropy = log_std.mean()  # the Gaussian entropy up to a constant
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
@@ -271,11 +285,17 @@ class DPPO:
             if stop:
                 break
         out = {k: v / max(n, 1) for k, v in sums.items()}
-        act = buf["active"]
-        v, r = buf["value"][act], returns[act]
+        v, r = samples["value"][where], ret[where]
+        if vw is not None:
+            keep = vw[where] > 0
+            v, r = v[keep], r[keep]
         out["loss/explained_variance"] = float(1.0 - (r - v).var() / r.var().clamp(min=1e-12))
         out["loss/epochs"] = float(epoch + (0 if stop else 1))
         return out
+
+    def _minibatch_count(self, samples: int) -> int:
+        """Minibatches per pass: ``minibatches`` for one rollout's worth of samples."""
+        return self.cfg.minibatches
 
     # ---------------------------------------------------------------------------------------
     # set-up and checkpoints

@@ -41,17 +41,24 @@ class RunningNorm(torch.nn.Module):
         (all real). Invalid entries are ignored by the statistics and output as 0.
     keep: ``[D]`` bool, columns passed through unchanged (0/1 masks, already of order one).
     clip: normalised values are clipped to ``±clip``.
+    per_agent: keep statistics per agent and column (``[N, D]``; needs ``valid``) instead of per
+        column: for quantities whose scale differs from agent to agent by nature, such as the
+        zone losses a dynamics model predicts (a 40-bus zone loses far more than a 1-bus zone).
     """
 
     def __init__(self, dim: int, *, valid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-                 clip: float = 10.0, eps: float = 1e-8):
+                 clip: float = 10.0, eps: float = 1e-8, per_agent: bool = False):
         super().__init__()
+        if per_agent and valid is None:
+            raise ValueError("per_agent statistics need the valid mask [N, D] (it gives N)")
         self.dim = int(dim)
         self.clip = float(clip)
         self.eps = float(eps)
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros(dim, dtype=torch.float64))
+        self.per_agent = bool(per_agent)
+        shape = tuple(valid.shape) if per_agent else (dim,)
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros(shape, dtype=torch.float64))
         self.register_buffer("valid", None if valid is None else valid.to(torch.bool).clone())
         self.register_buffer("keep", torch.zeros(dim, dtype=torch.bool) if keep is None else keep.to(torch.bool).clone())
 
@@ -59,7 +66,13 @@ class RunningNorm(torch.nn.Module):
     def update(self, x: torch.Tensor) -> None:
         """Fold a batch ``[..., N, D]`` (or ``[..., D]`` without ``valid``) into the statistics."""
         x = x.to(self.mean.device, torch.float64)
-        if self.valid is None:
+        if self.per_agent:
+            x = x.reshape(-1, *self.valid.shape)
+            w = self.valid.to(torch.float64)                     # [N, D]
+            n = x.shape[0] * w
+            b_mean = x.mean(0) * w
+            b_var = x.var(0, unbiased=False) * w
+        elif self.valid is None:
             x = x.reshape(-1, self.dim)
             n = torch.full((self.dim,), float(x.shape[0]), dtype=torch.float64, device=x.device)
             b_mean = x.mean(0)

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Stopwatch", "clipped_surrogate", "episode_stats", "gaussian_log_prob", "linear_lr", "ppo_problems"]
+__all__ = ["Stopwatch", "clipped_surrogate", "episode_stats", "gaussian_log_prob", "linear_lr", "ppo_problems",
+           "weighted_mean"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -21,17 +22,25 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
     return -0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 - log_std - _LOG_SQRT_2PI
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor, clip: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor, clip: float, *,
+                      weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped policy loss (to minimise), the approximate KL(old ‖ new) and the share of
-    clipped ratios, all averaged over every element."""
+    clipped ratios, all averaged over every element — or, with ``weight`` (same shape, ≥ 0),
+    weighted averages (a model-based learner gives imagined samples it does not trust weight 0)."""
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
-    loss = torch.maximum(-advantage * ratio, -advantage * ratio.clamp(1.0 - clip, 1.0 + clip)).mean()
+    loss = torch.maximum(-advantage * ratio, -advantage * ratio.clamp(1.0 - clip, 1.0 + clip))
     with torch.no_grad():
-        approx_kl = ((ratio - 1.0) - log_ratio).mean()  # Schulman's low-variance estimator
-        clip_fraction = ((ratio - 1.0).abs() > clip).float().mean()
-    return loss, approx_kl, clip_fraction
+        approx_kl = (ratio - 1.0) - log_ratio  # Schulman's low-variance estimator
+        clip_fraction = ((ratio - 1.0).abs() > clip).float()
+    return weighted_mean(loss, weight), weighted_mean(approx_kl, weight), weighted_mean(clip_fraction, weight)
+
+
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``x.mean()``, or ``Σ weight·x / Σ weight`` (0 when every weight is 0)."""
+    if weight is None:
+        return x.mean()
+    return (x * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
 def linear_lr(lr: float, lr_end: float, done_fraction: float) -> float:
