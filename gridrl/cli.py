@@ -381,7 +381,7 @@ def report_cmd(
 @user_errors
 def train_cmd(
     feeder: Annotated[str, typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
-    algo: Annotated[Optional[str], typer.Option(help="Learner: dppo, ippo or cppo (default: the config's, else dppo).")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="Learner: dmpo, dppo, ippo or cppo (default: the config's, else dppo).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training TOML (experiments/*.toml): top-level settings, "
                                                    "[env] and [learner] tables.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,

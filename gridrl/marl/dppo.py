@@ -128,7 +128,7 @@ class DPPO:
         fields = {"obs": ((N, D), torch.float32), "action": ((N,), torch.float32),
                   "logp": ((N,), torch.float32), "value": (self._value_shape(), torch.float32),
                   "reward": ((N,), torch.float32), "active": ((), torch.bool), "terminal": ((), torch.bool),
-                  "end": ((), torch.bool), **self._critic_fields()}
+                  "end": ((), torch.bool), **self._critic_fields(), **self._info_fields()}
         if self.dropout:
             fields["delivered"] = ((self.graph.n_pairs,), torch.bool)
         self.buffer = RolloutBuffer(T, B, fields, device=self.device)
@@ -148,6 +148,11 @@ class DPPO:
 
     def _critic_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Extra rollout fields the critic reads (none: it reads the observations)."""
+        return {}
+
+    def _info_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Extra rollout fields taken from each step's ``info`` (none; a model-based learner
+        keeps the reward's parts)."""
         return {}
 
     def _critic_step(self, x: torch.Tensor, delivered: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -205,6 +210,7 @@ class DPPO:
                 next_obs, reward, done, info = env.step(action)
             active = info["active"].to(self.device)
             buf.store(t, obs=obs, action=action, logp=logp, reward=reward.to(self.device), **critic,
+                      **{k: info[k].to(self.device) for k in self._info_fields()},
                       active=active, terminal=active & ~info["converged"].to(self.device),
                       end=(active & done.to(self.device)) | (t == buf.steps - 1))
             if self.dropout:
@@ -216,24 +222,26 @@ class DPPO:
             obs = next_obs.to(self.device)
         with watch("act"), torch.no_grad():
             self._last_value = self._critic_step(policy.obs_norm(obs), delivered)["value"]
+        self._last_obs = obs
         return episodes
 
     def _critic_reward(self, reward: torch.Tensor) -> torch.Tensor:
         """The reward the critic predicts the return of: each agent's own."""
         return reward
 
-    def _advantages(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _advantages(self, *, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-agent GAE in scaled reward units; policy advantages summed over neighbourhoods in
-        reward units (so every agent's reward counts at its true weight), then standardised."""
+        reward units (so every agent's reward counts at its true weight), then standardised
+        (unless a learner standardises them together with other samples)."""
         buf, scale = self.buffer, self.reward_scale.scale.to(torch.float32)
         values = buf["value"]
         next_values = torch.cat([values[1:], self._last_value[None]], 0)
         local, returns = gae(buf["reward"] / scale, values, next_values, terminal=buf["terminal"][..., None],
                              end=buf["end"][..., None], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
         advantage = self.graph.neighbourhood_sum(local * scale)
-        act = buf["active"]
-        a = advantage[act]
-        advantage = (advantage - a.mean()) / (a.std() + 1e-8)
+        if standardize:
+            a = advantage[buf["active"]]
+            advantage = (advantage - a.mean()) / (a.std() + 1e-8)
         return advantage, returns
 
     def _samples(self, advantage: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -96,6 +96,16 @@ class RunningNorm(torch.nn.Module):
             y = y * self.valid.to(x.dtype)
         return y
 
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Back from normalised values to the original units (a model's normalised outputs);
+        invalid entries come back as 0."""
+        mean = torch.where(self.keep, torch.zeros_like(self.mean), self.mean).to(y.dtype)
+        std = torch.where(self.keep, torch.ones_like(self.var), torch.sqrt(self.var + self.eps)).to(y.dtype)
+        x = y * std + mean
+        if self.valid is not None:
+            x = x * self.valid.to(y.dtype)
+        return x
+
 
 class ReturnScale(torch.nn.Module):
     """Per-agent reward scale: the running standard deviation of each agent's discounted return.

@@ -43,8 +43,8 @@ from gridrl.errors import CheckpointError, GridrlError, SpecError
 __all__ = ["ALGORITHMS", "TRAIN_ENV_DEFAULTS", "TrainConfig", "TrainError", "TrainResult", "TrainingDiverged",
            "learner_class", "resolve_train_config", "train"]
 
-ALGORITHMS = {"dppo": ("gridrl.marl.dppo", "DPPO"), "ippo": ("gridrl.marl.ippo", "IPPO"),
-              "cppo": ("gridrl.marl.cppo", "CPPO")}
+ALGORITHMS = {"dmpo": ("gridrl.marl.dmpo", "DMPO"), "dppo": ("gridrl.marl.dppo", "DPPO"),
+              "ippo": ("gridrl.marl.ippo", "IPPO"), "cppo": ("gridrl.marl.cppo", "CPPO")}
 
 # the training environment unless the [env] table overrides it: episodes of 8 hours from random
 # days and times; a next-step forecast of own PV and zone load (observations are one step old);
@@ -66,7 +66,7 @@ class TrainingDiverged(GridrlError):
 
 
 def learner_class(algo: str):
-    """The learner class of ``algo`` (``dppo``, ``ippo``, ``cppo``)."""
+    """The learner class of ``algo`` (``dmpo``, ``dppo``, ``ippo``, ``cppo``)."""
     import importlib
 
     if algo not in ALGORITHMS:
@@ -79,7 +79,7 @@ def learner_class(algo: str):
 class TrainConfig:
     """One training run (an experiment TOML's top level, ``[env]`` and ``[learner]`` tables).
 
-    algo: ``dppo``, ``ippo`` or ``cppo``.
+    algo: ``dmpo``, ``dppo``, ``ippo`` or ``cppo``.
     steps: budget in environment feeder steps (one step of one scenario; the run stops at the
         first iteration boundary at or past it).
     seed: weights, action noise, minibatch order and the training days and start times drawn.

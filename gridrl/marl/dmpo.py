@@ -1,0 +1,491 @@
+"""DMPO: decentralized model-based policy optimisation (Ma et al., *Efficient and scalable
+reinforcement learning for large-scale network control*, Nature Machine Intelligence 2024).
+
+Every agent learns a model of its own part of the feeder (:mod:`gridrl.marl.model`: its next
+voltages and local reward from its κ-hop neighbourhood's observations and actions, an ensemble)
+and improves its policy on many short rollouts imagined with those models, in which agents pass
+their *predicted* observations to their neighbours — so it needs far fewer real interactions
+than dppo, while acting, learning and imagining only ever talk to neighbours. Policy and critic
+are dppo's (κ-hop actor, extended value function, summed neighbourhood advantages; this learner
+is a :class:`~gridrl.marl.dppo.DPPO` whose iteration adds the model).
+
+One iteration, top to bottom in :meth:`DMPO.iterate`:
+
+1. **collect** — as dppo: one real episode per scenario with the current (exploring) policy;
+2. **remember** — the episodes join the replay of the last ``replay_iterations`` iterations
+   (:mod:`gridrl.marl.replay`); a few scenarios of each are held out from model fitting;
+3. **fit the model** — ``model_updates`` minibatch steps for every ensemble member; held-out
+   one-step and H-step errors are logged (``model/…``);
+4. **imagine** — ``model_ratio`` imagined feeder-steps per real one, as rollouts of ``horizon``
+   steps branched from real replay states (from iteration ``imagine_from`` on);
+5. **advantages** — per-agent GAE on the real episodes and on the imagined rollouts, local
+   advantages summed over κ-hop neighbourhoods (dppo's), standardised together;
+6. **update** — dppo's PPO epochs over real and imagined samples together, with as many more
+   minibatches as there are more samples;
+7. **statistics** — the observation normaliser, from the real episodes only.
+
+**An imagined step** (:meth:`DMPO._imagine`). A rollout branched from step t of a real episode
+stays on that episode's day: loads, PV and time of its steps t + 1, t + 2, … are the recorded
+ones. They do not depend on the agents' actions, so the real continuation *is* their model —
+exact, clouds included, where a learned one would regress to a smooth mean. Each agent's next
+observation is then the real one with what its imagined action changes: its inverters' Q
+(exactly, ``a·q_avail``) and its zone's voltages, predicted by its model from its neighbours'
+*imagined* observations and actions (the messages of the paper's rollouts), one ensemble member
+drawn per step and rollout. With ``anchor`` (default) the prediction is used as a difference:
+``v' = v_real + (model(imagined inputs) − model(real inputs))`` with the same member — the
+model's bias at the real trajectory cancels, and its errors do not compound along a rollout (the
+power flow has no memory, and neither does the anchor). ``anchor = false`` rolls the model
+forward on its own predictions instead (the usual Dyna/MBPO rollout).
+
+Rewards of imagined steps: ``reward_model = "physics"`` (default) computes the local reward as
+the environment does, from the predicted voltages (the barrier; learned whole in the pool
+layout, whose four summaries cannot give it), the predicted zone loss share and the exact |q|;
+``"learned"`` takes the model's whole-reward output. Both are scored on held-out steps every
+iteration (``model/reward_rmse_physics``, ``model/reward_rmse_learned``).
+
+**Trust.** Where the ensemble members disagree about an agent's next voltages by more than
+``disagreement_pu`` (standard deviation, worst zone bus), that agent's rollout stops there: its
+later imagined steps are left out and its advantage bootstraps from the value before; an agent's
+policy sample counts only while every agent whose reward it sums is still trusted.
+
+**Communication.** Acting: dppo's (the policy's messages over κ hops). Training adds, per
+imagined step, every agent's model messages (all K members, twice with ``anchor``) relayed over
+the model's κ hops; ``model_hops = 0`` (or ``hops = 0`` with ``model_hops`` unset) is the
+no-communication ablation. Message dropout of the environment applies to real steps; imagined
+steps assume every message arrives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from gridrl.marl.dppo import DPPO, DppoConfig
+from gridrl.marl.gae import gae
+from gridrl.marl.graph import Neighbourhood
+from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles
+from gridrl.marl.normalize import observation_masks
+from gridrl.marl.ppo import Stopwatch, episode_stats, gaussian_log_prob, linear_lr
+from gridrl.marl.replay import EpisodeReplay
+
+__all__ = ["DMPO", "DmpoConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DmpoConfig(DppoConfig):
+    """DPPO's settings (see :class:`~gridrl.marl.dppo.DppoConfig`: ``hops`` is the policy's and
+    critic's κ) plus the model's and the rollouts'.
+
+    model_hops: κ of the dynamics model (``None``: the policy's ``hops``); 0: every agent's
+        model sees only itself.
+    ensemble: K, members of the model ensemble.
+    horizon: H, steps of an imagined rollout.
+    model_ratio: imagined feeder-steps per real feeder-step of the iteration (0: none; dppo).
+    imagine_from: first iteration (0-based) with imagined data: the model has been fitted on
+        this many iterations of real data by then.
+    replay_iterations: iterations of real episodes kept for fitting and branching.
+    holdout_every: every ``holdout_every``-th scenario of each iteration is held out from model
+        fitting, for honest model errors (0: none).
+    model_updates: gradient steps of every member per iteration. model_batch: feeder-steps per
+        member minibatch. model_lr: Adam's learning rate for the model.
+    model_hidden, model_message_dim: the model networks' width and message size.
+    disagreement_pu: an agent's rollout stops where the members' next voltages spread more than
+        this (standard deviation in p.u., worst zone bus).
+    anchor: use the model as a difference to the real continuation (see the module docstring).
+    reward_model: ``physics`` (reward computed from predicted voltages and losses) or
+        ``learned`` (the model's reward output).
+    model_eval_samples: held-out transitions scored per iteration.
+    """
+
+    model_hops: int | None = None
+    ensemble: int = 5
+    horizon: int = 4
+    model_ratio: float = 4.0
+    imagine_from: int = 2
+    replay_iterations: int = 16
+    holdout_every: int = 8
+    model_updates: int = 100
+    model_batch: int = 64
+    model_lr: float = 1e-3
+    model_hidden: int = 64
+    model_message_dim: int = 16
+    disagreement_pu: float = 0.005
+    anchor: bool = True
+    reward_model: Literal["physics", "learned"] = "physics"
+    model_eval_samples: int = 512
+
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+            problems = []
+        except ValueError as exc:
+            problems = str(exc).split("; ")
+        if self.model_hops is not None and self.model_hops < 0:
+            problems.append(f"model_hops must be ≥ 0, got {self.model_hops}")
+        for name in ("ensemble", "horizon", "replay_iterations", "model_batch", "model_hidden", "model_message_dim",
+                     "model_eval_samples"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("model_ratio", "imagine_from", "holdout_every", "model_updates"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("model_lr", "disagreement_pu"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.reward_model not in ("physics", "learned"):
+            problems.append(f"reward_model must be 'physics' or 'learned', got {self.reward_model!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class DMPO(DPPO):
+    """The DMPO learner on a training environment (see the module docstring)."""
+
+    algo = "dmpo"
+    Config = DmpoConfig
+
+    def __init__(self, env, config: DmpoConfig, *, seed: int, total_steps: int, device: str = "cpu",
+                 name: str | None = None):
+        super().__init__(env, config, seed=seed, total_steps=total_steps, device=device, name=name)
+        cfg = config
+        model_hops = cfg.hops if cfg.model_hops is None else cfg.model_hops
+        self.model_graph = self.graph if model_hops == cfg.hops else Neighbourhood(env.hop_distance, model_hops)
+        self.roles = ObservationRoles.from_env(env)
+        self.local_reward = LocalReward.from_env(env)
+        valid, keep = observation_masks(env)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            self.model = DynamicsEnsemble(self.roles, self.model_graph, obs_valid=valid, obs_keep=keep,
+                                          members=cfg.ensemble, hidden=cfg.model_hidden,
+                                          message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim).to(self.device)
+        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
+        self.replay = EpisodeReplay(cfg.replay_iterations, env.episode_steps, env.num_envs, env.n_agents, env.obs_dim,
+                                    holdout_every=cfg.holdout_every, device=self.device)
+
+    def _info_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The reward parts the model learns: each zone's loss share and voltage cost."""
+        return {"zone_loss_mw": ((self.env.n_agents,), torch.float32),
+                "reward_voltage": ((self.env.n_agents,), torch.float32)}
+
+    @property
+    def communication_training(self) -> float:
+        """Floats per agent per real step while training: dppo's, plus the model messages of
+        ``model_ratio`` imagined steps (every member's, twice when anchored)."""
+        cfg = self.cfg
+        model = self.model_graph.relay_floats(cfg.model_message_dim) * cfg.ensemble * (2 if cfg.anchor else 1)
+        return super().communication_training * (1.0 + cfg.model_ratio) + model * cfg.model_ratio
+
+    # ---------------------------------------------------------------------------------------
+    # one iteration
+    # ---------------------------------------------------------------------------------------
+    def iterate(self) -> dict[str, float]:
+        """Collect, remember, fit the model, imagine, update; returns the iteration's scalars."""
+        cfg = self.cfg
+        watch = Stopwatch()
+        lr = linear_lr(cfg.lr, cfg.lr_end, self.env_steps / max(self.total_steps, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        episodes = self._collect(watch)
+        stats: dict[str, float] = {}
+        with watch("model"):
+            self._remember()
+            stats.update(self._fit_model())
+            stats.update(self._model_errors())
+        imagined = None
+        if cfg.model_ratio > 0 and self.iteration >= cfg.imagine_from:
+            with watch("imagine"):
+                imagined = self._imagine()
+            stats.update(imagined.pop("stats"))
+        with watch("update"):
+            samples = self._samples(*self._advantages(standardize=False))
+            if imagined is not None:
+                samples = _concat(samples, imagined)
+            _standardize(samples)
+            stats.update(self._update(samples))
+            self._update_statistics()
+        self.iteration += 1
+        steps = int(self.buffer["active"].sum())
+        self.env_steps += steps
+        return {**episode_stats(episodes), **stats, "lr": lr,
+                "policy/std": float(self.policy.actor.log_std.detach().exp().mean()),
+                **{f"time/{k}_s": watch.seconds.get(k, 0.0) for k in ("env", "act", "model", "imagine", "update")},
+                "iteration_steps": float(steps)}
+
+    def _remember(self) -> None:
+        """This iteration's episodes into the replay; the model's statistics from their
+        training part."""
+        buf = self.buffer
+        obs = torch.cat([buf["obs"], self._last_obs[None]], 0)
+        valid = buf["active"] & ~buf["terminal"]
+        self.replay.add(obs, valid, action=buf["action"], reward=buf["reward"],
+                        zone_loss_mw=torch.nan_to_num(buf["zone_loss_mw"]),
+                        voltage_cost=torch.nan_to_num(buf["reward_voltage"]))
+        fit = valid & ~self.replay.held_out
+        if fit.any():
+            d = {k: v[fit] for k, v in (("obs", obs[:-1]), ("next_obs", obs[1:]), ("action", buf["action"]),
+                                         ("reward", buf["reward"]), ("zone_loss_mw", buf["zone_loss_mw"]),
+                                         ("voltage_cost", buf["reward_voltage"]))}
+            self.model.observe(*self._model_data(d))
+
+    def _model_data(self, d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model features and targets of real transitions ``d`` (replay step fields)."""
+        m = self.model
+        return (m.features(d["obs"], d["next_obs"], d["action"]),
+                m.targets(d["obs"], d["next_obs"], d["zone_loss_mw"], d["voltage_cost"], d["reward"]))
+
+    def _fit_model(self) -> dict[str, float]:
+        """``model_updates`` steps; every member draws its own minibatch (with replacement)."""
+        cfg, m = self.cfg, self.model
+        train = self.replay.transitions(held_out=False)
+        if not len(train) or not cfg.model_updates:
+            return {}
+        total = 0.0
+        K, batch = m.size, cfg.model_batch
+        for _ in range(cfg.model_updates):
+            pick = train[torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)]
+            x, y = self._model_data(self.replay.step(pick))
+            loss = m.loss(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]))
+            self.model_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
+            self.model_optimizer.step()
+            total += float(loss.detach()) / K
+        return {"model/train_loss": total / cfg.model_updates}
+
+    # ---------------------------------------------------------------------------------------
+    # held-out model errors
+    # ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _model_errors(self) -> dict[str, float]:
+        """Errors on held-out real steps: one step (next voltages, zone loss, reward both ways,
+        the ensemble's spread, and the persistence baseline ``v_{t+1} = v_t``) and H steps
+        (the model rolled forward on its own voltages with the real actions, no anchor)."""
+        cfg, m, roles = self.cfg, self.model, self.roles
+        held = self.replay.transitions(held_out=True)
+        if not len(held):
+            return {}
+        pick = held[torch.randperm(len(held), generator=self.generator, device=self.device)[:cfg.model_eval_samples]]
+        d = self.replay.step(pick)
+        pred = m(m.features(d["obs"], d["next_obs"], d["action"]))          # [K, M, N, out]
+        part = m.split(pred.mean(0))
+        vmask = roles.volt_valid.to(pred.dtype)
+        true_v = roles.volts(d["next_obs"])
+        v_hat = roles.volts(d["obs"]) + part["dv"]
+        out = {"model/volt_rmse_pu": _rmse(v_hat - true_v, vmask),
+               "model/volt_rmse_persist_pu": _rmse(roles.volts(d["obs"]) - true_v, vmask),
+               "model/volt_spread_pu": _rmse(m.split(pred)["dv"].std(0), vmask) if m.size > 1 else 0.0,
+               "model/loss_rmse_mw": _rmse(part["zone_loss_mw"] - d["zone_loss_mw"]),
+               "model/reward_rmse_learned": _rmse(part["reward"] - d["reward"]),
+               "model/reward_rmse_physics": _rmse(self._reward(v_hat, part, d["next_obs"]) - d["reward"]),
+               "model/reward_std": float(d["reward"].std())}
+        # H steps open loop from held-out starts whose H steps are all real
+        H = cfg.horizon
+        ok = torch.ones(len(pick), dtype=torch.bool, device=self.device)
+        obs = d["obs"]
+        for h in range(H):
+            s = self.replay.step(pick, h)
+            ok &= s["valid"]
+            dv = m.split(m(m.features(obs, s["next_obs"], s["action"])).mean(0))["dv"]
+            obs = roles.with_volts(s["next_obs"], roles.volts(obs) + dv)
+        if ok.any():
+            out[f"model/volt_rmse_h{H}_pu"] = _rmse((roles.volts(obs) - roles.volts(s["next_obs"]))[ok], vmask)
+        return out
+
+    def _reward(self, volts: torch.Tensor, part: dict[str, torch.Tensor], next_obs: torch.Tensor) -> torch.Tensor:
+        """The physics reward of a step from its next voltages, predicted parts and exact |q|."""
+        mon = self.roles.monitored
+        cost = part["voltage_cost"] if mon is None else self.local_reward.voltage_cost(volts, mon)
+        return self.local_reward(cost, part["zone_loss_mw"], next_obs[..., self.roles.q_col].abs())
+
+    # ---------------------------------------------------------------------------------------
+    # imagination
+    # ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _imagine(self) -> dict[str, Any]:
+        """Branched rollouts in the model (see the module docstring); returns update samples
+        (as :meth:`_samples`) and their scalars under ``stats``."""
+        cfg, m, roles, policy = self.cfg, self.model, self.roles, self.policy
+        H, K = cfg.horizon, m.size
+        starts = self.replay.starts()
+        real_steps = self.buffer.steps * self.buffer.num_envs
+        M = max(1, math.ceil(cfg.model_ratio * real_steps / H))
+        pick = starts[torch.randint(len(starts), (M,), generator=self.generator, device=self.device)]
+        rows = torch.arange(M, device=self.device)
+        vmask = roles.volt_valid
+        obs = self.replay.step(pick)["obs"]
+        alive = torch.ones(M, dtype=torch.bool, device=self.device)
+        trusted = torch.ones(M, self.env.n_agents, dtype=torch.bool, device=self.device)
+        keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "action", "logp", "value", "reward", "valid")}
+        spread_sum = spread_n = 0.0
+        for h in range(H):
+            real = self.replay.step(pick, h)
+            alive &= real["valid"]
+            x = policy.obs_norm(obs)
+            mean, log_std = policy.actor(x)
+            action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
+            nxt, v_next, y = self._predict_next(obs, action, real)
+            spread = (v_next.std(0) * vmask).amax(-1) if K > 1 else torch.zeros_like(trusted, dtype=obs.dtype)
+            trusted &= spread <= cfg.disagreement_pu
+            spread_sum += float(spread[alive].sum())
+            spread_n += float(alive.sum()) * self.env.n_agents
+            k = torch.randint(K, (M,), generator=self.generator, device=self.device)
+            v_next, y = v_next[k, rows], {name: v[k, rows] for name, v in y.items()}
+            reward = y["reward"] if cfg.reward_model == "learned" else self._reward(v_next, y, nxt)
+            for name, v in (("obs", obs), ("action", action), ("logp", gaussian_log_prob(action, mean, log_std)),
+                            ("value", self.critic(x)[..., 0]), ("reward", reward), ("valid", alive[:, None] & trusted)):
+                keep[name].append(v)
+            obs = roles.with_volts(nxt, v_next)
+        last_value = self.critic(policy.obs_norm(obs))[..., 0]
+        return self._imagined_samples({k: torch.stack(v) for k, v in keep.items()}, last_value,
+                                      spread=spread_sum / max(spread_n, 1.0))
+
+    def _predict_next(self, obs: torch.Tensor, action: torch.Tensor, real: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One imagined step of every ensemble member: from imagined observations ``obs`` and
+        actions ``action [M, N]``, beside the real step ``real`` (its ``obs``, ``next_obs``,
+        ``action``, ``zone_loss_mw``, ``voltage_cost``, ``reward``) whose exogenous inputs it
+        shares. Returns the next observation without its voltages ``[M, N, D]``, every
+        member's next voltage features ``[K, M, N, V]`` and predicted reward parts
+        ``[K, M, N]`` (anchored to the real step, or the model's own; see the module docstring)."""
+        m, roles = self.model, self.roles
+        M = obs.shape[0]
+        nxt = roles.with_actions(real["next_obs"], real["action"], action)
+        if not self.cfg.anchor:
+            part = m.split(m(m.features(obs, nxt, action)))
+            return nxt, roles.volts(obs) + part["dv"], {k: part[k] for k in m.OUTPUTS}
+        part = m.split(m(m.features(torch.cat([obs, real["obs"]]), torch.cat([nxt, real["next_obs"]]),
+                                    torch.cat([action, real["action"]]))))    # [K, 2M, N, …]
+        v_model = roles.volts(torch.cat([obs, real["obs"]])) + part["dv"]
+        v_next = roles.volts(real["next_obs"]) + v_model[:, :M] - v_model[:, M:]
+        return nxt, v_next, {k: real[k] + part[k][:, :M] - part[k][:, M:] for k in m.OUTPUTS}
+
+    @torch.no_grad()
+    def counterfactual_errors(self, env, *, episodes: int = 1) -> dict[str, float]:
+        """The model's imagined next voltages against the true physics, in ``env`` (a separate
+        environment; none of its steps reaches training): at every step the agents play one
+        draw ``a`` of the policy while the model predicts, anchored on that real step, what an
+        independent draw ``a'`` would have given; ``env.peek(a')`` says what it does give.
+
+        Returns the RMSE (p.u., over existing voltage features) of the ensemble-mean
+        prediction, ``cf_effect_rmse_pu`` — the size of the true change ``a'`` makes (the error
+        of a model that ignored actions) — and the RMSE of the imagined reward.
+        """
+        roles, policy, m = self.roles, self.policy, self.model
+        vmask = roles.volt_valid.to(torch.float32)
+        sums = {"volt": 0.0, "effect": 0.0, "reward": 0.0, "n": 0.0, "n_r": 0.0}
+        for _ in range(episodes):
+            obs = env.reset().to(self.device)
+            for _ in range(env.episode_steps):
+                mean, log_std = policy.actor(policy.obs_norm(obs))
+                a, a2 = (mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
+                         for _ in range(2))
+                truth = env.peek(a2)
+                next_obs, reward, done, info = env.step(a)
+                ok = info["active"] & info["converged"] & truth["converged"]
+                real = {"obs": obs, "next_obs": next_obs.to(self.device), "action": a,
+                        "zone_loss_mw": info["zone_loss_mw"].float(), "voltage_cost": info["reward_voltage"].float(),
+                        "reward": reward}
+                nxt, v_next, y = self._predict_next(obs, a2, real)
+                v_hat = v_next.mean(0)
+                v_true = roles.volts_from_buses(truth["vm_pu"]).to(self.device)
+                w = vmask * ok[:, None, None]
+                sums["volt"] += float(((v_hat - v_true) ** 2 * w).sum())
+                sums["effect"] += float(((roles.volts(next_obs) - v_true) ** 2 * w).sum())
+                sums["n"] += float(w.sum())
+                r_true = self._true_reward(truth, nxt)
+                r_hat = (y["reward"].mean(0) if self.cfg.reward_model == "learned"
+                         else self._reward(v_hat, {k: v.mean(0) for k, v in y.items()}, nxt))
+                sums["reward"] += float(((r_hat - r_true) ** 2)[ok].sum())
+                sums["n_r"] += float(ok.sum()) * env.n_agents
+                obs = next_obs.to(self.device)
+                if bool(done.all()):
+                    break
+        n, nr = max(sums["n"], 1.0), max(sums["n_r"], 1.0)
+        return {"model/cf_volt_rmse_pu": math.sqrt(sums["volt"] / n),
+                "model/cf_effect_rmse_pu": math.sqrt(sums["effect"] / n),
+                "model/cf_reward_rmse": math.sqrt(sums["reward"] / nr)}
+
+    def _true_reward(self, peeked: dict[str, torch.Tensor], nxt: torch.Tensor) -> torch.Tensor:
+        """The local reward of a peeked step (``env.peek``'s voltages and zone losses)."""
+        zone = self.roles.zone_volts(peeked["vm_pu"]).to(self.device)
+        cost = self.local_reward.voltage_cost(zone, self.roles.zone_monitored)
+        return self.local_reward(cost, peeked["zone_loss_mw"].float().to(self.device), nxt[..., self.roles.q_col].abs())
+
+    def _imagined_samples(self, r: dict[str, torch.Tensor], last_value: torch.Tensor, *, spread: float
+                          ) -> dict[str, Any]:
+        """Per-agent GAE over imagined rollouts ``r`` (``[H, M, …]``), cut where an agent stops
+        being trusted; neighbourhood-summed advantages in reward units."""
+        cfg = self.cfg
+        valid = r["valid"]                                          # [H, M, N]
+        scale = self.reward_scale.scale.to(torch.float32)
+        nxt_valid = torch.cat([valid[1:], torch.zeros_like(valid[:1])])
+        next_values = torch.cat([r["value"][1:], last_value[None]])
+        local, returns = gae(r["reward"] / scale, r["value"], next_values, terminal=torch.zeros_like(valid),
+                             end=valid & ~nxt_valid, gamma=cfg.gamma, lam=cfg.gae_lambda)
+        advantage = self.graph.neighbourhood_sum(local * scale)
+        whole = self.graph.neighbourhood_sum((~valid).to(torch.float32)) == 0   # every summed reward trusted
+        H, M, N = valid.shape
+        flat = lambda t: t.reshape(H * M, *t.shape[2:])  # noqa: E731
+        samples = {"obs": flat(r["obs"]), "action": flat(r["action"]), "logp": flat(r["logp"]),
+                   "advantage": flat(advantage), "returns": flat(returns), "value": flat(r["value"]),
+                   "delivered": (torch.ones(H * M, self.graph.n_pairs, dtype=torch.bool, device=self.device)
+                                 if self.dropout else None),
+                   "where": flat(valid).any(-1), "policy_weight": flat((valid & whole).to(torch.float32)),
+                   "value_weight": flat(valid.to(torch.float32))}
+        samples["stats"] = {"imagine/steps": float(H * M), "imagine/trusted_share": float(valid.float().mean()),
+                            "imagine/spread_pu": spread,
+                            "imagine/reward_mean": float(r["reward"][valid].mean()) if valid.any() else 0.0}
+        return samples
+
+    def _minibatch_count(self, samples: int) -> int:
+        """dppo's minibatch size: more samples, more minibatches."""
+        real = self.buffer.steps * self.buffer.num_envs
+        return max(self.cfg.minibatches, round(self.cfg.minibatches * samples / real))
+
+    # ---------------------------------------------------------------------------------------
+    # checkpoints
+    # ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "model": self.model.state_dict(),
+                "model_optimizer": self.model_optimizer.state_dict(), "replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.model.load_state_dict(state["model"])
+        self.model_optimizer.load_state_dict(state["model_optimizer"])
+        self.replay.load_state_dict(state["replay"])
+
+
+def _rmse(err: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Root mean square of ``err`` over the entries where ``mask`` (broadcast) is 1."""
+    if mask is None:
+        return float(err.pow(2).mean().sqrt())
+    w = mask.expand_as(err)
+    return float(((err ** 2) * w).sum().div(w.sum().clamp(min=1)).sqrt())
+
+
+def _concat(real: dict[str, Any], imagined: dict[str, Any]) -> dict[str, Any]:
+    """Real and imagined update samples as one set (real samples weigh every agent fully)."""
+    out = {}
+    for k, b in imagined.items():
+        a = real[k]
+        if a is None and b is not None:  # a weight: on real samples every agent counts
+            a = torch.ones(len(real["obs"]), *b.shape[1:], dtype=b.dtype, device=b.device)
+        out[k] = None if b is None else torch.cat([a, b])
+    return out
+
+
+def _standardize(samples: dict[str, Any]) -> None:
+    """Standardise the policy advantages over the samples and agents that count."""
+    adv, where, w = samples["advantage"], samples["where"], samples["policy_weight"]
+    a = adv[where]
+    if w is None:
+        mean, std = a.mean(), a.std()
+    else:
+        ww = w[where]
+        mean = (a * ww).sum() / ww.sum().clamp(min=1e-12)
+        std = (((a - mean) ** 2 * ww).sum() / ww.sum().clamp(min=1e-12)).sqrt()
+    samples["advantage"] = (adv - mean) / (std + 1e-8)

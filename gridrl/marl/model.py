@@ -1,0 +1,268 @@
+"""Localized dynamics models: agent *i*'s next local observation and local reward from its κ-hop
+neighbourhood, as an ensemble — the model half of DMPO (:mod:`gridrl.marl.dmpo`).
+
+**What there is to predict.** A feeder is quasi-static: the power flow of a step depends only on
+that step's loads, PV output and reactive powers, not on the step before. Agent *i*'s next
+observation ``o_{t+1}^i`` (which reports the step its action ``a_t`` met) therefore splits into
+three parts, named column by column by :class:`ObservationRoles`:
+
+- *exogenous* — zone net P, PV output, available Q, time of day, forecasts, the loads' share of
+  the zone's net Q: they follow the day's profiles whatever the agents do;
+- *set by the action, exactly* — the inverters' reactive power ``a·q_avail`` (and its share of
+  the net Q of the zone bus it sits at);
+- *physics* — the zone's bus voltages (``pad`` layout: one per zone bus; ``pool``: own, min,
+  mean, max) and, in the reward, the zone's share of line losses: they respond to the reactive
+  power of the whole neighbourhood (a neighbour's Q moves my voltage as surely as mine does).
+
+Only the physics part is learned. Agent *i*'s model reads, from every agent *j* of its κ-hop
+neighbourhood (as messages, through :class:`~gridrl.marl.nets.NeighbourhoodNet`: nothing from
+outside the neighbourhood can reach it), *j*'s current observation, *j*'s next observation
+without its physics part and *j*'s action; it predicts the change of *i*'s voltage features (a
+residual: voltages move little from one 15-minute step to the next), *i*'s zone loss share, its
+unweighted voltage cost and its whole local reward. The last two let DMPO compute the reward from
+the predicted voltages or take it learned whole — and measure which is closer
+(:class:`LocalReward`). Where the exogenous part of an imagined step comes from is the rollout's
+business (dmpo replays it from the real episode the rollout branched from).
+
+**Ensemble.** ``members`` networks of one shape, each with its own initial weights and its own
+minibatches drawn with replacement (a bootstrap); their spread on an input is the model's
+uncertainty there, which dmpo uses to stop imagined rollouts it should not trust. Weights are
+shared by all agents with an agent embedding (as the policy's), so the model's size does not grow
+with the feeder and its cost is linear in the number of neighbour pairs.
+
+**Scales.** Inputs are normalised per feature column with the observation masks (padding stays
+out of the statistics); targets per agent and column, since a 40-bus zone loses far more than a
+one-bus zone and both should be predicted to the same relative accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from gridrl.env.rewards import barrier
+from gridrl.marl.graph import Neighbourhood
+from gridrl.marl.nets import NeighbourhoodNet
+from gridrl.marl.normalize import RunningNorm
+
+__all__ = ["DynamicsEnsemble", "LocalReward", "ObservationRoles"]
+
+_VOLTAGE_POOL = ("dv_own_pu", "dv_min_pu", "dv_mean_pu", "dv_max_pu")
+
+
+@dataclass(frozen=True, eq=False)
+class ObservationRoles:
+    """Which observation columns are physics (predicted), which the model reads from the next
+    observation, and how an action changes the next observation exactly.
+
+    volt_cols: ``[V]`` the voltage features (``dv_pu[z]`` or the pool's four), in p.u. − 1.
+    volt_valid: ``[N, V]`` the voltage features that exist (False: padding of small zones).
+    zone_index: ``[N, Z]`` each zone's buses (own bus first; ``n_bus`` pads), as the env's.
+    zone_monitored: ``[N, Z]`` the zone buses whose voltages count in the reward.
+    next_cols: ``[C]`` columns of the next observation the model reads (all but voltages and
+        the constant masks).
+    q_col, q_avail_col: the inverter's reactive power and its limit.
+    q_coef: ``[N, D]``: a change ``Δa`` of agent i's (clipped) action changes its next
+        observation by ``Δa · q_avail · q_coef[i]``: its inverters' Q, and the net Q of the zone
+        buses they sit at (an agent with several inverters shares ``Δa·q_avail`` between them in
+        proportion to their apparent power, exact when their PV follows one profile, as in
+        every shipped feeder).
+    """
+
+    volt_cols: torch.Tensor
+    volt_valid: torch.Tensor
+    next_cols: torch.Tensor
+    q_col: int
+    q_avail_col: int
+    q_coef: torch.Tensor
+    zone_index: torch.Tensor
+    zone_monitored: torch.Tensor
+    layout: str
+
+    @classmethod
+    def from_env(cls, env) -> ObservationRoles:
+        names = list(env.obs_names)
+        col = {n: c for c, n in enumerate(names)}
+        N, D = env.n_agents, len(names)
+        q_coef = np.zeros((N, D), dtype=np.float32)
+        q_coef[:, col["inv_q_mvar"]] = 1.0
+        s_max = env.s_max_mva.numpy()
+        agent_of = env.inverter_agent.numpy()
+        share = s_max / np.bincount(agent_of, weights=s_max, minlength=N)[agent_of]
+        if env.config.zone_layout == "pad":
+            Z = env.max_zone_buses
+            volt = [col[f"dv_pu[{z}]"] for z in range(Z)]
+            valid = env.zone_mask.clone()
+            zone_index = env.zone_index.numpy()
+            for k, (a, b) in enumerate(zip(agent_of, env.inverter_bus_pos.numpy())):
+                z = int(np.flatnonzero(zone_index[a] == b)[0])  # an agent's inverters sit in its zone
+                q_coef[a, col[f"q_mvar[{z}]"]] += share[k]
+        else:
+            volt = [col[n] for n in _VOLTAGE_POOL]
+            valid = torch.ones(N, len(volt), dtype=torch.bool)
+            q_coef[:, col["q_zone_mvar"]] = 1.0
+        skip = set(volt) | {c for n, c in col.items() if n.startswith("mask[")}
+        zone_monitored = np.append(env.monitored.numpy(), False)[env.zone_index.numpy()] & env.zone_mask.numpy()
+        return cls(volt_cols=torch.as_tensor(volt), volt_valid=valid,
+                   next_cols=torch.as_tensor([c for c in range(D) if c not in skip]), q_col=col["inv_q_mvar"],
+                   q_avail_col=col["inv_q_avail_mvar"], q_coef=torch.as_tensor(q_coef),
+                   zone_index=env.zone_index.clone(), zone_monitored=torch.as_tensor(zone_monitored),
+                   layout=env.config.zone_layout)
+
+    @property
+    def monitored(self) -> torch.Tensor | None:
+        """``[N, V]``: the voltage features of monitored buses (pad layout), or ``None`` (pool:
+        a zone's barrier cannot be computed from four summaries)."""
+        return self.zone_monitored if self.layout == "pad" else None
+
+    def zone_volts(self, vm_pu: torch.Tensor) -> torch.Tensor:
+        """``[B, N, Z]``: ``vm_pu − 1`` of every zone bus (0 for padding) from ``vm_pu [B, n_bus]``."""
+        return torch.cat([vm_pu - 1.0, vm_pu.new_zeros(vm_pu.shape[0], 1)], 1)[:, self.zone_index]
+
+    def volts_from_buses(self, vm_pu: torch.Tensor) -> torch.Tensor:
+        """The voltage features ``[B, N, V]`` that bus voltages ``vm_pu [B, n_bus]`` (a power
+        flow's, e.g. :meth:`~gridrl.env.core.VoltageControlEnv.peek`'s) give, as the
+        environment's observations would read them (without sensor noise)."""
+        dv = self.zone_volts(vm_pu)
+        if self.layout == "pad":
+            return dv.to(torch.float32)
+        m = self.zone_index < vm_pu.shape[1]
+        inf = torch.tensor(float("inf"), dtype=dv.dtype)
+        feats = [dv[..., 0], torch.where(m, dv, inf).amin(-1), dv.sum(-1) / m.sum(-1), torch.where(m, dv, -inf).amax(-1)]
+        return torch.stack(feats, -1).to(torch.float32)
+
+    def volts(self, obs: torch.Tensor) -> torch.Tensor:
+        """The voltage features ``[..., N, V]`` of observations ``[..., N, D]``."""
+        return obs.index_select(-1, self.volt_cols)
+
+    def with_volts(self, obs: torch.Tensor, volts: torch.Tensor) -> torch.Tensor:
+        """A copy of ``obs`` with its voltage features replaced (padding kept at 0)."""
+        out = obs.clone()
+        out[..., self.volt_cols] = volts * self.volt_valid.to(volts.dtype)
+        return out
+
+    def with_actions(self, next_obs: torch.Tensor, action: torch.Tensor, new_action: torch.Tensor) -> torch.Tensor:
+        """The next observation ``next_obs`` (reached with ``action``) as it would read, apart
+        from its voltages, had the agents played ``new_action`` instead: the inverters' Q and
+        the zone buses' net Q move by ``Δa·q_avail``. An agent whose inverters were out (their Q
+        stayed 0 although ``a·q_avail`` was not) stays at 0."""
+        a, b = action.clamp(-1.0, 1.0), new_action.clamp(-1.0, 1.0)
+        q_avail = next_obs[..., self.q_avail_col]
+        out_of_service = (next_obs[..., self.q_col] == 0) & (a * q_avail != 0)
+        dq = torch.where(out_of_service, 0.0, (b - a) * q_avail)
+        return next_obs + dq[..., None] * self.q_coef.to(next_obs.dtype)
+
+
+@dataclass(frozen=True)
+class LocalReward:
+    """The environment's local reward from its parts: ``−(voltage_weight·Σ_zone barrier(v) +
+    loss_weight_per_mw·zone_loss_mw + q_weight_per_mvar·Σ|q_mvar|)`` (see
+    :class:`~gridrl.env.core.VoltageControlEnv`), for rewards of imagined steps."""
+
+    barrier: str
+    v_min_pu: float
+    v_max_pu: float
+    voltage_weight: float
+    loss_weight_per_mw: float
+    q_weight_per_mvar: float
+
+    @classmethod
+    def from_env(cls, env) -> LocalReward:
+        c = env.config
+        return cls(barrier=c.barrier, v_min_pu=env.v_min_pu, v_max_pu=env.v_max_pu, voltage_weight=c.voltage_weight,
+                   loss_weight_per_mw=c.loss_weight_per_mw, q_weight_per_mvar=c.q_weight_per_mvar)
+
+    def voltage_cost(self, volts: torch.Tensor, monitored: torch.Tensor) -> torch.Tensor:
+        """``[..., N]``: the barrier summed over each zone's monitored buses, from the voltage
+        features ``[..., N, V]`` (``dv_pu``, one per zone bus) of the pad layout."""
+        cost = barrier(1.0 + volts.to(torch.float64), self.barrier, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu)
+        return (cost * monitored.to(cost.dtype)).sum(-1).to(volts.dtype)
+
+    def __call__(self, voltage_cost: torch.Tensor, zone_loss_mw: torch.Tensor, q_abs_mvar: torch.Tensor) -> torch.Tensor:
+        return -(self.voltage_weight * voltage_cost + self.loss_weight_per_mw * zone_loss_mw
+                 + self.q_weight_per_mvar * q_abs_mvar)
+
+
+class DynamicsEnsemble(nn.Module):
+    """``members`` localized dynamics models over the κ-hop neighbourhoods of ``graph``.
+
+    Outputs per agent (``[..., N, V + 3]``, in physical units): the change of its voltage
+    features from this observation to the next, its zone loss share (MW), its unweighted
+    voltage cost and its local reward, for the step its action meets.
+    """
+
+    OUTPUTS = ("zone_loss_mw", "voltage_cost", "reward")
+
+    def __init__(self, roles: ObservationRoles, graph: Neighbourhood, *, obs_valid: torch.Tensor,
+                 obs_keep: torch.Tensor, members: int = 5, hidden: int = 64, message_dim: int = 16,
+                 embed_dim: int = 8):
+        super().__init__()
+        self.roles = roles
+        self.graph = graph
+        self.hops = graph.hops
+        N = obs_valid.shape[0]
+        nxt = roles.next_cols
+        self.in_dim = obs_valid.shape[1] + len(nxt) + 1
+        self.n_volt = len(roles.volt_cols)
+        self.out_dim = self.n_volt + len(self.OUTPUTS)
+        self.message_dim = int(message_dim)
+        self.input_norm = RunningNorm(self.in_dim, valid=torch.cat([obs_valid, obs_valid[:, nxt], torch.ones(N, 1, dtype=torch.bool)], 1),
+                                      keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]))
+        self.register_buffer("out_valid", torch.cat([roles.volt_valid, torch.ones(N, len(self.OUTPUTS), dtype=torch.bool)], 1))
+        # targets are heavy-tailed (a voltage barrier far outside the band): clip only far out
+        self.target_norm = RunningNorm(self.out_dim, valid=self.out_valid, per_agent=True, clip=100.0)
+        self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim, hidden=hidden, message_dim=message_dim,
+                                    embed_dim=embed_dim, members=int(members))
+        self.size = int(members)
+
+    # ---------------------------------------------------------------------------------------
+    # data
+    # ---------------------------------------------------------------------------------------
+    def features(self, obs: torch.Tensor, next_obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Model inputs ``[..., N, in_dim]``: the observation, the next observation's non-physics
+        columns (whose action part may be an imagined action's, see
+        :meth:`ObservationRoles.with_actions`) and the clipped action."""
+        return torch.cat([obs, next_obs.index_select(-1, self.roles.next_cols), action.clamp(-1.0, 1.0)[..., None]], -1)
+
+    def targets(self, obs: torch.Tensor, next_obs: torch.Tensor, zone_loss_mw: torch.Tensor,
+                voltage_cost: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+        """Targets ``[..., N, out_dim]`` of real transitions."""
+        r = self.roles
+        dv = (r.volts(next_obs) - r.volts(obs)) * r.volt_valid.to(obs.dtype)
+        return torch.cat([dv, zone_loss_mw[..., None], voltage_cost[..., None], reward[..., None]], -1).to(obs.dtype)
+
+    @torch.no_grad()
+    def observe(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        """Fold training transitions into the input and target statistics."""
+        self.input_norm.update(features)
+        self.target_norm.update(targets)
+
+    # ---------------------------------------------------------------------------------------
+    # prediction and loss
+    # ---------------------------------------------------------------------------------------
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Every member's prediction ``[K, M, N, out_dim]`` in physical units, for one input
+        ``[M, N, in_dim]`` shared by all members or one per member ``[K, M, N, in_dim]``."""
+        if features.ndim == 3:
+            features = features.expand(self.size, *features.shape)
+        return self.target_norm.inverse(self.net(self.input_norm(features)))
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean squared error in normalised units over the outputs that exist, summed over the
+        members; ``features [K, M, N, in_dim]`` and ``targets [K, M, N, out_dim]`` hold each
+        member's own minibatch."""
+        pred = self.net(self.input_norm(features))
+        valid = self.out_valid.to(pred.dtype)
+        err = (pred - self.target_norm(targets)) ** 2 * valid
+        return err.sum() / (valid.sum() * features.shape[1])
+
+    def split(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named parts of predictions ``[..., N, out_dim]``: ``dv`` ``[..., N, V]`` and one
+        ``[..., N]`` tensor per entry of :attr:`OUTPUTS`."""
+        parts = {"dv": out[..., :self.n_volt]}
+        for c, name in enumerate(self.OUTPUTS):
+            parts[name] = out[..., self.n_volt + c]
+        return parts
