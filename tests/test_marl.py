@@ -249,7 +249,9 @@ def _learner(algo, feeder, hops, *, dropout=0.0, seed=0, iterations=1):
     from gridrl.marl.train import learner_class
 
     cls = learner_class(algo)
-    cfg = cls.Config(**({} if algo == "ippo" else {"hops": hops}))
+    # dmpo: imagined data from the first update on, so the policy checked was trained on it
+    extra = {"imagine_from": 0, "model_updates": 5, "model_check_every": 0} if algo == "dmpo" else {}
+    cfg = cls.Config(**({} if algo == "ippo" else {"hops": hops}), **extra)
     env = make_env(feeder, num_envs=4, seed=seed, config=EnvConfig(start_hour=None, episode_hours=1.0,
                                                                     forecast_steps=1, message_dropout=dropout))
     learner = cls(env, cfg, seed=seed, total_steps=10_000)
@@ -258,7 +260,7 @@ def _learner(algo, feeder, hops, *, dropout=0.0, seed=0, iterations=1):
     return learner, env
 
 
-CASES = [("ippo", 0), ("dppo", 1), ("dppo", 2), ("dppo", 3), ("cppo", 1), ("cppo", 2)]
+CASES = [("ippo", 0), ("dppo", 1), ("dppo", 2), ("dppo", 3), ("cppo", 1), ("cppo", 2), ("dmpo", 1), ("dmpo", 2)]
 
 
 @pytest.mark.parametrize("algo,hops", CASES)

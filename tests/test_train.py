@@ -206,11 +206,16 @@ def _assert_same(a, b, path="state"):
         assert a == b, path
 
 
-@pytest.mark.parametrize("algo", ["dppo", pytest.param("cppo", marks=pytest.mark.slow)])
+# dmpo: a tiny model, imagination from the second iteration, a physics check every third
+TINY_DMPO = "[learner]\nensemble = 2\nmodel_updates = 4\nmodel_batch = 8\nimagine_from = 1\nmodel_check_every = 3\n"
+
+
+@pytest.mark.parametrize("algo", ["dppo", "dmpo", pytest.param("cppo", marks=pytest.mark.slow)])
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path, day):
     cfg_file = tmp_path / "run.toml"
-    cfg_file.write_text(TINY.format(day=day).replace("steps = 64", "steps = 320").replace(
-        'compare = ["none", "droop"]', "compare = []").replace("eval_every_steps = 32", "eval_every_steps = 160"))
+    text = TINY.format(day=day).replace("steps = 64", "steps = 320").replace(
+        'compare = ["none", "droop"]', "compare = []").replace("eval_every_steps = 32", "eval_every_steps = 160")
+    cfg_file.write_text(text.replace("[learner]\n", TINY_DMPO) if algo == "dmpo" else text)
     cfg = resolve_train_config(read_toml(cfg_file), source=str(cfg_file), overrides={"algo": algo})
     whole = tmp_path / "whole"
     train("ieee33", cfg, out=whole, progress=False, log=lambda m: None)

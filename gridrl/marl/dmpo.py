@@ -98,6 +98,9 @@ class DmpoConfig(DppoConfig):
     reward_model: ``physics`` (reward computed from predicted voltages and losses) or
         ``learned`` (the model's reward output).
     model_eval_samples: held-out transitions scored per iteration.
+    model_check_every: every this many iterations, the imagined next voltages and rewards are
+        checked against the true physics (:meth:`DMPO.counterfactual_errors`, one episode in
+        4 scenarios of a separate environment on training days; 0: never).
     """
 
     model_hops: int | None = None
@@ -116,6 +119,7 @@ class DmpoConfig(DppoConfig):
     anchor: bool = True
     reward_model: Literal["physics", "learned"] = "physics"
     model_eval_samples: int = 512
+    model_check_every: int = 10
 
     def __post_init__(self) -> None:
         try:
@@ -129,7 +133,7 @@ class DmpoConfig(DppoConfig):
                      "model_eval_samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("model_ratio", "imagine_from", "holdout_every", "model_updates"):
+        for name in ("model_ratio", "imagine_from", "holdout_every", "model_updates", "model_check_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
         for name in ("model_lr", "disagreement_pu"):
@@ -162,6 +166,8 @@ class DMPO(DPPO):
                                           members=cfg.ensemble, hidden=cfg.model_hidden,
                                           message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
+        self._seed = int(seed)
+        self._check_env = None
         self.replay = EpisodeReplay(cfg.replay_iterations, env.episode_steps, env.num_envs, env.n_agents, env.obs_dim,
                                     holdout_every=cfg.holdout_every, device=self.device)
 
@@ -194,6 +200,8 @@ class DMPO(DPPO):
             self._remember()
             stats.update(self._fit_model())
             stats.update(self._model_errors())
+            if cfg.model_check_every and self.iteration % cfg.model_check_every == 0:
+                stats.update(self.counterfactual_errors(self._checking_env(), seed=self._seed + self.iteration))
         imagined = None
         if cfg.model_ratio > 0 and self.iteration >= cfg.imagine_from:
             with watch("imagine"):
@@ -362,8 +370,17 @@ class DMPO(DPPO):
         v_next = roles.volts(real["next_obs"]) + v_model[:, :M] - v_model[:, M:]
         return nxt, v_next, {k: real[k] + part[k][:, :M] - part[k][:, M:] for k in m.OUTPUTS}
 
+    def _checking_env(self):
+        """The separate environment of the physics checks (training days; built once)."""
+        if self._check_env is None:
+            from gridrl.env import make_env
+
+            self._check_env = make_env(self.env.feeder, split="train", num_envs=4, seed=self._seed,
+                                       config=self.env.config)
+        return self._check_env
+
     @torch.no_grad()
-    def counterfactual_errors(self, env, *, episodes: int = 1) -> dict[str, float]:
+    def counterfactual_errors(self, env, *, episodes: int = 1, seed: int | None = None) -> dict[str, float]:
         """The model's imagined next voltages against the true physics, in ``env`` (a separate
         environment; none of its steps reaches training): at every step the agents play one
         draw ``a`` of the policy while the model predicts, anchored on that real step, what an
@@ -376,8 +393,8 @@ class DMPO(DPPO):
         roles, policy, m = self.roles, self.policy, self.model
         vmask = roles.volt_valid.to(torch.float32)
         sums = {"volt": 0.0, "effect": 0.0, "reward": 0.0, "n": 0.0, "n_r": 0.0}
-        for _ in range(episodes):
-            obs = env.reset().to(self.device)
+        for e in range(episodes):
+            obs = env.reset(seed=None if seed is None else seed + e).to(self.device)
             for _ in range(env.episode_steps):
                 mean, log_std = policy.actor(policy.obs_norm(obs))
                 a, a2 = (mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)

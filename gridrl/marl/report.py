@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from gridrl.report import Section
 
-__all__ = ["fig_curves", "fig_time_split", "read_scalars", "training_sections"]
+__all__ = ["fig_curves", "fig_model", "fig_time_split", "read_scalars", "training_sections"]
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 _REF_COLORS = {"none": "#636363", "opf": "#d62728"}
@@ -77,8 +77,11 @@ def fig_curves(scalars: pd.DataFrame, tags: Mapping[str, str], *, group: str = "
 
 
 def fig_time_split(scalars: pd.DataFrame, *, group: str = "run", title: str = "") -> go.Figure:
-    """Wall-clock seconds spent in the environment, acting and updating, per run (stacked)."""
-    parts = {"time/env_s": "environment", "time/act_s": "acting", "time/update_s": "updating"}
+    """Wall-clock seconds spent in the environment, acting and updating (and, for a model-based
+    learner, fitting its model and imagining), per run (stacked)."""
+    parts = {"time/env_s": "environment", "time/act_s": "acting", "time/model_s": "fitting the model",
+             "time/imagine_s": "imagining", "time/update_s": "updating"}
+    parts = {t: label for t, label in parts.items() if (scalars["tag"] == t).any()}
     d = scalars[scalars["tag"].isin(list(parts))]
     totals = d.groupby([group, "tag"])["value"].sum().unstack("tag").reindex(columns=list(parts)).fillna(0.0)
     fig = go.Figure()
@@ -87,6 +90,32 @@ def fig_time_split(scalars: pd.DataFrame, *, group: str = "run", title: str = ""
     fig.update_layout(barmode="stack", title=title, yaxis_title="seconds", height=360,
                       margin=dict(t=60, b=40, l=60, r=20))
     return fig
+
+
+# panel → {tag: series label} of a model-based learner's model errors
+_MODEL_PANELS = {
+    "next voltages, RMSE p.u.": {"model/volt_rmse_pu": "one step", "model/volt_rmse_h*_pu": "H steps (open loop)",
+                                  "model/volt_rmse_persist_pu": "persistence (v_t+1 = v_t)",
+                                  "model/cf_volt_rmse_pu": "imagined vs env.peek",
+                                  "model/cf_effect_rmse_pu": "true effect of the imagined actions"},
+    "local reward, RMSE": {"model/reward_rmse_physics": "computed from predicted voltages",
+                           "model/reward_rmse_learned": "learned whole", "model/cf_reward_rmse": "imagined vs env.peek",
+                           "model/reward_std": "spread of the reward itself"},
+    "imagined rollouts": {"imagine/trusted_share": "share of agent-steps trusted"},
+}
+
+
+def fig_model(scalars: pd.DataFrame, *, title: str = "") -> go.Figure:
+    """A model-based learner's model errors against environment steps: voltages (one step,
+    H steps, the persistence baseline, imagined against ``env.peek``), rewards (computed from
+    predicted voltages against learned whole) and the share of imagined steps trusted."""
+    rows = []
+    for panel, series in _MODEL_PANELS.items():
+        for pattern, label in series.items():
+            hit = scalars["tag"].str.fullmatch(pattern.replace("*", r"\d+"))
+            rows.append(scalars[hit].assign(tag=panel, series=label))
+    frame = pd.concat(rows) if rows else scalars.iloc[:0].assign(series=[])
+    return fig_curves(frame, {p: p for p in _MODEL_PANELS}, group="series", title=title)
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -153,6 +182,8 @@ def training_sections(run_dir: str | Path) -> list[Section]:
     parts.append(fig_curves(sc, {"loss/policy": "policy loss", "loss/value": "value loss",
                                  "loss/approx_kl": "approximate KL", "loss/explained_variance": "explained variance"},
                             title="Updates"))
+    if sc["tag"].str.startswith("model/").any():
+        parts.append(fig_model(sc, title="The dynamics model: errors on held-out real steps and against the true physics"))
     parts.append(fig_time_split(sc, title="Where the time went"))
     intro = ("Curves against real environment steps (one step of one scenario). Evaluation points are whole "
              "days with the deterministic policy; training figures include exploration noise and use the "
