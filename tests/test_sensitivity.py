@@ -65,6 +65,39 @@ def test_plant_derivatives_in_action_units_match_finite_differences():
     np.testing.assert_allclose(grad, fd_grad, atol=1e-3 * np.abs(fd_grad).max(), rtol=0)
 
 
+@pytest.mark.parametrize("name", ["ieee33", "mv-rural"])
+def test_single_solves_match_the_whole_matrix(name):
+    """The adjoint loss gradient, single voltage rows (adjoint) and voltage changes (forward)
+    reproduce the full matrix the per-inverter solves give, in MVAr and in action units."""
+    feeder = gridrl.load_feeder(name)
+    pf = feeder.power_flow()
+    amap = ActionMap(feeder, pf)
+    model = PlantDerivatives(feeder, pf, amap)
+    plant, _, _ = _solved(feeder, pf, batch=3, seed=4)
+    rng = np.random.default_rng(5)
+    actions = rng.uniform(-0.9, 0.9, (3, amap.n_agents))
+    res = plant.solve(actions)
+    sens = model.sensitivity
+    dvm, dloss, _ = sens(res.v)
+    lin = sens.linearize(res.v)
+    np.testing.assert_allclose(sens.loss_gradient(lin), dloss, rtol=1e-9, atol=1e-12 * np.abs(dloss).max())
+    rows = np.array([0, 3, len(model.monitored) - 1, 7, 3])
+    scen = np.array([2, 0, 1, 1, 2])
+    np.testing.assert_allclose(sens.voltage_rows(lin, scen, rows), dvm[scen, rows], rtol=1e-9, atol=1e-13)
+    dq = rng.normal(size=(3, len(amap.sgen_col)))
+    np.testing.assert_allclose(sens.voltage_change(lin, dq), np.einsum("bmk,bk->bm", dvm, dq), rtol=1e-9, atol=1e-13)
+
+    jac, grad, _ = model.first_order(plant, np.arange(3), res.v)
+    fo = model.linearize(plant, np.arange(3), res.v)
+    assert fo.ok.all() and np.abs(jac).max() > 1e-4
+    np.testing.assert_allclose(fo.grad, grad, rtol=1e-9, atol=1e-12 * np.abs(grad).max())
+    step = rng.uniform(-0.5, 0.5, amap.n_agents)
+    for j in range(3):
+        np.testing.assert_allclose(fo.voltage_rows(j, rows), jac[j][rows], rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(fo.voltage_change(j, step), jac[j] @ step, rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(fo.jacobian(j), jac[j], rtol=1e-12, atol=0)
+
+
 def test_slack_and_dead_elements():
     """An sgen at the slack bus moves nothing; a bus out of service has no voltage to move."""
     net = gridrl.load_feeder("ieee33").net

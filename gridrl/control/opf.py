@@ -65,7 +65,7 @@ import torch
 from scipy.optimize import linprog
 
 from gridrl.control.base import Controller
-from gridrl.control.plant import ActionMap, PlantDerivatives, StepPlant, plant_from_env
+from gridrl.control.plant import ActionMap, FirstOrder, PlantDerivatives, StepPlant, plant_from_env
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +153,8 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
         usable = np.ones(k, dtype=bool)
         for g0 in range(0, k, model.group):
             grp = idx[g0:g0 + model.group]
-            jac, grad, fine = model.first_order(plant, grp, v[grp])
+            lin = model.linearize(plant, grp, v[grp])
+            grad, fine = lin.grad, lin.ok
             usable[g0:g0 + grp.size] = fine   # a singular Jacobian (voltage collapse): no step
             fresh = grp[~have_curv[grp]]
             if fresh.size:
@@ -167,16 +168,16 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
                 for j, b in zip(at, moved):
                     rows, j_rows, lam = band[b]
                     if rows.size:
-                        y[np.searchsorted(at, j)] += (jac[j][rows] - j_rows).T @ lam
+                        y[np.searchsorted(at, j)] += (lin.voltage_rows(j, rows) - j_rows).T @ lam
                 curv[moved] = _damped_bfgs(curv[moved], a[moved] - prev_a[moved], y)
             lo_box = np.maximum(-1.0 - a[grp], -radius[grp, None])
             hi_box = np.minimum(1.0 - a[grp], radius[grp, None])
             t_model = np.zeros(grp.size)
             for j, b in enumerate(grp):
                 if fine[j]:
-                    steps[g0 + j], t_model[j], active_set[b], rows, lam = _subproblem(
-                        curv[b], grad[j], jac[j], vm[b], lo_v, hi_v, lo_box[j], hi_box[j], active_set[b])
-                    band[b] = (rows, jac[j][rows], lam)
+                    steps[g0 + j], t_model[j], active_set[b], rows, j_rows, lam = _subproblem(
+                        curv[b], grad[j], lin, j, vm[b], lo_v, hi_v, lo_box[j], hi_box[j], active_set[b])
+                    band[b] = (rows, j_rows, lam)
             prev_a[grp], prev_g[grp] = a[grp], grad
             d = steps[g0:g0 + grp.size]
             pred[g0:g0 + grp.size] = mu * (viol[grp] - t_model) - (
@@ -220,15 +221,57 @@ _ALL_ROWS_UP_TO = 256          # up to this many candidate band rows go to the Q
 _ADD_PER_ROUND = 64            # beyond that: rows added per round of constraint generation
 
 
-def _subproblem(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active
-                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+def _subproblem(hess, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_box, active
+                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The SQP step ``d``, the model's worst band violation after it, the QP's active set, and
-    the band rows active in it (positions in ``vm``) with their multipliers.
+    the band rows active in it (positions in ``vm``) with their Jacobian rows and multipliers.
 
     minimize ½ dᵀHd + gᵀd  s.t.  lo_v ≤ vm + J d ≤ hi_v,  lo_box ≤ d ≤ hi_box,
     with the band widened by the least uniform amount that makes it feasible if necessary.
-    ``hess`` must be positive definite; ``active`` ``[N + n_mon]`` warm-starts the QP (DAQP sense
-    flags, see :class:`OpfSolution`).
+    ``hess`` must be positive definite; ``lin`` is the first-order model (scenario ``j`` of it);
+    ``active`` ``[N + n_mon]`` warm-starts the QP (DAQP sense flags, see :class:`OpfSolution`).
+
+    The band enters by constraint generation without ever forming the whole Jacobian: the QP is
+    solved with the rows that were active last time or are out of band now (one adjoint solve
+    per row), the linearized voltage change of its solution is checked on every monitored bus
+    (one forward solve), the most violated rows are added, until none is — then the solution is
+    that of the full QP (its optimum satisfies the constraints it was not given). Only when the
+    linearized band cannot be met at all does the whole Jacobian come in
+    (:func:`_subproblem_dense`, which finds the least widening).
+    """
+    n = grad.size
+    up_all, low_all = hi_v - vm, lo_v - vm
+    warm = np.array(active[n:])
+    work = np.flatnonzero((warm != 0) | (up_all < 0) | (low_all > 0))
+    j_w = lin.voltage_rows(j, work)
+    sense_box = active[:n]
+    while True:
+        d, sense_out, lam = _qp(hess, grad, j_w, np.concatenate([hi_box, up_all[work]]),
+                                np.concatenate([lo_box, low_all[work]]), np.concatenate([sense_box, warm[work]]))
+        if d is None:
+            return _subproblem_dense(hess, grad, lin.jacobian(j), vm, lo_v, hi_v, lo_box, hi_box, active)
+        sense_box = sense_out[:n]
+        warm = np.zeros_like(warm)
+        warm[work] = sense_out[n:]
+        dv = lin.voltage_change(j, d)
+        excess = np.maximum(dv - up_all, low_all - dv)
+        excess[work] = 0.0
+        worst = np.flatnonzero(excess > 1e-9)
+        if worst.size == 0:
+            break
+        worst = worst[np.argsort(excess[worst])[::-1][:_ADD_PER_ROUND]]
+        work = np.union1d(work, worst)
+        j_w = lin.voltage_rows(j, work)
+    lam_rows = lam[n:]
+    on = np.flatnonzero(lam_rows)
+    return d, 0.0, np.concatenate([sense_box, warm]).astype(np.int32), work[on], j_w[on], lam_rows[on]
+
+
+def _subproblem_dense(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active
+                      ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_subproblem` from the whole voltage Jacobian ``jac [n_mon, N]``, for the steps whose
+    linearized band cannot be met: the least uniform widening is a linear program over every
+    row the box can move.
 
     Rows the box cannot carry out of the band (``vm ± Σ|J|·reach`` inside it) cannot bind and are
     left out. A feeder with thousands of monitored buses may keep thousands of candidates, of
@@ -259,7 +302,7 @@ def _subproblem(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active
             lp = _least_widening(j_c, up_c, low_c, lo_box, hi_box)
             if lp is None:  # numerically degenerate: no step this iteration
                 worst = float(max(0.0, np.max(-up_c, initial=0.0), np.max(low_c, initial=0.0)))
-                return np.zeros(n), worst, active, np.zeros(0, dtype=np.int64), np.zeros(0)
+                return np.zeros(n), worst, active, np.zeros(0, dtype=np.int64), np.zeros((0, n)), np.zeros(0)
             t, lp_d = lp
             widen = t + 1e-10
             jd = j_c @ lp_d
@@ -283,7 +326,7 @@ def _subproblem(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active
     out[n + cand] = warm
     lam_rows = lam[n:]
     on = np.flatnonzero(lam_rows)
-    return d, t, out, cand[work[on]], lam_rows[on]
+    return d, t, out, cand[work[on]], j_c[work[on]], lam_rows[on]
 
 
 @numba.njit(cache=True)

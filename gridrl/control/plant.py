@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from gridrl.grid.inverters import q_avail_mvar
-from gridrl.grid.sensitivity import InjectionSensitivity, bus_impedance
+from gridrl.grid.sensitivity import InjectionSensitivity, Linearization, bus_impedance
 
 
 class ActionMap:
@@ -135,7 +135,10 @@ class PlantDerivatives:
         self.amap = amap
         self.monitored = np.flatnonzero(np.asarray(feeder.monitored, dtype=bool))
         self.sensitivity = InjectionSensitivity(pf, amap.sgen_col, self.monitored, max_floats=max_floats)
-        self.r_pu = bus_impedance(pf, amap.sgen_col).real                      # [n_inv, n_inv]
+        # the loss form Qᵀ R Q only sees R's symmetric part; R itself is not symmetric where a
+        # transformer shifts the phase (Y is not), and a QP solver may read one triangle only
+        r = bus_impedance(pf, amap.sgen_col).real                              # [n_inv, n_inv]
+        self.r_pu = 0.5 * (r + r.T)
         self.base_mva = pf.internal_model().base_mva
         self._k = sp.csr_matrix(amap.incidence.T)                              # [n_inv, N]
         self._one_each = amap.incidence.shape[0] == amap.incidence.shape[1] and np.array_equal(
@@ -161,6 +164,17 @@ class PlantDerivatives:
         q = plant.q_avail_mvar[rows]
         return self._per_agent(dvm_dq * q[:, None, :]), self._per_agent(dloss_dq * q), ok
 
+    def linearize(self, plant: StepPlant, rows: np.ndarray, v: np.ndarray) -> "FirstOrder":
+        """The first-order model of scenarios ``rows`` at their solved voltages ``v [M, n_bus]``,
+        without the full ``[n_mon, N]`` voltage Jacobian: one factorization per scenario, the
+        loss gradient by one adjoint solve; voltage rows and voltage changes on demand
+        (:class:`FirstOrder`). On a feeder with hundreds of agents of which few meet the band,
+        that is a handful of solves per SQP iteration instead of one per inverter."""
+        lin = self.sensitivity.linearize(v)
+        q = plant.q_avail_mvar[rows]
+        grad = self._per_agent(self.sensitivity.loss_gradient(lin) * q)
+        return FirstOrder(model=self, lin=lin, q_avail_mvar=q, v=np.asarray(v), grad=grad, ok=lin.ok)
+
     def _per_agent(self, per_inverter: np.ndarray) -> np.ndarray:
         """Sum the last axis (inverters) per agent."""
         if self._one_each:
@@ -168,6 +182,38 @@ class PlantDerivatives:
         shape = per_inverter.shape
         out = per_inverter.reshape(-1, shape[-1]) @ self._k
         return np.asarray(out).reshape(*shape[:-1], -1)
+
+
+@dataclass(frozen=True, eq=False)
+class FirstOrder:
+    """The OPF's first-order model of M scenarios (:meth:`PlantDerivatives.linearize`), in
+    action units: ``grad [M, N]`` (MW per unit action, NaN where not ``ok``), ``ok [M]`` (False:
+    singular Jacobian), and per scenario ``j`` (a position in the M) rows of the monitored
+    voltages' Jacobian, the linearized voltage change of a step, or the whole Jacobian."""
+
+    model: PlantDerivatives
+    lin: Linearization
+    q_avail_mvar: np.ndarray   # [M, n_inv]
+    v: np.ndarray              # [M, n_bus]
+    grad: np.ndarray
+    ok: np.ndarray
+
+    def voltage_rows(self, j: int, positions: np.ndarray) -> np.ndarray:
+        """``[K, N]``: d vm_pu / d a of the monitored buses at ``positions`` (one adjoint solve each)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        per_mvar = self.model.sensitivity.voltage_rows(self.lin, np.full(positions.size, j), positions)
+        return self.model._per_agent(per_mvar * self.q_avail_mvar[j])
+
+    def voltage_change(self, j: int, step: np.ndarray) -> np.ndarray:
+        """``[n_mon]``: the linearized change of the monitored voltages for the action step
+        ``step [N]`` (one forward solve)."""
+        dq = np.asarray(step, dtype=np.float64)[self.model.amap.agent_of_inverter] * self.q_avail_mvar[j]
+        return self.model.sensitivity.voltage_change(self.lin, dq[None], np.array([j]))[0]
+
+    def jacobian(self, j: int) -> np.ndarray:
+        """``[n_mon, N]``: the whole d vm_pu / d a (one solve per inverter)."""
+        dvm_dq, _, _ = self.model.sensitivity(self.v[j:j + 1])
+        return self.model._per_agent(dvm_dq[0] * self.q_avail_mvar[j][None, :])
 
 
 def finite_difference(plant: StepPlant, actions: np.ndarray, rows: np.ndarray, *, step: float = 1e-3,
