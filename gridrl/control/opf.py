@@ -18,12 +18,15 @@ scenarios. Why this and not a general NLP solver call per step:
   resistive part of the bus impedance matrix). An SQP step with that physical curvature
   (:class:`~gridrl.control.plant.PlantDerivatives`) and exact first derivatives lands next to the
   optimum at once.
-- First derivatives are analytic: the voltage and loss sensitivities to every inverter's reactive
-  power come from the power-flow Jacobian at the current point (one sparse block factorization
-  per scenario, no fill on a radial feeder, one pair of triangular solves per inverter;
-  :mod:`gridrl.grid.sensitivity`). Forward differences of the batched power flow, which this
-  replaced, cost a power flow of ``B·N`` scenarios per iteration (minutes per step on a feeder
-  with hundreds of inverters); ``experiments/bench_opf.py`` measures both.
+- First derivatives are analytic, from the power-flow Jacobian at the current point (one sparse
+  block factorization per scenario, no fill on a radial feeder; :mod:`gridrl.grid.sensitivity`),
+  and only those the step needs are solved for: the loss gradient by one adjoint solve, the
+  voltage sensitivities of the band rows the QP holds by one adjoint solve each, and the
+  linearized voltage change of a candidate step by one forward solve. The whole ``[n_mon, N]``
+  voltage Jacobian (one solve per inverter) is formed only when the linearized band cannot be met.
+  Forward differences of the batched power flow, which this replaced, cost a power flow of ``B·N``
+  scenarios per iteration (minutes per step on a feeder with hundreds of inverters);
+  ``experiments/bench_opf.py`` measures both.
 - The curvature model starts from the physical ``Qᵀ R Q`` and is corrected along the way by
   damped BFGS updates on the Lagrangian (loss plus band multipliers): on LV feeders with large PV
   injections the physical model can be off by a factor of two along the direction that trades
@@ -32,8 +35,8 @@ scenarios. Why this and not a general NLP solver call per step:
 - Each QP subproblem (N variables, the band linearized, box bounds with the trust region) is
   strictly convex and is solved exactly by DAQP (a dual active-set method), warm-started from the
   previous active set. The band enters by constraint generation: the rows out of band or active
-  last time first, then the most violated rows at the QP's solution, until none is — thousands of
-  monitored buses cost a handful of rows. When the linearized band cannot be met, a linear
+  last time first, then the rows most violated by the QP's solution (checked on every monitored
+  bus by one forward solve), until none is — thousands of monitored buses cost a handful of rows. When the linearized band cannot be met, a linear
   program (HiGHS via ``scipy.optimize.linprog``) finds the smallest uniform widening of the band
   that can, and the QP is solved in the widened band: this is what makes "minimum worst
   violation, then minimum loss" exact rather than a soft penalty.
@@ -218,7 +221,7 @@ def _violation(vm: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 _UPPER, _LOWER = 1, 3          # DAQP's sense flags: active at the upper / lower limit
 _ALL_ROWS_UP_TO = 256          # up to this many candidate band rows go to the QP at once
-_ADD_PER_ROUND = 64            # beyond that: rows added per round of constraint generation
+_ADD_PER_ROUND = 64            # rows added per round of constraint generation
 
 
 def _subproblem(hess, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_box, active
