@@ -37,8 +37,11 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one red line on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one red line on stderr and return the Exit to raise (the message is shown as written:
+    brackets in it, e.g. ``gridrl[ray]``, are not markup)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -174,6 +177,10 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise fail(f"{option} takes comma-separated day numbers, e.g. 2,7,12; got {text!r}") from None
 
 
+_BACKEND_HELP = ("Where the work runs: local (this process) or ray (Ray tasks; needs pip install "
+                 "'gridrl[ray]'). Results are the same either way.")
+_ADDRESS_HELP = ("With --backend ray: the cluster to join, auto (the one `ray start --head` started on this "
+                 "machine) or HOST:PORT; default: start Ray on this machine for the run.")
 _LOAD_SCALE_HELP = "Multiply every load's P and Q by this factor (a stress scenario; EnvConfig.load_scale)."
 _PV_SCALE_HELP = ("Multiply installed PV and inverter ratings by this factor (more PV of the same kind; "
                   "EnvConfig.pv_scale).")
@@ -270,7 +277,8 @@ def compare_cmd(
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else out/compare; "
                                                 "$GRIDRL_OUT_DIR replaces out/).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="Where cells run: local.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help=_BACKEND_HELP)] = None,
+    address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None,
     load_scale: Annotated[float, typer.Option(help=_LOAD_SCALE_HELP)] = 1.0,
     pv_scale: Annotated[float, typer.Option(help=_PV_SCALE_HELP)] = 1.0,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
@@ -296,8 +304,54 @@ def compare_cmd(
         cfg = CompareConfig(feeders=tuple(f.strip() for f in feeders.split(",") if f.strip()),
                             controllers=parse_controllers(controllers, preset=preset), split=split, seeds=seeds,
                             days=_int_list(days, "--days"), env=_scenario(load_scale, pv_scale))
-    result = run_compare(cfg, out=out, backend=backend, report=report)
+    result = run_compare(cfg, out=out, backend=backend, address=address, report=report)
     _show_summary(result, title="comparison summary", report=report)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(
+    feeders: Annotated[str, typer.Option(help="Comma-separated feeder names, e.g. ieee33,ieee69.")],
+    out: Annotated[Path, typer.Option(help="Sweep folder: runs/, runs.csv, compare/ (re-run the same command "
+                                      "into it to resume).")],
+    algos: Annotated[str, typer.Option(help="Comma-separated learners: dppo, ippo, cppo.")] = "dppo",
+    seeds: Annotated[int, typer.Option(help="Training seeds per feeder × learner (0 … N−1).")] = 1,
+    config: Annotated[Optional[Path], typer.Option(help="Training TOML shared by every run (as for `gridrl train`; "
+                                                   "[learner.ALGO] tables set one learner's settings).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Budget of every run in environment feeder steps "
+                                                 "(default: the config's).")] = None,
+    baselines: Annotated[str, typer.Option(help="Controllers the runs are compared with: none, droop, "
+                                           "droop:PRESET, opf.")] = "none,droop,opf",
+    days: Annotated[Optional[str], typer.Option(help="Only these test days in the comparison, comma-separated "
+                                                "(default all).")] = None,
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "local",
+    address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    report: Annotated[bool, typer.Option(help="Write the comparison's report.html.")] = True,
+) -> None:
+    """Train one run per feeder × learner × seed, then compare them all with the baselines.
+
+    Each run gets its own run folder under OUT/runs; the comparison (every run on its own feeder's
+    test days beside the baselines) goes to OUT/compare with one report. With --backend ray the
+    runs and the comparison's cells are Ray tasks side by side; on several machines OUT must be on
+    a filesystem they all mount. Interrupted sweeps resume: finished runs are skipped, unfinished
+    ones continue from their last checkpoint, finished comparison cells are kept."""
+    from gridrl.compare import format_summary
+    from gridrl.config import read_toml
+    from gridrl.sweep import plan_sweep, run_sweep
+
+    data, source = ({}, "command line") if config is None else (read_toml(config), str(config))
+    runs = plan_sweep([f.strip() for f in feeders.split(",") if f.strip()],
+                      [a.strip() for a in algos.split(",") if a.strip()], seeds, out=out, train=data,
+                      source=source, steps=steps)
+    result = run_sweep(runs, out=out, backend=backend, address=address,
+                       baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+                       compare_days=_int_list(days, "--days"), progress=progress, report=report)
+    print_table(format_summary(result.compare.summary), title="sweep: runs and baselines on the test days",
+                keys=("feeder", "controller"), full_table=str(result.compare.out / "summary.md"))
+    done = f"{result.trained} run(s) trained" + (f", {result.skipped} already done" if result.skipped else "")
+    console.print(f"{done}; runs in {out / 'runs'} (runs.csv), comparison in {result.compare.out}"
+                  + (" (report.html)" if report else ""), highlight=False)
 
 
 @app.command("tune-droop")

@@ -15,9 +15,13 @@ finished exactly when its ``days.parquet`` exists: re-running the same compariso
 folder skips finished cells and an interrupted comparison resumes where it stopped. A cell with a
 table that does not read as parquet (damaged outside gridrl) is run again.
 
-Cells run through a *backend*, a function that takes the cells still to do and the function
-that runs one (:func:`run_cell`, a plain top-level function of picklable arguments) and runs
-them: ``local`` loops in this process; a cluster backend can map the same function over workers.
+Cells run through a *backend* (an executor of :mod:`gridrl.cluster`): ``local`` evaluates them
+one after another in this process; ``ray`` evaluates each cell as a Ray task on a cluster (a cell
+with several batches of days, ``num_envs`` smaller than its days, as one task per batch, merged
+back). Either way :func:`evaluate_cell` (a plain top-level function of picklable arguments)
+computes a cell's tables where it runs and returns them, and this process writes them, so a
+cluster needs no shared filesystem for a comparison of rule-based controllers, and the tables
+are the same whichever backend ran them.
 """
 
 from __future__ import annotations
@@ -110,7 +114,10 @@ class CompareConfig:
         ``start_hour``, ``episode_hours`` and ``day_sampling`` cannot be set here.
     out: output folder (the CLI's ``--out`` takes precedence; default ``out/compare``, see
         :func:`gridrl.io.default_out`).
-    backend: how cells run: ``local`` (in this process).
+    backend: how cells run: ``local`` (in this process) or ``ray`` (as Ray tasks; see
+        :mod:`gridrl.cluster`). Where cells run never changes the results.
+    address: with ``backend = "ray"``: the cluster to join (``auto`` or ``host:port``); default:
+        start a Ray instance on this machine for the run.
     """
 
     feeders: tuple[str, ...]
@@ -123,7 +130,8 @@ class CompareConfig:
     num_envs: int | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
     out: str | None = None
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """What determines the results (where they are written and how cells run do not).
@@ -134,6 +142,7 @@ class CompareConfig:
         d = to_dict(self)
         d.pop("out", None)
         d.pop("backend", None)
+        d.pop("address", None)
         if not self.day_stride:  # comparisons written before the field existed stay resumable
             d.pop("day_stride", None)
         d["controllers"] = [to_dict(c) for c in self.controllers]
@@ -259,7 +268,9 @@ def config_problems(config: CompareConfig) -> list[str]:
 
 
 def _run_problems(spec: ControllerSpec, feeders: Sequence[str]) -> list[str]:
-    """A run directory that cannot be read, or was trained on another feeder than compared."""
+    """A run directory that cannot be read, or was trained on none of the feeders compared (a
+    run is evaluated on the feeder it was trained on only, so a sweep compares the runs of
+    several feeders in one comparison)."""
     from gridrl.grid.feeder import load_feeder
     from gridrl.marl.run import open_run
 
@@ -267,11 +278,20 @@ def _run_problems(spec: ControllerSpec, feeders: Sequence[str]) -> list[str]:
         return [f"controller with run = {spec.run!r} takes no name, preset or curve"]
     try:
         run = open_run(spec.run)
-        for name in feeders:
-            run.check_feeder(load_feeder(name))
+        loaded = [load_feeder(name) for name in feeders]
+        own = [f for f in loaded if f.name == run.feeder]
+        for feeder in own or loaded[:1]:  # the one it was trained on; else the refusal names the first
+            run.check_feeder(feeder)
     except GridrlError as exc:
         return [str(exc)]
     return []
+
+
+def _run_feeder(spec: ControllerSpec) -> str | None:
+    """The feeder a trained run belongs to (``None`` for rule-based controllers, which run on all)."""
+    from gridrl.marl.run import open_run
+
+    return open_run(spec.run).feeder if spec.run is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,18 +362,31 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_"
 
 
-def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
-    """Evaluate one cell and write its tables atomically (``days.parquet`` last); its folder."""
+@dataclass(frozen=True)
+class CellResult:
+    """A cell's tables as computed (by :func:`evaluate_cell`), before :func:`write_cell` writes them.
+
+    controller: the controller's own description (``controller.json``), if it gives one.
+    curve: droop:tuned only: the fitted curve and its provenance (``curve.toml``).
+    """
+
+    evaluation: Any
+    controller: dict | None = None
+    curve: tuple | None = None
+
+
+def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, *,
+                  progress: Callable[[int], None] | None = None) -> CellResult:
+    """Evaluate one cell (or only ``days`` of it, see :func:`cell_parts`) and return its tables;
+    nothing is written, so this runs anywhere (a Ray worker) and the caller writes."""
     from gridrl.control import make_controller
     from gridrl.evaluate import check_days, evaluate
     from gridrl.grid.feeder import load_feeder
-    from gridrl.io import write_json, write_parquet, write_text
 
     feeder = load_feeder(cell.feeder)
-    days = check_days(feeder, cell.split, cell.days)
+    all_days = check_days(feeder, cell.split, cell.days)
     spec = cell.controller
     env_config = cell.env
-    (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another identity's
     if spec.run is not None:
         from gridrl.marl.run import open_run
 
@@ -365,15 +398,54 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
         ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune,
                                env_config=cell.env)
     ctrl.name = spec.key
-    rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, days)
-    ev = evaluate(feeder, ctrl, split=cell.split, days=days, seed=cell.seed, num_envs=cell.num_envs,
-                  voltage_days=[rday], env_config=env_config, progress=progress)
-    if callable(getattr(ctrl, "describe", None)):  # its settings, e.g. the droop curve the report draws
-        write_json(cell.folder / "controller.json", ctrl.describe())
-    if getattr(ctrl, "fit", None):  # the fitted curve the cell ran, with its provenance
+    rday = cell.report_day if cell.report_day is not None else sunniest_day(feeder, all_days)
+    ev = evaluate(feeder, ctrl, split=cell.split, days=all_days if days is None else days, seed=cell.seed,
+                  num_envs=cell.num_envs, voltage_days=[rday], env_config=env_config, progress=progress)
+    described = ctrl.describe() if callable(getattr(ctrl, "describe", None)) else None
+    fitted = (ctrl.curve, ctrl.fit) if getattr(ctrl, "fit", None) else None
+    return CellResult(evaluation=ev, controller=described, curve=fitted)
+
+
+def cell_parts(cell: Cell, *, split: bool) -> list[tuple[int, ...] | None]:
+    """The pieces a cell is evaluated in: the whole cell (``[None]``), or with ``split`` one piece
+    per batch of ``num_envs`` days, exactly the batches :func:`~gridrl.evaluate.evaluate` would
+    run one after another, so the merged tables are the whole cell's."""
+    if not split or not cell.num_envs:
+        return [None]
+    from gridrl.evaluate import check_days
+    from gridrl.grid.feeder import load_feeder
+
+    days = check_days(load_feeder(cell.feeder), cell.split, cell.days)
+    if cell.num_envs >= len(days):
+        return [None]
+    return [tuple(days[i:i + cell.num_envs]) for i in range(0, len(days), cell.num_envs)]
+
+
+def merge_parts(parts: Sequence[CellResult]) -> CellResult:
+    """The pieces of one cell (in day order) as one result."""
+    if len(parts) == 1:
+        return parts[0]
+    from gridrl.evaluate import Evaluation
+
+    evs = [p.evaluation for p in parts]
+    merged = Evaluation(*(pd.concat([getattr(e, f.name) for e in evs], ignore_index=True)
+                          for f in dataclasses.fields(Evaluation)))
+    return CellResult(evaluation=merged, controller=parts[0].controller, curve=parts[0].curve)
+
+
+def write_cell(cell: Cell, result: CellResult) -> Path:
+    """Write a cell's tables atomically (``days.parquet`` last: the cell is finished exactly
+    when it exists); its folder."""
+    from gridrl.io import write_json, write_parquet, write_text
+
+    ev = result.evaluation
+    (cell.folder / _CELL_IDENTITY).unlink(missing_ok=True)  # the tables below replace another identity's
+    if result.controller is not None:  # its settings, e.g. the droop curve the report draws
+        write_json(cell.folder / "controller.json", result.controller)
+    if result.curve is not None:  # the fitted curve the cell ran, with its provenance
         from gridrl.control.curvefile import write_curve_file
 
-        write_curve_file(cell.folder / "curve.toml", ctrl.curve, ctrl.fit)
+        write_curve_file(cell.folder / "curve.toml", *result.curve)
     write_parquet(cell.folder / "voltages.parquet", ev.voltages)
     write_parquet(cell.folder / "agents.parquet", ev.agents)
     write_parquet(cell.folder / "steps.parquet", ev.steps)
@@ -383,23 +455,16 @@ def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
     return cell.folder
 
 
+def run_cell(cell: Cell, progress: Callable[[int], None] | None = None) -> Path:
+    """Evaluate one cell in this process and write its tables; its folder."""
+    return write_cell(cell, evaluate_cell(cell, progress=progress))
+
+
 def sunniest_day(feeder, days: Sequence[int]) -> int:
     """The day among ``days`` with the most PV energy (where voltage rise is worst)."""
     prof = feeder.profiles
     energy = [float(prof.pv_p_mw[prof.day_steps(d)].sum()) for d in days]
     return int(days[int(np.argmax(energy))])
-
-
-Backend = Callable[[Sequence[Cell], Callable[..., Path], Any], Iterable[Path]]
-
-
-def local_backend(cells: Sequence[Cell], run: Callable[..., Path], progress: Any = None) -> Iterable[Path]:
-    """Run cells one after another in this process (``progress``: a :class:`CellProgress`)."""
-    for cell in cells:
-        yield run(cell, None if progress is None else progress.start(cell))
-
-
-BACKENDS: dict[str, Backend] = {"local": local_backend}
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,15 +507,20 @@ def prepare_out(config: CompareConfig, out: Path) -> None:
 
 
 def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
-    """Every cell of the comparison, feeders outermost."""
+    """Every cell of the comparison, feeders outermost (a trained run on its own feeder only)."""
     from gridrl.marl.run import open_run
 
+    from gridrl.grid.feeder import load_feeder
+
+    names = {f: load_feeder(f).name for f in config.feeders}
+    runs = {c.key: _run_feeder(c) for c in config.controllers}
     ident = {(f, c.key): open_run(c.run).hash for f in config.feeders for c in config.controllers if c.run is not None}
     ident.update({(f, c.key): _tuned_key(f, c) for f in config.feeders for c in config.controllers if _is_tuned(c)})
     days = {f: feeder_days(config, f) for f in config.feeders}
     return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=days[f], report_day=config.report_day,
                  num_envs=config.num_envs, out=str(out), identity=ident.get((f, c.key)), env=config.env)
-            for f in config.feeders for c in config.controllers for s in range(config.seeds)]
+            for f in config.feeders for c in config.controllers for s in range(config.seeds)
+            if runs[c.key] in (None, names[f])]
 
 
 def feeder_days(config: CompareConfig, feeder: str) -> tuple[int, ...] | None:
@@ -478,14 +548,14 @@ def _tuned_key(feeder: str, spec: ControllerSpec) -> str:
 
 
 def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend: str | None = None,
-                progress: bool = True, report: bool = True) -> CompareResult:
+                address: str | None = None, progress: bool = True, report: bool = True) -> CompareResult:
     """Run (or resume) a comparison; write the tidy table, the summary and the report.
 
+    backend, address: where cells run (default: the config's; see :mod:`gridrl.cluster`).
     Raises :class:`CompareError` listing every problem of the config, or when ``out`` holds a
     different comparison; nothing is written then.
     """
-    from tqdm import tqdm
-
+    from gridrl.cluster import BACKENDS, executor
     from gridrl.io import atomic_write, default_out, write_html, write_parquet, write_text
     from gridrl.provenance import read_provenance, record_run
 
@@ -496,21 +566,17 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
     backend_name = backend or config.backend
     if backend_name not in BACKENDS:
         raise CompareError(f"unknown backend {backend_name!r} — known backends: {', '.join(BACKENDS)}")
+    ex = executor(backend_name, address=address or config.address)  # checked before anything is written
     prepare_out(config, out)
     cells = cells_of(config, out)
     todo = [c for c in cells if not c.done]
     if todo or read_provenance(out) is None:  # before running, so an interrupted run is on record too
         record_run(out, config=config.identity(), feeders=_feeder_specs(config.feeders), cells_to_run=len(todo))
     _fit_tuned(todo, progress)
-    bar = tqdm(total=1.0, disable=not progress or not todo, file=sys.stderr, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-    cell_progress = CellProgress(bar, todo)
-    bar.total = cell_progress.total
-    try:
-        for _ in BACKENDS[backend_name](todo, run_cell, cell_progress):
-            pass
-    finally:
-        bar.close()
+    if todo:
+        with ex:
+            for _ in run_cells(todo, ex, progress=progress):
+                pass
     days = collect(out, cells, "days")
     summary = summarize(days)
     write_parquet(out / "days.parquet", days)
@@ -521,6 +587,53 @@ def run_compare(config: CompareConfig, *, out: str | Path | None = None, backend
 
         write_html(build_report(out), out / "report.html")
     return CompareResult(out=out, days=days, summary=summary, ran=len(todo), skipped=len(cells) - len(todo))
+
+
+def run_cells(cells: Sequence[Cell], ex, *, progress: bool = True) -> Iterable[Path]:
+    """Evaluate ``cells`` on the executor ``ex`` (see :mod:`gridrl.cluster`) and write each as soon
+    as all its pieces are in; yields the folders written, in the order they finish. Shows the
+    progress bar (estimated work, see :class:`CellProgress`) when ``progress``."""
+    from tqdm import tqdm
+
+    from gridrl.cluster import LocalExecutor
+
+    pieces = [(cell, days) for cell in cells for days in cell_parts(cell, split=ex.splits)]
+    owner = [cell_id(cell) for cell, _ in pieces]
+    left = {cell_id(c): sum(1 for k in owner if k == cell_id(c)) for c in cells}
+    by_id = {cell_id(c): c for c in cells}
+    got: dict[tuple, dict[int, CellResult]] = {k: {} for k in left}
+    bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    one_at_a_time = isinstance(ex, LocalExecutor)
+    cell_progress = CellProgress(bar, cells, name_cells=one_at_a_time)
+    bar.total = cell_progress.total
+    steps: dict[int, int] = {}
+    finished, where = 0, ex.describe()
+    if not one_at_a_time:
+        bar.set_description(f"{where}: 0/{len(cells)} cells")
+
+    def report(i: int, n: int) -> None:
+        steps[i] = n
+        key = owner[i]
+        cell_progress.reach(by_id[key], sum(v for j, v in steps.items() if owner[j] == key))
+
+    labels = [f"cell {c.feeder} · {c.controller.key} · seed {c.seed}" + (f" (days {d[0]}–{d[-1]})" if d else "")
+              for c, d in pieces]
+    try:
+        for i, result in ex.map(evaluate_cell, pieces, report=report, labels=labels):
+            key = owner[i]
+            got[key][i] = result
+            if len(got[key]) == left[key]:
+                cell = by_id[key]
+                folder = write_cell(cell, merge_parts([got[key][j] for j in sorted(got[key])]))
+                cell_progress.finish(cell)
+                del got[key]
+                finished += 1
+                if not one_at_a_time:
+                    bar.set_description(f"{where}: {finished}/{len(cells)} cells")
+                yield folder
+    finally:
+        bar.close()
 
 
 def _feeder_specs(names: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -555,12 +668,15 @@ class CellProgress:
     a feeder with hundreds of inverters), so a bar that counts environment steps tells the time
     left wrongly whenever cheap and dear cells are mixed. Each environment step of a cell weighs
     :func:`step_cost`; the bar's fraction (and so tqdm's time estimate) is the share of that work
-    done. ``start(cell)`` names the cell on the bar and returns the per-step callback for it.
+    done. Backends report each cell's cumulative steps (:meth:`reach`), from this process or
+    from a worker elsewhere.
     """
 
-    def __init__(self, bar, cells: Sequence[Cell]) -> None:
+    def __init__(self, bar, cells: Sequence[Cell], *, name_cells: bool = True) -> None:
         self.bar = bar
+        self.name_cells = name_cells  # one cell at a time: the bar names it
         self.per_step, self.steps = self.plan(cells)
+        self._done: dict[tuple, float] = {}
 
     @property
     def total(self) -> float:
@@ -587,11 +703,23 @@ class CellProgress:
             steps[cell_id(cell)] = episode * math.ceil(days / batch)
         return per_step, steps
 
-    def start(self, cell: Cell) -> Callable[[int], None]:
-        self.bar.set_description(f"{cell.feeder} · {cell.controller.key} · seed {cell.seed}")
-        cost = self.per_step[cell_id(cell)]
-        # an estimate: a cell that takes more steps than planned must not run the bar past its end
-        return lambda n: self.bar.update(min(n * cost, max(self.bar.total - self.bar.n, 0.0)))
+    def reach(self, cell: Cell, steps: int) -> None:
+        """``cell`` has taken ``steps`` environment steps in all (wherever it runs): the bar moves
+        by what is new, never past the cell's planned work (the plan is an estimate), and never
+        back (a retried task counting again from zero adds nothing until it passes its earlier
+        attempt)."""
+        key = cell_id(cell)
+        if self.name_cells:
+            self.bar.set_description(f"{cell.feeder} · {cell.controller.key} · seed {cell.seed}")
+        work = min(steps, self.steps[key]) * self.per_step[key]
+        done = self._done.get(key, 0.0)
+        if work > done:
+            self._done[key] = work
+            self.bar.update(min(work - done, max(self.bar.total - self.bar.n, 0.0)))
+
+    def finish(self, cell: Cell) -> None:
+        """``cell`` is written: its whole planned work counts."""
+        self.reach(cell, self.steps[cell_id(cell)])
 
 
 def cell_id(cell: Cell) -> tuple:

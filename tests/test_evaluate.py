@@ -284,14 +284,20 @@ def test_progress_weighs_cells_by_their_cost(tmp_path):
     bar.total = prog.total
     assert set(prog.steps.values()) == {96}  # one batch of all test days: one step per quarter hour
     for cell in cells[:-1]:  # everything but the optimum on mv-rural
-        callback = prog.start(cell)
-        for _ in range(96):
-            callback(1)
+        for n in range(1, 97):
+            prog.reach(cell, n)
     assert bar.desc == "mv-rural · droop-mapdn · seed 0"
     done = bar.n / prog.total
     assert 5 / 6 == pytest.approx(len(cells[:-1]) / len(cells))
     assert done < 0.5  # five of six cells done, but most of the work is still ahead
-    prog.start(cells[-1])(96)
+    # a retried task counts from zero again: nothing is added until it passes its first attempt
+    prog.reach(cells[-1], 60)
+    at = bar.n
+    prog.reach(cells[-1], 10)
+    assert bar.n == at
+    prog.reach(cells[-1], 500)  # more steps than planned: never past the end
+    assert bar.n == pytest.approx(prog.total)
+    prog.finish(cells[-1])
     assert bar.n == pytest.approx(prog.total)
     # the estimate orders cells as their cost does
     none, droop, opf = (ControllerSpec(name="none"), ControllerSpec(name="droop", preset="mapdn"),

@@ -199,12 +199,15 @@ class TrainResult:
 
 
 def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+          progress: bool = True, log: Callable[[str], None] | None = None,
+          on_steps: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``config.learner`` on ``feeder_name`` into ``out`` (see the module docstring).
 
     resume: continue the run in ``out`` from its checkpoint (its configuration must be the same);
         a run that finished is not trained further, only evaluated again if needed; with nothing
         in ``out`` yet, a new run starts there (so one command both starts and resumes).
+    on_steps: called with the environment steps of each iteration (first with those a resumed
+        run had already taken): progress for a caller elsewhere (a sweep on a cluster).
     Raises :class:`TrainError` (folder or configuration problems, nothing written),
     :class:`CheckpointError` (an unusable checkpoint) or :class:`TrainingDiverged`.
     """
@@ -233,6 +236,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         driver.update(checkpoint["driver"])
         say(f"resuming {out} at iteration {learner.iteration} ({learner.env_steps:,} environment steps)")
     resumed_from = learner.iteration
+    if on_steps is not None and learner.env_steps:
+        on_steps(learner.env_steps)
     scalars = _ScalarLog(out, resume_iteration=learner.iteration if checkpoint is not None else None,
                          purge_step=learner.env_steps + 1 if checkpoint is not None else None)
 
@@ -251,6 +256,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             t0 = time.perf_counter()
             good = {"iteration": learner.iteration, "env_steps": learner.env_steps}
             stats = learner.iterate()
+            if on_steps is not None:
+                on_steps(learner.env_steps - good["env_steps"])
             if not _finite(learner) or not all(math.isfinite(v) for k, v in stats.items() if k.startswith("loss/")):
                 raise TrainingDiverged(_nan_message(out, good, learner.iteration))
             stats["time/steps_per_s"] = stats["iteration_steps"] / max(time.perf_counter() - t0, 1e-9)
