@@ -88,18 +88,15 @@ def plan_sweep(feeders: Sequence[str], algos: Sequence[str], seeds: int, *, out:
     """Every run of the sweep with its resolved config (one :class:`SpecError` lists every problem).
 
     train: a training TOML's tables (top level, ``[env]``, ``[learner]``) shared by all runs; the
-        sweep sets each run's ``algo`` and ``seed``. ``[learner.dppo]``-style tables give
-        settings per algorithm. Runs do no comparison of their own (the sweep compares them all).
+        sweep sets each run's ``algo`` and ``seed`` (the TOML's are ignored, as ``gridrl train
+        --algo/--seed`` override them). ``[learner.dppo]``-style tables give settings per
+        algorithm. Runs do no comparison of their own (the sweep compares them all).
     """
     from gridrl.grid.feeder import load_feeder
     from gridrl.marl.train import ALGORITHMS, resolve_train_config
 
-    data = dict(train or {})
+    data = {k: v for k, v in (train or {}).items() if k not in ("algo", "seed", "compare")}
     problems: list[str] = []
-    for key in ("algo", "seed", "compare"):
-        if key in data:
-            problems.append(f"{key}: a sweep sets each run's {key} itself; remove it from {source}")
-            data.pop(key)
     if not feeders:
         problems.append("no feeders given")
     if not algos:
@@ -123,13 +120,13 @@ def plan_sweep(feeders: Sequence[str], algos: Sequence[str], seeds: int, *, out:
         d = dict(data)
         if per_algo:
             d["learner"] = learner.get(algo, {})
+        try:
+            cfg = resolve_train_config(d, source=source, overrides={"algo": algo, "steps": steps})
+        except SpecError as exc:
+            problems += [f"{algo}: {p}" for p in exc.problems]
+            continue
         for seed in range(seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else 0):
-            try:
-                cfg = resolve_train_config(d, source=source, overrides={"algo": algo, "seed": seed, "steps": steps})
-            except SpecError as exc:
-                problems += [f"{algo}: {p}" for p in exc.problems]
-                break
-            configs[algo, seed] = dataclasses.replace(cfg, compare=())
+            configs[algo, seed] = dataclasses.replace(cfg, seed=seed, compare=())
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
     out = Path(out)

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from gridrl.cli import app
 from gridrl.compare import CompareConfig, collect, parse_controllers, run_compare
+from gridrl.errors import SpecError
 from gridrl.sweep import SWEEP_FILE, plan_sweep, run_sweep
 
 runner = CliRunner()
@@ -28,8 +30,19 @@ TABLES = ("days", "steps", "voltages", "agents")
 TIMING = ["seconds"]  # wall-clock per day: the only column allowed to differ between runs
 
 # a tiny dppo run: 12 iterations of 4 scenarios × 8 steps (2-hour episodes), a checkpoint each
-TRAIN = {"steps": 384, "num_envs": 4, "checkpoint_every_s": 0, "env": {"episode_hours": 2.0},
-         "learner": {"hidden": 16, "message_dim": 8, "epochs": 2, "minibatches": 2}}
+TRAIN_TOML = """
+steps = 384
+num_envs = 4
+checkpoint_every_s = 0
+[env]
+episode_hours = 2.0
+[learner]
+hidden = 16
+message_dim = 8
+epochs = 2
+minibatches = 2
+"""
+TRAIN = tomllib.loads(TRAIN_TOML)
 
 
 def _one_line_error(res, *parts):
@@ -73,6 +86,21 @@ def test_missing_ray_and_unreachable_clusters_are_one_line(tmp_path, monkeypatch
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--backend", "ray"])
     _one_line_error(res, "needs Ray", "pip install 'gridrl[ray]'")
     assert not ray.is_initialized()
+
+
+def test_a_sweep_plan_is_every_combination_and_lists_every_problem(tmp_path):
+    learner = {"dppo": {"hidden": 16}, "ippo": {"hidden": 8}}
+    runs = plan_sweep(["ieee33", "ieee69"], ["dppo", "ippo"], 2, out=tmp_path,
+                      train={"algo": "cppo", "seed": 7, "steps": 64, "learner": learner})
+    assert [r.name for r in runs] == [f"{f}-{a}-seed{s}" for f in ("ieee33", "ieee69") for a in ("dppo", "ippo")
+                                      for s in (0, 1)]
+    assert {(r.config.algo, r.config.seed, r.config.learner.hidden) for r in runs} == \
+        {("dppo", 0, 16), ("dppo", 1, 16), ("ippo", 0, 8), ("ippo", 1, 8)}
+    assert all(r.config.compare == () and r.config.steps == 64 and r.out.parent == tmp_path / "runs" for r in runs)
+    with pytest.raises(SpecError) as err:
+        plan_sweep(["ieee33", "ieee3"], ["dppo", "sac"], 0, out=tmp_path, train={"learner": {"hiden": 3}})
+    for part in ("seeds must be", "unknown algorithm 'sac'", "unknown feeder 'ieee3'", "hiden"):
+        assert part in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,10 +248,16 @@ def test_an_interrupted_sweep_resumes(local_sweep, days, tmp_path):
     # as if stopped before the comparison finished: a cell gone
     cell = next((out / "compare" / "cells").glob("*/ieee33-dppo-seed0/seed0"))
     shutil.rmtree(cell)
-    res = run_sweep(runs, out=out, baselines=["none"], compare_days=days[:1], progress=False, report=False)
-    assert res.trained == 0 and res.skipped == 1
-    assert res.compare.ran == 1 and res.compare.skipped == 1
-    pd.testing.assert_frame_equal(first.compare.days.drop(columns=TIMING), res.compare.days.drop(columns=TIMING))
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TRAIN_TOML)
+    res = runner.invoke(app, ["sweep", "--feeders", "ieee33", "--algos", "dppo", "--seeds", "1", "--config", str(cfg),
+                              "--baselines", "none", "--days", str(days[0]), "--out", str(out), "--no-progress",
+                              "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "0 run(s) trained, 1 already done" in res.output and "ieee33-dppo-seed0" in res.output
+    again = pd.read_parquet(out / "compare" / "days.parquet")
+    pd.testing.assert_frame_equal(first.compare.days.drop(columns=TIMING), again.drop(columns=TIMING))
+    assert len(again) == 2  # none and the run, on one day: the missing cell ran again, once
     # the same folder with other settings is refused, one line, before any training
     res = runner.invoke(app, ["sweep", "--feeders", "ieee33", "--algos", "dppo", "--seeds", "2", "--out", str(out),
                               "--steps", "384", "--baselines", "none", "--no-progress"])
