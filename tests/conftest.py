@@ -1,4 +1,4 @@
-"""Fixtures shared by the controller and evaluation tests."""
+"""Fixtures and checks shared by the test modules."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ def sunny_days(feeder):
     days = feeder.days("test")
     energy = [prof.pv_p_mw[prof.day_steps(d)].sum() for d in days]
     return [int(days[i]) for i in np.argsort(energy)[::-1][:3]]
+
+
+def one_line_error(res, *parts):
+    """A CLI result that failed the way a user's mistake must: exit code 2, no traceback, one line
+    starting with ``error:`` that contains every one of ``parts``."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    err = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error:"), res.output
+    for part in parts:
+        assert part in err[0], err[0]

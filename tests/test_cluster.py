@@ -25,6 +25,8 @@ from gridrl.compare import CompareConfig, collect, parse_controllers, run_compar
 from gridrl.errors import SpecError
 from gridrl.sweep import SWEEP_FILE, plan_sweep, run_sweep
 
+from conftest import one_line_error
+
 runner = CliRunner()
 TABLES = ("days", "steps", "voltages", "agents")
 TIMING = ["seconds"]  # wall-clock per day: the only column allowed to differ between runs
@@ -45,13 +47,6 @@ minibatches = 2
 TRAIN = tomllib.loads(TRAIN_TOML)
 
 
-def _one_line_error(res, *parts):
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    err = [line for line in res.output.strip().splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error:"), res.output
-    for part in parts:
-        assert part in err[0], err[0]
 
 
 def _same_tables(a: Path, b: Path) -> None:
@@ -75,16 +70,16 @@ def test_missing_ray_and_unreachable_clusters_are_one_line(tmp_path, monkeypatch
     assert not ray.is_initialized()
     base = ["compare", "--feeders", "ieee33", "--controllers", "none", "--days", str(days[0]), "--no-report"]
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--backend", "ray", "--address", "127.0.0.1:1"])
-    _one_line_error(res, "cannot reach the Ray cluster at 127.0.0.1:1", "ray start --head")
+    one_line_error(res, "cannot reach the Ray cluster at 127.0.0.1:1", "ray start --head")
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--backend", "ray", "--address", "nowhere"])
-    _one_line_error(res, "'nowhere' is not host:port")
+    one_line_error(res, "'nowhere' is not host:port")
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--address", "127.0.0.1:6379"])
-    _one_line_error(res, "--address 127.0.0.1:6379 needs --backend ray")
+    one_line_error(res, "--address 127.0.0.1:6379 needs --backend ray")
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--backend", "spark"])
-    _one_line_error(res, "unknown backend 'spark'", "local, ray")
+    one_line_error(res, "unknown backend 'spark'", "local, ray")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--backend", "ray"])
-    _one_line_error(res, "needs Ray", "pip install 'gridrl[ray]'")
+    one_line_error(res, "needs Ray", "pip install 'gridrl[ray]'")
     assert not ray.is_initialized()
 
 
@@ -261,7 +256,7 @@ def test_an_interrupted_sweep_resumes(local_sweep, days, tmp_path):
     # the same folder with other settings is refused, one line, before any training
     res = runner.invoke(app, ["sweep", "--feeders", "ieee33", "--algos", "dppo", "--seeds", "2", "--out", str(out),
                               "--steps", "384", "--baselines", "none", "--no-progress"])
-    _one_line_error(res, "holds a sweep of a different configuration")
+    one_line_error(res, "holds a sweep of a different configuration")
     res = runner.invoke(app, ["sweep", "--feeders", "ieee33", "--algos", "dpo", "--out", str(tmp_path / "x")])
-    _one_line_error(res, "unknown algorithm 'dpo'")
+    one_line_error(res, "unknown algorithm 'dpo'")
     assert not (tmp_path / "x").exists()

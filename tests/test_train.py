@@ -24,6 +24,8 @@ from gridrl.errors import CheckpointError, SpecError
 from gridrl.marl.checkpoint import read_checkpoint
 from gridrl.marl.train import TrainingDiverged, resolve_train_config, train
 
+from conftest import one_line_error
+
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
@@ -65,15 +67,6 @@ def run_dir(tmp_path_factory, tiny):
     res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     return out
-
-
-def _one_line_error(res, *parts):
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    err = [line for line in res.output.strip().splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error:"), res.output
-    for part in parts:
-        assert part in err[0], err[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,9 +142,9 @@ def test_run_folders_are_controllers_in_evaluate_and_compare(run_dir, day, tmp_p
 def test_a_run_is_refused_on_another_feeder(run_dir, tmp_path):
     res = runner.invoke(app, ["compare", "--feeders", "ieee141", "--controllers", f"none,{run_dir}",
                               "--out", str(tmp_path / "x")])
-    _one_line_error(res, "was trained on feeder 'ieee33', not 'ieee141'")
+    one_line_error(res, "was trained on feeder 'ieee33', not 'ieee141'")
     res = runner.invoke(app, ["evaluate", str(run_dir), "--feeder", "ieee69", "--out", str(tmp_path / "y")])
-    _one_line_error(res, "was trained on feeder 'ieee33', not 'ieee69'")
+    one_line_error(res, "was trained on feeder 'ieee33', not 'ieee69'")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
@@ -253,11 +246,11 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path
 def test_a_run_folder_that_exists_needs_resume(run_dir, tiny):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(run_dir)])
-    _one_line_error(res, "already exists; add --resume")
+    one_line_error(res, "already exists; add --resume")
     assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(run_dir), "--resume",
                               "--seed", "7"])
-    _one_line_error(res, "holds a run with other settings (seed differ)")
+    one_line_error(res, "holds a run with other settings (seed differ)")
 
 
 def test_train_config_problems_are_listed_together(tmp_path):
@@ -275,13 +268,13 @@ def test_train_config_problems_are_listed_together(tmp_path):
     for part in ("num_envs must be ≥ 1", "episode_hours must lie in (0, 24]", "hops must be ≥ 0"):
         assert part in str(exc.value), str(exc.value)
     res = runner.invoke(app, ["train", "ieee33", "--config", str(bad), "--out", str(tmp_path / "r")])
-    _one_line_error(res, "stepz: unknown key")
+    one_line_error(res, "stepz: unknown key")
     res = runner.invoke(app, ["train", "ieee33", "--algo", "sac", "--out", str(tmp_path / "r")])
-    _one_line_error(res, "unknown algorithm 'sac'")
+    one_line_error(res, "unknown algorithm 'sac'")
     ipo = tmp_path / "ippo.toml"
     ipo.write_text("algo = 'ippo'\n[learner]\nhops = 2\n")
     res = runner.invoke(app, ["train", "ieee33", "--config", str(ipo), "--out", str(tmp_path / "r")])
-    _one_line_error(res, "ippo has no neighbours (hops = 0)")
+    one_line_error(res, "ippo has no neighbours (hops = 0)")
     assert not (tmp_path / "r").exists()
 
 
@@ -294,9 +287,9 @@ def test_damaged_or_foreign_checkpoints_are_one_line(run_dir, tmp_path):
     with pytest.raises(CheckpointError, match="is damaged or not a gridrl checkpoint"):
         gridrl.load_policy(broken)
     res = runner.invoke(app, ["train", "ieee33", "--out", str(broken), "--resume"])
-    _one_line_error(res, "is damaged or not a gridrl checkpoint")
+    one_line_error(res, "is damaged or not a gridrl checkpoint")
     res = runner.invoke(app, ["evaluate", str(broken)])
-    _one_line_error(res, "is damaged or not a gridrl checkpoint")
+    one_line_error(res, "is damaged or not a gridrl checkpoint")
 
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
@@ -309,7 +302,7 @@ def test_damaged_or_foreign_checkpoints_are_one_line(run_dir, tmp_path):
     ckpt["header"]["algo"] = "ippo"
     torch.save(ckpt, other / "checkpoint.pt")
     res = runner.invoke(app, ["train", "ieee33", "--out", str(other), "--resume"])
-    _one_line_error(res, "is a ippo checkpoint on ieee33")
+    one_line_error(res, "is a ippo checkpoint on ieee33")
     with pytest.raises(CheckpointError, match="holds no checkpoint.pt"):
         gridrl.load_policy(tmp_path)
 
@@ -329,7 +322,7 @@ def test_nan_in_an_update_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     monkeypatch.setattr(DPPO, "_update", poisoned)
     out = tmp_path / "nan"
     res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(out), "--no-progress"])
-    _one_line_error(res, "NaN in the update of iteration 2", "last good checkpoint (iteration 1) is kept")
+    one_line_error(res, "NaN in the update of iteration 2", "last good checkpoint (iteration 1) is kept")
     ckpt = read_checkpoint(out)
     assert ckpt["learner"]["iteration"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["learner"]["policy"].values() if v.is_floating_point())
@@ -355,7 +348,7 @@ def test_train_bench_splits_the_time_and_compares_in_one_process():
     text = to_markdown(r, command="x")
     assert "feeder-steps / s, training end to end" in text and "Target: ≥ 2,000" in text
     res = runner.invoke(app, ["bench", "train", "--algo", "sac"])
-    _one_line_error(res, "unknown algorithm 'sac'")
+    one_line_error(res, "unknown algorithm 'sac'")
 
 
 def test_the_quality_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path, day):
