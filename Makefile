@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python experiments/bench_env.py
 	$(BIN)/python experiments/bench_train.py
 	$(BIN)/python experiments/bench_first_use.py
+	$(BIN)/python experiments/bench_ray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
