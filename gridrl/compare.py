@@ -30,7 +30,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -375,14 +375,19 @@ class CellResult:
     curve: tuple | None = None
 
 
-def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, *,
+def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, cached: Mapping[str, str] | None = None, *,
                   progress: Callable[[int], None] | None = None) -> CellResult:
     """Evaluate one cell (or only ``days`` of it, see :func:`cell_parts`) and return its tables;
-    nothing is written, so this runs anywhere (a Ray worker) and the caller writes."""
+    nothing is written but ``cached`` (see :func:`tuned_cache_files`), so this runs anywhere (a
+    Ray worker) and the caller writes the tables."""
     from gridrl.control import make_controller
     from gridrl.evaluate import check_days, evaluate
-    from gridrl.grid.feeder import load_feeder
+    from gridrl.grid.feeder import cache_dir, load_feeder
+    from gridrl.io import write_text
 
+    for rel, text in (cached or {}).items():  # the caller's fit, on a machine that lacks it
+        if not (cache_dir() / rel).exists():
+            write_text(cache_dir() / rel, text)
     feeder = load_feeder(cell.feeder)
     all_days = check_days(feeder, cell.split, cell.days)
     spec = cell.controller
@@ -404,6 +409,24 @@ def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, *,
     described = ctrl.describe() if callable(getattr(ctrl, "describe", None)) else None
     fitted = (ctrl.curve, ctrl.fit) if getattr(ctrl, "fit", None) else None
     return CellResult(evaluation=ev, controller=described, curve=fitted)
+
+
+def tuned_cache_files(cell: Cell) -> dict[str, str]:
+    """A droop:tuned cell's fitted curve as this machine's cache holds it (path under the cache
+    folder → text; empty for other controllers). Sent with the cell to a worker on another
+    machine, it spares that machine a refit (minutes) and makes it run the very same curve."""
+    if not _is_tuned(cell.controller):
+        return {}
+    from gridrl.control.tuning import TuneConfig, cache_path, tune_key
+    from gridrl.grid.feeder import cache_dir, load_feeder
+
+    feeder = load_feeder(cell.feeder)
+    config = from_dict(TuneConfig, cell.controller.tune or {}, source="tune")
+    path = cache_path(feeder, tune_key(feeder, cell.env, config))
+    try:
+        return {str(path.relative_to(cache_dir())): path.read_text(encoding="utf-8")}
+    except OSError:  # not cached here (read-only cache): the worker fits it itself
+        return {}
 
 
 def cell_parts(cell: Cell, *, split: bool) -> list[tuple[int, ...] | None]:
@@ -597,14 +620,15 @@ def run_cells(cells: Sequence[Cell], ex, *, progress: bool = True) -> Iterable[P
 
     from gridrl.cluster import LocalExecutor
 
-    pieces = [(cell, days) for cell in cells for days in cell_parts(cell, split=ex.splits)]
-    owner = [cell_id(cell) for cell, _ in pieces]
+    one_at_a_time = isinstance(ex, LocalExecutor)
+    cached = {cell_id(c): {} if one_at_a_time else tuned_cache_files(c) for c in cells}
+    pieces = [(cell, days, cached[cell_id(cell)]) for cell in cells for days in cell_parts(cell, split=ex.splits)]
+    owner = [cell_id(cell) for cell, _, _ in pieces]
     left = {cell_id(c): sum(1 for k in owner if k == cell_id(c)) for c in cells}
     by_id = {cell_id(c): c for c in cells}
     got: dict[tuple, dict[int, CellResult]] = {k: {} for k in left}
     bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-    one_at_a_time = isinstance(ex, LocalExecutor)
+               bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
     cell_progress = CellProgress(bar, cells, name_cells=one_at_a_time)
     bar.total = cell_progress.total
     steps: dict[int, int] = {}
@@ -618,7 +642,7 @@ def run_cells(cells: Sequence[Cell], ex, *, progress: bool = True) -> Iterable[P
         cell_progress.reach(by_id[key], sum(v for j, v in steps.items() if owner[j] == key))
 
     labels = [f"cell {c.feeder} · {c.controller.key} · seed {c.seed}" + (f" (days {d[0]}–{d[-1]})" if d else "")
-              for c, d in pieces]
+              for c, d, _ in pieces]
     try:
         for i, result in ex.map(evaluate_cell, pieces, report=report, labels=labels):
             key = owner[i]

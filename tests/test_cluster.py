@@ -98,6 +98,36 @@ def test_a_sweep_plan_is_every_combination_and_lists_every_problem(tmp_path):
         assert part in str(err.value)
 
 
+def test_a_tuned_cell_carries_its_fit_to_a_machine_without_it(monkeypatch, days):
+    """A worker on another machine has no droop:tuned cache: the cell brings the driver's fit and
+    the worker runs that very curve instead of fitting one (minutes) of its own."""
+    import gridrl
+    from gridrl.compare import Cell, ControllerSpec, evaluate_cell, tuned_cache_files
+    from gridrl.control import tuning
+    from gridrl.control.curvefile import write_curve_file
+    from gridrl.control.droop import PRESETS
+
+    feeder = gridrl.load_feeder("ieee33")
+    spec = ControllerSpec(name="droop", preset="tuned", tune={"budget": 7919})  # a search no other test fits
+    cell = Cell(feeder="ieee33", controller=spec, seed=0, split="test", days=days[:1], report_day=None,
+                num_envs=None, out="unused")
+    key = tuning.tune_key(feeder, cell.env, tuning.TuneConfig(budget=7919))
+    path = tuning.cache_path(feeder, key)
+    curve = PRESETS["mapdn"]
+    write_curve_file(path, curve, {"key": key, "feeder": "ieee33"})  # as the driver's fit left it
+    try:
+        files = tuned_cache_files(cell)
+        assert len(files) == 1 and path.as_posix().endswith(next(iter(files)))
+        path.unlink()  # the other machine's cache
+        monkeypatch.setattr(tuning, "fit_droop", lambda *a, **k: pytest.fail("fitted again"))
+        result = evaluate_cell(cell, cached=files)
+        assert path.is_file() and result.curve[1]["key"] == key and tuple(result.curve[0].q) == curve.q
+    finally:
+        path.unlink(missing_ok=True)
+    assert tuned_cache_files(Cell(feeder="ieee33", controller=ControllerSpec(name="none"), seed=0, split="test",
+                                  days=days[:1], report_day=None, num_envs=None, out="unused")) == {}
+
+
 # --------------------------------------------------------------------------------------------
 # on one local Ray instance
 # --------------------------------------------------------------------------------------------
