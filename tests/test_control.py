@@ -274,6 +274,94 @@ def test_opf_agrees_with_pandapower_opf(feeder, sunny_days, opf):
     np.testing.assert_allclose(q_ours, net.res_sgen.q_mvar.loc[inv].to_numpy(), atol=0.01)
 
 
+def test_opf_on_a_kept_cholesky_factor_matches_daqp_alone(feeder, sunny_days, opf, monkeypatch):
+    """Large feeders start each QP on a Cholesky factor that follows the BFGS updates; forced on
+    here (ieee33 is below the size where it is used), the sunny-noon optimum, band binding, is
+    the same as with DAQP alone."""
+    from gridrl.control import opf as opf_module
+
+    steps = np.array([d * feeder.profiles.steps_per_day + 48 for d in sunny_days])
+    plant = plant_from_profiles(feeder, steps)
+    ref = opf.solve(plant)
+    answered = []
+    warm = opf_module._qp_warm
+
+    def counting(*args):
+        out = warm(*args)
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(opf_module, "_FACTOR_FROM_AGENTS", 1)
+    monkeypatch.setattr(opf_module, "_qp_warm", counting)
+    got = opf.solve(plant)
+    assert sum(answered) > len(steps)  # the factor path really answered QPs
+    vm = plant.solve(got.actions).vm_pu[:, plant.monitored]
+    assert vm.max() > plant.v_max_pu - 1e-4   # the band binds
+    np.testing.assert_allclose(got.loss_mw, ref.loss_mw, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got.actions, ref.actions, rtol=0, atol=1e-5)
+    assert not got.unsettled.any() and not got.infeasible.any()
+
+
+def test_warm_started_qp_matches_daqp_or_defers():
+    """The OPF's warm-started active-set QP returns DAQP's optimum and active set, from a good, a
+    stale and an empty warm start, or defers (None); never a different answer."""
+    import daqp
+    from scipy.linalg import cholesky
+
+    from gridrl.control.opf import _qp_warm
+
+    rng = np.random.default_rng(7)
+    answered = 0
+    for trial in range(40):
+        n, m = 30, 4
+        b = rng.normal(size=(n, n))
+        h = b @ b.T / n + 0.1 * np.eye(n)
+        g = rng.normal(size=n) * 3.0
+        a = rng.normal(size=(m, n))
+        upper = np.concatenate([np.full(n, 0.5), rng.uniform(0.2, 1.0, m)])
+        lower = np.concatenate([np.full(n, -0.5), rng.uniform(-1.0, -0.2, m)])
+        d_ref, _, flag, info = daqp.solve(h, g, a, upper, lower, np.zeros(n + m, dtype=np.int32), primal_tol=1e-10)
+        assert flag == 1
+        lam_ref = info["lam"]
+        exact = np.where(lam_ref > 0, 1, np.where(lam_ref < 0, 3, 0)).astype(np.int32)
+        assert exact.any()
+        stale = exact.copy()
+        flip = rng.choice(n + m, 3, replace=False)
+        stale[flip] = np.where(stale[flip] == 0, 1, 0)
+        for warm in (exact, stale, np.zeros_like(exact)):
+            out = _qp_warm(h, cholesky(h, lower=False), g, a, upper, lower, warm)
+            if out is None:
+                continue
+            answered += 1
+            d, sense, lam = out
+            np.testing.assert_allclose(d, d_ref, atol=1e-9)
+            np.testing.assert_array_equal(sense, exact)
+            np.testing.assert_allclose(h @ d + g + np.vstack([np.eye(n), a]).T @ lam, 0.0, atol=1e-9)
+    assert answered >= 40  # at least every exact warm start is answered here
+
+
+def test_cholesky_follows_bfgs_updates():
+    from scipy.linalg import cholesky
+
+    from gridrl.control.opf import _cholesky_rank2, _damped_bfgs
+
+    rng = np.random.default_rng(3)
+    n = 25
+    b = rng.normal(size=(n, n))
+    h = b @ b.T + np.eye(n)
+    u = cholesky(h, lower=False)
+    for _ in range(10):
+        s = rng.normal(size=(1, n))
+        y = s @ h * rng.uniform(0.2, 3.0) + 0.3 * rng.normal(size=(1, n))
+        h_new, plus, minus, ok = _damped_bfgs(h[None], s, y)
+        assert ok[0] and _cholesky_rank2(u, plus[0], minus[0])
+        h = h_new[0]
+        np.testing.assert_allclose(u.T @ u, h, atol=1e-10 * np.abs(h).max())
+        assert np.allclose(np.triu(u), u)
+    # a downdate that would leave the matrix indefinite is refused
+    assert not _cholesky_rank2(cholesky(np.eye(3), lower=False), np.zeros(3), np.array([0.0, 2.0, 0.0]))
+
+
 def test_controller_options_are_validated_together(feeder):
     from gridrl.control import ControllerError
 

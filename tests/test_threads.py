@@ -68,6 +68,17 @@ def test_precedence_set_threads_then_gridrl_threads_then_library_variables(monke
     assert threads.policy()["source"] == "GRIDRL_THREADS"
 
 
+@pytest.mark.parametrize("env, expected", [({}, "1"), ({"GRIDRL_THREADS": "2"}, "2"),
+                                            ({"OMP_NUM_THREADS": "3"}, None), ({"OPENBLAS_NUM_THREADS": "4"}, "4")])
+def test_openblas_pool_follows_the_policy_when_gridrl_is_imported_first(env, expected):
+    code = "import os, gridrl, numpy; print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    clean = {k: v for k, v in CLEAN.items() if k != "OPENBLAS_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == str(expected)
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "two", "1.5", " "])
 def test_bad_gridrl_threads_says_what_to_give(monkeypatch, bad):
     monkeypatch.setenv("GRIDRL_THREADS", bad)

@@ -58,6 +58,7 @@ to each agent (downlink); the static grid model is not counted. That total is di
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ import daqp
 import numba
 import numpy as np
 import torch
+from scipy.linalg import cho_solve, cholesky
 from scipy.optimize import linprog
 
 from gridrl.control.base import Controller
@@ -142,6 +144,9 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
     iterations = np.zeros(batch, dtype=np.int64)
     curv = np.empty((batch, n, n))           # the model's curvature, BFGS-corrected as the SQP moves
     have_curv = np.zeros(batch, dtype=bool)
+    factored = n >= _FACTOR_FROM_AGENTS
+    chol = np.empty((batch, n, n) if factored else (batch, 0, 0))   # its Cholesky factor U (curv = UᵀU),
+    have_chol = np.zeros(batch, dtype=bool)                          # kept up to date where True
     prev_a = np.full((batch, n), np.nan)      # where the last derivatives were taken ...
     prev_g = np.zeros((batch, n))             # ... the loss gradient there
     band: list = [None] * batch               # ... and the band rows active in its QP: rows, J rows, λ
@@ -163,6 +168,7 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
             if fresh.size:
                 curv[fresh] = _with_ridge(model.hessian(plant.q_avail_mvar[fresh]))
                 have_curv[fresh] = True
+                have_chol[fresh] = False
             # learn the curvature from the gradient of the Lagrangian along the step just taken
             at = np.flatnonzero(fine & ~np.isnan(prev_a[grp, 0]) & (prev_a[grp] != a[grp]).any(axis=1))
             if at.size:
@@ -172,14 +178,23 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
                     rows, j_rows, lam = band[b]
                     if rows.size:
                         y[np.searchsorted(at, j)] += (lin.voltage_rows(j, rows) - j_rows).T @ lam
-                curv[moved] = _damped_bfgs(curv[moved], a[moved] - prev_a[moved], y)
+                curv[moved], plus, minus, changed = _damped_bfgs(curv[moved], a[moved] - prev_a[moved], y)
+                for b, x_plus, x_minus in zip(moved[changed], plus[changed], minus[changed]):
+                    have_chol[b] = have_chol[b] and _cholesky_rank2(chol[b], x_plus, x_minus)
+            for b in grp[fine & ~have_chol[grp]] if factored else ():
+                try:
+                    chol[b] = cholesky(curv[b], lower=False, check_finite=False)
+                    have_chol[b] = True
+                except np.linalg.LinAlgError:  # left to DAQP, which regularizes
+                    pass
             lo_box = np.maximum(-1.0 - a[grp], -radius[grp, None])
             hi_box = np.minimum(1.0 - a[grp], radius[grp, None])
             t_model = np.zeros(grp.size)
             for j, b in enumerate(grp):
                 if fine[j]:
                     steps[g0 + j], t_model[j], active_set[b], rows, j_rows, lam = _subproblem(
-                        curv[b], grad[j], lin, j, vm[b], lo_v, hi_v, lo_box[j], hi_box[j], active_set[b])
+                        curv[b], chol[b] if have_chol[b] else None, grad[j], lin, j, vm[b], lo_v, hi_v,
+                        lo_box[j], hi_box[j], active_set[b])
                     band[b] = (rows, j_rows, lam)
             prev_a[grp], prev_g[grp] = a[grp], grad
             d = steps[g0:g0 + grp.size]
@@ -222,16 +237,21 @@ def _violation(vm: np.ndarray, lo: float, hi: float) -> np.ndarray:
 _UPPER, _LOWER = 1, 3          # DAQP's sense flags: active at the upper / lower limit
 _ALL_ROWS_UP_TO = 256          # up to this many candidate band rows go to the QP at once
 _ADD_PER_ROUND = 64            # rows added per round of constraint generation
+_PRIMAL_TOL = 1e-10            # constraints met to this (DAQP's primal tolerance)
+_WARM_ROUNDS = 8               # active-set rounds of the warm-started QP before DAQP takes over
+_FACTOR_FROM_AGENTS = 128      # from this many agents on, QPs start on a kept Cholesky factor (below,
+                               # DAQP's O(N³) setup costs less than the rounds' Python overhead)
 
 
-def _subproblem(hess, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_box, active
+def _subproblem(hess, chol, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_box, active
                 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The SQP step ``d``, the model's worst band violation after it, the QP's active set, and
     the band rows active in it (positions in ``vm``) with their Jacobian rows and multipliers.
 
     minimize ½ dᵀHd + gᵀd  s.t.  lo_v ≤ vm + J d ≤ hi_v,  lo_box ≤ d ≤ hi_box,
     with the band widened by the least uniform amount that makes it feasible if necessary.
-    ``hess`` must be positive definite; ``lin`` is the first-order model (scenario ``j`` of it);
+    ``hess`` must be positive definite, ``chol`` its upper Cholesky factor (or None); ``lin`` is
+    the first-order model (scenario ``j`` of it);
     ``active`` ``[N + n_mon]`` warm-starts the QP (DAQP sense flags, see :class:`OpfSolution`).
 
     The band enters by constraint generation without ever forming the whole Jacobian: the QP is
@@ -250,7 +270,8 @@ def _subproblem(hess, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_
     sense_box = active[:n]
     while True:
         d, sense_out, lam = _qp(hess, grad, j_w, np.concatenate([hi_box, up_all[work]]),
-                                np.concatenate([lo_box, low_all[work]]), np.concatenate([sense_box, warm[work]]))
+                                np.concatenate([lo_box, low_all[work]]), np.concatenate([sense_box, warm[work]]),
+                                chol)
         if d is None:
             return _subproblem_dense(hess, grad, lin.jacobian(j), vm, lo_v, hi_v, lo_box, hi_box, active)
         sense_box = sense_out[:n]
@@ -376,19 +397,71 @@ def _least_widening(j_c, up_c, low_c, lo_box, hi_box) -> tuple[float, np.ndarray
     return float(lp.x[-1]), lp.x[:n]
 
 
-def _qp(h, g, a, upper, lower, sense) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """``min ½ dᵀHd + gᵀd s.t. lower ≤ [d; A d] ≤ upper`` exactly (DAQP, a dual active-set
-    method: the optimum of a strictly convex QP up to rounding), warm-started from the active
-    set ``sense``. Returns ``d``, the active set and the multipliers (``Hd + g + [I; A]ᵀλ = 0``),
+def _qp(h, g, a, upper, lower, sense, chol=None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``min ½ dᵀHd + gᵀd s.t. lower ≤ [d; A d] ≤ upper`` exactly, warm-started from the active
+    set ``sense``: by :func:`_qp_warm` on ``H``'s upper Cholesky factor ``chol`` if given and it
+    settles, else by DAQP (a dual active-set method: the optimum of a strictly convex QP up to
+    rounding). Returns ``d``, the active set and the multipliers (``Hd + g + [I; A]ᵀλ = 0``),
     or ``(None, sense, 0)`` if the constraints cannot be met."""
     a = np.ascontiguousarray(a) if a.size else np.zeros((0, g.size))
-    d, _, flag, info = daqp.solve(h, g, a, upper, lower, sense, primal_tol=1e-10)
+    if chol is not None:
+        fast = _qp_warm(h, chol, g, a, upper, lower, sense)
+        if fast is not None:
+            return fast
+    d, _, flag, info = daqp.solve(h, g, a, upper, lower, sense, primal_tol=_PRIMAL_TOL)
     if flag < 0 and np.any(sense):  # a stale warm start can stall the active-set method: start cold
-        d, _, flag, info = daqp.solve(h, g, a, upper, lower, np.zeros_like(sense), primal_tol=1e-10)
+        d, _, flag, info = daqp.solve(h, g, a, upper, lower, np.zeros_like(sense), primal_tol=_PRIMAL_TOL)
     if flag < 0:
         return None, sense, np.zeros(sense.size)
     lam = info["lam"]
     return d, np.where(lam > 0, _UPPER, np.where(lam < 0, _LOWER, 0)).astype(np.int32), lam
+
+
+def _qp_warm(h, chol, g, a, upper, lower, sense) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_qp` by a primal-dual active-set iteration from the warm start on ``H = UᵀU``
+    (``chol`` = U), or ``None`` when it does not reach a verified optimum within a few rounds
+    (the caller then asks DAQP).
+
+    Why: DAQP's setup factorizes and inverts ``H`` in plain loops, O(N³) per call, which on a
+    feeder with hundreds of agents costs far more than the solve itself (SQP steps from a warm
+    start change the active set by a few constraints at most). Here the factor is made once per
+    step and follows the BFGS updates at O(N²) each (:func:`_cholesky_rank2`), and each round
+    solves the equality-constrained QP of the current active set through its Schur complement
+    (k pairs of triangular solves for k active constraints). The answer is returned only
+    if it satisfies the optimality conditions of the whole QP — stationarity, every constraint met
+    to the primal tolerance, multipliers of the right sign — which for a strictly convex QP means
+    it is the optimum DAQP would find, up to rounding.
+    """
+    n, m = g.size, a.shape[0]
+    fac = (chol.T, True)                  # Uᵀ is lower triangular and Fortran-ordered: no copy
+    h_g = cho_solve(fac, g, check_finite=False)
+    side = np.where(lower == upper, _UPPER, np.asarray(sense)).astype(np.int32)
+    for _ in range(_WARM_ROUNDS):
+        act = np.flatnonzero(side)
+        c_t = np.zeros((n, act.size))
+        bounds = act[act < n]
+        c_t[bounds, np.arange(bounds.size)] = 1.0
+        c_t[:, bounds.size:] = a[act[act >= n] - n].T
+        h_c = cho_solve(fac, c_t, check_finite=False) if act.size else c_t     # H⁻¹ Cᵀ
+        target = np.where(side[act] == _UPPER, upper[act], lower[act])
+        try:
+            lam_a = np.linalg.solve(c_t.T @ h_c, -(target + c_t.T @ h_g)) if act.size else np.zeros(0)
+        except np.linalg.LinAlgError:     # dependent active constraints: DAQP handles those
+            return None
+        d = -(h_g + h_c @ lam_a)
+        lam = np.zeros(n + m)
+        lam[act] = lam_a
+        val = np.concatenate([d, a @ d])
+        new = np.where(val > upper + _PRIMAL_TOL, _UPPER, np.where(val < lower - _PRIMAL_TOL, _LOWER, 0))
+        keep = ((side == _UPPER) & (lam >= 0)) | ((side == _LOWER) & (lam <= 0)) | ((side != 0) & (lower == upper))
+        new[keep] = side[keep]
+        if np.array_equal(new, side):
+            scale = np.abs(g).max() + np.abs(h @ d).max() + 1e-300
+            if np.abs(h @ d + g + c_t @ lam_a).max() > 1e-9 * scale:
+                return None
+            return d, np.where(lam > 0, _UPPER, np.where(lam < 0, _LOWER, 0)).astype(np.int32), lam
+        side = new.astype(np.int32)
+    return None
 
 
 def _with_ridge(hess: np.ndarray) -> np.ndarray:
@@ -399,10 +472,12 @@ def _with_ridge(hess: np.ndarray) -> np.ndarray:
     return hess + ridge[:, None, None] * np.eye(n)
 
 
-def _damped_bfgs(h: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _damped_bfgs(h: np.ndarray, s: np.ndarray, y: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Powell's damped BFGS update of the curvatures ``h [M, N, N]`` by the steps ``s [M, N]`` and
     the changes ``y [M, N]`` of the Lagrangian's gradient along them; each stays positive
-    definite (Nocedal & Wright, procedure 18.2)."""
+    definite (Nocedal & Wright, procedure 18.2). Returns the new curvatures, the update as
+    ``+ plus plusᵀ − minus minusᵀ`` (``[M, N]`` each) and ``[M]`` whether it was applied."""
     hs = np.einsum("bij,bj->bi", h, s)
     shs = np.einsum("bi,bi->b", s, hs)
     sy = np.einsum("bi,bi->b", s, y)
@@ -412,7 +487,33 @@ def _damped_bfgs(h: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
     ok = (shs > 0) & (sr > 0)
     shs, sr = np.where(ok, shs, 1.0), np.where(ok, sr, 1.0)
     update = r[:, :, None] * r[:, None, :] / sr[:, None, None] - hs[:, :, None] * hs[:, None, :] / shs[:, None, None]
-    return h + np.where(ok[:, None, None], update, 0.0)
+    plus = r / np.sqrt(sr)[:, None]
+    minus = hs / np.sqrt(shs)[:, None]
+    return h + np.where(ok[:, None, None], update, 0.0), plus, minus, ok
+
+
+@numba.njit(cache=True)
+def _cholesky_rank2(u, plus, minus) -> bool:
+    """In place: the upper Cholesky factor ``u`` of ``H`` becomes that of ``H + plus plusᵀ − minus
+    minusᵀ`` (a BFGS update), by a rank-one update then a rank-one downdate, O(N²) each (Golub &
+    Van Loan, §6.5.4). False when the downdate meets a non-positive pivot: ``u`` is then spoiled
+    and must be factorized afresh."""
+    n = u.shape[0]
+    for sign, vec in ((1.0, plus), (-1.0, minus)):
+        x = vec.copy()
+        for k in range(n):
+            ukk = u[k, k]
+            r2 = ukk * ukk + sign * x[k] * x[k]
+            if not r2 > 0.0:
+                return False
+            r = math.sqrt(r2)
+            c = r / ukk
+            s = x[k] / ukk
+            u[k, k] = r
+            for i in range(k + 1, n):
+                u[k, i] = (u[k, i] + sign * s * x[i]) / c
+                x[i] = c * x[i] - s * u[k, i]
+    return True
 
 
 class OptimalPowerFlow(Controller):
