@@ -71,6 +71,9 @@ class ControllerSpec:
     tune: droop with preset ``tuned`` only: settings of the search that fits the curve on each
         feeder's training days (fields of :class:`~gridrl.control.tuning.TuneConfig`; default
         the documented ones).
+    feeders: run this controller on these feeders of the comparison only (default: on every
+        feeder), e.g. a controller too costly to fit or run on the largest feeder; its rows are
+        then absent there and the gap columns that refer to it are empty.
     """
 
     name: str | None = None
@@ -79,6 +82,11 @@ class ControllerSpec:
     label: str | None = None
     run: str | None = None
     tune: dict | None = None
+    feeders: tuple[str, ...] | None = None
+
+    def runs_on(self, feeder: str) -> bool:
+        """Whether the comparison runs this controller on ``feeder``."""
+        return self.feeders is None or feeder in self.feeders
 
     @property
     def key(self) -> str:
@@ -215,9 +223,17 @@ def config_problems(config: CompareConfig) -> list[str]:
         problems.append(f"env.{', env.'.join(fixed)}: a comparison runs every day of the split whole, from "
                         f"midnight, once; remove {'it' if len(fixed) == 1 else 'them'} from the [env] table")
     for spec in config.controllers:
+        if spec.feeders is not None:
+            unknown = [f for f in spec.feeders if f not in config.feeders]
+            if unknown:
+                problems.append(f"controller {spec.key!r}: feeders {', '.join(map(repr, unknown))} "
+                                f"{'is' if len(unknown) == 1 else 'are'} not among the comparison's feeders "
+                                f"({', '.join(config.feeders)})")
+            if not spec.feeders:
+                problems.append(f"controller {spec.key!r}: feeders is empty (omit it to run on every feeder)")
         try:
             if spec.run is not None:
-                problems += _run_problems(spec, config.feeders)
+                problems += _run_problems(spec, [f for f in config.feeders if spec.runs_on(f)])
                 continue
             if spec.name is None:
                 raise ControllerError("a controller needs a name (none, droop or opf) or a run directory (run = ...)")
@@ -260,7 +276,7 @@ def config_problems(config: CompareConfig) -> list[str]:
                 if config.days is not None and config.report_day not in config.days:
                     problems.append(f"report_day {config.report_day} is not among the days run")
             for spec in config.controllers:  # a fitted curve file belongs to its own feeder
-                if isinstance(spec.curve, dict) and isinstance(spec.curve.get("fit"), dict):
+                if spec.runs_on(name) and isinstance(spec.curve, dict) and isinstance(spec.curve.get("fit"), dict):
                     check_fitted_for(feeder, spec.curve)
         except GridrlError as exc:
             problems.append(str(exc))
@@ -537,13 +553,14 @@ def cells_of(config: CompareConfig, out: Path) -> list[Cell]:
 
     names = {f: load_feeder(f).name for f in config.feeders}
     runs = {c.key: _run_feeder(c) for c in config.controllers}
-    ident = {(f, c.key): open_run(c.run).hash for f in config.feeders for c in config.controllers if c.run is not None}
-    ident.update({(f, c.key): _tuned_key(f, c) for f in config.feeders for c in config.controllers if _is_tuned(c)})
+    pairs = [(f, c) for f in config.feeders for c in config.controllers
+             if c.runs_on(f) and runs[c.key] in (None, names[f])]
+    ident = {(f, c.key): open_run(c.run).hash for f, c in pairs if c.run is not None}
+    ident.update({(f, c.key): _tuned_key(f, c) for f, c in pairs if _is_tuned(c)})
     days = {f: feeder_days(config, f) for f in config.feeders}
     return [Cell(feeder=f, controller=c, seed=s, split=config.split, days=days[f], report_day=config.report_day,
                  num_envs=config.num_envs, out=str(out), identity=ident.get((f, c.key)), env=config.env)
-            for f in config.feeders for c in config.controllers for s in range(config.seeds)
-            if runs[c.key] in (None, names[f])]
+            for f, c in pairs for s in range(config.seeds)]
 
 
 def feeder_days(config: CompareConfig, feeder: str) -> tuple[int, ...] | None:

@@ -259,6 +259,27 @@ def test_day_stride_is_checked(tmp_path):
     assert "day_stride" not in plain.identity()  # older comparisons' config.json stays valid
 
 
+def test_a_controller_can_be_limited_to_some_feeders(tmp_path, day):
+    toml = tmp_path / "some.toml"
+    toml.write_text(f'feeders = ["ieee33", "ieee69"]\ndays = [{day}]\n[[controllers]]\nname = "none"\n'
+                    f'[[controllers]]\nname = "opf"\nfeeders = ["ieee33"]\n')
+    cfg = load_config(toml)
+    assert [(c.feeder, c.controller.key) for c in cells_of(cfg, tmp_path / "o")] == [
+        ("ieee33", "none"), ("ieee33", "opf"), ("ieee69", "none")]
+    assert "feeders" not in cfg.identity()["controllers"][0]  # unrestricted controllers keep their identity
+    res = run_compare(cfg, out=tmp_path / "o", progress=False, report=True)
+    summary = res.summary.set_index(["feeder", "controller"])
+    assert sorted(summary.index) == [("ieee33", "none"), ("ieee33", "opf"), ("ieee69", "none")]
+    assert summary.loc[("ieee33", "none"), "loss_gap_to_opf_pct"] > 0
+    assert np.isnan(summary.loc[("ieee69", "none"), "loss_gap_to_opf_pct"])  # no optimum ran there
+    assert (tmp_path / "o" / "report.html").is_file()
+    bad = dataclasses.replace(cfg, controllers=(ControllerSpec(name="none", feeders=("ieee141",)),
+                                                ControllerSpec(name="opf", feeders=())))
+    problems = config_problems(bad)
+    assert "controller 'none': feeders 'ieee141' is not among the comparison's feeders (ieee33, ieee69)" in problems
+    assert "controller 'opf': feeders is empty (omit it to run on every feeder)" in problems
+
+
 class _Bar:
     """Stands in for tqdm: records what the comparison tells its progress bar."""
 
