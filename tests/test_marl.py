@@ -87,14 +87,57 @@ def test_pooling_and_delivery_match_a_dense_reference():
         delivered = g.delivered(links)
         dense = _path_delivery(d, links)
         assert torch.equal(delivered, dense[:, g.receiver, g.sender])
-        pooled, heard = g.pool(x, delivered)
+        xt = x.transpose(0, 1).contiguous()  # pool reads agent-major [N, M, H], returns hop-major
+        pooled, heard = g.pool(xt, delivered)
         ref_p, ref_h = _dense_pool(x, d, hops, dense)
-        torch.testing.assert_close(pooled, ref_p)
-        torch.testing.assert_close(heard, ref_h)
-        full_p, full_h = g.pool(x, None)
+        torch.testing.assert_close(pooled.view(N, 3, hops, 5).transpose(0, 1), ref_p)
+        torch.testing.assert_close(heard.transpose(0, 1), ref_h)
+        full_p, full_h = g.pool(xt, None)  # one sparse product; shares heard per agent
         ref_p, ref_h = _dense_pool(x, d, hops, torch.ones(3, N, N, dtype=torch.bool))
-        torch.testing.assert_close(full_p, ref_p)
-        torch.testing.assert_close(full_h, ref_h)
+        torch.testing.assert_close(full_p.view(N, 3, hops, 5).transpose(0, 1), ref_p)
+        assert full_h.shape == (N, 1, hops)
+        torch.testing.assert_close(full_h.transpose(0, 1).expand(3, -1, -1), ref_h)
+        # leading (ensemble) dimensions: each slice pooled alone, deliveries shared
+        two = torch.stack([xt, 2 * xt])
+        for dl in (delivered, None):
+            p2, h2 = g.pool(two, dl)
+            p1, h1 = g.pool(xt, dl)
+            torch.testing.assert_close(p2, torch.stack([p1, 2 * p1]))
+            torch.testing.assert_close(h2, torch.stack([h1, h1]))
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2])
+def test_neighbourhood_net_is_one_affine_map_over_concatenated_inputs(hops):
+    """The network computes in parts and agent-major; it must equal the plain definition: each
+    first layer one linear map over the concatenation of its inputs, hop means over the messages
+    that arrived, for any delivery pattern."""
+    from gridrl.marl.nets import NeighbourhoodNet
+
+    feeder = gridrl.load_feeder("ieee33")
+    d = feeder.hop_distance
+    N = d.shape[0]
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    g = Neighbourhood(d, hops)
+    net = NeighbourhoodNet(7, g, out_dim=2, hidden=16, message_dim=5, embed_dim=3)
+    obs = torch.randn(4, N, 7, generator=gen)
+    links = (torch.rand(4, N, N, generator=gen) < 0.6) | torch.eye(N, dtype=torch.bool)
+    for delivered, dense in ((None, torch.ones(4, N, N, dtype=torch.bool)),
+                             (g.delivered(links), _path_delivery(d, links))):
+        emb = net.embed.expand(4, -1, -1)
+        w_enc = torch.cat([net.enc_obs.weight, net.enc_embed.weight], 1)
+        msg = net.enc_out(torch.relu(torch.cat([obs, emb], -1) @ w_enc.T + net.enc_obs.bias))
+        parts = [msg, emb]
+        if hops:
+            pooled, heard = _dense_pool(msg, d, hops, dense)
+            parts += [pooled.reshape(4, N, -1), heard]
+        w_head = torch.cat([lin.weight for lin in net.head_in], 1)
+        want = net.head(torch.relu(torch.cat(parts, -1) @ w_head.T + net.head_in[0].bias))
+        got = net(obs, delivered)
+        assert got.shape == (4, N, 2) and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        # an agent-major view (what updates pass) gives the same
+        torch.testing.assert_close(net(obs.transpose(0, 1).contiguous().transpose(0, 1), delivered), got)
 
 
 def test_neighbourhood_sum_and_communication(ieee141):

@@ -68,7 +68,7 @@ def run_train_bench(feeder: str = "ieee141", *, algo: str = "dppo", num_envs: in
             alone_s, alone_steps = _env_alone(alone, gen)
             rows.append({"wall_s": wall, "steps": stats["iteration_steps"], "env_s": stats["time/env_s"],
                          "act_s": stats["time/act_s"], "update_s": stats["time/update_s"],
-                         "alone_s": alone_s, "alone_steps": alone_steps})
+                         "alone_s": alone_s, "alone_steps": alone_steps, "epochs": stats["loss/epochs"]})
         torch_threads = torch.get_num_threads()
     pp = bench_pandapower_steps(fd, steps=pandapower_steps, seed=seed)
     med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
@@ -78,6 +78,7 @@ def run_train_bench(feeder: str = "ieee141", *, algo: str = "dppo", num_envs: in
         "feeder": fd.name, "algo": algo, "n_agents": env.n_agents, "num_envs": cfg.num_envs,
         "episode_steps": env.episode_steps, "hops": getattr(cfg.learner, "hops", None),
         "hidden": cfg.learner.hidden, "epochs": cfg.learner.epochs, "minibatches": cfg.learner.minibatches,
+        "epochs_run": med["epochs"],
         "rounds": rounds, "threads": describe() if threads is None else f"{threads} (set for this run)",
         "torch_threads": torch_threads,
         "iteration_s": med["wall_s"], "iteration_steps": med["steps"],
@@ -118,7 +119,8 @@ def to_markdown(r: dict, *, command: str) -> str:
         "",
         f"{r['algo']} on {r['feeder']} ({r['n_agents']} agents, κ = {r['hops']}), B = {r['num_envs']} scenarios × "
         f"{r['episode_steps']} steps per iteration; networks {r['hidden']} wide, {r['epochs']} epochs × "
-        f"{r['minibatches']} minibatches per update.",
+        f"{r['minibatches']} minibatches per update (the KL stop may end an update early: median "
+        f"{r['epochs_run']:g} epochs run).",
         "",
         "| measure | value |",
         "|---|---|",
