@@ -48,6 +48,12 @@ __all__ = ["DPPO", "DppoConfig"]
 class DppoConfig:
     """Settings of DPPO (defaults: the paper's where it gives them, else tuned on training days).
 
+    Tuned on ieee33's training days (20 of them, 150k steps, seed 0; experiments/tune_ieee33.toml
+    lists the variants): with learning rate 3e-4 and the paper's initial log-std −0.5 the
+    deterministic policy ended at controllable 0.956 and 68.4 MWh (1547-B droop: 0.9995,
+    12.30 MWh on those days); lr 1e-3 → 1e-4 with initial log-std −1.5 (floor −3.0) reached
+    controllable 1.0 at 11.27 MWh, the default.
+
     hops: κ, how far on the agent graph an agent's inputs (actor and critic) reach.
     gamma: discount per step. gae_lambda: GAE's λ (the paper: 0.5).
     clip: PPO's ratio clip. target_kl: epochs stop once the approximate KL of a minibatch exceeds
@@ -70,16 +76,16 @@ class DppoConfig:
     target_kl: float = 0.01
     epochs: int = 4
     minibatches: int = 4
-    lr: float = 3e-4
-    lr_end: float = 3e-5
+    lr: float = 1e-3
+    lr_end: float = 1e-4
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     max_grad_norm: float = 0.5
     hidden: int = 64
     message_dim: int = 32
     embed_dim: int = 8
-    log_std_init: float = -0.5
-    log_std_min: float = -2.5
+    log_std_init: float = -1.5
+    log_std_min: float = -3.0
 
     def __post_init__(self) -> None:
         problems = ppo_problems(self)
@@ -118,8 +124,9 @@ class DPPO:
         self.critic.to(self.device)
         streams = self._value_shape()[0] if self._value_shape() else 1  # one return per value
         self.reward_scale = ReturnScale(streams, gamma=config.gamma).to(self.device)
+        # fused: one kernel per parameter instead of a dozen small operations (4× faster per step)
         self.optimizer = torch.optim.Adam([*self.policy.actor.parameters(), *self.critic.parameters()],
-                                          lr=config.lr, eps=1e-5)
+                                          lr=config.lr, eps=1e-5, fused=True)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.env_steps = 0
         self.iteration = 0
@@ -259,8 +266,10 @@ class DPPO:
     def _update(self, samples: dict[str, torch.Tensor | None]) -> dict[str, float]:
         """``epochs`` passes of minibatch PPO over ``samples`` (see :meth:`_samples`)."""
         cfg, policy = self.cfg, self.policy
-        # the statistics stay fixed during the update: normalise every sample once, not per epoch
-        obs, action, old_logp = policy.obs_norm(samples["obs"]), samples["action"], samples["logp"]
+        # the statistics stay fixed during the update: normalise every sample once, not per epoch,
+        # and lay it out agent-major, as the networks compute (a minibatch is then a transposed view)
+        obs = policy.obs_norm(samples["obs"]).transpose(0, 1).contiguous()
+        action, old_logp = samples["action"], samples["logp"]
         adv, ret, delivered = samples["advantage"], samples["returns"], samples["delivered"]
         pw, vw, where = samples["policy_weight"], samples["value_weight"], samples["where"]
         count = self._minibatch_count(int(where.sum()))
@@ -270,7 +279,7 @@ class DPPO:
         stop = False
         for epoch in range(cfg.epochs):
             for idx in minibatch_indices(len(where), count, generator=self.generator, where=where):
-                x = obs[idx]
+                x = obs[:, idx].transpose(0, 1)
                 d = None if delivered is None else delivered[idx]
                 mean, log_std = policy.actor(x, d)
                 logp = gaussian_log_prob(action[idx], mean, log_std)
