@@ -394,3 +394,13 @@ message_dim = 4
     no_fc = read_checkpoint(tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0")["header"]
     assert no_fc["env_config"]["forecast_steps"] == 0 and not any("forecast" in n for n in no_fc["obs_names"])
     exp.main(["--config", str(cfg), "--no-progress"])  # again: every run is finished, nothing retrains
+
+
+def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_only():
+    """Every training TOML in experiments/ resolves; the tuning config evaluates on training days."""
+    for path in sorted((ROOT / "experiments").glob("t*_ieee*.toml")):
+        cfg = resolve_train_config(read_toml(path), source=str(path))
+        assert cfg.algo == "dppo", path
+    tune = resolve_train_config(read_toml(ROOT / "experiments" / "tune_ieee33.toml"), source="tune")
+    train_days = {int(d) for d in gridrl.load_feeder("ieee33").days("train")}
+    assert tune.eval_split == "train" and set(tune.eval_days) <= train_days and not tune.compare
