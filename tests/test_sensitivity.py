@@ -96,6 +96,7 @@ def test_single_solves_match_the_whole_matrix(name):
         np.testing.assert_allclose(fo.voltage_rows(j, rows), jac[j][rows], rtol=1e-9, atol=1e-13)
         np.testing.assert_allclose(fo.voltage_change(j, step), jac[j] @ step, rtol=1e-9, atol=1e-13)
         np.testing.assert_allclose(fo.jacobian(j), jac[j], rtol=1e-12, atol=0)
+        assert fo.voltage_rows(j, []).shape == (0, amap.n_agents)  # no band row binds (mv-rural has multi-inverter agents)
 
 
 def test_slack_and_dead_elements():

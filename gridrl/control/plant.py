@@ -181,7 +181,7 @@ class PlantDerivatives:
             return per_inverter
         shape = per_inverter.shape
         out = per_inverter.reshape(-1, shape[-1]) @ self._k
-        return np.asarray(out).reshape(*shape[:-1], -1)
+        return np.asarray(out).reshape(*shape[:-1], self._k.shape[1])  # also when no row is asked
 
 
 @dataclass(frozen=True, eq=False)
