@@ -545,7 +545,7 @@ def bench_env(
 @user_errors
 def bench_train(
     feeder: Annotated[str, typer.Option(help="Feeder to train on.")] = "ieee141",
-    algo: Annotated[str, typer.Option(help="Learner: dppo, ippo or cppo.")] = "dppo",
+    algo: Annotated[str, typer.Option(help="Learner: dmpo, dppo, ippo or cppo.")] = "dppo",
     num_envs: Annotated[Optional[int], typer.Option(min=1, help="Scenarios per iteration (default: the "
                                                     "training default).")] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Timed iterations; medians are reported.")] = 5,

@@ -31,12 +31,14 @@ TARGET_STEPS_PER_S = 2000.0
 
 
 def run_train_bench(feeder: str = "ieee141", *, algo: str = "dppo", num_envs: int | None = None, rounds: int = 5,
-                    pandapower_steps: int = 24, threads: int | None = None, seed: int = 0) -> dict:
+                    pandapower_steps: int = 24, threads: int | None = None, seed: int = 0,
+                    overrides: dict | None = None) -> dict:
     """Time ``rounds`` training iterations of ``algo`` on ``feeder`` (after one warm-up) against
     the environment alone and a pandapower step, in this process.
 
     num_envs: scenarios per iteration (default: the training default). threads: thread count
-    for this measurement (``None``: gridrl's thread policy).
+    for this measurement (``None``: gridrl's thread policy). overrides: training-config keys
+    (``gridrl train --config``'s format, e.g. ``{"env": {"zone_layout": "pool"}}``).
     """
     import dataclasses
     from contextlib import nullcontext
@@ -48,7 +50,7 @@ def run_train_bench(feeder: str = "ieee141", *, algo: str = "dppo", num_envs: in
     from gridrl.threads import describe, using
 
     fd = load_feeder(feeder)
-    cfg = resolve_train_config({}, source="defaults", overrides={"algo": algo})
+    cfg = resolve_train_config(dict(overrides or {}), source="benchmark overrides", overrides={"algo": algo})
     if num_envs is not None:
         cfg = dataclasses.replace(cfg, num_envs=int(num_envs))
     cfg = _with_band(cfg, fd)

@@ -1,0 +1,168 @@
+"""DMPO's quality and efficiency experiment in one command: train dmpo and the model-free learners
+on a feeder, compare them with the rule-based controllers and the optimum on the test days, and
+report the issue's targets (real environment steps to reach IEEE 1547-B droop's controllable
+rate, dmpo's against dppo's; final losses against the tuned droop and the optimum; training time
+to beat droop) and the model's errors.
+
+    python experiments/dmpo.py --config experiments/dmpo_ieee33.toml
+
+The experiment file has the format of ``experiments/learners.py`` (whose planning, training,
+comparison and report this reuses; finished runs are skipped, interrupted ones resumed). Writes
+``out`` of the config: ``summary.md`` (the learners' table, then the targets and the model
+errors), ``runs.csv``, ``curves.csv``, ``compare/`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import learners  # noqa: E402  (the experiment machinery shared with the learners' experiment)
+
+from gridrl.config import from_dict, read_toml  # noqa: E402
+from gridrl.io import atomic_write, write_html, write_text  # noqa: E402
+
+DROOP = "droop-ieee1547-b"
+# model errors of a dmpo run, as logged every iteration (gridrl/marl/dmpo.py), last value per run
+MODEL_TAGS = {"model/volt_rmse_pu": "one-step voltage RMSE, p.u.",
+              "model/volt_rmse_persist_pu": "persistence (v_{t+1} = v_t) RMSE, p.u.",
+              "model/volt_rmse_h4_pu": "4-step open-loop voltage RMSE, p.u.",
+              "model/cf_volt_rmse_pu": "counterfactual voltage RMSE vs env.peek, p.u.",
+              "model/cf_effect_rmse_pu": "size of the counterfactual change itself, p.u.",
+              "model/reward_rmse_physics": "reward RMSE, physics reward from predicted voltages",
+              "model/reward_rmse_learned": "reward RMSE, reward learned whole",
+              "model/reward_std": "spread of the true reward (std)",
+              "imagine/trusted_share": "share of imagined agent-steps trusted"}
+
+
+def first_reaching(curves: pd.DataFrame, rate: float, *, loss_mwh: float | None = None,
+                   x: str = "env_steps") -> float:
+    """``x`` at the first evaluation of one run with a controllable rate ≥ ``rate`` (and an
+    energy loss ≤ ``loss_mwh`` if given); NaN if none."""
+    wide = curves.pivot_table(index=["iteration", x], columns="tag", values="value").reset_index().sort_values(x)
+    ok = wide["eval/controllable_rate"] >= rate - 1e-12
+    if loss_mwh is not None:
+        ok &= wide["eval/energy_loss_mwh"] <= loss_mwh
+    return float(wide.loc[ok, x].iloc[0]) if ok.any() else float("nan")
+
+
+def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFrame) -> str:
+    """The issue's targets per feeder, from the test-day learning curves and final comparison."""
+    lines = ["## DMPO's targets", ""]
+    for feeder, g in runs.groupby("feeder", sort=False):
+        b = base[base["feeder"] == feeder].set_index("controller")
+        if DROOP not in b.index:
+            continue
+        rate, droop_loss = b.loc[DROOP, "controllable_rate"], b.loc[DROOP, "energy_loss_mwh"]
+        c = curves[curves["feeder"] == feeder]
+        lines += [f"### {feeder}", "",
+                  f"Reference: IEEE 1547-B droop, controllable {rate:.4f}, loss {droop_loss:.3f} MWh on the test days.", "",
+                  "| learner | seed | steps to droop's controllable rate | steps to beat droop (rate ≥, loss ≤) | "
+                  "training min to beat droop | final controllable | final loss MWh |",
+                  "|:---|---:|---:|---:|---:|---:|---:|"]
+        reach = {}
+        for _, r in g.iterrows():
+            rc = c[(c["algo"] == r["algo"]) & (c["seed"] == r["seed"]) & (c["variant"] == r["variant"])]
+            steps = first_reaching(rc, rate)
+            beat = first_reaching(rc, rate, loss_mwh=droop_loss)
+            beat_s = first_reaching(rc, rate, loss_mwh=droop_loss, x="train_s")
+            reach.setdefault(r["algo"], []).append(steps)
+            lines.append(f"| {r['algo']} | {r['seed']} | {_num(steps)} | {_num(beat)} | "
+                         f"{'–' if beat_s != beat_s else f'{beat_s / 60:.1f}'} | {r['controllable_rate']:.4f} | "
+                         f"{r['energy_loss_mwh']:.3f} |")
+        lines.append("")
+        if "dmpo" in reach and "dppo" in reach:
+            dm, dp = pd.Series(reach["dmpo"]), pd.Series(reach["dppo"])
+            if dm.notna().all() and dp.notna().all():
+                ratio = dm.mean() / dp.mean()
+                lines.append(f"- sample efficiency (target ≤ 1/3): dmpo needs {dm.mean():,.0f} real steps on average to "
+                             f"reach droop's controllable rate, dppo {dp.mean():,.0f}: ratio {ratio:.2f} "
+                             f"({'met' if ratio <= 1 / 3 else 'missed'}).")
+            else:
+                lines.append(f"- sample efficiency: not every run reached droop's rate within its budget "
+                             f"(dmpo {dm.notna().sum()} of {len(dm)}, dppo {dp.notna().sum()} of {len(dp)}).")
+        d = g[g["algo"] == "dmpo"]
+        if len(d) and "opf" in b.index:
+            opf = b.loc["opf", "energy_loss_mwh"]
+            gap = 100 * (d["energy_loss_mwh"] / opf - 1)
+            lines.append(f"- final loss against the optimum (target within 5 %, moonshot 2 %): dmpo "
+                         f"{learners._spread(d['energy_loss_mwh'], 3)} MWh, opf {opf:.3f} MWh: gap "
+                         f"{learners._spread(gap, 1)} %; controllable {learners._spread(d['controllable_rate'], 4)} "
+                         f"(droop {rate:.4f}).")
+        if len(d) and "droop-tuned" in b.index:
+            tuned = b.loc["droop-tuned", "energy_loss_mwh"]
+            below = int((d["energy_loss_mwh"] < tuned).sum())
+            lines.append(f"- below the tuned droop's loss ({tuned:.3f} MWh): {below} of {len(d)} dmpo seeds.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def model_markdown(runs: list[dict]) -> str:
+    """The model's last logged errors in every dmpo run (held-out real steps; the counterfactual
+    check against the true physics from its last check)."""
+    from gridrl.marl.report import read_scalars
+
+    rows = []
+    for r in [r for r in runs if r["algo"] == "dmpo"]:
+        sc = read_scalars(r["folder"])
+        last = sc[sc["tag"].isin(MODEL_TAGS)].groupby("tag")["value"].last()
+        rows.append({"run": f"{r['feeder']} seed {r['seed']}", **last.to_dict()})
+    if not rows:
+        return ""
+    df = pd.DataFrame(rows).set_index("run")
+    cols = [t for t in MODEL_TAGS if t in df.columns]
+    lines = ["## The model at the end of training", "",
+             "Held-out real steps (scenarios never fitted); counterfactual: the policy plays one action draw, the "
+             "model predicts what another draw would give, `env.peek` gives the truth (training days).", "",
+             "| measure | " + " | ".join(df.index) + " |", "|:---|" + "---:|" * len(df.index)]
+    for t in cols:
+        lines.append(f"| {MODEL_TAGS[t]} | " + " | ".join(f"{v:.4g}" for v in df[t]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float) -> str:
+    return "not reached" if x != x else f"{x:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="experiment TOML (experiments/learners.py's format)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true", help="train nothing: compare and report the finished runs")
+    args = p.parse_args(argv)
+    exp = from_dict(learners.Experiment, read_toml(args.config), source=args.config)
+    planned = learners.plan(exp, args.config)
+    progress = not args.no_progress
+    if not args.report_only:
+        learners.run_all(exp, planned, progress=progress)
+    runs = [r for r in planned if learners.finished(r)]
+    if not runs:
+        sys.exit("no run has finished yet; train first (drop --report-only)")
+    exp = dataclasses.replace(exp, feeders=tuple(f for f in exp.feeders if any(r["feeder"] == f for r in runs)))
+    learners.compare_all(exp, runs, progress=progress)
+    runs_df, curves, base = learners.tables(exp, runs)
+    command = "python experiments/dmpo.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    md = learners.summary_markdown(runs_df, base, eval_split=runs[0]["config"].eval_split, command=command.strip(),
+                                   load=load)
+    md += "\n" + targets_markdown(runs_df, curves, base) + "\n" + model_markdown(runs)
+    if len(runs) < len(planned):
+        left = [f"{r['feeder']} {r['algo']} seed {r['seed']}" for r in planned if r not in runs]
+        md += f"\nNot finished ({len(left)} of {len(planned)} planned runs): {'; '.join(left)}.\n"
+    out = Path(exp.out)
+    write_text(out / "summary.md", md)
+    atomic_write(out / "runs.csv", lambda f: runs_df.to_csv(f, index=False))
+    keep = ["feeder", "algo", "variant", "seed", "iteration", "env_steps", "wall_s", "train_s", "tag", "value"]
+    atomic_write(out / "curves.csv", lambda f: curves[keep].to_csv(f, index=False))
+    write_html(learners.report(exp, runs_df, curves, base, md), out / "report.html")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
