@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/gridrl warmup
 	touch $(STAMP)
 
-# the feeder library, a map of ieee33, then dppo trained on its training days and compared with
-# none / droop / opf on its 73 test days, with training curves in the report
+# the feeder library, a map of ieee33, then dmpo trained on its training days and compared with
+# none / droop / droop:tuned / opf on its 73 test days, with training curves in the report
 demo: setup
 	$(BIN)/gridrl feeders
 	$(BIN)/gridrl feeders show ieee33 --out out/ieee33-map.html
