@@ -26,7 +26,7 @@ from gridrl.marl.bench import run_train_bench
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feeders", default="ieee141,mv-urban,mvlv-rural", help="comma-separated feeders")
-    p.add_argument("--num-envs", type=int, default=8, help="scenarios per iteration (the same on every feeder)")
+    p.add_argument("--num-envs", type=int, default=4, help="scenarios per iteration (the same on every feeder)")
     p.add_argument("--rounds", type=int, default=2, help="timed iterations per feeder (medians are reported)")
     p.add_argument("--layout", default="pool", choices=("pool", "pad"), help="observation zone layout")
     p.add_argument("--out", default="reports/dmpo/scaling.md", help="markdown report path")
