@@ -81,12 +81,12 @@ def test_summary_fits_the_terminal_and_cuts_nothing(baselines, monkeypatch, widt
     _every_value_readable(text, rows)
     panels = text.count("comparison summary")
     if width == 80:
-        assert panels == 2 and f"the full table is in {baselines / 'summary.md'}" in " ".join(text.split())
+        assert panels >= 2 and f"the full table is in {baselines / 'summary.md'}" in " ".join(text.split())
         # each panel repeats feeder and controller, so every row reads on its own
-        assert text.count("droop-ieee1547-a") == 2 * (pd.read_csv(baselines / "summary.csv")["controller"]
+        assert text.count("droop-ieee1547-a") == panels * (pd.read_csv(baselines / "summary.csv")["controller"]
                                                       == "droop-ieee1547-a").sum()
     else:
-        assert panels == 1 and "split into" not in text
+        assert panels <= 2 and (panels == 1) == ("split into" not in text)
 
 
 def test_piped_summary_is_one_whole_table(baselines):
