@@ -278,13 +278,10 @@ def _subproblem(hess, chol, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_bo
         warm = np.zeros_like(warm)
         warm[work] = sense_out[n:]
         dv = lin.voltage_change(j, d)
-        excess = np.maximum(dv - up_all, low_all - dv)
-        excess[work] = 0.0
-        worst = np.flatnonzero(excess > 1e-9)
-        if worst.size == 0:
+        grown = _with_most_violated(work, np.maximum(dv - up_all, low_all - dv))
+        if grown is None:
             break
-        worst = worst[np.argsort(excess[worst])[::-1][:_ADD_PER_ROUND]]
-        work = np.union1d(work, worst)
+        work = grown
         j_w = lin.voltage_rows(j, work)
     lam_rows = lam[n:]
     on = np.flatnonzero(lam_rows)
@@ -338,19 +335,28 @@ def _subproblem_dense(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active
         if work.size == cand.size:
             break
         jd = j_c @ d
-        excess = np.maximum(jd - up_c - widen, low_c - widen - jd)
-        excess[work] = 0.0
-        worst = np.flatnonzero(excess > 1e-9)
-        if worst.size == 0:
+        grown = _with_most_violated(work, np.maximum(jd - up_c - widen, low_c - widen - jd))
+        if grown is None:
             break
-        worst = worst[np.argsort(excess[worst])[::-1][:_ADD_PER_ROUND]]
-        work = np.union1d(work, worst)
+        work = grown
     out = np.zeros_like(active)
     out[:n] = sense_box
     out[n + cand] = warm
     lam_rows = lam[n:]
     on = np.flatnonzero(lam_rows)
     return d, t, out, cand[work[on]], j_c[work[on]], lam_rows[on]
+
+
+def _with_most_violated(work: np.ndarray, excess: np.ndarray) -> np.ndarray | None:
+    """One round of constraint generation: the working rows ``work`` plus the rows outside it
+    that the step violates most (``excess`` beyond its bound > 1e-9; at most ``_ADD_PER_ROUND``,
+    worst first), or ``None`` when no row outside it is violated."""
+    excess = excess.copy()
+    excess[work] = 0.0
+    worst = np.flatnonzero(excess > 1e-9)
+    if worst.size == 0:
+        return None
+    return np.union1d(work, worst[np.argsort(excess[worst])[::-1][:_ADD_PER_ROUND]])
 
 
 @numba.njit(cache=True)
