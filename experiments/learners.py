@@ -144,10 +144,12 @@ def tables(exp: Experiment, runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFram
             wall = float(sc["wall_s"].max())
             eval_s = float(sc.loc[sc["tag"] == "time/eval_s", "value"].sum())
             steps = int(sc["env_steps"].max())
+            cpu = sc.loc[sc["tag"] == "time/cpu_s", "value"]  # runs trained before it was logged lack it
             rows.append({"feeder": feeder, "algo": r["algo"], "variant": r["variant"], "seed": r["seed"],
                          "controllable_rate": last["controllable_rate"], "energy_loss_mwh": last["energy_loss_mwh"],
                          "reactive_energy_mvarh": last["reactive_energy_mvarh"], "communication": last["communication"],
-                         "env_steps": steps, "train_s": wall - eval_s, "steps_per_s": steps / max(wall - eval_s, 1e-9)})
+                         "env_steps": steps, "train_s": wall - eval_s, "train_cpu_s": float(cpu.max()) if len(cpu) else float("nan"),
+                         "steps_per_s": steps / max(wall - eval_s, 1e-9)})
             ev = sc[sc["tag"].str.startswith("eval/")]
             curves.append(ev.assign(feeder=feeder, variant=r["variant"], group=f"{r['algo']} {r['variant']}",
                                     train_s=ev["wall_s"] - _eval_before(sc, ev)))
@@ -170,18 +172,20 @@ def summary_markdown(runs: pd.DataFrame, base: pd.DataFrame, *, eval_split: str,
     lines = [f"# Learners on the test days: {', '.join(dict.fromkeys(runs['feeder']))}", "",
              f"Command: `{command}`; load average at the end {load}. Every figure is on all test days; "
              f"mean over seeds with [min, max] in brackets. Training time excludes the periodic evaluations "
-             f"(learning-curve points on {eval_split} days).", ""]
+             f"(learning-curve points on {eval_split} days); train CPU min is this process's CPU time for the "
+             f"same, which a busy machine does not inflate.", ""]
     for feeder, g in runs.groupby("feeder", sort=False):
         b = base[base["feeder"] == feeder].set_index("controller")
         lines += [f"## {feeder}", "", "| controller | seeds | controllable | loss MWh | reactive MVArh | "
-                  "floats/agent/step | train min | steps/s |", "|:---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "floats/agent/step | train min | train CPU min | steps/s |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for ctrl, rec in b.iterrows():
             lines.append(f"| {ctrl} | – | {rec['controllable_rate']:.4f} | {rec['energy_loss_mwh']:.3f} | "
-                         f"{rec['reactive_energy_mvarh']:.1f} | {rec['communication']:.1f} | – | – |")
+                         f"{rec['reactive_energy_mvarh']:.1f} | {rec['communication']:.1f} | – | – | – |")
         for (algo, variant), r in g.groupby(["algo", "variant"], sort=False):
             lines.append(f"| {algo} {variant} | {len(r)} | {_spread(r['controllable_rate'], 4)} | "
                          f"{_spread(r['energy_loss_mwh'], 3)} | {r['reactive_energy_mvarh'].mean():.1f} | "
                          f"{r['communication'].iloc[0]:.1f} | {_spread(r['train_s'] / 60, 1)} | "
+                         f"{_spread(r['train_cpu_s'] / 60, 1)} | "
                          f"{r['steps_per_s'].mean():,.0f} |")
         lines += [""] + _targets(feeder, g, b) + [""]
     return "\n".join(lines) + "\n"
@@ -231,16 +235,34 @@ def report(exp: Experiment, runs_df: pd.DataFrame, curves: pd.DataFrame, base: p
     return render(sections, title="gridrl — learners against droop and the optimum")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` → (K, N), with 0 ≤ K < N; anything else exits with a one-line message."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        k, n = -1, 0
+    if not 0 <= k < n:
+        sys.exit(f"--shard {text!r}: give K/N with 0 ≤ K < N, e.g. --shard 0/2 and --shard 1/2")
+    return k, n
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="experiments/learners.toml", help="experiment TOML")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: compare and report the runs that have finished")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="train only every N-th planned run starting at K (0-based), then stop: start "
+                        "N processes (one per core or machine) and report with --report-only when all end")
     args = p.parse_args(argv)
     exp = from_dict(Experiment, read_toml(args.config), source=args.config)
     planned = plan(exp, args.config)
     progress = not args.no_progress
+    if args.shard is not None:
+        k, n = _shard(args.shard)
+        run_all(exp, planned[k::n], progress=progress)
+        return
     if not args.report_only:
         run_all(exp, planned, progress=progress)
     runs = [r for r in planned if finished(r)]

@@ -382,9 +382,16 @@ episode_hours = 2.0
 hidden = 8
 message_dim = 4
 """)
+    # a shard trains its share of the plan and stops; the plain command then trains the rest
+    exp.main(["--config", str(cfg), "--no-progress", "--shard", "1/2"])
+    assert (tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0" / "checkpoint.pt").exists()
+    assert not (tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0").exists() and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="give K/N with 0 ≤ K < N"):
+        exp.main(["--config", str(cfg), "--shard", "2/2"])
     exp.main(["--config", str(cfg), "--no-progress"])
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert sorted(runs["variant"]) == ["forecast", "no-forecast"] and (runs["env_steps"] == 32).all()
+    assert (runs["train_cpu_s"] > 0).all() and (runs["train_cpu_s"] < 600).all()  # CPU time is logged
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| none |" in summary and "| ippo forecast | 1 |" in summary
     curves = pd.read_csv(tmp_path / "out" / "curves.csv")

@@ -229,7 +229,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
     header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
                          learner_config=config.learner, seed=config.seed)
-    driver = {"wall_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf, "finished": False}
+    driver = {"wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf, "finished": False}
     if checkpoint is not None:
         learner.load_state_dict(checkpoint["learner"])
         env.set_rng_state(checkpoint["env_rng"])
@@ -251,6 +251,10 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     bar = _progress(progress, config.steps, learner.env_steps)
     last_save = time.perf_counter()
     started = time.perf_counter() - driver["wall_s"]
+    # CPU seconds of this process (all threads) spent training, evaluations excluded, carried over
+    # a resume like the wall clock: on a shared machine the wall clock also measures the
+    # neighbours, the CPU time only this run
+    cpu_started = time.process_time() - driver.get("cpu_s", 0.0)
     try:
         while learner.env_steps < config.steps:
             t0 = time.perf_counter()
@@ -264,10 +268,12 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             stats["comm/acting"] = float(learner.policy.communication)
             stats["comm/training"] = float(learner.communication_training)
             driver["wall_s"] = time.perf_counter() - started
+            driver["cpu_s"] = stats["time/cpu_s"] = time.process_time() - cpu_started
             if learner.env_steps >= driver["next_eval"] or learner.env_steps >= config.steps:
-                t_eval = time.perf_counter()
+                t_eval, cpu_eval = time.perf_counter(), time.process_time()
                 stats.update(curves(learner.policy))
                 stats["time/eval_s"] = time.perf_counter() - t_eval
+                cpu_started += time.process_time() - cpu_eval
                 driver["eval_s"] = driver.get("eval_s", 0.0) + stats["time/eval_s"]
                 while driver["next_eval"] <= learner.env_steps:
                     driver["next_eval"] += config.eval_every_steps or math.inf
