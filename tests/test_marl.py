@@ -370,3 +370,19 @@ def test_policy_needs_no_environment_and_checks_its_inputs(feeder):
 
     with pytest.raises(PolicyError, match=r"reads observations \[B, 6, \d+\]"):
         learner.policy.act(obs[..., :-1])
+
+
+def test_the_critic_can_be_narrower_than_the_actor_and_its_messages_are_counted(ieee141):
+    from gridrl.marl.dppo import DPPO, DppoConfig
+
+    env = make_env(ieee141, num_envs=2, seed=0, config=EnvConfig(start_hour=None, episode_hours=1.0))
+    same = DPPO(env, DppoConfig(hops=2), seed=0, total_steps=1000)
+    narrow = DPPO(env, DppoConfig(hops=2, critic_hidden=16, critic_message_dim=8), seed=0, total_steps=1000)
+    assert narrow.critic.message_dim == 8 and narrow.policy.actor.net.message_dim == 32
+    assert sum(p.numel() for p in narrow.critic.parameters()) < sum(p.numel() for p in same.critic.parameters()) / 3
+    g = narrow.graph  # training sends the actor's message, the critic's and each local advantage
+    assert narrow.communication_training == pytest.approx(g.relay_floats(32) + g.relay_floats(8) + g.relay_floats(1))
+    assert same.communication_training == pytest.approx(2 * g.relay_floats(32) + g.relay_floats(1))
+    narrow.iterate()  # and it trains
+    with pytest.raises(ValueError, match="critic_hidden must be ≥ 1"):
+        DppoConfig(critic_hidden=0)

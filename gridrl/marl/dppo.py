@@ -64,6 +64,8 @@ class DppoConfig:
     vf_coef: weight of the value loss. ent_coef: weight of the entropy bonus.
     max_grad_norm: gradients are clipped to this global norm.
     hidden: width of the networks' layers. message_dim: floats in one agent's message.
+    critic_hidden, critic_message_dim: the same for the critic, when it should differ from the
+        actor (``None``: the actor's).
     embed_dim: size of the learned agent embedding.
     log_std_init: initial log standard deviation of the actions (the paper: −0.5).
     log_std_min: floor on the log standard deviation.
@@ -83,6 +85,8 @@ class DppoConfig:
     max_grad_norm: float = 0.5
     hidden: int = 64
     message_dim: int = 32
+    critic_hidden: int | None = None
+    critic_message_dim: int | None = None
     embed_dim: int = 8
     log_std_init: float = -1.5
     log_std_min: float = -3.0
@@ -91,6 +95,9 @@ class DppoConfig:
         problems = ppo_problems(self)
         if self.hops < 0:
             problems.append(f"hops must be ≥ 0, got {self.hops}")
+        for name in ("critic_hidden", "critic_message_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name} must be ≥ 1 (or left out: the actor's), got {getattr(self, name)}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -147,7 +154,12 @@ class DPPO:
     # -- the critic: what CPPO replaces ------------------------------------------------------
     def _make_critic(self) -> torch.nn.Module:
         """The extended value function: agent i's value over its κ-hop neighbourhood."""
-        return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, **self._net_sizes())
+        return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, **self._critic_sizes())
+
+    def _critic_sizes(self) -> dict[str, int]:
+        cfg = self.cfg
+        return {**self._net_sizes(), "hidden": cfg.critic_hidden or cfg.hidden,
+                "message_dim": cfg.critic_message_dim or cfg.message_dim}
 
     def _value_shape(self) -> tuple[int, ...]:
         """Shape of one sample's value: one per agent."""
@@ -174,7 +186,8 @@ class DPPO:
     def communication_training(self) -> float:
         """Floats per agent per step during training: actor and critic messages to the κ-hop
         neighbourhood, plus each local advantage sent to every agent that sums it."""
-        return (self.graph.relay_floats(self.cfg.message_dim) * 2 + self.graph.relay_floats(1.0))
+        return (self.graph.relay_floats(self.cfg.message_dim)
+                + self.graph.relay_floats(self._critic_sizes()["message_dim"]) + self.graph.relay_floats(1.0))
 
     # ---------------------------------------------------------------------------------------
     # one iteration
