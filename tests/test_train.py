@@ -408,6 +408,7 @@ def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_
     for path in sorted((ROOT / "experiments").glob("t*_ieee*.toml")):
         cfg = resolve_train_config(read_toml(path), source=str(path))
         assert cfg.algo == "dppo", path
-    tune = resolve_train_config(read_toml(ROOT / "experiments" / "tune_ieee33.toml"), source="tune")
-    train_days = {int(d) for d in gridrl.load_feeder("ieee33").days("train")}
-    assert tune.eval_split == "train" and set(tune.eval_days) <= train_days and not tune.compare
+    for feeder in ("ieee33", "ieee141"):
+        tune = resolve_train_config(read_toml(ROOT / "experiments" / f"tune_{feeder}.toml"), source="tune")
+        train_days = {int(d) for d in gridrl.load_feeder(feeder).days("train")}
+        assert tune.eval_split == "train" and set(tune.eval_days) <= train_days and not tune.compare
