@@ -34,7 +34,8 @@ class Experiment:
     feeders, algos: what is trained; seeds: seeds 0 … seeds−1 of each.
     variants: name → overrides of the training config for that variant, e.g.
         ``{ env = { forecast_steps = 0 } }`` (a table with optional ``env`` and ``learner`` tables
-        and top-level training keys).
+        and top-level training keys); ``algos = [...]`` in a variant limits it to those
+        algorithms.
     steps: feeder name → training budget in environment steps.
     train: the training config every run starts from (``gridrl train --config``'s format).
     baselines: rule-based controllers of the comparison (``none``, ``droop``, ``droop:PRESET``, ``opf``, …).
@@ -72,7 +73,12 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     problems += [f"steps: no budget for feeder {f!r}" for f in missing]
     # the first variant and algorithm first: an experiment stopped early has its main rows
     for variant, over in exp.variants.items():
-        for algo in exp.algos:
+        over = dict(over)
+        only = over.pop("algos", None)
+        if only is not None and not set(only) <= set(exp.algos):
+            problems.append(f"variants.{variant}.algos: {sorted(set(only) - set(exp.algos))} not in algos {list(exp.algos)}")
+            continue
+        for algo in [a for a in exp.algos if only is None or a in only]:
             for feeder in [f for f in exp.feeders if f not in missing]:
                 data = _merge(_merge(exp.train, over), {"algo": algo, "steps": int(exp.steps[feeder]), "compare": []})
                 for seed in range(exp.seeds):
@@ -99,7 +105,10 @@ def finished(run: dict) -> bool:
         return False
 
 
-def run_all(exp: Experiment, runs: list[dict], *, progress: bool) -> None:
+def run_all(exp: Experiment, runs: list[dict], *, progress: bool, claim: bool = False) -> None:
+    """Train every unfinished run in turn (resuming interrupted ones). ``claim``: skip runs that
+    another live process has claimed and claim each before training it, so that several
+    processes on one machine share the plan (see :func:`_claim`)."""
     from gridrl.marl.train import train
 
     for k, r in enumerate(runs, 1):
@@ -107,8 +116,54 @@ def run_all(exp: Experiment, runs: list[dict], *, progress: bool) -> None:
         if finished(r):
             print(f"{label}: done", file=sys.stderr)
             continue
+        if claim and not _claim(r):
+            print(f"{label}: another process trains it", file=sys.stderr)
+            continue
         print(f"{label} → {r['folder']}", file=sys.stderr)
-        train(r["feeder"], r["config"], out=r["folder"], resume=True, progress=progress)
+        try:
+            if not finished(r):  # it may have finished between the check above and the claim
+                train(r["feeder"], r["config"], out=r["folder"], resume=True, progress=progress)
+        finally:
+            if claim:
+                _claim_path(r).unlink(missing_ok=True)
+
+
+def _claim_path(run: dict) -> Path:
+    return Path(f"{run['folder']}.claim")
+
+
+def _claim(run: dict) -> bool:
+    """Claim ``run`` for this process: a file beside its folder, created atomically, holding the
+    process id. A claim whose process has ended (killed, crashed) is taken over; the run then
+    resumes from its last checkpoint. Claims are for processes of one machine."""
+    path = _claim_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return False
+            path.unlink(missing_ok=True)  # a stale claim: take it over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def compare_all(exp: Experiment, runs: list[dict], *, progress: bool):
@@ -235,33 +290,21 @@ def report(exp: Experiment, runs_df: pd.DataFrame, curves: pd.DataFrame, base: p
     return render(sections, title="gridrl — learners against droop and the optimum")
 
 
-def _shard(text: str) -> tuple[int, int]:
-    """``K/N`` → (K, N), with 0 ≤ K < N; anything else exits with a one-line message."""
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        k, n = -1, 0
-    if not 0 <= k < n:
-        sys.exit(f"--shard {text!r}: give K/N with 0 ≤ K < N, e.g. --shard 0/2 and --shard 1/2")
-    return k, n
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="experiments/learners.toml", help="experiment TOML")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: compare and report the runs that have finished")
-    p.add_argument("--shard", default=None, metavar="K/N",
-                   help="train only every N-th planned run starting at K (0-based), then stop: start "
-                        "N processes (one per core or machine) and report with --report-only when all end")
+    p.add_argument("--worker", action="store_true",
+                   help="train the runs no other process has claimed, then stop without reporting: start "
+                        "one per core, then report with --report-only once all have ended")
     args = p.parse_args(argv)
     exp = from_dict(Experiment, read_toml(args.config), source=args.config)
     planned = plan(exp, args.config)
     progress = not args.no_progress
-    if args.shard is not None:
-        k, n = _shard(args.shard)
-        run_all(exp, planned[k::n], progress=progress)
+    if args.worker:
+        run_all(exp, planned, progress=progress, claim=True)
         return
     if not args.report_only:
         run_all(exp, planned, progress=progress)

@@ -376,8 +376,9 @@ def test_the_critic_can_be_narrower_than_the_actor_and_its_messages_are_counted(
     from gridrl.marl.dppo import DPPO, DppoConfig
 
     env = make_env(ieee141, num_envs=2, seed=0, config=EnvConfig(start_hour=None, episode_hours=1.0))
-    same = DPPO(env, DppoConfig(hops=2), seed=0, total_steps=1000)
-    narrow = DPPO(env, DppoConfig(hops=2, critic_hidden=16, critic_message_dim=8), seed=0, total_steps=1000)
+    sizes = {"hops": 2, "hidden": 64, "message_dim": 32}
+    same = DPPO(env, DppoConfig(**sizes), seed=0, total_steps=1000)
+    narrow = DPPO(env, DppoConfig(**sizes, critic_hidden=16, critic_message_dim=8), seed=0, total_steps=1000)
     assert narrow.critic.message_dim == 8 and narrow.policy.actor.net.message_dim == 32
     assert sum(p.numel() for p in narrow.critic.parameters()) < sum(p.numel() for p in same.critic.parameters()) / 3
     g = narrow.graph  # training sends the actor's message, the critic's and each local advantage

@@ -3,6 +3,7 @@ trained runs as controllers, and one clear line for every mistake."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -382,12 +383,19 @@ episode_hours = 2.0
 hidden = 8
 message_dim = 4
 """)
-    # a shard trains its share of the plan and stops; the plain command then trains the rest
-    exp.main(["--config", str(cfg), "--no-progress", "--shard", "1/2"])
+    # a worker skips runs that a live process has claimed, takes over a dead process's claim,
+    # trains, releases its claims and stops without reporting
+    taken = tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0.claim"
+    taken.parent.mkdir(parents=True)
+    taken.write_text(str(os.getpid()))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0.claim").write_text(str(gone.pid))
+    exp.main(["--config", str(cfg), "--no-progress", "--worker"])
     assert (tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0" / "checkpoint.pt").exists()
     assert not (tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0").exists() and not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit, match="give K/N with 0 ≤ K < N"):
-        exp.main(["--config", str(cfg), "--shard", "2/2"])
+    assert [p.name for p in taken.parent.glob("*.claim")] == [taken.name]
+    taken.unlink()
     exp.main(["--config", str(cfg), "--no-progress"])
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert sorted(runs["variant"]) == ["forecast", "no-forecast"] and (runs["env_steps"] == 32).all()
@@ -401,6 +409,12 @@ message_dim = 4
     no_fc = read_checkpoint(tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0")["header"]
     assert no_fc["env_config"]["forecast_steps"] == 0 and not any("forecast" in n for n in no_fc["obs_names"])
     exp.main(["--config", str(cfg), "--no-progress"])  # again: every run is finished, nothing retrains
+    # a variant may be limited to some algorithms, never to one the experiment does not train
+    two = exp.Experiment(feeders=("ieee33",), algos=("ippo", "dppo"), seeds=1, steps={"ieee33": 32},
+                         variants={"a": {}, "b": {"algos": ["dppo"], "learner": {"hidden": 8}}})
+    assert [(r["algo"], r["variant"]) for r in exp.plan(two, "t")] == [("ippo", "a"), ("dppo", "a"), ("dppo", "b")]
+    with pytest.raises(SpecError, match="not in algos"):
+        exp.plan(dataclasses.replace(two, algos=("ippo",)), "t")
 
 
 def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_only():
