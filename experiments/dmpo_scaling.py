@@ -47,14 +47,15 @@ def main(argv: list[str] | None = None) -> None:
              "The environment alone steps the same batch in the same process (its time grows with buses, not agents): "
              "the last column, iteration ÷ environment alone, cancels the machine's load.", "",
              "| feeder | agents | s / iteration | ms / iteration / agent | × agents vs first | × time vs first | "
-             "time in env / act / update (rest: model + imagine) | iteration ÷ env alone | load average before → after |",
+             "time in env / act / model / imagine / update | iteration ÷ env alone | load average before → after |",
              "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         env_alone_s = r["iteration_steps"] / r["env_alone_steps_per_s"]
         lines.append(f"| {r['feeder']} | {r['n_agents']} | {r['iteration_s']:.2f} | "
                      f"{1000 * r['iteration_s'] / r['n_agents']:.1f} | {r['n_agents'] / base['n_agents']:.1f} | "
-                     f"{r['iteration_s'] / base['iteration_s']:.1f} | {100 * r['env_share']:.0f} % / "
-                     f"{100 * r['act_share']:.0f} % / {100 * r['update_share']:.0f} % | "
+                     f"{r['iteration_s'] / base['iteration_s']:.1f} | "
+                     + " / ".join(f"{100 * r[f'{k}_share']:.0f} %" for k in ("env", "act", "model", "imagine", "update"))
+                     + " | "
                      f"{r['iteration_s'] / env_alone_s:.1f} | {r['load_average_before']} → {r['load_average_after']} |")
     last = rows[-1]
     growth = (last["iteration_s"] / base["iteration_s"]) / (last["n_agents"] / base["n_agents"])

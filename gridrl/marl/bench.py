@@ -70,6 +70,7 @@ def run_train_bench(feeder: str = "ieee141", *, algo: str = "dppo", num_envs: in
             alone_s, alone_steps = _env_alone(alone, gen)
             rows.append({"wall_s": wall, "steps": stats["iteration_steps"], "env_s": stats["time/env_s"],
                          "act_s": stats["time/act_s"], "update_s": stats["time/update_s"],
+                         "model_s": stats.get("time/model_s", 0.0), "imagine_s": stats.get("time/imagine_s", 0.0),
                          "alone_s": alone_s, "alone_steps": alone_steps, "epochs": stats["loss/epochs"]})
         torch_threads = torch.get_num_threads()
     pp = bench_pandapower_steps(fd, steps=pandapower_steps, seed=seed)
@@ -88,6 +89,7 @@ def run_train_bench(feeder: str = "ieee141", *, algo: str = "dppo", num_envs: in
         "pp_steps_per_s": pp["pp_steps_per_s"], "pp_step_ms": pp["pp_step_ms"],
         "env_share": med["env_s"] / med["wall_s"], "act_share": med["act_s"] / med["wall_s"],
         "update_share": med["update_s"] / med["wall_s"],
+        "model_share": med["model_s"] / med["wall_s"], "imagine_share": med["imagine_s"] / med["wall_s"],
         "train_vs_env_alone": train_sps / alone_sps, "train_vs_pandapower": train_sps / pp["pp_steps_per_s"],
         "target_steps_per_s": TARGET_STEPS_PER_S,
         "load_average_before": before, "load_average_after": _load_average(),

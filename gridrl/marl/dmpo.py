@@ -255,12 +255,11 @@ class DMPO(DPPO):
         for _ in range(cfg.model_updates):
             pick = train[torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)]
             x, y = self._model_data(self.replay.step(pick))
-            loss = m.loss(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]))
             self.model_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]))
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
-            total += float(loss.detach()) / K
+            total += loss / K
         return {"model/train_loss": total / cfg.model_updates}
 
     # ---------------------------------------------------------------------------------------

@@ -30,6 +30,12 @@ uncertainty there, which dmpo uses to stop imagined rollouts it should not trust
 shared by all agents with an agent embedding (as the policy's), so the model's size does not grow
 with the feeder and its cost is linear in the number of neighbour pairs.
 
+**Memory.** Every pass is cut into chunks of samples so that its largest intermediate (``[K, N,
+samples, hidden]`` floats) stays below :data:`CHUNK_FLOATS`. Past about 32 MB, glibc's malloc
+serves each tensor from fresh pages (``mmap``), and every element-wise operation first faults
+them in: on mvlv-rural (571 agents) that alone made the model's time per agent 2.2× mv-urban's
+(``reports/dmpo/scaling.md``). Chunked, the cost per agent-sample is the same on every feeder.
+
 **Scales.** Inputs are normalised per feature column with the observation masks (padding stays
 out of the statistics); targets per agent and column, since a 40-bus zone loses far more than a
 one-bus zone and both should be predicted to the same relative accuracy.
@@ -48,7 +54,10 @@ from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.nets import NeighbourhoodNet
 from gridrl.marl.normalize import RunningNorm
 
-__all__ = ["DynamicsEnsemble", "LocalReward", "ObservationRoles"]
+__all__ = ["CHUNK_FLOATS", "DynamicsEnsemble", "LocalReward", "ObservationRoles"]
+
+# floats in the largest intermediate of one chunk of a pass (16 MB; see "Memory" above)
+CHUNK_FLOATS = 1 << 22
 
 _VOLTAGE_POOL = ("dv_own_pu", "dv_min_pu", "dv_mean_pu", "dv_max_pu")
 
@@ -217,6 +226,7 @@ class DynamicsEnsemble(nn.Module):
         self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim, hidden=hidden, message_dim=message_dim,
                                     embed_dim=embed_dim, members=int(members))
         self.size = int(members)
+        self.width = max(int(hidden), self.in_dim, self.out_dim)
 
     # ---------------------------------------------------------------------------------------
     # data
@@ -243,21 +253,43 @@ class DynamicsEnsemble(nn.Module):
     # ---------------------------------------------------------------------------------------
     # prediction and loss
     # ---------------------------------------------------------------------------------------
+    def chunk_rows(self) -> int:
+        """Samples per chunk of a pass: its ``[K, N, samples, width]`` intermediates stay within
+        :data:`CHUNK_FLOATS` (see "Memory" in the module docstring)."""
+        return max(1, CHUNK_FLOATS // (self.size * self.graph.n_agents * self.width))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Every member's prediction ``[K, M, N, out_dim]`` in physical units, for one input
-        ``[M, N, in_dim]`` shared by all members or one per member ``[K, M, N, in_dim]``."""
+        ``[M, N, in_dim]`` shared by all members or one per member ``[K, M, N, in_dim]``
+        (computed in chunks of samples)."""
         if features.ndim == 3:
             features = features.expand(self.size, *features.shape)
-        return self.target_norm.inverse(self.net(self.input_norm(features)))
+        parts = [self.target_norm.inverse(self.net(self.input_norm(x))) for x in features.split(self.chunk_rows(), 1)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean squared error in normalised units over the outputs that exist, summed over the
         members; ``features [K, M, N, in_dim]`` and ``targets [K, M, N, out_dim]`` hold each
-        member's own minibatch."""
+        member's own minibatch. One pass: for large minibatches use :meth:`backward`."""
+        return self._loss(features, targets, features.shape[1])
+
+    def backward(self, features: torch.Tensor, targets: torch.Tensor) -> float:
+        """Accumulate the gradient of :meth:`loss` chunk by chunk (the same gradient, bounded
+        memory); returns the loss."""
+        total = 0.0
+        rows = self.chunk_rows()
+        for x, y in zip(features.split(rows, 1), targets.split(rows, 1)):
+            part = self._loss(x, y, features.shape[1])
+            part.backward()
+            total += float(part.detach())
+        return total
+
+    def _loss(self, features: torch.Tensor, targets: torch.Tensor, samples: int) -> torch.Tensor:
+        """The squared errors of ``features``' samples, summed and divided as for ``samples``."""
         pred = self.net(self.input_norm(features))
         valid = self.out_valid.to(pred.dtype)
         err = (pred - self.target_norm(targets)) ** 2 * valid
-        return err.sum() / (valid.sum() * features.shape[1])
+        return err.sum() / (valid.sum() * samples)
 
     def split(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named parts of predictions ``[..., N, out_dim]``: ``dv`` ``[..., N, V]`` and one
