@@ -52,8 +52,12 @@ def first_reaching(curves: pd.DataFrame, rate: float, *, loss_mwh: float | None 
     return float(wide.loc[ok, x].iloc[0]) if ok.any() else float("nan")
 
 
-def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFrame) -> str:
-    """The issue's targets per feeder, from the test-day learning curves and final comparison."""
+def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFrame, *, main: str | None = None) -> str:
+    """The issue's targets per feeder, from the test-day learning curves and final comparison.
+
+    main: the variant the targets are read from (default: the first run's); the runs of other
+    variants (ablations, e.g. κ = 0) are listed beside it and compared with it."""
+    main = runs["variant"].iloc[0] if main is None else main
     lines = ["## DMPO's targets", ""]
     for feeder, g in runs.groupby("feeder", sort=False):
         b = base[base["feeder"] == feeder].set_index("controller")
@@ -72,8 +76,9 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
             steps = first_reaching(rc, rate)
             beat = first_reaching(rc, rate, loss_mwh=droop_loss)
             beat_s = first_reaching(rc, rate, loss_mwh=droop_loss, x="train_s")
-            reach.setdefault(r["algo"], []).append(steps)
-            lines.append(f"| {r['algo']} | {r['seed']} | {_num(steps)} | {_num(beat)} | "
+            name = r["algo"] if r["variant"] == main else f"{r['algo']} ({r['variant']})"
+            reach.setdefault(name, []).append(steps)
+            lines.append(f"| {name} | {r['seed']} | {_num(steps)} | {_num(beat)} | "
                          f"{'–' if beat_s != beat_s else f'{beat_s / 60:.1f}'} | {r['controllable_rate']:.4f} | "
                          f"{r['energy_loss_mwh']:.3f} |")
         lines.append("")
@@ -87,7 +92,7 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
             else:
                 lines.append(f"- sample efficiency: not every run reached droop's rate within its budget "
                              f"(dmpo {dm.notna().sum()} of {len(dm)}, dppo {dp.notna().sum()} of {len(dp)}).")
-        d = g[g["algo"] == "dmpo"]
+        d = g[(g["algo"] == "dmpo") & (g["variant"] == main)]
         if len(d) and "opf" in b.index:
             opf = b.loc["opf", "energy_loss_mwh"]
             gap = 100 * (d["energy_loss_mwh"] / opf - 1)
@@ -99,6 +104,11 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
             tuned = b.loc["droop-tuned", "energy_loss_mwh"]
             below = int((d["energy_loss_mwh"] < tuned).sum())
             lines.append(f"- below the tuned droop's loss ({tuned:.3f} MWh): {below} of {len(d)} dmpo seeds.")
+        for (algo, variant), a in g[g["variant"] != main].groupby(["algo", "variant"], sort=False):
+            ref = g[(g["algo"] == algo) & (g["variant"] == main)]
+            lines.append(f"- {algo} `{variant}` against {algo} `{main}`: loss {learners._spread(a['energy_loss_mwh'], 3)} "
+                         f"against {learners._spread(ref['energy_loss_mwh'], 3)} MWh, controllable "
+                         f"{learners._spread(a['controllable_rate'], 4)} against {learners._spread(ref['controllable_rate'], 4)}.")
         lines.append("")
     return "\n".join(lines)
 
@@ -112,7 +122,7 @@ def model_markdown(runs: list[dict]) -> str:
     for r in [r for r in runs if r["algo"] == "dmpo"]:
         sc = read_scalars(r["folder"])
         last = sc[sc["tag"].isin(MODEL_TAGS)].groupby("tag")["value"].last()
-        rows.append({"run": f"{r['feeder']} seed {r['seed']}", **last.to_dict()})
+        rows.append({"run": f"{r['feeder']} {r['variant']} seed {r['seed']}", **last.to_dict()})
     if not rows:
         return ""
     df = pd.DataFrame(rows).set_index("run")
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     md = learners.summary_markdown(runs_df, base, eval_split=runs[0]["config"].eval_split, command=command.strip(),
                                    load=load)
-    md += "\n" + targets_markdown(runs_df, curves, base) + "\n" + model_markdown(runs)
+    md += "\n" + targets_markdown(runs_df, curves, base, main=next(iter(exp.variants))) + "\n" + model_markdown(runs)
     if len(runs) < len(planned):
         left = [f"{r['feeder']} {r['algo']} seed {r['seed']}" for r in planned if r not in runs]
         md += f"\nNot finished ({len(left)} of {len(planned)} planned runs): {'; '.join(left)}.\n"

@@ -255,25 +255,30 @@ def test_the_experiment_reads_targets_off_the_learning_curves():
 
     mod, root = _experiment_module()
     rows = []
-    for algo, seed, points in (("dmpo", 0, [(1000, 0.90, 50.0), (2000, 1.0, 45.0), (3000, 1.0, 40.0)]),
-                               ("dppo", 0, [(1000, 0.90, 50.0), (3000, 0.99, 44.0), (6000, 1.0, 41.0)])):
+    for algo, variant, seed, points in (
+            ("dmpo", "v", 0, [(1000, 0.90, 50.0), (2000, 1.0, 45.0), (3000, 1.0, 40.0)]),
+            ("dppo", "v", 0, [(1000, 0.90, 50.0), (3000, 0.99, 44.0), (6000, 1.0, 41.0)]),
+            ("dmpo", "k0", 0, [(1000, 0.90, 50.0), (6000, 0.99, 44.0)])):  # an ablation: never in the ratio
         for it, (steps, rate, loss) in enumerate(points):
             for tag, v in (("eval/controllable_rate", rate), ("eval/energy_loss_mwh", loss)):
-                rows.append({"feeder": "f", "algo": algo, "variant": "v", "seed": seed, "iteration": it,
+                rows.append({"feeder": "f", "algo": algo, "variant": variant, "seed": seed, "iteration": it,
                              "env_steps": steps, "train_s": 60.0 * (it + 1), "tag": tag, "value": v})
     curves = pd.DataFrame(rows)
-    one = curves[curves["algo"] == "dmpo"]
+    one = curves[(curves["algo"] == "dmpo") & (curves["variant"] == "v")]
     assert mod.first_reaching(one, 1.0) == 2000
     assert mod.first_reaching(one, 1.0, loss_mwh=42.0) == 3000
     assert mod.first_reaching(one, 1.0, loss_mwh=42.0, x="train_s") == 180.0
     assert mod.first_reaching(one, 1.0, loss_mwh=30.0) != mod.first_reaching(one, 1.0, loss_mwh=30.0)  # NaN
     runs = pd.DataFrame([{"feeder": "f", "algo": a, "variant": "v", "seed": 0, "controllable_rate": 1.0,
-                          "energy_loss_mwh": loss} for a, loss in (("dmpo", 40.0), ("dppo", 41.0))])
+                          "energy_loss_mwh": loss} for a, loss in (("dmpo", 40.0), ("dppo", 41.0))]
+                        + [{"feeder": "f", "algo": "dmpo", "variant": "k0", "seed": 0, "controllable_rate": 0.99,
+                            "energy_loss_mwh": 44.0}])
     base = pd.DataFrame([{"feeder": "f", "controller": c, "controllable_rate": 1.0, "energy_loss_mwh": loss}
                          for c, loss in (("droop-ieee1547-b", 43.0), ("droop-tuned", 41.5), ("opf", 39.0))])
     md = mod.targets_markdown(runs, curves, base)
     assert "ratio 0.33 (met)" in md and "below the tuned droop's loss (41.500 MWh): 1 of 1" in md
     assert "gap 2.6 [2.6, 2.6] %" in md
+    assert "| dmpo (k0) | 0 | not reached |" in md and "dmpo `k0` against dmpo `v`: loss 44.000" in md
     from gridrl.config import from_dict, read_toml
 
     for path in sorted(root.glob("dmpo_*.toml")):
