@@ -33,8 +33,8 @@ with the feeder and its cost is linear in the number of neighbour pairs.
 **Memory.** Every pass is cut into chunks of samples so that its largest intermediate (``[K, N,
 samples, hidden]`` floats) stays below :data:`CHUNK_FLOATS`. Past about 32 MB, glibc's malloc
 serves each tensor from fresh pages (``mmap``), and every element-wise operation first faults
-them in: on mvlv-rural (571 agents) that alone made the model's time per agent 2.2× mv-urban's
-(``reports/dmpo/scaling.md``). Chunked, the cost per agent-sample is the same on every feeder.
+them in: on mvlv-rural (571 agents) that alone made an iteration's time per agent 1.65×
+mv-urban's (``reports/dmpo/scaling.md``). Chunked, the cost per agent-sample is the same on every feeder.
 
 **Scales.** Inputs are normalised per feature column with the observation masks (padding stays
 out of the statistics); targets per agent and column, since a 40-bus zone loses far more than a
@@ -267,15 +267,11 @@ class DynamicsEnsemble(nn.Module):
         parts = [self.target_norm.inverse(self.net(self.input_norm(x))) for x in features.split(self.chunk_rows(), 1)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
-    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean squared error in normalised units over the outputs that exist, summed over the
-        members; ``features [K, M, N, in_dim]`` and ``targets [K, M, N, out_dim]`` hold each
-        member's own minibatch. One pass: for large minibatches use :meth:`backward`."""
-        return self._loss(features, targets, features.shape[1])
-
     def backward(self, features: torch.Tensor, targets: torch.Tensor) -> float:
-        """Accumulate the gradient of :meth:`loss` chunk by chunk (the same gradient, bounded
-        memory); returns the loss."""
+        """Accumulate the gradient of the loss — mean squared error in normalised units over the
+        outputs that exist, summed over the members — and return the loss; ``features [K, M, N,
+        in_dim]`` and ``targets [K, M, N, out_dim]`` hold each member's own minibatch. Computed
+        chunk by chunk: the gradient of one pass, in bounded memory."""
         total = 0.0
         rows = self.chunk_rows()
         for x, y in zip(features.split(rows, 1), targets.split(rows, 1)):
