@@ -421,8 +421,8 @@ def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_
     """Every training TOML in experiments/ resolves; the tuning config evaluates on training days."""
     for path in sorted((ROOT / "experiments").glob("t*_ieee*.toml")):
         cfg = resolve_train_config(read_toml(path), source=str(path))
-        assert cfg.algo == "dppo", path
-    for feeder in ("ieee33", "ieee141"):
-        tune = resolve_train_config(read_toml(ROOT / "experiments" / f"tune_{feeder}.toml"), source="tune")
+        assert cfg.algo == ("dmpo" if "dmpo" in path.name else "dppo"), path
+    for feeder, name in (("ieee33", "tune_ieee33"), ("ieee141", "tune_ieee141"), ("ieee33", "tune_dmpo_ieee33")):
+        tune = resolve_train_config(read_toml(ROOT / "experiments" / f"{name}.toml"), source="tune")
         train_days = {int(d) for d in gridrl.load_feeder(feeder).days("train")}
         assert tune.eval_split == "train" and set(tune.eval_days) <= train_days and not tune.compare
