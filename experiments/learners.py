@@ -34,8 +34,8 @@ class Experiment:
     feeders, algos: what is trained; seeds: seeds 0 … seeds−1 of each.
     variants: name → overrides of the training config for that variant, e.g.
         ``{ env = { forecast_steps = 0 } }`` (a table with optional ``env`` and ``learner`` tables
-        and top-level training keys); ``algos = [...]`` in a variant limits it to those
-        algorithms.
+        and top-level training keys); ``algos = [...]`` / ``feeders = [...]`` in a variant limit
+        it to those algorithms / feeders.
     steps: feeder name → training budget in environment steps.
     train: the training config every run starts from (``gridrl train --config``'s format).
     baselines: rule-based controllers of the comparison (``none``, ``droop``, ``droop:PRESET``, ``opf``, …).
@@ -74,12 +74,14 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     # the first variant and algorithm first: an experiment stopped early has its main rows
     for variant, over in exp.variants.items():
         over = dict(over)
-        only = over.pop("algos", None)
-        if only is not None and not set(only) <= set(exp.algos):
-            problems.append(f"variants.{variant}.algos: {sorted(set(only) - set(exp.algos))} not in algos {list(exp.algos)}")
+        only = {k: over.pop(k, None) for k in ("algos", "feeders")}
+        wrong = [f"variants.{variant}.{k}: {sorted(set(v) - set(getattr(exp, k)))} not in {k} {list(getattr(exp, k))}"
+                 for k, v in only.items() if v is not None and not set(v) <= set(getattr(exp, k))]
+        if wrong:
+            problems += wrong
             continue
-        for algo in [a for a in exp.algos if only is None or a in only]:
-            for feeder in [f for f in exp.feeders if f not in missing]:
+        for algo in [a for a in exp.algos if only["algos"] is None or a in only["algos"]]:
+            for feeder in [f for f in exp.feeders if f not in missing and (only["feeders"] is None or f in only["feeders"])]:
                 data = _merge(_merge(exp.train, over), {"algo": algo, "steps": int(exp.steps[feeder]), "compare": []})
                 for seed in range(exp.seeds):
                     try:

@@ -410,11 +410,14 @@ message_dim = 4
     assert no_fc["env_config"]["forecast_steps"] == 0 and not any("forecast" in n for n in no_fc["obs_names"])
     exp.main(["--config", str(cfg), "--no-progress"])  # again: every run is finished, nothing retrains
     # a variant may be limited to some algorithms, never to one the experiment does not train
-    two = exp.Experiment(feeders=("ieee33",), algos=("ippo", "dppo"), seeds=1, steps={"ieee33": 32},
-                         variants={"a": {}, "b": {"algos": ["dppo"], "learner": {"hidden": 8}}})
-    assert [(r["algo"], r["variant"]) for r in exp.plan(two, "t")] == [("ippo", "a"), ("dppo", "a"), ("dppo", "b")]
+    two = exp.Experiment(feeders=("ieee33", "ieee69"), algos=("ippo", "dppo"), seeds=1, steps={"ieee33": 32, "ieee69": 32},
+                         variants={"a": {"feeders": ["ieee33"]}, "b": {"algos": ["dppo"], "learner": {"hidden": 8}}})
+    assert [(r["algo"], r["variant"], r["feeder"]) for r in exp.plan(two, "t")] == [
+        ("ippo", "a", "ieee33"), ("dppo", "a", "ieee33"), ("dppo", "b", "ieee33"), ("dppo", "b", "ieee69")]
     with pytest.raises(SpecError, match="not in algos"):
         exp.plan(dataclasses.replace(two, algos=("ippo",)), "t")
+    with pytest.raises(SpecError, match="not in feeders"):
+        exp.plan(dataclasses.replace(two, feeders=("ieee69",)), "t")
 
 
 def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_only():
