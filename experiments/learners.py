@@ -249,6 +249,9 @@ def summary_markdown(runs: pd.DataFrame, base: pd.DataFrame, *, eval_split: str,
 
 
 def _spread(x: pd.Series, digits: int) -> str:
+    x = x.dropna()  # e.g. CPU time, which runs trained before it was logged lack
+    if x.empty:
+        return "–"
     return f"{x.mean():.{digits}f} [{x.min():.{digits}f}, {x.max():.{digits}f}]"
 
 
