@@ -226,7 +226,8 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    killed_at = read_checkpoint(cut)["learner"]["iteration"]
+    killed = read_checkpoint(cut)
+    killed_at, cpu_at_kill = killed["learner"]["iteration"], killed["driver"]["cpu_s"]
     assert 1 <= killed_at < 10, "the run was not killed mid-way"
     res = runner.invoke(app, ["train", "ieee33", "--out", str(cut), "--resume", "--no-progress"])
     assert res.exit_code == 0, res.output
@@ -237,6 +238,9 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path
     keep = ["iteration", "env_steps", "tag", "value"]
     not_time = lambda df: df[~df["tag"].str.startswith("time/")][keep].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(not_time(a["scalars"]), not_time(b["scalars"]))
+    # the CPU time carries over the kill: it keeps growing from the checkpoint's, never restarts
+    cpu = b["scalars"].loc[b["scalars"]["tag"] == "time/cpu_s", "value"]
+    assert 0 < cpu_at_kill < cpu.iloc[-1] and cpu.is_monotonic_increasing
 
 
 # --------------------------------------------------------------------------------------------
