@@ -38,6 +38,9 @@ class Experiment:
         it to those algorithms / feeders.
     steps: feeder name → training budget in environment steps.
     train: the training config every run starts from (``gridrl train --config``'s format).
+    per_feeder: feeder name → overrides of ``train`` for every run on that feeder (the same
+        format as a variant's; a variant's own overrides come after them): settings tuned per
+        feeder on its training days.
     baselines: rule-based controllers of the comparison (``none``, ``droop``, ``droop:PRESET``, ``opf``, …).
     days: only these test days in the comparison (default: all; for quick checks).
     runs: folder of the run folders; out: folder of the comparison, tables and report.
@@ -49,6 +52,7 @@ class Experiment:
     variants: dict = field(default_factory=lambda: {"forecast": {}})
     steps: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    per_feeder: dict = field(default_factory=dict)
     baselines: tuple[str, ...] = ("none", "droop", "opf")
     days: tuple[int, ...] | None = None
     runs: str = "out/learners/runs"
@@ -71,6 +75,7 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     runs, problems = [], []
     missing = [f for f in exp.feeders if f not in exp.steps]
     problems += [f"steps: no budget for feeder {f!r}" for f in missing]
+    problems += [f"per_feeder.{f}: not in feeders {list(exp.feeders)}" for f in exp.per_feeder if f not in exp.feeders]
     # the first variant and algorithm first: an experiment stopped early has its main rows
     for variant, over in exp.variants.items():
         over = dict(over)
@@ -82,7 +87,8 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
             continue
         for algo in [a for a in exp.algos if only["algos"] is None or a in only["algos"]]:
             for feeder in [f for f in exp.feeders if f not in missing and (only["feeders"] is None or f in only["feeders"])]:
-                data = _merge(_merge(exp.train, over), {"algo": algo, "steps": int(exp.steps[feeder]), "compare": []})
+                base = _merge(exp.train, exp.per_feeder.get(feeder, {}))
+                data = _merge(_merge(base, over), {"algo": algo, "steps": int(exp.steps[feeder]), "compare": []})
                 for seed in range(exp.seeds):
                     try:
                         cfg = resolve_train_config({**data, "seed": seed}, source=f"{source} ({variant}, {algo})")
@@ -202,10 +208,12 @@ def tables(exp: Experiment, runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFram
             eval_s = float(sc.loc[sc["tag"] == "time/eval_s", "value"].sum())
             steps = int(sc["env_steps"].max())
             cpu = sc.loc[sc["tag"] == "time/cpu_s", "value"]  # runs trained before it was logged lack it
+            chosen = sc.loc[sc["tag"] == "val/selected_env_steps", "value"]  # runs without validation lack it
             rows.append({"feeder": feeder, "algo": r["algo"], "variant": r["variant"], "seed": r["seed"],
                          "controllable_rate": last["controllable_rate"], "energy_loss_mwh": last["energy_loss_mwh"],
                          "reactive_energy_mvarh": last["reactive_energy_mvarh"], "communication": last["communication"],
-                         "env_steps": steps, "train_s": wall - eval_s, "train_cpu_s": float(cpu.max()) if len(cpu) else float("nan"),
+                         "env_steps": steps, "selected_env_steps": int(chosen.iloc[-1]) if len(chosen) else steps,
+                         "train_s": wall - eval_s, "train_cpu_s": float(cpu.max()) if len(cpu) else float("nan"),
                          "steps_per_s": steps / max(wall - eval_s, 1e-9)})
             ev = sc[sc["tag"].str.startswith("eval/")]
             curves.append(ev.assign(feeder=feeder, variant=r["variant"], group=f"{r['algo']} {r['variant']}",
@@ -230,20 +238,23 @@ def summary_markdown(runs: pd.DataFrame, base: pd.DataFrame, *, eval_split: str,
              f"Command: `{command}`; load average at the end {load}. Every figure is on all test days; "
              f"mean over seeds with [min, max] in brackets. Training time excludes the periodic evaluations "
              f"(learning-curve points on {eval_split} days); train CPU min is this process's CPU time for the "
-             f"same, which a busy machine does not inflate.", ""]
+             f"same, which a busy machine does not inflate. Each run's policy is the one its validation on held-out "
+             f"training days selected (policy at k steps, one figure per seed).", ""]
     for feeder, g in runs.groupby("feeder", sort=False):
         b = base[base["feeder"] == feeder].set_index("controller")
         lines += [f"## {feeder}", "", "| controller | seeds | controllable | loss MWh | reactive MVArh | "
-                  "floats/agent/step | train min | train CPU min | steps/s |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "floats/agent/step | train min | train CPU min | steps/s | policy at k steps |",
+                  "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for ctrl, rec in b.iterrows():
             lines.append(f"| {ctrl} | – | {rec['controllable_rate']:.4f} | {rec['energy_loss_mwh']:.3f} | "
-                         f"{rec['reactive_energy_mvarh']:.1f} | {rec['communication']:.1f} | – | – | – |")
+                         f"{rec['reactive_energy_mvarh']:.1f} | {rec['communication']:.1f} | – | – | – | – |")
         for (algo, variant), r in g.groupby(["algo", "variant"], sort=False):
             lines.append(f"| {algo} {variant} | {len(r)} | {_spread(r['controllable_rate'], 4)} | "
                          f"{_spread(r['energy_loss_mwh'], 3)} | {r['reactive_energy_mvarh'].mean():.1f} | "
                          f"{r['communication'].iloc[0]:.1f} | {_spread(r['train_s'] / 60, 1)} | "
                          f"{_spread(r['train_cpu_s'] / 60, 1)} | "
-                         f"{r['steps_per_s'].mean():,.0f} |")
+                         f"{r['steps_per_s'].mean():,.0f} | "
+                         f"{', '.join(f'{x / 1000:.0f}' for x in r['selected_env_steps'])} |")
         lines += [""] + _targets(feeder, g, b) + [""]
     return "\n".join(lines) + "\n"
 

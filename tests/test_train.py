@@ -39,6 +39,8 @@ eval_every_steps = 32
 eval_days = [{day}]
 compare = ["none", "droop"]
 compare_days = [{day}]
+validation_days = 2
+validate_every_steps = 32
 [env]
 episode_hours = 2.0
 [learner]
@@ -91,11 +93,16 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     for tag in ("train/episode_return", "loss/value", "time/env_s", "time/update_s", "time/steps_per_s"):
         assert (sc["tag"] == tag).sum() == 2, tag
     summary = pd.read_csv(run_dir / "compare" / "summary.csv")
-    # the final curve point is the comparison's figure: the same policy on the same day
+    # the selected policy (validated at every curve point) is the comparison's: the curve point
+    # of the selected steps is the comparison's figure, the same policy on the same day
+    val = sc[sc["tag"] == "val/energy_loss_mwh"]
+    assert val["env_steps"].tolist() == [32, 64] and (val["value"] > 0).all()
+    chosen = int(sc.loc[sc["tag"] == "val/selected_env_steps", "value"].iloc[-1])
+    assert chosen in (32, 64)
     dppo = summary.set_index("controller").loc["dppo"]
-    assert ev["value"].iloc[-1] == pytest.approx(dppo["energy_loss_mwh"], rel=1e-9)
-    cr = sc[sc["tag"] == "eval/controllable_rate"]["value"].iloc[-1]
-    assert cr == pytest.approx(dppo["controllable_rate"], rel=1e-9)
+    at = lambda tag: sc[(sc["tag"] == tag) & (sc["env_steps"] == chosen)]["value"].item()  # noqa: E731
+    assert at("eval/energy_loss_mwh") == pytest.approx(dppo["energy_loss_mwh"], rel=1e-9)
+    assert at("eval/controllable_rate") == pytest.approx(dppo["controllable_rate"], rel=1e-9)
     assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", "dppo"]
     comm = summary.set_index("controller")["communication"]
     assert comm["dppo"] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
@@ -104,6 +111,50 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     assert acting == pytest.approx(comm["dppo"]) and training > acting  # critic messages, advantage sums
     html = (run_dir / "report.html").read_text()
     assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
+
+
+def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny, tmp_path):
+    from gridrl.marl.train import TrainError, validation_split
+
+    feeder = gridrl.load_feeder("ieee33")
+    pool = [int(d) for d in feeder.days("train")]
+    rest, val = validation_split(feeder, 20)
+    assert len(val) == 20 and sorted(rest + val) == pool and not set(rest) & set(val)
+    assert val[0] > pool[0] and val[-1] < pool[-1]  # spread through the split, not its ends
+    assert validation_split(feeder, 0) == (pool, [])
+    with pytest.raises(TrainError, match="leaves no training days"):
+        validation_split(feeder, len(pool))
+
+    # the training environment never draws a validation day
+    cfg = resolve_train_config(read_toml(tiny), source="tiny", overrides={"steps": 96})
+    seen: list[int] = []
+    from gridrl.env.core import VoltageControlEnv
+    real_reset = VoltageControlEnv.reset
+
+    def spy(self, *a, **k):
+        obs = real_reset(self, *a, **k)
+        if self.num_envs == cfg.num_envs:
+            seen.extend(int(d) for d in self.day_pool)
+        return obs
+    VoltageControlEnv.reset = spy
+    try:
+        res = train("ieee33", cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
+    finally:
+        VoltageControlEnv.reset = real_reset
+    _, val2 = validation_split(feeder, 2)
+    assert seen and not set(seen) & set(val2)
+    # the run's policy is the best validated one (rate first, then loss), stored with the checkpoint
+    sc = res.scalars
+    v = sc[sc["tag"].isin(["val/controllable_rate", "val/energy_loss_mwh"])].pivot(
+        index="env_steps", columns="tag", values="value")
+    best = v.sort_values(["val/controllable_rate", "val/energy_loss_mwh"], ascending=[False, True]).index[0]
+    ckpt = read_checkpoint(tmp_path / "run")
+    assert ckpt["driver"]["best"]["env_steps"] == best
+    loaded = gridrl.load_policy(tmp_path / "run").state_dict()
+    for k, t in ckpt["selected"].items():
+        assert torch.equal(loaded[k], t), k
+    same_as_last = all(torch.equal(t, ckpt["learner"]["policy"][k]) for k, t in ckpt["selected"].items())
+    assert same_as_last == (best == 96)
 
 
 def test_load_policy_acts_without_an_environment(run_dir, day):
@@ -160,8 +211,9 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     assert (first.ran, again.ran) == (1, 0)
     # "retrain": another checkpoint in the same folder (weights changed)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    key = next(k for k in ckpt["learner"]["policy"] if k.endswith("head.2.bias"))
-    ckpt["learner"]["policy"][key] += 0.5
+    served = ckpt["selected"]  # the run's policy: the best validated one
+    key = next(k for k in served if k.endswith("head.2.bias"))
+    served[key] += 0.5
     torch.save(ckpt, run / "checkpoint.pt")
     third = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
     assert third.ran == 1

@@ -9,7 +9,10 @@
 - ``learner``: the learner's ``state_dict`` (policy with its normaliser, critic, optimizer,
   generators, step counters);
 - ``env_rng``: the training environment's generators (:meth:`VoltageControlEnv.rng_state`);
-- ``driver``: the train driver's own counters (wall-clock time so far, next evaluation).
+- ``driver``: the train driver's own counters (wall-clock time so far, next evaluation, the best
+  validation so far);
+- ``selected`` (when the run validates): the policy ``state_dict`` of its best validation, which
+  is the run's policy; without it the run's policy is the learner's last.
 
 A checkpoint is replaced only by a complete new one (temporary file, then rename), so a run
 killed at any moment leaves the previous checkpoint intact. Anything wrong with one — not a
@@ -61,9 +64,12 @@ def make_header(*, algo: str, feeder, env, env_config, learner_config, seed: int
             "env_config": config_dict(env_config), "learner_config": config_dict(learner_config), "seed": int(seed)}
 
 
-def write_checkpoint(run_dir: str | Path, *, header: dict, learner: dict, env_rng: dict, driver: dict) -> Path:
+def write_checkpoint(run_dir: str | Path, *, header: dict, learner: dict, env_rng: dict, driver: dict,
+                     selected: dict | None = None) -> Path:
     """Write ``RUN_DIR/checkpoint.pt`` atomically; returns its path."""
     payload = {"header": header, "learner": learner, "env_rng": env_rng, "driver": driver}
+    if selected is not None:
+        payload["selected"] = selected
     return atomic_write(Path(run_dir) / CHECKPOINT, lambda p: torch.save(payload, p))
 
 
@@ -97,6 +103,8 @@ def read_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "
     for key in ("learner", "env_rng", "driver"):
         if not isinstance(data.get(key), dict):
             raise CheckpointError(f"{path} is incomplete (no {key} state); train the run again")
+    if not isinstance(data.get("selected", {}), dict):
+        raise CheckpointError(f"{path} is damaged (its selected policy is not a state); train the run again")
     return data
 
 

@@ -150,8 +150,11 @@ def training_sections(run_dir: str | Path) -> list[Section]:
         if key in c:
             rows.append((key, c[key]))
     if not sc.empty:
+        sel = sc.loc[sc["tag"] == "val/selected_env_steps", "value"]
         rows += [("environment steps trained", f"{int(sc['env_steps'].max()):,}"),
-                 ("wall-clock", f"{float(sc['wall_s'].max()):.0f} s")]
+                 ("policy", f"selected at {int(sel.iloc[-1]):,} environment steps by validation"
+                  if len(sel) else "the last one")]
+        rows += [("wall-clock", f"{float(sc['wall_s'].max()):.0f} s")]
         sps = sc[sc["tag"] == "time/steps_per_s"]["value"]
         if len(sps):
             rows.append(("feeder steps/s (median iteration)", f"{float(sps.median()):.0f}"))
@@ -175,6 +178,13 @@ def training_sections(run_dir: str | Path) -> list[Section]:
                             references=_references(run_dir, c.get("algo", "")) if split == "test" and
                             c.get("eval_days") is None and c.get("compare_days") is None else None,
                             title="Evaluation on whole days against environment steps"))
+    if (sc["tag"] == "val/controllable_rate").any():
+        n_val = c.get("validation_days", "?")
+        parts.append(fig_curves(sc, {"val/controllable_rate": f"controllable rate ({n_val} held-out training days)",
+                                     "val/energy_loss_mwh": f"energy loss, MWh ({n_val} held-out training days)",
+                                     "val/selected_env_steps": "environment steps of the selected policy"},
+                                title="Validation: the run's policy is the best of these points (highest "
+                                      "controllable rate, then lowest loss)"))
     parts.append(fig_curves(sc, {"train/episode_return": "episode return", "train/controllable_rate":
                                  "controllable rate (training band, with exploration)",
                                  "policy/std": "action standard deviation"},

@@ -75,7 +75,8 @@ class Run:
                                   f"(its spec or operating point changed since); train the run again")
 
     def policy(self, *, device: str | torch.device = "cpu", name: str | None = None):
-        """The trained :class:`~gridrl.marl.policy.Policy`, deterministic, on ``device``."""
+        """The trained :class:`~gridrl.marl.policy.Policy`, deterministic, on ``device``: the
+        best validated one when the run validated, else the last."""
         from gridrl.marl.graph import Neighbourhood
         from gridrl.marl.nets import GaussianActor, NeighbourhoodNet
         from gridrl.marl.normalize import RunningNorm
@@ -91,7 +92,7 @@ class Run:
         policy = Policy(actor, norm, graph, agents=h["agents"], obs_names=h["obs_names"],
                         name=name or self.path.name or self.algo)
         try:
-            policy.load_state_dict(self.checkpoint["learner"]["policy"])
+            policy.load_state_dict(self.checkpoint.get("selected") or self.checkpoint["learner"]["policy"])
         except (KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{self.path}: the policy in its checkpoint does not match its header "

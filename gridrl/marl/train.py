@@ -3,7 +3,8 @@
 ``gridrl train FEEDER --algo dppo --out RUN_DIR`` and :func:`train` do the same::
 
     RUN_DIR/config.json       the resolved configuration (every default filled in)
-    RUN_DIR/checkpoint.pt     the latest checkpoint (atomic; see gridrl.marl.checkpoint)
+    RUN_DIR/checkpoint.pt     the latest checkpoint (atomic; see gridrl.marl.checkpoint), with the
+                              selected policy (see below)
     RUN_DIR/scalars.csv       tidy scalars: iteration, env_steps, wall_s, tag, value
     RUN_DIR/tb/               the same scalars as TensorBoard event files
     RUN_DIR/compare/          the final comparison on the test days (gridrl compare's layout)
@@ -16,7 +17,13 @@ learner only for ``iterate()``, ``state_dict()`` / ``load_state_dict()``, ``poli
 ``communication_training``, ``env_steps`` and ``iteration``. A model-based learner plugs in the
 same way (add it to :data:`ALGORITHMS`).
 
-Training runs on the feeder's training days; test days are only ever evaluated. Every learner
+Training runs on the feeder's training days; test days are only ever evaluated. A few training
+days (``validation_days``, evenly spread) are held out of training: the deterministic policy is
+evaluated on them every ``validate_every_steps`` and at the end, and the best of those policies —
+the highest controllable rate, then the lowest energy loss — is the run's policy (what
+:func:`~gridrl.marl.run.load_policy`, ``gridrl evaluate`` and ``gridrl compare`` use). PPO's
+policy drifts between updates; this early stopping on held-out training days keeps the test days
+out of every choice. Every learner
 trains on a reward aligned with what it is judged by — line losses plus a penalty outside a band
 ``band_margin_pu`` inside the feeder's — unless the ``[env]`` table says otherwise.
 """
@@ -41,7 +48,7 @@ from gridrl.config import from_dict
 from gridrl.errors import CheckpointError, GridrlError, SpecError
 
 __all__ = ["ALGORITHMS", "TRAIN_ENV_DEFAULTS", "TrainConfig", "TrainError", "TrainResult", "TrainingDiverged",
-           "learner_class", "resolve_train_config", "train"]
+           "learner_class", "resolve_train_config", "train", "validation_split"]
 
 ALGORITHMS = {"dmpo": ("gridrl.marl.dmpo", "DMPO"), "dppo": ("gridrl.marl.dppo", "DPPO"),
               "ippo": ("gridrl.marl.ippo", "IPPO"), "cppo": ("gridrl.marl.cppo", "CPPO")}
@@ -97,6 +104,10 @@ class TrainConfig:
     compare: controllers the trained policy is compared with on the test days at the end
         (``none``, ``droop``, ``droop:PRESET``, ``opf``; empty: no comparison).
     compare_days: only these test days in that comparison (default: all).
+    validation_days: training days held out of training (evenly spread through the training
+        split) on which the policy is validated; the best validated policy is the run's policy
+        (0: no validation, the run's policy is the last one).
+    validate_every_steps: environment steps between validations (there is always one at the end).
     env: the training :class:`~gridrl.env.EnvConfig` (defaults: :data:`TRAIN_ENV_DEFAULTS`).
     learner: the algorithm's config (:class:`~gridrl.marl.dppo.DppoConfig`, …).
     """
@@ -112,6 +123,8 @@ class TrainConfig:
     eval_days: tuple[int, ...] | None = None
     compare: tuple[str, ...] = ("none", "droop", "opf")
     compare_days: tuple[int, ...] | None = None
+    validation_days: int = 20
+    validate_every_steps: int = 25_000
     env: Any = None
     learner: Any = None
 
@@ -122,9 +135,11 @@ class TrainConfig:
         for name in ("steps", "num_envs"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("band_margin_pu", "checkpoint_every_s", "eval_every_steps"):
+        for name in ("band_margin_pu", "checkpoint_every_s", "eval_every_steps", "validation_days"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.validate_every_steps < 1:
+            problems.append(f"validate_every_steps must be ≥ 1, got {self.validate_every_steps}")
         if self.eval_split not in ("test", "train"):
             problems.append(f"eval_split must be 'test' or 'train', got {self.eval_split!r}")
         if problems:
@@ -224,13 +239,18 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     checkpoint = _claim(out, feeder, config, resume=resume)
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
-    env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, config=config.env)
+    train_days, val_days = validation_split(feeder, config.validation_days)
+    env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
+                   config=config.env)
     cls = learner_class(config.algo)
     learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
     header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
                          learner_config=config.learner, seed=config.seed)
-    driver = {"wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf, "finished": False}
+    driver = {"wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf,
+              "next_val": config.validate_every_steps, "best": None, "finished": False}
+    selected = None  # the best validated policy's state (driver["best"] says when and how good)
     if checkpoint is not None:
+        selected = checkpoint.get("selected")
         learner.load_state_dict(checkpoint["learner"])
         env.set_rng_state(checkpoint["env_rng"])
         driver.update(checkpoint["driver"])
@@ -245,9 +265,11 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         if not _finite(learner):
             return
         scalars.flush()  # first: a resumed run drops rows past its checkpoint, never lacks any
-        write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=env.rng_state(), driver=driver)
+        write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=env.rng_state(), driver=driver,
+                         selected=selected)
 
-    curves = _Curves(feeder, config)
+    curves = _Curves(feeder, config.env, config.eval_split, config.eval_days, prefix="eval")
+    validation = _Curves(feeder, config.env, "train", val_days, prefix="val") if val_days else None
     bar = _progress(progress, config.steps, learner.env_steps)
     last_save = time.perf_counter()
     started = time.perf_counter() - driver["wall_s"]
@@ -269,14 +291,29 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             stats["comm/training"] = float(learner.communication_training)
             driver["wall_s"] = time.perf_counter() - started
             driver["cpu_s"] = stats["time/cpu_s"] = time.process_time() - cpu_started
-            if learner.env_steps >= driver["next_eval"] or learner.env_steps >= config.steps:
+            last = learner.env_steps >= config.steps
+            evaluate = learner.env_steps >= driver["next_eval"] or last
+            validate = validation is not None and (learner.env_steps >= driver["next_val"] or last)
+            if evaluate or validate:
                 t_eval, cpu_eval = time.perf_counter(), time.process_time()
-                stats.update(curves(learner.policy))
+                if evaluate:
+                    stats.update(curves(learner.policy))
+                if validate:
+                    val = validation(learner.policy)
+                    if _better(val, driver["best"]):
+                        driver["best"] = {"iteration": learner.iteration, "env_steps": learner.env_steps,
+                                          "controllable_rate": val["val/controllable_rate"],
+                                          "energy_loss_mwh": val["val/energy_loss_mwh"]}
+                        selected = {k: v.detach().clone() for k, v in learner.policy.state_dict().items()}
+                    stats.update(val)
+                    stats["val/selected_env_steps"] = float(driver["best"]["env_steps"])
                 stats["time/eval_s"] = time.perf_counter() - t_eval
                 cpu_started += time.process_time() - cpu_eval
                 driver["eval_s"] = driver.get("eval_s", 0.0) + stats["time/eval_s"]
                 while driver["next_eval"] <= learner.env_steps:
                     driver["next_eval"] += config.eval_every_steps or math.inf
+                while driver["next_val"] <= learner.env_steps:
+                    driver["next_val"] += config.validate_every_steps
             scalars.add(learner.iteration, learner.env_steps, driver["wall_s"], stats)
             bar.update(learner.env_steps - bar.n)
             bar.set_postfix_str(_postfix(stats), refresh=False)
@@ -291,8 +328,15 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         save()
     say(f"trained {learner.env_steps:,} environment steps in {driver['wall_s'] - driver['eval_s']:.0f} s "
         f"(+ {driver['eval_s']:.0f} s evaluating); checkpoint in {out}")
+    best = driver.get("best")
+    if best is not None:
+        say(f"selected the policy of {best['env_steps']:,} environment steps (on {len(val_days)} held-out "
+            f"training days: controllable rate {best['controllable_rate']:.4f}, "
+            f"{best['energy_loss_mwh']:.2f} MWh)")
     summary = None
     policy = learner.policy
+    if selected is not None:
+        policy.load_state_dict(selected)
     policy.name = out.name or config.algo
     if config.compare:
         summary = compare_run(out, feeder_name, config, progress=progress)
@@ -349,6 +393,28 @@ def _claim(out: Path, feeder, config: TrainConfig, *, resume: bool) -> dict | No
     return None
 
 
+def validation_split(feeder, n: int) -> tuple[list[int], list[int]]:
+    """The feeder's training days without its ``n`` validation days, and those: evenly spread
+    through the training split, the same for every seed."""
+    pool = [int(d) for d in feeder.days("train")]
+    if n == 0:
+        return pool, []
+    if n >= len(pool):
+        raise TrainError(f"validation_days = {n} leaves no training days ({feeder.name} has {len(pool)}); "
+                         f"choose fewer")
+    picked = sorted({pool[int((k + 0.5) * len(pool) / n)] for k in range(n)})
+    return [d for d in pool if d not in set(picked)], picked
+
+
+def _better(val: dict[str, float], best: dict | None) -> bool:
+    """Whether a validation beats the best so far: a higher controllable rate (keeping the band
+    comes first), then a lower energy loss."""
+    if best is None:
+        return True
+    rate, loss = val["val/controllable_rate"], val["val/energy_loss_mwh"]
+    return rate > best["controllable_rate"] or (rate == best["controllable_rate"] and loss < best["energy_loss_mwh"])
+
+
 def _finite(learner) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in learner.policy.parameters()) and \
         all(bool(torch.isfinite(p).all()) for p in learner.critic.parameters())
@@ -373,15 +439,16 @@ def _last_checkpoint_iteration(out: Path) -> int | str:
 
 
 class _Curves:
-    """The learning curves' points: whole days of ``eval_split`` with the deterministic policy.
+    """Whole days of ``split`` with the deterministic policy: the learning curves' points (prefix
+    ``eval``) and the validations (prefix ``val``).
 
     One environment (every evaluated day a scenario, from midnight, with the run's observation
     settings) is built at the first evaluation and reused; the figures are the environment's
     own episode aggregates, the same definitions as :func:`gridrl.evaluate.evaluate`'s.
     """
 
-    def __init__(self, feeder, config: TrainConfig):
-        self.feeder, self.config = feeder, config
+    def __init__(self, feeder, env_config, split: str, days, *, prefix: str):
+        self.feeder, self.env_config, self.split, self.days, self.prefix = feeder, env_config, split, days, prefix
         self.env = None
 
     def __call__(self, policy) -> dict[str, float]:
@@ -392,11 +459,10 @@ class _Curves:
             from gridrl.evaluate import check_days
             from gridrl.marl.run import evaluation_env_config
 
-            c = self.config
-            self.days = check_days(self.feeder, c.eval_split, c.eval_days)
-            cfg = dataclasses.replace(evaluation_env_config(c.env), start_hour=0.0, episode_hours=24.0,
+            self.days = check_days(self.feeder, self.split, self.days)
+            cfg = dataclasses.replace(evaluation_env_config(self.env_config), start_hour=0.0, episode_hours=24.0,
                                       day_sampling="cycle")
-            self.env = make_env(self.feeder, split=c.eval_split, num_envs=len(self.days), days=self.days, config=cfg)
+            self.env = make_env(self.feeder, split=self.split, num_envs=len(self.days), days=self.days, config=cfg)
         env = self.env
         obs, mask = env.reset(days=self.days), None
         dropout = env.config.message_dropout > 0
@@ -406,10 +472,11 @@ class _Curves:
             if bool(done.all()):
                 break
         m = {k: v.to(torch.float64) for k, v in env.episode_metrics().items()}
-        return {"eval/controllable_rate": float((m["controllable_rate"] * m["steps"]).sum() / m["steps"].sum()),
-                "eval/energy_loss_mwh": float(m["energy_loss_mwh"].sum()),
-                "eval/violation_bus_hours": float(m["violation_bus_hours"].sum()),
-                "eval/reactive_energy_mvarh": float(m["q_energy_mvarh"].sum())}
+        p = self.prefix
+        return {f"{p}/controllable_rate": float((m["controllable_rate"] * m["steps"]).sum() / m["steps"].sum()),
+                f"{p}/energy_loss_mwh": float(m["energy_loss_mwh"].sum()),
+                f"{p}/violation_bus_hours": float(m["violation_bus_hours"].sum()),
+                f"{p}/reactive_energy_mvarh": float(m["q_energy_mvarh"].sum())}
 
 
 def _progress(enabled: bool, total: int, start: int):
