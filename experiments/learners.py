@@ -239,7 +239,8 @@ def summary_markdown(runs: pd.DataFrame, base: pd.DataFrame, *, eval_split: str,
              f"mean over seeds with [min, max] in brackets. Training time excludes the periodic evaluations "
              f"(learning-curve points on {eval_split} days); train CPU min is this process's CPU time for the "
              f"same, which a busy machine does not inflate. Each run's policy is the one its validation on held-out "
-             f"training days selected (policy at k steps, one figure per seed).", ""]
+             f"training days selected (policy at k steps, one figure per seed; the last one for a run that does "
+             f"not validate).", ""]
     for feeder, g in runs.groupby("feeder", sort=False):
         b = base[base["feeder"] == feeder].set_index("controller")
         lines += [f"## {feeder}", "", "| controller | seeds | controllable | loss MWh | reactive MVArh | "

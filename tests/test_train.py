@@ -113,7 +113,7 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
 
 
-def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny, tmp_path):
+def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny, tmp_path, monkeypatch):
     from gridrl.marl.train import TrainError, validation_split
 
     feeder = gridrl.load_feeder("ieee33")
@@ -136,11 +136,8 @@ def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny
         if self.num_envs == cfg.num_envs:
             seen.extend(int(d) for d in self.day_pool)
         return obs
-    VoltageControlEnv.reset = spy
-    try:
-        res = train("ieee33", cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
-    finally:
-        VoltageControlEnv.reset = real_reset
+    monkeypatch.setattr(VoltageControlEnv, "reset", spy)
+    res = train("ieee33", cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
     _, val2 = validation_split(feeder, 2)
     assert seen and not set(seen) & set(val2)
     # the run's policy is the best validated one (rate first, then loss), stored with the checkpoint
@@ -234,7 +231,8 @@ def test_report_of_a_run_folder(run_dir, tmp_path):
 
 def _final_state(run: Path) -> dict:
     c = read_checkpoint(run)
-    return {"learner": c["learner"], "env_rng": c["env_rng"], "scalars": pd.read_csv(run / "scalars.csv")}
+    return {"learner": c["learner"], "env_rng": c["env_rng"], "selected": c.get("selected"),
+            "best": c["driver"].get("best"), "scalars": pd.read_csv(run / "scalars.csv")}
 
 
 def _assert_same(a, b, path="state"):
@@ -287,6 +285,9 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path
     assert a["learner"]["iteration"] == 10
     _assert_same(a["learner"], b["learner"])
     _assert_same(a["env_rng"], b["env_rng"])
+    # the validated choice carries over the kill: the same policy chosen at the same step
+    assert a["best"] is not None and a["best"] == b["best"]
+    _assert_same(a["selected"], b["selected"])
     keep = ["iteration", "env_steps", "tag", "value"]
     not_time = lambda df: df[~df["tag"].str.startswith("time/")][keep].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(not_time(a["scalars"]), not_time(b["scalars"]))

@@ -59,8 +59,9 @@ class DppoConfig:
     1.9× faster on ieee141 (2,863 against 1,504 feeder-steps/s in one process) and ended at
     11.59 MWh on those ieee33 days (64 wide: 11.27; one seed each) and at controllable 0.9979 /
     45.85 MWh on 20 ieee141 training days after 400k steps (64 wide: 0.9974 / 44.08; 1547-B
-    droop: 1.0 / 50.71). Two epochs instead of four, a critic narrower than the actor and a band
-    margin of 0.01 were measured too and cost more quality for the speed they gave.
+    droop: 1.0 / 50.71). Two epochs instead of four and a critic narrower than the actor were
+    measured too and cost more quality for the speed they gave. (A band margin of 0.01, measured
+    beside them, is ieee141's per-feeder setting: ``TrainConfig.band_margin_pu``.)
 
     hops: κ, how far on the agent graph an agent's inputs (actor and critic) reach.
     gamma: discount per step. gae_lambda: GAE's λ (the paper: 0.5).

@@ -153,8 +153,8 @@ def training_sections(run_dir: str | Path) -> list[Section]:
         sel = sc.loc[sc["tag"] == "val/selected_env_steps", "value"]
         rows += [("environment steps trained", f"{int(sc['env_steps'].max()):,}"),
                  ("policy", f"selected at {int(sel.iloc[-1]):,} environment steps by validation"
-                  if len(sel) else "the last one")]
-        rows += [("wall-clock", f"{float(sc['wall_s'].max()):.0f} s")]
+                  if len(sel) else "the last one"),
+                 ("wall-clock", f"{float(sc['wall_s'].max()):.0f} s")]
         sps = sc[sc["tag"] == "time/steps_per_s"]["value"]
         if len(sps):
             rows.append(("feeder steps/s (median iteration)", f"{float(sps.median()):.0f}"))
