@@ -145,10 +145,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", required=True, help="experiment TOML (experiments/learners.py's format)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true", help="train nothing: compare and report the finished runs")
+    p.add_argument("--worker", action="store_true",
+                   help="train the runs no other process has claimed, then stop without reporting: start "
+                        "one per core, then report with --report-only once all have ended")
     args = p.parse_args(argv)
     exp = from_dict(learners.Experiment, read_toml(args.config), source=args.config)
     planned = learners.plan(exp, args.config)
     progress = not args.no_progress
+    if args.worker:
+        learners.run_all(exp, planned, progress=progress, claim=True)
+        return
     if not args.report_only:
         learners.run_all(exp, planned, progress=progress)
     runs = [r for r in planned if learners.finished(r)]

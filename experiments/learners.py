@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ class Experiment:
         ``{ env = { forecast_steps = 0 } }`` (a table with optional ``env`` and ``learner`` tables
         and top-level training keys); ``algos = [...]`` / ``feeders = [...]`` in a variant limit
         it to those algorithms / feeders.
-    steps: feeder name → training budget in environment steps.
+    steps: feeder name → training budget in environment steps, one for every algorithm or a
+        table algorithm → budget (e.g. ``mv-urban = { dmpo = 4096, dppo = 32768 }``: a
+        model-based learner's curve needs fewer real steps than a model-free one's).
     train: the training config every run starts from (``gridrl train --config``'s format).
     per_feeder: feeder name → overrides of ``train`` for every run on that feeder (the same
         format as a variant's; a variant's own overrides come after them): settings tuned per
@@ -75,6 +78,8 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     runs, problems = [], []
     missing = [f for f in exp.feeders if f not in exp.steps]
     problems += [f"steps: no budget for feeder {f!r}" for f in missing]
+    problems += [f"steps.{f}: no budget for algorithm {a!r}" for f, b in exp.steps.items()
+                 if isinstance(b, dict) for a in exp.algos if a not in b]
     problems += [f"per_feeder.{f}: not in feeders {list(exp.feeders)}" for f in exp.per_feeder if f not in exp.feeders]
     # the first variant and algorithm first: an experiment stopped early has its main rows
     for variant, over in exp.variants.items():
@@ -88,7 +93,12 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
         for algo in [a for a in exp.algos if only["algos"] is None or a in only["algos"]]:
             for feeder in [f for f in exp.feeders if f not in missing and (only["feeders"] is None or f in only["feeders"])]:
                 base = _merge(exp.train, exp.per_feeder.get(feeder, {}))
-                data = _merge(_merge(base, over), {"algo": algo, "steps": int(exp.steps[feeder]), "compare": []})
+                budget = exp.steps[feeder]
+                if isinstance(budget, dict):
+                    if algo not in budget:
+                        continue  # reported above
+                    budget = budget[algo]
+                data = _merge(_merge(base, over), {"algo": algo, "steps": int(budget), "compare": []})
                 for seed in range(exp.seeds):
                     try:
                         cfg = resolve_train_config({**data, "seed": seed}, source=f"{source} ({variant}, {algo})")
@@ -103,14 +113,43 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
 
 
 def finished(run: dict) -> bool:
-    """A run whose training ended (its last checkpoint says so)."""
-    from gridrl.errors import GridrlError
+    """A run whose training ended (its last checkpoint says so). A finished folder trained with
+    other settings than the plan's (a default or the experiment file changed since) stops the
+    experiment: reporting it under the new settings would be wrong, retraining it would lose it."""
+    from gridrl.errors import GridrlError, SpecError
     from gridrl.marl.checkpoint import read_checkpoint
 
     try:
-        return bool(read_checkpoint(run["folder"])["driver"].get("finished"))
+        done = bool(read_checkpoint(run["folder"])["driver"].get("finished"))
     except GridrlError:
         return False
+    if done and (diff := stale_settings(run)):
+        raise SpecError(str(run["folder"]), [f"trained with other settings than planned ({', '.join(diff)} differ); "
+                                             f"move the folder away (or delete it) to train it again"])
+    return done
+
+
+def stale_settings(run: dict) -> list[str]:
+    """The settings in which the run folder's recorded config differs from the planned one (the
+    training band aside: the folder records it narrowed by the margin, which is compared)."""
+    from gridrl.marl.checkpoint import config_dict
+    from gridrl.marl.train import CONFIG_FILE
+
+    try:
+        stored = json.loads((Path(run["folder"]) / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError):
+        return [CONFIG_FILE]
+    planned = json.loads(json.dumps(config_dict(run["config"])))
+    skip = {"checkpoint_every_s", "env.v_min_pu", "env.v_max_pu"}
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, val in d.items():
+            out.update(flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val})
+        return out
+
+    a, b = flat(stored), flat(planned)
+    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
 
 def run_all(exp: Experiment, runs: list[dict], *, progress: bool, claim: bool = False) -> None:

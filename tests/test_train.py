@@ -475,6 +475,12 @@ message_dim = 4
         exp.plan(dataclasses.replace(two, algos=("ippo",)), "t")
     with pytest.raises(SpecError, match="not in feeders"):
         exp.plan(dataclasses.replace(two, feeders=("ieee69",)), "t")
+    # a feeder's budget may differ per algorithm, and then names every algorithm trained
+    per_algo = dataclasses.replace(two, steps={"ieee33": {"ippo": 64, "dppo": 16}, "ieee69": 32})
+    assert [(r["algo"], r["variant"], r["config"].steps) for r in exp.plan(per_algo, "t") if r["feeder"] == "ieee33"] == [
+        ("ippo", "a", 64), ("dppo", "a", 16), ("dppo", "b", 16)]
+    with pytest.raises(SpecError, match="no budget for algorithm 'dppo'"):
+        exp.plan(dataclasses.replace(two, steps={"ieee33": {"ippo": 64}, "ieee69": 32}), "t")
 
 
 def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_only():
