@@ -280,6 +280,10 @@ def test_the_experiment_reads_targets_off_the_learning_curves():
     assert "ratio 0.33 (met)" in md and "below the tuned droop's loss (41.500 MWh): 1 of 1" in md
     assert "gap 2.6 [2.6, 2.6] %" in md
     assert "| dmpo (k0) | 0 | not reached |" in md and "dmpo `k0` against dmpo `v`: loss 44.000" in md
+    # with the tuned droop as a baseline: the steps to droop's rate at the tuned droop's loss, per run and per learner
+    assert "| dmpo | 0 | 2,000 | 3,000 | 3,000 |" in md and "| dppo | 0 | 6,000 | 6,000 | 6,000 |" in md
+    assert "dmpo reaches droop's rate at the tuned droop's loss on 1 of 1 seeds within 3,000 real steps (at 3,000)." in md
+    assert "| dmpo (k0) | 0 | not reached | not reached | not reached |" in md
     from gridrl.config import from_dict, read_toml
 
     for path in sorted(root.glob("dmpo_*.toml")):
