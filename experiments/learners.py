@@ -389,4 +389,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridrl.errors import GridrlError
+
+    try:
+        main()
+    except GridrlError as exc:  # a stale run folder, a comparison folder of other controllers, …: one line
+        sys.exit(f"error: {exc}")
