@@ -466,6 +466,13 @@ message_dim = 4
     no_fc = read_checkpoint(tmp_path / "runs" / "ieee33" / "ippo-no-forecast-seed0")["header"]
     assert no_fc["env_config"]["forecast_steps"] == 0 and not any("forecast" in n for n in no_fc["obs_names"])
     exp.main(["--config", str(cfg), "--no-progress"])  # again: every run is finished, nothing retrains
+    # a finished run is never reported under settings it was not trained with (a default or the
+    # file changed since): the experiment stops with one line naming what differs
+    cfg.write_text(cfg.read_text().replace("message_dim = 4", "message_dim = 4\ngamma = 0.9"))
+    stamp = (tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0" / "checkpoint.pt").stat().st_mtime_ns
+    with pytest.raises(SpecError, match=r"trained with other settings than planned \(learner.gamma differ\)"):
+        exp.main(["--config", str(cfg), "--no-progress"])
+    assert (tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0" / "checkpoint.pt").stat().st_mtime_ns == stamp
     # a variant may be limited to some algorithms, never to one the experiment does not train
     two = exp.Experiment(feeders=("ieee33", "ieee69"), algos=("ippo", "dppo"), seeds=1, steps={"ieee33": 32, "ieee69": 32},
                          variants={"a": {"feeders": ["ieee33"]}, "b": {"algos": ["dppo"], "learner": {"hidden": 8}}})
