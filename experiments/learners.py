@@ -36,7 +36,7 @@ class Experiment:
     variants: name → overrides of the training config for that variant, e.g.
         ``{ env = { forecast_steps = 0 } }`` (a table with optional ``env`` and ``learner`` tables
         and top-level training keys); ``algos = [...]`` / ``feeders = [...]`` in a variant limit
-        it to those algorithms / feeders.
+        it to those algorithms / feeders; ``steps = N`` gives the variant's runs that budget.
     steps: feeder name → training budget in environment steps, one for every algorithm or a
         table algorithm → budget (e.g. ``mv-urban = { dmpo = 4096, dppo = 32768 }``: a
         model-based learner's curve needs fewer real steps than a model-free one's).
@@ -85,6 +85,10 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
     for variant, over in exp.variants.items():
         over = dict(over)
         only = {k: over.pop(k, None) for k in ("algos", "feeders")}
+        own_steps = over.pop("steps", None)
+        if own_steps is not None and (isinstance(own_steps, bool) or not isinstance(own_steps, int) or own_steps < 1):
+            problems.append(f"variants.{variant}.steps: a number of environment steps ≥ 1, got {own_steps!r}")
+            continue
         wrong = [f"variants.{variant}.{k}: {sorted(set(v) - set(getattr(exp, k)))} not in {k} {list(getattr(exp, k))}"
                  for k, v in only.items() if v is not None and not set(v) <= set(getattr(exp, k))]
         if wrong:
@@ -93,7 +97,7 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
         for algo in [a for a in exp.algos if only["algos"] is None or a in only["algos"]]:
             for feeder in [f for f in exp.feeders if f not in missing and (only["feeders"] is None or f in only["feeders"])]:
                 base = _merge(exp.train, exp.per_feeder.get(feeder, {}))
-                budget = exp.steps[feeder]
+                budget = exp.steps[feeder] if own_steps is None else own_steps
                 if isinstance(budget, dict):
                     if algo not in budget:
                         continue  # reported above

@@ -486,6 +486,10 @@ message_dim = 4
     per_algo = dataclasses.replace(two, steps={"ieee33": {"ippo": 64, "dppo": 16}, "ieee69": 32})
     assert [(r["algo"], r["variant"], r["config"].steps) for r in exp.plan(per_algo, "t") if r["feeder"] == "ieee33"] == [
         ("ippo", "a", 64), ("dppo", "a", 16), ("dppo", "b", 16)]
+    own = dataclasses.replace(two, variants={"a": {"steps": 8}, "b": {"steps": 0}})
+    with pytest.raises(SpecError, match="variants.b.steps: a number of environment steps"):
+        exp.plan(own, "t")
+    assert {r["config"].steps for r in exp.plan(dataclasses.replace(own, variants={"a": {"steps": 8}}), "t")} == {8}
     with pytest.raises(SpecError, match="no budget for algorithm 'dppo'"):
         exp.plan(dataclasses.replace(two, steps={"ieee33": {"ippo": 64}, "ieee69": 32}), "t")
 
