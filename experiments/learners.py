@@ -134,8 +134,9 @@ def finished(run: dict) -> bool:
 
 
 def stale_settings(run: dict) -> list[str]:
-    """The settings in which the run folder's recorded config differs from the planned one (the
-    training band aside: the folder records it narrowed by the margin, which is compared)."""
+    """The settings in which the run folder's recorded config differs from the planned one. A
+    planned band of ``None`` (the feeder's, narrowed by ``band_margin_pu``) is recorded as the
+    narrowed band; the margin itself is compared then."""
     from gridrl.marl.checkpoint import config_dict
     from gridrl.marl.train import CONFIG_FILE
 
@@ -144,8 +145,6 @@ def stale_settings(run: dict) -> list[str]:
     except (OSError, ValueError, KeyError):
         return [CONFIG_FILE]
     planned = json.loads(json.dumps(config_dict(run["config"])))
-    skip = {"checkpoint_every_s", "env.v_min_pu", "env.v_max_pu"}
-
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for key, val in d.items():
@@ -153,6 +152,7 @@ def stale_settings(run: dict) -> list[str]:
         return out
 
     a, b = flat(stored), flat(planned)
+    skip = {"checkpoint_every_s"} | ({"env.v_min_pu", "env.v_max_pu"} if b.get("env.v_min_pu") is None else set())
     return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
 
