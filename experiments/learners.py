@@ -137,22 +137,22 @@ def stale_settings(run: dict) -> list[str]:
     """The settings in which the run folder's recorded config differs from the planned one. A
     planned band of ``None`` (the feeder's, narrowed by ``band_margin_pu``) is recorded as the
     narrowed band; the margin itself is compared then."""
-    from gridrl.marl.checkpoint import config_dict
-    from gridrl.marl.train import CONFIG_FILE
+    from gridrl.marl.train import CONFIG_FILE, _identity
 
     try:
-        stored = json.loads((Path(run["folder"]) / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+        stored = json.loads((Path(run["folder"]) / CONFIG_FILE).read_text(encoding="utf-8"))["identity"]
     except (OSError, ValueError, KeyError):
         return [CONFIG_FILE]
-    planned = json.loads(json.dumps(config_dict(run["config"])))
+
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for key, val in d.items():
             out.update(flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val})
         return out
 
-    a, b = flat(stored), flat(planned)
-    skip = {"checkpoint_every_s"} | ({"env.v_min_pu", "env.v_max_pu"} if b.get("env.v_min_pu") is None else set())
+    # what determines a run's results, recorded as the train driver's resume check reads it
+    a, b = flat(stored), flat(_identity(run["config"]))
+    skip = {"feeder", "feeder_hash"} | ({"env.v_min_pu", "env.v_max_pu"} if b.get("env.v_min_pu") is None else set())
     return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
 
