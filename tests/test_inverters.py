@@ -14,17 +14,24 @@ P = np.array([[0.0, 0.6, 1.0, 1.2, -1e-6]])  # night, part load, near rating, at
 
 
 def test_headroom_is_what_the_rating_leaves_by_day():
-    q = q_avail_mvar(P, S_MAX)
+    q = q_avail_mvar(P, S_MAX, q_at_night=True)
     np.testing.assert_allclose(q, [[1.2, np.sqrt(1.2 ** 2 - 0.36), np.sqrt(1.44 - 1.0), 0.0, 0.6]], rtol=1e-11)
     assert q_avail_mvar(np.array([1.5]), np.array([1.2]))[0] == 0.0  # output above rating: no headroom, never NaN
 
 
 def test_without_q_at_night_an_inverter_gives_nothing_while_its_array_produces_nothing():
-    on, off = q_avail_mvar(P, S_MAX, q_at_night=True), q_avail_mvar(P, S_MAX, q_at_night=False)
+    on, off = q_avail_mvar(P, S_MAX, q_at_night=True), q_avail_mvar(P, S_MAX)  # without night mode by default
     producing = P > 0
     np.testing.assert_array_equal(off[producing], on[producing])
     assert (off[~producing] == 0).all()
     np.testing.assert_allclose(on[~producing], S_MAX[~producing[0]], rtol=1e-11)  # a STATCOM at night
+
+
+def test_the_default_inverter_has_no_night_mode():
+    import gridrl
+
+    assert not gridrl.load_feeder("ieee33").spec.pv.q_at_night
+    np.testing.assert_array_equal(q_avail_mvar(P, S_MAX), q_avail_mvar(P, S_MAX, q_at_night=False))
 
 
 @pytest.mark.parametrize("night", [True, False])
