@@ -28,7 +28,7 @@ import re
 import numpy as np
 import pandas as pd
 
-__all__ = ["UNIT_TYPES", "unit_table", "unit_type"]
+__all__ = ["UNIT_TYPES", "unit_power_factor", "unit_table", "unit_type"]
 
 #: Every unit type a feeder spec may name (``other``: a unit none of the rules recognise).
 UNIT_TYPES = ("pv", "wind", "hydro", "biomass", "storage", "other")
@@ -80,3 +80,16 @@ def unit_table(net, *, overrides: dict[str, str] | None = None, agents: pd.Index
                          "p_mw": rating if rating > 0 else abs(float(r.p_mw)), "q_mvar": float(r.q_mvar),
                          "agent": False})
     return pd.DataFrame(rows, columns=["element", "index", "bus", "unit_type", "p_mw", "q_mvar", "agent"])
+
+
+def unit_power_factor(sgen: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """How a unit that is not an agent sets its reactive power: ``q = q_fixed + p · q_per_mw``,
+    each ``[n_sgen]`` in ``sgen``'s row order. A unit runs at the power factor of its nominal
+    ``p_mw`` and ``q_mvar`` (``q_per_mw = q_mvar / p_mw``, generator convention: negative absorbs),
+    so its reactive power follows its profile; one with no nominal active power keeps its
+    ``q_mvar``."""
+    p = sgen["p_mw"].to_numpy(dtype=np.float64)
+    q = sgen["q_mvar"].to_numpy(dtype=np.float64)
+    has_p = p != 0.0
+    q_per_mw = np.divide(q, p, out=np.zeros_like(q), where=has_p)
+    return np.where(has_p, 0.0, q), q_per_mw
