@@ -4,6 +4,7 @@ the STATCOM mode."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -40,3 +41,24 @@ def test_numpy_and_torch_agree(night):
     got = q_avail_mvar(torch.as_tensor(P), torch.as_tensor(S_MAX), q_at_night=night)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_every_results_table_states_the_night_setting_it_was_measured_with():
+    """The per-day table and the summary say whether inverters gave reactive power at night, and
+    the figures differ exactly at night: droop has nothing to give there without a night mode."""
+    import gridrl
+    from gridrl.compare import summarize, summary_markdown
+    from gridrl.env import EnvConfig
+    from gridrl.evaluate import evaluate
+
+    feeder = gridrl.load_feeder("ieee33")
+    droop = gridrl.make_controller("droop", feeder, preset="ieee1547-b")
+    day = feeder.days("test")[:1]
+    runs = {night: evaluate(feeder, droop, days=day, env_config=EnvConfig(q_at_night=night)) for night in (False, True)}
+    for night, ev in runs.items():
+        assert ev.days["q_at_night"].tolist() == [night]
+    table = summarize(pd.concat([runs[False].days, runs[True].days.assign(controller="droop-night")]))
+    assert table["q_at_night"].tolist() == ["no", "yes"]
+    assert summary_markdown(table).splitlines()[0].endswith("| Q at night |")
+    assert "**Q at night**" in summary_markdown(table)
+    assert runs[True].days["reactive_energy_mvarh"].iloc[0] > runs[False].days["reactive_energy_mvarh"].iloc[0]
