@@ -119,7 +119,8 @@ def obs_loc_scale(env, *, scenarios: int = 8, seed: int = 0, min_std: float = 1e
     observation entry over a seeded rollout of uniform random actions on ``scenarios`` whole
     episodes of ``env``'s own days and config (a separate core: ``env`` is not touched).
 
-    Entries that do not vary (masks, padding) get ``loc 0, scale 1`` and pass unchanged.
+    Entries that do not vary (padding) and the 0/1 zone masks get ``loc 0, scale 1`` and pass
+    unchanged.
     """
     from gridrl.env.core import VoltageControlEnv
 
@@ -137,6 +138,7 @@ def obs_loc_scale(env, *, scenarios: int = 8, seed: int = 0, min_std: float = 1e
     x = torch.stack(obs).reshape(-1, probe.obs_dim).to(torch.float64)
     loc, std = x.mean(0), x.std(0)
     flat = std < min_std
+    flat |= torch.tensor([feature_of(n)[0] == "mask" for n in probe.obs_names])
     loc = torch.where(flat, 0.0, loc)
     scale = torch.where(flat, 1.0, std)
     return loc.to(torch.float32), scale.to(torch.float32)
