@@ -203,8 +203,29 @@ def test_voltage_profile_is_drawn_at_the_days_extremes(figures, results):
     assert f"highest voltage (none): {hhmm(s.loc[s['v_max_pu'].idxmax(), 'hour'])}" in captions
     assert f"lowest voltage (none): {hhmm(s.loc[s['v_min_pu'].idxmin(), 'hour'])}" in captions
     # the uncontrolled line reaches the day's highest voltage at the far end of the feeder
-    none = [t for t in figures["profile"].data if t.name == "none" and t.mode == "lines"][0]
+    none = [t for t in figures["profile"].data if t.name == "none"][0]
     assert max(y for y in none.y if y is not None) == pytest.approx(s["v_max_pu"].max(), abs=1e-6)
+
+
+def test_voltage_profile_is_one_trace_per_controller_drawing_each_branch_once(figures, tmp_path):
+    from gridrl.plots import feeder_paths
+
+    fig = figures["profile"]
+    assert [t.name for t in fig.data] == [c for _ in range(2) for c in CONTROLLERS], "per panel, one per controller"
+    assert [t.name for t in fig.data if t.showlegend] == list(CONTROLLERS)
+    d = electrical_distance(gridrl.load_feeder("ieee33")).table
+    paths = feeder_paths(d["parent"], d["z_ohm"], set(d.index))
+    assert len(paths) == 4, "ieee33: the main feeder and three laterals (ends at buses 18, 22, 25, 33)"
+    branches = [(a, b) for path in paths for a, b in zip(path, path[1:])]
+    assert sorted(branches) == sorted((int(p), int(b)) for b, p in d["parent"].items() if p >= 0), "each once"
+    for trace in fig.data:
+        assert sum(x is None for x in trace.x) == len(paths) - 1, "laterals joined, with a gap between them"
+        assert sum(s > 0 for s in trace.marker.size) == 33, "one marker per bus"
+    layout = _browser_layout(fig, tmp_path)
+    legend = [t["text"] for t in layout["texts"] if "legendtext" in t["where"]]
+    assert legend == list(CONTROLLERS)
+    drawn = [tr for tr in layout["traces"] if tr["points"]]
+    assert len(drawn) == 2 * len(CONTROLLERS) and all(len(tr["points"]) >= 33 for tr in drawn)
 
 
 def test_bars_show_their_values_even_zero(figures):
