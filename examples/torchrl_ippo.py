@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from tensordict.nn import TensorDictModule
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torch import nn
 from torchrl.envs import ObservationNorm, TransformedEnv
 from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
@@ -128,7 +129,7 @@ def train(cfg: Config, *, log=print) -> dict:
     for it in range(cfg.iterations):
         if cfg.minutes is not None and time.perf_counter() - t0 > 60 * cfg.minutes:
             break
-        with torch.no_grad():
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):  # sample, not the mean
             data = env.rollout(steps_per_episode, actor, break_when_any_done=False)
             shape = data["next", "agents", "reward"].shape
             for key in ("done", "terminated"):
@@ -148,6 +149,7 @@ def train(cfg: Config, *, log=print) -> dict:
         steps += n
         rec = {"iteration": it, "steps": steps, "seconds": time.perf_counter() - t0,
                "reward": float(data["next", "agents", "reward"].mean()),
+               "action_std": float(data["agents", "action"].std()),
                "controllable": float(data["next", "metrics", "controllable"].float().mean())}
         history.append(rec)
         if log is not None and (it % 10 == 0 or it == cfg.iterations - 1):

@@ -43,6 +43,7 @@ def test_torchrl_example_trains_with_torchrls_ppo_loss():
     result = ex.train(cfg, log=None)
     assert [h["iteration"] for h in result["history"]] == [0, 1, 2]
     assert result["history"][-1]["steps"] == 3 * 8 * 8
+    assert all(h["action_std"] > 0.01 for h in result["history"])  # it explores: actions are sampled
     _check_policy(result["policy"])
 
 
