@@ -65,6 +65,8 @@ class StepPlant:
     load_p_mw, load_q_mvar: ``[B, n_load]``; sgen_p_mw: ``[B, n_sgen]``; q_avail_mvar:
     ``[B, n_inv]`` available reactive power of each inverter (0 for an inverter that is out).
     monitored: ``[n_bus]`` bool, the buses the band applies to; v_min_pu, v_max_pu: the band.
+    tap_pos: ``[B]`` the tap changer's position at this step (given, not optimised), or None for
+        the net's position.
     """
 
     pf: object
@@ -76,6 +78,7 @@ class StepPlant:
     monitored: np.ndarray
     v_min_pu: float
     v_max_pu: float
+    tap_pos: np.ndarray | None = None
 
     @property
     def batch(self) -> int:
@@ -89,7 +92,9 @@ class StepPlant:
         if rows is None:
             rows = np.arange(actions.shape[0])
         q = self.amap.sgen_q_mvar(actions, self.q_avail_mvar[rows])
-        return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init)
+        tap = None if self.tap_pos is None else self.tap_pos[rows]
+        return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init,
+                             tap_pos=tap)
 
 
 def plant_from_profiles(feeder, steps, *, pf=None, amap: ActionMap | None = None,
@@ -119,7 +124,7 @@ def plant_from_env(env, pf, amap: ActionMap) -> StepPlant:
     return StepPlant(pf=pf, amap=amap, load_p_mw=pend["load_p_mw"], load_q_mvar=pend["load_q_mvar"],
                      sgen_p_mw=pend["sgen_p_mw"], q_avail_mvar=q_avail,
                      monitored=np.asarray(env.monitored.cpu(), dtype=bool), v_min_pu=env.v_min_pu,
-                     v_max_pu=env.v_max_pu)
+                     v_max_pu=env.v_max_pu, tap_pos=pend.get("tap_pos") if getattr(env, "_avr", False) else None)
 
 
 class PlantDerivatives:
