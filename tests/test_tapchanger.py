@@ -194,3 +194,32 @@ def test_source_regulator_on_an_ieee_feeder_raises_the_source_with_the_tap():
     # from neutral at 1.0 p.u., the settle at the episode start lifts the source to 1.03 ± 0.005
     assert (taps == 5).all()  # 1 + 5 × 0.625 % = 1.03125
     assert np.abs(vm - 1.03125).max() < 1e-9
+
+
+def test_opf_respects_thermal_limits_at_the_given_tap():
+    import dataclasses
+
+    from gridrl.control.opf import OpfOptions, solve_opf
+    from gridrl.control.plant import ActionMap, PlantDerivatives, plant_from_profiles
+
+    feeder = _feeder("mv-urban")
+    pf = feeder.power_flow()
+    amap = ActionMap(feeder, pf)
+    model = PlantDerivatives(feeder, pf, amap)
+    steps = np.concatenate([feeder.profiles.day_steps(d) for d in feeder.days("test")[:6]])
+    plant = dataclasses.replace(plant_from_profiles(feeder, steps), tap_pos=np.full(len(steps), 2))
+    rho = pf.tap_changer.ratio(plant.tap_pos)
+    none = model.flows.loading_pct(plant.solve(np.zeros((len(steps), amap.n_agents))).v, rho).max(axis=1)
+    hot = np.flatnonzero((none > 100.5) & (none < 103.0))[:3]
+    assert hot.size == 3, "the test days should hold slightly overloaded steps"
+    sub = dataclasses.replace(plant_from_profiles(feeder, steps[hot]), tap_pos=np.full(3, 2))
+    free = solve_opf(sub, model, options=OpfOptions(thermal_limits=False))
+    held = solve_opf(sub, model)
+    load_free = model.flows.loading_pct(sub.solve(free.actions).v, rho[hot]).max(axis=1)
+    load_held = model.flows.loading_pct(sub.solve(held.actions).v, rho[hot]).max(axis=1)
+    assert (load_free > 100.0 + 1e-3).any()  # the unconstrained optimum overloads a branch ...
+    met = ~held.infeasible
+    assert met.any() and (load_held[met] <= 100.0 + 1e-6).all()  # ... the constrained one does not
+    assert (held.overload[~met] > 0).all()
+    assert (held.loss_mw >= free.loss_mw - 1e-7).all()  # limits cost losses, never save them
+    assert (held.violation_pu <= 1e-6).all() and not held.unsettled.any()

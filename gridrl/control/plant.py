@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from gridrl.grid.branches import BranchFlows
 from gridrl.grid.inverters import q_avail_mvar
 from gridrl.grid.sensitivity import InjectionSensitivity, Linearization, bus_impedance
 
@@ -148,6 +149,9 @@ class PlantDerivatives:
         self._k = sp.csr_matrix(amap.incidence.T)                              # [n_inv, N]
         self._one_each = amap.incidence.shape[0] == amap.incidence.shape[1] and np.array_equal(
             amap.incidence, np.eye(amap.n_agents))
+        # thermal limits: the rated lines and transformers (None on a feeder without ratings)
+        flows = BranchFlows(pf, feeder.net)
+        self.flows = flows if flows.has_ratings else None
 
     @property
     def group(self) -> int:
@@ -214,6 +218,14 @@ class FirstOrder:
         ``step [N]`` (one forward solve)."""
         dq = np.asarray(step, dtype=np.float64)[self.model.amap.agent_of_inverter] * self.q_avail_mvar[j]
         return self.model.sensitivity.voltage_change(self.lin, dq[None], np.array([j]))[0]
+
+    def loading_rows(self, j: int, branches: np.ndarray, rho: float = 1.0) -> np.ndarray:
+        """``[K, N]``: d loading_pct / d a of the rated branches at positions ``branches`` (one
+        adjoint solve each); ``rho``: the scenario's tap factor (see :mod:`gridrl.grid.tapchanger`)."""
+        branches = np.asarray(branches, dtype=np.int64)
+        cols, d_theta, d_vm = self.model.flows.loading_derivatives(self.v[j], branches, rho)
+        per_mvar = self.model.sensitivity.gradient_rows(self.lin, np.full(branches.size, j), cols, d_theta, d_vm)
+        return self.model._per_agent(per_mvar * self.q_avail_mvar[j])
 
     def jacobian(self, j: int) -> np.ndarray:
         """``[n_mon, N]``: the whole d vm_pu / d a (one solve per inverter)."""

@@ -126,3 +126,26 @@ class BranchFlows:
         if rho is not None and self._r_tap.any():
             i_f[:, self._r_tap] *= np.asarray(rho, dtype=np.float64)[:, None]
         return 100.0 * np.maximum(i_f * self._r_inv_max[0], i_t * self._r_inv_max[1])
+
+    def loading_derivatives(self, v: np.ndarray, branches: np.ndarray, rho: float = 1.0
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Derivatives of the loadings of rated branches ``branches [K]`` (positions in
+        :attr:`rated_element`) at one solved point ``v [n_bus]``: ``bus_cols [K, 2]`` (from, to),
+        ``d_theta [K, 2]`` and ``d_vm [K, 2]`` (% per rad, % per p.u.), taken at the end whose
+        loading is the larger (the one pandapower reports)."""
+        k = np.asarray(branches, dtype=np.int64)
+        f, t = self._r_f[k], self._r_t[k]
+        vf, vt = v[f], v[t]
+        yff, yft, ytf, ytt = (y[k] for y in self._r_y)
+        i_f = yff * vf + yft * vt
+        i_t = ytf * vf + ytt * vt
+        sf = 100.0 * self._r_inv_max[0][k] * np.where(self._r_tap[k], rho, 1.0)
+        st = 100.0 * self._r_inv_max[1][k]
+        from_end = np.abs(i_f) * sf >= np.abs(i_t) * st
+        cur = np.where(from_end, i_f, i_t)
+        a = np.where(from_end, yff, ytf)           # dI/dV_f
+        b = np.where(from_end, yft, ytt)           # dI/dV_t
+        u = np.conj(cur) / np.maximum(np.abs(cur), 1e-300) * np.where(from_end, sf, st)
+        d_theta = np.stack([(u * a * 1j * vf).real, (u * b * 1j * vt).real], axis=1)
+        d_vm = np.stack([(u * a * vf / np.abs(vf)).real, (u * b * vt / np.abs(vt)).real], axis=1)
+        return np.stack([f, t], axis=1), d_theta, d_vm
