@@ -23,7 +23,8 @@ from gridrl.report import Section
 
 __all__ = ["fig_curves", "fig_model", "fig_time_split", "read_scalars", "training_sections"]
 
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
+           "#843c39", "#5254a3", "#6b6ecf"]
 _REF_COLORS = {"none": "#636363", "opf": "#d62728"}
 
 
