@@ -74,6 +74,10 @@ class ControllerSpec:
     feeders: run this controller on these feeders of the comparison only (default: on every
         feeder), e.g. a controller too costly to fit or run on the largest feeder; its rows are
         then absent there and the gap columns that refer to it are empty.
+    envelope: trained runs only: the safety envelope the policy acts through (fields of
+        :class:`~gridrl.control.envelope.EnvelopeConfig`; default: on, ``clamp``, with the
+        hand-over to 1547-B droop outside the training statistics); ``{ mechanism = "off" }`` is
+        the ablation.
     """
 
     name: str | None = None
@@ -83,6 +87,7 @@ class ControllerSpec:
     run: str | None = None
     tune: dict | None = None
     feeders: tuple[str, ...] | None = None
+    envelope: dict | None = None
 
     def runs_on(self, feeder: str) -> bool:
         """Whether the comparison runs this controller on ``feeder``."""
@@ -234,7 +239,10 @@ def config_problems(config: CompareConfig) -> list[str]:
         try:
             if spec.run is not None:
                 problems += _run_problems(spec, [f for f in config.feeders if spec.runs_on(f)])
+                problems += _envelope_problems(spec, config.env)
                 continue
+            if spec.envelope is not None:
+                raise ControllerError(f"controller {spec.key!r}: an envelope wraps a trained run only")
             if spec.name is None:
                 raise ControllerError("a controller needs a name (none, droop or opf) or a run directory (run = ...)")
             if spec.name not in CONTROLLERS:
@@ -301,6 +309,20 @@ def _run_problems(spec: ControllerSpec, feeders: Sequence[str]) -> list[str]:
     except GridrlError as exc:
         return [str(exc)]
     return []
+
+
+def _envelope_problems(spec: ControllerSpec, env: EnvConfig) -> list[str]:
+    """A run's envelope settings that cannot be used, and ``[env]`` settings its policy cannot read."""
+    from gridrl.control.envelope import EnvelopeConfig
+    from gridrl.marl.run import open_run
+
+    problems = []
+    try:
+        from_dict(EnvelopeConfig, spec.envelope or {}, source=f"controller {spec.key!r} envelope")
+        open_run(spec.run).evaluation_config(env)
+    except GridrlError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def _run_feeder(spec: ControllerSpec) -> str | None:
@@ -411,10 +433,12 @@ def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, cached: Mapping
     if spec.run is not None:
         from gridrl.marl.run import open_run
 
+        from gridrl.evaluate import deployed
+
         run = open_run(spec.run)
         run.check_feeder(feeder)
-        ctrl = run.policy(name=spec.key)
         env_config = run.evaluation_config(cell.env)  # the comparison's scenario, the run's observations
+        ctrl = deployed(run.policy(name=spec.key), feeder, env_config, envelope=spec.envelope)
     else:
         ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune,
                                env_config=cell.env)
@@ -829,6 +853,8 @@ SUMMARY_COLUMNS = {
     "reactive_energy_mvarh": "reactive MVArh",
     "communication": "floats/agent/step",
     "flagged_steps": "flagged steps",
+    "handover_pct": "hand-over %",
+    "information": "knew",
 }
 
 
@@ -860,6 +886,9 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
             "reactive_energy_mvarh": float(g["reactive_energy_mvarh"].sum() / n_seeds),
             "communication": float(g["communication"].iloc[0]),
             "flagged_steps": int((g["unsettled_steps"] + g["infeasible_steps"] + g["diverged_steps"]).sum()),
+            # tables written before these columns existed read as unknown
+            "handover_pct": 100.0 * float(g["handover_share"].mean()) if "handover_share" in g else np.nan,
+            "information": str(g["information"].iloc[0]) if "information" in g else "–",
         })
     summary = pd.DataFrame(rows)
     for feeder, g in summary.groupby("feeder", sort=False):
@@ -880,7 +909,7 @@ def format_summary(summary: pd.DataFrame, *, columns: dict[str, str] | None = No
         the gap to tuned droop when the comparison has no ``droop-tuned``)."""
     digits = {"controllable_rate": 4, "out_of_band_pct": 3, "mean_abs_dv_pu": 4, "max_abs_dv_pu": 4,
               "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "loss_gap_to_tuned_pct": 1, "reactive_energy_mvarh": 1,
-              "communication": 1}
+              "communication": 1, "handover_pct": 2}
     if columns is None:
         columns = dict(SUMMARY_COLUMNS)
         if "loss_gap_to_tuned_pct" in summary and summary["loss_gap_to_tuned_pct"].isna().all():
@@ -945,6 +974,13 @@ SUMMARY_GLOSSARY = {
                      "the number of agents; for learners, messages to neighbours on the agent graph.",
     "flagged_steps": "steps to look at: a droop fixed point or OPF iteration stopped at its iteration cap, "
                      "the band could not be met by any admissible action, or the power flow diverged.",
+    "handover_pct": "trained policies: share of agent-steps at which an agent, its own observation outside what "
+                    "it was trained on, handed over to IEEE 1547-B droop, in %.",
+    "information": "what the controller knew when it acted: measured = its own sensors at the start of the "
+                   "interval (set-points of the last one still in force) and neighbours' messages of the same "
+                   "instant; previous step = the last interval's readings; oracle = information no inverter "
+                   "has (a forecast, or the whole feeder's exact loads and PV); and the safety envelope the "
+                   "policy acted through.",
 }
 
 SUMMARY_LEGEND = "\n".join(f"- **{SUMMARY_COLUMNS[k]}**: {v}" for k, v in SUMMARY_GLOSSARY.items())

@@ -17,7 +17,13 @@ Metrics (monitored buses only, the feeder's band unless the environment config s
 - ``unsettled_steps``: steps at which the controller's inner solve hit its iteration cap (droop's
   fixed point, the OPF's SQP); ``infeasible_steps``: steps at which the OPF found the band
   impossible to meet; ``diverged_steps``: steps whose power flow did not converge;
-- ``communication``: floats sent per agent per step; ``hops``: κ of the controller.
+- ``communication``: floats sent per agent per step; ``hops``: κ of the controller;
+- ``information``: what the controller knew when it acted (a trained policy: ``measured`` or
+  ``previous step``, sensor noise, ``+ oracle forecast``; droop: its own voltage during the
+  interval; ``opf``: everything, an oracle);
+- ``handover_share`` / ``envelope_share``: share of agent-steps at which a deployed policy
+  handed over to 1547-B droop (outside its training statistics) / had its action changed by the
+  safety envelope (:mod:`gridrl.control.envelope`; NaN for controllers without one).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from gridrl.errors import GridrlError
 DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
                "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "reactive_energy_mvarh",
                "violation_bus_hours", "unsettled_steps", "infeasible_steps", "diverged_steps", "communication",
-               "hops", "seconds"]
+               "hops", "information", "handover_share", "envelope_share", "seconds"]
 
 
 class DaysNotInSplit(GridrlError, ValueError):
@@ -147,7 +153,8 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
         controller.reset()
     keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged")
     per_inverter = ("q_mvar", "p_mw", "q_avail_mvar")
-    rec: dict[str, list] = {k: [] for k in (*keys, *per_inverter, "vm_pu", "load_p_mw", "unsettled", "infeasible")}
+    rec: dict[str, list] = {k: [] for k in (*keys, *per_inverter, "vm_pu", "load_p_mw", "unsettled", "infeasible",
+                                            "handover", "envelope")}
     batch = env.num_envs
     # trained policies read which neighbours' messages arrived with the observation
     messages = getattr(controller, "reads_messages", False)
@@ -166,6 +173,8 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
         li = getattr(controller, "last_info", None) or {}
         for k in ("unsettled", "infeasible"):
             rec[k].append(np.asarray(li.get(k, np.zeros(batch, dtype=bool)), dtype=bool))
+        for k in ("handover", "envelope"):  # agents per scenario; NaN: the controller has no envelope
+            rec[k].append(np.asarray(li.get(k, np.full(batch, np.nan)), dtype=np.float64))
         if progress is not None:
             progress(1)
         if bool(_np(done).all()):
@@ -205,6 +214,9 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
             "diverged_steps": int((~ok).sum()),
             "communication": float(controller.communication),
             "hops": int(controller.hops if controller.hops is not None else -1),
+            "information": information_of(controller, env.config),
+            "handover_share": float(np.mean(rec["handover"][:, b]) / env.n_agents),
+            "envelope_share": float(np.mean(rec["envelope"][:, b]) / env.n_agents),
             "seconds": float(seconds),
         })
     steps = pd.DataFrame({
@@ -271,3 +283,38 @@ def _agent_table(env, days, rec, keep_v) -> pd.DataFrame:
     return pd.DataFrame({"day": pd.Series(dtype=np.int64), "step": pd.Series(dtype=np.int64),
                          "agent": pd.Series(dtype=object),
                          **{k: pd.Series(dtype=np.float32) for k in ("p_mw", "q_mvar", "q_avail_mvar", "vm_pu")}})
+
+
+def information_of(controller, env_config) -> str:
+    """What ``controller`` knew when it acted in an environment of ``env_config`` (a table cell)."""
+    info = getattr(controller, "information", "") or ""
+    if not info:
+        from gridrl.marl.run import information_label
+
+        info = information_label(env_config)
+    elif info.startswith("own voltage") and env_config.sensor_noise_pu > 0:
+        info += f", sensor noise {env_config.sensor_noise_pu:g} p.u."
+    return info
+
+
+def deployed(policy, feeder, env_config, *, envelope=None):
+    """A trained ``policy`` as it is deployed on ``feeder``: through the safety envelope
+    (:mod:`gridrl.control.envelope`; ``envelope``: a mapping of
+    :class:`~gridrl.control.envelope.EnvelopeConfig` fields, default on) with the hand-over to
+    1547-B droop outside its training statistics, labelled with what it knew (``env_config``: the
+    environment it acts in)."""
+    from gridrl.config import from_dict
+    from gridrl.control.envelope import EnvelopeConfig, SafetyEnvelope
+    from gridrl.marl.run import information_label
+
+    cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
+    norm = policy.obs_norm
+    valid = norm.valid if norm.valid is not None else None
+    wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
+                             v_max_pu=env_config.v_max_pu or feeder.v_max_pu, config=cfg,
+                             obs_mean=norm.mean.cpu().numpy(), obs_std=(norm.var.cpu() + norm.eps).sqrt().numpy(),
+                             obs_valid=None if valid is None else valid.cpu().numpy(),
+                             obs_test=(~norm.keep.cpu()).numpy() & np.array(
+                                 [n not in ("sin_time", "cos_time") for n in policy.obs_names]))
+    wrapped.information = f"{information_label(env_config)}; {cfg.label}"
+    return wrapped
