@@ -313,7 +313,7 @@ def _run_problems(spec: ControllerSpec, feeders: Sequence[str]) -> list[str]:
 
 def _envelope_problems(spec: ControllerSpec, env: EnvConfig) -> list[str]:
     """A run's envelope settings that cannot be used, and ``[env]`` settings its policy cannot read."""
-    from gridrl.control.envelope import EnvelopeConfig
+    from gridrl.env.envelope import EnvelopeConfig
     from gridrl.marl.run import open_run
 
     problems = []
@@ -433,7 +433,7 @@ def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, cached: Mapping
     if spec.run is not None:
         from gridrl.marl.run import open_run
 
-        from gridrl.evaluate import deployed
+        from gridrl.marl.run import deployed
 
         run = open_run(spec.run)
         run.check_feeder(feeder)

@@ -296,25 +296,3 @@ def information_of(controller, env_config) -> str:
         info += f", sensor noise {env_config.sensor_noise_pu:g} p.u."
     return info
 
-
-def deployed(policy, feeder, env_config, *, envelope=None):
-    """A trained ``policy`` as it is deployed on ``feeder``: through the safety envelope
-    (:mod:`gridrl.control.envelope`; ``envelope``: a mapping of
-    :class:`~gridrl.control.envelope.EnvelopeConfig` fields, default on) with the hand-over to
-    1547-B droop outside its training statistics, labelled with what it knew (``env_config``: the
-    environment it acts in)."""
-    from gridrl.config import from_dict
-    from gridrl.control.envelope import EnvelopeConfig, SafetyEnvelope
-    from gridrl.marl.run import information_label
-
-    cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
-    norm = policy.obs_norm
-    valid = norm.valid if norm.valid is not None else None
-    wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
-                             v_max_pu=env_config.v_max_pu or feeder.v_max_pu, config=cfg,
-                             obs_mean=norm.mean.cpu().numpy(), obs_std=(norm.var.cpu() + norm.eps).sqrt().numpy(),
-                             obs_valid=None if valid is None else valid.cpu().numpy(),
-                             obs_test=(~norm.keep.cpu()).numpy() & np.array(
-                                 [n not in ("sin_time", "cos_time") for n in policy.obs_names]))
-    wrapped.information = f"{information_label(env_config)}; {cfg.label}"
-    return wrapped

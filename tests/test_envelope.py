@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gridrl.control.base import ControllerError
-from gridrl.control.envelope import EnvelopeConfig, SafetyEnvelope, droop_b_action
+from gridrl.env.envelope import IEEE1547_B, EnvelopeConfig, EnvelopeError, SafetyEnvelope, droop_b_action
 
 NAMES = ["dv_pu[0]", "p_mw[0]", "q_mvar[0]", "mask[0]", "inv_p_mw", "inv_q_mvar", "inv_q_avail_mvar",
          "sin_time", "cos_time"]
@@ -104,11 +103,18 @@ def test_hand_over_outside_the_training_statistics_acts_as_1547b():
 
 
 def test_envelope_settings_and_layout_are_checked():
-    with pytest.raises(ControllerError, match="mechanism 'shield' is unknown"):
+    with pytest.raises(EnvelopeError, match="mechanism 'shield' is unknown"):
         EnvelopeConfig(mechanism="shield")
-    with pytest.raises(ControllerError, match="margin_pu"):
+    with pytest.raises(EnvelopeError, match="margin_pu"):
         EnvelopeConfig(margin_pu=-0.01)
     bad = _Fixed(None, 2)
     bad.obs_names = ["dv_pu[0]", "sin_time"]
-    with pytest.raises(ControllerError, match="reads inv_p_mw, inv_q_avail_mvar"):
+    with pytest.raises(EnvelopeError, match="reads inv_p_mw, inv_q_avail_mvar"):
         SafetyEnvelope(bad, v_min_pu=V_MIN, v_max_pu=V_MAX)
+
+
+def test_the_envelopes_curve_is_droops_1547b_preset():
+    from gridrl.control.droop import PRESETS
+
+    b = PRESETS["ieee1547-b"]
+    assert (b.v_pu, b.q, b.reference) == (IEEE1547_B[0], IEEE1547_B[1], "s_max")

@@ -24,7 +24,8 @@ import torch
 from gridrl.errors import CheckpointError
 from gridrl.marl.checkpoint import checkpoint_hash, read_checkpoint
 
-__all__ = ["OBSERVATION_FIELDS", "Run", "evaluation_env_config", "information_label", "load_policy", "open_run"]
+__all__ = ["OBSERVATION_FIELDS", "Run", "deployed", "evaluation_env_config", "information_label", "load_policy",
+           "open_run"]
 
 # what the policy's inputs depend on: carried from training to evaluation
 OBSERVATION_FIELDS = ("observation", "zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
@@ -156,3 +157,26 @@ def information_label(config) -> str:
     if config.forecast_steps:
         label += f" + oracle forecast ({config.forecast_steps} step(s), noise {config.forecast_noise_rel:g})"
     return label
+
+
+def deployed(policy, feeder, env_config, *, envelope=None):
+    """A trained ``policy`` as it is deployed on ``feeder``: through the safety envelope
+    (:mod:`gridrl.env.envelope`; ``envelope``: a mapping of
+    :class:`~gridrl.env.envelope.EnvelopeConfig` fields, default on) with the hand-over to 1547-B
+    droop where an agent's own observation leaves the policy's training statistics, labelled with
+    what it knew (``env_config``: the environment it acts in, whose band the envelope keeps)."""
+    import numpy as np
+
+    from gridrl.config import from_dict
+    from gridrl.env.envelope import EnvelopeConfig, SafetyEnvelope
+
+    cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
+    norm = policy.obs_norm
+    timeless = np.array([n not in ("sin_time", "cos_time") for n in policy.obs_names])
+    wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
+                             v_max_pu=env_config.v_max_pu or feeder.v_max_pu, config=cfg,
+                             obs_mean=norm.mean.cpu().numpy(), obs_std=(norm.var.cpu() + norm.eps).sqrt().numpy(),
+                             obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
+                             obs_test=(~norm.keep.cpu()).numpy() & timeless)
+    wrapped.information = f"{information_label(env_config)}; {cfg.label}"
+    return wrapped

@@ -468,7 +468,10 @@ class _Curves:
             cfg = dataclasses.replace(evaluation_env_config(self.env_config), start_hour=0.0, episode_hours=24.0,
                                       day_sampling="cycle")
             self.env = make_env(self.feeder, split=self.split, num_envs=len(self.days), days=self.days, config=cfg)
+        from gridrl.marl.run import deployed
+
         env = self.env
+        policy = deployed(policy, self.feeder, env.config)  # as compared: through the safety envelope
         obs, mask = env.reset(days=self.days), None
         dropout = env.config.message_dropout > 0
         for _ in range(env.episode_steps):

@@ -1,16 +1,18 @@
 """The safety envelope: a learned policy never weaker than IEEE 1547-B droop at the band's edge.
 
-A deployed policy acts through :class:`SafetyEnvelope`, a wrapper with the controller protocol.
-Everything it uses is the agent's own observation of the interval it acts on (no message, no
-model, no environment), so the guarantee is local and holds whatever the rest of the feeder does.
+A deployed policy acts through :class:`SafetyEnvelope`, a shield between the policy and the
+environment with the controller protocol. Everything it uses is the agent's own observation of
+the interval it acts on (no message, no model, no pending physics), so the guarantee is local and
+holds whatever the rest of the feeder does. It lives beside the environment whose observations it
+reads, so that learners (validation) and comparisons (deployment) wrap policies alike.
 
 **The rule.** Let, for agent i at one step, ``v`` be its own measured bus voltage
 (``1 + dv_pu[0]``, or ``1 + dv_own_pu`` in the pooled layout), ``q_avail`` its inverters'
 available reactive power (``inv_q_avail_mvar``), ``s = sqrt(inv_p_mw² + q_avail²)`` its
 inverters' apparent-power rating as they report it, and ``a_B(v) = clip(f_B(v)·s / q_avail, −1, 1)``
 the action IEEE 1547-2018 Category B volt-var asks for at that voltage (``f_B``: +0.44 at
-≤ 0.92 p.u., 0 from 0.98 to 1.02, −0.44 at ≥ 1.08, in fractions of ``s``; see
-:mod:`gridrl.control.droop`). With the band ``[v_min, v_max]`` and the margin ``m``:
+≤ 0.92 p.u., 0 from 0.98 to 1.02, −0.44 at ≥ 1.08, in fractions of ``s``: :data:`IEEE1547_B`,
+the ``ieee1547-b`` preset of :mod:`gridrl.control.droop`). With the band ``[v_min, v_max]`` and the margin ``m``:
 
 - if ``v ≥ v_max − m``, the action sent is ``≤ a_B(v)`` (it absorbs at least as much as 1547-B);
 - if ``v ≤ v_min + m``, the action sent is ``≥ a_B(v)`` (it injects at least as much);
@@ -44,14 +46,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from gridrl.control.base import ControllerError
-from gridrl.control.droop import PRESETS
+from gridrl.errors import GridrlError
 
-__all__ = ["EnvelopeConfig", "MECHANISMS", "SafetyEnvelope", "envelope_bounds"]
+__all__ = ["EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope", "droop_b_action",
+           "envelope_bounds"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
-_CURVE = PRESETS["ieee1547-b"]
+#: IEEE 1547-2018 Category B default volt-var: (voltage breakpoints p.u., Q in fractions of the
+#: apparent-power rating, positive injects)
+IEEE1547_B = ((0.92, 0.98, 1.02, 1.08), (0.44, 0.0, 0.0, -0.44))
+
+
+class EnvelopeError(GridrlError, ValueError):
+    """Envelope settings that cannot be used, or a policy whose observations it cannot read."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,11 +78,11 @@ class EnvelopeConfig:
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
-            raise ControllerError(f"envelope mechanism {self.mechanism!r} is unknown (use {', '.join(MECHANISMS)})")
+            raise EnvelopeError(f"envelope mechanism {self.mechanism!r} is unknown (use {', '.join(MECHANISMS)})")
         if not 0 <= self.margin_pu < 0.1:
-            raise ControllerError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
+            raise EnvelopeError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
         if self.handover_z is not None and not self.handover_z > 0:
-            raise ControllerError(f"envelope handover_z must be > 0 (or omitted), got {self.handover_z}")
+            raise EnvelopeError(f"envelope handover_z must be > 0 (or omitted), got {self.handover_z}")
 
     @property
     def label(self) -> str:
@@ -88,8 +96,8 @@ class EnvelopeConfig:
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
     """``a_B(v)``: the action 1547-B asks for at own voltage ``vm_pu`` (all ``[B, N]``)."""
-    v_tab = torch.tensor(_CURVE.v_pu, dtype=torch.float64)
-    q_tab = torch.tensor(_CURVE.q, dtype=torch.float64)
+    v_tab = torch.tensor(IEEE1547_B[0], dtype=torch.float64)
+    q_tab = torch.tensor(IEEE1547_B[1], dtype=torch.float64)
     width = v_tab[1:] - v_tab[:-1]
     slope = (q_tab[1:] - q_tab[:-1]) / width
     into = torch.minimum(torch.clamp(vm_pu[..., None] - v_tab[:-1], min=0.0), width)
@@ -133,7 +141,7 @@ class SafetyEnvelope:
         own = "dv_pu[0]" if "dv_pu[0]" in names else "dv_own_pu"
         missing = [n for n in (own, "inv_p_mw", "inv_q_avail_mvar") if n not in names]
         if missing:
-            raise ControllerError(f"the safety envelope reads {', '.join(missing)} from the observation, which "
+            raise EnvelopeError(f"the safety envelope reads {', '.join(missing)} from the observation, which "
                                   f"{inner.name!r} does not have")
         self._v, self._p, self._qa = names.index(own), names.index("inv_p_mw"), names.index("inv_q_avail_mvar")
         self._stats = None
