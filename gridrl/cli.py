@@ -603,17 +603,13 @@ def robustness_cmd(
     loss per condition and controller)."""
     import dataclasses
 
-    from gridrl.robustness import RobustnessError, load_config, run_robustness
+    from gridrl.robustness import load_config, run_robustness, summary_markdown
 
     cfg = load_config(config)
     if conditions is not None:
-        try:
-            cfg = dataclasses.replace(cfg, conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()))
-        except RobustnessError as exc:
-            raise fail(str(exc)) from None
+        cfg = dataclasses.replace(cfg, conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()))
     with err_console.status("robustness") as status:
         tidy = run_robustness(cfg, out=out, progress=lambda m: status.update(f"robustness: {m}"))
-    from gridrl.robustness import summary_markdown
 
     console.print(summary_markdown(tidy, feeder=cfg.feeder), highlight=False, markup=False)
 

@@ -79,15 +79,15 @@ def tiny_run(tmp_path_factory):
 def test_the_suite_runs_every_condition_and_charges_each_controller_its_own_worst_outage(tiny_run, tmp_path):
     from gridrl.robustness import LearnerGroup, RobustnessConfig, run_robustness
 
-    cfg = RobustnessConfig(feeder="ieee33", baselines=("none", "droop"), days=DAYS,
+    cfg = RobustnessConfig(feeder="ieee33", baselines=("none", "droop"), days=DAYS[:1],
                            learners=(LearnerGroup(label="dppo", runs=(str(tiny_run),)),
                                      LearnerGroup(label="dppo-raw", runs=(str(tiny_run),),
                                                   envelope={"mechanism": "off", "handover_z": None})),
-                           conditions=("nominal", "noise-0.01", "dropout-1.0", "worst-outage"))
+                           conditions=("nominal", "noise-0.01", "worst-outage"))
     tidy = run_robustness(cfg, out=tmp_path / "suite")
     assert set(tidy["condition"]) == set(cfg.conditions)
     assert set(tidy["group"]) == {"none", "droop-ieee1547-b", "dppo", "dppo-raw"}
-    assert len(tidy) == 4 * 4
+    assert len(tidy) == 3 * 4
     r = tidy.set_index(["condition", "group"])
     # droop under noise is not droop without (it reads its own voltage with the noise)
     assert r.loc[("noise-0.01", "droop-ieee1547-b"), "energy_loss_mwh"] != r.loc[("nominal", "droop-ieee1547-b"),
@@ -131,3 +131,18 @@ def test_suite_config_problems_are_one_line(tmp_path):
         from gridrl.robustness import LearnerGroup, RobustnessConfig
 
         RobustnessConfig(feeder="ieee33", learners=(LearnerGroup(label="x", runs=()),))
+
+
+def test_cli_refuses_an_unknown_condition_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gridrl.cli import app
+
+    cfg = tmp_path / "suite.toml"
+    cfg.write_text('feeder = "ieee33"\nbaselines = ["none"]\ndays = [2]\n')
+    res = CliRunner().invoke(app, ["robustness", "--config", str(cfg), "--conditions", "nominal,pv-3",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    lines = [x for x in res.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "unknown 'pv-3'" in lines[0]
+    assert not (tmp_path / "o").exists()
