@@ -853,6 +853,7 @@ SUMMARY_COLUMNS = {
     "reactive_energy_mvarh": "reactive MVArh",
     "communication": "floats/agent/step",
     "flagged_steps": "flagged steps",
+    "q_at_night": "Q at night",
     "handover_pct": "hand-over %",
     "information": "knew",
 }
@@ -886,6 +887,8 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
             "reactive_energy_mvarh": float(g["reactive_energy_mvarh"].sum() / n_seeds),
             "communication": float(g["communication"].iloc[0]),
             "flagged_steps": int((g["unsettled_steps"] + g["infeasible_steps"] + g["diverged_steps"]).sum()),
+            "q_at_night": ("yes" if g["q_at_night"].all() else "no" if not g["q_at_night"].any() else "mixed")
+                          if "q_at_night" in g else "–",
             # tables written before these columns existed read as unknown
             "handover_pct": 100.0 * float(g["handover_share"].mean()) if "handover_share" in g else np.nan,
             "information": str(g["information"].iloc[0]) if "information" in g else "–",
@@ -974,6 +977,9 @@ SUMMARY_GLOSSARY = {
                      "the number of agents; for learners, messages to neighbours on the agent graph.",
     "flagged_steps": "steps to look at: a droop fixed point or OPF iteration stopped at its iteration cap, "
                      "the band could not be met by any admissible action, or the power flow diverged.",
+    "q_at_night": "whether the inverters gave reactive power while their PV produced nothing (yes: a night "
+                  "mode, STATCOM operation; no: the common inverter, as IEEE 1547-2018 requires no reactive "
+                  "power below 5 % of rated active power).",
     "handover_pct": "trained policies: share of agent-steps at which an agent, its own observation outside what "
                     "it was trained on, handed over to IEEE 1547-B droop, in %.",
     "information": "what the controller knew when it acted: measured = its own sensors at the start of the "

@@ -41,7 +41,7 @@ from gridrl.errors import GridrlError
 DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
                "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "reactive_energy_mvarh",
                "violation_bus_hours", "unsettled_steps", "infeasible_steps", "diverged_steps", "communication",
-               "hops", "information", "handover_share", "envelope_share", "seconds"]
+               "hops", "information", "handover_share", "envelope_share", "seconds", "q_at_night"]
 
 
 class DaysNotInSplit(GridrlError, ValueError):
@@ -218,6 +218,7 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
             "handover_share": float(np.mean(rec["handover"][:, b]) / env.n_agents),
             "envelope_share": float(np.mean(rec["envelope"][:, b]) / env.n_agents),
             "seconds": float(seconds),
+            "q_at_night": bool(env.q_at_night),  # the inverters' capability the figures were measured with
         })
     steps = pd.DataFrame({
         "day": np.repeat(np.asarray(days, dtype=np.int64)[None, :], n_steps, 0).T.ravel(),
