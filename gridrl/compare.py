@@ -853,9 +853,9 @@ SUMMARY_COLUMNS = {
     "reactive_energy_mvarh": "reactive MVArh",
     "communication": "floats/agent/step",
     "flagged_steps": "flagged steps",
-    "q_at_night": "Q at night",
     "handover_pct": "hand-over %",
     "information": "knew",
+    "q_at_night": "Q at night",
 }
 
 
@@ -917,6 +917,9 @@ def format_summary(summary: pd.DataFrame, *, columns: dict[str, str] | None = No
         columns = dict(SUMMARY_COLUMNS)
         if "loss_gap_to_tuned_pct" in summary and summary["loss_gap_to_tuned_pct"].isna().all():
             del columns["loss_gap_to_tuned_pct"]
+        if "handover_pct" in summary and summary["handover_pct"].isna().all():
+            del columns["handover_pct"]  # no trained policy in the comparison
+        columns = {k: h for k, h in columns.items() if k in summary}  # tables written before a column existed
     rows = []
     for rec in summary.to_dict("records"):
         row = {}
