@@ -77,7 +77,7 @@ def fig_curves(scalars: pd.DataFrame, tags: Mapping[str, str], *, group: str = "
             fig.add_trace(go.Scatter(x=stats[x], y=stats["mean"], mode="markers+text" if single else "lines+markers",
                                      name=str(g), line=dict(color=color), marker=dict(size=10 if single else 4),
                                      text=[_value_text(v) for v in stats["mean"]] if single else None,
-                                     textposition="middle left", legendgroup=str(g),
+                                     textposition="top center", cliponaxis=not single, legendgroup=str(g),
                                      showlegend=str(g) not in shown), row=1, col=col)
             shown.add(str(g))
         x_max = float(d[x].max()) if len(d) else 1.0
