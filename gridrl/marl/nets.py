@@ -25,7 +25,10 @@ from torch import nn
 
 from gridrl.marl.graph import Neighbourhood
 
-__all__ = ["EnsembleLinear", "GaussianActor", "NeighbourhoodNet", "StateValue", "mlp"]
+__all__ = ["ACTOR_SETTINGS", "EnsembleLinear", "GaussianActor", "NeighbourhoodNet", "StateValue", "build_actor", "mlp"]
+
+# the learner settings that shape the actor: what a run folder's header must carry to rebuild it
+ACTOR_SETTINGS = ("hidden", "message_dim", "embed_dim", "log_std_init", "log_std_min")
 
 
 def mlp(sizes: list[int], *, out_gain: float = 1.0, members: int | None = None) -> nn.Sequential:
@@ -166,6 +169,16 @@ class GaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean [M, N]`` and ``log_std [N]``."""
         return self.net(obs, delivered)[..., 0], self.log_std.clamp(min=self.log_std_min)
+
+
+def build_actor(obs_dim: int, graph: Neighbourhood, *, hidden: int, message_dim: int, embed_dim: int,
+                log_std_init: float, log_std_min: float) -> GaussianActor:
+    """The actor every learner trains and every run folder rebuilds (:data:`ACTOR_SETTINGS`): a
+    :class:`NeighbourhoodNet` with one output per agent, started near zero (``out_gain`` 0.01:
+    the first actions are small, whatever the observations), under a :class:`GaussianActor`."""
+    net = NeighbourhoodNet(obs_dim, graph, out_dim=1, out_gain=0.01, hidden=hidden, message_dim=message_dim,
+                           embed_dim=embed_dim)
+    return GaussianActor(net, log_std_init=log_std_init, log_std_min=log_std_min)
 
 
 class StateValue(nn.Module):
