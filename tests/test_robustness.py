@@ -82,7 +82,7 @@ def test_the_suite_runs_every_condition_and_charges_each_controller_its_own_wors
     cfg = RobustnessConfig(feeder="ieee33", baselines=("none", "droop"), days=DAYS[:1],
                            learners=(LearnerGroup(label="dppo", runs=(str(tiny_run),)),
                                      LearnerGroup(label="dppo-raw", runs=(str(tiny_run),),
-                                                  envelope={"mechanism": "off", "handover_z": None})),
+                                                  envelope={"mechanism": "off", "handover_z": 0})),
                            conditions=("nominal", "noise-0.01", "worst-outage"))
     tidy = run_robustness(cfg, out=tmp_path / "suite")
     assert set(tidy["condition"]) == set(cfg.conditions)

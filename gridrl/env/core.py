@@ -82,7 +82,8 @@ from gridrl.threads import apply_torch
 _INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
               "out_of_band_share": ("b", "f"), "dv_mean_pu": ("b", "f"), "dv_max_pu": ("b", "f"),
               "loss_mw": ("b", "f"), "q_abs_mvar": ("b", "f"), "vm_pu": ("bus", "f"),
-              "q_mvar": ("inv", "f"), "zone_loss_mw": ("bn", "f"), "reward_voltage": ("bn", "f"),
+              "q_mvar": ("inv", "f"), "p_mw": ("inv", "f"), "q_avail_mvar": ("inv", "f"),
+              "zone_loss_mw": ("bn", "f"), "reward_voltage": ("bn", "f"),
               "reward_loss": ("bn", "f"), "reward_q": ("bn", "f"), "tap_pos": ("b", "f"),
               "line_loss_mw": ("b", "f"), "trafo_load_loss_mw": ("b", "f"),
               "trafo_noload_loss_mw": ("b", "f"), "max_loading_pct": ("b", "f"),
@@ -895,8 +896,6 @@ class VoltageControlEnv:
         info["message_mask"] = self._message_mask()
         info["step"] = self._k.clone()
         info["day"] = torch.as_tensor(self._day.copy())
-        info["p_mw"] = self._inv[:, 0].clone()
-        info["q_avail_mvar"] = self._inv[:, 2].clone()
         if ended.any():
             ep = self.episode_metrics()
             info["episode"] = {k: torch.where(ended, v, torch.nan) for k, v in ep.items()}
@@ -989,7 +988,8 @@ class VoltageControlEnv:
         return {"reward": reward, "converged": ok, "controllable": controllable,
                 "out_of_band_share": share, "dv_mean_pu": dev.mean(0), "dv_max_pu": dev.amax(0),
                 "loss_mw": sol["loss_mw"], "q_abs_mvar": q_abs.sum(1),
-                "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv,
+                "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv, "p_mw": exo["pv_p_mw"],
+                "q_avail_mvar": q_avail,
                 "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l.clone(), "reward_q": r_q,
                 "tap_pos": (torch.full((len(rows),), torch.nan, dtype=torch.float64) if tap is None
                             else tap.to(torch.float64)), **flows}

@@ -69,7 +69,7 @@ class EnvelopeConfig:
     mechanism: ``clamp`` (default), ``ramp`` or ``off`` (the ablation: the policy acts alone).
     margin_pu: ``m``: the edge regions are ``v ≥ v_max − m`` and ``v ≤ v_min + m``.
     handover_z: hand an agent over to 1547-B droop when one of its own features lies more than
-        this many training standard deviations from the training mean (``None``: never).
+        this many training standard deviations from the training mean (0 or ``None``: never).
     """
 
     mechanism: Mechanism = "clamp"
@@ -81,8 +81,8 @@ class EnvelopeConfig:
             raise EnvelopeError(f"envelope mechanism {self.mechanism!r} is unknown (use {', '.join(MECHANISMS)})")
         if not 0 <= self.margin_pu < 0.1:
             raise EnvelopeError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
-        if self.handover_z is not None and not self.handover_z > 0:
-            raise EnvelopeError(f"envelope handover_z must be > 0 (or omitted), got {self.handover_z}")
+        if self.handover_z is not None and not self.handover_z >= 0:
+            raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
 
     @property
     def label(self) -> str:
@@ -91,7 +91,7 @@ class EnvelopeConfig:
             base = "no envelope"
         else:
             base = f"envelope {self.mechanism} (m {self.margin_pu:g})"
-        return base + (f", hand-over at {self.handover_z:g}σ" if self.handover_z is not None else "")
+        return base + (f", hand-over at {self.handover_z:g}σ" if self.handover_z else "")
 
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,7 @@ class SafetyEnvelope:
                                   f"{inner.name!r} does not have")
         self._v, self._p, self._qa = names.index(own), names.index("inv_p_mw"), names.index("inv_q_avail_mvar")
         self._stats = None
-        if config.handover_z is not None and obs_mean is not None:
+        if config.handover_z and obs_mean is not None:
             mean = torch.as_tensor(np.asarray(obs_mean, dtype=np.float64))
             std = torch.as_tensor(np.asarray(obs_std, dtype=np.float64)).clamp(min=1e-6)
             if obs_test is None:
