@@ -11,8 +11,7 @@ from gridrl.threads import set_threads
 from gridrl.errors import (CheckpointError, FeederBuildError, FeederNotFound, GridrlError,
                            PowerFlowDiverged, SpecError)
 from gridrl.grid.feeder import Feeder, list_feeders, load_feeder
-
-__version__ = "0.1.0"
+from gridrl.version import __version__
 
 _LAZY = {
     "EnvConfig": "gridrl.env",
@@ -23,6 +22,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "__version__",
     "CheckpointError",
     "EnvConfig",
     "Feeder",

@@ -231,9 +231,10 @@ def evaluate_cmd(
 
     Prints a summary, writes per-day and per-step tables (parquet) and an HTML report. Re-running
     into the same folder reuses finished results (a run trained again is evaluated again)."""
-    from gridrl.compare import CompareConfig, ControllerSpec, run_compare
+    from gridrl.compare import CompareConfig, ControllerSpec
     from gridrl.control.curvefile import read_curve_file
     from gridrl.io import default_out
+    from gridrl.pipeline import compare
 
     if run is not None:
         from gridrl.marl.run import open_run
@@ -252,7 +253,7 @@ def evaluate_cmd(
     cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"),
                         env=_scenario(load_scale, pv_scale))
     out = out or default_out("evaluate", f"{Path(feeder).stem}-{spec.key}-{split}")
-    result = run_compare(cfg, out=out, report=report)
+    result = compare(cfg, out=out, report=report)
     if len(result.days) <= 12:
         from gridrl.compare import format_days
 
@@ -287,7 +288,8 @@ def compare_cmd(
 
     Shows a progress bar; writes one tidy table, a summary with the gap to opf (markdown and
     printed) and an HTML report. Interrupted runs resume: finished cells are skipped."""
-    from gridrl.compare import CompareConfig, load_config, parse_controllers, run_compare
+    from gridrl.compare import CompareConfig, load_config, parse_controllers
+    from gridrl.pipeline import compare
 
     if config is not None:
         given = [name for name, v in (("--feeders", feeders), ("--controllers", controllers), ("--preset", preset),
@@ -304,7 +306,7 @@ def compare_cmd(
         cfg = CompareConfig(feeders=tuple(f.strip() for f in feeders.split(",") if f.strip()),
                             controllers=parse_controllers(controllers, preset=preset), split=split, seeds=seeds,
                             days=_int_list(days, "--days"), env=_scenario(load_scale, pv_scale))
-    result = run_compare(cfg, out=out, backend=backend, address=address, report=report)
+    result = compare(cfg, out=out, backend=backend, address=address, report=report)
     _show_summary(result, title="comparison summary", report=report)
 
 
@@ -338,13 +340,14 @@ def sweep_cmd(
     ones continue from their last checkpoint, finished comparison cells are kept."""
     from gridrl.compare import format_summary
     from gridrl.config import read_toml
-    from gridrl.sweep import plan_sweep, run_sweep
+    from gridrl.pipeline import sweep
+    from gridrl.sweep import plan_sweep
 
     data, source = ({}, "command line") if config is None else (read_toml(config), str(config))
     runs = plan_sweep([f.strip() for f in feeders.split(",") if f.strip()],
                       [a.strip() for a in algos.split(",") if a.strip()], seeds, out=out, train=data,
                       source=source, steps=steps)
-    result = run_sweep(runs, out=out, backend=backend, address=address,
+    result = sweep(runs, out=out, backend=backend, address=address,
                        baselines=[b.strip() for b in baselines.split(",") if b.strip()],
                        compare_days=_int_list(days, "--days"), progress=progress, report=report)
     print_table(format_summary(result.compare.summary), title="sweep: runs and baselines on the test days",
@@ -409,20 +412,17 @@ def report_cmd(
     """The self-contained HTML report of a results folder (plotly.js embedded: opens offline).
 
     For a training run: its training curves beside its comparison on the test days."""
-    from gridrl.io import write_html
-    from gridrl.report import ReportError, build_report
+    from gridrl.pipeline import write_report, write_run_report
+    from gridrl.report import ReportError
 
     if not results.is_dir():
         what = "is not a folder" if results.exists() else "does not exist"
         raise ReportError(f"{results} {what}; give the --out folder of a `gridrl compare`, "
                           f"`gridrl evaluate` or `gridrl train` run")
     if (results / "checkpoint.pt").exists() or (results / "scalars.csv").exists():
-        from gridrl.marl.train import write_run_report
-
         path = write_run_report(results, path=out)
-        console.print(f"report written to {path}", highlight=False)
-        return
-    path = write_html(build_report(results), out or results / "report.html")
+    else:
+        path = write_report(results, path=out)
     console.print(f"report written to {path}", highlight=False)
 
 
@@ -457,7 +457,8 @@ def train_cmd(
 
     from gridrl.compare import format_summary
     from gridrl.config import read_toml
-    from gridrl.marl.train import CONFIG_FILE, resolve_train_config, train
+    from gridrl.marl.train import CONFIG_FILE, resolve_train_config
+    from gridrl.pipeline import train
 
     if device not in ("cpu", "cuda"):
         raise fail(f"--device must be cpu or cuda, got {device!r}")
@@ -483,8 +484,8 @@ def train_cmd(
     except KeyboardInterrupt:
         raise fail(f"interrupted; {out} keeps its last checkpoint: continue with "
                    f"gridrl train {feeder} --out {out} --resume", 130) from None
-    if result.summary is not None:
-        print_table(format_summary(result.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
+    if result.compare is not None:
+        print_table(format_summary(result.compare.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
                     keys=("feeder", "controller"), full_table=str(out / "compare" / "summary.md"))
     console.print(f"run folder {out} (checkpoint.pt, scalars.csv, tb/, compare/, report.html)", highlight=False)
 

@@ -45,7 +45,7 @@ def results(tmp_path_factory, sunny_days):
     out = tmp_path_factory.mktemp("rep") / "run"
     cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:ieee1547-a"),
                         days=(sunny_days[0], dull))
-    run_compare(cfg, out=out, progress=False, report=False)
+    run_compare(cfg, out=out, progress=False)
     return out
 
 

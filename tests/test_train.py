@@ -203,8 +203,8 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
     cfg = CompareConfig(feeders=("ieee33",), controllers=(ControllerSpec(run=str(run)),), days=(day,))
-    first = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
-    again = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    first = run_compare(cfg, out=tmp_path / "cmp", progress=False)
+    again = run_compare(cfg, out=tmp_path / "cmp", progress=False)
     assert (first.ran, again.ran) == (1, 0)
     # "retrain": another checkpoint in the same folder (weights changed)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -212,7 +212,7 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     key = next(k for k in served if k.endswith("head.2.bias"))
     served[key] += 0.5
     torch.save(ckpt, run / "checkpoint.pt")
-    third = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    third = run_compare(cfg, out=tmp_path / "cmp", progress=False)
     assert third.ran == 1
     assert third.days["energy_loss_mwh"].iloc[0] != first.days["energy_loss_mwh"].iloc[0]
 
