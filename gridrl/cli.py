@@ -455,17 +455,29 @@ def train_cmd(
     and end where an uninterrupted run would."""
     import json
 
-    from gridrl.compare import format_summary
-    from gridrl.config import read_toml
-    from gridrl.marl.train import CONFIG_FILE, resolve_train_config
-    from gridrl.pipeline import train
+    from rich.markup import escape
 
+    from gridrl.config import read_toml, wrong_kind
+    from gridrl.grid.library import resolve_spec
+
+    # the checks that need no numerical package first, so a wrong argument is one line at once
     if device not in ("cpu", "cuda"):
         raise fail(f"--device must be cpu or cuda, got {device!r}")
+    resolve_spec(feeder)  # an unknown feeder or a malformed spec
+    if resume and out is None:
+        raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
     data, source = ({}, "command line")
     if config is not None:
         data, source = read_toml(config), str(config)
-    elif resume and out is not None and (out / CONFIG_FILE).is_file():
+        other = wrong_kind(config, data, "training")
+        if other:
+            raise fail(other)
+
+    from gridrl.compare import format_summary
+    from gridrl.marl.train import CONFIG_FILE, resolve_train_config
+    from gridrl.pipeline import train
+
+    if config is None and resume and (out / CONFIG_FILE).is_file():
         try:
             data = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
             source = str(out / CONFIG_FILE)
@@ -473,21 +485,31 @@ def train_cmd(
             raise fail(f"{out / CONFIG_FILE} is damaged; give the run's settings with --config") from None
     cfg = resolve_train_config(data, source=source, overrides={"algo": algo, "steps": steps, "seed": seed})
     if out is None:
-        if resume:
-            raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
         from gridrl.io import default_out
 
         out = default_out("runs", f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}")
     try:
         result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
-                       log=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+                       log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
     except KeyboardInterrupt:
-        raise fail(f"interrupted; {out} keeps its last checkpoint: continue with "
-                   f"gridrl train {feeder} --out {out} --resume", 130) from None
+        raise fail(_interrupted(feeder, out, cfg), 130) from None
     if result.compare is not None:
         print_table(format_summary(result.compare.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
                     keys=("feeder", "controller"), full_table=str(out / "compare" / "summary.md"))
     console.print(f"run folder {out} (checkpoint.pt, scalars.csv, tb/, compare/, report.html)", highlight=False)
+
+
+def _interrupted(feeder: str, out: Path, cfg) -> str:
+    """What an interrupted `gridrl train` kept, and how to go on."""
+    from gridrl.marl.checkpoint import CHECKPOINT
+
+    again = f"gridrl train {feeder} --out {out} --resume"
+    if (out / CHECKPOINT).exists():
+        return f"interrupted; {out} keeps its last checkpoint: continue with {again}"
+    if out.is_dir() and any(out.iterdir()):
+        return (f"interrupted before the first checkpoint (written every {cfg.checkpoint_every_s:g} s of training); "
+                f"there is nothing to continue: {again} starts the run again from the beginning")
+    return "interrupted before training started; nothing was written: run the same command again"
 
 
 # --------------------------------------------------------------------------------------------

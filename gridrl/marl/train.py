@@ -233,13 +233,17 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
 
     say = log or (lambda m: print(m, file=sys.stderr))
     out = Path(out)
-    if not resume and out.is_dir() and any(out.iterdir()):  # before the slow part
+    if device == "cuda" and not torch.cuda.is_available():  # before anything is written
+        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    started_here = not (out.is_dir() and any(out.iterdir()))
+    if not resume and not started_here:  # before the slow part
         raise TrainError(f"{out} already exists; add --resume to continue that run, or choose another --out")
     feeder = load_feeder(feeder_name)
     config = _with_band(config, feeder)
     checkpoint = _claim(out, feeder, config, resume=resume)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    if resume and checkpoint is None:  # never silently from the beginning
+        say(f"nothing to resume in {out}: starting a new run there" if started_here else
+            f"{out} holds no checkpoint (the run stopped before its first): starting it again from the beginning")
     train_days, val_days = validation_split(feeder, config.validation_days)
     env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
                    config=config.env)
