@@ -26,6 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# help texts are rich markup: a literal bracket is written \\[ (`gridrl\\[ray]`, `\\[env]`), or the
+# bracketed word vanishes from --help (tests/test_first_hour.py reads every command's help)
 feeders_app = typer.Typer(help="`gridrl feeders` prints the feeder library as a table; `gridrl feeders show NAME` details one feeder and writes its map.", invoke_without_command=True)
 bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, power-grid-model; training throughput.", no_args_is_help=True)
 app.add_typer(feeders_app, name="feeders")
@@ -178,7 +180,7 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 
 
 _BACKEND_HELP = ("Where the work runs: local (this process) or ray (Ray tasks; needs pip install "
-                 "'gridrl[ray]'). Results are the same either way.")
+                 "'gridrl\\[ray]'). Results are the same either way.")
 _ADDRESS_HELP = ("With --backend ray: the cluster to join, auto (the one `ray start --head` started on this "
                  "machine) or HOST:PORT; default: start Ray on this machine for the run.")
 _LOAD_SCALE_HELP = "Multiply every load's P and Q by this factor (a stress scenario; EnvConfig.load_scale)."
@@ -319,7 +321,7 @@ def sweep_cmd(
     algos: Annotated[str, typer.Option(help="Comma-separated learners: dppo, ippo, cppo.")] = "dppo",
     seeds: Annotated[int, typer.Option(help="Training seeds per feeder × learner (0 … N−1).")] = 1,
     config: Annotated[Optional[Path], typer.Option(help="Training TOML shared by every run (as for `gridrl train`; "
-                                                   "[learner.ALGO] tables set one learner's settings).")] = None,
+                                                   "\\[learner.ALGO] tables set one learner's settings).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget of every run in environment feeder steps "
                                                  "(default: the config's).")] = None,
     baselines: Annotated[str, typer.Option(help="Controllers the runs are compared with: none, droop, "
@@ -376,7 +378,7 @@ def tune_droop_cmd(
     A black-box search (staged grids, then CMA-ES) over IEEE 1547-2018 four-point curves
     minimises the energy loss on the training days, keeping the controllable rate at least that
     of the best standard preset. Writes a curve file for `gridrl evaluate --curve` with the
-    provenance (feeder, spec hash, scenario, days, objective) in its [fit] table; the same fit
+    provenance (feeder, spec hash, scenario, days, objective) in its \\[fit] table; the same fit
     serves `--preset tuned` and `droop:tuned` from the cache."""
     from gridrl.control.curvefile import write_curve_file
     from gridrl.control.tuning import TuneConfig, tuned_curve
@@ -437,7 +439,7 @@ def train_cmd(
     feeder: Annotated[str, typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
     algo: Annotated[Optional[str], typer.Option(help="Learner: dmpo, dppo, ippo or cppo (default: the config's, else dppo).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training TOML (experiments/*.toml): top-level settings, "
-                                                   "[env] and [learner] tables.")] = None,
+                                                   "\\[env] and \\[learner] tables.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, exploration and the days drawn.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
