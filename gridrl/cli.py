@@ -264,6 +264,28 @@ def evaluate_cmd(
     _show_summary(result, title=f"{spec.key} on {feeder}, {split} days", report=report)
 
 
+@app.command("score")
+@user_errors
+def score_cmd(
+    task: Annotated[Optional[str], typer.Argument(help="Task name, e.g. ieee33-v0 (without it: the task suite).")] = None,
+    controller: Annotated[str, typer.Option(help="none, droop, droop:PRESET, opf, a run folder, module:function, "
+                                            "path/file.py:function (a policy from any library) or an .onnx file.")] = "droop",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+) -> None:
+    """Score a controller on a named task and print the official metrics (see gridrl/score.py)."""
+    from gridrl.score import score, task_table
+
+    if task is None:
+        print_table(task_table().to_dict("records"), title="gridrl tasks", keys=("task",))
+        return
+    metrics, _ = score(task, controller)
+    print_table([metrics], title=f"{metrics['controller']} on {metrics['task']}", keys=("task", "controller"))
+    if json_out is not None:
+        from gridrl.io import write_json
+
+        write_json(json_out, metrics)
+
+
 @app.command("compare")
 @user_errors
 def compare_cmd(
