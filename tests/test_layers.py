@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
     ("control | marl", [["gridrl.control"], ["gridrl.marl"]]),  # controllers and learners: peers
     ("api", [["gridrl"]]),                                # the package root: the public façade over the above
     ("evaluate | sweep", [["gridrl.evaluate"], ["gridrl.sweep"]]),  # rollouts on days; training runs en masse
+    ("score", [["gridrl.score"]]),                        # a policy scored on the task suite (by evaluate)
     ("compare", [["gridrl.compare"]]),                    # batch comparisons (no report)
     ("report", [["gridrl.report", "gridrl.training_report", "gridrl.plots"]]),  # reads results folders
     ("pipeline", [["gridrl.pipeline"]]),                  # train → compare → report, chained
@@ -90,12 +91,13 @@ GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 
 def _place(module: str) -> tuple[int, int] | None:
-    """(layer, group) of ``module``: the longest prefix that names it."""
+    """(layer, group) of ``module``: the longest prefix that names it (``gridrl`` names the root only)."""
     best, where = -1, None
     for i, (_, groups) in enumerate(LAYERS):
         for j, prefixes in enumerate(groups):
             for prefix in prefixes:
-                if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                inside = module.startswith(prefix + ".") and prefix != "gridrl"  # the root names itself only
+                if (module == prefix or inside) and len(prefix) > best:
                     best, where = len(prefix), (i, j)
     return where
 
