@@ -198,6 +198,25 @@ def _scenario(load_scale: float, pv_scale: float):
         raise fail(f"--load-scale / --pv-scale: {exc}") from None
 
 
+def _check_feeders(*names: str | None) -> None:
+    """An unknown feeder or a malformed spec as one line at once, before pandas or torch load."""
+    from gridrl.grid.library import resolve_spec
+
+    for name in names:
+        if name:
+            resolve_spec(name)
+
+
+def _check_kind(path: Path, expected: str, data: dict | None = None) -> None:
+    """A config file of another kind (a comparison given to `train`, …) as one line that says what
+    it is and which command takes it, instead of every key it does not know."""
+    from gridrl.config import read_toml, wrong_kind
+
+    other = wrong_kind(path, read_toml(path) if data is None else data, expected)
+    if other:
+        raise fail(other)
+
+
 def _show_summary(result, title: str, *, report: bool) -> None:
     from gridrl.compare import format_summary
 
@@ -233,6 +252,7 @@ def evaluate_cmd(
 
     Prints a summary, writes per-day and per-step tables (parquet) and an HTML report. Re-running
     into the same folder reuses finished results (a run trained again is evaluated again)."""
+    _check_feeders(feeder)
     from gridrl.compare import CompareConfig, ControllerSpec
     from gridrl.control.curvefile import read_curve_file
     from gridrl.io import default_out
@@ -312,6 +332,7 @@ def compare_cmd(
 
     Shows a progress bar; writes one tidy table, a summary with the gap to opf (markdown and
     printed) and an HTML report. Interrupted runs resume: finished cells are skipped."""
+    _check_feeders(*(feeders or "").split(","))
     from gridrl.compare import CompareConfig, load_config, parse_controllers
     from gridrl.pipeline import compare
 
@@ -323,6 +344,7 @@ def compare_cmd(
                   if changed]
         if given:
             raise fail(f"--config already says what to compare; drop {', '.join(given)} or edit {config}")
+        _check_kind(config, "comparison")
         cfg = load_config(config)
     else:
         if not feeders or not controllers:
@@ -362,12 +384,15 @@ def sweep_cmd(
     runs and the comparison's cells are Ray tasks side by side; on several machines OUT must be on
     a filesystem they all mount. Interrupted sweeps resume: finished runs are skipped, unfinished
     ones continue from their last checkpoint, finished comparison cells are kept."""
+    _check_feeders(*feeders.split(","))
     from gridrl.compare import format_summary
     from gridrl.config import read_toml
     from gridrl.pipeline import sweep
     from gridrl.sweep import plan_sweep
 
     data, source = ({}, "command line") if config is None else (read_toml(config), str(config))
+    if config is not None:
+        _check_kind(config, "training", data)
     runs = plan_sweep([f.strip() for f in feeders.split(",") if f.strip()],
                       [a.strip() for a in algos.split(",") if a.strip()], seeds, out=out, train=data,
                       source=source, steps=steps)
@@ -402,6 +427,7 @@ def tune_droop_cmd(
     of the best standard preset. Writes a curve file for `gridrl evaluate --curve` with the
     provenance (feeder, spec hash, scenario, days, objective) in its \\[fit] table; the same fit
     serves `--preset tuned` and `droop:tuned` from the cache."""
+    _check_feeders(feeder)
     from gridrl.control.curvefile import write_curve_file
     from gridrl.control.tuning import TuneConfig, tuned_curve
     from gridrl.grid.feeder import load_feeder
@@ -481,21 +507,18 @@ def train_cmd(
 
     from rich.markup import escape
 
-    from gridrl.config import read_toml, wrong_kind
-    from gridrl.grid.library import resolve_spec
+    from gridrl.config import read_toml
 
     # the checks that need no numerical package first, so a wrong argument is one line at once
     if device not in ("cpu", "cuda"):
         raise fail(f"--device must be cpu or cuda, got {device!r}")
-    resolve_spec(feeder)  # an unknown feeder or a malformed spec
+    _check_feeders(feeder)
     if resume and out is None:
         raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
     data, source = ({}, "command line")
     if config is not None:
         data, source = read_toml(config), str(config)
-        other = wrong_kind(config, data, "training")
-        if other:
-            raise fail(other)
+        _check_kind(config, "training", data)
 
     from gridrl.compare import format_summary
     from gridrl.marl.train import CONFIG_FILE, resolve_train_config

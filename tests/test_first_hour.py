@@ -129,6 +129,23 @@ def test_a_config_of_another_kind_says_what_it_is(name, parts, tmp_path):
     assert len(res.output) < 250 and not (tmp_path / "r").exists()
 
 
+def test_compare_and_sweep_say_the_same_of_a_file_of_another_kind(tmp_path):
+    res = runner.invoke(app, ["compare", "--config", "experiments/demo.toml", "--out", str(tmp_path / "c")])
+    one_line_error(res, "is a training config, not a comparison config",
+                   "gridrl train FEEDER --config experiments/demo.toml")
+    res = runner.invoke(app, ["sweep", "--feeders", "ieee33", "--config", "experiments/compare_stress.toml",
+                              "--out", str(tmp_path / "s")])
+    one_line_error(res, "is a comparison config, not a training config")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args", [["compare", "--feeders", "ieee33,nosuchfeeder", "--controllers", "none"],
+                                  ["evaluate", "--feeder", "nosuchfeeder"], ["tune-droop", "--feeder", "nosuchfeeder"],
+                                  ["sweep", "--feeders", "nosuchfeeder", "--out", "unused"]])
+def test_every_command_names_an_unknown_feeder_first(args):
+    one_line_error(runner.invoke(app, args), "unknown feeder 'nosuchfeeder'")
+
+
 def test_unknown_keys_list_the_allowed_ones_once(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("stepz = 10\nseedz = 3\nhops = 1\n")
