@@ -106,7 +106,7 @@ def print_table(rows: list[dict], title: str | None = None, *, keys: tuple[str, 
 @feeders_app.callback()
 @user_errors
 def feeders(ctx: typer.Context) -> None:
-    """Print the feeder library: name, buses, lines, agents, PV peak over load, source."""
+    """Print the feeder library: name, buses, lines, agents, PV peak over load, rated MW by unit type, source."""
     if ctx.invoked_subcommand is not None:
         return
     from gridrl.grid.feeder import list_feeders, load_feeder
@@ -117,7 +117,8 @@ def feeders(ctx: typer.Context) -> None:
         rows.append({"name": s["name"], "buses": s["buses"], "lines": s["lines"], "trafos": s["trafos"],
                      "agents": s["agents"], "load MW": s["load_mw"], "yearly peak MW": s["load_peak_mw"],
                      "load factor": s["load_factor"], "PV peak MW": s["pv_peak_mw"],
-                     "PV / load": s["pv_to_load"], "source": s["source"]})
+                     "PV / load": s["pv_to_load"], "agents are": s["agent_types"],
+                     "units MW by type": s["units_mw"], "source": s["source"]})
     print_table(rows, title="gridrl feeders", keys=("name",))
 
 
@@ -145,9 +146,17 @@ def feeders_show(
                   f"load factor (mean / peak) {s['load_factor']:.2f}", highlight=False)
     console.print(f"[bold]{'agent names':>12}[/]  {feeder.agent_naming}, e.g. "
                   f"{', '.join(feeder.agents[:3])}", highlight=False)
+    for kind, c in feeder.capacity_by_type().items():
+        role = ("agents" if c["agents"] == c["units"] else
+                f"{c['agents']} agents ({c['agent_mw']:.3f} MW), the rest" if c["agents"] else "not agents:")
+        console.print(f"[bold]{kind:>12}[/]  {c['units']} unit(s), {c['mw']:.3f} MW rated; {role}"
+                      + (" run at their own profile and power factor" if c["agents"] < c["units"] else ""),
+                      highlight=False)
     console.print(f"[bold]{'q at night':>12}[/]  "
                   + ("inverters keep their reactive capability at night (STATCOM mode)" if spec.pv.q_at_night
-                     else "inverters give no reactive power while their PV produces nothing"), highlight=False)
+                     else "inverters give no reactive power while their PV produces nothing (IEEE 1547-2018 "
+                          "requires none below 5 % of rated power; night mode is an inverter option)"),
+                  highlight=False)
     console.print(f"[bold]{'band':>12}[/]  {spec.voltage.v_min_pu}–{spec.voltage.v_max_pu} p.u.", highlight=False)
     console.print(f"[bold]{'days':>12}[/]  {len(feeder.days('train'))} train, {len(feeder.days('test'))} test "
                   f"(every {spec.split.test_every}th day from day {spec.split.test_offset} held out)", highlight=False)
