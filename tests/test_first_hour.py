@@ -189,3 +189,16 @@ def test_resume_into_an_empty_folder_says_it_starts_a_new_run(tiny, tmp_path, mo
     res = runner.invoke(app, ["train", "ieee33", "--config", str(tiny), "--out", str(out), "--resume",
                               "--no-progress"])
     assert f"nothing to resume in {out}: starting a new run there" in " ".join(res.output.split())
+
+
+def test_a_run_compared_before_runs_were_named_by_folder_keeps_its_comparison(tmp_path):
+    """A run whose comparison was written when runs were labelled by their algorithm resumes into
+    that comparison under the same label (else its folder would refuse the comparison)."""
+    from gridrl.pipeline import _own_label
+
+    folder = tmp_path / "run" / "compare"
+    assert _own_label(folder) is None  # a new comparison: the run's folder name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"controllers": [{"name": "none"},
+                                                                    {"run": str(tmp_path / "run"), "label": "dmpo"}]}))
+    assert _own_label(folder) == "dmpo"
