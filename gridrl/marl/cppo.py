@@ -104,12 +104,13 @@ class CPPO(DPPO):
         """Training traffic of one iteration, floats per agent: locally the actor's messages at
         every collected step and, in the update, again with their gradients back; globally
         every agent's observation to the critic's place and the global advantage back at every
-        step, the gradient of the shared actor weights at every gradient step and the pooled
-        observation statistics (see :meth:`DPPO._communication`)."""
+        step, the gradient of the shared actor weights and the two scalars of the clip and the
+        early stop at every gradient step and the pooled observation statistics (see
+        :meth:`DPPO._communication`)."""
         g, D = self.graph, self.env.obs_dim
         actor = g.relay_floats(self.cfg.message_dim)
         local = real_steps * actor + 2.0 * actor * update_stats["update/samples"]
-        shared = (real_steps * (D + 1.0) + shared_floats(self.policy.actor) * update_stats["update/steps"]
+        shared = (real_steps * (D + 1.0) + (shared_floats(self.policy.actor) + 2.0) * update_stats["update/steps"]
                   + 3.0 * D)
         return {"comm/train_local_floats": local, "comm/train_global_floats": shared}
 

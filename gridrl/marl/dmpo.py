@@ -199,8 +199,9 @@ class DMPO(DPPO):
         """dppo's traffic (see :meth:`DPPO._communication`; its update counts imagined samples
         too) plus, locally, every imagined step's actor, critic and model messages (all
         members, twice when anchored) and local advantages, and the model fit's messages and
-        their gradients; globally, in shared training, the model's shared weights at every fit
-        step and its pooled input statistics."""
+        their gradients; globally, every fit step's share of the gradient norm (the clip) and,
+        in shared training, the model's shared weights at every fit step and its pooled input
+        statistics."""
         cfg, g = self.cfg, self.model_graph
         out = super()._communication(real_steps=real_steps, update_stats=update_stats)
         policy = self.graph.relay_floats(cfg.message_dim) + self.graph.relay_floats(self._critic_message_dim())
@@ -209,6 +210,7 @@ class DMPO(DPPO):
         out["comm/train_local_floats"] += (imagined_steps * (policy + model * (2 if cfg.anchor else 1)
                                                              + self.graph.relay_floats(1.0))
                                            + fits * cfg.model_batch * 2.0 * model)
+        out["comm/train_global_floats"] += fits
         if not self.decentralized:
             out["comm/train_global_floats"] += shared_floats(self.model) * fits + 3.0 * self.model.in_dim
         return out

@@ -269,17 +269,19 @@ class DPPO:
         - local: at every collected step the actor's and the critic's messages and each local
           advantage to every agent that sums it; in the update, every sample's messages again
           and the gradients of the loss with respect to them, back along the same links;
+        - global, in both modes: two scalars per agent and gradient step, its share of the
+          global gradient norm (the clip) and of the approximate KL (the early stop);
         - global, shared training only: every gradient step sums each agent's gradient of the
           shared weights (counted as those weights' floats sent once per agent and step),
           the observation statistics are pooled (count, mean, variance per column) and the
           advantages standardised over all agents (count, mean, variance).
         """
-        g, D = self.graph, self.env.obs_dim
+        g, D, steps = self.graph, self.env.obs_dim, update_stats["update/steps"]
         messages = g.relay_floats(self.cfg.message_dim) + g.relay_floats(self._critic_message_dim())
         local = real_steps * (messages + g.relay_floats(1.0)) + 2.0 * messages * update_stats["update/samples"]
-        shared = 0.0 if self.decentralized else (
-            shared_floats(self.policy.actor, self.critic) * update_stats["update/steps"] + 3.0 * D + 3.0)
-        return {"comm/train_local_floats": local, "comm/train_global_floats": shared}
+        scalars = 2.0 * steps
+        shared = 0.0 if self.decentralized else shared_floats(self.policy.actor, self.critic) * steps + 3.0 * D + 3.0
+        return {"comm/train_local_floats": local, "comm/train_global_floats": scalars + shared}
 
     @property
     def communication_training(self) -> float:
