@@ -502,3 +502,17 @@ def test_selected_policy_axis_has_whole_step_ticks(run_figures, tmp_path):
     assert ticks and all(re.fullmatch(r"\d+k?", t) for t in ticks), ticks
     assert "8k" in ticks or any(t.replace(",", "").isdigit() and int(t.replace(",", "")) >= 8000 for t in ticks)
     assert not _overlapping_texts(layout), _overlapping_texts(layout)
+
+
+def test_model_panels_name_every_series_once_in_its_own_colour():
+    from gridrl.marl.report import _MODEL_PANELS, fig_model
+
+    tags = [p.replace("*", "4") for series in _MODEL_PANELS.values() for p in series]
+    sc = pd.DataFrame([(k, 1024 * k, 1.0 * k, tag, 0.1 * k) for tag in tags for k in (1, 2)],
+                      columns=["iteration", "env_steps", "wall_s", "tag", "value"]).assign(run="r", algo="dmpo", seed=0)
+    fig = fig_model(sc)
+    names = {label for series in _MODEL_PANELS.values() for label in series.values()}
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert sorted(legend) == sorted(names), "each series named once, whichever panel it is in"
+    colour = {t.name: t.line.color for t in fig.data}
+    assert len(set(colour.values())) == len(names), "no two series share a colour"
