@@ -24,7 +24,8 @@ from gridrl.report import Section, render, results_sections
 
 __all__ = ["build_run_report", "fig_curves", "fig_model", "fig_time_split", "read_scalars", "training_sections"]
 
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
+           "#843c39", "#5254a3", "#6b6ecf"]
 _REF_COLORS = {"none": "#636363", "opf": "#d62728"}
 
 
@@ -77,7 +78,7 @@ def fig_curves(scalars: pd.DataFrame, tags: Mapping[str, str], *, group: str = "
             fig.add_trace(go.Scatter(x=stats[x], y=stats["mean"], mode="markers+text" if single else "lines+markers",
                                      name=str(g), line=dict(color=color), marker=dict(size=10 if single else 4),
                                      text=[_value_text(v) for v in stats["mean"]] if single else None,
-                                     textposition="middle left", legendgroup=str(g),
+                                     textposition="top center", cliponaxis=not single, legendgroup=str(g),
                                      showlegend=str(g) not in shown), row=1, col=col)
             shown.add(str(g))
         x_max = float(d[x].max()) if len(d) else 1.0
