@@ -505,7 +505,7 @@ def test_selected_policy_axis_has_whole_step_ticks(run_figures, tmp_path):
 
 
 def test_model_panels_name_every_series_once_in_its_own_colour():
-    from gridrl.marl.report import _MODEL_PANELS, fig_model
+    from gridrl.training_report import _MODEL_PANELS, fig_model
 
     tags = [p.replace("*", "4") for series in _MODEL_PANELS.values() for p in series]
     sc = pd.DataFrame([(k, 1024 * k, 1.0 * k, tag, 0.1 * k) for tag in tags for k in (1, 2)],
