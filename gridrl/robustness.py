@@ -177,7 +177,7 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
         env = dataclasses.replace(base_env, **env_changes)
         cfg = CompareConfig(feeders=(config.feeder,), controllers=specs, split="test", days=config.days, env=env)
         try:
-            return run_compare(cfg, out=folder, progress=False, report=False).days
+            return run_compare(cfg, out=folder, progress=False).days
         except CompareError as exc:
             raise RobustnessError(str(exc)) from None
 
