@@ -38,43 +38,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gridrl.errors import GridrlError
+from gridrl.grid.days import DaysNotInSplit, check_days
+
+__all__ = ["DAY_COLUMNS", "DaysNotInSplit", "Evaluation", "check_days", "evaluate"]
 
 DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
                "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "controllable_loss_mwh", "line_loss_mwh",
                "trafo_load_loss_mwh", "trafo_noload_loss_mwh", "reactive_energy_mvarh",
                "violation_bus_hours", "max_loading_pct", "overload_branch_hours", "tap_operations", "unsettled_steps",
                "infeasible_steps", "diverged_steps", "communication", "hops", "seconds", "q_at_night"]
-
-
-class DaysNotInSplit(GridrlError, ValueError):
-    """Requested days that are not days of the split."""
-
-    def __init__(self, feeder: str, split: str, bad: Sequence[int], allowed: Sequence[int]):
-        shown = _short(allowed)
-        super().__init__(f"day(s) {', '.join(map(str, bad))} are not {split} days of feeder {feeder!r} "
-                         f"({split} days: {shown})")
-
-
-def _short(xs: Sequence[int], n: int = 6) -> str:
-    xs = list(xs)
-    if len(xs) <= n:
-        return ", ".join(map(str, xs))
-    return ", ".join(map(str, xs[: n - 1])) + f", …, {xs[-1]} ({len(xs)} days)"
-
-
-def check_days(feeder, split: str, days: Sequence[int] | None) -> list[int]:
-    """The days to run: all days of ``split``, or ``days`` after checking they belong to it."""
-    allowed = feeder.days(split)
-    if days is None:
-        return list(allowed)
-    days = [int(d) for d in days]
-    bad = [d for d in days if d not in set(allowed)]
-    if bad:
-        raise DaysNotInSplit(feeder.name, split, bad, allowed)
-    if not days:
-        raise GridrlError("the list of days is empty")
-    return list(dict.fromkeys(days))
 
 
 @dataclass(frozen=True)

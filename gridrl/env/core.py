@@ -426,7 +426,10 @@ class VoltageControlEnv:
         sgen_q = self._sgen_q_fixed + exo["sgen_p_mw"] * self._sgen_q_per_mw
         sgen_q[:, self.inverter_sgen_pos] = q_inv
         exo["sgen_q_mvar"] = sgen_q
-        tap = exo.get("tap_pos") if self._avr else None
+        if self._avr and "tap_pos" not in exo:
+            # every solve of a feeder under AVR must say at which tap (the scenarios' state)
+            raise RuntimeError("_solve needs exo['tap_pos'] (the rows' self._tap) when the tap changer regulates")
+        tap = exo["tap_pos"] if self._avr else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,

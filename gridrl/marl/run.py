@@ -85,8 +85,9 @@ class Run:
         h, cfg = self.header, self.header["learner_config"]
         n, d = len(h["agents"]), len(h["obs_names"])
         graph = Neighbourhood(h["hop_distance"].numpy(), int(cfg["hops"]))
-        actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS})
-        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool))
+        # a header without "training" is from before the training modes: its run shared weights
+        actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS if k in cfg})
+        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool), per_agent=cfg.get("training") == "decentralized")
         policy = Policy(actor, norm, graph, agents=h["agents"], obs_names=h["obs_names"],
                         name=name or self.path.name or self.algo)
         try:
