@@ -58,10 +58,41 @@ def targets(tidy: pd.DataFrame, opf_loss: float | None) -> list[str]:
     return out
 
 
+def append_ledger() -> None:
+    """One ledger row per trained run × condition of every suite in ``reports/robustness``: the
+    test days were looked at for each."""
+    import json
+
+    from gridrl.ledger import append
+
+    for table in sorted(ROOT.glob("ieee33*/table.csv")):
+        tidy = pd.read_csv(table, keep_default_na=False, na_values=[""])
+        runs = tidy[tidy["controller"].str.contains("/")]
+        for rec in runs.to_dict("records"):
+            run = rec["controller"].split("/", 1)[1]
+            algo = "dmpo" if "dmpo" in run else "dppo"
+            seed = int(run.rsplit("-s", 1)[1])
+            days = pd.read_parquet(table.parent / rec["condition"] / ("" if not rec["agent"] else rec["agent"]) /
+                                   "days.parquet") if (table.parent / rec["condition"] / "days.parquet").exists() \
+                else None
+            n_days = int(days["day"].nunique()) if days is not None else 73
+            cfg = json.loads((Path("out/robustness/runs") / run / "config.json").read_text())
+            append(feeder="ieee33", algorithm=algo, variant=f"robustness:{rec['group']}:{rec['condition']}",
+                   seed=seed, test_days=n_days, controllable_rate=float(rec["controllable_rate"]),
+                   energy_loss_mwh=float(rec["energy_loss_mwh"]), config=cfg,
+                   source=f"gridrl robustness ({table.parent}; run out/robustness/runs/{run})",
+                   note=f"{rec['description']}{' (' + rec['agent'] + ' out)' if rec['agent'] else ''}; "
+                        f"{rec['information']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "README.md"))
+    ap.add_argument("--ledger", action="store_true", help="append every run's test-day figures per condition "
+                    "to the results ledger (once per evaluation)")
     args = ap.parse_args()
+    if args.ledger:
+        append_ledger()
     parts = [(ROOT / "header.md").read_text()]
     main_table = ROOT / "ieee33" / "table.csv"
     tidy = pd.read_csv(main_table, keep_default_na=False, na_values=[""])
