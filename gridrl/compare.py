@@ -130,7 +130,7 @@ class CompareConfig:
 
     feeders: tuple[str, ...]
     controllers: tuple[ControllerSpec, ...]
-    split: Literal["train", "test", "all"] = "test"
+    split: Literal["train", "val", "test", "all"] = "test"
     seeds: int = 1
     days: tuple[int, ...] | None = None
     day_stride: dict[str, int] | None = None
@@ -259,8 +259,8 @@ def config_problems(config: CompareConfig) -> list[str]:
             problems.append(f"day_stride names {name!r}, which is not a feeder of the comparison")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             problems.append(f"day_stride.{name} must be a whole number ≥ 1, got {stride!r}")
-    if config.split not in ("train", "test", "all"):
-        problems.append(f"split must be test, train or all, got {config.split!r}")
+    if config.split not in ("train", "val", "test", "all"):
+        problems.append(f"split must be test, val, train or all, got {config.split!r}")
         return problems  # the days checks below need a valid split
     for name in config.feeders:
         try:
