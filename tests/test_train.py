@@ -120,7 +120,7 @@ def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny
     train_days, pool = feeder.days("train"), feeder.days("val")
     rest, val = validation_split(feeder, 20)
     assert rest == train_days and len(val) == 20 and set(val) <= set(pool)
-    assert val[0] > pool[0] and val[-1] < pool[-1]  # spread through the validation days, not their ends
+    assert val[0] in pool[:2] and val[-1] in pool[-2:]  # spread through the validation days
     assert validation_split(feeder) == (train_days, pool) and validation_split(feeder, 0) == (train_days, [])
     with pytest.raises(TrainError, match="has 37 validation days"):
         validation_split(feeder, len(pool) + 1)

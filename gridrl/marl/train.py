@@ -308,8 +308,18 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     ident = {"feeder": feeder.name, "feeder_hash": feeder.spec.content_hash(), **_identity(config)}
     env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
                    config=config.env)
-    cls = learner_class(config.algo)
-    learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
+    # the learner's torch operations on one thread, whatever the thread policy: torch splits large
+    # sums between its threads and each split rounds differently, so a dmpo run on two threads
+    # ended elsewhere than on one. The power flow keeps the policy's threads: it solves each
+    # scenario on one thread, the same bits either way. Restored when the run ends.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cls = learner_class(config.algo)
+        learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
+    except BaseException:
+        torch.set_num_threads(torch_threads)
+        raise
     header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
                          learner_config=config.learner, seed=config.seed)
     driver = {"wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf,
@@ -343,7 +353,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
 
     bar_on = progress and is_terminal(sys.stderr)
     bar = _progress(bar_on, config.steps, learner.env_steps)
-    if learner.env_steps < config.steps:
+    if progress and learner.env_steps < config.steps:
         say(_budget_line(config, env, val_days))
     last_save = time.perf_counter()
     latest: dict[str, float] = {}  # the last evaluation's and validation's figures, for the bar
@@ -396,7 +406,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
                 while driver["next_val"] <= learner.env_steps:
                     driver["next_val"] += config.validate_every_steps
             scalars.add(learner.iteration, learner.env_steps, driver["wall_s"], stats)
-            if learner.iteration == resumed_from + 1 and not last:
+            if progress and learner.iteration == resumed_from + 1 and not last:
                 say(_estimate_line(config, learner.env_steps - good["env_steps"], time.perf_counter() - t0,
                                    learner.env_steps))
             bar.update(learner.env_steps - bar.n)
@@ -408,6 +418,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
                 save()
                 last_save = time.perf_counter()
     finally:
+        torch.set_num_threads(torch_threads)
         bar.close()
         scalars.close()
     if not driver["finished"]:
