@@ -58,6 +58,9 @@ def year_without_control(feeder) -> dict:
         "peak_of_nominal": stats["load_peak_mw"] / nominal,
         "load_factor": stats["load_factor"],
         "pv_peak_mw": float(feeder.inverters.p_peak_mw.sum()),
+        "agents": len(feeder.agents),
+        "other_units": ", ".join(f"{k} {c['mw'] - c['agent_mw']:.3g}" for k, c in feeder.capacity_by_type().items()
+                                 if c["units"] > c["agents"]) or "–",
         "v_min_pu": float(vmin[ok].min()), "v_min_at": when(np.flatnonzero(ok)[vmin[ok].argmin()]),
         "v_max_pu": float(vmax[ok].max()), "v_max_at": when(np.flatnonzero(ok)[vmax[ok].argmax()]),
         "steps_under_pct": 100 * float(under[ok].mean()), "steps_over_pct": 100 * float(over[ok].mean()),
@@ -67,11 +70,15 @@ def year_without_control(feeder) -> dict:
 
 
 def to_markdown(rows: list[dict], command: str) -> str:
-    head = ("| feeder | loads | nominal load MW | yearly peak MW (of nominal) | load factor | PV peak MW | "
+    head = ("| feeder | loads | nominal load MW | yearly peak MW (of nominal) | load factor | agents | "
+            "agents' PV peak MW | other units MW | "
             "min v p.u. (when) | max v p.u. (when) | steps < 0.95 % | steps > 1.05 % | "
             "test days under / over |")
     lines = ["# Operating points: the year without control", "", f"Command: `{command}`", "",
-             "Every 15-minute step of 2016 solved with every inverter at q = 0; monitored buses only. "
+             "Every 15-minute step of 2016 solved with every agent's inverter at q = 0 and every other unit "
+             "(wind, hydro, biomass: not agents, see `gridrl feeders show`) at its own profile and power factor; "
+             "monitored buses only. With every inverter at q = 0 the night setting (`q_at_night`) does not "
+             "matter here. "
              "`loads = nominal`: the profiles are scaled so that the coincident yearly peak of the total load "
              "equals the case's nominal (design) load; `profiles`: SimBench's own scaling. Load factor = mean / "
              "peak of the total load. Under / over: test days (of 73) with at least one step below 0.95 / above "
@@ -79,7 +86,8 @@ def to_markdown(rows: list[dict], command: str) -> str:
     for r in rows:
         lines.append(
             f"| {r['feeder']} | {r['load_peak']} | {r['nominal_load_mw']:.3f} | {r['load_peak_mw']:.3f} "
-            f"({r['peak_of_nominal']:.0%}) | {r['load_factor']:.3f} | {r['pv_peak_mw']:.2f} | "
+            f"({r['peak_of_nominal']:.0%}) | {r['load_factor']:.3f} | {r['agents']} | {r['pv_peak_mw']:.2f} | "
+            f"{r['other_units']} | "
             f"{r['v_min_pu']:.4f} ({r['v_min_at']}) | {r['v_max_pu']:.4f} ({r['v_max_at']}) | "
             f"{r['steps_under_pct']:.2f} | {r['steps_over_pct']:.2f} | "
             f"{r['test_days_under']} / {r['test_days_over']} |")

@@ -104,7 +104,7 @@ def print_table(rows: list[dict], title: str | None = None, *, keys: tuple[str, 
 @feeders_app.callback()
 @user_errors
 def feeders(ctx: typer.Context) -> None:
-    """Print the feeder library: name, buses, lines, agents, PV peak over load, source."""
+    """Print the feeder library: name, buses, lines, agents, PV peak over load, rated MW by unit type, source."""
     if ctx.invoked_subcommand is not None:
         return
     from gridrl.grid.feeder import list_feeders, load_feeder
@@ -115,7 +115,8 @@ def feeders(ctx: typer.Context) -> None:
         rows.append({"name": s["name"], "buses": s["buses"], "lines": s["lines"], "trafos": s["trafos"],
                      "agents": s["agents"], "load MW": s["load_mw"], "yearly peak MW": s["load_peak_mw"],
                      "load factor": s["load_factor"], "PV peak MW": s["pv_peak_mw"],
-                     "PV / load": s["pv_to_load"], "source": s["source"]})
+                     "PV / load": s["pv_to_load"], "agents are": s["agent_types"],
+                     "units MW by type": s["units_mw"], "source": s["source"]})
     print_table(rows, title="gridrl feeders", keys=("name",))
 
 
@@ -143,9 +144,17 @@ def feeders_show(
                   f"load factor (mean / peak) {s['load_factor']:.2f}", highlight=False)
     console.print(f"[bold]{'agent names':>12}[/]  {feeder.agent_naming}, e.g. "
                   f"{', '.join(feeder.agents[:3])}", highlight=False)
+    for kind, c in feeder.capacity_by_type().items():
+        role = ("agents" if c["agents"] == c["units"] else
+                f"{c['agents']} agents ({c['agent_mw']:.3f} MW), the rest" if c["agents"] else "not agents:")
+        console.print(f"[bold]{kind:>12}[/]  {c['units']} unit(s), {c['mw']:.3f} MW rated; {role}"
+                      + (" run at their own profile and power factor" if c["agents"] < c["units"] else ""),
+                      highlight=False)
     console.print(f"[bold]{'q at night':>12}[/]  "
                   + ("inverters keep their reactive capability at night (STATCOM mode)" if spec.pv.q_at_night
-                     else "inverters give no reactive power while their PV produces nothing"), highlight=False)
+                     else "inverters give no reactive power while their PV produces nothing (IEEE 1547-2018 "
+                          "requires none below 5 % of rated power; night mode is an inverter option)"),
+                  highlight=False)
     console.print(f"[bold]{'band':>12}[/]  {spec.voltage.v_min_pu}–{spec.voltage.v_max_pu} p.u.", highlight=False)
     for line in _day_sets(feeder):
         console.print(line, highlight=False)
@@ -274,6 +283,28 @@ def evaluate_cmd(
         print_table(format_days(result.days), title=f"{spec.key} on {feeder}: per day",
                     keys=("day", "date"), full_table=str(result.out / "days.parquet"))
     _show_summary(result, title=f"{spec.key} on {feeder}, {split} days", report=report)
+
+
+@app.command("score")
+@user_errors
+def score_cmd(
+    task: Annotated[Optional[str], typer.Argument(help="Task name, e.g. ieee33-v0 (without it: the task suite).")] = None,
+    controller: Annotated[str, typer.Option(help="none, droop, droop:PRESET, opf, a run folder, module:function, "
+                                            "path/file.py:function (a policy from any library) or an .onnx file.")] = "droop",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+) -> None:
+    """Score a controller on a named task and print the official metrics (see gridrl/score.py)."""
+    from gridrl.score import score, task_table
+
+    if task is None:
+        print_table(task_table().to_dict("records"), title="gridrl tasks", keys=("task",))
+        return
+    metrics, _ = score(task, controller)
+    print_table([metrics], title=f"{metrics['controller']} on {metrics['task']}", keys=("task", "controller"))
+    if json_out is not None:
+        from gridrl.io import write_json
+
+        write_json(json_out, metrics)
 
 
 @app.command("compare")

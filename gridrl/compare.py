@@ -829,6 +829,7 @@ SUMMARY_COLUMNS = {
     "reactive_energy_mvarh": "reactive MVArh",
     "communication": "floats/agent/step",
     "flagged_steps": "flagged steps",
+    "q_at_night": "Q at night",
 }
 
 
@@ -860,6 +861,8 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
             "reactive_energy_mvarh": float(g["reactive_energy_mvarh"].sum() / n_seeds),
             "communication": float(g["communication"].iloc[0]),
             "flagged_steps": int((g["unsettled_steps"] + g["infeasible_steps"] + g["diverged_steps"]).sum()),
+            "q_at_night": ("yes" if g["q_at_night"].all() else "no" if not g["q_at_night"].any() else "mixed")
+                          if "q_at_night" in g else "–",
         })
     summary = pd.DataFrame(rows)
     for feeder, g in summary.groupby("feeder", sort=False):
@@ -945,6 +948,9 @@ SUMMARY_GLOSSARY = {
                      "the number of agents; for learners, messages to neighbours on the agent graph.",
     "flagged_steps": "steps to look at: a droop fixed point or OPF iteration stopped at its iteration cap, "
                      "the band could not be met by any admissible action, or the power flow diverged.",
+    "q_at_night": "whether the inverters gave reactive power while their PV produced nothing (yes: a night "
+                  "mode, STATCOM operation; no: the common inverter, as IEEE 1547-2018 requires no reactive "
+                  "power below 5 % of rated active power).",
 }
 
 SUMMARY_LEGEND = "\n".join(f"- **{SUMMARY_COLUMNS[k]}**: {v}" for k, v in SUMMARY_GLOSSARY.items())

@@ -35,7 +35,7 @@ from gridrl.errors import GridrlError
 DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
                "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "reactive_energy_mvarh",
                "violation_bus_hours", "unsettled_steps", "infeasible_steps", "diverged_steps", "communication",
-               "hops", "seconds"]
+               "hops", "seconds", "q_at_night"]
 
 
 class DaysNotInSplit(GridrlError, ValueError):
@@ -206,6 +206,7 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
             "communication": float(controller.communication),
             "hops": int(controller.hops if controller.hops is not None else -1),
             "seconds": float(seconds),
+            "q_at_night": bool(env.q_at_night),  # the inverters' capability the figures were measured with
         })
     steps = pd.DataFrame({
         "day": np.repeat(np.asarray(days, dtype=np.int64)[None, :], n_steps, 0).T.ravel(),

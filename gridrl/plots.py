@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 __all__ = ["controller_colors", "fig_agent_q", "fig_day_distributions", "fig_droop_curves", "fig_energy_violations",
-           "fig_envelope", "fig_heatmaps", "fig_inverters_day", "fig_loss", "fig_voltage_profile"]
+           "fig_envelope", "fig_heatmaps", "fig_inverters_day", "fig_loss", "fig_voltage_profile", "feeder_paths"]
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _NONE, _OPF, _BAND = "#636363", "#d62728", "#444444"
@@ -171,7 +171,9 @@ def fig_voltage_profile(voltages: pd.DataFrame, distance: pd.DataFrame, *, steps
                         agent_buses: Mapping[int, str] | None = None, bus_names: Mapping[int, str] | None = None,
                         title: str = "") -> go.Figure:
     """Bus voltage against electrical distance from the substation, one panel per chosen step,
-    one line per controller drawn along the feeder's branches (each lateral its own stroke).
+    one trace per controller (one legend entry): the feeder drawn as its paths from the
+    substation, the longest first and each lateral from the bus it branches off, separated by
+    gaps; every bus a marker, the agents' buses stars.
 
     voltages: ``controller, step, bus, vm_pu`` rows covering the chosen steps.
     distance: per bus (index) ``parent`` and ``z_ohm`` (see :mod:`gridrl.grid.distance`).
@@ -184,35 +186,72 @@ def fig_voltage_profile(voltages: pd.DataFrame, distance: pd.DataFrame, *, steps
     captions = [f"{cap}: {_hhmm(hours[s])}" for cap, s in steps.items()]
     fig = make_subplots(rows=1, cols=len(steps), shared_yaxes=True, subplot_titles=captions, horizontal_spacing=0.04)
     z = distance["z_ohm"]
-    parent = distance["parent"]
+    agent_buses = agent_buses or {}
     scatter = go.Scattergl if len(distance) > 1500 else go.Scatter  # WebGL for thousands of buses
     for k, step in enumerate(steps.values(), start=1):
         at = voltages[voltages["step"] == step]
         for ctrl in ctrls:
             v = at[at["controller"] == ctrl].set_index("bus")["vm_pu"]
-            xs, ys = [], []
-            for bus, p in parent.items():
-                if p >= 0 and bus in v.index and p in v.index:
-                    xs += [z[p], z[bus], None]
-                    ys += [float(v[p]), float(v[bus]), None]
-            fig.add_trace(scatter(x=xs, y=ys, mode="lines", line=dict(color=colors[ctrl], width=1.6), name=ctrl,
-                                     legendgroup=ctrl, showlegend=k == 1, hoverinfo="skip"), row=1, col=k)
-            buses = [b for b in v.index if b in z.index]
-            labels = [(bus_names or {}).get(b, f"bus {b}") + f" (index {b})"
-                      + (f", agent {agent_buses[b]}" if agent_buses and b in agent_buses else "")
-                      for b in buses]
-            fig.add_trace(scatter(
-                x=[z[b] for b in buses], y=[float(v[b]) for b in buses], mode="markers", legendgroup=ctrl,
-                showlegend=False, text=labels,
-                marker=dict(color=colors[ctrl], size=[9 if agent_buses and b in agent_buses else 3 for b in buses],
-                            symbol=["star" if agent_buses and b in agent_buses else "circle" for b in buses]),
-                hovertemplate="%{text}<br>%{x:.3f} Ω<br>%{y:.4f} p.u.<extra>" + ctrl + "</extra>"), row=1, col=k)
+            xs, ys, sizes, symbols, labels = [], [], [], [], []
+            for n, path in enumerate(feeder_paths(distance["parent"], z, set(v.index) & set(z.index))):
+                # a gap before each further path; its first bus, where it branches off, has its marker already
+                points = [(None, None, 0, "")] if n else []
+                points += [(float(z[bus]), float(v[bus]), 0 if n and j == 0 else (9 if bus in agent_buses else 3), bus)
+                           for j, bus in enumerate(path)]
+                for x, y, size, bus in points:
+                    xs.append(x)
+                    ys.append(y)
+                    sizes.append(size)
+                    symbols.append("star" if bus in agent_buses else "circle")
+                    labels.append("" if x is None else (bus_names or {}).get(bus, f"bus {bus}") + f" (index {bus})"
+                                  + (f", agent {agent_buses[bus]}" if bus in agent_buses else ""))
+            fig.add_trace(scatter(x=xs, y=ys, mode="lines+markers", name=ctrl, legendgroup=ctrl, showlegend=k == 1,
+                                  line=dict(color=colors[ctrl], width=1.6), text=labels,
+                                  marker=dict(color=colors[ctrl], size=sizes, symbol=symbols),
+                                  hovertemplate="%{text}<br>%{x:.3f} Ω<br>%{y:.4f} p.u.<extra>" + ctrl + "</extra>"),
+                          row=1, col=k)
         fig.update_xaxes(title_text=f"electrical distance from the substation, Σ|Z| (Ω at {v_ref_kv:g} kV)",
                          row=1, col=k)
         _band(fig, v_min_pu, v_max_pu, row=1, col=k)
     fig.update_yaxes(title_text="voltage (p.u.)", row=1, col=1)
     fig.update_layout(title=title, height=480, margin=_MARGIN)
     return fig
+
+
+def feeder_paths(parent: pd.Series, z_ohm: pd.Series, buses: set[int]) -> list[list[int]]:
+    """A radial feeder (``parent`` per bus, -1 at the substation) cut into paths that together
+    draw every branch between ``buses`` once: from each root (a bus whose parent is not among
+    ``buses``) the path to its electrically farthest bus, then each lateral from the bus it
+    branches off to its own farthest bus, farthest-reaching laterals first."""
+    children: dict[int, list[int]] = {b: [] for b in buses}
+    roots = []
+    for bus in parent.index:
+        if bus not in buses:
+            continue
+        p = int(parent[bus])
+        if p in buses:
+            children[p].append(bus)
+        else:
+            roots.append(bus)
+    reach: dict[int, float] = {}  # bus → largest distance in its subtree
+    order = list(roots)
+    for bus in order:
+        order.extend(children[bus])
+    for bus in reversed(order):
+        reach[bus] = max([float(z_ohm[bus])] + [reach[c] for c in children[bus]])
+    paths, starts = [], [(r, None) for r in sorted(roots, key=lambda b: -reach[b])]
+    while starts:
+        bus, junction = starts.pop(0)
+        path = ([junction] if junction is not None else []) + [bus]
+        branches = []
+        while children[bus]:
+            kids = sorted(children[bus], key=lambda c: -reach[c])
+            branches += [(c, bus) for c in kids[1:]]
+            bus = kids[0]
+            path.append(bus)
+        paths.append(path)
+        starts = sorted(starts + branches, key=lambda s: -reach[s[0]])
+    return paths
 
 
 def fig_inverters_day(steps: pd.DataFrame, *, title: str = "") -> go.Figure:

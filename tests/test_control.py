@@ -303,9 +303,10 @@ def test_opf_on_a_kept_cholesky_factor_matches_daqp_alone(feeder, sunny_days, op
 
 
 def test_opf_improves_on_a_plain_newton_step_where_capabilities_span_orders_of_magnitude():
-    """mv-rural's agents can give 0.008 to 2.4 MVAr, so the QP's curvature in action units spans
-    seven orders of magnitude; the OPF must still beat the clipped Newton step of its own loss
-    model (once it stopped at q = 0 there: the QP solver called a worse step optimal)."""
+    """mv-rural's PV agents can give 0.008 to 0.43 MVAr (2.4 with its wind fleet as agents), so the
+    QP's curvature in action units spans orders of magnitude; the OPF must still beat the clipped
+    Newton step of its own loss model (once it stopped at q = 0 there: the QP solver called a
+    worse step optimal). A night mode gives the 05:00 step headroom too."""
     from gridrl.control.opf import _with_ridge, solve_opf
     from gridrl.control.plant import ActionMap, PlantDerivatives
 
@@ -313,7 +314,7 @@ def test_opf_improves_on_a_plain_newton_step_where_capabilities_span_orders_of_m
     pf = f.power_flow()
     amap = ActionMap(f, pf)
     model = PlantDerivatives(f, pf, amap)
-    plant = plant_from_profiles(f, np.array([2 * 96 + 48, 2 * 96 + 20]), pf=pf, amap=amap)
+    plant = plant_from_profiles(f, np.array([2 * 96 + 48, 2 * 96 + 20]), pf=pf, amap=amap, q_at_night=True)
     zero = plant.solve(np.zeros((2, amap.n_agents)))
     grad = model.linearize(plant, np.arange(2), zero.v).grad
     newton = np.stack([np.clip(-np.linalg.solve(_with_ridge(model.hessian(plant.q_avail_mvar[[b]]))[0], grad[b]),

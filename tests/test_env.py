@@ -409,7 +409,8 @@ def test_peek_leaves_the_environment_unchanged(ieee33):
 
 
 def test_inverter_outage_holds_q_at_zero(ieee33):
-    cfg = EnvConfig(start_hour=12.0, episode_hours=1.0, outage_agents=("bus18",), outage_prob=0.5)
+    cfg = EnvConfig(start_hour=12.0, episode_hours=1.0, outage_agents=("bus18",), outage_prob=0.5,
+                    q_at_night=True)  # an inverter whose PV is dark at noon still has headroom
     env = make_env(ieee33, num_envs=8, seed=2, config=cfg)
     _, _, _, info = env.step(torch.ones(8, env.n_agents))
     out = info["outage"]
@@ -523,11 +524,12 @@ def test_pv_scale_leaves_generators_that_are_no_inverter_alone(tmp_path):
 
 
 def test_q_at_night_is_the_inverters_capability_after_dark(ieee33):
-    dark = make_env(ieee33, split="test", days=[27], config=EnvConfig(**EVENING))
+    dark = make_env(ieee33, split="test", days=[27], config=EnvConfig(**EVENING, q_at_night=True))
     pend = dark.pending()
-    assert (pend["pv_p_mw"] == 0).all() and dark.q_at_night  # the spec's default: a STATCOM at night
+    assert (pend["pv_p_mw"] == 0).all() and dark.q_at_night  # a night mode: a STATCOM at night
     torch.testing.assert_close(pend["q_avail_mvar"][0], dark.s_max_mva)
-    off = make_env(ieee33, split="test", days=[27], config=EnvConfig(**EVENING, q_at_night=False))
+    off = make_env(ieee33, split="test", days=[27], config=EnvConfig(**EVENING))
+    assert not off.q_at_night  # the spec's default: the common inverter, no night mode
     assert (off.pending()["q_avail_mvar"] == 0).all()
     obs, _, _, info = off.step(torch.ones(1, off.n_agents))
     assert (info["q_mvar"] == 0).all() and (info["q_avail_mvar"] == 0).all()

@@ -9,6 +9,7 @@ import numpy as np
 import pandapower as pp
 import pandapower.networks as pn
 import pytest
+import torch
 
 import gridrl
 from gridrl.errors import FeederBuildError, FeederNotFound, SpecError
@@ -111,7 +112,7 @@ def test_simbench_agents_carry_the_nets_bus_names(name):
 
 
 @pytest.mark.parametrize("name,n_agents,n_inverters", [
-    ("ieee69", 8, 8), ("ieee141", 22, 22), ("mv-rural", 94, 102), ("mv-urban", 133, 134),
+    ("ieee69", 8, 8), ("ieee141", 22, 22), ("mv-rural", 90, 92), ("mv-urban", 133, 133),
     ("mvlv-rural", 571, 571)])
 def test_agent_counts(name, n_agents, n_inverters):
     feeder = load_feeder(name)
@@ -441,3 +442,117 @@ def test_simbench_taps_are_honoured(name):
     moved.trafo.loc[has_tap, "tap_pos"] += 2
     _runpp(moved)
     assert np.abs(moved.res_bus.vm_pu - base.res_bus.vm_pu).max() > 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# unit types: PV inverters are the agents, other units run on their own profiles
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sgen_type, profile, kind", [
+    ("PV", "PV3", "pv"), ("PV_MV", "PV7", "pv"), ("lv_RES", "lv_rural1", "pv"), ("lv_RES", "lv_urban6", "pv"),
+    ("Wind_MV", "WP4", "wind"), ("WP", None, "wind"), ("Hydro_MV", "Hydro3", "hydro"),
+    ("Biomass_MV", "BM2", "biomass"), ("Battery", None, "storage"), ("mv_RES", "mv_rural", "other"),
+    (None, "WP7", "wind"), ("CHP", None, "other"), (float("nan"), float("nan"), "other")])
+def test_unit_type_reads_the_sgen_type_then_the_simbench_profile(sgen_type, profile, kind):
+    from gridrl.grid.units import unit_type
+
+    assert unit_type(sgen_type, profile) == kind
+    assert unit_type(sgen_type, profile, overrides={"CHP": "biomass"}) == ("biomass" if sgen_type == "CHP" else kind)
+
+
+@pytest.mark.parametrize("name, types", [
+    ("mv-rural", {"pv": (12.84, 92, 92), "wind": (11.4, 6, 0), "hydro": (0.385, 1, 0), "biomass": (0.94, 3, 0)}),
+    ("mv-urban", {"pv": (42.628, 133, 133), "hydro": (11.6, 1, 0)}),
+])
+def test_simbench_feeders_know_their_unit_types_and_only_pv_are_agents(name, types):
+    feeder = load_feeder(name)
+    cap = feeder.capacity_by_type()
+    assert list(cap) == list(types)
+    for kind, (mw, units, agents) in types.items():
+        assert cap[kind]["mw"] == pytest.approx(mw, abs=1e-6)
+        assert (cap[kind]["units"], cap[kind]["agents"]) == (units, agents)
+    units = feeder.units.set_index("index")
+    assert (units.loc[feeder.inverters.index, "unit_type"] == "pv").all()
+    assert sorted(units.index[units.agent]) == sorted(feeder.inverters.index)
+    # the others stay in the net and run at their own profile: wind blows at midnight, PV does not
+    prof, net = feeder.profiles, feeder.net
+    other = net.sgen.index.get_indexer(units.index[~units.agent])
+    midnight = prof.sgen_p_mw[np.arange(366) * 96]
+    assert (midnight[:, other].max(axis=0) > 0).all()
+    assert np.abs(prof.pv_p_mw[np.arange(366) * 96]).max() < 1e-6
+    assert (net.sgen.q_mvar.iloc[other] == 0).all()  # SimBench's units run at unity power factor
+
+
+def test_other_unit_types_become_agents_by_choice(tmp_path):
+    text = open(resolve_spec("mv-rural").path).read().replace('name = "mv-rural"', 'name = "mv-rural-all"')
+    text = text.replace("[profiles]", 'agents = ["pv", "wind", "biomass", "hydro"]\n\n[profiles]', 1)
+    feeder = load_feeder(_own_spec(tmp_path, text), cache=False)
+    assert (len(feeder.agents), len(feeder.inverters)) == (94, 102)  # every unit, as before unit types
+    assert feeder.capacity_by_type()["wind"]["agents"] == 6
+    assert feeder.summary()["units_mw"] == "pv 12.8, wind 11.4, hydro 0.385, biomass 0.94"
+
+
+def test_unit_type_mistakes_are_reported(tmp_path):
+    _own_net(tmp_path)
+    bad = _own_spec(tmp_path, OWN.replace("[profiles]", '[units]\nagents = ["solar"]\n[profiles]'))
+    with pytest.raises(SpecError, match="units.agents: unknown unit type.s. 'solar' .known: pv, wind, hydro"):
+        load_feeder(bad, cache=False)
+    wind_only = _own_spec(tmp_path, OWN.replace("[profiles]", '[units]\nagents = ["wind"]\n[profiles]'))
+    with pytest.raises(SpecError, match=r"no in-service sgen of the unit types units.agents = \['wind'\].*pv 2"):
+        load_feeder(wind_only, cache=False)
+    placed = resolve_spec("ieee33").path
+    text = open(placed).read() + '\n[units]\nagents = ["wind"]\n'
+    with pytest.raises(SpecError, match="places PV inverters as the agents, but units.agents .wind. leaves out pv"):
+        load_feeder(_own_spec(tmp_path, text), cache=False)
+
+
+def test_feeders_show_lists_capacity_by_type(tmp_path):
+    from typer.testing import CliRunner
+
+    from gridrl.cli import app
+
+    res = CliRunner().invoke(app, ["feeders", "show", "mv-rural", "--out", str(tmp_path / "map.html")])
+    assert res.exit_code == 0, res.output
+    assert "wind  6 unit(s), 11.400 MW rated; not agents: run at their own profile and power factor" in res.output
+    assert "pv  92 unit(s), 12.840 MW rated; agents" in res.output
+    assert "give no reactive power while their PV produces nothing" in res.output
+
+
+def test_units_that_are_not_agents_run_at_their_own_power_factor(tmp_path):
+    """A wind unit at cos φ = 0.95 under-excited: its reactive power follows its profile, in the
+    environment and in the controllers' plant model alike, and pandapower agrees."""
+    from gridrl.control.plant import plant_from_profiles
+    from gridrl.env import EnvConfig, make_env
+
+    net = pn.case33bw()
+    net.load["profile"] = "H0-A"
+    for b in (17, 32):
+        pp.create_sgen(net, bus=b, p_mw=1.0, sn_mva=1.2, name=f"roof {b}", type="PV", profile="PV3")
+    tan_phi = np.tan(np.arccos(0.95))
+    wind = pp.create_sgen(net, bus=24, p_mw=2.0, q_mvar=-2.0 * tan_phi, sn_mva=2.2, name="wind", type="WP",
+                          profile="WP4")
+    pp.to_json(net, str(tmp_path / "mynet.json"))
+    spec = _own_spec(tmp_path, OWN.replace('sgen_names = ["roof 17", "roof 32"]\n', "").replace(
+        'mapping = "assign"\nseed = 1', 'mapping = "own"'))
+    feeder = load_feeder(spec, cache=False)
+    assert sorted(feeder.inverters.index) == [0, 1] and feeder.capacity_by_type()["wind"]["agents"] == 0
+    day = feeder.days("train")[3]
+    steps = feeder.profiles.day_steps(day)[[0, 24, 40, 72]]
+    plant = plant_from_profiles(feeder, steps)
+    zero = np.zeros((len(steps), len(feeder.agents)))
+    col = list(plant.pf.sgen_index).index(wind)
+    p_wind = plant.sgen_p_mw[:, col]
+    assert p_wind.std() > 0.05  # the wind varies over the day
+    q = plant.amap.sgen_q_mvar(zero, plant.q_avail_mvar, plant.sgen_p_mw)
+    np.testing.assert_allclose(q[:, col], -tan_phi * p_wind, rtol=1e-12)
+    res = plant.solve(zero)
+    ref = feeder.net
+    ref.load["p_mw"], ref.load["q_mvar"] = plant.load_p_mw[0], plant.load_q_mvar[0]
+    ref.sgen["p_mw"], ref.sgen["q_mvar"] = plant.sgen_p_mw[0], q[0]
+    _runpp(ref)
+    np.testing.assert_allclose(np.asarray(res.vm_pu)[0], ref.res_bus.vm_pu.to_numpy(), atol=1e-6)
+    env = make_env(feeder, num_envs=1, days=[day], config=EnvConfig(start_hour=10.0, episode_hours=1.0))
+    env.reset(seed=0, days=[day])
+    _, _, _, info = env.step(torch.zeros(1, len(feeder.agents), dtype=torch.float64))
+    np.testing.assert_allclose(np.asarray(info["vm_pu"])[0], np.asarray(res.vm_pu)[2], atol=1e-6)  # 10:00

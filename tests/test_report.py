@@ -203,8 +203,29 @@ def test_voltage_profile_is_drawn_at_the_days_extremes(figures, results):
     assert f"highest voltage (none): {hhmm(s.loc[s['v_max_pu'].idxmax(), 'hour'])}" in captions
     assert f"lowest voltage (none): {hhmm(s.loc[s['v_min_pu'].idxmin(), 'hour'])}" in captions
     # the uncontrolled line reaches the day's highest voltage at the far end of the feeder
-    none = [t for t in figures["profile"].data if t.name == "none" and t.mode == "lines"][0]
+    none = [t for t in figures["profile"].data if t.name == "none"][0]
     assert max(y for y in none.y if y is not None) == pytest.approx(s["v_max_pu"].max(), abs=1e-6)
+
+
+def test_voltage_profile_is_one_trace_per_controller_drawing_each_branch_once(figures, tmp_path):
+    from gridrl.plots import feeder_paths
+
+    fig = figures["profile"]
+    assert [t.name for t in fig.data] == [c for _ in range(2) for c in CONTROLLERS], "per panel, one per controller"
+    assert [t.name for t in fig.data if t.showlegend] == list(CONTROLLERS)
+    d = electrical_distance(gridrl.load_feeder("ieee33")).table
+    paths = feeder_paths(d["parent"], d["z_ohm"], set(d.index))
+    assert len(paths) == 4, "ieee33: the main feeder and three laterals (ends at buses 18, 22, 25, 33)"
+    branches = [(a, b) for path in paths for a, b in zip(path, path[1:])]
+    assert sorted(branches) == sorted((int(p), int(b)) for b, p in d["parent"].items() if p >= 0), "each once"
+    for trace in fig.data:
+        assert sum(x is None for x in trace.x) == len(paths) - 1, "laterals joined, with a gap between them"
+        assert sum(s > 0 for s in trace.marker.size) == 33, "one marker per bus"
+    layout = _browser_layout(fig, tmp_path)
+    legend = [t["text"] for t in layout["texts"] if "legendtext" in t["where"]]
+    assert legend == list(CONTROLLERS)
+    drawn = [tr for tr in layout["traces"] if tr["points"]]
+    assert len(drawn) == 2 * len(CONTROLLERS) and all(len(tr["points"]) >= 33 for tr in drawn)
 
 
 def test_bars_show_their_values_even_zero(figures):
@@ -321,3 +342,135 @@ def test_report_of_a_folder_without_results(tmp_path):
     assert r.exit_code == 2
     assert r.stderr.strip().startswith("error: ") and "holds no results" in r.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# figures that read well: no text on text, readable axes (checked where the browser laid them out)
+# --------------------------------------------------------------------------------------------
+
+# Runs in the page after plotly drew the figure: the box of every text and every marker, per
+# trace, and every axis's tick labels, as JSON in a <pre id="layout"> that --dump-dom returns.
+_MEASURE_JS = """
+setTimeout(function () {
+  var gd = document.getElementById('{plot_id}');
+  function box(el) { var r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }
+  var texts = [];
+  gd.querySelectorAll('text').forEach(function (t) {
+    var r = t.getBoundingClientRect();
+    if (r.width > 0 && t.textContent.trim()) {
+      var g = t.closest('g[class]');
+      texts.push({text: t.textContent, where: (t.getAttribute('class') || '') + ' ' + (g ? g.getAttribute('class') : ''),
+                  box: box(t)});
+    }
+  });
+  var traces = [];
+  gd.querySelectorAll('.scatterlayer .trace').forEach(function (tr) {
+    var pts = [], txt = [];
+    tr.querySelectorAll('path.point').forEach(function (p) { pts.push(box(p)); });
+    tr.querySelectorAll('.textpoint text').forEach(function (t) { if (t.textContent) txt.push(box(t)); });
+    traces.push({points: pts, texts: txt});
+  });
+  var ticks = {};
+  Object.keys(gd._fullLayout).forEach(function (k) {
+    if (/^[xy]axis\\d*$/.test(k)) {
+      ticks[k] = Array.from(gd.querySelectorAll('.' + k.replace('axis', '') + 'tick text')).map(function (t) {
+        return t.textContent; });
+    }
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'layout';
+  pre.textContent = JSON.stringify({texts: texts, traces: traces, ticks: ticks});
+  document.body.appendChild(pre);
+}, 300);
+"""
+
+
+def _browser_layout(fig: go.Figure, folder: Path, *, width: int = 1100, script: str = "") -> dict:
+    """Where headless Chromium put a figure's texts, markers and tick labels (see _MEASURE_JS)."""
+    import html as html_lib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = go.Figure(fig).update_layout(width=width)
+    page = folder / "figure.html"
+    fig.write_html(str(page), include_plotlyjs=True, config={"displayModeBar": False},
+                   post_script=[s for s in (script, _MEASURE_JS) if s])
+    dom = _dump_dom(page, folder / "profile")
+    m = re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S)
+    assert m, "the measuring script ran"
+    return json.loads(html_lib.unescape(m.group(1)))
+
+
+def _overlap(a, b, slack: float = 1.0) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > slack and min(a[3], b[3]) - max(a[1], b[1]) > slack
+
+
+def _overlapping_texts(layout: dict) -> list[tuple[str, str]]:
+    t = layout["texts"]
+    return [(a["text"], b["text"]) for i, a in enumerate(t) for b in t[i + 1:] if _overlap(a["box"], b["box"])]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run folder as `gridrl train` leaves it after a long run that evaluated on the test days
+    only at its end (one evaluation point at 301,056 steps), whose validation kept the policy of
+    8,192 steps, beside a comparison where three controllers keep every bus in the band."""
+    run = tmp_path_factory.mktemp("run") / "ieee33-dmpo"
+    (run / "compare").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"feeder": "ieee33", "config": {
+        "algo": "dmpo", "steps": 301056, "seed": 0, "num_envs": 32, "eval_split": "test", "eval_days": None,
+        "compare_days": None, "validation_days": 20, "learner": {}, "env": {}}}), encoding="utf-8")
+    pd.DataFrame({"feeder": "ieee33", "controller": ["none", "droop-ieee1547-b", "droop-tuned", "opf", "dmpo"],
+                  "controllable_rate": [0.9489, 0.9999, 1.0, 1.0, 1.0],
+                  "energy_loss_mwh": [45.999, 43.064, 39.494, 33.898, 35.59]}).to_csv(run / "compare" / "summary.csv",
+                                                                                     index=False)
+    rows = []
+    for k, steps in enumerate(range(8192, 301057, 8192 * 6)):
+        rows += [(k, steps, 10.0 * k, "val/controllable_rate", 1.0), (k, steps, 10.0 * k, "val/energy_loss_mwh", 9.8),
+                 (k, steps, 10.0 * k, "val/selected_env_steps", 8192.0),
+                 (k, steps, 10.0 * k, "train/episode_return", -40.0 + k), (k, steps, 10.0 * k, "time/env_s", 2.0)]
+    rows += [(99, 301056, 990.0, "eval/controllable_rate", 1.0), (99, 301056, 990.0, "eval/energy_loss_mwh", 35.59)]
+    pd.DataFrame(rows, columns=["iteration", "env_steps", "wall_s", "tag", "value"]).to_csv(run / "scalars.csv",
+                                                                                            index=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_figures(run_dir) -> dict[str, go.Figure]:
+    from gridrl.marl.report import training_sections
+
+    figs = [p for p in training_sections(run_dir)[0].parts if isinstance(p, go.Figure)]
+    return {f.layout.title.text.split(":")[0].split(" on ")[0]: f for f in figs}
+
+
+def test_reference_lines_are_named_in_the_legend_not_piled_on_the_plot(run_figures, tmp_path):
+    fig = run_figures["Evaluation"]
+    refs = [t for t in fig.data if t.legendgroup and t.legendgroup.startswith("reference ")]
+    assert {t.name for t in refs if t.showlegend} == {"none", "droop-ieee1547-b", "droop-tuned", "opf"}
+    assert len(refs) == 8, "every reference in both panels, each named once in the legend"
+    assert len({(t.line.color, t.line.dash) for t in refs}) == 4, "each reference drawn its own way"
+    layout = _browser_layout(fig, tmp_path)
+    assert not _overlapping_texts(layout), _overlapping_texts(layout)
+    legend = [t["text"] for t in layout["texts"] if "legendtext" in t["where"]]
+    assert {"none", "droop-ieee1547-b", "droop-tuned", "opf", "dmpo"} <= set(legend)
+
+
+def test_a_single_evaluation_point_sits_on_a_readable_axis(run_figures, tmp_path):
+    fig = run_figures["Evaluation"]
+    layout = _browser_layout(fig, tmp_path)
+    for axis in ("xaxis", "xaxis2"):
+        ticks = layout["ticks"][axis]
+        assert "0" in ticks and len(ticks) >= 4, f"{axis}: steps from zero, several ticks: {ticks}"
+        assert all(re.fullmatch(r"\d+k?", t) for t in ticks), f"{axis}: whole steps, written short: {ticks}"
+    point = [t for t in fig.data if t.name == "dmpo"]
+    assert all(t.mode == "markers+text" and t.marker.size >= 8 for t in point), "one point: a marker with its value"
+    assert [t.text[0] for t in point] == ["1", "35.59"]
+    assert not _overlapping_texts(layout)
+
+
+def test_selected_policy_axis_has_whole_step_ticks(run_figures, tmp_path):
+    fig = run_figures["Validation"]
+    layout = _browser_layout(fig, tmp_path)
+    ticks = layout["ticks"]["yaxis3"]
+    assert ticks and all(re.fullmatch(r"\d+k?", t) for t in ticks), ticks
+    assert "8k" in ticks or any(t.replace(",", "").isdigit() and int(t.replace(",", "")) >= 8000 for t in ticks)
+    assert not _overlapping_texts(layout), _overlapping_texts(layout)

@@ -16,7 +16,7 @@ def _solved(feeder, pf, batch, seed):
     """Random profile steps with random inverter actions, solved."""
     rng = np.random.default_rng(seed)
     steps = rng.choice(len(feeder.profiles.load_p_mw), batch, replace=False)
-    plant = plant_from_profiles(feeder, steps, pf=pf)
+    plant = plant_from_profiles(feeder, steps, pf=pf, q_at_night=True)  # every inverter has headroom, any hour
     actions = rng.uniform(-1.0, 1.0, (batch, plant.amap.n_agents))
     q = plant.amap.sgen_q_mvar(actions, plant.q_avail_mvar)
     return plant, q, pf.solve(plant.load_p_mw, plant.load_q_mvar, plant.sgen_p_mw, q)

@@ -3,6 +3,7 @@ never serves a stale curve, curve files, and one clear line for every user mista
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 
@@ -69,6 +70,45 @@ def test_family_holds_the_standard_curves_and_keeps_ieee1547_ranges():
         assert c.v_pu[0] >= p["v_ref_pu"] - 0.18 - 1e-6 and c.v_pu[-1] <= p["v_ref_pu"] + 0.18 + 1e-6
         assert c.reference == "s_max" and max(abs(x) for x in c.q) <= 1.0
         np.testing.assert_allclose(tuning._unit(p, cfg), u, atol=1e-6)  # the map is one to one
+
+
+def test_family_stays_inside_category_b_and_the_inverters_reactive_rating():
+    """Every curve the fitter can reach: Q1 injects, Q4 absorbs, |Q| within 44 % of s_max (and
+    within the headroom at rated power), the V points inside Category B's adjustable ranges."""
+    rng = np.random.default_rng(1)
+    corners = np.array([[a, b, c, d, e, f, g] for a in (0, 1) for b in (0, 1) for c in (0, 0.5, 1) for d in (0, 1)
+                        for e in (0, 1) for f in (0, 1) for g in (0, 1)], dtype=float)
+    for cfg in (TuneConfig(), TuneConfig(q_limit=0.3)):
+        for u in np.vstack([rng.random((500, tuning.N_PARAMS)), corners]):
+            c = curve_from_unit(u, cfg)
+            v, q = (c.v_pu[0], c.v_pu[1], c.v_pu[1], c.v_pu[2]) if len(c.v_pu) == 3 else c.v_pu, \
+                (c.q[0], c.q[1], c.q[1], c.q[2]) if len(c.q) == 3 else c.q
+            v_ref = (v[1] + v[2]) / 2
+            assert q[0] >= 0.0 and q[3] <= 0.0 and q[1] == q[2]
+            assert q[0] >= q[1] >= q[3]
+            assert max(abs(x) for x in q) <= cfg.q_limit + 1e-9
+            assert 0.95 - 1e-6 <= v_ref <= 1.05 + 1e-6
+            assert v_ref - 0.03 - 1e-6 <= v[1] <= v_ref <= v[2] <= v_ref + 0.03 + 1e-6
+            assert v_ref - 0.18 - 1e-6 <= v[0] <= v[1] - 0.02 + 1e-6
+            assert v[2] + 0.02 - 1e-6 <= v[3] <= v_ref + 0.18 + 1e-6
+
+
+@pytest.mark.parametrize("field, value", [("q_limit", 1.0), ("q_limit", 0.45), ("v_ref_min_pu", 0.94),
+                                          ("v_ref_max_pu", 1.06), ("max_half_deadband_pu", 0.04),
+                                          ("min_ramp_pu", 0.01), ("max_reach_pu", 0.2)])
+def test_search_settings_cannot_leave_category_b(field, value):
+    with pytest.raises(ValueError, match="inside IEEE 1547-2018 Category B"):
+        TuneConfig(**{field: value})
+
+
+def test_reactive_rating_is_category_b_or_the_headroom_at_rated_power(feeder):
+    assert tuning.q_rating(feeder) == pytest.approx(0.44)  # s_max = 1.2 p_peak leaves 0.553
+    tight = copy.copy(feeder)
+    tight.inverters = feeder.inverters.assign(s_max_mva=1.05 * feeder.inverters.p_peak_mw)
+    assert tuning.q_rating(tight) == pytest.approx(np.sqrt(1 - 1 / 1.05 ** 2))
+    tight.inverters = feeder.inverters.assign(s_max_mva=feeder.inverters.p_peak_mw)
+    with pytest.raises(CurveError, match="no reactive power left at rated active power"):
+        tuning.q_rating(tight)
 
 
 def test_batched_scores_agree_with_evaluate(feeder):

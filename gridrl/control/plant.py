@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from gridrl.grid.inverters import q_avail_mvar
+from gridrl.grid.units import unit_power_factor
 from gridrl.grid.sensitivity import InjectionSensitivity, Linearization, bus_impedance
 
 
@@ -42,14 +43,19 @@ class ActionMap:
         self.sgen_col = pd.Index(pf.sgen_index).get_indexer(inv.index).astype(np.int64)   # [n_inv]
         self.agent_of_inverter = np.array([feeder.agent_index(a) for a in inv["agent"]], dtype=np.int64)
         self.s_max_mva = inv["s_max_mva"].to_numpy(dtype=np.float64)
-        # sgens that are not inverters keep the reactive power the net gives them
+        # sgens that are not inverters run at their own power factor (q follows p at the net's q/p)
+        self.sgen_q_fixed_mvar, self.sgen_q_per_mw = unit_power_factor(feeder.net.sgen.reindex(pf.sgen_index))
         self.sgen_q_base_mvar = feeder.net.sgen.q_mvar.reindex(pf.sgen_index).to_numpy(dtype=np.float64)
         self.incidence = feeder.agent_incidence  # [N, n_inv]: sums over an agent's inverters
 
-    def sgen_q_mvar(self, actions: np.ndarray, q_avail_mvar: np.ndarray) -> np.ndarray:
+    def sgen_q_mvar(self, actions: np.ndarray, q_avail_mvar: np.ndarray, sgen_p_mw: np.ndarray | None = None) -> np.ndarray:
         """``[M, n_sgen]`` reactive power of every sgen for actions ``[M, N]`` and the inverters'
-        available reactive power ``[M, n_inv]`` (sgens that are no inverter keep the net's q)."""
-        out = np.repeat(self.sgen_q_base_mvar[None, :], actions.shape[0], axis=0)
+        available reactive power ``[M, n_inv]``; sgens that are no inverter run at their power
+        factor at active power ``sgen_p_mw [M, n_sgen]`` (without it: the net's nominal q)."""
+        if sgen_p_mw is None:
+            out = np.repeat(self.sgen_q_base_mvar[None, :], actions.shape[0], axis=0)
+        else:
+            out = self.sgen_q_fixed_mvar + np.asarray(sgen_p_mw, dtype=np.float64) * self.sgen_q_per_mw
         out[:, self.sgen_col] = actions[:, self.agent_of_inverter] * q_avail_mvar
         return out
 
@@ -88,7 +94,7 @@ class StepPlant:
         actions = np.asarray(actions, dtype=np.float64)
         if rows is None:
             rows = np.arange(actions.shape[0])
-        q = self.amap.sgen_q_mvar(actions, self.q_avail_mvar[rows])
+        q = self.amap.sgen_q_mvar(actions, self.q_avail_mvar[rows], self.sgen_p_mw[rows])
         return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init)
 
 

@@ -8,12 +8,20 @@ the training days only. A learner has to beat it, not only the standard presets.
 **The family.** One curve shared by every inverter, in the IEEE 1547-2018 format: four
 breakpoints ``(V1, Q1) (V2, Q2) (V3, Q3) (V4, Q4)`` with ``Q2 = Q3`` (the deadband's level, a
 reactive bias), ``q`` in fractions of nameplate ``s_max`` (always also limited by the available
-``sqrt(s_max² − p²)``). Seven parameters, each searched within the standard's adjustable ranges
-for Category B by default (:class:`TuneConfig`): the centre ``v_ref`` in 0.95–1.05 p.u.; the
-half deadband ``(V3 − V2)/2`` in 0–0.03 p.u.; the ramps ``V2 − V1`` and ``V4 − V3`` from 0.02 p.u.
-(the standard's steepest slope, which keeps the loop of inverter and grid stable) until
-``V1``/``V4`` lie 0.18 p.u. from ``v_ref``; the bias ``Q2`` and the end levels ``Q1 ≥ Q2 ≥ Q4``
-anywhere in ±100 %. IEEE 1547-A and -B lie in this family.
+``sqrt(s_max² − p²)``). Seven parameters, searched only inside IEEE 1547-2018 Category B's
+adjustable ranges (its Table 8) and inside the inverters' capability (:class:`TuneConfig`):
+
+- voltages: the centre ``VRef`` in 0.95–1.05 p.u.; ``V2`` in ``VRef − 0.03 … VRef`` and ``V3``
+  in ``VRef … VRef + 0.03`` (a symmetric deadband, half width 0–0.03 p.u.); ``V1`` from
+  ``VRef − 0.18`` to ``V2 − 0.02`` and ``V4`` from ``V3 + 0.02`` to ``VRef + 0.18`` (0.02 p.u. is
+  the standard's steepest slope, which keeps the loop of inverter and grid stable);
+- reactive power: ``Q1`` injects (``0 ≤ Q1``), ``Q4`` absorbs (``Q4 ≤ 0``), the bias ``Q2 = Q3``
+  either way, ``Q1 ≥ Q2 ≥ Q4``, and every ``|Q|`` at most the inverter's reactive rating
+  ``q_max``: Category B's 44 % of nameplate apparent power, and no more than the headroom an
+  inverter has at rated active power, ``sqrt(s_max² − p_peak²)/s_max`` (0.553 with gridrl's
+  ``s_max = 1.2 × p_peak``, so 44 % binds on every shipped feeder; :func:`q_rating`).
+
+IEEE 1547-A and -B lie in this family.
 
 **The objective** ("in band first"): minimise the feeder's energy loss over the training days
 subject to a controllable rate (share of steps with every monitored bus in the band) at least
@@ -81,12 +89,12 @@ import numpy as np
 from gridrl.control.base import CurveError
 from gridrl.control.droop import PRESETS, DroopController, DroopCurve, DroopOptions
 
-__all__ = ["OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted_for", "curve_from_unit",
-           "fit_droop", "scenario_of", "score_curves", "tune_key", "tuned_curve"]
+__all__ = ["CATEGORY_B", "OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted_for",
+           "curve_from_unit", "fit_droop", "q_rating", "scenario_of", "score_curves", "tune_key", "tuned_curve"]
 
 log = logging.getLogger(__name__)
 
-_TUNE_VERSION = 2
+_TUNE_VERSION = 3
 N_PARAMS = 7
 
 OBJECTIVE = ("minimise energy loss over the training days subject to a controllable rate at least that "
@@ -101,9 +109,16 @@ _NOT_PHYSICS = frozenset({"episode_hours", "start_hour", "day_sampling", "barrie
                           "forecast_steps", "forecast_noise_rel", "sensor_noise_pu", "message_dropout"})
 
 
+#: IEEE 1547-2018 Category B's adjustable volt-var ranges (Table 8) and reactive rating (Table 7),
+#: in p.u. of nominal voltage and fractions of nameplate apparent power: the fit never leaves them.
+CATEGORY_B = {"v_ref_min_pu": 0.95, "v_ref_max_pu": 1.05, "max_half_deadband_pu": 0.03, "min_ramp_pu": 0.02,
+              "max_reach_pu": 0.18, "q_limit": 0.44}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TuneConfig:
-    """Settings of the droop:tuned search (defaults: IEEE 1547-2018 Category B ranges).
+    """Settings of the droop:tuned search (defaults: IEEE 1547-2018 Category B ranges, which the
+    range settings may narrow but never widen; see :data:`CATEGORY_B`).
 
     search_days: representative training days each candidate is scored on during the search
         (see :func:`_search_days`).
@@ -116,7 +131,9 @@ class TuneConfig:
     max_half_deadband_pu: largest half width of the deadband ``(V3 − V2)/2``.
     min_ramp_pu: narrowest ramp ``V2 − V1`` or ``V4 − V3`` (sets the steepest slope).
     max_reach_pu: farthest ``V1`` and ``V4`` from the centre.
-    q_limit: largest reactive power of any breakpoint, as a fraction of ``s_max``.
+    q_limit: largest reactive power of any breakpoint, as a fraction of ``s_max`` (at most
+        Category B's 0.44; the fit lowers it further to the inverters' headroom at rated
+        power where that is smaller, see :func:`q_rating`).
     max_batch: most scenarios (curves × days) stepped together (memory bound).
     """
 
@@ -130,7 +147,7 @@ class TuneConfig:
     max_half_deadband_pu: float = 0.03
     min_ramp_pu: float = 0.02
     max_reach_pu: float = 0.18
-    q_limit: float = 1.0
+    q_limit: float = 0.44
     max_batch: int = 768
 
     def __post_init__(self) -> None:
@@ -149,8 +166,15 @@ class TuneConfig:
         elif self.max_reach_pu < self.max_half_deadband_pu + self.min_ramp_pu:
             problems.append(f"max_reach_pu ({self.max_reach_pu}) must be ≥ max_half_deadband_pu + min_ramp_pu "
                             f"({self.max_half_deadband_pu + self.min_ramp_pu:g})")
-        if not 0 < self.q_limit <= 1:
-            problems.append(f"q_limit is a fraction of s_max in (0, 1], got {self.q_limit}")
+        if not self.q_limit > 0:
+            problems.append(f"q_limit is a fraction of s_max > 0, got {self.q_limit}")
+        b = CATEGORY_B
+        wider = [f"{name} = {getattr(self, name):g} (Category B: {'≥' if name in ('v_ref_min_pu', 'min_ramp_pu') else '≤'} "
+                 f"{b[name]:g})" for name in b
+                 if (getattr(self, name) < b[name] if name in ("v_ref_min_pu", "min_ramp_pu")
+                     else getattr(self, name) > b[name])]
+        if wider:
+            problems.append(f"the search must stay inside IEEE 1547-2018 Category B: {', '.join(wider)}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -191,10 +215,12 @@ def _params(u: np.ndarray, cfg: TuneConfig) -> dict[str, float]:
     q_bias = cfg.q_limit * x * abs(x)
     widest = cfg.max_reach_pu - half
     ramp = lambda t: cfg.min_ramp_pu * (widest / cfg.min_ramp_pu) ** t  # noqa: E731
+    # Q1 injects and Q4 absorbs (Category B): each end starts where the bias leaves zero behind
+    inject_from, absorb_from = max(q_bias, 0.0), min(q_bias, 0.0)
     return {"v_ref_pu": v3 - half, "half_deadband_pu": half, "q_bias": q_bias,
             "ramp_low_pu": ramp(u[_RAMP_LOW]), "ramp_high_pu": ramp(u[_RAMP_HIGH]),
-            "q_inject": q_bias + u[_Q_INJECT] * (cfg.q_limit - q_bias),
-            "q_absorb": q_bias - u[_Q_ABSORB] * (q_bias + cfg.q_limit)}
+            "q_inject": inject_from + u[_Q_INJECT] * (cfg.q_limit - inject_from),
+            "q_absorb": absorb_from - u[_Q_ABSORB] * (absorb_from + cfg.q_limit)}
 
 
 def _unit(p: Mapping[str, float], cfg: TuneConfig) -> np.ndarray | None:
@@ -210,8 +236,9 @@ def _unit(p: Mapping[str, float], cfg: TuneConfig) -> np.ndarray | None:
     u[_DEADBAND] = (2.0 * half - d_lo) / (d_hi - d_lo) if d_hi > d_lo else 0.0
     u[_BIAS] = (np.sign(qb) * math.sqrt(abs(qb) / cfg.q_limit) + 1.0) / 2.0
     u[_RAMP_LOW], u[_RAMP_HIGH] = log_ramp(p["ramp_low_pu"]), log_ramp(p["ramp_high_pu"])
-    u[_Q_INJECT] = (p["q_inject"] - qb) / (cfg.q_limit - qb) if cfg.q_limit > qb else 0.0
-    u[_Q_ABSORB] = (qb - p["q_absorb"]) / (qb + cfg.q_limit) if qb + cfg.q_limit > 0 else 0.0
+    inject_from, absorb_from = max(qb, 0.0), min(qb, 0.0)
+    u[_Q_INJECT] = (p["q_inject"] - inject_from) / (cfg.q_limit - inject_from) if cfg.q_limit > inject_from else 0.0
+    u[_Q_ABSORB] = (absorb_from - p["q_absorb"]) / (absorb_from + cfg.q_limit) if absorb_from + cfg.q_limit > 0 else 0.0
     if not np.all((u >= -1e-9) & (u <= 1 + 1e-9)) or not np.allclose(_vector(_params(u, cfg)), _vector(p), atol=1e-5):
         return None
     return np.clip(u, 0.0, 1.0)
@@ -408,12 +435,26 @@ def _search_days(feeder, env_config, n: int, seed: int) -> tuple[list[int], list
     return [train[i] for i in order], [picked[i] for i in order]
 
 
+def q_rating(feeder) -> float:
+    """The reactive rating every inverter of ``feeder`` has at any active power, as a fraction of
+    its ``s_max``: Category B's 44 % of nameplate apparent power, or less where an inverter at
+    its rated active power (its PV peak) has less headroom, ``sqrt(s_max² − p_peak²)/s_max``."""
+    inv = feeder.inverters
+    ratio = (inv["p_peak_mw"].to_numpy(dtype=float) / inv["s_max_mva"].to_numpy(dtype=float)).clip(0.0, 1.0)
+    headroom = float(np.sqrt(1.0 - ratio ** 2).min()) if len(ratio) else CATEGORY_B["q_limit"]
+    if headroom <= 0.0:
+        raise CurveError(f"the inverters of {feeder.name!r} have no reactive power left at rated active power "
+                         f"(s_max = p_peak); rate them above their PV peak (pv.s_max_ratio > 1) to tune droop")
+    return min(CATEGORY_B["q_limit"], headroom)
+
+
 def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), options: DroopOptions = DroopOptions(),
               progress: Callable[[str], None] | None = None) -> FittedCurve:
     """Fit the tuned curve of ``feeder`` for the scenario ``env_config`` on its training days
     (see the module docstring for the family, objective and search)."""
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
+    space = dataclasses.replace(config, q_limit=min(config.q_limit, q_rating(feeder)))
     days, weights = _search_days(feeder, env_config, config.search_days, config.seed)
     curve_days = [0]
 
@@ -437,7 +478,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
         us = [u for u in us if not any(np.allclose(u, v) for v in points)][: config.budget - len(points)]
         if not us:
             return []
-        s = score([curve_from_unit(u, config) for u in us], days, weights)
+        s = score([curve_from_unit(u, space) for u in us], days, weights)
         k = _rank_keys(s, cr_ref)
         points.extend(us)
         keys.extend(k)
@@ -448,7 +489,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
             f"controllable rate {rate[b]:.4f}")
         return k
 
-    seeds = [u for u in (_unit(p, config) for p in _SEEDS.values()) if u is not None]
+    seeds = [u for u in (_unit(p, space) for p in _SEEDS.values()) if u is not None]
     add(seeds)
     for axes, grid in ((_HIGH, _GRID_HIGH), (_LOW, _GRID_LOW)):
         base = points[min(range(len(points)), key=keys.__getitem__)]
@@ -458,7 +499,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
             u[list(axes)] = values
             trial.append(u)
         add(trial)
-    es = _cma(points[min(range(len(points)), key=keys.__getitem__)], config)
+    es = _cma(points[min(range(len(points)), key=keys.__getitem__)], space)
     while len(points) < config.budget:
         gen = [np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) for x in es.ask()]
         k = add(gen)
@@ -474,12 +515,12 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
     order = sorted(range(len(points)), key=keys.__getitem__)
     top: list[DroopCurve] = []
     for i in order:
-        c = curve_from_unit(points[i], config)
+        c = curve_from_unit(points[i], space)
         if c not in top:
             top.append(c)
         if len(top) == config.select_top:
             break
-    top += [c for c in (curve_from_unit(u, config) for u in seeds) if c not in top]
+    top += [c for c in (curve_from_unit(u, space) for u in seeds) if c not in top]
     if config.select_days is None:
         train, train_weights = [int(d) for d in feeder.days("train")], None
     else:
@@ -490,7 +531,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
     fkeys = _rank_keys(final, cr_full)
     pick = min(range(len(top)), key=fkeys.__getitem__)
     curve = top[pick]
-    u = _unit_of_curve(curve, config)
+    u = _unit_of_curve(curve, space)
 
     def figures(i):
         return {"energy_loss_mwh": float(final["energy_loss_mwh"][i]),
@@ -509,8 +550,10 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
         "objective_mwh": float(final["energy_loss_mwh"][pick]),
         "feasible": fkeys[pick][0] == 0,
         "controllable_rate_required": cr_full,
-        "family": "IEEE 1547-2018 four-point curve, shared by every inverter, q in fractions of s_max",
-        "params": {k: round(v, 6) for k, v in _params(u, config).items()} if u is not None else {},
+        "family": "IEEE 1547-2018 four-point curve inside Category B's ranges and the inverters' reactive "
+                  "rating (Q1 >= 0 >= Q4, |Q| <= q_max), shared by every inverter, q in fractions of s_max",
+        "params": {k: round(v, 6) for k, v in _params(u, space).items()} if u is not None else {},
+        "q_max": round(space.q_limit, 6),
         "seconds": round(time.perf_counter() - t0, 1),
         "curves_scored": len(points) + len(top) + 2 * len(presets),
         "curve_days": curve_days[0],
@@ -519,7 +562,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
         "train_days": list(train),
         "train_day_weights": None if train_weights is None else [round(x, 4) for x in train_weights],
         "scenario": scenario_of(feeder, env_config),
-        "search": dataclasses.asdict(config),
+        "search": dataclasses.asdict(space),
         "figures": {"tuned": figures(pick), **{p: figures(len(top) + i) for i, p in enumerate(presets)}},
     }
     if not fit["feasible"]:

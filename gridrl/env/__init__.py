@@ -39,13 +39,22 @@ def make_env(feeder_or_name, *, split: str = "train", num_envs: int = 1, seed: i
                              days=days, config=config, device=device)
 
 
-def parallel_env(feeder_or_name, *, split: str = "train", seed: int = 0,
-                 config: EnvConfig | None = None, days: Sequence[int] | None = None):
-    """A PettingZoo ``ParallelEnv`` over one scenario (see :class:`VoltageControlParallelEnv`)."""
+def parallel_env(feeder_or_name, *, split: str = "train", seed: int | None = None,
+                 config: EnvConfig | None = None, days: Sequence[int] | None = None,
+                 copy_index: int | None = None, worker_index: int | None = None,
+                 strict_actions: bool = True, render_mode: str | None = None):
+    """A PettingZoo ``ParallelEnv`` over one scenario (see :class:`VoltageControlParallelEnv`).
+
+    Without ``seed`` the env is a *copy* that draws apart from every other copy even when all
+    are reset with one seed (``copy_index``, ``worker_index``: :mod:`gridrl.env.seeding`); with
+    ``seed`` it is a reproducible instance. ``strict_actions=False`` only clips actions.
+    """
     from gridrl.env.pettingzoo import VoltageControlParallelEnv
 
     return VoltageControlParallelEnv(_feeder(feeder_or_name), split=split, seed=seed,
-                                     config=config, days=days)
+                                     config=config, days=days, copy_index=copy_index,
+                                     worker_index=worker_index, strict_actions=strict_actions,
+                                     render_mode=render_mode)
 
 
 def __getattr__(name):

@@ -36,11 +36,11 @@ class EnvConfig:
             installed with inverters sized like the existing ones (the usual meaning in
             hosting-capacity and stress studies). Reactive headroom therefore scales too:
             ``q_avail = pv_scale·sqrt(s_max² − p²)``. Generators that are not inverters (e.g.
-            mvlv-rural's wind and biomass units) are unchanged.
+            the wind, biomass and hydro units of the SimBench feeders) are unchanged.
         q_at_night: whether inverters keep their reactive capability when their PV produces
             nothing (see :mod:`gridrl.grid.inverters`); ``None`` takes the feeder's
-            ``pv.q_at_night`` (true on every shipped feeder). False models inverters that
-            disconnect at night: ``q_avail = 0`` while ``p ≤ 0``.
+            ``pv.q_at_night`` (false on every shipped feeder: the common inverter, see there).
+            False models inverters without a night mode: ``q_avail = 0`` while ``p ≤ 0``.
 
     Time
         episode_hours: length of one episode in hours (default one day, 24.0). An episode never

@@ -48,6 +48,7 @@ from gridrl.env.config import EnvConfig
 from gridrl.env.rewards import barrier
 from gridrl.errors import GridrlError
 from gridrl.grid.inverters import q_avail_mvar
+from gridrl.grid.units import unit_power_factor
 from gridrl.threads import apply_torch
 
 # per-step info entries a frozen (finished) scenario fills with NaN / False: shape, kind
@@ -158,7 +159,9 @@ class VoltageControlEnv:
         self._sgen_bus = T([pos[int(b)] for b in net.sgen.bus])
         self._sgen_on = T(net.sgen.in_service.to_numpy(), torch.float64)
         self.n_load, self.n_sgen = len(net.load), len(net.sgen)
-        self._sgen_q_base = T(net.sgen.q_mvar.to_numpy(float), torch.float64)
+        # units that are not agents run at their own power factor: q follows p at the net's q/p
+        q_fixed, q_per_mw = unit_power_factor(net.sgen)
+        self._sgen_q_fixed, self._sgen_q_per_mw = T(q_fixed, torch.float64), T(q_per_mw, torch.float64)
 
         inv = feeder.inverters
         self.n_inverters = len(inv)
@@ -383,7 +386,7 @@ class VoltageControlEnv:
         Adds ``sgen_q_mvar`` to ``exo``. Scenarios that did not converge carry NaN voltages,
         angles and losses; they never raise.
         """
-        sgen_q = self._sgen_q_base.expand(q_inv.shape[0], -1).clone()
+        sgen_q = self._sgen_q_fixed + exo["sgen_p_mw"] * self._sgen_q_per_mw
         sgen_q[:, self.inverter_sgen_pos] = q_inv
         exo["sgen_q_mvar"] = sgen_q
         with warnings.catch_warnings():

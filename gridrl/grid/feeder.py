@@ -27,10 +27,11 @@ import pandas as pd
 from gridrl.errors import FeederBuildError, FeederNotFound, SpecError
 from gridrl.grid.sources import STEP_MINUTES, build_net, bus_names, simbench_profiles
 from gridrl.grid.spec import FeederSpec, load_spec
+from gridrl.grid.units import UNIT_TYPES, unit_table
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +295,28 @@ class Feeder:
         state["_power_flows"] = {}  # compiled solvers hold factorizations: rebuilt where unpickled
         return state
 
+    @cached_property
+    def units(self) -> pd.DataFrame:
+        """Every in-service generating unit (sgen or storage): ``element``, ``index``, ``bus``,
+        ``unit_type`` (pv, wind, hydro, biomass, storage, other; see :mod:`gridrl.grid.units`),
+        rated ``p_mw``, nominal ``q_mvar`` and ``agent`` (whether it is an agent's inverter).
+        Units that are not agents run at their own profile and power factor."""
+        return unit_table(self._net, overrides=self.spec.units.types, agents=self.inverters.index)
+
+    def capacity_by_type(self) -> dict[str, dict[str, float]]:
+        """Rated MW and unit count per unit type, split into the agents' and the other units:
+        ``{"pv": {"mw": …, "units": …, "agent_mw": …, "agents": …}, …}`` (types present only,
+        in :data:`~gridrl.grid.units.UNIT_TYPES` order)."""
+        u = self.units
+        out = {}
+        for kind in UNIT_TYPES:
+            g = u[u.unit_type == kind]
+            if len(g):
+                a = g[g.agent]
+                out[kind] = {"mw": float(g.p_mw.sum()), "units": len(g), "agent_mw": float(a.p_mw.sum()),
+                             "agents": len(a)}
+        return out
+
     def load_stats(self) -> dict[str, float]:
         """The yearly total load P of the in-service loads as the profiles give it:
         ``load_peak_mw`` (coincident peak), ``load_mean_mw`` and ``load_factor`` (mean / peak)."""
@@ -304,11 +327,14 @@ class Feeder:
 
     def summary(self) -> dict:
         """One row for ``gridrl feeders``: size, nominal load, yearly peak and load factor of
-        the profiles, PV, and where the net comes from."""
+        the profiles, the agents' inverter peak (``pv_peak_mw``), the unit types that are agents,
+        the rated MW of every unit type (``units_mw``, agents' and others'), and where the net
+        comes from."""
         net = self._net
         load = float(net.load.loc[net.load.in_service, "p_mw"].sum())
         pv = float(self.inverters["p_peak_mw"].sum())
         stats = self.load_stats()
+        by_type = self.capacity_by_type()
         return {
             "name": self.name,
             "buses": int(len(net.bus)),
@@ -321,6 +347,8 @@ class Feeder:
             "load_factor": round(stats["load_factor"], 3),
             "pv_peak_mw": round(pv, 3),
             "pv_to_load": round(pv / load, 2) if load > 0 else float("nan"),
+            "agent_types": ", ".join(self.spec.units.agents),
+            "units_mw": ", ".join(f"{k} {v['mw']:.3g}" for k, v in by_type.items()),
             "source": f"{self.spec.source.kind}:{self.spec.source.case}",
         }
 
@@ -450,7 +478,8 @@ def _place_inverters(spec: FeederSpec, net, graph, order, depth, names: pd.Serie
     problems: list[str] = []
     if pv.placement == "existing":
         sgen = net.sgen[net.sgen.in_service]
-        mask = np.ones(len(sgen), dtype=bool)
+        kinds = unit_table(net, overrides=spec.units.types).query("element == 'sgen'").set_index("index")["unit_type"]
+        mask = kinds.reindex(sgen.index).isin(spec.units.agents).to_numpy()
         if pv.sgen_types:
             mask &= sgen["type"].isin(pv.sgen_types).to_numpy()
         if pv.sgen_names:
@@ -460,10 +489,13 @@ def _place_inverters(spec: FeederSpec, net, graph, order, depth, names: pd.Serie
             mask &= sgen["name"].isin(pv.sgen_names).to_numpy()
         idx = sgen.index[mask]
         if len(idx) == 0 and not problems:
-            problems.append("pv: no in-service sgen matches sgen_types/sgen_names")
+            have = ", ".join(f"{k} {n}" for k, n in kinds.value_counts().sort_index().items()) or "none"
+            problems.append(f"pv: no in-service sgen of the unit types units.agents = "
+                            f"{list(spec.units.agents)} matches sgen_types/sgen_names (the net's units: {have})")
         if problems:
             raise SpecError(spec.path or spec.name, problems)
-        net.sgen.loc[idx, "p_mw"] *= pv.scale
+        # more generation of every kind: the other units grow with the agents' inverters
+        net.sgen.loc[sgen.index, ["p_mw", "q_mvar", "sn_mva"]] *= pv.scale
         p_peak = net.sgen.loc[idx, "p_mw"].to_numpy(dtype=float)
         if not (p_peak > 0).any():
             raise SpecError(spec.path or spec.name, [

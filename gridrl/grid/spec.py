@@ -1,7 +1,7 @@
 """Feeder specs: the TOML files under ``feeders/`` as frozen dataclasses.
 
 A spec says where the net comes from, which static generators are PV inverters (or where to
-place new ones and how large), how loads and PV map to SimBench's yearly 15-minute profiles,
+place new ones and how large), which unit types are agents, how loads and PV map to SimBench's yearly 15-minute profiles,
 the voltage band, and which days are held out for testing. It is validated once, when loaded,
 and every problem is reported together (see :func:`gridrl.config.from_dict`).
 """
@@ -52,18 +52,24 @@ class PVSpec:
     placement: ``buses`` places one new PV at each bus of ``buses``; ``spread`` places ``count``
         PV at load buses spread evenly over the feeder (farthest-point sampling on the feeder
         graph, starting from the bus farthest from the substation); ``existing`` makes the net's
-        own static generators the inverters (``sgen_types`` selects by the sgen ``type`` column,
-        empty for all; ``sgen_names`` by name; both empty means every sgen).
+        own static generators the inverters: those of the unit types in ``units.agents`` (PV by
+        default), further narrowed by ``sgen_types`` (the sgen ``type`` column, empty for all)
+        and ``sgen_names`` (by name, empty for all).
     buses: pandapower bus indices (``net.bus.index``) for ``placement = 'buses'``.
     count: number of PV for ``placement = 'spread'``.
     peak_to_load: total PV peak of the placed PV divided by the total nominal load; split over
-        the PV in proportion to ``weights`` (equal by default). Not used for ``existing``.
-    scale: multiplies the rating of ``existing`` sgens (1.0 keeps the net's figures).
+        the PV equally. Not used for ``existing``.
+    scale: multiplies the rating of every in-service unit of an ``existing`` net, the agents' and
+        the other units' alike (1.0 keeps the net's figures): a future with more generation.
     s_max_ratio: inverter apparent-power rating over PV peak (MAPDN: 1.2).
-    q_at_night: whether an inverter keeps its reactive capability when its PV produces nothing
-        (true, the default: it runs as a STATCOM at night with ``q_avail = s_max``; false: it
-        disconnects and gives no reactive power while ``p ≤ 0``). See
-        :mod:`gridrl.grid.inverters`; an ``EnvConfig`` may override it.
+    q_at_night: whether an inverter keeps its reactive capability when its PV produces nothing.
+        False (the default, the common inverter): it gives no reactive power while ``p ≤ 0``.
+        IEEE 1547-2018 (clause 5.2) requires reactive power capability only while a DER's active
+        power is at least 5 % of its rating, and night-time reactive power is a vendor option
+        that must be ordered or switched on (SMA's "Q at Night" option of its central inverters,
+        "Q on Demand 24/7" of its string inverters). True: the inverter runs as a STATCOM at
+        night with ``q_avail = s_max``. See :mod:`gridrl.grid.inverters`; an ``EnvConfig`` may
+        override it for a whole run.
     """
 
     placement: Literal["buses", "spread", "existing"]
@@ -74,7 +80,7 @@ class PVSpec:
     sgen_types: tuple[str, ...] = ()
     sgen_names: tuple[str, ...] = ()
     s_max_ratio: float = 1.2
-    q_at_night: bool = True
+    q_at_night: bool = False
 
     def __post_init__(self) -> None:
         if self.placement == "buses" and not self.buses:
@@ -87,6 +93,39 @@ class PVSpec:
             raise ValueError(f"pv.s_max_ratio must be >= 1, got {self.s_max_ratio}")
         if self.scale <= 0:
             raise ValueError(f"pv.scale must be > 0, got {self.scale}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitsSpec:
+    """The feeder's generating units by type (see :mod:`gridrl.grid.units`).
+
+    agents: unit types whose inverters become agents (``pv``, ``wind``, ``hydro``, ``biomass``,
+        ``storage``, ``other``); default PV only. Every other unit runs at its own profile and
+        at the power factor of its nominal ``p_mw``/``q_mvar`` in the net (SimBench: unity) and
+        takes no part in control. With ``pv.placement = 'buses'`` or ``'spread'`` the placed
+        units are PV, so ``agents`` must include ``pv``.
+    types: a unit type for sgen ``type`` values the built-in rules do not know, e.g.
+        ``{"CHP" = "biomass"}``; it takes precedence over the rules.
+    """
+
+    agents: tuple[str, ...] = ("pv",)
+    types: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from gridrl.grid.units import UNIT_TYPES
+
+        problems = []
+        bad = [t for t in self.agents if t not in UNIT_TYPES]
+        if bad:
+            problems.append(f"units.agents: unknown unit type(s) {', '.join(map(repr, bad))} "
+                            f"(known: {', '.join(UNIT_TYPES)})")
+        if not self.agents:
+            problems.append("units.agents is empty; name at least one unit type whose inverters are agents")
+        bad = sorted(f"{k!r} = {v!r}" for k, v in self.types.items() if v not in UNIT_TYPES)
+        if bad:
+            problems.append(f"units.types: {', '.join(bad)} is not a unit type (known: {', '.join(UNIT_TYPES)})")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,7 +226,7 @@ class FeederSpec:
 
     name: the name users type (``gridrl.load_feeder(name)``).
     description: one line for ``gridrl feeders``.
-    source, pv, profiles, voltage, split: see their classes.
+    source, pv, units, profiles, voltage, split: see their classes.
     base_case: published figures to check the conversion against (optional).
     """
 
@@ -196,10 +235,16 @@ class FeederSpec:
     source: SourceSpec
     pv: PVSpec
     profiles: ProfileSpec
+    units: UnitsSpec = field(default_factory=UnitsSpec)
     voltage: VoltageSpec = field(default_factory=VoltageSpec)
     split: SplitSpec = field(default_factory=SplitSpec)
     base_case: BaseCaseSpec | None = None
     path: str = ""  # the file it was read from; filled by load_spec, not written in TOML
+
+    def __post_init__(self) -> None:
+        if self.pv.placement != "existing" and "pv" not in self.units.agents:
+            raise ValueError(f"pv.placement = {self.pv.placement!r} places PV inverters as the agents, but "
+                             f"units.agents ({', '.join(self.units.agents)}) leaves out pv; add it")
 
     def content_hash(self) -> str:
         """A key for caches: changes whenever anything that shapes the feeder changes."""

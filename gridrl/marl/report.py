@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,12 +47,18 @@ def fig_curves(scalars: pd.DataFrame, tags: Mapping[str, str], *, group: str = "
     """One panel per tag (``tags``: tag → panel title), one line per ``group`` value: the mean
     over its runs (seeds) at each x, with a band from the lowest to the highest run.
 
-    references: tag → {label: value}, drawn as dashed horizontal lines (e.g. droop's and the
-    optimum's figures on the same days).
+    references: tag → {label: value}, drawn as dashed horizontal lines across the panel (e.g.
+    droop's and the optimum's figures on the same days), named in the legend and on hover rather
+    than on the plot: several of them often sit at the same value (a controllable rate of 1).
+    Step counts (on x, and a tag ending in ``env_steps``) get whole-number ticks from zero, so a
+    single evaluation point sits on a readable axis; a series of one point is a large marker
+    labelled with its value.
     """
     tags = {t: name for t, name in tags.items() if (scalars["tag"] == t).any()}
     fig = make_subplots(rows=1, cols=max(len(tags), 1), subplot_titles=list(tags.values()) or [""])
     groups = list(dict.fromkeys(scalars[group]))
+    ref_style = _reference_styles([label for refs in (references or {}).values() for label in refs])
+    shown: set[str] = set()
     for col, tag in enumerate(tags, start=1):
         d = scalars[scalars["tag"] == tag]
         for k, g in enumerate(groups):
@@ -65,15 +72,68 @@ def fig_curves(scalars: pd.DataFrame, tags: Mapping[str, str], *, group: str = "
                                          y=list(stats["hi"]) + list(stats["lo"])[::-1], fill="toself",
                                          fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
                                          showlegend=False, legendgroup=str(g)), row=1, col=col)
-            fig.add_trace(go.Scatter(x=stats[x], y=stats["mean"], mode="lines+markers", name=str(g),
-                                     line=dict(color=color), marker=dict(size=4), legendgroup=str(g),
-                                     showlegend=col == 1), row=1, col=col)
+            single = len(stats) == 1
+            fig.add_trace(go.Scatter(x=stats[x], y=stats["mean"], mode="markers+text" if single else "lines+markers",
+                                     name=str(g), line=dict(color=color), marker=dict(size=10 if single else 4),
+                                     text=[_value_text(v) for v in stats["mean"]] if single else None,
+                                     textposition="middle left", legendgroup=str(g),
+                                     showlegend=str(g) not in shown), row=1, col=col)
+            shown.add(str(g))
+        x_max = float(d[x].max()) if len(d) else 1.0
+        x_min = 0.0 if x in _STEP_COLUMNS else float(d[x].min())
         for label, value in (references or {}).get(tag, {}).items():
-            fig.add_hline(y=value, line=dict(color=_REF_COLORS.get(label, "#7f7f7f"), dash="dash", width=1),
-                          annotation_text=label, annotation_position="top left", row=1, col=col)
+            color, dash = ref_style[label]
+            fig.add_trace(go.Scatter(x=[x_min, x_max], y=[value, value], mode="lines", name=label,
+                                     line=dict(color=color, dash=dash, width=1.5), legendgroup=f"reference {label}",
+                                     showlegend=f"reference {label}" not in shown,
+                                     hovertemplate=f"{html.escape(label)}: {value:.6g}<extra>reference</extra>"),
+                          row=1, col=col)
+            shown.add(f"reference {label}")
         fig.update_xaxes(title_text="environment steps" if x == "env_steps" else "wall-clock s", row=1, col=col)
+        if x in _STEP_COLUMNS:
+            fig.update_xaxes(**_count_axis(x_max), row=1, col=col)
+        if tag.endswith("env_steps") and len(d):
+            fig.update_yaxes(**_count_axis(float(d["value"].max())), row=1, col=col)
+        else:
+            ys = list(d["value"]) + list((references or {}).get(tag, {}).values())
+            if ys and max(ys) - min(ys) <= 1e-9 * max(1.0, abs(ys[0])):  # one value: a band around it, not ±1
+                pad = max(0.05 * abs(ys[0]), 0.01)
+                fig.update_yaxes(range=[ys[0] - pad, ys[0] + pad], row=1, col=col)
     fig.update_layout(title=title, height=400, margin=dict(t=80, b=50, l=60, r=20))
     return fig
+
+
+_STEP_COLUMNS = ("env_steps",)  # x columns that count environment steps
+_REF_PALETTE = ["#000000", "#8c6d31", "#7b4173", "#637939", "#aaaaaa", "#e7969c"]
+_REF_DASHES = ["dash", "dot", "dashdot", "longdash"]
+
+
+def _reference_styles(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """Reference label → (colour, dash), each label its own pair: ``none`` grey, ``opf`` red,
+    the rest from a palette the learners' curves do not use."""
+    styles, k = {}, 0
+    for label in dict.fromkeys(labels):
+        if label in _REF_COLORS:
+            styles[label] = (_REF_COLORS[label], "dash")
+        else:
+            styles[label] = (_REF_PALETTE[k % len(_REF_PALETTE)], _REF_DASHES[(k + 1) % len(_REF_DASHES)])
+            k += 1
+    return styles
+
+
+def _count_axis(top: float) -> dict:
+    """An axis of counts: zero to a little past ``top`` (and a little before zero, so that the
+    zeros of two such axes do not meet in the corner), ticks on whole numbers (1, 2 or 5 times a
+    power of ten, about five of them), written short (``8k``, ``300k``)."""
+    top = max(float(top), 1.0)
+    raw = top / 5
+    power = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return dict(range=[-top * 0.04, top * 1.08], tick0=0, dtick=max(int(step), 1), tickformat="~s")
+
+
+def _value_text(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def fig_time_split(scalars: pd.DataFrame, *, group: str = "run", title: str = "") -> go.Figure:
