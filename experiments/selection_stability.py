@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
             loss = float(ev["energy_loss_mwh"].sum())
             # the same policy on the same days in batches of 8 days: the evaluation's own chunking
             ev8 = evaluate(feeder, policy, split="test", num_envs=8, env_config=run.evaluation_config()).days
-            same_chunked = bool((ev8["energy_loss_mwh"].to_numpy() == ev["energy_loss_mwh"].to_numpy()).all()
-                                and (ev8["controllable_rate"].to_numpy() == ev["controllable_rate"].to_numpy()).all())
+            # (batched matrix products round by batch size: expect last-bit differences, no more)
+            same_rate = bool((ev8["controllable_rate"].to_numpy() == ev["controllable_rate"].to_numpy()).all())
+            chunk_diff = float(abs(ev8["energy_loss_mwh"].sum() - loss) / loss)
             ledger.append(feeder=args.feeder, algorithm=algo, variant=f"stability-{tag}-{name}", seed=seed,
                           selected_step=int(chosen["env_steps"]), test_days=len(ev), controllable_rate=rate,
                           energy_loss_mwh=loss, config=config_hash({"feeder_hash": feeder.spec.content_hash(), **data}),
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"seed": seed, "variant": name, "selected": int(chosen["env_steps"]),
                          "earlier_rule": int(earlier["env_steps"]), "val_rate": chosen["controllable_rate"],
                          "val_mwh": chosen["energy_loss_mwh"], "test_rate": rate, "test_mwh": loss,
-                         "same_in_batches_of_8": same_chunked,
+                         "batches_of_8_same_rate": same_rate, "batches_of_8_loss_rel_diff": chunk_diff,
                          "validations": " ".join(f"{v['env_steps'] // 1024}k:{v['controllable_rate']:.4f}/"
                                                  f"{v['energy_loss_mwh']:.2f}" for v in vals),
                          "minutes": (time.perf_counter() - t0) / 60})
@@ -127,12 +128,13 @@ def main(argv: list[str] | None = None) -> None:
              f"validation steps of the best rate) picked; `earlier rule`: the step the rule before it (rate first, "
              f"then loss) would have picked from the same validations.", "",
              "| seed | variant | selected | earlier rule | val rate | val MWh | test rate | test MWh | "
-             "test days in batches of 8: same bits | wall min |",
+             "batches of 8 days: same rates, loss rel. diff | wall min |",
              "|---:|:---|---:|---:|---:|---:|---:|---:|:---|---:|"]
     for r in rows:
         lines.append(f"| {r['seed']} | {r['variant']} | {r['selected']:,} | {r['earlier_rule']:,} | {r['val_rate']:.4f} | "
                      f"{r['val_mwh']:.3f} | {r['test_rate']:.4f} | {r['test_mwh']:.3f} | "
-                     f"{'yes' if r['same_in_batches_of_8'] else 'no'} | {r['minutes']:.1f} |")
+                     f"{'yes' if r['batches_of_8_same_rate'] else 'no'}, {r['batches_of_8_loss_rel_diff']:.1e} | "
+                     f"{r['minutes']:.1f} |")
     lines += ["", "Validations (k steps: rate / MWh):", ""]
     lines += [f"- seed {r['seed']} {r['variant']}: {r['validations']}" for r in rows]
     out = Path(args.out or f"reports/protocol/stability-{args.feeder}-{algo}-{tag}.md")
