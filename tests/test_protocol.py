@@ -281,3 +281,22 @@ epochs = 1
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("step ")]
     assert len(lines) == 2 and all("validation: controllable" in ln and "evaluation: controllable" in ln
                                    for ln in lines)
+
+
+def test_a_tuning_experiment_compares_on_validation_days_and_refuses_test_days():
+    import importlib.util
+
+    from gridrl.errors import SpecError
+
+    spec = importlib.util.spec_from_file_location("learners_protocol", ROOT / "experiments" / "learners.py")
+    exp = importlib.util.module_from_spec(spec)
+    sys.modules["learners_protocol"] = exp  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(exp)
+    tune = exp.Experiment(feeders=("ieee33",), algos=("dppo",), seeds=1, steps={"ieee33": 32}, tuning=True)
+    runs = exp.plan(tune, "t")
+    assert runs and all(r["config"].tuning and r["config"].eval_split == "val" for r in runs)
+    assert exp.split_of(tune) == "val" and exp.split_of(exp.Experiment(feeders=("ieee33",), algos=("dppo",))) == "test"
+    assert exp.ledger_rows(tune, None, runs, command="x") == 0  # a tuning experiment writes no ledger row
+    with pytest.raises(SpecError, match="tuning = true evaluates on validation days only"):
+        exp.plan(exp.Experiment(feeders=("ieee33",), algos=("dppo",), seeds=1, steps={"ieee33": 32}, tuning=True,
+                                train={"eval_split": "test"}), "t")

@@ -456,7 +456,13 @@ message_dim = 4
     assert not (tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0").exists() and not (tmp_path / "out").exists()
     assert [p.name for p in taken.parent.glob("*.claim")] == [taken.name]
     taken.unlink()
+    from gridrl import ledger
+
+    looked = len(ledger.read())
     exp.main(["--config", str(cfg), "--no-progress"])
+    rows = ledger.read().iloc[looked:]  # one ledger row per reported run, with its selected step
+    assert sorted(rows["variant"]) == ["forecast", "no-forecast"] and (rows["test_days"] == 1).all()
+    assert (rows["algorithm"] == "ippo").all() and rows["source"].str.startswith("python experiments/learners.py").all()
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert sorted(runs["variant"]) == ["forecast", "no-forecast"] and (runs["env_steps"] == 32).all()
     assert (runs["train_cpu_s"] > 0).all() and (runs["train_cpu_s"] < 600).all()  # CPU time is logged
