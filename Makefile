@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # what the test suite needs on top: pytest and Pillow, and the libraries of the optional parts
-# it tests (the benchmark's solvers, Ray, the TorchRL / SB3 adapters, ONNX policies)
+# it tests (the benchmark's solvers, Ray and RLlib, the TorchRL / SB3 adapters, ONNX policies)
 TEST_STAMP := $(VENV)/.installed-test
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[test,bench,ray,torchrl,sb3,onnx]'
+	$(BIN)/pip install -q -e '.[test,bench,ray,rllib,torchrl,sb3,onnx]'
 	touch $(TEST_STAMP)
 
 # the feeder library, a map of ieee33, then dmpo trained on its training days and compared with

@@ -11,7 +11,15 @@ Metrics (monitored buses only, the feeder's band unless the environment config s
 - ``controllable_rate``: share of steps with every monitored bus in the band;
 - ``share_out_of_band``: share of bus-steps outside the band;
 - ``mean_abs_dv_pu`` / ``max_abs_dv_pu``: mean / max of |v − 1| over bus-steps;
-- ``energy_loss_mwh``: branch losses integrated over the day;
+- ``energy_loss_mwh``: branch losses integrated over the day, and its parts: ``line_loss_mwh``
+  (lines and other non-transformer branches), ``trafo_load_loss_mwh`` (transformers' series,
+  copper losses) and ``trafo_noload_loss_mwh`` (their magnetizing, iron losses: set by the
+  voltage, nearly constant); ``controllable_loss_mwh`` = lines + transformer load losses, the
+  part a reactive-power controller can change (gaps to the optimum are computed on it);
+- ``max_loading_pct``: highest loading of any rated line or transformer over the day (as
+  pandapower's ``loading_percent``; NaN on a feeder without ratings), ``overload_branch_hours``:
+  rated branches above 100 % × hours;
+- ``tap_operations``: moves of the substation tap changer over the day (0 without one);
 - ``reactive_energy_mvarh``: Σ|q| of all inverters integrated over the day;
 - ``violation_bus_hours``: monitored buses out of band × hours;
 - ``unsettled_steps``: steps at which the controller's inner solve hit its iteration cap (droop's
@@ -30,42 +38,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gridrl.errors import GridrlError
+from gridrl.grid.days import DaysNotInSplit, check_days
+
+__all__ = ["DAY_COLUMNS", "DaysNotInSplit", "Evaluation", "check_days", "evaluate"]
 
 DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
-               "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "reactive_energy_mvarh",
-               "violation_bus_hours", "unsettled_steps", "infeasible_steps", "diverged_steps", "communication",
-               "hops", "seconds", "q_at_night"]
-
-
-class DaysNotInSplit(GridrlError, ValueError):
-    """Requested days that are not days of the split."""
-
-    def __init__(self, feeder: str, split: str, bad: Sequence[int], allowed: Sequence[int]):
-        shown = _short(allowed)
-        super().__init__(f"day(s) {', '.join(map(str, bad))} are not {split} days of feeder {feeder!r} "
-                         f"({split} days: {shown})")
-
-
-def _short(xs: Sequence[int], n: int = 6) -> str:
-    xs = list(xs)
-    if len(xs) <= n:
-        return ", ".join(map(str, xs))
-    return ", ".join(map(str, xs[: n - 1])) + f", …, {xs[-1]} ({len(xs)} days)"
-
-
-def check_days(feeder, split: str, days: Sequence[int] | None) -> list[int]:
-    """The days to run: all days of ``split``, or ``days`` after checking they belong to it."""
-    allowed = feeder.days(split)
-    if days is None:
-        return list(allowed)
-    days = [int(d) for d in days]
-    bad = [d for d in days if d not in set(allowed)]
-    if bad:
-        raise DaysNotInSplit(feeder.name, split, bad, allowed)
-    if not days:
-        raise GridrlError("the list of days is empty")
-    return list(dict.fromkeys(days))
+               "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "controllable_loss_mwh", "line_loss_mwh",
+               "trafo_load_loss_mwh", "trafo_noload_loss_mwh", "reactive_energy_mvarh",
+               "violation_bus_hours", "max_loading_pct", "overload_branch_hours", "tap_operations", "unsettled_steps",
+               "infeasible_steps", "diverged_steps", "communication", "hops", "seconds", "q_at_night"]
 
 
 @dataclass(frozen=True)
@@ -73,9 +54,11 @@ class Evaluation:
     """Tidy results of one controller on one feeder with one seed.
 
     days: one row per day (columns :data:`DAY_COLUMNS`).
-    steps: one row per day and step: ``day, step, hour, loss_mw, v_min_pu, v_max_pu,
-        share_out_of_band, controllable, q_abs_mvar, q_mvar, pv_p_mw, load_p_mw, unsettled,
-        infeasible, converged`` (plus ``feeder, controller, seed``); ``q_mvar`` is the signed sum
+    steps: one row per day and step: ``day, step, hour, loss_mw, line_loss_mw,
+        trafo_load_loss_mw, trafo_noload_loss_mw, v_min_pu, v_max_pu, share_out_of_band,
+        controllable, max_loading_pct, tap_pos, q_abs_mvar, q_mvar, pv_p_mw, load_p_mw, unsettled,
+        infeasible, converged`` (``tap_pos``: the tap changer's position during the step, NaN
+        without one) (plus ``feeder, controller, seed``); ``q_mvar`` is the signed sum
         over inverters (positive injects), ``pv_p_mw`` the PV output of all inverters and
         ``load_p_mw`` the total load of the step, the same for every controller; measurements in
         float32.
@@ -145,7 +128,9 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
     obs = env.reset(days=days)
     if hasattr(controller, "reset"):
         controller.reset()
-    keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged")
+    keys = ("loss_mw", "q_abs_mvar", "out_of_band_share", "controllable", "dv_mean_pu", "dv_max_pu", "converged",
+            "line_loss_mw", "trafo_load_loss_mw", "trafo_noload_loss_mw", "max_loading_pct", "overloaded_branches",
+            "tap_pos")
     per_inverter = ("q_mvar", "p_mw", "q_avail_mvar")
     rec: dict[str, list] = {k: [] for k in (*keys, *per_inverter, "vm_pu", "load_p_mw", "unsettled", "infeasible")}
     batch = env.num_envs
@@ -170,7 +155,10 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
             progress(1)
         if bool(_np(done).all()):
             break
-    return {k: np.stack(v) for k, v in rec.items()}
+    out = {k: np.stack(v) for k, v in rec.items()}
+    # the tap's moves, counted by the environment (the move after the last step included)
+    out["tap_operations"] = _np(env.episode_metrics()["tap_operations"])
+    return out
 
 
 def _np(x) -> np.ndarray:
@@ -198,6 +186,15 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
             "mean_abs_dv_pu": float(dv.mean()) if dv.size else np.nan,
             "max_abs_dv_pu": float(dv.max()) if dv.size else np.nan,
             "energy_loss_mwh": float(np.nansum(rec["loss_mw"][:, b]) * hours),
+            "controllable_loss_mwh": float(np.nansum(rec["line_loss_mw"][:, b] + rec["trafo_load_loss_mw"][:, b])
+                                           * hours),
+            "line_loss_mwh": float(np.nansum(rec["line_loss_mw"][:, b]) * hours),
+            "trafo_load_loss_mwh": float(np.nansum(rec["trafo_load_loss_mw"][:, b]) * hours),
+            "trafo_noload_loss_mwh": float(np.nansum(rec["trafo_noload_loss_mw"][:, b]) * hours),
+            "max_loading_pct": (float(np.nanmax(rec["max_loading_pct"][ok, b]))
+                                if ok.any() and np.isfinite(rec["max_loading_pct"][ok, b]).any() else np.nan),
+            "overload_branch_hours": float(np.nansum(rec["overloaded_branches"][:, b]) * hours),
+            "tap_operations": int(rec["tap_operations"][b]),
             "reactive_energy_mvarh": float(np.nansum(rec["q_abs_mvar"][:, b]) * hours),
             "violation_bus_hours": float(np.nansum(rec["out_of_band_share"][:, b]) * mon.sum() * hours),
             "unsettled_steps": int(rec["unsettled"][:, b].sum()),
@@ -213,10 +210,15 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
         "step": np.tile(np.arange(n_steps), batch),
         "hour": np.tile(np.arange(n_steps) * hours, batch),
         "loss_mw": rec["loss_mw"].T.ravel(),
+        "line_loss_mw": rec["line_loss_mw"].T.ravel(),
+        "trafo_load_loss_mw": rec["trafo_load_loss_mw"].T.ravel(),
+        "trafo_noload_loss_mw": rec["trafo_noload_loss_mw"].T.ravel(),
         "v_min_pu": np.where(conv, vmon.min(axis=2, initial=np.inf), np.nan).T.ravel(),
         "v_max_pu": np.where(conv, vmon.max(axis=2, initial=-np.inf), np.nan).T.ravel(),
         "share_out_of_band": rec["out_of_band_share"].T.ravel(),
         "controllable": rec["controllable"].astype(bool).T.ravel(),
+        "max_loading_pct": rec["max_loading_pct"].T.ravel(),
+        "tap_pos": rec["tap_pos"].T.ravel(),
         "q_abs_mvar": rec["q_abs_mvar"].T.ravel(),
         "q_mvar": rec["q_mvar"].sum(axis=2, dtype=np.float64).T.ravel(),
         "pv_p_mw": rec["p_mw"].sum(axis=2, dtype=np.float64).T.ravel(),

@@ -32,7 +32,8 @@ from typing import Any
 
 from gridrl.errors import GridrlError
 
-__all__ = ["COLUMNS", "LedgerError", "append", "config_hash", "describe", "ledger_path", "read", "rows_matching"]
+__all__ = ["COLUMNS", "LedgerError", "append", "append_run", "config_hash", "describe", "ledger_path", "read",
+           "rows_matching"]
 
 COLUMNS = ("date", "commit", "config_hash", "feeder", "algorithm", "variant", "seed", "selected_step", "test_days",
            "controllable_rate", "energy_loss_mwh", "source", "note")
@@ -116,6 +117,32 @@ def append(*, feeder: str, algorithm: str, variant: str = "", seed: int | str = 
     csv.writer(buf, lineterminator="\n").writerow([row[c] for c in COLUMNS])
     _append_line(path, buf.getvalue())
     return row
+
+
+def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str = "", source: str | None = None,
+               path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The row of a ``gridrl train`` run folder compared on the test days: its figures are the
+    ``summary`` row (:func:`gridrl.compare.summarize`'s table) of controller ``label``; feeder,
+    algorithm, seed, settings hash and the selected step come from the run folder itself.
+    Returns the row (None without a ledger or without the run in ``summary``)."""
+    from gridrl.marl.checkpoint import read_checkpoint
+
+    run_dir = Path(run_dir)
+    mine = summary[summary["controller"] == label] if summary is not None and len(summary) else None
+    if mine is None or mine.empty:
+        return None
+    r = mine.iloc[0]
+    recorded = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    cfg, ident = recorded["config"], recorded["identity"]
+    best = read_checkpoint(run_dir)["driver"].get("best")
+    note = ("selected on validation days" if best is not None else "the last policy (no validation)")
+    if cfg.get("eval_every_steps") and cfg.get("eval_split") == "test":
+        note += (f"; learning curve on the test days every {cfg['eval_every_steps']:,} steps "
+                 f"(reported, chooses nothing)")
+    return append(feeder=ident["feeder"], algorithm=cfg["algo"], variant=variant, seed=cfg["seed"],
+                  selected_step=best["env_steps"] if best is not None else "", test_days=int(r["days"]),
+                  controllable_rate=float(r["controllable_rate"]), energy_loss_mwh=float(r["energy_loss_mwh"]),
+                  config=ident, source=source if source is not None else str(run_dir), note=note, path=path)
 
 
 def _append_line(path: Path, line: str) -> None:

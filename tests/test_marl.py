@@ -387,3 +387,30 @@ def test_the_critic_can_be_narrower_than_the_actor_and_its_messages_are_counted(
     narrow.iterate()  # and it trains
     with pytest.raises(ValueError, match="critic_hidden must be ≥ 1"):
         DppoConfig(critic_hidden=0)
+
+
+def test_critic_hidden_is_the_critics_width_for_every_learner(feeder):
+    from gridrl.marl.cppo import CPPO, CppoConfig
+    from gridrl.marl.dppo import DPPO, DppoConfig
+    from gridrl.marl.train import resolve_train_config
+
+    env = make_env(feeder, num_envs=2, seed=0, config=EnvConfig(start_hour=None, episode_hours=1.0))
+
+    def widths(learner):  # the critic's hidden widths: its linear layers' outputs, but the last
+        return {m.out_features for m in learner.critic.modules() if isinstance(m, torch.nn.Linear)} - {1}
+
+    small = {"hidden": 16, "message_dim": 8}
+    assert widths(DPPO(env, DppoConfig(**small), seed=0, total_steps=1000)) >= {16}  # None: the actor's
+    assert 24 in widths(DPPO(env, DppoConfig(**small, critic_hidden=24), seed=0, total_steps=1000))
+    assert widths(CPPO(env, CppoConfig(**small), seed=0, total_steps=1000)) == {128}  # cppo's default
+    assert widths(CPPO(env, CppoConfig(**small, critic_hidden=24), seed=0, total_steps=1000)) == {24}
+    assert widths(CPPO(env, CppoConfig(**small, critic_hidden=None), seed=0, total_steps=1000)) == {16}
+    # a config written before keeps loading and meaning the same; a critic message cppo never sends is refused
+    old = resolve_train_config({"algo": "cppo", "learner": {"critic_hidden": 64}}, source="old.toml")
+    assert old.learner.critic_hidden == 64
+    with pytest.raises(gridrl.errors.GridrlError, match="critic_message_dim does not apply to cppo"):
+        resolve_train_config({"algo": "cppo", "learner": {"critic_message_dim": 8}}, source="x.toml")
+    with pytest.raises(ValueError) as exc:  # every problem at once, the parent's with the learner's
+        CppoConfig(critic_message_dim=8, critic_hidden=0, hops=-1)
+    for part in ("critic_message_dim does not apply", "critic_hidden must be ≥ 1", "hops must be ≥ 0"):
+        assert part in str(exc.value)

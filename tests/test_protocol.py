@@ -196,7 +196,7 @@ epochs = 1
     assert (r["feeder"], r["algorithm"], r["variant"], r["seed"], r["test_days"]) == ("ieee33", "dppo", "tiny", 0, 1)
     assert r["selected_step"] == 32 and r["source"] == str(tmp_path / "run")
     summary = {row["controller"]: row for row in csv.DictReader(open(tmp_path / "run" / "compare" / "summary.csv"))}
-    assert float(r["energy_loss_mwh"]) == pytest.approx(float(summary["dppo"]["energy_loss_mwh"]), abs=1e-4)
+    assert float(r["energy_loss_mwh"]) == pytest.approx(float(summary["run"]["energy_loss_mwh"]), abs=1e-4)
     # progress without a terminal: one line per validation, no carriage return
     assert "\r" not in res.output
     assert sum("validation: controllable" in ln for ln in res.output.splitlines()) == 1

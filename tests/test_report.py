@@ -45,7 +45,7 @@ def results(tmp_path_factory, sunny_days):
     out = tmp_path_factory.mktemp("rep") / "run"
     cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:ieee1547-a"),
                         days=(sunny_days[0], dull))
-    run_compare(cfg, out=out, progress=False, report=False)
+    run_compare(cfg, out=out, progress=False)
     return out
 
 
@@ -117,6 +117,7 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 _CATEGORICAL = {"controller", "agent", "bus"}  # axes of names carry no unit
+_TEXT_POSITIONS = [f"{v} {h}" for v in ("top", "middle", "bottom") for h in ("left", "center", "right")]
 
 
 def _axis_titles(fig: go.Figure) -> list[str]:
@@ -285,11 +286,14 @@ def test_map_draws_the_agent_graph_and_labels_on_zoom():
     assert sum(x is None for x in graph.x) == int(np.asarray(feeder.adjacency).sum() // 2)
     meta = fig.layout.meta["zoom_labels"]
     assert meta["max"] == 50 and len(meta["text"]) == len(meta["x"]) == 141
-    assert fig.data[meta["trace"]].mode == "text"
+    assert fig.data[meta["trace"]].mode == "markers+text"
+    assert len(meta["position"]) == len(meta["size"]) == 141 and set(meta["position"]) <= set(_TEXT_POSITIONS)
+    assert sorted(meta["always"]) == meta["always"] and len(meta["always"]) == len(feeder.agents) + 1
 
 
 def test_map_labels_buses_once_zoomed_in(tmp_path):
-    """In the browser: 141 buses are too many to label at full view; zoomed in on a few, they are."""
+    """In the browser: 141 buses are too many to label at full view, so only the agents' buses and
+    the substation are; zoomed in on a few, every bus in view is."""
     from gridrl.grid.plot import ZOOM_LABELS_JS, bus_positions
 
     feeder = gridrl.load_feeder("ieee141")
@@ -306,7 +310,31 @@ def test_map_labels_buses_once_zoomed_in(tmp_path):
         page = tmp_path / f"{name}.html"
         fig.write_html(str(page), include_plotlyjs=True, post_script=script)
         counts[name] = len(re.findall(r'class="textpoint"', _dump_dom(page, tmp_path / f"profile-{name}")))
-    assert counts == {"full": 0, "zoomed": inside}
+    assert counts == {"full": len(feeder.agents) + 1, "zoomed": inside}
+
+
+@pytest.mark.parametrize("name", ["ieee33", "ieee141"])
+def test_map_labels_cover_no_marker_and_no_other_label(name, tmp_path):
+    """At full view in the browser: ieee33 names all its buses, ieee141 its agents' buses and the
+    substation; no label sits on another label, on an inverter's star or on the substation."""
+    from gridrl.grid.plot import ZOOM_LABELS_JS
+
+    feeder = gridrl.load_feeder(name)
+    fig = feeder_map(feeder)
+    layout = _browser_layout(fig, tmp_path, width=1000, script=ZOOM_LABELS_JS)
+    order = [t.name for t in fig.data]
+    traces = dict(zip(order, layout["traces"]))
+    labels = traces["bus labels"]["texts"]
+    assert len(labels) == (33 if name == "ieee33" else len(feeder.agents) + 1)
+    clashes = [(i, j) for i, a in enumerate(labels) for j, b in enumerate(labels[i + 1:], i + 1) if _overlap(a, b)]
+    assert not clashes, f"labels on labels: {clashes}"
+    symbols = traces["PV inverters (agents)"]["points"] + traces["substation (slack)"]["points"]
+    assert len(symbols) == len(feeder.agents) + 1
+    covered = [s for s in symbols if any(_overlap(s, lab) for lab in labels)]
+    assert not covered, f"{len(covered)} stars or the substation under a label"
+    if name == "ieee33":
+        dots = traces["buses (colour = agent zone)"]["points"]
+        assert not [d for d in dots if any(_overlap(d, lab) for lab in labels)], "a bus under a label"
 
 
 def test_report_of_an_older_folder_says_what_is_missing(results, tmp_path):
@@ -436,7 +464,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_figures(run_dir) -> dict[str, go.Figure]:
-    from gridrl.marl.report import training_sections
+    from gridrl.training_report import training_sections
 
     figs = [p for p in training_sections(run_dir)[0].parts if isinstance(p, go.Figure)]
     return {f.layout.title.text.split(":")[0].split(" on ")[0]: f for f in figs}
@@ -474,3 +502,17 @@ def test_selected_policy_axis_has_whole_step_ticks(run_figures, tmp_path):
     assert ticks and all(re.fullmatch(r"\d+k?", t) for t in ticks), ticks
     assert "8k" in ticks or any(t.replace(",", "").isdigit() and int(t.replace(",", "")) >= 8000 for t in ticks)
     assert not _overlapping_texts(layout), _overlapping_texts(layout)
+
+
+def test_model_panels_name_every_series_once_in_its_own_colour():
+    from gridrl.training_report import _MODEL_PANELS, fig_model
+
+    tags = [p.replace("*", "4") for series in _MODEL_PANELS.values() for p in series]
+    sc = pd.DataFrame([(k, 1024 * k, 1.0 * k, tag, 0.1 * k) for tag in tags for k in (1, 2)],
+                      columns=["iteration", "env_steps", "wall_s", "tag", "value"]).assign(run="r", algo="dmpo", seed=0)
+    fig = fig_model(sc)
+    names = {label for series in _MODEL_PANELS.values() for label in series.values()}
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert sorted(legend) == sorted(names), "each series named once, whichever panel it is in"
+    colour = {t.name: t.line.color for t in fig.data}
+    assert len(set(colour.values())) == len(names), "no two series share a colour"

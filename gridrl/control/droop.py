@@ -283,7 +283,7 @@ class DroopController(Controller):
         from gridrl.control.plant import plant_from_env
 
         if self.fit and self._checked_env is not env:
-            from gridrl.control.tuning import check_fitted_for
+            from gridrl.control.fitted import check_fitted_for
 
             check_fitted_for(env.feeder, {"fit": self.fit}, env.config)  # never a fitted curve off its scenario
             self._checked_env = env

@@ -4,11 +4,22 @@ At every step, for each of the B scenarios, find the agents' actions ``a ∈ [-1
 
     minimize   loss_mw(a)
     subject to v_min ≤ vm_pu(a) ≤ v_max   on every monitored bus,
+               loading_pct(a) ≤ 100        on every rated line and transformer,
 
 with the exact AC power flow of the feeder (the batched solver the environment uses). Where no
 admissible action brings every bus into the band, the worst violation is minimized first and the
 losses second; such steps are flagged ``infeasible``. Reactive power limits ``|q| ≤ sqrt(s_max²
-− p²)`` are the action bounds.
+− p²)`` are the action bounds. The substation tap changer's position is given (the
+environment's AVR sets it, ``StepPlant.tap_pos``), not optimised: the optimum is the best the
+inverters can do around the tap the feeder has.
+
+Thermal limits (feeders whose lines and transformers have ratings, :mod:`gridrl.grid.branches`):
+branches loaded above ``thermal_watch_pct`` at the current iterate enter the QP as linearized
+rows ``loading + ∇loading·d ≤ 100 − thermal_margin_pct`` (one adjoint solve each); the merit's
+violation is the larger of the worst band violation (p.u.) and the worst overload (fraction of the
+rating). Reactive power can only trim a branch's current, so an overload driven by active power
+(PV feeding back at noon on mv-urban) usually cannot be removed: those steps are minimized and
+flagged ``infeasible`` like an unreachable band.
 
 Method: a trust-region SQP with an exact ℓ∞ penalty (Fletcher's Sℓ∞QP), vectorized over the B
 scenarios. Why this and not a general NLP solver call per step:
@@ -82,8 +93,11 @@ class OpfOptions:
     band_margin_pu: the solver keeps voltages this far inside the band.
     penalty_mw_per_pu: weight μ of the worst band violation in the merit function (MW per p.u.);
         far above any loss-voltage trade-off so that the band comes first.
-    infeasible_tol_pu: a step whose final worst violation of the band exceeds this is flagged
-        ``infeasible``.
+    infeasible_tol_pu: a step whose final worst violation of the band (p.u.) or of a thermal limit
+        (fraction of the rating) exceeds this is flagged ``infeasible``.
+    thermal_limits: respect the rated branches' loading (no effect on feeders without ratings).
+    thermal_watch_pct: branches loaded above this (%) at an iterate enter its QP.
+    thermal_margin_pct: the solver keeps loadings this far under 100 %.
     """
 
     max_iter: int = 30
@@ -91,6 +105,9 @@ class OpfOptions:
     band_margin_pu: float = 1e-6
     penalty_mw_per_pu: float = 1e3
     infeasible_tol_pu: float = 1e-6
+    thermal_limits: bool = True
+    thermal_watch_pct: float = 90.0
+    thermal_margin_pct: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class OpfSolution:
     actions: np.ndarray
     loss_mw: np.ndarray
     violation_pu: np.ndarray   # worst distance outside the (true) band, 0 when in band
+    overload: np.ndarray       # worst loading above 100 % as a fraction of the rating, 0 when none (or no ratings)
     infeasible: np.ndarray
     unsettled: np.ndarray
     iterations: np.ndarray
@@ -134,7 +152,12 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
     vm, loss = res.vm_pu[:, mon], np.asarray(res.loss_mw, dtype=np.float64)
     v = res.v.copy()
     ok = np.asarray(res.converged, dtype=bool)
-    viol = _violation(vm, lo_v, hi_v)
+    flows = model.flows if o.thermal_limits else None
+    rho = (np.ones(batch) if plant.tap_pos is None
+           else np.broadcast_to(plant.pf.tap_changer.ratio(plant.tap_pos), (batch,)).astype(np.float64))
+    load = flows.loading_pct(v, rho) if flows is not None else np.zeros((batch, 0))
+    over = _overload(load)
+    viol = np.maximum(_violation(vm, lo_v, hi_v), over)
     merit = loss + mu * viol
     active_set = (np.zeros((batch, n + mon.size), dtype=np.int32) if active0 is None
                   else np.array(active0, dtype=np.int32))
@@ -150,6 +173,8 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
     prev_a = np.full((batch, n), np.nan)      # where the last derivatives were taken ...
     prev_g = np.zeros((batch, n))             # ... the loss gradient there
     band: list = [None] * batch               # ... and the band rows active in its QP: rows, J rows, λ
+    none_hot = (np.zeros(0, dtype=np.int64), np.zeros((0, n)), np.zeros(0))
+    heat: list = [none_hot] * batch           # ... and the thermal rows active in it: branches, rows, λ
 
     for _ in range(o.max_iter):
         idx = np.flatnonzero(running)
@@ -178,6 +203,9 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
                     rows, j_rows, lam = band[b]
                     if rows.size:
                         y[np.searchsorted(at, j)] += (lin.voltage_rows(j, rows) - j_rows).T @ lam
+                    hot, th_rows, th_lam = heat[b]
+                    if hot.size:  # a thermal limit's curvature (|I| bends) enters the same way
+                        y[np.searchsorted(at, j)] += (lin.loading_rows(j, hot, float(rho[b])) - th_rows).T @ th_lam
                 curv[moved], plus, minus, changed = _damped_bfgs(curv[moved], a[moved] - prev_a[moved], y)
                 for b, x_plus, x_minus in zip(moved[changed], plus[changed], minus[changed]):
                     have_chol[b] = have_chol[b] and _cholesky_rank2(chol[b], x_plus, x_minus)
@@ -192,9 +220,16 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
             t_model = np.zeros(grp.size)
             for j, b in enumerate(grp):
                 if fine[j]:
-                    steps[g0 + j], t_model[j], active_set[b], rows, j_rows, lam = _subproblem(
+                    hot = np.flatnonzero(load[b] > o.thermal_watch_pct)
+                    thermal = (lin.loading_rows(j, hot, float(rho[b])), 100.0 - o.thermal_margin_pct - load[b, hot]
+                               ) if hot.size else None
+                    steps[g0 + j], t_model[j], active_set[b], rows, j_rows, lam, th_lam = _subproblem(
                         curv[b], chol[b] if have_chol[b] else None, grad[j], lin, j, vm[b], lo_v, hi_v,
-                        lo_box[j], hi_box[j], active_set[b])
+                        lo_box[j], hi_box[j], active_set[b], thermal)
+                    on = np.flatnonzero(th_lam)
+                    heat[b] = (hot[on], thermal[0][on], th_lam[on]) if on.size else none_hot
+                    if t_model[j] < 0:  # the thermal rows could not be met: the overload is not modelled away
+                        t_model[j] = max(-t_model[j], over[b])
                     band[b] = (rows, j_rows, lam)
             prev_a[grp], prev_g[grp] = a[grp], grad
             d = steps[g0:g0 + grp.size]
@@ -210,21 +245,31 @@ def solve_opf(plant: StepPlant, model: PlantDerivatives, a0: np.ndarray | None =
         trial_a = np.clip(a[tid] + steps[go], -1.0, 1.0)
         tr = plant.solve(trial_a, tid, v_init=v[tid])
         t_vm, t_loss = tr.vm_pu[:, mon], np.asarray(tr.loss_mw, dtype=np.float64)
-        t_viol = _violation(t_vm, lo_v, hi_v)
+        t_load = flows.loading_pct(tr.v, rho[tid]) if flows is not None else np.zeros((tid.size, 0))
+        t_over = _overload(t_load)
+        t_viol = np.maximum(_violation(t_vm, lo_v, hi_v), t_over)
         t_merit = np.where(np.asarray(tr.converged, dtype=bool), t_loss + mu * t_viol, np.inf)
         accept = t_merit <= merit[tid] - 1e-4 * pred[go]
         acc = tid[accept]
         a[acc], vm[acc], loss[acc], viol[acc], merit[acc] = (trial_a[accept], t_vm[accept], t_loss[accept],
                                                              t_viol[accept], t_merit[accept])
         v[acc] = tr.v[accept]
+        load[acc], over[acc] = t_load[accept], t_over[accept]
         size = np.abs(steps[go]).max(axis=1)
         radius[tid] = np.where(accept, np.where(size >= 0.9 * radius[tid], np.minimum(2 * radius[tid], 2.0), radius[tid]),
                                0.25 * size)
 
     true_viol = _violation(vm, plant.v_min_pu, plant.v_max_pu)
-    return OpfSolution(actions=a, loss_mw=loss, violation_pu=true_viol,
-                       infeasible=ok & (true_viol > o.infeasible_tol_pu), unsettled=running | ~ok,
+    return OpfSolution(actions=a, loss_mw=loss, violation_pu=true_viol, overload=over,
+                       infeasible=ok & (np.maximum(true_viol, over) > o.infeasible_tol_pu), unsettled=running | ~ok,
                        iterations=iterations, active=active_set)
+
+
+def _overload(load_pct: np.ndarray) -> np.ndarray:
+    """``[B]`` worst loading above 100 % as a fraction of the rating (0 when none)."""
+    if load_pct.shape[-1] == 0:
+        return np.zeros(load_pct.shape[0])
+    return np.maximum(load_pct.max(axis=-1) - 100.0, 0.0) / 100.0
 
 
 def _violation(vm: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -243,8 +288,8 @@ _FACTOR_FROM_AGENTS = 128      # from this many agents on, QPs start on a kept C
                                # DAQP's O(N³) setup costs less than the rounds' Python overhead)
 
 
-def _subproblem(hess, chol, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_box, active
-                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _subproblem(hess, chol, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_box, hi_box, active, thermal=None
+                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The SQP step ``d``, the model's worst band violation after it, the QP's active set, and
     the band rows active in it (positions in ``vm``) with their Jacobian rows and multipliers.
 
@@ -253,6 +298,10 @@ def _subproblem(hess, chol, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_bo
     ``hess`` must be positive definite, ``chol`` its upper Cholesky factor (or None); ``lin`` is
     the first-order model (scenario ``j`` of it);
     ``active`` ``[N + n_mon]`` warm-starts the QP (DAQP sense flags, see :class:`OpfSolution`).
+    ``thermal``: ``(rows [K, N], room [K])``, linearized loadings that must stay ``≤ room``;
+    when the QP cannot meet them they are dropped and the model's violation comes back
+    negative (the caller replaces it by the current overload). The last element returned is
+    the thermal rows' multipliers ``[K]`` (zeros when dropped).
 
     The band enters by constraint generation without ever forming the whole Jacobian: the QP is
     solved with the rows that were active last time or are out of band now (one adjoint solve
@@ -268,24 +317,34 @@ def _subproblem(hess, chol, grad, lin: FirstOrder, j: int, vm, lo_v, hi_v, lo_bo
     work = np.flatnonzero((warm != 0) | (up_all < 0) | (low_all > 0))
     j_w = lin.voltage_rows(j, work)
     sense_box = active[:n]
+    k_th = 0 if thermal is None else thermal[1].size
     while True:
-        d, sense_out, lam = _qp(hess, grad, j_w, np.concatenate([hi_box, up_all[work]]),
-                                np.concatenate([lo_box, low_all[work]]), np.concatenate([sense_box, warm[work]]),
-                                chol)
+        rows_a, up, lo = j_w, np.concatenate([hi_box, up_all[work]]), np.concatenate([lo_box, low_all[work]])
+        sense = np.concatenate([sense_box, warm[work]])
+        if k_th:
+            rows_a = np.vstack([j_w, thermal[0]])
+            up, lo = np.concatenate([up, thermal[1]]), np.concatenate([lo, np.full(k_th, -1e30)])
+            sense = np.concatenate([sense, np.zeros(k_th, dtype=sense.dtype)])
+        d, sense_out, lam = _qp(hess, grad, rows_a, up, lo, sense, chol)
+        if d is None and k_th:
+            out = _subproblem(hess, chol, grad, lin, j, vm, lo_v, hi_v, lo_box, hi_box, active)
+            return (out[0], -max(out[1], 1e-300), *out[2:6], np.zeros(k_th))
         if d is None:
-            return _subproblem_dense(hess, grad, lin.jacobian(j), vm, lo_v, hi_v, lo_box, hi_box, active)
+            return (*_subproblem_dense(hess, grad, lin.jacobian(j), vm, lo_v, hi_v, lo_box, hi_box, active),
+                    np.zeros(k_th))
         sense_box = sense_out[:n]
         warm = np.zeros_like(warm)
-        warm[work] = sense_out[n:]
+        warm[work] = sense_out[n:n + work.size]
         dv = lin.voltage_change(j, d)
         grown = _with_most_violated(work, np.maximum(dv - up_all, low_all - dv))
         if grown is None:
             break
         work = grown
         j_w = lin.voltage_rows(j, work)
-    lam_rows = lam[n:]
+    lam_rows = lam[n:n + work.size]
     on = np.flatnonzero(lam_rows)
-    return d, 0.0, np.concatenate([sense_box, warm]).astype(np.int32), work[on], j_w[on], lam_rows[on]
+    return (d, 0.0, np.concatenate([sense_box, warm]).astype(np.int32), work[on], j_w[on], lam_rows[on],
+            lam[n + work.size:].copy())
 
 
 def _subproblem_dense(hess, grad, jac, vm, lo_v, hi_v, lo_box, hi_box, active

@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from gridrl.grid.branches import BranchFlows
 from gridrl.grid.inverters import q_avail_mvar
 from gridrl.grid.units import unit_power_factor
 from gridrl.grid.sensitivity import InjectionSensitivity, Linearization, bus_impedance
@@ -71,6 +72,8 @@ class StepPlant:
     load_p_mw, load_q_mvar: ``[B, n_load]``; sgen_p_mw: ``[B, n_sgen]``; q_avail_mvar:
     ``[B, n_inv]`` available reactive power of each inverter (0 for an inverter that is out).
     monitored: ``[n_bus]`` bool, the buses the band applies to; v_min_pu, v_max_pu: the band.
+    tap_pos: ``[B]`` the tap changer's position at this step (given, not optimised), or None for
+        the net's position.
     """
 
     pf: object
@@ -82,6 +85,7 @@ class StepPlant:
     monitored: np.ndarray
     v_min_pu: float
     v_max_pu: float
+    tap_pos: np.ndarray | None = None
 
     @property
     def batch(self) -> int:
@@ -95,7 +99,9 @@ class StepPlant:
         if rows is None:
             rows = np.arange(actions.shape[0])
         q = self.amap.sgen_q_mvar(actions, self.q_avail_mvar[rows], self.sgen_p_mw[rows])
-        return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init)
+        tap = None if self.tap_pos is None else self.tap_pos[rows]
+        return self.pf.solve(self.load_p_mw[rows], self.load_q_mvar[rows], self.sgen_p_mw[rows], q, v_init=v_init,
+                             tap_pos=tap)
 
 
 def plant_from_profiles(feeder, steps, *, pf=None, amap: ActionMap | None = None,
@@ -125,7 +131,7 @@ def plant_from_env(env, pf, amap: ActionMap) -> StepPlant:
     return StepPlant(pf=pf, amap=amap, load_p_mw=pend["load_p_mw"], load_q_mvar=pend["load_q_mvar"],
                      sgen_p_mw=pend["sgen_p_mw"], q_avail_mvar=q_avail,
                      monitored=np.asarray(env.monitored.cpu(), dtype=bool), v_min_pu=env.v_min_pu,
-                     v_max_pu=env.v_max_pu)
+                     v_max_pu=env.v_max_pu, tap_pos=pend.get("tap_pos") if getattr(env, "_avr", False) else None)
 
 
 class PlantDerivatives:
@@ -149,6 +155,9 @@ class PlantDerivatives:
         self._k = sp.csr_matrix(amap.incidence.T)                              # [n_inv, N]
         self._one_each = amap.incidence.shape[0] == amap.incidence.shape[1] and np.array_equal(
             amap.incidence, np.eye(amap.n_agents))
+        # thermal limits: the rated lines and transformers (None on a feeder without ratings)
+        flows = BranchFlows(pf, feeder.net)
+        self.flows = flows if flows.has_ratings else None
 
     @property
     def group(self) -> int:
@@ -215,6 +224,14 @@ class FirstOrder:
         ``step [N]`` (one forward solve)."""
         dq = np.asarray(step, dtype=np.float64)[self.model.amap.agent_of_inverter] * self.q_avail_mvar[j]
         return self.model.sensitivity.voltage_change(self.lin, dq[None], np.array([j]))[0]
+
+    def loading_rows(self, j: int, branches: np.ndarray, rho: float = 1.0) -> np.ndarray:
+        """``[K, N]``: d loading_pct / d a of the rated branches at positions ``branches`` (one
+        adjoint solve each); ``rho``: the scenario's tap factor (see :mod:`gridrl.grid.tapchanger`)."""
+        branches = np.asarray(branches, dtype=np.int64)
+        cols, d_theta, d_vm = self.model.flows.loading_derivatives(self.v[j], branches, rho)
+        per_mvar = self.model.sensitivity.gradient_rows(self.lin, np.full(branches.size, j), cols, d_theta, d_vm)
+        return self.model._per_agent(per_mvar * self.q_avail_mvar[j])
 
     def jacobian(self, j: int) -> np.ndarray:
         """``[n_mon, N]``: the whole d vm_pu / d a (one solve per inverter)."""

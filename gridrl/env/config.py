@@ -17,6 +17,7 @@ from typing import Literal
 Barrier = Literal["l1", "l2", "bowl", "courant_beltrami"]
 ZoneLayout = Literal["pad", "pool"]
 DaySampling = Literal["random", "cycle"]
+TapControl = Literal["avr", "fixed"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,22 @@ class EnvConfig:
             given to ``make_env``): ``"random"`` draws uniformly with replacement (seeded);
             ``"cycle"`` hands out the pool's days in order, the k-th episode started (counting
             scenarios in batch order) getting ``pool[k % len(pool)]``.
+
+    Substation tap changer (see :mod:`gridrl.grid.tapchanger`; feeders with an HV/MV
+    transformer at the slack: mv-rural, mv-urban, mvlv-rural)
+        tap_control: ``"avr"``: the transformer's on-load tap changer regulates the voltage of its
+            MV busbar (automatic voltage regulation, below); ``"fixed"``: the tap stays where the
+            net puts it (mv-urban: −1, the others: 0), as a tap changer out of service.
+        source_regulator: give a feeder without a substation transformer (the IEEE cases) an
+            ideal step-voltage regulator at its source bus (±10 % in 32 steps of 0.625 %,
+            IEEE Std C57.15), controlled like the tap changer. Off: the source is a stiff grid.
+        avr_v_set_pu: the regulated busbar's voltage setpoint.
+        avr_deadband_pu: half-width of the deadband around the setpoint; must exceed half a tap
+            step, else the tap hunts (SimBench's 1.5 % steps: > 0.0075).
+        avr_delay_steps: environment steps the busbar voltage must stay outside the deadband
+            before the tap moves one step toward the setpoint (1: the deviation measured after
+            step t moves the tap for step t + 1). The tap then waits again: at most one tap
+            operation per ``avr_delay_steps`` steps.
 
     Reward (each agent's local reward is minus a cost; summed over agents it is the global one)
         barrier: voltage barrier applied to each monitored bus of the agent's zone and summed
@@ -102,6 +119,12 @@ class EnvConfig:
     step_minutes: int = 15
     day_sampling: DaySampling = "random"
 
+    tap_control: TapControl = "avr"
+    source_regulator: bool = False
+    avr_v_set_pu: float = 1.0
+    avr_deadband_pu: float = 0.01
+    avr_delay_steps: int = 1
+
     barrier: Barrier = "bowl"
     voltage_weight: float = 1.0
     loss_weight_per_mw: float = 1.0
@@ -147,6 +170,14 @@ class EnvConfig:
                      "divergence_penalty", "forecast_noise_rel", "sensor_noise_pu"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.tap_control not in ("avr", "fixed"):
+            problems.append(f"tap_control must be 'avr' or 'fixed', got {self.tap_control!r}")
+        if not (isinstance(self.avr_v_set_pu, int | float) and 0.8 < self.avr_v_set_pu < 1.2):
+            problems.append(f"avr_v_set_pu must lie in (0.8, 1.2), got {self.avr_v_set_pu!r}")
+        if not (isinstance(self.avr_deadband_pu, int | float) and 0.0 < self.avr_deadband_pu < 0.1):
+            problems.append(f"avr_deadband_pu must lie in (0, 0.1), got {self.avr_deadband_pu!r}")
+        if not (isinstance(self.avr_delay_steps, int) and self.avr_delay_steps >= 1):
+            problems.append(f"avr_delay_steps must be an integer ≥ 1, got {self.avr_delay_steps!r}")
         if self.forecast_steps < 0:
             problems.append(f"forecast_steps must be ≥ 0, got {self.forecast_steps}")
         for name in ("message_dropout", "outage_prob"):

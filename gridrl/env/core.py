@@ -12,7 +12,22 @@ One step of scenario b at profile time t:
    ``a``; an inverter that is out stays at 0);
 3. the power flow of time t is solved for all scenarios at once, warm-started from the
    previous step's solution;
-4. observations, local rewards and global metrics of *that* solution are returned.
+4. observations, local rewards and global metrics of *that* solution are returned;
+5. the substation's tap changer, if the feeder has one (see below), reacts to that solution.
+
+The tap changer. mv-rural, mv-urban and mvlv-rural have an HV/MV transformer at the slack
+with an on-load tap changer (:mod:`gridrl.grid.tapchanger`); an IEEE feeder gets an ideal
+source regulator with ``EnvConfig.source_regulator``. With ``tap_control = "avr"`` (the
+default) an automatic voltage regulator holds the transformer's MV busbar at ``avr_v_set_pu``
+± ``avr_deadband_pu``: after each solved step it compares the busbar's voltage with the band and,
+once the voltage has been outside for ``avr_delay_steps`` consecutive steps, moves the tap one
+step toward the setpoint for the *next* step. The tap position is therefore part of the
+environment's state, per scenario: it starts each episode where the AVR settles under the
+pre-episode operating point, it is in ``info["tap_pos"]``, in ``pending()`` and used by
+``peek`` (so droop's fixed point and the OPF see the tap the step will have: for them it is
+given, not a decision), and its moves count as ``tap_operations``. The agents' observations
+do not include it: an inverter does not see the substation's tap, only its effect on the
+voltages it measures. ``tap_control = "fixed"`` leaves the tap where the net puts it.
 
 Sign conventions are pandapower's: inverter (sgen) ``q_mvar > 0`` injects reactive power and
 raises voltage; loads consume positive ``p_mw``/``q_mvar``. A bus's net ``p_mw``/``q_mvar`` in
@@ -47,6 +62,7 @@ import torch
 from gridrl.env.config import EnvConfig
 from gridrl.env.rewards import barrier
 from gridrl.errors import GridrlError
+from gridrl.grid.branches import BranchFlows
 from gridrl.grid.inverters import q_avail_mvar
 from gridrl.grid.units import unit_power_factor
 from gridrl.threads import apply_torch
@@ -56,10 +72,14 @@ _INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
               "out_of_band_share": ("b", "f"), "dv_mean_pu": ("b", "f"), "dv_max_pu": ("b", "f"),
               "loss_mw": ("b", "f"), "q_abs_mvar": ("b", "f"), "vm_pu": ("bus", "f"),
               "q_mvar": ("inv", "f"), "zone_loss_mw": ("bn", "f"), "reward_voltage": ("bn", "f"),
-              "reward_loss": ("bn", "f"), "reward_q": ("bn", "f")}
+              "reward_loss": ("bn", "f"), "reward_q": ("bn", "f"), "tap_pos": ("b", "f"),
+              "line_loss_mw": ("b", "f"), "trafo_load_loss_mw": ("b", "f"),
+              "trafo_noload_loss_mw": ("b", "f"), "max_loading_pct": ("b", "f"),
+              "overloaded_branches": ("b", "f")}
 
 _EPISODE_KEYS = ("steps", "controllable_rate", "energy_loss_mwh", "violation_bus_hours",
-                 "q_energy_mvarh", "return", "diverged", "day")
+                 "q_energy_mvarh", "return", "diverged", "day", "line_loss_mwh", "trafo_load_loss_mwh",
+                 "trafo_noload_loss_mwh", "overload_branch_hours", "max_loading_pct", "tap_operations")
 
 
 class EnvError(GridrlError, ValueError):
@@ -138,6 +158,8 @@ class VoltageControlEnv:
         self._pf = feeder.power_flow()
         self._build_maps(feeder, net)
         self._branch_model()
+        self._flows = BranchFlows(self._pf, net)
+        self._build_tap_changer(cfg)
         self._build_time(feeder, cfg)
         self._build_obs_layout(cfg)
         self.reset(seed=seed)
@@ -262,6 +284,20 @@ class VoltageControlEnv:
         self._sh_pos, self._sh_agent = i(sh_pos[sh_keep]), i(ba[sh_pos[sh_keep]])
         self._sh_g = torch.as_tensor(sh_g[sh_keep] * base_mva, dtype=torch.float64)
 
+    def _build_tap_changer(self, cfg: EnvConfig) -> None:
+        """The substation tap changer (or, if asked, a source regulator) and its AVR."""
+        tc = self._pf.tap_changer
+        if tc.kind == "regulator" and not cfg.source_regulator:
+            tc = None
+        self.tap_changer = tc
+        self._avr = tc is not None and cfg.tap_control == "avr"
+        if tc is None:
+            return
+        self._tap_bus = int(np.flatnonzero(self.bus_index == tc.bus)[0])
+        if self._avr and not cfg.avr_deadband_pu > tc.step_pu / 2:
+            raise EnvError(f"avr_deadband_pu ({cfg.avr_deadband_pu}) must exceed half a tap step "
+                           f"({tc.step_pu / 2:g} p.u. on {self.feeder.name!r}), else the tap hunts")
+
     def _build_time(self, feeder, cfg: EnvConfig) -> None:
         prof = feeder.profiles
         self._prof = prof
@@ -381,7 +417,8 @@ class VoltageControlEnv:
     # physics
     # ---------------------------------------------------------------------------------------
     def _solve(self, exo: dict, q_inv: torch.Tensor, v_init) -> dict:
-        """Power flow of the scenarios in ``exo`` with inverter reactive power ``q_inv``.
+        """Power flow of the scenarios in ``exo`` with inverter reactive power ``q_inv``, the tap
+        changer at ``exo["tap_pos"]`` (``[n]``; absent: the net's position).
 
         Adds ``sgen_q_mvar`` to ``exo``. Scenarios that did not converge carry NaN voltages,
         angles and losses; they never raise.
@@ -389,10 +426,14 @@ class VoltageControlEnv:
         sgen_q = self._sgen_q_fixed + exo["sgen_p_mw"] * self._sgen_q_per_mw
         sgen_q[:, self.inverter_sgen_pos] = q_inv
         exo["sgen_q_mvar"] = sgen_q
+        if self._avr and "tap_pos" not in exo:
+            # every solve of a feeder under AVR must say at which tap (the scenarios' state)
+            raise RuntimeError("_solve needs exo['tap_pos'] (the rows' self._tap) when the tap changer regulates")
+        tap = exo["tap_pos"] if self._avr else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,
-                                 v_init=v_init)
+                                 v_init=v_init, tap_pos=tap)
         ok = torch.as_tensor(res.converged, dtype=torch.bool)
         vm = torch.as_tensor(res.vm_pu, dtype=torch.float64)
         va = torch.as_tensor(res.va_degree, dtype=torch.float64)
@@ -494,6 +535,9 @@ class VoltageControlEnv:
         self._obs = torch.zeros(B, self.n_agents, self.obs_dim, dtype=torch.float32)
         self._v = None
         self._acc = {k: torch.zeros(B, dtype=torch.float64) for k in _EPISODE_KEYS}
+        tc = self.tap_changer
+        self._tap = torch.full((B,), tc.tap_pos0 if tc is not None else 0, dtype=torch.int64)
+        self._tap_wait = torch.zeros(B, dtype=torch.int64)
         self._start_episodes(torch.arange(B), days)
         return self._out(self._obs.clone())
 
@@ -535,11 +579,84 @@ class VoltageControlEnv:
         g = self._fine_index(-1)[r]
         exo = self._exogenous(g)
         q_inv = torch.zeros(n, self.n_inverters, dtype=torch.float64)
-        sol = self._solve(exo, q_inv, None)
+        sol = self._settle_tap(rows, exo, q_inv)
         vm = torch.where(sol["converged"][:, None], sol["vm_pu"], 1.0)
         self._store(rows, exo, q_inv, vm, g)
         self._store_v(rows, sol)
         self._obs[rows] = self._observe(rows)
+
+    def _settle_tap(self, rows: torch.Tensor, exo: dict, q_inv: torch.Tensor) -> dict:
+        """Solve the state before an episode's first action with the tap where the AVR has had
+        time to bring it (the substation regulates around the clock): from the net's position,
+        the tap moves by the whole steps the busbar's deviation asks for until the busbar is in
+        its deadband or the tap at its limit. Without AVR, the net's position."""
+        tc = self.tap_changer
+        tap = torch.full((len(rows),), tc.tap_pos0 if tc is not None else 0, dtype=torch.int64)
+        self._tap[rows] = tap
+        self._tap_wait[rows] = 0
+        exo["tap_pos"] = tap
+        sol = self._solve(exo, q_inv, None)
+        if not self._avr:
+            return sol
+        cfg = self.config
+        for _ in range(8):
+            dev = sol["vm_pu"][:, self._tap_bus] - cfg.avr_v_set_pu
+            out = sol["converged"] & (dev.abs() > cfg.avr_deadband_pu)
+            steps = torch.clamp(torch.round(dev.abs() / tc.step_pu), min=1).to(torch.int64)
+            new = tap + torch.where(out, -torch.sign(dev).to(torch.int64) * tc.raise_sign * steps, 0)
+            new = new.clamp(tc.tap_min, tc.tap_max)
+            if torch.equal(new, tap):
+                break
+            tap = new
+            exo["tap_pos"] = tap
+            sol = self._solve(exo, q_inv, sol["v"])
+        self._tap[rows] = tap
+        return sol
+
+    def _avr_step(self, rows: torch.Tensor, full: bool, vm: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        """The AVR after a solved step: count the steps the busbar has been outside the
+        deadband; after ``avr_delay_steps`` of them move the tap one step toward the setpoint
+        (for the next step). Returns ``[n]`` float: 1 where the tap moved."""
+        cfg, tc = self.config, self.tap_changer
+        tap = self._tap if full else self._tap[rows]
+        dev = vm[:, self._tap_bus] - cfg.avr_v_set_pu
+        out = ok & (dev.abs() > cfg.avr_deadband_pu)
+        wait = torch.where(out, (self._tap_wait if full else self._tap_wait[rows]) + 1, 0)
+        move = wait >= cfg.avr_delay_steps
+        # a tap moves toward the setpoint: down when the busbar is high (HV taps: up)
+        direction = torch.where(dev > 0, -1, 1) * tc.raise_sign
+        new = torch.where(move, tap + direction, tap).clamp(tc.tap_min, tc.tap_max)
+        wait = torch.where(move, 0, wait)
+        if full:
+            self._tap, self._tap_wait = new, wait
+        else:
+            self._tap[rows], self._tap_wait[rows] = new, wait
+        return (new != tap).to(torch.float64)
+
+    def _branch_metrics(self, sol: dict, tap: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Loss split and branch loading of a solved batch (see :mod:`gridrl.grid.branches`)."""
+        v = sol["v"].numpy()
+        n = v.shape[0]
+        fl = self._flows
+        if fl.has_trafos:
+            load_mw, noload_mw = fl.transformer_losses(v)
+            load_mw, noload_mw = torch.from_numpy(load_mw), torch.from_numpy(noload_mw)
+        else:
+            load_mw = noload_mw = torch.zeros(n, dtype=torch.float64)
+        out = {"line_loss_mw": sol["loss_mw"] - load_mw - noload_mw, "trafo_load_loss_mw": load_mw,
+               "trafo_noload_loss_mw": noload_mw}
+        if fl.has_ratings:
+            rho = None if tap is None else self.tap_changer.ratio(tap.numpy())
+            loading = fl.loading_pct(v, rho)
+            out["max_loading_pct"] = torch.from_numpy(loading.max(axis=1, initial=0.0))
+            out["overloaded_branches"] = torch.from_numpy((loading > 100.0).sum(axis=1).astype(np.float64))
+        else:
+            out["max_loading_pct"] = torch.full((n,), torch.nan, dtype=torch.float64)
+            out["overloaded_branches"] = torch.zeros(n, dtype=torch.float64)
+        if not bool(sol["converged"].all()):
+            bad = ~sol["converged"]
+            out = {k: torch.where(bad, torch.nan, x) for k, x in out.items()}
+        return out
 
     def _store(self, rows: torch.Tensor, exo: dict, q_inv: torch.Tensor, vm: torch.Tensor,
                g: np.ndarray) -> None:
@@ -658,7 +775,11 @@ class VoltageControlEnv:
         before weights), ``outage [B, N]``, ``message_mask [B, N, N]`` (``[b, i, j]``: a
         message from j reaches i at this step; always True for i = j, False off the agent
         graph; without message dropout a broadcast view of one ``[N, N]`` copy, so clone it
-        before writing into it), ``step``, ``day`` and, when some episode ended at this step,
+        before writing into it), ``tap_pos`` (the tap changer's position during the step; NaN
+        without one), the loss split ``line_loss_mw``, ``trafo_load_loss_mw``,
+        ``trafo_noload_loss_mw`` (they sum to ``loss_mw``), ``max_loading_pct`` (NaN on a feeder
+        without branch ratings) and ``overloaded_branches`` (rated branches above 100 %),
+        ``step``, ``day`` and, when some episode ended at this step,
         ``episode`` (a dict of ``[B]`` aggregates, NaN for scenarios that did not end; see
         :meth:`episode_metrics`). Per-step metrics of an inactive or diverged scenario are NaN
         (False for flags).
@@ -711,9 +832,14 @@ class VoltageControlEnv:
         q_avail = exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"])
         q_inv = self._inverter_q(a, q_avail, self._outage if full else self._outage[rows])
         v_init = None if self._v is None else (self._v if full else self._v[rows])
+        tap = None
+        if self.tap_changer is not None:
+            tap = exo["tap_pos"] = self._tap.clone() if full else self._tap[rows]
         sol = self._solve(exo, q_inv, v_init)
         ok, vm = sol["converged"], sol["vm_pu"]
         all_ok = bool(ok.all())
+        flows = self._branch_metrics(sol, tap if self._avr else None)
+        tap_ops = self._avr_step(rows, full, vm, ok) if self._avr else torch.zeros(len(rows), dtype=torch.float64)
 
         # global metrics over monitored buses (NaN for a diverged scenario; flags False)
         vm_t = vm.T.contiguous()  # bus-major: row gathers are fast
@@ -750,13 +876,25 @@ class VoltageControlEnv:
         acc, h = self._acc, self.step_hours
         loss0 = sol["loss_mw"] if all_ok else torch.nan_to_num(sol["loss_mw"])
         n_out0 = n_out if all_ok else torch.where(ok, n_out, 0.0)
+        fl0 = flows if all_ok else {k: torch.nan_to_num(x) for k, x in flows.items()}
         for key, val in (("steps", 1.0), ("controllable_rate", controllable.to(torch.float64)),
                          ("energy_loss_mwh", loss0 * h), ("violation_bus_hours", n_out0 * h),
-                         ("q_energy_mvarh", q_abs.sum(1) * h), ("return", reward.sum(1))):
+                         ("q_energy_mvarh", q_abs.sum(1) * h), ("return", reward.sum(1)),
+                         ("line_loss_mwh", fl0["line_loss_mw"] * h),
+                         ("trafo_load_loss_mwh", fl0["trafo_load_loss_mw"] * h),
+                         ("trafo_noload_loss_mwh", fl0["trafo_noload_loss_mw"] * h),
+                         ("overload_branch_hours", fl0["overloaded_branches"] * h),
+                         ("tap_operations", tap_ops)):
             if full:
                 acc[key] += val
             else:
                 acc[key][rows] += val
+        peak = torch.maximum(acc["max_loading_pct"] if full else acc["max_loading_pct"][rows],
+                             fl0["max_loading_pct"])
+        if full:
+            acc["max_loading_pct"] = peak
+        else:
+            acc["max_loading_pct"][rows] = peak
         if not all_ok:
             acc["diverged"][rows[~ok]] = 1.0
 
@@ -768,7 +906,9 @@ class VoltageControlEnv:
                 "out_of_band_share": share, "dv_mean_pu": dev.mean(0), "dv_max_pu": dev.amax(0),
                 "loss_mw": sol["loss_mw"], "q_abs_mvar": q_abs.sum(1),
                 "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv,
-                "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l.clone(), "reward_q": r_q}
+                "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l.clone(), "reward_q": r_q,
+                "tap_pos": (torch.full((len(rows),), torch.nan, dtype=torch.float64) if tap is None
+                            else tap.to(torch.float64)), **flows}
 
     def _message_mask(self) -> torch.Tensor:
         B, N = self.num_envs, self.n_agents
@@ -787,10 +927,16 @@ class VoltageControlEnv:
         a diverged step counts as not controllable), ``energy_loss_mwh``,
         ``violation_bus_hours`` (monitored buses out of band × hours), ``q_energy_mvarh``
         (Σ|q|·h), ``return`` (sum over steps and agents of the local rewards), ``diverged``
-        (1.0 if the episode ended on a diverged power flow) and ``day``.
+        (1.0 if the episode ended on a diverged power flow) and ``day``; the energy loss split
+        into ``line_loss_mwh``, ``trafo_load_loss_mwh`` and ``trafo_noload_loss_mwh``;
+        ``max_loading_pct`` (highest loading of any rated branch; NaN on a feeder without
+        ratings), ``overload_branch_hours`` (rated branches above 100 % × hours) and
+        ``tap_operations`` (moves of the tap changer, 0 without one).
         """
         out = {k: v.clone() for k, v in self._acc.items()}
         out["controllable_rate"] = out["controllable_rate"] / out["steps"].clamp(min=1.0)
+        if not self._flows.has_ratings:
+            out["max_loading_pct"] = torch.full_like(out["max_loading_pct"], torch.nan)
         return {k: self._out(v) for k, v in out.items()}
 
     def pending(self) -> dict[str, torch.Tensor]:
@@ -800,7 +946,9 @@ class VoltageControlEnv:
         ``load_p_mw``, ``load_q_mvar`` ``[B, n_load]`` (net.load order), ``sgen_p_mw``
         ``[B, n_sgen]`` (net.sgen order), ``pv_p_mw``, ``q_avail_mvar`` ``[B, n_inverter]``
         (feeder.inverters order), ``s_max_mva [n_inverter]``, ``outage [B, N]`` (agents whose
-        inverters are stuck at 0), ``step [B]`` (index within the episode), ``hour [B]``.
+        inverters are stuck at 0), ``step [B]`` (index within the episode), ``hour [B]`` and,
+        on a feeder with an active tap changer, ``tap_pos [B]`` (the position the step will be
+        solved at: the tap is given to controllers, never chosen by them).
         Finished scenarios report the step after their last one (it is never taken).
         """
         g = self._fine_index()
@@ -810,6 +958,8 @@ class VoltageControlEnv:
         exo["outage"] = self._outage.clone()
         exo["step"] = self._k.clone()
         exo["hour"] = torch.as_tensor((g % self.steps_per_day) * self.step_hours)
+        if self.tap_changer is not None:
+            exo["tap_pos"] = self._tap.clone()
         return {k: self._out(v) for k, v in exo.items()}
 
     def peek(self, actions=None, *, q_mvar=None, v_init=None) -> dict[str, torch.Tensor]:
@@ -840,6 +990,7 @@ class VoltageControlEnv:
             q = torch.maximum(torch.minimum(q, q_avail), -q_avail)
             out = self._outage if self._one_to_one else self._outage[:, self.inverter_agent]
             q_inv = torch.where(out, 0.0, q)
+        exo["tap_pos"] = self._tap
         sol = self._solve(exo, q_inv, self._v if v_init is None else v_init)
         res = {"vm_pu": sol["vm_pu"], "va_degree": sol["va_degree"], "loss_mw": sol["loss_mw"],
                "converged": sol["converged"], "q_mvar": q_inv, "q_avail_mvar": q_avail,

@@ -1,5 +1,7 @@
 """A feeder as a picture: buses coloured by agent zone, inverters marked, branches and the agent
-graph drawn, buses labelled on hover and, once zoomed in far enough, on the map itself.
+graph drawn, buses labelled on hover and on the map: every bus where there are few enough,
+otherwise the agents' buses and the substation, and every bus in view once zoomed in far enough.
+Each label sits beside its marker, on the side where it covers no other label or marker.
 
 Bus positions come from the net's geodata where every energized bus has it, otherwise from a
 tree layout of the feeder (depth from the substation across, leaves spread down). Zone colours
@@ -18,31 +20,35 @@ import plotly.graph_objects as go
 from gridrl.grid.feeder import Feeder
 
 
-__all__ = ["ZOOM_LABELS_JS", "bus_labels", "bus_positions", "feeder_map", "zone_colors"]
+__all__ = ["ZOOM_LABELS_JS", "bus_labels", "bus_positions", "feeder_map", "label_sides", "zone_colors"]
 
 # distinct hues, none grey or black (branches and the substation are)
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
             "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e7ba52"]
 
-#: Bus labels appear on a map once no more than ``max`` of them are in view (plotly post-script;
-#: ``{plot_id}`` is filled in by plotly). The label positions travel in ``layout.meta.zoom_labels``.
+#: Bus labels on a map: every bus in view once no more than ``max`` are in view, else the
+#: ``always`` ones in view (the agents' buses and the substation) if no more than ``max``. Plotly post-script (``{plot_id}`` is
+#: filled in by plotly); the labels, their sides and marker sizes travel in ``layout.meta.zoom_labels``.
 ZOOM_LABELS_JS = """
 (function () {
   var gd = document.getElementById('{plot_id}');
   var m = gd && gd.layout.meta && gd.layout.meta.zoom_labels;
   if (!m) { return; }
+  var always = {};
+  (m.always || []).forEach(function (i) { always[i] = true; });
   function update() {
     var xr = gd._fullLayout.xaxis.range, yr = gd._fullLayout.yaxis.range;
     var x0 = Math.min(xr[0], xr[1]), x1 = Math.max(xr[0], xr[1]);
     var y0 = Math.min(yr[0], yr[1]), y1 = Math.max(yr[0], yr[1]);
-    var xs = [], ys = [], ts = [];
+    var inView = [];
     for (var i = 0; i < m.x.length; i++) {
-      if (m.x[i] >= x0 && m.x[i] <= x1 && m.y[i] >= y0 && m.y[i] <= y1) {
-        xs.push(m.x[i]); ys.push(m.y[i]); ts.push(m.text[i]);
-      }
+      if (m.x[i] >= x0 && m.x[i] <= x1 && m.y[i] >= y0 && m.y[i] <= y1) { inView.push(i); }
     }
-    var show = xs.length <= m.max;
-    Plotly.restyle(gd, {x: [show ? xs : []], y: [show ? ys : []], text: [show ? ts : []]}, [m.trace]);
+    var few = inView.filter(function (i) { return always[i]; });
+    var show = inView.length <= m.max ? inView : (few.length <= m.max ? few : []);
+    function pick(a) { return show.map(function (i) { return a[i]; }); }
+    Plotly.restyle(gd, {x: [pick(m.x)], y: [pick(m.y)], text: [pick(m.text)], textposition: [pick(m.position)],
+                        'marker.size': [pick(m.size)]}, [m.trace]);
   }
   gd.on('plotly_relayout', update);
   update();
@@ -166,8 +172,10 @@ def bus_labels(feeder: Feeder) -> dict[int, str]:
 
 def feeder_map(feeder: Feeder, *, max_labels: int = 80) -> go.Figure:
     """Plotly figure of the feeder: zones coloured (neighbours differ), inverters as stars, the
-    substation a square, the agent graph's edges dashed; buses named on hover, and on the map
-    once at most ``max_labels`` are in view (write it with :data:`ZOOM_LABELS_JS` as post-script)."""
+    substation a square, the agent graph's edges dashed; buses named on hover and on the map:
+    all of them when at most ``max_labels`` are in view, else the agents' buses and the
+    substation when at most that many of those are (write it with :data:`ZOOM_LABELS_JS` as
+    post-script)."""
     net = feeder._net
     pos = bus_positions(feeder)
     ex, ey = [], []
@@ -197,15 +205,16 @@ def feeder_map(feeder: Feeder, *, max_labels: int = 80) -> go.Figure:
     zone = feeder.bus_zone.loc[buses]
     name = bus_labels(feeder)
     labels = [name[b] for b in buses]
+    bus_size, star_size, slack_size = (6 if not big else 4), (13 if len(inv) <= 40 else 8), 14
     fig.add_trace(scatter(
         x=[pos[b][0] for b in buses], y=[pos[b][1] for b in buses], mode="markers",
-        marker=dict(size=6 if not big else 4, color=[colour.get(z, "#000000") for z in zone]),
+        marker=dict(size=bus_size, color=[colour.get(z, "#000000") for z in zone]),
         text=[f"{lab} (index {b}, {net.bus.vn_kv.at[b]:g} kV), zone of agent {z}"
               for lab, b, z in zip(labels, buses, zone)],
         hoverinfo="text", name="buses (colour = agent zone)"))
     fig.add_trace(scatter(
         x=[pos[b][0] for b in inv.bus], y=[pos[b][1] for b in inv.bus], mode="markers",
-        marker=dict(symbol="star", size=13 if len(inv) <= 40 else 8, color=[colour[a] for a in inv.agent],
+        marker=dict(symbol="star", size=star_size, color=[colour[a] for a in inv.agent],
                     line=dict(color="black", width=1)),
         text=[f"agent {a}: {(feeder.inverters.agent == a).sum()} inverter(s), "
               f"{feeder.inverters.p_peak_mw[feeder.inverters.agent == a].sum():.3f} MW peak"
@@ -214,16 +223,89 @@ def feeder_map(feeder: Feeder, *, max_labels: int = 80) -> go.Figure:
     slack = int(net.ext_grid.bus[net.ext_grid.in_service].iloc[0])
     if slack in pos:
         fig.add_trace(go.Scatter(x=[pos[slack][0]], y=[pos[slack][1]], mode="markers",
-                                 marker=dict(symbol="square", size=14, color="black"),
+                                 marker=dict(symbol="square", size=slack_size, color="black"),
                                  name="substation (slack)", hoverinfo="name"))
-    fig.add_trace(go.Scatter(x=[], y=[], mode="text", text=[], textposition="top center", hoverinfo="skip",
-                             textfont=dict(size=10, color="#222222"), name="bus labels (zoom in)", showlegend=False))
+    # the labels: text beside an invisible marker as large as the bus's own, so that no label sits on a marker
+    agent_buses = set(int(b) for b in inv.bus)
+    size = [slack_size if b == slack else (star_size if b in agent_buses else bus_size) for b in buses]
+    always = [k for k, b in enumerate(buses) if b == slack or b in agent_buses]
+    x_range, y_range = _padded_range([pos[b][0] for b in buses]), _padded_range([pos[b][1] for b in buses])
+    extent = [1.35 * z if b in agent_buses and b != slack else z for z, b in zip(size, buses)]  # a star's tips
+    sides = label_sides([pos[b] for b in buses], labels, extent, x_range=x_range, y_range=y_range,
+                        first=always, all_of_them=len(buses) <= 600)
+    fig.add_trace(go.Scatter(x=[], y=[], mode="markers+text", text=[], textposition=[], hoverinfo="skip",
+                             marker=dict(size=[], opacity=0), cliponaxis=False,
+                             textfont=dict(size=_LABEL_FONT_PX, color="#222222"), name="bus labels",
+                             showlegend=False))
     s = feeder.summary()
+    hint = ("" if len(buses) <= max_labels else "<br><sup>agents' buses labelled; zoom in to label every bus</sup>"
+            if len(always) <= max_labels else "<br><sup>zoom in to label the buses</sup>")
     fig.update_layout(
         title=f"{feeder.name}: {s['buses']} buses, {s['agents']} agents, PV {s['pv_peak_mw']} MW peak "
-              f"({s['pv_to_load']}× load)",
-        template="plotly_white", height=700, xaxis=dict(visible=False), yaxis=dict(visible=False),
-        legend=dict(orientation="h"), hovermode="closest",
-        meta={"zoom_labels": {"trace": len(fig.data) - 1, "max": int(max_labels),
-                              "x": [pos[b][0] for b in buses], "y": [pos[b][1] for b in buses], "text": labels}})
+              f"({s['pv_to_load']}× load){hint}",
+        template="plotly_white", height=_MAP_HEIGHT_PX, margin=_MAP_MARGIN_PX,
+        xaxis=dict(visible=False, range=x_range), yaxis=dict(visible=False, range=y_range),
+        legend=dict(orientation="h", y=-0.01, yanchor="top"), hovermode="closest",
+        meta={"zoom_labels": {"trace": len(fig.data) - 1, "max": int(max_labels), "always": always,
+                              "x": [pos[b][0] for b in buses], "y": [pos[b][1] for b in buses], "text": labels,
+                              "position": sides, "size": size}})
     return fig
+
+
+# The map's geometry as label placement assumes it: a figure at least this wide (a wider one only
+# spreads the buses further apart), this tall, these margins.
+_MAP_WIDTH_PX, _MAP_HEIGHT_PX = 900, 700
+_MAP_MARGIN_PX = dict(l=20, r=20, t=80, b=70)
+_LABEL_FONT_PX = 10
+_SIDES = ("top center", "bottom center", "middle right", "middle left",
+          "top right", "top left", "bottom right", "bottom left")
+
+
+def _padded_range(values: list[float], pad: float = 0.06) -> list[float]:
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return [lo - pad * span, hi + pad * span]
+
+
+def label_sides(points: list[tuple[float, float]], texts: list[str], marker_px: list[float], *,
+                x_range: list[float], y_range: list[float], first: list[int] = (),
+                all_of_them: bool = True) -> list[str]:
+    """For each point's label, the side of its marker (a plotly ``textposition``) where it covers
+    no other label or marker, on the map drawn at its smallest assumed size: greedily, the
+    ``first`` points' labels first (those shown at full view), then the rest (shown once zoomed
+    in, where there is more room); where every side is taken, the side that covers least.
+    ``marker_px``: each marker's width as drawn; ``all_of_them=False`` places only the ``first``
+    (a big feeder; the rest go on top)."""
+    w = _MAP_WIDTH_PX - _MAP_MARGIN_PX["l"] - _MAP_MARGIN_PX["r"]
+    h = _MAP_HEIGHT_PX - _MAP_MARGIN_PX["t"] - _MAP_MARGIN_PX["b"]
+    xy = np.array(points, dtype=float).reshape(-1, 2)
+    px = (xy[:, 0] - x_range[0]) / (x_range[1] - x_range[0]) * w
+    py = (y_range[1] - xy[:, 1]) / (y_range[1] - y_range[0]) * h  # screen y grows downwards
+    r = np.asarray(marker_px, dtype=float) / 2
+    markers = np.stack([px - r, py - r, px + r, py + r], axis=1)
+    placed = np.zeros((0, 4))
+    sides = ["top center"] * len(points)
+    order = list(first) + ([k for k in range(len(points)) if k not in set(first)] if all_of_them else [])
+    line, gap = 1.25 * _LABEL_FONT_PX, 2.0
+    for k in order:
+        tw = 0.6 * _LABEL_FONT_PX * len(texts[k])
+        d = r[k] + gap
+        boxes = {"top center": (-tw / 2, -d - line), "bottom center": (-tw / 2, d),
+                 "middle right": (d, -line / 2), "middle left": (-d - tw, -line / 2),
+                 "top right": (0.7 * d, -0.7 * d - line), "top left": (-0.7 * d - tw, -0.7 * d - line),
+                 "bottom right": (0.7 * d, 0.7 * d), "bottom left": (-0.7 * d - tw, 0.7 * d)}
+        others = np.concatenate([np.delete(markers, k, axis=0), placed])
+        best, best_cover = "top center", np.inf
+        for side in _SIDES:
+            dx, dy = boxes[side]
+            box = np.array([px[k] + dx, py[k] + dy, px[k] + dx + tw, py[k] + dy + line])
+            ox = np.clip(np.minimum(others[:, 2], box[2]) - np.maximum(others[:, 0], box[0]), 0, None)
+            oy = np.clip(np.minimum(others[:, 3], box[3]) - np.maximum(others[:, 1], box[1]), 0, None)
+            cover = float((ox * oy).sum())
+            if cover < best_cover:
+                best, best_cover, best_box = side, cover, box
+            if cover == 0:
+                break
+        sides[k] = best
+        placed = np.vstack([placed, best_box])
+    return sides

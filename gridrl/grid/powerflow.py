@@ -23,6 +23,16 @@ on the rest of its batch. Scenarios the fixed point cannot solve (heavily stress
 retried with Newton–Raphson on the same ``Ybus``; those that still fail come back with
 ``converged=False``, the rest of the batch solved.
 
+Tap changer. ``BatchedPowerFlow.tap_changer`` is the substation transformer's on-load tap
+changer when the slack reaches the network through it alone (mv-rural, mv-urban, mvlv-rural),
+else an ideal source regulator (:mod:`gridrl.grid.tapchanger`). ``solve(..., tap_pos=[B])``
+solves each scenario at its own tap without recompiling: a tap is exactly a factor ``ρ`` on the
+slack voltage as the network sees it, so the kernel scales the no-load voltage per scenario.
+Behind a regulated transformer the HV (slack) bus still reports the slack voltage; the result's
+``v`` keeps ``ρ·V_s`` there, consistent with the branch model compiled at the net's tap (losses,
+currents and sensitivities computed from ``v`` are those of the real tap).
+``tests/test_tapchanger.py`` checks random taps against pandapower.
+
 Sign conventions: loads consume (positive ``load_p_mw`` draws power), static generators inject
 (positive ``sgen_q_mvar`` raises voltage). All powers are the elements' actual powers: element
 ``scaling`` columns in the net are *not* re-applied.
@@ -122,6 +132,8 @@ class PowerFlowResult:
     iterations: ``[B]`` int, fixed-point iterations plus Newton–Raphson iterations if the
         scenario needed the fallback.
     v: ``[B, n_bus]`` complex voltages (p.u.), same order; pass as ``v_init`` to warm-start.
+        Behind a regulated substation transformer the slack bus holds ``ρ·V_s`` here (see the
+        module docstring), ``vm_pu``/``va_degree`` its true voltage.
     p_slack_mw, q_slack_mvar: ``[B]`` total injection of the ext_grid(s), generator convention.
         Power balance: ``p_slack_mw = Σ load_p_mw − Σ sgen_p_mw + loss_mw`` (+ bus shunts and
         other constant injections of the net, if it has any).
@@ -145,12 +157,15 @@ class BranchModel:
     base_mva: the system base.
     bus_lookup: pandapower bus index → ppc bus row (``net._pd2ppc_lookups["bus"]``).
     n_ppc_bus: rows of the ppc bus table.
+    element_ranges: element table → ``(first, end)`` rows of its branches
+        (``net._pd2ppc_lookups["branch"]``, e.g. ``{"line": (0, 147), "trafo": (147, 149)}``).
     """
 
     branch: np.ndarray
     base_mva: float
     bus_lookup: np.ndarray
     n_ppc_bus: int
+    element_ranges: dict
 
 
 @dataclass(frozen=True)
@@ -221,7 +236,9 @@ class BatchedPowerFlow:
         # (e.g. the environment's split of losses between zones) without another runpp
         self.branch_model = BranchModel(branch=work._ppc["branch"].copy(), base_mva=float(work._ppc["baseMVA"]),
                                         bus_lookup=np.asarray(work._pd2ppc_lookups["bus"]).copy(),
-                                        n_ppc_bus=int(work._ppc["bus"].shape[0]))
+                                        n_ppc_bus=int(work._ppc["bus"].shape[0]),
+                                        element_ranges={k: (int(a), int(b)) for k, (a, b) in
+                                                        work._pd2ppc_lookups.get("branch", {}).items()})
         if len(ppci["pv"]):
             raise NotImplementedError(
                 "the net has voltage-controlled (PV) buses, e.g. from gen or xward elements; "
@@ -269,6 +286,7 @@ class BatchedPowerFlow:
         self._ybus_internal = y_int
 
         vs = bus[ref, 7] * np.exp(1j * np.deg2rad(bus[ref, 8]))  # VM, VA of the slack buses
+        self.tap_changer = self._find_tap_changer(net, work, ybus, ref, bus)
         self._v_slack = vs
         v_nl = lu.solve(-(ybus[pq[perm]][:, ref] @ vs))
         self._v_nl = v_nl
@@ -290,6 +308,28 @@ class BatchedPowerFlow:
         has = self._bus_row >= 0
         col[self._bus_row[has]] = np.flatnonzero(has)
         self._init_col = col[:n_pq].copy()
+        # pandapower buses on the slack rows: behind a regulated transformer they keep the slack
+        # voltage (the solver holds them at ρ·V_s, see gridrl.grid.tapchanger)
+        on_slack = np.flatnonzero(self._bus_row >= n_pq)
+        self._slack_cols = on_slack
+        self._slack_cols_v = vs[self._bus_row[on_slack] - n_pq]
+
+    def _find_tap_changer(self, net, work, ybus, ref, bus):
+        """The substation transformer's tap changer if the slack reaches the network through it
+        alone (then a tap is exactly a slack-voltage factor), else the ideal source regulator."""
+        from gridrl.grid.tapchanger import find_tap_changer, source_regulator
+
+        lookup = np.asarray(work._pd2ppc_lookups["bus"], dtype=np.int64)
+        tc = find_tap_changer(net, lookup, ref)
+        if tc is not None:
+            lv = set(lookup[net.trafo.loc[list(tc.trafo_index), "lv_bus"].to_numpy(dtype=np.int64)].tolist())
+            rows = sp.csr_matrix(ybus)[ref]
+            reach = set(rows.indices.tolist()) - set(ref.tolist())
+            if reach <= lv and not np.any(bus[ref, 4]):  # no other branch, no shunt on the slack bus
+                return tc
+            log.info("the slack bus also feeds branches other than the substation transformers: "
+                     "no tap changer is modelled there")
+        return source_regulator(net)
 
     # ------------------------------------------------------------------------------------------
     # properties
@@ -321,7 +361,8 @@ class BatchedPowerFlow:
     # solve
     # ------------------------------------------------------------------------------------------
 
-    def solve(self, load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, *, v_init=None) -> PowerFlowResult:
+    def solve(self, load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, *, v_init=None,
+              tap_pos=None) -> PowerFlowResult:
         """Solve B scenarios at once.
 
         load_p_mw, load_q_mvar: ``[B, n_load]``, columns in ``net.load.index`` order (consumption).
@@ -330,15 +371,31 @@ class BatchedPowerFlow:
         Columns of out-of-service elements are ignored; element ``scaling`` is not applied.
         v_init: optional ``[B, n_bus]`` complex start (e.g. ``previous_result.v``); NaN entries
             fall back to the no-load voltage.
+        tap_pos: optional ``[B]`` (or one) position of :attr:`tap_changer` per scenario, within
+            its range; ``None`` keeps the net's position (for the source regulator: neutral).
         numpy in → numpy out; any torch tensor in → float64/complex128 torch tensors out on its device.
         Raises ``ValueError`` naming the argument for wrong shapes or NaN/inf values; never for
         physics (non-convergence is reported in ``converged``).
         """
         torch_in = _torch_device(load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, v_init)
         if torch_in is not None:
-            return self._solve_torch(load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, v_init, torch_in)
+            return self._solve_torch(load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, v_init, torch_in, tap_pos)
         args = self._prepare(load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, v_init)
-        return self._solve_numpy(*args)
+        return self._solve_numpy(*args, self._rho(tap_pos, args[0].shape[0]))
+
+    def _rho(self, tap_pos, b: int) -> np.ndarray | None:
+        """``[b]`` slack-voltage factors of the tap positions (None: all at the net's position)."""
+        if tap_pos is None:
+            return None
+        if type(tap_pos).__module__.startswith("torch"):
+            tap_pos = tap_pos.detach().cpu().numpy()
+        t = np.asarray(tap_pos, dtype=np.float64)
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, b)):
+            raise ValueError(f"tap_pos must have shape [{b}] or be one number, got {list(t.shape)}")
+        tc = self.tap_changer
+        if not np.isfinite(t).all() or (t < tc.tap_min).any() or (t > tc.tap_max).any():
+            raise ValueError(f"tap_pos must lie in the tap range {tc.tap_min}…{tc.tap_max}")
+        return np.ascontiguousarray(np.broadcast_to(tc.ratio(t), (b,)), dtype=np.float64)
 
     def _prepare(self, load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, v_init):
         arrays = {"load_p_mw": (load_p_mw, self.n_load), "load_q_mvar": (load_q_mvar, self.n_load),
@@ -378,8 +435,10 @@ class BatchedPowerFlow:
             cb //= 2
         return cb
 
-    def _solve_numpy(self, lp, lq, gp, gq, v_init) -> PowerFlowResult:
+    def _solve_numpy(self, lp, lq, gp, gq, v_init, rho=None) -> PowerFlowResult:
         b = lp.shape[0]
+        scaled = rho is not None
+        rho_k = rho if scaled else np.ones(b)
         o = self.options
         out_v = np.empty((b, self.n_bus), dtype=np.complex128)
         out_vm = np.empty((b, self.n_bus))
@@ -402,7 +461,7 @@ class BatchedPowerFlow:
                 np.ascontiguousarray(self._v_slack.real), np.ascontiguousarray(self._v_slack.imag),
                 self._p_other, self._q_other, self._gs, *self._Y,
                 self._load_row, self._sgen_row, self._bus_row, self._init_col,
-                lp, lq, gp, gq, has_init, init, 1.0 / self._base_mva,
+                lp, lq, gp, gq, has_init, init, _read_only(rho_k), 1.0 / self._base_mva,
                 o.tol_pu ** 2, o.max_iter, self._chunk(b),
                 out_v, out_vm, loss, p_slack, q_slack, iters, conv)
         base = self._base_mva
@@ -411,8 +470,13 @@ class BatchedPowerFlow:
         q_slack *= base
         if o.fallback and not conv.all():
             for k in np.flatnonzero(~conv):
-                self._newton_one(k, lp, lq, gp, gq, out_v, out_vm, loss, p_slack, q_slack, iters, conv)
+                self._newton_one(k, lp, lq, gp, gq, out_v, out_vm, loss, p_slack, q_slack, iters, conv,
+                                 rho_k[k])
         va = np.angle(out_v, deg=True)
+        if scaled and self.tap_changer.kind == "transformer" and len(self._slack_cols):
+            # the HV side of the regulated transformer stays at the slack voltage
+            out_vm[:, self._slack_cols] = np.abs(self._slack_cols_v)
+            va[:, self._slack_cols] = np.angle(self._slack_cols_v, deg=True)
         return PowerFlowResult(vm_pu=out_vm, va_degree=va, loss_mw=loss, converged=conv,
                                iterations=iters, v=out_v, p_slack_mw=p_slack, q_slack_mvar=q_slack)
 
@@ -429,10 +493,10 @@ class BatchedPowerFlow:
             np.add.at(s, rows[ok], sign * (p[ok] + 1j * q[ok]) * inv)
         return s
 
-    def _newton_one(self, k, lp, lq, gp, gq, out_v, out_vm, loss, p_slack, q_slack, iters, conv):
+    def _newton_one(self, k, lp, lq, gp, gq, out_v, out_vm, loss, p_slack, q_slack, iters, conv, rho=1.0):
         s = self._injection(lp[k], lq[k], gp[k], gq[k])
         o = self.options
-        v, n_it, ok = _newton(self._ybus_internal, self._n_pq, s, self._v_flat.copy(),
+        v, n_it, ok = _newton(self._ybus_internal, self._n_pq, s, self._v_flat * rho,
                               o.newton_max_iter, o.newton_tol_pu, o.tol_pu)
         iters[k] += n_it
         if not ok:
@@ -455,7 +519,7 @@ class BatchedPowerFlow:
     # torch
     # ------------------------------------------------------------------------------------------
 
-    def _solve_torch(self, lp, lq, gp, gq, v_init, device) -> PowerFlowResult:
+    def _solve_torch(self, lp, lq, gp, gq, v_init, device, tap_pos=None) -> PowerFlowResult:
         import torch
 
         method = self.options.torch_method
@@ -471,10 +535,10 @@ class BatchedPowerFlow:
 
         if method == "kernel":
             args = self._prepare(host(lp), host(lq), host(gp), host(gq), None if v_init is None else host(v_init))
-            res = self._solve_numpy(*args)
+            res = self._solve_numpy(*args, self._rho(host(tap_pos), args[0].shape[0]))
             return PowerFlowResult(**{f: torch.from_numpy(getattr(res, f)).to(device)
                                       for f in PowerFlowResult.__dataclass_fields__})
-        return self._solve_dense_torch(lp, lq, gp, gq, v_init, device)
+        return self._solve_dense_torch(lp, lq, gp, gq, v_init, device, tap_pos)
 
     def _dense(self, device):
         """Dense impedance matrix and friends on ``device`` (built once per device)."""
@@ -496,7 +560,7 @@ class BatchedPowerFlow:
                 bus_row=t(self._bus_row), init_col=t(self._init_col))
         return self._dense_cache[key]
 
-    def _solve_dense_torch(self, lp, lq, gp, gq, v_init, device) -> PowerFlowResult:
+    def _solve_dense_torch(self, lp, lq, gp, gq, v_init, device, tap_pos=None) -> PowerFlowResult:
         import torch
 
         d = self._dense(device)
@@ -522,7 +586,12 @@ class BatchedPowerFlow:
             ok = rows >= 0
             s.index_add_(1, rows[ok], torch.complex(p[:, ok], q[:, ok]) * sign)
         s_pq = s[:, :n_pq]
-        v = d["v_nl"].expand(b, -1).clone()
+        host_tap = tap_pos.detach().cpu().numpy() if isinstance(tap_pos, torch.Tensor) else tap_pos
+        rho_np = self._rho(host_tap, b)
+        rho = torch.ones(b, dtype=torch.float64, device=device) if rho_np is None else torch.as_tensor(rho_np, device=device)
+        v_nl = d["v_nl"][None, :] * rho[:, None]
+        v_s = d["v_s"][None, :] * rho[:, None]
+        v = v_nl.clone()
         if v_init is not None:
             vi = torch.as_tensor(v_init, device=device).to(torch.complex128).expand(b, self.n_bus)
             cols = d["init_col"]
@@ -536,7 +605,7 @@ class BatchedPowerFlow:
         iters = torch.zeros(b, dtype=torch.int64, device=device)
         for _ in range(self.options.max_iter):
             current = torch.conj(s_pq / v)
-            v_new = d["v_nl"] + current @ d["zt"]
+            v_new = v_nl + current @ d["zt"]
             diff = v_new - v
             dv = (diff.real ** 2 + diff.imag ** 2)
             dv_max = dv.max(dim=1).values if n_pq else torch.zeros(b, dtype=torch.float64, device=device)
@@ -548,7 +617,7 @@ class BatchedPowerFlow:
             active &= ~newly & finite
             if not bool(active.any()):
                 break
-        v_all = torch.cat([v, d["v_s"].expand(b, -1)], dim=1)
+        v_all = torch.cat([v, v_s], dim=1)
         s_net = torch.cat([s_pq, v_all[:, n_pq:] * torch.conj(v_all @ d["y_slack"].T)], dim=1)
         vm2 = v_all.real ** 2 + v_all.imag ** 2
         loss = (s_net.real.sum(dim=1) - (vm2 * d["gs"]).sum(dim=1)) * self._base_mva
@@ -564,11 +633,15 @@ class BatchedPowerFlow:
             lo, ps, qs = loss.cpu().numpy().copy(), p_slack.cpu().numpy().copy(), q_slack.cpu().numpy().copy()
             it, cv = iters.cpu().numpy().copy(), conv.cpu().numpy().copy()
             for k in bad:
-                self._newton_one(k, *host, ov, ovm, lo, ps, qs, it, cv)
+                self._newton_one(k, *host, ov, ovm, lo, ps, qs, it, cv, float(rho[k]))
             t = lambda x: torch.as_tensor(x, device=device)
             out_v, loss, p_slack, q_slack, iters, conv = t(ov), t(lo), t(ps), t(qs), t(it), t(cv)
         vm = torch.sqrt(out_v.real ** 2 + out_v.imag ** 2)
         va = torch.rad2deg(torch.atan2(out_v.imag, out_v.real))
+        if rho_np is not None and self.tap_changer.kind == "transformer" and len(self._slack_cols):
+            cols = torch.as_tensor(self._slack_cols, device=device)
+            vm[:, cols] = torch.as_tensor(np.abs(self._slack_cols_v), device=device)
+            va[:, cols] = torch.as_tensor(np.angle(self._slack_cols_v, deg=True), device=device)
         return PowerFlowResult(vm_pu=vm, va_degree=va, loss_mw=loss, converged=conv, iterations=iters,
                                v=out_v, p_slack_mw=p_slack, q_slack_mvar=q_slack)
 
@@ -579,13 +652,16 @@ class BatchedPowerFlow:
 
 
 def reference_solve(net, load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, *, init: str = "auto",
-                    **runpp_kwargs) -> PowerFlowResult:
+                    tap_changer=None, tap_pos=None, **runpp_kwargs) -> PowerFlowResult:
     """The same scenarios as :meth:`BatchedPowerFlow.solve`, through ``pandapower.runpp`` (numpy).
 
     Each scenario sets the elements' ``p_mw``/``q_mvar`` (with ``scaling`` = 1, so the values are
     the actual powers as in the batched solver) on a copy of ``net`` and runs
     ``runpp(lightsim2grid=False, init=init, **runpp_kwargs)``. Scenarios pandapower cannot solve
     come back NaN with ``converged=False``; ``iterations`` is pandapower's iteration count.
+    With ``tap_changer`` (a :class:`~gridrl.grid.tapchanger.TapChanger`) and ``tap_pos [B]``, each
+    scenario sets that tap: ``tap_pos`` of its transformers, or for a source regulator the slack
+    voltage times the regulator's ratio.
     """
     import pandapower as pp
 
@@ -600,7 +676,13 @@ def reference_solve(net, load_p_mw, load_q_mvar, sgen_p_mw, sgen_q_mvar, *, init
     loss, p_slack, q_slack = (np.full(b, np.nan) for _ in range(3))
     conv = np.zeros(b, dtype=bool)
     iters = np.zeros(b, dtype=np.int64)
+    taps = None if tap_pos is None else np.broadcast_to(np.asarray(tap_pos, dtype=np.float64), (b,))
+    vm_ext = net.ext_grid["vm_pu"].to_numpy(dtype=np.float64).copy()
     for k in range(b):
+        if taps is not None and tap_changer.kind == "transformer":
+            net.trafo.loc[list(tap_changer.trafo_index), "tap_pos"] = taps[k]
+        elif taps is not None:
+            net.ext_grid["vm_pu"] = vm_ext * float(tap_changer.ratio(taps[k]))
         net.load["p_mw"] = lp[k]
         net.load["q_mvar"] = lq[k]
         net.sgen["p_mw"] = gp[k]
@@ -767,7 +849,7 @@ def _newton(y: sp.csr_matrix, n_pq: int, s: np.ndarray, v: np.ndarray, max_iter:
 def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
                  v0r, v0i, vsr, vsi, p_other, q_other, gs, yp_, yj_, yr_, yi_,
                  load_row, sgen_row, bus_row, init_col,
-                 load_p, load_q, sgen_p, sgen_q, has_init, init, inv_base,
+                 load_p, load_q, sgen_p, sgen_q, has_init, init, rho, inv_base,
                  tol2, max_iter, cb,
                  out_v, out_vm, out_loss, out_p, out_q, out_iter, out_conv):
     """Z-bus fixed point for chunks of ``cb`` scenarios; state laid out [bus, scenario]."""
@@ -787,6 +869,9 @@ def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
         Wi = np.empty((n_pq, m))
         dv = np.empty(m)
         ds = np.empty(m)
+        rh = np.empty(m)
+        for b in range(m):
+            rh[b] = rho[b0 + b]
         act = np.ones(m, dtype=np.bool_)
         conv = np.zeros(m, dtype=np.bool_)
         its = np.zeros(m, dtype=np.int64)
@@ -813,8 +898,8 @@ def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
         for i in range(n_pq):
             col = init_col[i]
             for b in range(m):
-                Vr[i, b] = v0r[i]
-                Vi[i, b] = v0i[i]
+                Vr[i, b] = v0r[i] * rh[b]
+                Vi[i, b] = v0i[i] * rh[b]
                 if has_init and col >= 0:
                     x = init[b0 + b, col]
                     if x.real == x.real and x.imag == x.imag:
@@ -822,8 +907,8 @@ def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
                         Vi[i, b] = x.imag
         for k in range(n_all - n_pq):
             for b in range(m):
-                Vr[n_pq + k, b] = vsr[k]
-                Vi[n_pq + k, b] = vsi[k]
+                Vr[n_pq + k, b] = vsr[k] * rh[b]
+                Vi[n_pq + k, b] = vsi[k] * rh[b]
 
         for it in range(max_iter):
             # forward substitution with the injected currents conj(S / V)
@@ -866,8 +951,8 @@ def _zbus_kernel(lp_, lj_, lr_, li_, up_, uj_, ur_, ui_, dr_, di_,
                     xi = Wr[i, b] * ei + Wi[i, b] * er
                     Wr[i, b] = xr
                     Wi[i, b] = xi
-                    nr = xr + v0
-                    ni = xi + v1
+                    nr = xr + v0 * rh[b]
+                    ni = xi + v1 * rh[b]
                     e = (nr - Vr[i, b]) ** 2 + (ni - Vi[i, b]) ** 2
                     dv[b] = max(dv[b], e)
                     ds[b] += e

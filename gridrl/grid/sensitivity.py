@@ -129,6 +129,7 @@ class InjectionSensitivity:
         # outputs: |V| rows of the chosen buses (−1: slack, −2: out of service)
         bus_row = m.bus_row[np.asarray(bus_cols, dtype=np.int64)]
         self._out_row = np.where(bus_row < 0, -2, np.where(bus_row >= n_pq, -1, bus_row))
+        self._bus_rows = m.bus_row  # internal row of every bus column (for gradient_rows)
         self._n_bus_out = len(bus_row)
 
     @property
@@ -198,6 +199,27 @@ class InjectionSensitivity:
         self._solve_t(lin, scenarios, w)
         out = self._read_inputs(w) / self._base_mva
         out[rows == -2] = np.nan
+        out[~lin.ok[scenarios]] = np.nan
+        return out
+
+    def gradient_rows(self, lin: Linearization, scenarios: np.ndarray, bus_cols: np.ndarray,
+                      d_theta: np.ndarray, d_vm: np.ndarray) -> np.ndarray:
+        """``[K, n_sgen]``: ``d f_k / d q_mvar`` of functions of the voltages given by their
+        derivatives at a few buses: ``f_k`` in scenario ``scenarios[k]`` has ``d f_k / d θ`` and
+        ``d f_k / d |V|`` equal to ``d_theta[k, e]`` and ``d_vm[k, e]`` at bus column
+        ``bus_cols[k, e]`` (``pf.bus_index`` order; slack buses contribute nothing, they do not
+        move). One adjoint solve per row — e.g. a branch current's row, for thermal limits."""
+        scenarios = np.asarray(scenarios, dtype=np.int64)
+        m = self._bus_rows
+        rows = m[np.asarray(bus_cols, dtype=np.int64)]
+        w = np.zeros((scenarios.size, self._n_pq, 2))
+        k = np.repeat(np.arange(scenarios.size), rows.shape[1])
+        r = rows.ravel()
+        live = (r >= 0) & (r < self._n_pq)
+        np.add.at(w[:, :, 0], (k[live], r[live]), np.asarray(d_theta).ravel()[live])
+        np.add.at(w[:, :, 1], (k[live], r[live]), np.asarray(d_vm).ravel()[live])
+        self._solve_t(lin, scenarios, w)
+        out = self._read_inputs(w) / self._base_mva
         out[~lin.ok[scenarios]] = np.nan
         return out
 

@@ -38,13 +38,6 @@ class RolloutBuffer:
         x = self.data[name]
         return x.reshape(self.steps * self.num_envs, *x.shape[2:])
 
-    def minibatches(self, count: int, *, generator: torch.Generator, where: torch.Tensor | None = None
-                    ) -> Iterator[torch.Tensor]:
-        """Sample indices into :meth:`flat`, shuffled by ``generator`` and split into ``count``
-        minibatches of (nearly) equal size; ``where [T, B]`` bool keeps only those samples."""
-        yield from minibatch_indices(self.steps * self.num_envs, count, generator=generator,
-                                     where=None if where is None else where.reshape(-1))
-
 
 def minibatch_indices(n: int, count: int, *, generator: torch.Generator, where: torch.Tensor | None = None
                       ) -> Iterator[torch.Tensor]:

@@ -8,7 +8,9 @@ global advantage. Training therefore needs every agent's measurements at one pla
 :attr:`CPPO.communication_training`); acting does not.
 
 Only the critic differs from :mod:`gridrl.marl.dppo`, whose collect → advantages → update loop
-this reuses: the four methods below say what the critic reads, stores and predicts.
+this reuses: the methods below are dppo's critic hooks, each computing from what it is handed —
+what the critic reads (the state, stored with every step), predicts (the global return) and how
+its one advantage becomes every agent's.
 """
 
 from __future__ import annotations
@@ -21,24 +23,32 @@ from gridrl.marl.dppo import DPPO, DppoConfig
 from gridrl.marl.gae import gae
 from gridrl.marl.nets import StateValue
 from gridrl.marl.normalize import RunningNorm
+from gridrl.marl.ppo import shared_floats
 
 __all__ = ["CPPO", "CppoConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class CppoConfig(DppoConfig):
-    """DPPO's settings (see :class:`~gridrl.marl.dppo.DppoConfig`; ``hops`` is the actors' κ)
-    plus the width of the centralized critic.
+    """DPPO's settings (see :class:`~gridrl.marl.dppo.DppoConfig`; ``hops`` is the actors' κ).
 
-    critic_hidden: width of the two hidden layers of the critic on the global state.
+    critic_hidden: as dppo's, the width of the critic's hidden layers — here the two layers of
+        the critic on the global state — with its own default, 128 (``None``: the actor's
+        ``hidden``). critic_message_dim: refused: this critic sends no messages.
+    training: ``shared`` only: a centralized critic is centralized training.
     """
 
-    critic_hidden: int = 128
+    critic_hidden: int | None = 128
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.critic_hidden < 1:
-            raise ValueError(f"critic_hidden must be ≥ 1, got {self.critic_hidden}")
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.critic_message_dim is not None:
+            problems.append(f"critic_message_dim does not apply to cppo (its critic reads the global state and "
+                            f"sends no messages), got {self.critic_message_dim}; leave it out")
+        if self.training != "shared":
+            problems.append(f"cppo trains with a centralized critic, so training = {self.training!r} does not "
+                            f"apply; use dppo, ippo or dmpo for decentralized training")
+        return problems
 
 
 class CPPO(DPPO):
@@ -49,7 +59,7 @@ class CPPO(DPPO):
 
     def _make_critic(self) -> torch.nn.Module:
         self.state_norm = RunningNorm(self.env.state_dim)
-        return StateValue(self.env.state_dim, hidden=self.cfg.critic_hidden)
+        return StateValue(self.env.state_dim, hidden=self.cfg.critic_hidden or self.cfg.hidden)
 
     def _value_shape(self) -> tuple[int, ...]:
         return ()
@@ -61,22 +71,25 @@ class CPPO(DPPO):
         state = self.env.state().to(self.device)
         return {"state": state, "value": self.critic(self.state_norm(state))}
 
-    def _value_of(self, idx, x, delivered):
-        return self.critic(self.state_norm(self.buffer.flat("state")[idx]))
+    def _values(self, x, delivered, inputs):
+        """The values of a minibatch from its global states (``inputs["state"]``)."""
+        return self.critic(self.state_norm(inputs["state"]))
 
     def _critic_reward(self, reward: torch.Tensor) -> torch.Tensor:
         return reward.sum(-1, keepdim=True)
 
-    def _advantages(self):
-        """One GAE on the global reward; every agent's policy advantage is the global one."""
+    def _advantages(self, last_value: torch.Tensor, *, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One GAE on the global reward, standardised (if ``standardize``) over the active
+        feeder steps; every agent's policy advantage is the global one."""
         buf = self.buffer
         scale = self.reward_scale.scale.to(torch.float32)[0]
         values = buf["value"]
-        next_values = torch.cat([values[1:], self._last_value[None]], 0)
+        next_values = torch.cat([values[1:], last_value[None]], 0)
         adv, returns = gae(buf["reward"].sum(-1) / scale, values, next_values, terminal=buf["terminal"],
                            end=buf["end"], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
-        a = adv[buf["active"]]
-        adv = (adv - a.mean()) / (a.std() + 1e-8)
+        if standardize:
+            a = adv[buf["active"]]
+            adv = (adv - a.mean()) / (a.std() + 1e-8)
         return adv[..., None].expand(-1, -1, self.env.n_agents), returns
 
     def _update_statistics(self) -> None:
@@ -86,6 +99,20 @@ class CPPO(DPPO):
     def _warm_up_statistics(self) -> None:
         super()._warm_up_statistics()
         self.state_norm.update(self.env.state().to(self.device))
+
+    def _communication(self, *, real_steps: float, update_stats: dict[str, float]) -> dict[str, float]:
+        """Training traffic of one iteration, floats per agent: locally the actor's messages at
+        every collected step and, in the update, again with their gradients back; globally
+        every agent's observation to the critic's place and the global advantage back at every
+        step, the gradient of the shared actor weights and the two scalars of the clip and the
+        early stop at every gradient step and the pooled observation statistics (see
+        :meth:`DPPO._communication`)."""
+        g, D = self.graph, self.env.obs_dim
+        actor = g.relay_floats(self.cfg.message_dim)
+        local = real_steps * actor + 2.0 * actor * update_stats["update/samples"]
+        shared = (real_steps * (D + 1.0) + (shared_floats(self.policy.actor) + 2.0) * update_stats["update/steps"]
+                  + 3.0 * D)
+        return {"comm/train_local_floats": local, "comm/train_global_floats": shared}
 
     @property
     def communication_training(self) -> float:

@@ -68,10 +68,32 @@ from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles
 from gridrl.marl.normalize import observation_masks
-from gridrl.marl.ppo import Stopwatch, episode_stats, gaussian_log_prob, linear_lr
+from gridrl.marl.ppo import Stopwatch, gaussian_log_prob, shared_floats
 from gridrl.marl.replay import EpisodeReplay
 
-__all__ = ["DMPO", "DmpoConfig"]
+__all__ = ["DMPO", "DmpoConfig", "StepPrediction"]
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """One imagined step as every ensemble member predicts it (:meth:`DMPO._predict_next`).
+
+    next_obs: ``[M, N, D]`` the next observation with what the imagined actions set exactly
+        (the inverters' Q); its voltage features are still the real step's.
+    volts: ``[K, M, N, V]`` every member's next voltage features.
+    parts: every member's reward parts, ``[K, M, N]`` each, named as
+        :attr:`~gridrl.marl.model.DynamicsEnsemble.OUTPUTS` (zone loss share, voltage cost, reward).
+    """
+
+    next_obs: torch.Tensor
+    volts: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+    def member(self, drawn: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Rollout m's next voltage features ``[M, N, V]`` and reward parts ``[M, N]`` as
+        member ``drawn[m]`` predicts them."""
+        rows = torch.arange(len(drawn), device=drawn.device)
+        return self.volts[drawn, rows], {name: v[drawn, rows] for name, v in self.parts.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,12 +143,8 @@ class DmpoConfig(DppoConfig):
     model_eval_samples: int = 512
     model_check_every: int = 10
 
-    def __post_init__(self) -> None:
-        try:
-            super().__post_init__()
-            problems = []
-        except ValueError as exc:
-            problems = str(exc).split("; ")
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.model_hops is not None and self.model_hops < 0:
             problems.append(f"model_hops must be ≥ 0, got {self.model_hops}")
         for name in ("ensemble", "horizon", "replay_iterations", "model_batch", "model_hidden", "model_message_dim",
@@ -141,8 +159,7 @@ class DmpoConfig(DppoConfig):
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.reward_model not in ("physics", "learned"):
             problems.append(f"reward_model must be 'physics' or 'learned', got {self.reward_model!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
 
 class DMPO(DPPO):
@@ -164,7 +181,8 @@ class DMPO(DPPO):
             torch.manual_seed(seed + 1)
             self.model = DynamicsEnsemble(self.roles, self.model_graph, obs_valid=valid, obs_keep=keep,
                                           members=cfg.ensemble, hidden=cfg.model_hidden,
-                                          message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim).to(self.device)
+                                          message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim,
+                                          own_weights=self.decentralized).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
         self._seed = int(seed)
         self._check_env = None
@@ -175,6 +193,27 @@ class DMPO(DPPO):
         """The reward parts the model learns: each zone's loss share and voltage cost."""
         return {"zone_loss_mw": ((self.env.n_agents,), torch.float32),
                 "reward_voltage": ((self.env.n_agents,), torch.float32)}
+
+    def _communication(self, *, real_steps: float, update_stats: dict[str, float], imagined_steps: float = 0.0
+                       ) -> dict[str, float]:
+        """dppo's traffic (see :meth:`DPPO._communication`; its update counts imagined samples
+        too) plus, locally, every imagined step's actor, critic and model messages (all
+        members, twice when anchored) and local advantages, and the model fit's messages and
+        their gradients; globally, every fit step's share of the gradient norm (the clip) and,
+        in shared training, the model's shared weights at every fit step and its pooled input
+        statistics."""
+        cfg, g = self.cfg, self.model_graph
+        out = super()._communication(real_steps=real_steps, update_stats=update_stats)
+        policy = self.graph.relay_floats(cfg.message_dim) + self.graph.relay_floats(self._critic_message_dim())
+        model = g.relay_floats(cfg.model_message_dim) * cfg.ensemble
+        fits = update_stats.get("update/model_steps", 0.0)
+        out["comm/train_local_floats"] += (imagined_steps * (policy + model * (2 if cfg.anchor else 1)
+                                                             + self.graph.relay_floats(1.0))
+                                           + fits * cfg.model_batch * 2.0 * model)
+        out["comm/train_global_floats"] += fits
+        if not self.decentralized:
+            out["comm/train_global_floats"] += shared_floats(self.model) * fits + 3.0 * self.model.in_dim
+        return out
 
     @property
     def communication_training(self) -> float:
@@ -188,16 +227,16 @@ class DMPO(DPPO):
     # one iteration
     # ---------------------------------------------------------------------------------------
     def iterate(self) -> dict[str, float]:
-        """Collect, remember, fit the model, imagine, update; returns the iteration's scalars."""
+        """Collect, remember, fit the model, imagine, update; returns the iteration's scalars.
+        Collecting, learning from samples and the iteration's bookkeeping are dppo's steps
+        (:class:`~gridrl.marl.dppo.DPPO`); the model's are this file's."""
         cfg = self.cfg
         watch = Stopwatch()
-        lr = linear_lr(cfg.lr, cfg.lr_end, self.env_steps / max(self.total_steps, 1))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        episodes = self._collect(watch)
+        lr = self._schedule_lr()
+        rollout = self._collect(watch)
         stats: dict[str, float] = {}
         with watch("model"):
-            self._remember()
+            self._remember(rollout.last_obs)
             stats.update(self._fit_model())
             stats.update(self._model_errors())
             if cfg.model_check_every and self.iteration % cfg.model_check_every == 0:
@@ -208,25 +247,20 @@ class DMPO(DPPO):
                 imagined = self._imagine()
             stats.update(imagined.pop("stats"))
         with watch("update"):
-            samples = self._samples(*self._advantages(standardize=False))
+            samples = self._rollout_samples(rollout.last_value, standardize=False)
             if imagined is not None:
                 samples = _concat(samples, imagined)
-            _standardize(samples)
-            stats.update(self._update(samples))
-            self._update_statistics()
-        self.iteration += 1
-        steps = int(self.buffer["active"].sum())
-        self.env_steps += steps
-        return {**episode_stats(episodes), **stats, "lr": lr,
-                "policy/std": float(self.policy.actor.log_std.detach().exp().mean()),
-                **{f"time/{k}_s": watch.seconds.get(k, 0.0) for k in ("env", "act", "model", "imagine", "update")},
-                "iteration_steps": float(steps)}
+            _standardize(samples, per_agent=self.decentralized)
+            stats.update(self._learn(samples))
+        stats.update(self._communication(real_steps=self._real_steps(), update_stats=stats,
+                                         imagined_steps=stats.get("imagine/steps", 0.0)))
+        return self._finish_iteration(rollout, stats, lr, watch, phases=("env", "act", "model", "imagine", "update"))
 
-    def _remember(self) -> None:
-        """This iteration's episodes into the replay; the model's statistics from their
-        training part."""
+    def _remember(self, last_obs: torch.Tensor) -> None:
+        """This iteration's episodes (the rollout buffer, and ``last_obs`` after its last step)
+        into the replay; the model's statistics from their training part."""
         buf = self.buffer
-        obs = torch.cat([buf["obs"], self._last_obs[None]], 0)
+        obs = torch.cat([buf["obs"], last_obs[None]], 0)
         valid = buf["active"] & ~buf["terminal"]
         self.replay.add(obs, valid, action=buf["action"], reward=buf["reward"],
                         zone_loss_mw=torch.nan_to_num(buf["zone_loss_mw"]),
@@ -260,7 +294,7 @@ class DMPO(DPPO):
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
             total += loss / K
-        return {"model/train_loss": total / cfg.model_updates}
+        return {"model/train_loss": total / cfg.model_updates, "update/model_steps": float(cfg.model_updates)}
 
     # ---------------------------------------------------------------------------------------
     # held-out model errors
@@ -320,7 +354,6 @@ class DMPO(DPPO):
         real_steps = self.buffer.steps * self.buffer.num_envs
         M = max(1, math.ceil(cfg.model_ratio * real_steps / H))
         pick = starts[torch.randint(len(starts), (M,), generator=self.generator, device=self.device)]
-        rows = torch.arange(M, device=self.device)
         vmask = roles.volt_valid
         obs = self.replay.step(pick)["obs"]
         alive = torch.ones(M, dtype=torch.bool, device=self.device)
@@ -333,41 +366,42 @@ class DMPO(DPPO):
             x = policy.obs_norm(obs)
             mean, log_std = policy.actor(x)
             action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
-            nxt, v_next, y = self._predict_next(obs, action, real)
-            spread = (v_next.std(0) * vmask).amax(-1) if K > 1 else torch.zeros_like(trusted, dtype=obs.dtype)
+            step = self._predict_next(obs, action, real)
+            spread = (step.volts.std(0) * vmask).amax(-1) if K > 1 else torch.zeros_like(trusted, dtype=obs.dtype)
             trusted &= spread <= cfg.disagreement_pu
             spread_sum += float(spread[alive].sum())
             spread_n += float(alive.sum()) * self.env.n_agents
-            k = torch.randint(K, (M,), generator=self.generator, device=self.device)
-            v_next, y = v_next[k, rows], {name: v[k, rows] for name, v in y.items()}
-            reward = y["reward"] if cfg.reward_model == "learned" else self._reward(v_next, y, nxt)
+            volts, parts = step.member(torch.randint(K, (M,), generator=self.generator, device=self.device))
+            reward = parts["reward"] if cfg.reward_model == "learned" else self._reward(volts, parts, step.next_obs)
             for name, v in (("obs", obs), ("action", action), ("logp", gaussian_log_prob(action, mean, log_std)),
                             ("value", self.critic(x)[..., 0]), ("reward", reward), ("valid", alive[:, None] & trusted)):
                 keep[name].append(v)
-            obs = roles.with_volts(nxt, v_next)
+            obs = roles.with_volts(step.next_obs, volts)
         last_value = self.critic(policy.obs_norm(obs))[..., 0]
         return self._imagined_samples({k: torch.stack(v) for k, v in keep.items()}, last_value,
                                       spread=spread_sum / max(spread_n, 1.0))
 
-    def _predict_next(self, obs: torch.Tensor, action: torch.Tensor, real: dict[str, torch.Tensor]
-                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _predict_next(self, obs: torch.Tensor, action: torch.Tensor, real: dict[str, torch.Tensor]) -> StepPrediction:
         """One imagined step of every ensemble member: from imagined observations ``obs`` and
         actions ``action [M, N]``, beside the real step ``real`` (its ``obs``, ``next_obs``,
         ``action``, ``zone_loss_mw``, ``voltage_cost``, ``reward``) whose exogenous inputs it
-        shares. Returns the next observation without its voltages ``[M, N, D]``, every
-        member's next voltage features ``[K, M, N, V]`` and predicted reward parts
-        ``[K, M, N]`` (anchored to the real step, or the model's own; see the module docstring)."""
+        shares; anchored to the real step, or the model's own (see the module docstring)."""
         m, roles = self.model, self.roles
-        M = obs.shape[0]
-        nxt = roles.with_actions(real["next_obs"], real["action"], action)
+        next_obs = roles.with_actions(real["next_obs"], real["action"], action)
         if not self.cfg.anchor:
-            part = m.split(m(m.features(obs, nxt, action)))
-            return nxt, roles.volts(obs) + part["dv"], {k: part[k] for k in m.OUTPUTS}
-        part = m.split(m(m.features(torch.cat([obs, real["obs"]]), torch.cat([nxt, real["next_obs"]]),
-                                    torch.cat([action, real["action"]]))))    # [K, 2M, N, …]
-        v_model = roles.volts(torch.cat([obs, real["obs"]])) + part["dv"]
-        v_next = roles.volts(real["next_obs"]) + v_model[:, :M] - v_model[:, M:]
-        return nxt, v_next, {k: real[k] + part[k][:, :M] - part[k][:, M:] for k in m.OUTPUTS}
+            out = m.split(m(m.features(obs, next_obs, action)))
+            return StepPrediction(next_obs, roles.volts(obs) + out["dv"], {k: out[k] for k in m.OUTPUTS})
+        # the model on the imagined step and on the real one, in one pass over both: imagined
+        # rows first, then the real ones; what it says about the real step is its bias there
+        M = obs.shape[0]
+        imagined, on_real = slice(0, M), slice(M, 2 * M)
+        both_obs = torch.cat([obs, real["obs"]])
+        out = m.split(m(m.features(both_obs, torch.cat([next_obs, real["next_obs"]]),
+                                   torch.cat([action, real["action"]]))))    # [K, 2M, N, …]
+        model_volts = roles.volts(both_obs) + out["dv"]
+        volts = roles.volts(real["next_obs"]) + model_volts[:, imagined] - model_volts[:, on_real]
+        return StepPrediction(next_obs, volts,
+                              {k: real[k] + out[k][:, imagined] - out[k][:, on_real] for k in m.OUTPUTS})
 
     def _checking_env(self):
         """The separate environment of the physics checks (training days; built once)."""
@@ -404,16 +438,16 @@ class DMPO(DPPO):
                 real = {"obs": obs, "next_obs": next_obs.to(self.device), "action": a,
                         "zone_loss_mw": info["zone_loss_mw"].float(), "voltage_cost": info["reward_voltage"].float(),
                         "reward": reward}
-                nxt, v_next, y = self._predict_next(obs, a2, real)
-                v_hat = v_next.mean(0)
+                step = self._predict_next(obs, a2, real)
+                v_hat = step.volts.mean(0)
                 v_true = roles.volts_from_buses(truth["vm_pu"]).to(self.device)
                 w = vmask * ok[:, None, None]
                 sums["volt"] += float(((v_hat - v_true) ** 2 * w).sum())
                 sums["effect"] += float(((roles.volts(next_obs) - v_true) ** 2 * w).sum())
                 sums["n"] += float(w.sum())
-                r_true = self._true_reward(truth, nxt)
-                r_hat = (y["reward"].mean(0) if self.cfg.reward_model == "learned"
-                         else self._reward(v_hat, {k: v.mean(0) for k, v in y.items()}, nxt))
+                r_true = self._true_reward(truth, step.next_obs)
+                r_hat = (step.parts["reward"].mean(0) if self.cfg.reward_model == "learned"
+                         else self._reward(v_hat, {k: v.mean(0) for k, v in step.parts.items()}, step.next_obs))
                 sums["reward"] += float(((r_hat - r_true) ** 2)[ok].sum())
                 sums["n_r"] += float(ok.sum()) * env.n_agents
                 obs = next_obs.to(self.device)
@@ -424,11 +458,13 @@ class DMPO(DPPO):
                 "model/cf_effect_rmse_pu": math.sqrt(sums["effect"] / n),
                 "model/cf_reward_rmse": math.sqrt(sums["reward"] / nr)}
 
-    def _true_reward(self, peeked: dict[str, torch.Tensor], nxt: torch.Tensor) -> torch.Tensor:
-        """The local reward of a peeked step (``env.peek``'s voltages and zone losses)."""
+    def _true_reward(self, peeked: dict[str, torch.Tensor], next_obs: torch.Tensor) -> torch.Tensor:
+        """The local reward of a peeked step (``env.peek``'s voltages and zone losses; the
+        inverters' Q from ``next_obs``)."""
         zone = self.roles.zone_volts(peeked["vm_pu"]).to(self.device)
         cost = self.local_reward.voltage_cost(zone, self.roles.zone_monitored)
-        return self.local_reward(cost, peeked["zone_loss_mw"].float().to(self.device), nxt[..., self.roles.q_col].abs())
+        return self.local_reward(cost, peeked["zone_loss_mw"].float().to(self.device),
+                                 next_obs[..., self.roles.q_col].abs())
 
     def _imagined_samples(self, r: dict[str, torch.Tensor], last_value: torch.Tensor, *, spread: float
                           ) -> dict[str, Any]:
@@ -437,10 +473,10 @@ class DMPO(DPPO):
         cfg = self.cfg
         valid = r["valid"]                                          # [H, M, N]
         scale = self.reward_scale.scale.to(torch.float32)
-        nxt_valid = torch.cat([valid[1:], torch.zeros_like(valid[:1])])
+        valid_next = torch.cat([valid[1:], torch.zeros_like(valid[:1])])
         next_values = torch.cat([r["value"][1:], last_value[None]])
         local, returns = gae(r["reward"] / scale, r["value"], next_values, terminal=torch.zeros_like(valid),
-                             end=valid & ~nxt_valid, gamma=cfg.gamma, lam=cfg.gae_lambda)
+                             end=valid & ~valid_next, gamma=cfg.gamma, lam=cfg.gae_lambda)
         advantage = self.graph.neighbourhood_sum(local * scale)
         whole = self.graph.neighbourhood_sum((~valid).to(torch.float32)) == 0   # every summed reward trusted
         H, M, N = valid.shape
@@ -484,24 +520,27 @@ def _rmse(err: torch.Tensor, mask: torch.Tensor | None = None) -> float:
 
 
 def _concat(real: dict[str, Any], imagined: dict[str, Any]) -> dict[str, Any]:
-    """Real and imagined update samples as one set (real samples weigh every agent fully)."""
+    """Real and imagined update samples (the same fields) as one set (real samples weigh every
+    agent fully)."""
     out = {}
-    for k, b in imagined.items():
-        a = real[k]
+    for k, a in real.items():
+        b = imagined[k]
         if a is None and b is not None:  # a weight: on real samples every agent counts
             a = torch.ones(len(real["obs"]), *b.shape[1:], dtype=b.dtype, device=b.device)
         out[k] = None if b is None else torch.cat([a, b])
     return out
 
 
-def _standardize(samples: dict[str, Any]) -> None:
-    """Standardise the policy advantages over the samples and agents that count."""
+def _standardize(samples: dict[str, Any], *, per_agent: bool) -> None:
+    """Standardise the policy advantages over the samples and agents that count (each agent's
+    over its own samples if ``per_agent``)."""
     adv, where, w = samples["advantage"], samples["where"], samples["policy_weight"]
     a = adv[where]
+    total = (lambda x: x.sum(0)) if per_agent else (lambda x: x.sum())  # noqa: E731
     if w is None:
-        mean, std = a.mean(), a.std()
+        mean, std = (a.mean(0), a.std(0)) if per_agent else (a.mean(), a.std())
     else:
         ww = w[where]
-        mean = (a * ww).sum() / ww.sum().clamp(min=1e-12)
-        std = (((a - mean) ** 2 * ww).sum() / ww.sum().clamp(min=1e-12)).sqrt()
+        mean = total(a * ww) / total(ww).clamp(min=1e-12)
+        std = (total((a - mean) ** 2 * ww) / total(ww).clamp(min=1e-12)).sqrt()
     samples["advantage"] = (adv - mean) / (std + 1e-8)

@@ -28,20 +28,20 @@ uninterrupted one does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from gridrl.marl.buffer import RolloutBuffer, minibatch_indices
 from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
-from gridrl.marl.nets import GaussianActor, NeighbourhoodNet
+from gridrl.marl.nets import ACTOR_SETTINGS, NeighbourhoodNet, build_actor
 from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
 from gridrl.marl.policy import Policy
 from gridrl.marl.ppo import (Stopwatch, clipped_surrogate, episode_stats, gaussian_log_prob, linear_lr,
-                             ppo_problems, weighted_mean)
+                             ppo_problems, shared_floats, weighted_mean)
 
-__all__ = ["DPPO", "DppoConfig"]
+__all__ = ["DPPO", "Collected", "DppoConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,11 +80,24 @@ class DppoConfig:
     vf_coef: weight of the value loss. ent_coef: weight of the entropy bonus.
     max_grad_norm: gradients are clipped to this global norm.
     hidden: width of the networks' layers. message_dim: floats in one agent's message.
-    critic_hidden, critic_message_dim: the same for the critic, when it should differ from the
-        actor (``None``: the actor's).
+    critic_hidden: width of the critic's hidden layers, whatever the critic: the encoder and
+        head of a neighbourhood critic (dppo, ippo, dmpo), the two layers of cppo's critic on
+        the global state. ``None``: the actor's ``hidden``, the default here; cppo's default is
+        128, as its critic reads the whole feeder.
+    critic_message_dim: floats in one message of a neighbourhood critic (``None``: the actor's
+        ``message_dim``); cppo's critic reads the state at one place, sends no messages and
+        refuses it.
     embed_dim: size of the learned agent embedding.
     log_std_init: initial log standard deviation of the actions (the paper: −0.5).
     log_std_min: floor on the log standard deviation.
+    training: ``shared`` — one set of weights for all agents (with the agent embedding),
+        observation statistics pooled over all agents and advantages standardised over all of
+        them: every gradient step sums every agent's gradient, a global exchange. ``decentralized``
+        — every agent its own weights, its own observation statistics and its own advantage
+        scale: training talks to κ-hop neighbours only (their messages and the gradients back
+        along them, and the local advantages it sums). Every iteration reports both kinds of
+        traffic: ``comm/train_local_floats`` and ``comm/train_global_floats``, floats per agent
+        per iteration (see :meth:`DPPO._communication`).
     """
 
     hops: int = 1
@@ -106,16 +119,36 @@ class DppoConfig:
     embed_dim: int = 8
     log_std_init: float = -1.5
     log_std_min: float = -3.0
+    training: Literal["shared", "decentralized"] = "shared"
 
     def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these settings, one line each (a learner's config that adds
+        settings adds its checks to its parent's)."""
         problems = ppo_problems(self)
         if self.hops < 0:
             problems.append(f"hops must be ≥ 0, got {self.hops}")
         for name in ("critic_hidden", "critic_message_dim"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be ≥ 1 (or left out: the actor's), got {getattr(self, name)}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if self.training not in ("shared", "decentralized"):
+            problems.append(f"training must be 'shared' or 'decentralized', got {self.training!r}")
+        return problems
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one collection leaves beside the rollout buffer: the episodes that ended (their
+    ``info["episode"]`` dicts), the observation after the last step and the critic's value of
+    it (GAE's bootstrap)."""
+
+    episodes: list[dict[str, torch.Tensor]]
+    last_obs: torch.Tensor
+    last_value: torch.Tensor
 
 
 class DPPO:
@@ -124,6 +157,11 @@ class DPPO:
     env: a :class:`~gridrl.env.VoltageControlEnv` on training days; every iteration runs one
         episode in each of its scenarios. total_steps: the run's budget in feeder steps (for the
         learning-rate schedule). seed: weights, action noise and minibatch order.
+
+    The steps of :meth:`iterate` — :meth:`_schedule_lr`, :meth:`_collect`,
+    :meth:`_rollout_samples`, :meth:`_learn`, :meth:`_finish_iteration` — are what a learner
+    built on this one (dmpo) calls in its own iteration. What a learner with another critic
+    (cppo) overrides is the critic's block of hooks below: each is handed what it needs.
     """
 
     algo = "dppo"
@@ -135,14 +173,15 @@ class DPPO:
         self.total_steps = int(total_steps)
         self.device = torch.device(device)
         N, D = env.n_agents, env.obs_dim
+        self.decentralized = config.training == "decentralized"
         self.graph = Neighbourhood(env.hop_distance, config.hops)
         valid, keep = observation_masks(env)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            actor = GaussianActor(NeighbourhoodNet(D, self.graph, out_dim=1, out_gain=0.01, **self._net_sizes()),
-                                  log_std_init=config.log_std_init, log_std_min=config.log_std_min)
+            actor = build_actor(D, self.graph, **{k: getattr(config, k) for k in ACTOR_SETTINGS})
             self.critic = self._make_critic()
-        self.policy = Policy(actor, RunningNorm(D, valid=valid, keep=keep), self.graph, agents=env.agents,
+        norm = RunningNorm(D, valid=valid, keep=keep, per_agent=self.decentralized)
+        self.policy = Policy(actor, norm, self.graph, agents=env.agents,
                              obs_names=env.obs_names, name=name or self.algo).to(self.device)
         self.critic.to(self.device)
         streams = self._value_shape()[0] if self._value_shape() else 1  # one return per value
@@ -164,25 +203,24 @@ class DPPO:
         self.buffer = RolloutBuffer(T, B, fields, device=self.device)
         self._warm_up_statistics()
 
-    def _net_sizes(self) -> dict[str, int]:
-        return {"hidden": self.cfg.hidden, "message_dim": self.cfg.message_dim, "embed_dim": self.cfg.embed_dim}
-
     # -- the critic: what CPPO replaces ------------------------------------------------------
     def _make_critic(self) -> torch.nn.Module:
         """The extended value function: agent i's value over its κ-hop neighbourhood."""
-        return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, **self._critic_sizes())
-
-    def _critic_sizes(self) -> dict[str, int]:
         cfg = self.cfg
-        return {**self._net_sizes(), "hidden": cfg.critic_hidden or cfg.hidden,
-                "message_dim": cfg.critic_message_dim or cfg.message_dim}
+        return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, hidden=cfg.critic_hidden or cfg.hidden,
+                                message_dim=self._critic_message_dim(), embed_dim=cfg.embed_dim,
+                                own_weights=self.decentralized)
+
+    def _critic_message_dim(self) -> int:
+        return self.cfg.critic_message_dim or self.cfg.message_dim
 
     def _value_shape(self) -> tuple[int, ...]:
         """Shape of one sample's value: one per agent."""
         return (self.env.n_agents,)
 
     def _critic_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Extra rollout fields the critic reads (none: it reads the observations)."""
+        """Extra rollout fields the critic reads (none: it reads the observations); they reach
+        :meth:`_values` as the minibatch's ``inputs``."""
         return {}
 
     def _info_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -194,16 +232,63 @@ class DPPO:
         """Values of the current step from normalised observations ``x`` (plus any fields to store)."""
         return {"value": self.critic(x, delivered)[..., 0]}
 
-    def _value_of(self, idx: torch.Tensor, x: torch.Tensor, delivered: torch.Tensor | None) -> torch.Tensor:
-        """The critic's values of the rollout samples ``idx`` (``x``: their normalised observations)."""
+    def _values(self, x: torch.Tensor, delivered: torch.Tensor | None, inputs: dict[str, torch.Tensor]
+                ) -> torch.Tensor:
+        """The critic's values of a minibatch: ``x`` its normalised observations, ``delivered``
+        its message deliveries (or None), ``inputs`` its :meth:`_critic_fields`."""
         return self.critic(x, delivered)[..., 0]
+
+    def _critic_reward(self, reward: torch.Tensor) -> torch.Tensor:
+        """The reward the critic predicts the return of: each agent's own."""
+        return reward
+
+    def _advantages(self, last_value: torch.Tensor, *, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-agent GAE in scaled reward units (``last_value``: the bootstrap after the last
+        step); policy advantages ``[T, B, N]`` summed over neighbourhoods in reward units (so
+        every agent's reward counts at its true weight), then standardised over the active
+        samples if ``standardize`` (dmpo standardises them together with imagined ones): over
+        all agents, or each agent's over its own when training is decentralized."""
+        buf, scale = self.buffer, self.reward_scale.scale.to(torch.float32)
+        values = buf["value"]
+        next_values = torch.cat([values[1:], last_value[None]], 0)
+        local, returns = gae(buf["reward"] / scale, values, next_values, terminal=buf["terminal"][..., None],
+                             end=buf["end"][..., None], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
+        advantage = self.graph.neighbourhood_sum(local * scale)
+        if standardize and self.decentralized:
+            a = advantage[buf["active"]]
+            advantage = (advantage - a.mean(0)) / (a.std(0) + 1e-8)
+        elif standardize:
+            a = advantage[buf["active"]]
+            advantage = (advantage - a.mean()) / (a.std() + 1e-8)
+        return advantage, returns
+
+    def _communication(self, *, real_steps: float, update_stats: dict[str, float]) -> dict[str, float]:
+        """Training traffic of one iteration, floats per agent (averaged over agents), split
+        into ``local`` (to κ-hop neighbours) and ``global`` (to or from every agent):
+
+        - local: at every collected step the actor's and the critic's messages and each local
+          advantage to every agent that sums it; in the update, every sample's messages again
+          and the gradients of the loss with respect to them, back along the same links;
+        - global, in both modes: two scalars per agent and gradient step, its share of the
+          global gradient norm (the clip) and of the approximate KL (the early stop);
+        - global, shared training only: every gradient step sums each agent's gradient of the
+          shared weights (counted as those weights' floats sent once per agent and step),
+          the observation statistics are pooled (count, mean, variance per column) and the
+          advantages standardised over all agents (count, mean, variance).
+        """
+        g, D, steps = self.graph, self.env.obs_dim, update_stats["update/steps"]
+        messages = g.relay_floats(self.cfg.message_dim) + g.relay_floats(self._critic_message_dim())
+        local = real_steps * (messages + g.relay_floats(1.0)) + 2.0 * messages * update_stats["update/samples"]
+        scalars = 2.0 * steps
+        shared = 0.0 if self.decentralized else shared_floats(self.policy.actor, self.critic) * steps + 3.0 * D + 3.0
+        return {"comm/train_local_floats": local, "comm/train_global_floats": scalars + shared}
 
     @property
     def communication_training(self) -> float:
         """Floats per agent per step during training: actor and critic messages to the κ-hop
         neighbourhood, plus each local advantage sent to every agent that sums it."""
         return (self.graph.relay_floats(self.cfg.message_dim)
-                + self.graph.relay_floats(self._critic_sizes()["message_dim"]) + self.graph.relay_floats(1.0))
+                + self.graph.relay_floats(self._critic_message_dim()) + self.graph.relay_floats(1.0))
 
     # ---------------------------------------------------------------------------------------
     # one iteration
@@ -211,22 +296,22 @@ class DPPO:
     def iterate(self) -> dict[str, float]:
         """Collect one episode per scenario, then update; returns the iteration's scalars."""
         watch = Stopwatch()
+        lr = self._schedule_lr()
+        rollout = self._collect(watch)
+        with watch("update"):
+            stats = self._learn(self._rollout_samples(rollout.last_value, standardize=True))
+        stats.update(self._communication(real_steps=self._real_steps(), update_stats=stats))
+        return self._finish_iteration(rollout, stats, lr, watch, phases=("env", "act", "update"))
+
+    def _schedule_lr(self) -> float:
+        """Set and return this iteration's learning rate (linear decay over the run's budget)."""
         lr = linear_lr(self.cfg.lr, self.cfg.lr_end, self.env_steps / max(self.total_steps, 1))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        episodes = self._collect(watch)
-        with watch("update"):
-            stats = self._update(self._samples(*self._advantages()))
-            self._update_statistics()
-        self.iteration += 1
-        steps = int(self.buffer["active"].sum())
-        self.env_steps += steps
-        out = {**episode_stats(episodes), **stats, "lr": lr, "policy/std": float(self.policy.actor.log_std.detach().exp().mean()),
-               "time/env_s": watch.seconds.get("env", 0.0), "time/act_s": watch.seconds.get("act", 0.0),
-               "time/update_s": watch.seconds.get("update", 0.0), "iteration_steps": float(steps)}
-        return out
+        return lr
 
-    def _collect(self, watch: Stopwatch) -> list[dict[str, torch.Tensor]]:
+    def _collect(self, watch: Stopwatch) -> Collected:
+        """One episode per scenario with Gaussian actions, into the rollout buffer."""
         env, buf, policy = self.env, self.buffer, self.policy
         with watch("env"):
             obs = env.reset().to(self.device)
@@ -257,43 +342,49 @@ class DPPO:
                 episodes.append(info["episode"])
             obs = next_obs.to(self.device)
         with watch("act"), torch.no_grad():
-            self._last_value = self._critic_step(policy.obs_norm(obs), delivered)["value"]
-        self._last_obs = obs
-        return episodes
+            last_value = self._critic_step(policy.obs_norm(obs), delivered)["value"]
+        return Collected(episodes, obs, last_value)
 
-    def _critic_reward(self, reward: torch.Tensor) -> torch.Tensor:
-        """The reward the critic predicts the return of: each agent's own."""
-        return reward
-
-    def _advantages(self, *, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-agent GAE in scaled reward units; policy advantages summed over neighbourhoods in
-        reward units (so every agent's reward counts at its true weight), then standardised
-        (unless a learner standardises them together with other samples)."""
-        buf, scale = self.buffer, self.reward_scale.scale.to(torch.float32)
-        values = buf["value"]
-        next_values = torch.cat([values[1:], self._last_value[None]], 0)
-        local, returns = gae(buf["reward"] / scale, values, next_values, terminal=buf["terminal"][..., None],
-                             end=buf["end"][..., None], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
-        advantage = self.graph.neighbourhood_sum(local * scale)
-        if standardize:
-            a = advantage[buf["active"]]
-            advantage = (advantage - a.mean()) / (a.std() + 1e-8)
-        return advantage, returns
-
-    def _samples(self, advantage: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def _rollout_samples(self, last_value: torch.Tensor, *, standardize: bool) -> dict[str, torch.Tensor | None]:
         """The rollout as flat update samples ``[S, …]`` (S = T·B, one feeder step each):
         ``obs, action, logp, advantage, returns, value`` (the critic's values at collection),
-        ``delivered`` (or None), ``where [S]`` (samples to use) and the optional per-agent
-        weights ``policy_weight`` / ``value_weight [S, N]`` (None: every agent counts)."""
+        ``delivered`` (or None), ``where [S]`` (samples to use), the optional per-agent weights
+        ``policy_weight`` / ``value_weight [S, N]`` (None: every agent counts) and the fields the
+        critic reads (:meth:`_critic_fields`). Advantages as :meth:`_advantages`."""
+        advantage, returns = self._advantages(last_value, standardize=standardize)
         buf = self.buffer
         return {"obs": buf.flat("obs"), "action": buf.flat("action"), "logp": buf.flat("logp"),
                 "advantage": advantage.reshape(-1, advantage.shape[-1]),
                 "returns": returns.reshape(-1, *returns.shape[2:]), "value": buf.flat("value"),
                 "delivered": buf.flat("delivered") if self.dropout else None,
-                "where": buf["active"].reshape(-1), "policy_weight": None, "value_weight": None}
+                "where": buf["active"].reshape(-1), "policy_weight": None, "value_weight": None,
+                **{name: buf.flat(name) for name in self._critic_fields()}}
+
+    def _learn(self, samples: dict[str, torch.Tensor | None]) -> dict[str, float]:
+        """PPO's epochs over ``samples``, then the observation statistics of the real rollout
+        (after the update that used the old ones); returns the losses."""
+        stats = self._update(samples)
+        self._update_statistics()
+        return stats
+
+    def _real_steps(self) -> float:
+        """Feeder steps of the rollout that ran (all agents together)."""
+        return float(self.buffer["active"].sum())
+
+    def _finish_iteration(self, rollout: Collected, stats: dict[str, float], lr: float, watch: Stopwatch, *,
+                          phases: tuple[str, ...]) -> dict[str, float]:
+        """Count the iteration and its real steps; return its scalars: episode statistics,
+        ``stats``, the learning rate, the policy's mean standard deviation, the seconds of each
+        of ``phases`` and the real steps."""
+        self.iteration += 1
+        steps = int(self.buffer["active"].sum())
+        self.env_steps += steps
+        return {**episode_stats(rollout.episodes), **stats, "lr": lr,
+                "policy/std": float(self.policy.actor.log_std.detach().exp().mean()),
+                **{f"time/{k}_s": watch.seconds.get(k, 0.0) for k in phases}, "iteration_steps": float(steps)}
 
     def _update(self, samples: dict[str, torch.Tensor | None]) -> dict[str, float]:
-        """``epochs`` passes of minibatch PPO over ``samples`` (see :meth:`_samples`)."""
+        """``epochs`` passes of minibatch PPO over ``samples`` (see :meth:`_rollout_samples`)."""
         cfg, policy = self.cfg, self.policy
         # the statistics stay fixed during the update: normalise every sample once, not per epoch,
         # and lay it out agent-major, as the networks compute (a minibatch is then a transposed view)
@@ -301,10 +392,11 @@ class DPPO:
         action, old_logp = samples["action"], samples["logp"]
         adv, ret, delivered = samples["advantage"], samples["returns"], samples["delivered"]
         pw, vw, where = samples["policy_weight"], samples["value_weight"], samples["where"]
+        critic_inputs = {name: samples[name] for name in self._critic_fields()}
         count = self._minibatch_count(int(where.sum()))
         params = [*policy.actor.parameters(), *self.critic.parameters()]
         sums = {"loss/policy": 0.0, "loss/value": 0.0, "loss/approx_kl": 0.0, "loss/clip_fraction": 0.0}
-        n = 0
+        n = used = 0
         stop = False
         for epoch in range(cfg.epochs):
             for idx in minibatch_indices(len(where), count, generator=self.generator, where=where):
@@ -314,8 +406,8 @@ class DPPO:
                 logp = gaussian_log_prob(action[idx], mean, log_std)
                 pg_loss, approx_kl, clip_fraction = clipped_surrogate(
                     logp, old_logp[idx], adv[idx], cfg.clip, weight=None if pw is None else pw[idx])
-                v_loss = 0.5 * weighted_mean((self._value_of(idx, x, d) - ret[idx]) ** 2,
-                                             None if vw is None else vw[idx])
+                values = self._values(x, d, {name: v[idx] for name, v in critic_inputs.items()})
+                v_loss = 0.5 * weighted_mean((values - ret[idx]) ** 2, None if vw is None else vw[idx])
                 entropy = log_std.mean()  # the Gaussian entropy up to a constant
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
@@ -325,6 +417,7 @@ class DPPO:
                 for key, v in zip(sums, (pg_loss, v_loss, approx_kl, clip_fraction)):
                     sums[key] += float(v.detach())
                 n += 1
+                used += len(idx)
                 if float(approx_kl) > 1.5 * cfg.target_kl:
                     stop = True
                     break
@@ -337,6 +430,7 @@ class DPPO:
             v, r = v[keep], r[keep]
         out["loss/explained_variance"] = float(1.0 - (r - v).var() / r.var().clamp(min=1e-12))
         out["loss/epochs"] = float(epoch + (0 if stop else 1))
+        out["update/steps"], out["update/samples"] = float(n), float(used)
         return out
 
     def _minibatch_count(self, samples: int) -> int:

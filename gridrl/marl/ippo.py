@@ -22,10 +22,11 @@ class IppoConfig(DppoConfig):
 
     hops: int = 0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.hops != 0:
-            raise ValueError(f"ippo has no neighbours (hops = 0), got hops = {self.hops}; use dppo for hops ≥ 1")
+            problems.append(f"ippo has no neighbours (hops = 0), got hops = {self.hops}; use dppo for hops ≥ 1")
+        return problems
 
 
 class IPPO(DPPO):

@@ -207,7 +207,7 @@ class DynamicsEnsemble(nn.Module):
 
     def __init__(self, roles: ObservationRoles, graph: Neighbourhood, *, obs_valid: torch.Tensor,
                  obs_keep: torch.Tensor, members: int = 5, hidden: int = 64, message_dim: int = 16,
-                 embed_dim: int = 8):
+                 embed_dim: int = 8, own_weights: bool = False):
         super().__init__()
         self.roles = roles
         self.graph = graph
@@ -218,13 +218,15 @@ class DynamicsEnsemble(nn.Module):
         self.n_volt = len(roles.volt_cols)
         self.out_dim = self.n_volt + len(self.OUTPUTS)
         self.message_dim = int(message_dim)
+        # own_weights (decentralized training): every agent its own weights and input statistics
         self.input_norm = RunningNorm(self.in_dim, valid=torch.cat([obs_valid, obs_valid[:, nxt], torch.ones(N, 1, dtype=torch.bool)], 1),
-                                      keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]))
+                                      keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]),
+                                      per_agent=own_weights)
         self.register_buffer("out_valid", torch.cat([roles.volt_valid, torch.ones(N, len(self.OUTPUTS), dtype=torch.bool)], 1))
         # targets are heavy-tailed (a voltage barrier far outside the band): clip only far out
         self.target_norm = RunningNorm(self.out_dim, valid=self.out_valid, per_agent=True, clip=100.0)
         self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim, hidden=hidden, message_dim=message_dim,
-                                    embed_dim=embed_dim, members=int(members))
+                                    embed_dim=embed_dim, members=int(members), own_weights=own_weights)
         self.size = int(members)
         self.width = max(int(hidden), self.in_dim, self.out_dim)
 

@@ -78,17 +78,16 @@ class Run:
         """The trained :class:`~gridrl.marl.policy.Policy`, deterministic, on ``device``: the
         best validated one when the run validated, else the last."""
         from gridrl.marl.graph import Neighbourhood
-        from gridrl.marl.nets import GaussianActor, NeighbourhoodNet
+        from gridrl.marl.nets import ACTOR_SETTINGS, build_actor
         from gridrl.marl.normalize import RunningNorm
         from gridrl.marl.policy import Policy
 
         h, cfg = self.header, self.header["learner_config"]
         n, d = len(h["agents"]), len(h["obs_names"])
         graph = Neighbourhood(h["hop_distance"].numpy(), int(cfg["hops"]))
-        net = NeighbourhoodNet(d, graph, out_dim=1, hidden=cfg["hidden"], message_dim=cfg["message_dim"],
-                               embed_dim=cfg["embed_dim"])
-        actor = GaussianActor(net, log_std_init=cfg["log_std_init"], log_std_min=cfg["log_std_min"])
-        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool))
+        # a header without "training" is from before the training modes: its run shared weights
+        actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS if k in cfg})
+        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool), per_agent=cfg.get("training") == "decentralized")
         policy = Policy(actor, norm, graph, agents=h["agents"], obs_names=h["obs_names"],
                         name=name or self.path.name or self.algo)
         try:

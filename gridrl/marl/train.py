@@ -7,12 +7,14 @@
                               selected policy (see below)
     RUN_DIR/scalars.csv       tidy scalars: iteration, env_steps, wall_s, tag, value
     RUN_DIR/tb/               the same scalars as TensorBoard event files
-    RUN_DIR/compare/          the final comparison on the test days (gridrl compare's layout)
-    RUN_DIR/report.html       training curves beside that comparison
+
+``gridrl train`` then compares the run with ``TrainConfig.compare`` on the test days
+(``RUN_DIR/compare/``) and writes ``RUN_DIR/report.html``: that chain is
+:func:`gridrl.pipeline.train`'s; this driver trains and nothing else.
 
 The driver owns what every learner needs around its iterations — the training environment, the
 progress bar, logging, periodic evaluation on whole days (the learning curves against real
-environment steps), checkpoints and resume, the NaN guard and the final comparison — and asks the
+environment steps), checkpoints and resume and the NaN guard — and asks the
 learner only for ``iterate()``, ``state_dict()`` / ``load_state_dict()``, ``policy``, ``critic``,
 ``communication_training``, ``env_steps`` and ``iteration``. A model-based learner plugs in the
 same way (add it to :data:`ALGORITHMS`).
@@ -25,8 +27,8 @@ rate is within ``selection_tolerance_steps`` validation steps of the best rate �
 :func:`~gridrl.marl.run.load_policy`, ``gridrl evaluate`` and ``gridrl compare`` use). PPO's
 policy drifts between updates; this early stopping on validation days keeps the test days out of
 every choice, and the tolerance keeps a single out-of-band validation step from flipping it.
-After the comparison on the test days, the run appends one row to the results ledger
-(:mod:`gridrl.ledger`). Every learner
+Its comparison on the test days (:func:`gridrl.pipeline.train`) appends one row to the results
+ledger (:mod:`gridrl.ledger`). Every learner
 trains on a reward aligned with what it is judged by — line losses plus a penalty outside a band
 ``band_margin_pu`` inside the feeder's — unless the ``[env]`` table says otherwise.
 """
@@ -260,12 +262,11 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A finished run: its folder, the final policy, the scalars and the comparison summary."""
+    """A finished run: its folder, the final policy and the scalars."""
 
     out: Path
     policy: Any
     scalars: Any
-    summary: Any = None
     resumed_from: int = 0
     seconds: float = 0.0
 
@@ -277,7 +278,7 @@ class TrainResult:
 
 def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: bool = False, device: str = "cpu",
           progress: bool = True, log: Callable[[str], None] | None = None,
-          on_steps: Callable[[int], None] | None = None, variant: str = "") -> TrainResult:
+          on_steps: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``config.learner`` on ``feeder_name`` into ``out`` (see the module docstring).
 
     resume: continue the run in ``out`` from its checkpoint (its configuration must be the same);
@@ -287,7 +288,6 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         run had already taken): progress for a caller elsewhere (a sweep on a cluster).
     progress: a progress bar on a terminal (with the latest validation figures); without one
         (a pipe, a log file) one line per validation or evaluation instead.
-    variant: what the ledger row calls this run's settings (e.g. the config file's name).
     Raises :class:`TrainError` (folder or configuration problems, nothing written),
     :class:`CheckpointError` (an unusable checkpoint) or :class:`TrainingDiverged`.
     """
@@ -297,15 +297,18 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
 
     say = log or (lambda m: print(m, file=sys.stderr))
     out = Path(out)
-    if not resume and out.is_dir() and any(out.iterdir()):  # before the slow part
+    if device == "cuda" and not torch.cuda.is_available():  # before anything is written
+        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    started_here = not (out.is_dir() and any(out.iterdir()))
+    if not resume and not started_here:  # before the slow part
         raise TrainError(f"{out} already exists; add --resume to continue that run, or choose another --out")
     feeder = load_feeder(feeder_name)
     config = _with_band(config, feeder)
     checkpoint = _claim(out, feeder, config, resume=resume)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    if resume and checkpoint is None:  # never silently from the beginning
+        say(f"nothing to resume in {out}: starting a new run there" if started_here else
+            f"{out} holds no checkpoint (the run stopped before its first): starting it again from the beginning")
     train_days, val_days = validation_split(feeder, config.validation_days)
-    ident = {"feeder": feeder.name, "feeder_hash": feeder.spec.content_hash(), **_identity(config)}
     env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
                    config=config.env)
     # the learner's torch operations on one thread, whatever the thread policy: torch splits large
@@ -432,20 +435,13 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         say(f"selected the policy of {best['env_steps']:,} environment steps (on {len(val_days)} validation days: "
             f"controllable rate {best['controllable_rate']:.4f}, {best['energy_loss_mwh']:.2f} MWh; the lowest loss "
             f"among validations at most {config.selection_tolerance_steps} steps below the best rate {top:.4f})")
-    summary = None
     policy = learner.policy
     if selected is not None:
         policy.load_state_dict(selected)
     policy.name = out.name or config.algo
-    if config.compare:
-        if not bar_on and progress:
-            say(f"comparing with {', '.join(config.compare)} on the test days")
-        summary = compare_run(out, feeder_name, config, progress=bar_on)
-        _ledger_row(summary, config, ident, out=out, best=best, variant=variant, say=say)
-    write_run_report(out)
     read_checkpoint(out)  # the run folder is usable as a controller
-    return TrainResult(out=out, policy=policy, scalars=scalars.frame(), summary=summary,
-                       resumed_from=resumed_from, seconds=driver["wall_s"])
+    return TrainResult(out=out, policy=policy, scalars=scalars.frame(), resumed_from=resumed_from,
+                       seconds=driver["wall_s"])
 
 
 def _with_band(config: TrainConfig, feeder) -> TrainConfig:
@@ -576,7 +572,7 @@ class _Curves:
 
         if self.env is None:
             from gridrl.env import make_env
-            from gridrl.evaluate import check_days
+            from gridrl.grid.days import check_days
             from gridrl.marl.run import evaluation_env_config
 
             self.days = check_days(self.feeder, self.split, self.days)
@@ -652,27 +648,6 @@ def _estimate_line(config: TrainConfig, steps: int, seconds: float, done: int) -
             f"this speed on this machine (evaluations and the comparison come on top)")
 
 
-def _ledger_row(summary, config: TrainConfig, ident: dict, *, out: Path, best: dict | None, variant: str,
-                say: Callable[[str], None]) -> None:
-    """The run's test-day figures as a row of the results ledger (:mod:`gridrl.ledger`)."""
-    from gridrl import ledger
-
-    if summary is None or summary.empty:
-        return
-    mine = summary[summary["controller"] == config.algo]
-    if mine.empty:
-        return
-    r = mine.iloc[0]
-    steps = best["env_steps"] if best is not None else ""
-    note = "selected on validation days" if best is not None else "last policy (no validation)"
-    if config.eval_every_steps and config.eval_split == "test":
-        note += f"; learning curve on the test days every {config.eval_every_steps:,} steps (reported, chooses nothing)"
-    row = ledger.append(feeder=ident["feeder"], algorithm=config.algo, variant=variant, seed=config.seed,
-                        selected_step=steps, test_days=int(r["days"]), controllable_rate=float(r["controllable_rate"]),
-                        energy_loss_mwh=float(r["energy_loss_mwh"]), config=ident, source=str(out), note=note)
-    if row is not None:
-        say(f"ledger: row added to {ledger.ledger_path()} (config {row['config_hash']}, commit {row['commit']})")
-
 
 class _ScalarLog:
     """Scalars kept in memory, written to ``scalars.csv`` atomically with each checkpoint (so the
@@ -727,30 +702,3 @@ def _tensorboard(folder: Path, purge_step: int | None):
     except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
         return None
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
-
-
-# --------------------------------------------------------------------------------------------
-# after training: comparison and report
-# --------------------------------------------------------------------------------------------
-
-
-def compare_run(out: Path, feeder_name: str, config: TrainConfig, *, progress: bool = True):
-    """The trained policy against ``config.compare`` on the test days, into ``RUN_DIR/compare``."""
-    from gridrl.compare import CompareConfig, ControllerSpec, parse_controllers, run_compare
-
-    specs = parse_controllers(",".join(config.compare)) + (ControllerSpec(run=str(out.resolve()),
-                                                                          label=config.algo),)
-    cfg = CompareConfig(feeders=(feeder_name,), controllers=specs, split="test", days=config.compare_days)
-    return run_compare(cfg, out=out / "compare", progress=progress, report=False).summary
-
-
-def write_run_report(out: Path, *, path: Path | None = None) -> Path:
-    """``RUN_DIR/report.html`` (or ``path``): training curves, and the comparison when there is one."""
-    from gridrl.io import write_html
-    from gridrl.report import render, results_sections
-    from gridrl.marl.report import training_sections
-
-    sections = training_sections(out)
-    if (out / "compare" / "days.parquet").exists():
-        sections = results_sections(out / "compare") + sections
-    return write_html(render(sections, title=f"gridrl — run {out.resolve().name}"), path or out / "report.html")

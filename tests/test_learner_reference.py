@@ -1,0 +1,41 @@
+"""Every learner trains as it did when the fixture was written: same parameters, losses and test
+figures from the same seeds (``tests/learner_reference.py`` trains the cases and writes the
+fixture). Refactoring a learner must keep these; a change of behaviour on purpose regenerates
+the fixture and says why in its commit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from learner_reference import CASES, FIXTURE, run_case
+
+REFERENCE = json.loads(FIXTURE.read_text())
+
+
+def test_the_fixture_covers_every_case():
+    assert sorted(REFERENCE) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_short_training_run_reproduces_the_reference(name):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = run_case(name)
+    finally:
+        torch.set_num_threads(threads)
+    want = REFERENCE[name]
+    regenerate = "python tests/learner_reference.py --write"
+    assert got["env"] == want["env"], (
+        f"{name}: the environment's own numbers changed since the fixture was written (its observations "
+        f"and rewards for a fixed action sequence); if that change is intended, regenerate: {regenerate}")
+    assert sorted(got) == sorted(want), f"{name}: other figures than the reference's"
+    off = {k: (got[k], want[k]) for k in want if k not in ("env", "params")
+           and not math.isclose(got[k], want[k], rel_tol=1e-5, abs_tol=1e-7)}
+    assert not off, (f"{name}: the learner trains differently (got, reference): {off}; parameter hash "
+                     f"{got['params']} against {want['params']}. Regenerate ({regenerate}) only for an "
+                     f"intended change of behaviour")
