@@ -694,6 +694,36 @@ def warmup_cmd(
                 keys=("what",))
 
 
+@app.command("robustness")
+@user_errors
+def robustness_cmd(
+    config: Annotated[Path, typer.Option(help="Suite TOML (experiments/robustness_*.toml): the feeder, baselines, "
+                                         "groups of trained runs and conditions.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else "
+                                                "out/robustness; $GRIDRL_OUT_DIR replaces out/).")] = None,
+    conditions: Annotated[Optional[str], typer.Option(help="Only these conditions, comma-separated (default: the "
+                                                      "config's, else all): nominal, noise-0.005, noise-0.01, "
+                                                      "dropout-0.2, dropout-0.5, dropout-1.0, worst-outage, "
+                                                      "outage-0.1, pv-1.5, load-1.2-pv-1.5, no-q-night.")] = None,
+) -> None:
+    """The fault and growth suite: every controller under sensor noise, message loss, inverter
+    outages, more PV and more load, and without reactive power at night, on the test days.
+
+    Writes one comparison folder per condition (resumable), table.csv and summary.md (rate /
+    loss per condition and controller)."""
+    import dataclasses
+
+    from gridrl.robustness import load_config, run_robustness, summary_markdown
+
+    cfg = load_config(config)
+    if conditions is not None:
+        cfg = dataclasses.replace(cfg, conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()))
+    with err_console.status("robustness") as status:
+        tidy = run_robustness(cfg, out=out, progress=lambda m: status.update(f"robustness: {m}"))
+
+    console.print(summary_markdown(tidy, feeder=cfg.feeder), highlight=False, markup=False)
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------

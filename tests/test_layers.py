@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
     ("evaluate | sweep", [["gridrl.evaluate"], ["gridrl.sweep"]]),  # rollouts on days; training runs en masse
     ("score", [["gridrl.score"]]),                        # a policy scored on the task suite (by evaluate)
     ("compare", [["gridrl.compare"]]),                    # batch comparisons (no report)
+    ("robustness", [["gridrl.robustness"]]),              # the fault and growth suite: comparisons per condition
     ("report", [["gridrl.report", "gridrl.training_report", "gridrl.plots"]]),  # reads results folders
     ("pipeline", [["gridrl.pipeline"]]),                  # train → compare → report, chained
     ("cli", [["gridrl.cli"]]),                            # the command line
