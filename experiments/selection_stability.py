@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--num-envs", type=int, default=None, help="the other chunking (default: half the config's)")
     p.add_argument("--steps", type=int, default=None, help="budget (default: the config's)")
+    p.add_argument("--only", default=None, help="comma-separated variants to run (threads1, threads2, envsN; "
+                                                 "default: all), e.g. one per process")
     p.add_argument("--runs", default="out/stability")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     variants = {"threads1": ({"GRIDRL_THREADS": "1"}, {}), "threads2": ({"GRIDRL_THREADS": "2"}, {}),
                 f"envs{args.num_envs or n_envs // 2}": ({"GRIDRL_THREADS": "1"},
                                                         {"num_envs": args.num_envs or n_envs // 2})}
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     tag = Path(args.config).stem if args.config else "published"
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
