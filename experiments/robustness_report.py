@@ -72,16 +72,15 @@ def append_ledger() -> None:
             run = rec["controller"].split("/", 1)[1]
             algo = "dmpo" if "dmpo" in run else "dppo"
             seed = int(run.rsplit("-s", 1)[1])
-            days = pd.read_parquet(table.parent / rec["condition"] / ("" if not rec["agent"] else rec["agent"]) /
-                                   "days.parquet") if (table.parent / rec["condition"] / "days.parquet").exists() \
-                else None
-            n_days = int(days["day"].nunique()) if days is not None else 73
+            agent = rec["agent"] if isinstance(rec["agent"], str) else ""
+            days = pd.read_parquet(table.parent / rec["condition"] / agent / "days.parquet")
+            n_days = int(days["day"].nunique())
             cfg = json.loads((Path("out/robustness/runs") / run / "config.json").read_text())
             append(feeder="ieee33", algorithm=algo, variant=f"robustness:{rec['group']}:{rec['condition']}",
                    seed=seed, test_days=n_days, controllable_rate=float(rec["controllable_rate"]),
                    energy_loss_mwh=float(rec["energy_loss_mwh"]), config=cfg,
                    source=f"gridrl robustness ({table.parent}; run out/robustness/runs/{run})",
-                   note=f"{rec['description']}{' (' + rec['agent'] + ' out)' if rec['agent'] else ''}; "
+                   note=f"{rec['description']}{' (' + agent + ' out)' if agent else ''}; "
                         f"{rec['information']}")
 
 
