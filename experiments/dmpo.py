@@ -130,7 +130,7 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
 def model_markdown(runs: list[dict]) -> str:
     """The model's last logged errors in every dmpo run (held-out real steps; the counterfactual
     check against the true physics from its last check)."""
-    from gridrl.marl.report import read_scalars
+    from gridrl.training_report import read_scalars
 
     rows = []
     for r in [r for r in runs if r["algo"] == "dmpo"]:

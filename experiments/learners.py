@@ -160,7 +160,7 @@ def run_all(exp: Experiment, runs: list[dict], *, progress: bool, claim: bool = 
     """Train every unfinished run in turn (resuming interrupted ones). ``claim``: skip runs that
     another live process has claimed and claim each before training it, so that several
     processes on one machine share the plan (see :func:`_claim`)."""
-    from gridrl.marl.train import train
+    from gridrl.pipeline import train  # the run, and its report of training curves
 
     for k, r in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {r['feeder']} {r['algo']} {r['variant']} seed {r['seed']}"
@@ -226,7 +226,7 @@ def compare_all(exp: Experiment, runs: list[dict], *, progress: bool):
     for feeder in exp.feeders:  # a run belongs to one feeder: one comparison per feeder
         mine = tuple(s for s in specs if s.run is None or f"/{feeder}/" in s.run.replace(os.sep, "/"))
         cfg = CompareConfig(feeders=(feeder,), controllers=mine, split="test", days=exp.days)
-        result = run_compare(cfg, out=Path(exp.out) / "compare" / feeder, progress=progress, report=False)
+        result = run_compare(cfg, out=Path(exp.out) / "compare" / feeder, progress=progress)
     return result
 
 
@@ -238,7 +238,7 @@ def tables(exp: Experiment, runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFram
     """Per-run results, the evaluation curves and the baselines, from the run folders and the
     comparisons."""
     from gridrl.compare import collect, summarize
-    from gridrl.marl.report import read_scalars
+    from gridrl.training_report import read_scalars
 
     rows, curves, base = [], [], []
     for feeder in exp.feeders:
@@ -331,7 +331,7 @@ def _targets(feeder: str, g: pd.DataFrame, b: pd.DataFrame) -> list[str]:
 def report(exp: Experiment, runs_df: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFrame, summary_md: str) -> str:
     import html
 
-    from gridrl.marl.report import fig_curves
+    from gridrl.training_report import fig_curves
     from gridrl.report import Section, render, results_sections
 
     sections = [Section("Summary", ("<pre>" + html.escape(summary_md) + "</pre>",))]

@@ -239,6 +239,24 @@ def _import_callable(spec: str):
     return obj
 
 
+def _run_policy(path: Path, feeder, env_config):
+    """A run folder's policy, refused when its feeder or its observations differ from the task's
+    (a policy trained with a forecast scores on the task with the oracle forecast, not without)."""
+    from gridrl.marl.run import open_run
+
+    run = open_run(path)
+    run.check_feeder(feeder)
+    if env_config is not None:
+        wanted = run.evaluation_config(env_config)
+        diff = [f"{k}={getattr(wanted, k)!r} (task: {getattr(env_config, k)!r})"
+                for k in ("zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
+                if getattr(wanted, k) != getattr(env_config, k)]
+        if diff:
+            raise TaskError(f"run {path} observes with {', '.join(diff)}; score it on a task with that "
+                            f"information model (e.g. the -oracle- tasks for a forecast) or train it on this one")
+    return run.policy()
+
+
 def load_controller(spec: str, feeder, *, env_config=None):
     """The controller a spec string names (see the module docstring)."""
     from gridrl.control import CONTROLLERS, make_controller
@@ -252,9 +270,7 @@ def load_controller(spec: str, feeder, *, env_config=None):
             raise TaskError(f"no ONNX file {spec}")
         return OnnxPolicy(path)
     if path.is_dir():
-        import gridrl
-
-        return gridrl.load_policy(path)
+        return _run_policy(path, feeder, env_config)
     if ":" in spec:
         obj = _import_callable(spec)
         if hasattr(obj, "act"):

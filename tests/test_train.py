@@ -99,16 +99,17 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     assert val["env_steps"].tolist() == [32, 64] and (val["value"] > 0).all()
     chosen = int(sc.loc[sc["tag"] == "val/selected_env_steps", "value"].iloc[-1])
     assert chosen in (32, 64)
-    dppo = summary.set_index("controller").loc["dppo"]
+    name = run_dir.name  # the run is named by its folder, as `gridrl compare` and `evaluate` name it
+    dppo = summary.set_index("controller").loc[name]
     at = lambda tag: sc[(sc["tag"] == tag) & (sc["env_steps"] == chosen)]["value"].item()  # noqa: E731
     assert at("eval/energy_loss_mwh") == pytest.approx(dppo["energy_loss_mwh"], rel=1e-9)
     assert at("eval/controllable_rate") == pytest.approx(dppo["controllable_rate"], rel=1e-9)
-    assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", "dppo"]
+    assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", name]
     comm = summary.set_index("controller")["communication"]
-    assert comm["dppo"] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
+    assert comm[name] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
     acting = sc.loc[sc["tag"] == "comm/acting", "value"].iloc[-1]
     training = sc.loc[sc["tag"] == "comm/training", "value"].iloc[-1]
-    assert acting == pytest.approx(comm["dppo"]) and training > acting  # critic messages, advantage sums
+    assert acting == pytest.approx(comm[name]) and training > acting  # critic messages, advantage sums
     html = (run_dir / "report.html").read_text()
     assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
 
@@ -177,10 +178,10 @@ def test_run_folders_are_controllers_in_evaluate_and_compare(run_dir, day, tmp_p
                               "--out", str(tmp_path / "cmp"), "--no-report"])
     assert res.exit_code == 0, res.output
     assert set(pd.read_parquet(tmp_path / "cmp" / "days.parquet")["controller"]) == {"none", run_dir.name}
-    # the same policy, the same day: the same figures as the run's own comparison
+    # the same policy, the same day, the same name: the same figures as the run's own comparison
     own = pd.read_parquet(run_dir / "compare" / "days.parquet").set_index("controller")
     got = days.set_index("controller")
-    assert got.loc[run_dir.name, "energy_loss_mwh"] == pytest.approx(own.loc["dppo", "energy_loss_mwh"])
+    assert got.loc[run_dir.name, "energy_loss_mwh"] == pytest.approx(own.loc[run_dir.name, "energy_loss_mwh"])
     # a comparison TOML takes run folders too
     toml = tmp_path / "cmp.toml"
     toml.write_text(f'feeders = ["ieee33"]\ndays = [{day}]\n[[controllers]]\nrun = "{run_dir}"\nlabel = "mine"\n')
@@ -203,8 +204,8 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
     cfg = CompareConfig(feeders=("ieee33",), controllers=(ControllerSpec(run=str(run)),), days=(day,))
-    first = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
-    again = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    first = run_compare(cfg, out=tmp_path / "cmp", progress=False)
+    again = run_compare(cfg, out=tmp_path / "cmp", progress=False)
     assert (first.ran, again.ran) == (1, 0)
     # "retrain": another checkpoint in the same folder (weights changed)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -212,7 +213,7 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     key = next(k for k in served if k.endswith("head.2.bias"))
     served[key] += 0.5
     torch.save(ckpt, run / "checkpoint.pt")
-    third = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    third = run_compare(cfg, out=tmp_path / "cmp", progress=False)
     assert third.ran == 1
     assert third.days["energy_loss_mwh"].iloc[0] != first.days["energy_loss_mwh"].iloc[0]
 

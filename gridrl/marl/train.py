@@ -7,12 +7,14 @@
                               selected policy (see below)
     RUN_DIR/scalars.csv       tidy scalars: iteration, env_steps, wall_s, tag, value
     RUN_DIR/tb/               the same scalars as TensorBoard event files
-    RUN_DIR/compare/          the final comparison on the test days (gridrl compare's layout)
-    RUN_DIR/report.html       training curves beside that comparison
+
+``gridrl train`` then compares the run with ``TrainConfig.compare`` on the test days
+(``RUN_DIR/compare/``) and writes ``RUN_DIR/report.html``: that chain is
+:func:`gridrl.pipeline.train`'s; this driver trains and nothing else.
 
 The driver owns what every learner needs around its iterations — the training environment, the
 progress bar, logging, periodic evaluation on whole days (the learning curves against real
-environment steps), checkpoints and resume, the NaN guard and the final comparison — and asks the
+environment steps), checkpoints and resume and the NaN guard — and asks the
 learner only for ``iterate()``, ``state_dict()`` / ``load_state_dict()``, ``policy``, ``critic``,
 ``communication_training``, ``env_steps`` and ``iteration``. A model-based learner plugs in the
 same way (add it to :data:`ALGORITHMS`).
@@ -54,12 +56,17 @@ ALGORITHMS = {"dmpo": ("gridrl.marl.dmpo", "DMPO"), "dppo": ("gridrl.marl.dppo",
               "ippo": ("gridrl.marl.ippo", "IPPO"), "cppo": ("gridrl.marl.cppo", "CPPO")}
 
 # the training environment unless the [env] table overrides it: episodes of 8 hours from random
-# days and times; a next-step forecast of own PV and zone load (observations are one step old);
+# days and times; agents act on what they measure (no forecast: that is an opt-in oracle);
 # losses plus a steep penalty outside a band slightly narrower than the feeder's (the margin
-# is TrainConfig.band_margin_pu); a small reactive-power cost
-TRAIN_ENV_DEFAULTS: dict[str, Any] = {"start_hour": None, "episode_hours": 8.0, "forecast_steps": 1,
+# is TrainConfig.band_margin_pu); a small reactive-power cost; and robust training: each
+# episode draws its own operating point (loads ×0.7–1.3, PV ×0.5–1.6, ratings with it), an
+# agent's inverters are out for a whole episode with probability 0.05, voltage sensors read
+# with 0.005 p.u. noise and a message is lost with probability 0.2
+TRAIN_ENV_DEFAULTS: dict[str, Any] = {"start_hour": None, "episode_hours": 8.0, "forecast_steps": 0,
                                       "barrier": "courant_beltrami", "voltage_weight": 1000.0,
-                                      "loss_weight_per_mw": 10.0, "q_weight_per_mvar": 0.001}
+                                      "loss_weight_per_mw": 10.0, "q_weight_per_mvar": 0.001,
+                                      "load_scale_range": (0.7, 1.3), "pv_scale_range": (0.5, 1.6),
+                                      "outage_prob": 0.05, "sensor_noise_pu": 0.005, "message_dropout": 0.2}
 
 CONFIG_FILE, SCALARS_FILE = "config.json", "scalars.csv"
 
@@ -198,12 +205,11 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A finished run: its folder, the final policy, the scalars and the comparison summary."""
+    """A finished run: its folder, the final policy and the scalars."""
 
     out: Path
     policy: Any
     scalars: Any
-    summary: Any = None
     resumed_from: int = 0
     seconds: float = 0.0
 
@@ -232,13 +238,17 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
 
     say = log or (lambda m: print(m, file=sys.stderr))
     out = Path(out)
-    if not resume and out.is_dir() and any(out.iterdir()):  # before the slow part
+    if device == "cuda" and not torch.cuda.is_available():  # before anything is written
+        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    started_here = not (out.is_dir() and any(out.iterdir()))
+    if not resume and not started_here:  # before the slow part
         raise TrainError(f"{out} already exists; add --resume to continue that run, or choose another --out")
     feeder = load_feeder(feeder_name)
     config = _with_band(config, feeder)
     checkpoint = _claim(out, feeder, config, resume=resume)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available here; use --device cpu")
+    if resume and checkpoint is None:  # never silently from the beginning
+        say(f"nothing to resume in {out}: starting a new run there" if started_here else
+            f"{out} holds no checkpoint (the run stopped before its first): starting it again from the beginning")
     train_days, val_days = validation_split(feeder, config.validation_days)
     env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
                    config=config.env)
@@ -333,17 +343,13 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         say(f"selected the policy of {best['env_steps']:,} environment steps (on {len(val_days)} held-out "
             f"training days: controllable rate {best['controllable_rate']:.4f}, "
             f"{best['energy_loss_mwh']:.2f} MWh)")
-    summary = None
     policy = learner.policy
     if selected is not None:
         policy.load_state_dict(selected)
     policy.name = out.name or config.algo
-    if config.compare:
-        summary = compare_run(out, feeder_name, config, progress=progress)
-    write_run_report(out)
     read_checkpoint(out)  # the run folder is usable as a controller
-    return TrainResult(out=out, policy=policy, scalars=scalars.frame(), summary=summary,
-                       resumed_from=resumed_from, seconds=driver["wall_s"])
+    return TrainResult(out=out, policy=policy, scalars=scalars.frame(), resumed_from=resumed_from,
+                       seconds=driver["wall_s"])
 
 
 def _with_band(config: TrainConfig, feeder) -> TrainConfig:
@@ -456,14 +462,17 @@ class _Curves:
 
         if self.env is None:
             from gridrl.env import make_env
-            from gridrl.evaluate import check_days
+            from gridrl.grid.days import check_days
             from gridrl.marl.run import evaluation_env_config
 
             self.days = check_days(self.feeder, self.split, self.days)
             cfg = dataclasses.replace(evaluation_env_config(self.env_config), start_hour=0.0, episode_hours=24.0,
                                       day_sampling="cycle")
             self.env = make_env(self.feeder, split=self.split, num_envs=len(self.days), days=self.days, config=cfg)
+        from gridrl.marl.run import deployed
+
         env = self.env
+        policy = deployed(policy, self.feeder, env.config)  # as compared: through the safety envelope
         obs, mask = env.reset(days=self.days), None
         dropout = env.config.message_dropout > 0
         for _ in range(env.episode_steps):
@@ -551,30 +560,3 @@ def _tensorboard(folder: Path, purge_step: int | None):
     except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
         return None
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
-
-
-# --------------------------------------------------------------------------------------------
-# after training: comparison and report
-# --------------------------------------------------------------------------------------------
-
-
-def compare_run(out: Path, feeder_name: str, config: TrainConfig, *, progress: bool = True):
-    """The trained policy against ``config.compare`` on the test days, into ``RUN_DIR/compare``."""
-    from gridrl.compare import CompareConfig, ControllerSpec, parse_controllers, run_compare
-
-    specs = parse_controllers(",".join(config.compare)) + (ControllerSpec(run=str(out.resolve()),
-                                                                          label=config.algo),)
-    cfg = CompareConfig(feeders=(feeder_name,), controllers=specs, split="test", days=config.compare_days)
-    return run_compare(cfg, out=out / "compare", progress=progress, report=False).summary
-
-
-def write_run_report(out: Path, *, path: Path | None = None) -> Path:
-    """``RUN_DIR/report.html`` (or ``path``): training curves, and the comparison when there is one."""
-    from gridrl.io import write_html
-    from gridrl.report import render, results_sections
-    from gridrl.marl.report import training_sections
-
-    sections = training_sections(out)
-    if (out / "compare" / "days.parquet").exists():
-        sections = results_sections(out / "compare") + sections
-    return write_html(render(sections, title=f"gridrl — run {out.resolve().name}"), path or out / "report.html")
