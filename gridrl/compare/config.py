@@ -87,7 +87,7 @@ class CompareConfig:
 
     feeders: feeder names (see ``gridrl feeders``) or spec paths.
     controllers: the controllers compared (see :class:`ControllerSpec`).
-    split: days to run: ``test`` (held out), ``train`` or ``all``.
+    split: days to run: ``test`` (held out), ``val`` (validation), ``train`` or ``all``.
     seeds: number of seeds per cell (seeds 0 … seeds−1).
     days: run only these days (each must belong to the split of every feeder); default all.
     day_stride: per feeder, run only every k-th of its days (e.g. ``{"mvlv-rural" = 4}``: a
@@ -109,7 +109,7 @@ class CompareConfig:
 
     feeders: tuple[str, ...]
     controllers: tuple[ControllerSpec, ...]
-    split: Literal["train", "test", "all"] = "test"
+    split: Literal["train", "val", "test", "all"] = "test"
     seeds: int = 1
     days: tuple[int, ...] | None = None
     day_stride: dict[str, int] | None = None
@@ -242,8 +242,8 @@ def config_problems(config: CompareConfig) -> list[str]:
             problems.append(f"day_stride names {name!r}, which is not a feeder of the comparison")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             problems.append(f"day_stride.{name} must be a whole number ≥ 1, got {stride!r}")
-    if config.split not in ("train", "test", "all"):
-        problems.append(f"split must be test, train or all, got {config.split!r}")
+    if config.split not in ("train", "val", "test", "all"):
+        problems.append(f"split must be test, val, train or all, got {config.split!r}")
         return problems  # the days checks below need a valid split
     for name in config.feeders:
         try:

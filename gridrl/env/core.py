@@ -141,8 +141,8 @@ class VoltageControlEnv:
         self.config = cfg
         self.num_envs = int(num_envs)
         self.device = torch.device(device)
-        if split not in ("train", "test", "all"):
-            raise EnvError(f"unknown split {split!r} (use 'train', 'test' or 'all')")
+        if split not in ("train", "val", "test", "all"):
+            raise EnvError(f"unknown split {split!r} (use 'train', 'val', 'test' or 'all')")
         self.split = split
         pool = list(feeder.days(split)) if days is None else [int(d) for d in days]
         n_days = feeder.profiles.n_days
