@@ -158,8 +158,8 @@ def feeders_show(
                           "requires none below 5 % of rated power; night mode is an inverter option)"),
                   highlight=False)
     console.print(f"[bold]{'band':>12}[/]  {spec.voltage.v_min_pu}–{spec.voltage.v_max_pu} p.u.", highlight=False)
-    console.print(f"[bold]{'days':>12}[/]  {len(feeder.days('train'))} train, {len(feeder.days('test'))} test "
-                  f"(every {spec.split.test_every}th day from day {spec.split.test_offset} held out)", highlight=False)
+    for line in _day_sets(feeder):
+        console.print(line, highlight=False)
     deg = feeder.adjacency.sum(1)
     console.print(f"[bold]{'agent graph':>12}[/]  {int(feeder.adjacency.sum() // 2)} edges, degree "
                   f"{deg.min()}–{deg.max()}, diameter {int(feeder.hop_distance.max())} hops", highlight=False)
@@ -169,6 +169,21 @@ def feeders_show(
     out = out or default_out("feeders", f"{feeder.name}.html")
     write_html(feeder_map(feeder), out, post_script=ZOOM_LABELS_JS)
     console.print(f"map written to {out}")
+
+
+def _day_sets(feeder) -> list[str]:
+    """The feeder's three disjoint day sets, one line each, with their rule and their days."""
+    sp = feeder.spec.split
+
+    def days(split: str) -> str:
+        d = feeder.days(split)
+        return ", ".join(map(str, d)) if len(d) <= 12 else f"{', '.join(map(str, d[:6]))}, …, {', '.join(map(str, d[-3:]))}"
+    rules = {"train": "the rest: what learners train on (droop:tuned is fitted on them)",
+             "val": f"every {sp.val_every}th day from day {sp.val_offset} that is not a test day: tuning and "
+                    f"the choice of a run's policy",
+             "test": f"every {sp.test_every}th day from day {sp.test_offset}: reported only, never chosen by"}
+    label = {"train": "train days", "val": "val days", "test": "test days"}
+    return [f"[bold]{label[s]:>12}[/]  {len(feeder.days(s))}: {rules[s]} ({days(s)})" for s in ("train", "val", "test")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +264,7 @@ def evaluate_cmd(
     curve: Annotated[Optional[Path], typer.Option(help="Droop curve TOML file with v_pu = [...], q = [...] and "
                                                   "optionally reference = 's_max' | 'q_avail' (instead of --preset), "
                                                   "e.g. one written by `gridrl tune-droop`.")] = None,
-    split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
+    split: Annotated[str, typer.Option(help="Days to run: test, val (validation), train or all.")] = "test",
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default out/evaluate/FEEDER-CONTROLLER-SPLIT; "
                                                 "$GRIDRL_OUT_DIR replaces out/).")] = None,
@@ -326,7 +341,7 @@ def compare_cmd(
                                                        "is fitted on each feeder's training days; a run folder of "
                                                        "`gridrl train` adds its trained policy.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Preset of every bare `droop` in --controllers.")] = None,
-    split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
+    split: Annotated[str, typer.Option(help="Days to run: test, val (validation), train or all.")] = "test",
     seeds: Annotated[int, typer.Option(help="Seeds per feeder × controller (0 … N−1).")] = 1,
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else out/compare; "
@@ -504,9 +519,15 @@ def train_cmd(
                                                 "not exist unless --resume.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (a finished run is "
                                          "only evaluated again; an empty --out starts a new run).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress: a bar with the latest validation figures on a "
+                                           "terminal, one line per validation or evaluation in a pipe or log.")] = True,
 ) -> None:
     """Train a learner on the feeder's training days, then compare it on the test days.
+
+    Without --config the settings and budget are those of the published experiment for the
+    algorithm and the feeder's size (printed first, with the time it took there); the policy is
+    chosen on the feeder's validation days, and the test-day figures are added to the results
+    ledger (reports/ledger.csv).
 
     Shows environment steps, episode return, controllable rate, value loss and steps/s; writes
     checkpoints, scalars (CSV and TensorBoard), the resolved config, the comparison against
@@ -525,8 +546,10 @@ def train_cmd(
     if resume and out is None:
         raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
     data, source = ({}, "command line")
+    variant = "default"
     if config is not None:
         data, source = read_toml(config), str(config)
+        variant = config.stem
         _check_kind(config, "training", data)
 
     from gridrl.compare import format_summary
@@ -537,16 +560,24 @@ def train_cmd(
         try:
             data = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
             source = str(out / CONFIG_FILE)
+            variant = ""
         except (OSError, ValueError, KeyError):
             raise fail(f"{out / CONFIG_FILE} is damaged; give the run's settings with --config") from None
+    elif config is None:
+        from gridrl.grid.feeder import load_feeder
+        from gridrl.marl.train import published_settings
+
+        data, line = published_settings(load_feeder(feeder), algo or "dppo")
+        source = "the published settings"
+        err_console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
     cfg = resolve_train_config(data, source=source, overrides={"algo": algo, "steps": steps, "seed": seed})
     if out is None:
         from gridrl.io import default_out
 
         out = default_out("runs", f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}")
     try:
-        result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
-                       log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
+        result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress, variant=variant,
+                       log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
         raise fail(_interrupted(feeder, out, cfg), 130) from None
     if result.compare is not None:
@@ -661,6 +692,36 @@ def warmup_cmd(
         rows = warm_up(names, progress=lambda m: status.update(f"warming up: {m}"))
     print_table([{**r, "seconds": round(r["seconds"], 1)} for r in rows], title="gridrl warmup",
                 keys=("what",))
+
+
+@app.command("robustness")
+@user_errors
+def robustness_cmd(
+    config: Annotated[Path, typer.Option(help="Suite TOML (experiments/robustness_*.toml): the feeder, baselines, "
+                                         "groups of trained runs and conditions.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else "
+                                                "out/robustness; $GRIDRL_OUT_DIR replaces out/).")] = None,
+    conditions: Annotated[Optional[str], typer.Option(help="Only these conditions, comma-separated (default: the "
+                                                      "config's, else all): nominal, noise-0.005, noise-0.01, "
+                                                      "dropout-0.2, dropout-0.5, dropout-1.0, worst-outage, "
+                                                      "outage-0.1, pv-1.5, load-1.2-pv-1.5, no-q-night.")] = None,
+) -> None:
+    """The fault and growth suite: every controller under sensor noise, message loss, inverter
+    outages, more PV and more load, and without reactive power at night, on the test days.
+
+    Writes one comparison folder per condition (resumable), table.csv and summary.md (rate /
+    loss per condition and controller)."""
+    import dataclasses
+
+    from gridrl.robustness import load_config, run_robustness, summary_markdown
+
+    cfg = load_config(config)
+    if conditions is not None:
+        cfg = dataclasses.replace(cfg, conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()))
+    with err_console.status("robustness") as status:
+        tidy = run_robustness(cfg, out=out, progress=lambda m: status.update(f"robustness: {m}"))
+
+    console.print(summary_markdown(tidy, feeder=cfg.feeder), highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------------------------

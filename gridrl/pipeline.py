@@ -58,14 +58,26 @@ class TrainedRun:
 
 
 def train(feeder: str, config, *, out: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True, log: Callable[[str], None] | None = None) -> TrainedRun:
+          progress: bool = True, log: Callable[[str], None] | None = None, variant: str = "") -> TrainedRun:
     """Train (or resume) a run, compare it with ``config.compare`` on the test days into
-    ``RUN_DIR/compare``, and write ``RUN_DIR/report.html`` (what ``gridrl train`` does)."""
+    ``RUN_DIR/compare`` and add that look to the results ledger (:func:`gridrl.ledger.append_run`;
+    ``variant`` names the settings there), and write ``RUN_DIR/report.html`` (what ``gridrl
+    train`` does). Progress: a bar on a terminal, otherwise lines (see :func:`gridrl.marl.train.train`)."""
+    from gridrl import ledger
     from gridrl.marl.train import train as train_run
+    from gridrl.terminal import is_terminal
 
     out = Path(out)
     result = train_run(feeder, config, out=out, resume=resume, device=device, progress=progress, log=log)
-    compared = compare_run(out, feeder, config, progress=progress) if config.compare else None
+    compared = None
+    if config.compare:
+        if progress and not is_terminal() and log is not None:
+            log(f"comparing with {', '.join(config.compare)} on the test days")
+        compared = compare_run(out, feeder, config, progress=progress and is_terminal())
+        label = _own_label(out / "compare") or out.resolve().name  # the run's row in its comparison
+        row = ledger.append_run(out, compared.summary, label=label, variant=variant)
+        if row is not None and log is not None:
+            log(f"ledger: row added to {ledger.ledger_path()} (settings {row['config_hash']}, commit {row['commit']})")
     return TrainedRun(train=result, compare=compared, report=write_run_report(out))
 
 

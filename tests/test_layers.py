@@ -27,9 +27,11 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
     ("env", [["gridrl.env"]]),                            # the batched environment and its adapters
     ("control | marl", [["gridrl.control"], ["gridrl.marl"]]),  # controllers and learners: peers
     ("api", [["gridrl"]]),                                # the package root: the public façade over the above
+    ("ledger", [["gridrl.ledger"]]),                      # the results ledger: rows from run folders and figures
     ("evaluate | sweep", [["gridrl.evaluate"], ["gridrl.sweep"]]),  # rollouts on days; training runs en masse
     ("score", [["gridrl.score"]]),                        # a policy scored on the task suite (by evaluate)
     ("compare", [["gridrl.compare"]]),                    # batch comparisons (no report)
+    ("robustness", [["gridrl.robustness"]]),              # the fault and growth suite: comparisons per condition
     ("report", [["gridrl.report", "gridrl.training_report", "gridrl.plots"]]),  # reads results folders
     ("pipeline", [["gridrl.pipeline"]]),                  # train → compare → report, chained
     ("cli", [["gridrl.cli"]]),                            # the command line

@@ -92,12 +92,12 @@ def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, cached: Mapping
     spec = cell.controller
     env_config = cell.env
     if spec.run is not None:
-        from gridrl.marl.run import open_run
+        from gridrl.marl.run import deployed, open_run
 
         run = open_run(spec.run)
         run.check_feeder(feeder)
-        ctrl = run.policy(name=spec.key)
         env_config = run.evaluation_config(cell.env)  # the comparison's scenario, the run's observations
+        ctrl = deployed(run.policy(name=spec.key), feeder, env_config, envelope=spec.envelope)
     else:
         ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune,
                                env_config=cell.env)

@@ -48,6 +48,10 @@ class ControllerSpec:
     feeders: run this controller on these feeders of the comparison only (default: on every
         feeder), e.g. a controller too costly to fit or run on the largest feeder; its rows are
         then absent there and the gap columns that refer to it are empty.
+    envelope: trained runs only: the safety envelope the policy acts through (fields of
+        :class:`~gridrl.env.envelope.EnvelopeConfig`; default: on, ``clamp``, with the hand-over
+        to 1547-B droop outside the training statistics); ``{ mechanism = "off", handover_z = 0 }``
+        is the ablation.
     """
 
     name: str | None = None
@@ -57,6 +61,7 @@ class ControllerSpec:
     run: str | None = None
     tune: dict | None = None
     feeders: tuple[str, ...] | None = None
+    envelope: dict | None = None
 
     def runs_on(self, feeder: str) -> bool:
         """Whether the comparison runs this controller on ``feeder``."""
@@ -82,7 +87,7 @@ class CompareConfig:
 
     feeders: feeder names (see ``gridrl feeders``) or spec paths.
     controllers: the controllers compared (see :class:`ControllerSpec`).
-    split: days to run: ``test`` (held out), ``train`` or ``all``.
+    split: days to run: ``test`` (held out), ``val`` (validation), ``train`` or ``all``.
     seeds: number of seeds per cell (seeds 0 … seeds−1).
     days: run only these days (each must belong to the split of every feeder); default all.
     day_stride: per feeder, run only every k-th of its days (e.g. ``{"mvlv-rural" = 4}``: a
@@ -104,7 +109,7 @@ class CompareConfig:
 
     feeders: tuple[str, ...]
     controllers: tuple[ControllerSpec, ...]
-    split: Literal["train", "test", "all"] = "test"
+    split: Literal["train", "val", "test", "all"] = "test"
     seeds: int = 1
     days: tuple[int, ...] | None = None
     day_stride: dict[str, int] | None = None
@@ -209,7 +214,10 @@ def config_problems(config: CompareConfig) -> list[str]:
         try:
             if spec.run is not None:
                 problems += _run_problems(spec, [f for f in config.feeders if spec.runs_on(f)])
+                problems += _envelope_problems(spec, config.env)
                 continue
+            if spec.envelope is not None:
+                raise ControllerError(f"controller {spec.key!r}: an envelope wraps a trained run only")
             if spec.name is None:
                 raise ControllerError("a controller needs a name (none, droop or opf) or a run directory (run = ...)")
             if spec.name not in CONTROLLERS:
@@ -234,8 +242,8 @@ def config_problems(config: CompareConfig) -> list[str]:
             problems.append(f"day_stride names {name!r}, which is not a feeder of the comparison")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             problems.append(f"day_stride.{name} must be a whole number ≥ 1, got {stride!r}")
-    if config.split not in ("train", "test", "all"):
-        problems.append(f"split must be test, train or all, got {config.split!r}")
+    if config.split not in ("train", "val", "test", "all"):
+        problems.append(f"split must be test, val, train or all, got {config.split!r}")
         return problems  # the days checks below need a valid split
     for name in config.feeders:
         try:
@@ -276,6 +284,20 @@ def _run_problems(spec: ControllerSpec, feeders: Sequence[str]) -> list[str]:
     except GridrlError as exc:
         return [str(exc)]
     return []
+
+
+def _envelope_problems(spec: ControllerSpec, env: EnvConfig) -> list[str]:
+    """A run's envelope settings that cannot be used, and ``[env]`` settings its policy cannot read."""
+    from gridrl.env.envelope import EnvelopeConfig
+    from gridrl.marl.run import open_run
+
+    problems = []
+    try:
+        from_dict(EnvelopeConfig, spec.envelope or {}, source=f"controller {spec.key!r} envelope")
+        open_run(spec.run).evaluation_config(env)
+    except GridrlError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def run_feeder(spec: ControllerSpec) -> str | None:

@@ -39,6 +39,8 @@ SUMMARY_COLUMNS = {
     "max_loading_pct": "max loading %",
     "overload_branch_hours": "overload branch-h",
     "tap_operations_per_day": "tap ops/day",
+    "handover_pct": "hand-over %",
+    "information": "knew",
     "q_at_night": "Q at night",
 }
 
@@ -90,6 +92,9 @@ def summarize(days: pd.DataFrame) -> pd.DataFrame:
             "tap_operations_per_day": float(g["tap_operations"].mean()) if has("tap_operations") else np.nan,
             "q_at_night": ("yes" if g["q_at_night"].all() else "no" if not g["q_at_night"].any() else "mixed")
                           if "q_at_night" in g else "–",
+            # tables written before these columns existed read as unknown
+            "handover_pct": 100.0 * float(g["handover_share"].mean()) if "handover_share" in g else np.nan,
+            "information": str(g["information"].iloc[0]) if "information" in g else "–",
         })
     summary = pd.DataFrame(rows)
     for feeder, g in summary.groupby("feeder", sort=False):
@@ -113,11 +118,14 @@ def format_summary(summary: pd.DataFrame, *, columns: dict[str, str] | None = No
     digits = {"controllable_rate": 4, "out_of_band_pct": 3, "mean_abs_dv_pu": 4, "max_abs_dv_pu": 4,
               "energy_loss_mwh": 3, "loss_gap_to_opf_pct": 1, "loss_gap_to_tuned_pct": 1, "reactive_energy_mvarh": 1,
               "communication": 1, "noload_loss_mwh": 3, "controllable_loss_mwh": 3, "total_gap_to_opf_pct": 1,
-              "max_loading_pct": 1, "overload_branch_hours": 1, "tap_operations_per_day": 2}
+              "max_loading_pct": 1, "overload_branch_hours": 1, "tap_operations_per_day": 2, "handover_pct": 2}
     if columns is None:
         columns = dict(SUMMARY_COLUMNS)
         if "loss_gap_to_tuned_pct" in summary and summary["loss_gap_to_tuned_pct"].isna().all():
             del columns["loss_gap_to_tuned_pct"]
+        if "handover_pct" in summary and summary["handover_pct"].isna().all():
+            del columns["handover_pct"]  # no trained policy in the comparison
+        columns = {k: h for k, h in columns.items() if k in summary}  # tables written before a column existed
     rows = []
     for rec in summary.to_dict("records"):
         row = {}
@@ -194,6 +202,13 @@ SUMMARY_GLOSSARY = {
     "q_at_night": "whether the inverters gave reactive power while their PV produced nothing (yes: a night "
                   "mode, STATCOM operation; no: the common inverter, as IEEE 1547-2018 requires no reactive "
                   "power below 5 % of rated active power).",
+    "handover_pct": "trained policies: share of agent-steps at which an agent, its own observation outside what "
+                    "it was trained on, handed over to IEEE 1547-B droop, in %.",
+    "information": "what the controller knew when it acted: measured = its own sensors at the start of the "
+                   "interval (set-points of the last one still in force) and neighbours' messages of the same "
+                   "instant; previous step = the last interval's readings; oracle = information no inverter "
+                   "has (a forecast, or the whole feeder's exact loads and PV); and the safety envelope the "
+                   "policy acted through.",
 }
 
 SUMMARY_LEGEND = "\n".join(f"- **{SUMMARY_COLUMNS[k]}**: {v}" for k, v in SUMMARY_GLOSSARY.items())

@@ -24,7 +24,10 @@ __all__ = ["check_fitted_for", "scenario_of"]
 # field (including ones added later) is part of the cache key, so a new knob refits by default
 _NOT_PHYSICS = frozenset({"episode_hours", "start_hour", "day_sampling", "barrier", "voltage_weight",
                           "loss_weight_per_mw", "q_weight_per_mvar", "divergence_penalty", "zone_layout",
-                          "forecast_steps", "forecast_noise_rel", "sensor_noise_pu", "message_dropout"})
+                          "forecast_steps", "forecast_noise_rel", "sensor_noise_pu", "message_dropout",
+                          "observation"})
+# randomised operating points (robust training): part of the scenario only when set
+_ONLY_WHEN_SET = frozenset({"load_scale_range", "pv_scale_range"})
 
 
 def scenario_of(feeder, env_config=None) -> dict[str, Any]:
@@ -39,6 +42,8 @@ def scenario_of(feeder, env_config=None) -> dict[str, Any]:
         if f.name in _NOT_PHYSICS:
             continue
         v = getattr(cfg, f.name)
+        if v is None and f.name in _ONLY_WHEN_SET:
+            continue
         out[f.name] = list(v) if isinstance(v, tuple) else v
     out["v_min_pu"] = float(cfg.v_min_pu if cfg.v_min_pu is not None else feeder.v_min_pu)
     out["v_max_pu"] = float(cfg.v_max_pu if cfg.v_max_pu is not None else feeder.v_max_pu)

@@ -217,17 +217,24 @@ class Feeder:
 
     # -- split ------------------------------------------------------------------------------
     def days(self, split: str = "train") -> list[int]:
-        """Day numbers of the split: ``train``, ``test`` or ``all``. Test days never appear in train."""
+        """Day numbers of the split: ``train``, ``val``, ``test`` or ``all``.
+
+        The three sets are disjoint (:class:`~gridrl.grid.spec.SplitSpec`): learners train on
+        ``train``, tune and choose their policy on ``val``, and ``test`` is only reported.
+        """
         s = self.spec.split
         all_days = np.arange(self.profiles.n_days)
         is_test = all_days % s.test_every == s.test_offset
+        is_val = (all_days % s.val_every == s.val_offset) & ~is_test
         if split == "train":
-            return all_days[~is_test].tolist()
+            return all_days[~is_test & ~is_val].tolist()
+        if split == "val":
+            return all_days[is_val].tolist()
         if split == "test":
             return all_days[is_test].tolist()
         if split == "all":
             return all_days.tolist()
-        raise ValueError(f"unknown split {split!r} (use 'train', 'test' or 'all')")
+        raise ValueError(f"unknown split {split!r} (use 'train', 'val', 'test' or 'all')")
 
     # -- physics ----------------------------------------------------------------------------
     def power_flow(self, **options):

@@ -90,6 +90,7 @@ class ObservationRoles:
     zone_index: torch.Tensor
     zone_monitored: torch.Tensor
     layout: str
+    measured: bool = False
 
     @classmethod
     def from_env(cls, env) -> ObservationRoles:
@@ -119,13 +120,16 @@ class ObservationRoles:
                    next_cols=torch.as_tensor([c for c in range(D) if c not in skip]), q_col=col["inv_q_mvar"],
                    q_avail_col=col["inv_q_avail_mvar"], q_coef=torch.as_tensor(q_coef),
                    zone_index=env.zone_index.clone(), zone_monitored=torch.as_tensor(zone_monitored),
-                   layout=env.config.zone_layout)
+                   layout=env.config.zone_layout, measured=env.config.observation == "measured")
 
     @property
     def monitored(self) -> torch.Tensor | None:
-        """``[N, V]``: the voltage features of monitored buses (pad layout), or ``None`` (pool:
-        a zone's barrier cannot be computed from four summaries)."""
-        return self.zone_monitored if self.layout == "pad" else None
+        """``[N, V]``: the voltage features of monitored buses (pad layout), or ``None`` when a
+        zone's barrier cannot be computed from the next observation's voltages: the pool's four
+        summaries, or measured observations (the next observation reads the next interval's
+        start, not the voltages the step's reward was paid on), where the learned, anchored
+        voltage cost takes its place."""
+        return self.zone_monitored if self.layout == "pad" and not self.measured else None
 
     def zone_volts(self, vm_pu: torch.Tensor) -> torch.Tensor:
         """``[B, N, Z]``: ``vm_pu − 1`` of every zone bus (0 for padding) from ``vm_pu [B, n_bus]``."""
