@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--num-envs", type=int, default=Config.num_envs)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--band-margin", type=float, default=Config.band_margin_pu,
+                    help="the training band's margin inside the feeder's, p.u.")
     ap.add_argument("--task", default="ieee33-v0")
     ap.add_argument("--no-score", action="store_true")
     ap.add_argument("--save", default="out/examples/torchrl_ippo.pt")
@@ -217,7 +219,7 @@ def main() -> None:
 
     task = get_task(args.task)
     cfg = dataclasses.replace(Config(), feeder=task.feeder, iterations=args.iterations, minutes=args.minutes,
-                              num_envs=args.num_envs, seed=args.seed)
+                              num_envs=args.num_envs, seed=args.seed, band_margin_pu=args.band_margin)
     result = train(cfg)
     print(f"trained for {result['seconds']:.0f} s; policy saved to {args.save}")
     atomic_write(args.save, lambda tmp: torch.save(result["state"], tmp))

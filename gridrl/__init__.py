@@ -25,7 +25,6 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__",
     "CheckpointError",
     "EnvConfig",
     "Feeder",

@@ -68,8 +68,9 @@ class Task:
     feeder: feeder name.
     description: one line for tables.
     information: ``"measured"`` (the agent's own sensors only, the default information model)
-        or ``"forecast-oracle"`` (plus a perfect next-step forecast of its own PV and zone load:
-        an oracle no deployed inverter has; results must say so).
+        or ``"forecast-oracle"`` (plus a next-step forecast of its own PV and zone load with
+        EnvConfig's default forecast noise: an oracle no deployed inverter has; results must
+        say so).
     reward: :class:`~gridrl.env.EnvConfig` reward fields the learner is meant to train on
         (barrier and weights); the official metrics do not depend on it.
     scenario: EnvConfig scenario fields (``load_scale``, ``pv_scale``, ``q_at_night``).
@@ -118,7 +119,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task(name="mv-urban-v0", feeder="mv-urban", description="SimBench MV urban, 133 agents"),
     Task(name="mvlv-rural-v0", feeder="mvlv-rural", description="SimBench MV+LV rural, 571 agents"),
     Task(name="ieee33-oracle-v0", feeder="ieee33", information="forecast-oracle",
-         description="ieee33 with a perfect next-step forecast (oracle)"),
+         description="ieee33 with a noisy next-step forecast (oracle)"),
     Task(name="ieee33-stress-v0", feeder="ieee33", scenario=_STRESS,
          description="ieee33 with 20 % more load and 50 % more PV"),
     Task(name="ieee141-stress-v0", feeder="ieee141", scenario=_STRESS,

@@ -193,7 +193,9 @@ def test_model_predictions_match_the_physics_after_brief_fitting(feeder):
     held-out real steps and (2) predict most of what an independent action draw changes in the
     voltages, against ``env.peek``'s power flow of that draw. A model that ignores actions or
     neighbours, or a broken anchor, fails (2); a model that learned nothing fails (1)."""
-    learner, env, stats = _dmpo(feeder, iterations=3, model_ratio=0.0, model_hops=3, model_updates=60,
+    # 100 updates per iteration, the learner's default (60 sufficed on the training days before
+    # the validation days were carved out of them; at 60 the check now ends at 0.53)
+    learner, env, stats = _dmpo(feeder, iterations=3, model_ratio=0.0, model_hops=3, model_updates=100,
                                 ensemble=3)
     assert stats["model/volt_rmse_pu"] < 0.5 * stats["model/volt_rmse_persist_pu"], stats
     check = make_env(feeder, num_envs=4, seed=99, config=TRAIN_ENV)

@@ -5,8 +5,11 @@ Agent *i* acts on its κ-hop neighbourhood's observations, which reach it as mes
 :mod:`gridrl.marl.nets`); its critic is an *extended value function* ``V_i`` over the same
 neighbourhood, fitted to *i*'s own local reward. Per-agent GAE gives local advantages ``A_j``;
 agent *i*'s policy advantage is their sum over its κ-hop neighbourhood, ``Σ_{j ∈ N_κ(i)} A_j``
-— the agents whose rewards its action can move. Weights are shared by all agents (with an agent
-embedding), which is what keeps hundreds of agents fast.
+— the agents whose rewards its action can move. By default weights are shared by all agents
+(with an agent embedding), observation statistics pooled and advantages standardised over all
+agents — fast, but every gradient step is then a global exchange; ``training = "decentralized"``
+gives every agent its own weights, statistics and advantage scale (see :class:`DppoConfig`).
+Each iteration reports its training traffic, local and global (:meth:`DPPO._communication`).
 
 One iteration, top to bottom in :meth:`DPPO.iterate`:
 
