@@ -12,15 +12,23 @@ task's test days, beside IEEE 1547-B droop.
 
     python examples/torchrl_ippo.py --minutes 10          # train for 10 minutes, then score ieee33-v0
     python examples/torchrl_ippo.py --iterations 5 --no-score
+    gridrl score ieee33-v0 --controller examples/torchrl_ippo.py:saved   # the saved policy, again
+
+The trained policy is saved to ``out/examples/torchrl_ippo.pt`` (``--save``); :func:`saved` is
+that policy as a plain function (``$GRIDRL_TORCHRL_POLICY`` names another file), which is how
+``gridrl score`` takes a policy from any library.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from tensordict.nn import TensorDictModule
@@ -42,7 +50,8 @@ OBS, ACTION = ("agents", "observation"), ("agents", "action")
 class Config:
     """feeder: where to train; num_envs: scenarios per batch; episode_hours: episode length;
     iterations / minutes: budget (whichever ends first; minutes None: iterations only);
-    epochs, minibatches: PPO passes over each batch; lr; gamma, lmbda: GAE; entropy_coeff;
+    epochs, minibatches: PPO passes over each batch; lr; gamma, lmbda: GAE (γ 0: a step's reward
+    depends on that step's reactive power alone, inverters hold no state); entropy_coeff;
     hidden: MLP width; init_log_std: the policy's initial log standard deviation;
     band_margin_pu: the training band's margin inside the feeder's; seed."""
 
@@ -51,10 +60,10 @@ class Config:
     episode_hours: float = 8.0
     iterations: int = 200
     minutes: float | None = None
-    epochs: int = 4
+    epochs: int = 8
     minibatches: int = 4
     lr: float = 3e-4
-    gamma: float = 0.5
+    gamma: float = 0.0
     lmbda: float = 0.9
     entropy_coeff: float = 0.0
     hidden: int = 64
@@ -156,13 +165,41 @@ def train(cfg: Config, *, log=print) -> dict:
             log(f"iteration {it}: {steps:,} scenario-steps, {rec['seconds']:.0f} s, reward {rec['reward']:.4f}, "
                 f"controllable {rec['controllable']:.3f}")
 
+    state = {"net": net.state_dict(), "loc": loc, "scale": scale, "obs_dim": net.mean[0].in_features,
+             "hidden": cfg.hidden, "feeder": cfg.feeder}
+    return {"policy": _policy(net, loc, scale), "state": state, "history": history,
+            "seconds": time.perf_counter() - t0}
+
+
+def _policy(net: GaussianHead, loc: torch.Tensor, scale: torch.Tensor):
     def policy(obs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             mean, _ = net((obs - loc) / scale)  # the Gaussian's mean; the env clips to [-1, 1] too
             return mean[..., 0].clamp(-1.0, 1.0)
 
     policy.hops, policy.communication = 0, 0.0
-    return {"policy": policy, "history": history, "seconds": time.perf_counter() - t0}
+    return policy
+
+
+def load(path: str | Path):
+    """A policy saved by :func:`main` as a callable obs [B, N, D] → actions [B, N]."""
+    state = torch.load(path, weights_only=True)
+    net = GaussianHead(state["obs_dim"], state["hidden"], 0.0)
+    net.load_state_dict(state["net"])
+    return _policy(net, state["loc"], state["scale"])
+
+
+@lru_cache(maxsize=1)
+def _saved():
+    return load(os.environ.get("GRIDRL_TORCHRL_POLICY", "out/examples/torchrl_ippo.pt"))
+
+
+def saved(obs: torch.Tensor) -> torch.Tensor:
+    """The saved policy (``$GRIDRL_TORCHRL_POLICY``, default ``out/examples/torchrl_ippo.pt``)."""
+    return _saved()(obs)
+
+
+saved.hops, saved.communication = 0, 0.0
 
 
 def main() -> None:
@@ -171,16 +208,21 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--num-envs", type=int, default=Config.num_envs)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--band-margin", type=float, default=Config.band_margin_pu,
+                    help="the training band's margin inside the feeder's, p.u.")
     ap.add_argument("--task", default="ieee33-v0")
     ap.add_argument("--no-score", action="store_true")
+    ap.add_argument("--save", default="out/examples/torchrl_ippo.pt")
     args = ap.parse_args()
+    from gridrl.io import atomic_write
     from gridrl.score import CallablePolicy, get_task, score
 
     task = get_task(args.task)
     cfg = dataclasses.replace(Config(), feeder=task.feeder, iterations=args.iterations, minutes=args.minutes,
-                              num_envs=args.num_envs, seed=args.seed)
+                              num_envs=args.num_envs, seed=args.seed, band_margin_pu=args.band_margin)
     result = train(cfg)
-    print(f"trained for {result['seconds']:.0f} s")
+    print(f"trained for {result['seconds']:.0f} s; policy saved to {args.save}")
+    atomic_write(args.save, lambda tmp: torch.save(result["state"], tmp))
     if args.no_score:
         return
     for ctrl in (CallablePolicy(result["policy"], name="torchrl-ippo"), "droop", "none"):

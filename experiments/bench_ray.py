@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = CompareConfig(feeders=tuple(args.feeders.split(",")), controllers=parse_controllers(args.controllers))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        local = run_compare(cfg, out=Path(tmp) / "local", backend="local", progress=False, report=False)
+        local = run_compare(cfg, out=Path(tmp) / "local", backend="local", progress=False)
         local_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        on_ray = run_compare(cfg, out=Path(tmp) / "ray", backend="ray", progress=False, report=False)
+        on_ray = run_compare(cfg, out=Path(tmp) / "ray", backend="ray", progress=False)
         ray_s = time.perf_counter() - t0
         _check_same(local.out, on_ray.out)
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 cpus = int(ray.cluster_resources().get("CPU", 0))
             # the same comparison on the instance already running (its workers started)
             t0 = time.perf_counter()
-            warm = run_compare(cfg, out=Path(tmp) / "ray-warm", backend="ray", progress=False, report=False)
+            warm = run_compare(cfg, out=Path(tmp) / "ray-warm", backend="ray", progress=False)
             warm_s = time.perf_counter() - t0
             _check_same(local.out, warm.out)
         finally:

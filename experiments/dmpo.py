@@ -9,7 +9,8 @@ to beat droop) and the model's errors.
 The experiment file has the format of ``experiments/learners.py`` (whose planning, training,
 comparison and report this reuses; finished runs are skipped, interrupted ones resumed). Writes
 ``out`` of the config: ``summary.md`` (the learners' table, then the targets and the model
-errors), ``runs.csv``, ``curves.csv``, ``compare/`` and ``report.html``.
+errors), ``runs.csv``, ``curves.csv``, ``compare/`` and ``report.html``, and one results-ledger
+row per run (``reports/ledger.csv``).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
 def model_markdown(runs: list[dict]) -> str:
     """The model's last logged errors in every dmpo run (held-out real steps; the counterfactual
     check against the true physics from its last check)."""
-    from gridrl.marl.report import read_scalars
+    from gridrl.training_report import read_scalars
 
     rows = []
     for r in [r for r in runs if r["algo"] == "dmpo"]:
@@ -178,9 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     learners.compare_all(exp, runs, progress=progress)
     runs_df, curves, base = learners.tables(exp, runs)
     command = "python experiments/dmpo.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if learners.ledger_rows(exp, runs_df, runs, command=command.strip()):
+        print(f"ledger: {len(runs_df)} row(s) added", file=sys.stderr)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     md = learners.summary_markdown(runs_df, base, eval_split=runs[0]["config"].eval_split, command=command.strip(),
-                                   load=load)
+                                   load=load, on=learners.split_of(exp))
     md += "\n" + targets_markdown(runs_df, curves, base, main=next(iter(exp.variants))) + "\n" + model_markdown(runs)
     if len(runs) < len(planned):
         left = [f"{r['feeder']} {r['algo']} seed {r['seed']}" for r in planned if r not in runs]

@@ -8,7 +8,11 @@ interrupted ones resumed, so the command can be repeated), the comparison and th
 ``out``: ``summary.md`` (mean and spread over seeds, wall-clock, the targets), ``runs.csv``
 (one row per run), ``curves.csv`` (the evaluation curves of every run against environment
 steps), ``compare/`` (``gridrl compare``'s tables: every run and baseline on every test day) and
-``report.html``. Tuning uses the same script with evaluation on training days (``eval_split``).
+``report.html``. Every run's policy is chosen on the feeders' validation days; each reported
+run's test-day figures are appended to the results ledger (``reports/ledger.csv``,
+:mod:`gridrl.ledger`). Tuning uses the same script with ``tuning = true``: every run evaluates
+and is compared on validation days only, a test day anywhere is refused, and no ledger row is
+written.
 """
 
 from __future__ import annotations
@@ -45,7 +49,10 @@ class Experiment:
         format as a variant's; a variant's own overrides come after them): settings tuned per
         feeder on its training days.
     baselines: rule-based controllers of the comparison (``none``, ``droop``, ``droop:PRESET``, ``opf``, …).
-    days: only these test days in the comparison (default: all; for quick checks).
+    days: only these test days in the comparison (default: all; for quick checks); with
+        ``tuning``, validation days.
+    tuning: a tuning experiment: runs evaluate on validation days (``eval_split = "val"``), the
+        comparison runs on validation days, and a test day anywhere is refused.
     runs: folder of the run folders; out: folder of the comparison, tables and report.
     """
 
@@ -58,6 +65,7 @@ class Experiment:
     per_feeder: dict = field(default_factory=dict)
     baselines: tuple[str, ...] = ("none", "droop", "opf")
     days: tuple[int, ...] | None = None
+    tuning: bool = False
     runs: str = "out/learners/runs"
     out: str = "reports/learners"
 
@@ -103,6 +111,9 @@ def plan(exp: Experiment, source: str) -> list[dict[str, Any]]:
                         continue  # reported above
                     budget = budget[algo]
                 data = _merge(_merge(base, over), {"algo": algo, "steps": int(budget), "compare": []})
+                if exp.tuning:
+                    data.setdefault("eval_split", "val")
+                    data["tuning"] = True
                 for seed in range(exp.seeds):
                     try:
                         cfg = resolve_train_config({**data, "seed": seed}, source=f"{source} ({variant}, {algo})")
@@ -160,7 +171,7 @@ def run_all(exp: Experiment, runs: list[dict], *, progress: bool, claim: bool = 
     """Train every unfinished run in turn (resuming interrupted ones). ``claim``: skip runs that
     another live process has claimed and claim each before training it, so that several
     processes on one machine share the plan (see :func:`_claim`)."""
-    from gridrl.marl.train import train
+    from gridrl.pipeline import train  # the run, and its report of training curves
 
     for k, r in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {r['feeder']} {r['algo']} {r['variant']} seed {r['seed']}"
@@ -225,9 +236,42 @@ def compare_all(exp: Experiment, runs: list[dict], *, progress: bool):
     result = None
     for feeder in exp.feeders:  # a run belongs to one feeder: one comparison per feeder
         mine = tuple(s for s in specs if s.run is None or f"/{feeder}/" in s.run.replace(os.sep, "/"))
-        cfg = CompareConfig(feeders=(feeder,), controllers=mine, split="test", days=exp.days)
-        result = run_compare(cfg, out=Path(exp.out) / "compare" / feeder, progress=progress, report=False)
+        cfg = CompareConfig(feeders=(feeder,), controllers=mine, split=split_of(exp), days=exp.days)
+        result = run_compare(cfg, out=Path(exp.out) / "compare" / feeder, progress=progress)
     return result
+
+
+def split_of(exp: Experiment) -> str:
+    """The days the experiment compares on: validation days when tuning, else the test days."""
+    return "val" if exp.tuning else "test"
+
+
+def ledger_rows(exp: Experiment, runs_df: pd.DataFrame, runs: list[dict], *, command: str) -> int:
+    """One results-ledger row per reported run (its test-day figures; nothing when tuning).
+    Returns how many rows were added."""
+    from gridrl import ledger
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.marl.train import _identity
+
+    if exp.tuning:
+        return 0
+    added = 0
+    hashes = {f: load_feeder(f).spec.content_hash() for f in dict.fromkeys(runs_df["feeder"])}
+    days = len(exp.days) if exp.days else None
+    for r in runs:
+        row = runs_df[(runs_df["feeder"] == r["feeder"]) & (runs_df["algo"] == r["algo"])
+                      & (runs_df["variant"] == r["variant"]) & (runs_df["seed"] == r["seed"])]
+        if row.empty:
+            continue
+        x = row.iloc[0]
+        n = days or len(load_feeder(r["feeder"]).days("test"))
+        ident = {"feeder": r["feeder"], "feeder_hash": hashes[r["feeder"]], **_identity(r["config"])}
+        got = ledger.append(feeder=r["feeder"], algorithm=r["algo"], variant=r["variant"], seed=int(r["seed"]),
+                            selected_step=int(x["selected_env_steps"]), test_days=n,
+                            controllable_rate=float(x["controllable_rate"]), energy_loss_mwh=float(x["energy_loss_mwh"]),
+                            config=ident, source=command, note=f"run {r['folder']}")
+        added += got is not None
+    return added
 
 
 def _label(r: dict) -> str:
@@ -238,7 +282,7 @@ def tables(exp: Experiment, runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFram
     """Per-run results, the evaluation curves and the baselines, from the run folders and the
     comparisons."""
     from gridrl.compare import collect, summarize
-    from gridrl.marl.report import read_scalars
+    from gridrl.training_report import read_scalars
 
     rows, curves, base = [], [], []
     for feeder in exp.feeders:
@@ -276,14 +320,17 @@ def _eval_before(sc: pd.DataFrame, ev: pd.DataFrame) -> pd.Series:
     return ev["iteration"].map(e).fillna(0.0).to_numpy()
 
 
-def summary_markdown(runs: pd.DataFrame, base: pd.DataFrame, *, eval_split: str, command: str, load: str) -> str:
-    lines = [f"# Learners on the test days: {', '.join(dict.fromkeys(runs['feeder']))}", "",
-             f"Command: `{command}`; load average at the end {load}. Every figure is on all test days; "
+def summary_markdown(runs: pd.DataFrame, base: pd.DataFrame, *, eval_split: str, command: str, load: str,
+                     on: str = "test") -> str:
+    """The experiment's table per feeder; ``on``: the days compared (``test``, or ``val`` when tuning)."""
+    days = "test days" if on == "test" else "validation days (a tuning experiment: no test day was looked at)"
+    lines = [f"# Learners on the {days}: {', '.join(dict.fromkeys(runs['feeder']))}", "",
+             f"Command: `{command}`; load average at the end {load}. Every figure is on the compared {on} days; "
              f"mean over seeds with [min, max] in brackets. Training time excludes the periodic evaluations "
              f"(learning-curve points on {eval_split} days); train CPU min is this process's CPU time for the "
-             f"same, which a busy machine does not inflate. Each run's policy is the one its validation on held-out "
-             f"training days selected (policy at k steps, one figure per seed; the last one for a run that does "
-             f"not validate).", ""]
+             f"same, which a busy machine does not inflate. Each run's policy is the one the selection rule chose on "
+             f"the feeder's validation days (policy at k steps, one figure per seed; the last one for a run that "
+             f"does not validate).", ""]
     for feeder, g in runs.groupby("feeder", sort=False):
         b = base[base["feeder"] == feeder].set_index("controller")
         lines += [f"## {feeder}", "", "| controller | seeds | controllable | loss MWh | reactive MVArh | "
@@ -331,7 +378,7 @@ def _targets(feeder: str, g: pd.DataFrame, b: pd.DataFrame) -> list[str]:
 def report(exp: Experiment, runs_df: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFrame, summary_md: str) -> str:
     import html
 
-    from gridrl.marl.report import fig_curves
+    from gridrl.training_report import fig_curves
     from gridrl.report import Section, render, results_sections
 
     sections = [Section("Summary", ("<pre>" + html.escape(summary_md) + "</pre>",))]
@@ -376,9 +423,11 @@ def main(argv: list[str] | None = None) -> None:
     runs_df, curves, base = tables(exp, runs)
     out = Path(exp.out)
     command = "python experiments/learners.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if ledger_rows(exp, runs_df, runs, command=command.strip()):
+        print(f"ledger: {len(runs_df)} row(s) added", file=sys.stderr)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     split = runs[0]["config"].eval_split if runs else "test"
-    md = summary_markdown(runs_df, base, eval_split=split, command=command.strip(), load=load)
+    md = summary_markdown(runs_df, base, eval_split=split, command=command.strip(), load=load, on=split_of(exp))
     if len(runs) < len(planned):
         left = [f"{r['feeder']} {r['algo']} {r['variant']} seed {r['seed']}" for r in planned if r not in runs]
         md += f"\nNot finished yet ({len(left)} of {len(planned)} planned runs): {'; '.join(left)}.\n"

@@ -1,7 +1,8 @@
 """gridrl: active voltage control on distribution feeders with decentralized multi-agent RL.
 
-The feeder library loads eagerly; the environment, controllers and trained policies (which import
-torch) load on first use, so ``gridrl feeders`` and ``import gridrl`` stay quick. gridrl runs one
+The list of feeders loads eagerly; feeders themselves (pandas, pandapower), the environment,
+controllers and trained policies (torch) load on first use, so ``import gridrl`` stays quick and a
+command given a wrong argument says so at once. gridrl runs one
 thread per process unless told otherwise (``GRIDRL_THREADS``, :func:`set_threads`; see
 :mod:`gridrl.threads`).
 """
@@ -10,11 +11,12 @@ thread per process unless told otherwise (``GRIDRL_THREADS``, :func:`set_threads
 from gridrl.threads import set_threads
 from gridrl.errors import (CheckpointError, FeederBuildError, FeederNotFound, GridrlError,
                            PowerFlowDiverged, SpecError)
-from gridrl.grid.feeder import Feeder, list_feeders, load_feeder
-
-__version__ = "0.1.0"
+from gridrl.grid.library import list_feeders
+from gridrl.version import __version__
 
 _LAZY = {
+    "Feeder": "gridrl.grid.feeder",
+    "load_feeder": "gridrl.grid.feeder",
     "EnvConfig": "gridrl.env",
     "make_env": "gridrl.env",
     "parallel_env": "gridrl.env",

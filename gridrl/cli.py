@@ -26,6 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# help texts are rich markup: a literal bracket is written \\[ (`gridrl\\[ray]`, `\\[env]`), or the
+# bracketed word vanishes from --help (tests/test_first_hour.py reads every command's help)
 feeders_app = typer.Typer(help="`gridrl feeders` prints the feeder library as a table; `gridrl feeders show NAME` details one feeder and writes its map.", invoke_without_command=True)
 bench_app = typer.Typer(help="Benchmarks against pandapower, lightsim2grid, power-grid-model; training throughput.", no_args_is_help=True)
 app.add_typer(feeders_app, name="feeders")
@@ -156,8 +158,8 @@ def feeders_show(
                           "requires none below 5 % of rated power; night mode is an inverter option)"),
                   highlight=False)
     console.print(f"[bold]{'band':>12}[/]  {spec.voltage.v_min_pu}–{spec.voltage.v_max_pu} p.u.", highlight=False)
-    console.print(f"[bold]{'days':>12}[/]  {len(feeder.days('train'))} train, {len(feeder.days('test'))} test "
-                  f"(every {spec.split.test_every}th day from day {spec.split.test_offset} held out)", highlight=False)
+    for line in _day_sets(feeder):
+        console.print(line, highlight=False)
     deg = feeder.adjacency.sum(1)
     console.print(f"[bold]{'agent graph':>12}[/]  {int(feeder.adjacency.sum() // 2)} edges, degree "
                   f"{deg.min()}–{deg.max()}, diameter {int(feeder.hop_distance.max())} hops", highlight=False)
@@ -167,6 +169,21 @@ def feeders_show(
     out = out or default_out("feeders", f"{feeder.name}.html")
     write_html(feeder_map(feeder), out, post_script=ZOOM_LABELS_JS)
     console.print(f"map written to {out}")
+
+
+def _day_sets(feeder) -> list[str]:
+    """The feeder's three disjoint day sets, one line each, with their rule and their days."""
+    sp = feeder.spec.split
+
+    def days(split: str) -> str:
+        d = feeder.days(split)
+        return ", ".join(map(str, d)) if len(d) <= 12 else f"{', '.join(map(str, d[:6]))}, …, {', '.join(map(str, d[-3:]))}"
+    rules = {"train": "the rest: what learners train on (droop:tuned is fitted on them)",
+             "val": f"every {sp.val_every}th day from day {sp.val_offset} that is not a test day: tuning and "
+                    f"the choice of a run's policy",
+             "test": f"every {sp.test_every}th day from day {sp.test_offset}: reported only, never chosen by"}
+    label = {"train": "train days", "val": "val days", "test": "test days"}
+    return [f"[bold]{label[s]:>12}[/]  {len(feeder.days(s))}: {rules[s]} ({days(s)})" for s in ("train", "val", "test")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +204,7 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 
 
 _BACKEND_HELP = ("Where the work runs: local (this process) or ray (Ray tasks; needs pip install "
-                 "'gridrl[ray]'). Results are the same either way.")
+                 "'gridrl\\[ray]'). Results are the same either way.")
 _ADDRESS_HELP = ("With --backend ray: the cluster to join, auto (the one `ray start --head` started on this "
                  "machine) or HOST:PORT; default: start Ray on this machine for the run.")
 _LOAD_SCALE_HELP = "Multiply every load's P and Q by this factor (a stress scenario; EnvConfig.load_scale)."
@@ -203,6 +220,25 @@ def _scenario(load_scale: float, pv_scale: float):
         return EnvConfig(load_scale=load_scale, pv_scale=pv_scale)
     except ValueError as exc:
         raise fail(f"--load-scale / --pv-scale: {exc}") from None
+
+
+def _check_feeders(*names: str | None) -> None:
+    """An unknown feeder or a malformed spec as one line at once, before pandas or torch load."""
+    from gridrl.grid.library import resolve_spec
+
+    for name in names:
+        if name:
+            resolve_spec(name)
+
+
+def _check_kind(path: Path, expected: str, data: dict | None = None) -> None:
+    """A config file of another kind (a comparison given to `train`, …) as one line that says what
+    it is and which command takes it, instead of every key it does not know."""
+    from gridrl.config import read_toml, wrong_kind
+
+    other = wrong_kind(path, read_toml(path) if data is None else data, expected)
+    if other:
+        raise fail(other)
 
 
 def _show_summary(result, title: str, *, report: bool) -> None:
@@ -228,7 +264,7 @@ def evaluate_cmd(
     curve: Annotated[Optional[Path], typer.Option(help="Droop curve TOML file with v_pu = [...], q = [...] and "
                                                   "optionally reference = 's_max' | 'q_avail' (instead of --preset), "
                                                   "e.g. one written by `gridrl tune-droop`.")] = None,
-    split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
+    split: Annotated[str, typer.Option(help="Days to run: test, val (validation), train or all.")] = "test",
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default out/evaluate/FEEDER-CONTROLLER-SPLIT; "
                                                 "$GRIDRL_OUT_DIR replaces out/).")] = None,
@@ -240,9 +276,11 @@ def evaluate_cmd(
 
     Prints a summary, writes per-day and per-step tables (parquet) and an HTML report. Re-running
     into the same folder reuses finished results (a run trained again is evaluated again)."""
-    from gridrl.compare import CompareConfig, ControllerSpec, run_compare
+    _check_feeders(feeder)
+    from gridrl.compare import CompareConfig, ControllerSpec
     from gridrl.control.curvefile import read_curve_file
     from gridrl.io import default_out
+    from gridrl.pipeline import compare
 
     if run is not None:
         from gridrl.marl.run import open_run
@@ -261,7 +299,7 @@ def evaluate_cmd(
     cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"),
                         env=_scenario(load_scale, pv_scale))
     out = out or default_out("evaluate", f"{Path(feeder).stem}-{spec.key}-{split}")
-    result = run_compare(cfg, out=out, report=report)
+    result = compare(cfg, out=out, report=report)
     if len(result.days) <= 12:
         from gridrl.compare import format_days
 
@@ -303,7 +341,7 @@ def compare_cmd(
                                                        "is fitted on each feeder's training days; a run folder of "
                                                        "`gridrl train` adds its trained policy.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Preset of every bare `droop` in --controllers.")] = None,
-    split: Annotated[str, typer.Option(help="Days to run: test, train or all.")] = "test",
+    split: Annotated[str, typer.Option(help="Days to run: test, val (validation), train or all.")] = "test",
     seeds: Annotated[int, typer.Option(help="Seeds per feeder × controller (0 … N−1).")] = 1,
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else out/compare; "
@@ -318,7 +356,9 @@ def compare_cmd(
 
     Shows a progress bar; writes one tidy table, a summary with the gap to opf (markdown and
     printed) and an HTML report. Interrupted runs resume: finished cells are skipped."""
-    from gridrl.compare import CompareConfig, load_config, parse_controllers, run_compare
+    _check_feeders(*(feeders or "").split(","))
+    from gridrl.compare import CompareConfig, load_config, parse_controllers
+    from gridrl.pipeline import compare
 
     if config is not None:
         given = [name for name, v in (("--feeders", feeders), ("--controllers", controllers), ("--preset", preset),
@@ -328,6 +368,7 @@ def compare_cmd(
                   if changed]
         if given:
             raise fail(f"--config already says what to compare; drop {', '.join(given)} or edit {config}")
+        _check_kind(config, "comparison")
         cfg = load_config(config)
     else:
         if not feeders or not controllers:
@@ -335,7 +376,7 @@ def compare_cmd(
         cfg = CompareConfig(feeders=tuple(f.strip() for f in feeders.split(",") if f.strip()),
                             controllers=parse_controllers(controllers, preset=preset), split=split, seeds=seeds,
                             days=_int_list(days, "--days"), env=_scenario(load_scale, pv_scale))
-    result = run_compare(cfg, out=out, backend=backend, address=address, report=report)
+    result = compare(cfg, out=out, backend=backend, address=address, report=report)
     _show_summary(result, title="comparison summary", report=report)
 
 
@@ -348,7 +389,7 @@ def sweep_cmd(
     algos: Annotated[str, typer.Option(help="Comma-separated learners: dppo, ippo, cppo.")] = "dppo",
     seeds: Annotated[int, typer.Option(help="Training seeds per feeder × learner (0 … N−1).")] = 1,
     config: Annotated[Optional[Path], typer.Option(help="Training TOML shared by every run (as for `gridrl train`; "
-                                                   "[learner.ALGO] tables set one learner's settings).")] = None,
+                                                   "\\[learner.ALGO] tables set one learner's settings).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget of every run in environment feeder steps "
                                                  "(default: the config's).")] = None,
     baselines: Annotated[str, typer.Option(help="Controllers the runs are compared with: none, droop, "
@@ -367,15 +408,19 @@ def sweep_cmd(
     runs and the comparison's cells are Ray tasks side by side; on several machines OUT must be on
     a filesystem they all mount. Interrupted sweeps resume: finished runs are skipped, unfinished
     ones continue from their last checkpoint, finished comparison cells are kept."""
+    _check_feeders(*feeders.split(","))
     from gridrl.compare import format_summary
     from gridrl.config import read_toml
-    from gridrl.sweep import plan_sweep, run_sweep
+    from gridrl.pipeline import sweep
+    from gridrl.sweep import plan_sweep
 
     data, source = ({}, "command line") if config is None else (read_toml(config), str(config))
+    if config is not None:
+        _check_kind(config, "training", data)
     runs = plan_sweep([f.strip() for f in feeders.split(",") if f.strip()],
                       [a.strip() for a in algos.split(",") if a.strip()], seeds, out=out, train=data,
                       source=source, steps=steps)
-    result = run_sweep(runs, out=out, backend=backend, address=address,
+    result = sweep(runs, out=out, backend=backend, address=address,
                        baselines=[b.strip() for b in baselines.split(",") if b.strip()],
                        compare_days=_int_list(days, "--days"), progress=progress, report=report)
     print_table(format_summary(result.compare.summary), title="sweep: runs and baselines on the test days",
@@ -404,8 +449,9 @@ def tune_droop_cmd(
     A black-box search (staged grids, then CMA-ES) over IEEE 1547-2018 four-point curves
     minimises the energy loss on the training days, keeping the controllable rate at least that
     of the best standard preset. Writes a curve file for `gridrl evaluate --curve` with the
-    provenance (feeder, spec hash, scenario, days, objective) in its [fit] table; the same fit
+    provenance (feeder, spec hash, scenario, days, objective) in its \\[fit] table; the same fit
     serves `--preset tuned` and `droop:tuned` from the cache."""
+    _check_feeders(feeder)
     from gridrl.control.curvefile import write_curve_file
     from gridrl.control.tuning import TuneConfig, tuned_curve
     from gridrl.grid.feeder import load_feeder
@@ -440,20 +486,17 @@ def report_cmd(
     """The self-contained HTML report of a results folder (plotly.js embedded: opens offline).
 
     For a training run: its training curves beside its comparison on the test days."""
-    from gridrl.io import write_html
-    from gridrl.report import ReportError, build_report
+    from gridrl.pipeline import write_report, write_run_report
+    from gridrl.report import ReportError
 
     if not results.is_dir():
         what = "is not a folder" if results.exists() else "does not exist"
         raise ReportError(f"{results} {what}; give the --out folder of a `gridrl compare`, "
                           f"`gridrl evaluate` or `gridrl train` run")
     if (results / "checkpoint.pt").exists() or (results / "scalars.csv").exists():
-        from gridrl.marl.train import write_run_report
-
         path = write_run_report(results, path=out)
-        console.print(f"report written to {path}", highlight=False)
-        return
-    path = write_html(build_report(results), out or results / "report.html")
+    else:
+        path = write_report(results, path=out)
     console.print(f"report written to {path}", highlight=False)
 
 
@@ -468,7 +511,7 @@ def train_cmd(
     feeder: Annotated[str, typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
     algo: Annotated[Optional[str], typer.Option(help="Learner: dmpo, dppo, ippo or cppo (default: the config's, else dppo).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training TOML (experiments/*.toml): top-level settings, "
-                                                   "[env] and [learner] tables.")] = None,
+                                                   "\\[env] and \\[learner] tables.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, exploration and the days drawn.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
@@ -476,9 +519,15 @@ def train_cmd(
                                                 "not exist unless --resume.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (a finished run is "
                                          "only evaluated again; an empty --out starts a new run).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress: a bar with the latest validation figures on a "
+                                           "terminal, one line per validation or evaluation in a pipe or log.")] = True,
 ) -> None:
     """Train a learner on the feeder's training days, then compare it on the test days.
+
+    Without --config the settings and budget are those of the published experiment for the
+    algorithm and the feeder's size (printed first, with the time it took there); the policy is
+    chosen on the feeder's validation days, and the test-day figures are added to the results
+    ledger (reports/ledger.csv).
 
     Shows environment steps, episode return, controllable rate, value loss and steps/s; writes
     checkpoints, scalars (CSV and TensorBoard), the resolved config, the comparison against
@@ -486,38 +535,68 @@ def train_cmd(
     and end where an uninterrupted run would."""
     import json
 
-    from gridrl.compare import format_summary
-    from gridrl.config import read_toml
-    from gridrl.marl.train import CONFIG_FILE, resolve_train_config, train
+    from rich.markup import escape
 
+    from gridrl.config import read_toml
+
+    # the checks that need no numerical package first, so a wrong argument is one line at once
     if device not in ("cpu", "cuda"):
         raise fail(f"--device must be cpu or cuda, got {device!r}")
+    _check_feeders(feeder)
+    if resume and out is None:
+        raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
     data, source = ({}, "command line")
+    variant = "default"
     if config is not None:
         data, source = read_toml(config), str(config)
-    elif resume and out is not None and (out / CONFIG_FILE).is_file():
+        variant = config.stem
+        _check_kind(config, "training", data)
+
+    from gridrl.compare import format_summary
+    from gridrl.marl.train import CONFIG_FILE, resolve_train_config
+    from gridrl.pipeline import train
+
+    if config is None and resume and (out / CONFIG_FILE).is_file():
         try:
             data = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
             source = str(out / CONFIG_FILE)
+            variant = ""
         except (OSError, ValueError, KeyError):
             raise fail(f"{out / CONFIG_FILE} is damaged; give the run's settings with --config") from None
+    elif config is None:
+        from gridrl.grid.feeder import load_feeder
+        from gridrl.marl.train import published_settings
+
+        data, line = published_settings(load_feeder(feeder), algo or "dppo")
+        source = "the published settings"
+        err_console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
     cfg = resolve_train_config(data, source=source, overrides={"algo": algo, "steps": steps, "seed": seed})
     if out is None:
-        if resume:
-            raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
         from gridrl.io import default_out
 
         out = default_out("runs", f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}")
     try:
-        result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress,
-                       log=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+        result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress, variant=variant,
+                       log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
-        raise fail(f"interrupted; {out} keeps its last checkpoint: continue with "
-                   f"gridrl train {feeder} --out {out} --resume", 130) from None
-    if result.summary is not None:
-        print_table(format_summary(result.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
+        raise fail(_interrupted(feeder, out, cfg), 130) from None
+    if result.compare is not None:
+        print_table(format_summary(result.compare.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
                     keys=("feeder", "controller"), full_table=str(out / "compare" / "summary.md"))
     console.print(f"run folder {out} (checkpoint.pt, scalars.csv, tb/, compare/, report.html)", highlight=False)
+
+
+def _interrupted(feeder: str, out: Path, cfg) -> str:
+    """What an interrupted `gridrl train` kept, and how to go on."""
+    from gridrl.marl.checkpoint import CHECKPOINT
+
+    again = f"gridrl train {feeder} --out {out} --resume"
+    if (out / CHECKPOINT).exists():
+        return f"interrupted; {out} keeps its last checkpoint: continue with {again}"
+    if out.is_dir() and any(out.iterdir()):
+        return (f"interrupted before the first checkpoint (written every {cfg.checkpoint_every_s:g} s of training); "
+                f"there is nothing to continue: {again} starts the run again from the beginning")
+    return "interrupted before training started; nothing was written: run the same command again"
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,6 +692,36 @@ def warmup_cmd(
         rows = warm_up(names, progress=lambda m: status.update(f"warming up: {m}"))
     print_table([{**r, "seconds": round(r["seconds"], 1)} for r in rows], title="gridrl warmup",
                 keys=("what",))
+
+
+@app.command("robustness")
+@user_errors
+def robustness_cmd(
+    config: Annotated[Path, typer.Option(help="Suite TOML (experiments/robustness_*.toml): the feeder, baselines, "
+                                         "groups of trained runs and conditions.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's out, else "
+                                                "out/robustness; $GRIDRL_OUT_DIR replaces out/).")] = None,
+    conditions: Annotated[Optional[str], typer.Option(help="Only these conditions, comma-separated (default: the "
+                                                      "config's, else all): nominal, noise-0.005, noise-0.01, "
+                                                      "dropout-0.2, dropout-0.5, dropout-1.0, worst-outage, "
+                                                      "outage-0.1, pv-1.5, load-1.2-pv-1.5, no-q-night.")] = None,
+) -> None:
+    """The fault and growth suite: every controller under sensor noise, message loss, inverter
+    outages, more PV and more load, and without reactive power at night, on the test days.
+
+    Writes one comparison folder per condition (resumable), table.csv and summary.md (rate /
+    loss per condition and controller)."""
+    import dataclasses
+
+    from gridrl.robustness import load_config, run_robustness, summary_markdown
+
+    cfg = load_config(config)
+    if conditions is not None:
+        cfg = dataclasses.replace(cfg, conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()))
+    with err_console.status("robustness") as status:
+        tidy = run_robustness(cfg, out=out, progress=lambda m: status.update(f"robustness: {m}"))
+
+    console.print(summary_markdown(tidy, feeder=cfg.feeder), highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------------------------

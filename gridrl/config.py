@@ -58,10 +58,10 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            problems.append(f"{_join(path, key)}: unknown key (allowed: {allowed})")
+    unknown = [key for key in data if key not in fields]
+    for key in unknown:  # the allowed keys once per table, not once per unknown key
+        allowed = f" (allowed: {', '.join(sorted(fields))})" if key == unknown[0] else ""
+        problems.append(f"{_join(path, key)}: unknown key{allowed}")
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         dotted = _join(path, name)
@@ -146,3 +146,47 @@ def to_dict(obj: Any) -> dict[str, Any]:
             v = list(v)
         out[f.name] = v
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# which kind of file
+# --------------------------------------------------------------------------------------------
+
+#: gridrl's kinds of TOML file: a name, the top-level keys that only that kind has, and what to do
+#: with it (``{path}``: the file; ``{script}``: the experiment script the file names in its header).
+FILE_KINDS = {
+    "comparison": ("a comparison config", {"controllers"}, "run it with `gridrl compare --config {path}`"),
+    "experiment": ("an experiment of several training runs", {"algos", "variants", "baselines", "per_feeder"},
+                   "run it with `python {script} --config {path}`"),
+    "feeder": ("a feeder spec", {"source", "pv", "profiles", "base_case"},
+               "give it where a feeder name goes, e.g. `gridrl feeders show {path}`"),
+    "curve": ("a droop curve file", {"v_pu"}, "give it to `gridrl evaluate --feeder FEEDER --curve {path}`"),
+    "training": ("a training config", {"algo", "learner", "validation_days", "compare", "band_margin_pu"},
+                 "run it with `gridrl train FEEDER --config {path}`"),
+}
+
+
+def file_kind(data: Mapping[str, Any]) -> str | None:
+    """Which of :data:`FILE_KINDS` a parsed TOML file is, by the keys only that kind has (``None``:
+    none of them, or more than one)."""
+    kinds = [k for k, (_, keys, _) in FILE_KINDS.items() if keys & set(data)]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def wrong_kind(path: str | Path, data: Mapping[str, Any], expected: str) -> str | None:
+    """One line saying what ``path`` is and what to do with it, when it is recognisably another
+    kind of gridrl file than ``expected`` (a key of :data:`FILE_KINDS`); else ``None``."""
+    kind = file_kind(data)
+    if kind is None or kind == expected:
+        return None
+    what, _, advice = FILE_KINDS[kind]
+    script = "experiments/SCRIPT.py"
+    if kind == "experiment":  # its script names itself in the file's header
+        import re
+
+        try:
+            found = re.search(r"python (experiments/[\w.-]+\.py) --config", Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            found = None
+        script = found.group(1) if found else script
+    return f"{path} is {what}, not {FILE_KINDS[expected][0]}; {advice.format(path=path, script=script)}"

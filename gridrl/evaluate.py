@@ -25,7 +25,13 @@ Metrics (monitored buses only, the feeder's band unless the environment config s
 - ``unsettled_steps``: steps at which the controller's inner solve hit its iteration cap (droop's
   fixed point, the OPF's SQP); ``infeasible_steps``: steps at which the OPF found the band
   impossible to meet; ``diverged_steps``: steps whose power flow did not converge;
-- ``communication``: floats sent per agent per step; ``hops``: κ of the controller.
+- ``communication``: floats sent per agent per step; ``hops``: κ of the controller;
+- ``information``: what the controller knew when it acted (a trained policy: ``measured`` or
+  ``previous step``, sensor noise, ``+ oracle forecast``; droop: its own voltage during the
+  interval; ``opf``: everything, an oracle);
+- ``handover_share`` / ``envelope_share``: share of agent-steps at which a deployed policy
+  handed over to 1547-B droop (outside its training statistics) / had its action changed by the
+  safety envelope (:mod:`gridrl.control.envelope`; NaN for controllers without one).
 """
 
 from __future__ import annotations
@@ -38,43 +44,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gridrl.errors import GridrlError
+from gridrl.grid.days import DaysNotInSplit, check_days
+
+__all__ = ["DAY_COLUMNS", "DaysNotInSplit", "Evaluation", "check_days", "evaluate"]
 
 DAY_COLUMNS = ["feeder", "controller", "seed", "day", "date", "steps", "controllable_rate", "share_out_of_band",
                "mean_abs_dv_pu", "max_abs_dv_pu", "energy_loss_mwh", "controllable_loss_mwh", "line_loss_mwh",
                "trafo_load_loss_mwh", "trafo_noload_loss_mwh", "reactive_energy_mvarh",
                "violation_bus_hours", "max_loading_pct", "overload_branch_hours", "tap_operations", "unsettled_steps",
-               "infeasible_steps", "diverged_steps", "communication", "hops", "seconds", "q_at_night"]
-
-
-class DaysNotInSplit(GridrlError, ValueError):
-    """Requested days that are not days of the split."""
-
-    def __init__(self, feeder: str, split: str, bad: Sequence[int], allowed: Sequence[int]):
-        shown = _short(allowed)
-        super().__init__(f"day(s) {', '.join(map(str, bad))} are not {split} days of feeder {feeder!r} "
-                         f"({split} days: {shown})")
-
-
-def _short(xs: Sequence[int], n: int = 6) -> str:
-    xs = list(xs)
-    if len(xs) <= n:
-        return ", ".join(map(str, xs))
-    return ", ".join(map(str, xs[: n - 1])) + f", …, {xs[-1]} ({len(xs)} days)"
-
-
-def check_days(feeder, split: str, days: Sequence[int] | None) -> list[int]:
-    """The days to run: all days of ``split``, or ``days`` after checking they belong to it."""
-    allowed = feeder.days(split)
-    if days is None:
-        return list(allowed)
-    days = [int(d) for d in days]
-    bad = [d for d in days if d not in set(allowed)]
-    if bad:
-        raise DaysNotInSplit(feeder.name, split, bad, allowed)
-    if not days:
-        raise GridrlError("the list of days is empty")
-    return list(dict.fromkeys(days))
+               "infeasible_steps", "diverged_steps", "communication", "hops", "information", "handover_share",
+               "envelope_share", "seconds", "q_at_night"]
 
 
 @dataclass(frozen=True)
@@ -160,7 +139,8 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
             "line_loss_mw", "trafo_load_loss_mw", "trafo_noload_loss_mw", "max_loading_pct", "overloaded_branches",
             "tap_pos")
     per_inverter = ("q_mvar", "p_mw", "q_avail_mvar")
-    rec: dict[str, list] = {k: [] for k in (*keys, *per_inverter, "vm_pu", "load_p_mw", "unsettled", "infeasible")}
+    rec: dict[str, list] = {k: [] for k in (*keys, *per_inverter, "vm_pu", "load_p_mw", "unsettled", "infeasible",
+                                            "handover", "envelope")}
     batch = env.num_envs
     # trained policies read which neighbours' messages arrived with the observation
     messages = getattr(controller, "reads_messages", False)
@@ -179,6 +159,8 @@ def _rollout(env, controller, days: list[int], progress) -> dict[str, np.ndarray
         li = getattr(controller, "last_info", None) or {}
         for k in ("unsettled", "infeasible"):
             rec[k].append(np.asarray(li.get(k, np.zeros(batch, dtype=bool)), dtype=bool))
+        for k in ("handover", "envelope"):  # agents per scenario; NaN: the controller has no envelope
+            rec[k].append(np.asarray(li.get(k, np.full(batch, np.nan)), dtype=np.float64))
         if progress is not None:
             progress(1)
         if bool(_np(done).all()):
@@ -230,6 +212,9 @@ def _tables(feeder, env, controller, days, rec, keep_v, seconds):
             "diverged_steps": int((~ok).sum()),
             "communication": float(controller.communication),
             "hops": int(controller.hops if controller.hops is not None else -1),
+            "information": information_of(controller, env.config),
+            "handover_share": float(np.mean(rec["handover"][:, b]) / env.n_agents),
+            "envelope_share": float(np.mean(rec["envelope"][:, b]) / env.n_agents),
             "seconds": float(seconds),
             "q_at_night": bool(env.q_at_night),  # the inverters' capability the figures were measured with
         })
@@ -302,3 +287,16 @@ def _agent_table(env, days, rec, keep_v) -> pd.DataFrame:
     return pd.DataFrame({"day": pd.Series(dtype=np.int64), "step": pd.Series(dtype=np.int64),
                          "agent": pd.Series(dtype=object),
                          **{k: pd.Series(dtype=np.float32) for k in ("p_mw", "q_mvar", "q_avail_mvar", "vm_pu")}})
+
+
+def information_of(controller, env_config) -> str:
+    """What ``controller`` knew when it acted in an environment of ``env_config`` (a table cell)."""
+    info = getattr(controller, "information", "") or ""
+    if not info:
+        from gridrl.marl.run import information_label
+
+        info = information_label(env_config)
+    elif info.startswith("own voltage") and env_config.sensor_noise_pu > 0:
+        info += f", sensor noise {env_config.sensor_noise_pu:g} p.u."
+    return info
+

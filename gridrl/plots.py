@@ -14,8 +14,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["controller_colors", "fig_agent_q", "fig_day_distributions", "fig_droop_curves", "fig_energy_violations",
-           "fig_envelope", "fig_heatmaps", "fig_inverters_day", "fig_loss", "fig_voltage_profile", "feeder_paths"]
+__all__ = ["controller_colors", "feeder_paths", "fig_agent_q", "fig_day_distributions", "fig_droop_curves",
+           "fig_energy_violations", "fig_envelope", "fig_heatmaps", "fig_inverters_day", "fig_loss",
+           "fig_voltage_profile"]
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _NONE, _OPF, _BAND = "#636363", "#d62728", "#444444"
@@ -235,7 +236,7 @@ def feeder_paths(parent: pd.Series, z_ohm: pd.Series, buses: set[int]) -> list[l
             roots.append(bus)
     reach: dict[int, float] = {}  # bus → largest distance in its subtree
     order = list(roots)
-    for bus in order:
+    for bus in order:  # breadth first: the list grows as it is walked
         order.extend(children[bus])
     for bus in reversed(order):
         reach[bus] = max([float(z_ohm[bus])] + [reach[c] for c in children[bus]])

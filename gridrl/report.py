@@ -17,8 +17,10 @@ the configuration's ``report_day`` or else the evaluated day with the most PV en
 says which. Folders written before a table existed get a note in place of the figures that need it.
 
 Figures come from :mod:`gridrl.plots`; :func:`render` turns a list of :class:`Section` into one
-HTML page, so other parts of gridrl (learners' training curves) add a section without touching
-the rest. Writing the file happens at the edge (``gridrl report``, :func:`gridrl.compare.run_compare`).
+HTML page, so other reports (a training run's curves, :mod:`gridrl.training_report`) add a section
+without touching the rest. The report reads a results folder only (its layout and summary tables
+from :mod:`gridrl.compare.folder` and :mod:`gridrl.compare.summary`) and knows nothing of how the
+comparison ran. Writing the file happens at the edge (``gridrl report``, :mod:`gridrl.pipeline`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from gridrl.compare.config import ControllerSpec
+from gridrl.compare.folder import cell_folder, collect
+from gridrl.compare.summary import SUMMARY_COLUMNS, SUMMARY_GLOSSARY, format_summary, summarize
 from gridrl.errors import GridrlError
 from gridrl.plots import (fig_agent_q, fig_day_distributions, fig_droop_curves, fig_energy_violations, fig_envelope,
                           fig_heatmaps, fig_inverters_day, fig_loss, fig_voltage_profile)
@@ -70,15 +75,11 @@ def _html_table(rows: list[dict[str, Any]], *, left: int = 2) -> str:
 
 def summary_table_html(summary: pd.DataFrame) -> str:
     """The comparison summary as an HTML table."""
-    from gridrl.compare import format_summary
-
     return _html_table(format_summary(summary))
 
 
 def glossary_html() -> str:
     """What every summary column means."""
-    from gridrl.compare import SUMMARY_COLUMNS, SUMMARY_GLOSSARY
-
     items = "".join(f"<dt>{html.escape(SUMMARY_COLUMNS[k])}</dt><dd>{html.escape(v)}</dd>"
                     for k, v in SUMMARY_GLOSSARY.items())
     return f'<dl class="glossary">{items}</dl>'
@@ -139,8 +140,6 @@ def _config(out: Path) -> dict[str, Any]:
 
 def _config_order(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Feeders and controller labels in the order the comparison listed them."""
-    from gridrl.compare import ControllerSpec
-
     try:
         return list(cfg.get("feeders", [])), [ControllerSpec(**c).key for c in cfg.get("controllers", [])]
     except TypeError:
@@ -170,7 +169,6 @@ def _load(feeder: str):
 
 def _curves(out: Path, feeder: str, cfg: dict[str, Any], controllers: Sequence[str], seed: int) -> dict[str, dict]:
     """Volt-var curves of the droop controllers: from each cell's controller.json, else the config."""
-    from gridrl.compare import ControllerSpec, cell_folder
     from gridrl.control.droop import resolve_curve
 
     curves = {}
@@ -194,8 +192,6 @@ def _curves(out: Path, feeder: str, cfg: dict[str, Any], controllers: Sequence[s
 
 def results_sections(results_dir: str | Path) -> list[Section]:
     """The summary, per-feeder and provenance sections of a comparison or evaluation folder."""
-    from gridrl.compare import collect, summarize
-
     out = Path(results_dir)
     days = collect(out, table="days")
     if days.empty:

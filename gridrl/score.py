@@ -68,8 +68,9 @@ class Task:
     feeder: feeder name.
     description: one line for tables.
     information: ``"measured"`` (the agent's own sensors only, the default information model)
-        or ``"forecast-oracle"`` (plus a perfect next-step forecast of its own PV and zone load:
-        an oracle no deployed inverter has; results must say so).
+        or ``"forecast-oracle"`` (plus a next-step forecast of its own PV and zone load with
+        EnvConfig's default forecast noise: an oracle no deployed inverter has; results must
+        say so).
     reward: :class:`~gridrl.env.EnvConfig` reward fields the learner is meant to train on
         (barrier and weights); the official metrics do not depend on it.
     scenario: EnvConfig scenario fields (``load_scale``, ``pv_scale``, ``q_at_night``).
@@ -118,7 +119,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task(name="mv-urban-v0", feeder="mv-urban", description="SimBench MV urban, 133 agents"),
     Task(name="mvlv-rural-v0", feeder="mvlv-rural", description="SimBench MV+LV rural, 571 agents"),
     Task(name="ieee33-oracle-v0", feeder="ieee33", information="forecast-oracle",
-         description="ieee33 with a perfect next-step forecast (oracle)"),
+         description="ieee33 with a noisy next-step forecast (oracle)"),
     Task(name="ieee33-stress-v0", feeder="ieee33", scenario=_STRESS,
          description="ieee33 with 20 % more load and 50 % more PV"),
     Task(name="ieee141-stress-v0", feeder="ieee141", scenario=_STRESS,
@@ -239,6 +240,24 @@ def _import_callable(spec: str):
     return obj
 
 
+def _run_policy(path: Path, feeder, env_config):
+    """A run folder's policy, refused when its feeder or its observations differ from the task's
+    (a policy trained with a forecast scores on the task with the oracle forecast, not without)."""
+    from gridrl.marl.run import open_run
+
+    run = open_run(path)
+    run.check_feeder(feeder)
+    if env_config is not None:
+        wanted = run.evaluation_config(env_config)
+        diff = [f"{k}={getattr(wanted, k)!r} (task: {getattr(env_config, k)!r})"
+                for k in ("zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
+                if getattr(wanted, k) != getattr(env_config, k)]
+        if diff:
+            raise TaskError(f"run {path} observes with {', '.join(diff)}; score it on a task with that "
+                            f"information model (e.g. the -oracle- tasks for a forecast) or train it on this one")
+    return run.policy()
+
+
 def load_controller(spec: str, feeder, *, env_config=None):
     """The controller a spec string names (see the module docstring)."""
     from gridrl.control import CONTROLLERS, make_controller
@@ -252,9 +271,7 @@ def load_controller(spec: str, feeder, *, env_config=None):
             raise TaskError(f"no ONNX file {spec}")
         return OnnxPolicy(path)
     if path.is_dir():
-        import gridrl
-
-        return gridrl.load_policy(path)
+        return _run_policy(path, feeder, env_config)
     if ":" in spec:
         obj = _import_callable(spec)
         if hasattr(obj, "act"):

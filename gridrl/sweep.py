@@ -1,7 +1,7 @@
 """Training sweeps: one run per feeder × algorithm × seed, then one comparison of them all.
 
 ``gridrl sweep --feeders ieee33,ieee69 --algos dppo,ippo --seeds 3 --out DIR`` and
-:func:`run_sweep` do the same::
+:func:`gridrl.pipeline.sweep` do the same::
 
     DIR/sweep.json                    what was asked (a different sweep here is an error)
     DIR/runs/<feeder>-<algo>-seed<k>/ one `gridrl train` run folder each (checkpoints, scalars, curves)
@@ -9,8 +9,10 @@
     DIR/compare/                      every run on its own feeder's test days beside the baselines
                                       (gridrl compare's layout: days.parquet, summary.md, report.html)
 
-Runs go through an executor of :mod:`gridrl.cluster` (``local``: one after another here;
-``ray``: one Ray task each, side by side), and so does the comparison. A run is finished when its
+This module plans the runs (:func:`plan_sweep`), claims the folder (:func:`claim_sweep`) and
+trains them (:func:`train_sweep`); :func:`gridrl.pipeline.sweep` chains that with the comparison
+and its report. Runs go through an executor of :mod:`gridrl.cluster` (``local``: one after
+another here; ``ray``: one Ray task each, side by side), and so does the comparison. A run is finished when its
 checkpoint says so; re-running the same sweep into the same folder skips finished runs, continues
 unfinished ones from their last checkpoint (a run whose worker died mid-way does the same when
 Ray retries it), and resumes the comparison cell by cell: an interrupted sweep resumes like an
@@ -36,7 +38,7 @@ import pandas as pd
 
 from gridrl.errors import GridrlError, SpecError
 
-__all__ = ["SweepError", "SweepResult", "SweepRun", "plan_sweep", "run_sweep", "train_run"]
+__all__ = ["SweepError", "SweepResult", "SweepRun", "claim_sweep", "plan_sweep", "train_run", "train_sweep"]
 
 _SWEEP_VERSION = 1
 SWEEP_FILE, RUNS_FILE = "sweep.json", "runs.csv"
@@ -188,56 +190,50 @@ def train_run(run: SweepRun, sweep_dir: str, *, progress: Callable[[int], None] 
             "host": socket.gethostname()}
 
 
-def run_sweep(runs: Sequence[SweepRun], *, out: str | Path, backend: str = "local", address: str | None = None,
-              baselines: Sequence[str] = ("none", "droop", "opf"), compare_days: Sequence[int] | None = None,
-              progress: bool = True, report: bool = True) -> SweepResult:
-    """Train every run of :func:`plan_sweep` (those not finished yet), then compare them all with
-    the ``baselines`` on their feeders' test days (``compare_days``: only these) in one report.
+def claim_sweep(out: str | Path, runs: Sequence[SweepRun], *, baselines: Sequence[str] = ("none", "droop", "opf"),
+                compare_days: Sequence[int] | None = None) -> None:
+    """Make ``out`` the folder of this sweep (its runs, and the comparison they will meet: the
+    ``baselines`` on ``compare_days``); fine if new, empty or holding the same sweep.
 
-    Raises :class:`SweepError` when ``out`` holds another sweep (nothing is written then); errors
-    of the comparison's settings come before any training.
+    Raises :class:`SweepError` when ``out`` holds another sweep or anything else (nothing is
+    written then).
+    """
+    _claim(Path(out), _identity(runs, baselines, tuple(compare_days) if compare_days else None))
+
+
+def train_sweep(runs: Sequence[SweepRun], ex, *, out: str | Path,
+                progress: bool = True) -> tuple[pd.DataFrame, list[SweepRun]]:
+    """Train every run of :func:`plan_sweep` not finished yet on the executor ``ex`` (entered;
+    see :mod:`gridrl.cluster`), writing ``runs.csv`` as each finishes; the runs' table and the
+    runs trained now. The folder must be claimed first (:func:`claim_sweep`); comparing the runs
+    is :func:`gridrl.pipeline.sweep`'s next step.
     """
     from tqdm import tqdm
 
-    from gridrl.cluster import executor
-    from gridrl.compare import CompareConfig, ControllerSpec, config_problems, parse_controllers, run_compare
     out = Path(out)
-    feeders = tuple(dict.fromkeys(r.feeder for r in runs))
-    specs = parse_controllers(",".join(baselines))
-    days = tuple(compare_days) if compare_days else None
-    base_cfg = CompareConfig(feeders=feeders, controllers=specs, days=days)
-    problems = config_problems(base_cfg)  # before hours of training, not after
-    if problems:
-        raise SweepError("; ".join(problems))
-    ex = executor(backend, address=address)
-    _claim(out, _identity(runs, baselines, days))
     todo = [r for r in runs if not r.finished]
     rows: dict[str, dict[str, Any]] = {}
-    with ex:
-        if todo:
-            total = sum(r.config.steps for r in todo)
-            bar = tqdm(total=total, disable=not progress, file=sys.stderr, dynamic_ncols=True, unit="step",
-                       unit_scale=True, desc=f"training {len(todo)} run(s) ({ex.describe()})")
-            reached: dict[int, int] = {}
+    if todo:
+        total = sum(r.config.steps for r in todo)
+        bar = tqdm(total=total, disable=not progress, file=sys.stderr, dynamic_ncols=True, unit="step",
+                   unit_scale=True, desc=f"training {len(todo)} run(s) ({ex.describe()})")
+        reached: dict[int, int] = {}
 
-            def advance(i: int, steps: int) -> None:
-                new = min(steps, todo[i].config.steps)
-                if new > reached.get(i, 0):
-                    bar.update(new - reached.get(i, 0))
-                    reached[i] = new
+        def advance(i: int, steps: int) -> None:
+            new = min(steps, todo[i].config.steps)
+            if new > reached.get(i, 0):
+                bar.update(new - reached.get(i, 0))
+                reached[i] = new
 
-            try:
-                for i, row in ex.map(train_run, [(r, str(out)) for r in todo], report=advance,
-                                     labels=[f"run {r.name}" for r in todo]):
-                    advance(i, todo[i].config.steps)
-                    rows[row["run"]] = row
-                    _write_runs(out, rows)
-            finally:
-                bar.close()
-        cfg = dataclasses.replace(base_cfg, controllers=specs + tuple(ControllerSpec(run=str(r.out)) for r in runs))
-        result = run_compare(cfg, out=out / "compare", backend=backend, progress=progress, report=report)
-    table = _write_runs(out, rows)
-    return SweepResult(out=out, runs=table, compare=result, trained=len(todo), skipped=len(runs) - len(todo))
+        try:
+            for i, row in ex.map(train_run, [(r, str(out)) for r in todo], report=advance,
+                                 labels=[f"run {r.name}" for r in todo]):
+                advance(i, todo[i].config.steps)
+                rows[row["run"]] = row
+                _write_runs(out, rows)
+        finally:
+            bar.close()
+    return _write_runs(out, rows), todo
 
 
 def _write_runs(out: Path, rows: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Tables on a terminal that never cut a name or a number.
+"""Output that reads well on a terminal and in a log: tables that never cut a name or a number,
+and the test of which of the two a stream is.
 
 A table wider than the terminal is not squeezed (rich would shorten ``droop-ieee1547-a`` to
 ``droop-…`` and ``0.9876`` to ``0.…``): its columns are laid out in panels instead, each panel
@@ -18,9 +19,26 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["format_cell", "layout_panels", "print_table", "table_width"]
+__all__ = ["format_cell", "is_terminal", "layout_panels", "print_table", "table_width"]
 
 _NUMBER = re.compile(r"^[+\-−]?(\d[\d,]*\.?\d*|\.\d+)(e[+\-]?\d+)?%?$|^[–-]$|^(nan|inf)$", re.IGNORECASE)
+
+
+def is_terminal(stream: Any = None) -> bool:
+    """Whether ``stream`` (default ``sys.stderr``) is a terminal: progress bars redraw their line
+    with carriage returns there; a pipe or a log file gets one line per event instead.
+    ``GRIDRL_PROGRESS=lines`` forces the lines, ``=bar`` the bar."""
+    import os
+    import sys
+
+    forced = os.environ.get("GRIDRL_PROGRESS", "").strip().lower()
+    if forced in ("lines", "bar"):
+        return forced == "bar"
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a file
+        return False
 
 
 def format_cell(value: Any) -> str:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 import gridrl
+
+# tests never write the project's results ledger (reports/ledger.csv): their rows go to a
+# throw-away file, inherited by the processes they start
+os.environ["GRIDRL_LEDGER"] = os.path.join(tempfile.mkdtemp(prefix="gridrl-test-ledger-"), "ledger.csv")
 
 
 @pytest.fixture(scope="session")

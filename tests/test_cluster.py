@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from gridrl.cli import app
 from gridrl.compare import CompareConfig, collect, parse_controllers, run_compare
 from gridrl.errors import SpecError
-from gridrl.sweep import SWEEP_FILE, plan_sweep, run_sweep
+from gridrl.pipeline import sweep as run_sweep
+from gridrl.sweep import SWEEP_FILE, plan_sweep
 
 from conftest import one_line_error
 
@@ -147,7 +148,7 @@ def local_compare(tmp_path_factory, days):
     cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:mapdn,opf"), days=days,
                         num_envs=2)
     out = tmp_path_factory.mktemp("local") / "cmp"
-    return cfg, run_compare(cfg, out=out, progress=False, report=False)
+    return cfg, run_compare(cfg, out=out, progress=False)
 
 
 class _Killer(threading.Thread):
@@ -193,7 +194,7 @@ def test_ray_compare_has_the_local_tables_even_when_a_worker_dies(cluster, local
     killer = _Killer(after_s=1.0)
     killer.start()
     try:
-        res = run_compare(cfg, out=tmp_path / "ray", backend="ray", progress=False, report=False)
+        res = run_compare(cfg, out=tmp_path / "ray", backend="ray", progress=False)
     finally:
         killer.stop.set()
         killer.join()
@@ -205,7 +206,7 @@ def test_ray_compare_has_the_local_tables_even_when_a_worker_dies(cluster, local
     _same_tables(local.out, res.out)
     pd.testing.assert_frame_equal(local.summary, res.summary)
     # resumable like a local comparison: nothing left to run
-    again = run_compare(cfg, out=tmp_path / "ray", backend="ray", progress=False, report=False)
+    again = run_compare(cfg, out=tmp_path / "ray", backend="ray", progress=False)
     assert again.ran == 0 and again.skipped == 3
 
 

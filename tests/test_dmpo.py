@@ -17,7 +17,9 @@ from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles
 from gridrl.marl.normalize import observation_masks
 from gridrl.marl.train import TRAIN_ENV_DEFAULTS
 
-TRAIN_ENV = EnvConfig(**{**TRAIN_ENV_DEFAULTS, "episode_hours": 2.0, "v_min_pu": 0.955, "v_max_pu": 1.045})
+# the training defaults with exact sensors: the model's skill is measured against noise-free physics
+TRAIN_ENV = EnvConfig(**{**TRAIN_ENV_DEFAULTS, "episode_hours": 2.0, "v_min_pu": 0.955, "v_max_pu": 1.045,
+                         "sensor_noise_pu": 0.0})
 
 
 def _pair(feeder, config, seed=3):
@@ -28,7 +30,12 @@ def _pair(feeder, config, seed=3):
 
 @pytest.mark.parametrize("layout", ["pad", "pool"])
 def test_an_action_changes_the_next_observation_as_the_roles_say(feeder, layout):
-    cfg = EnvConfig(**{**TRAIN_ENV_DEFAULTS, "zone_layout": layout, "start_hour": 11.0, "episode_hours": 2.0})
+    """Exact when the observation is the interval just solved; with the measured model the held
+    set-point is clipped to the next interval's headroom, which the roles do not know (checked
+    approximately in the next test)."""
+    cfg = EnvConfig(**{**TRAIN_ENV_DEFAULTS, "zone_layout": layout, "start_hour": 11.0, "episode_hours": 2.0,
+                       "observation": "previous_step", "sensor_noise_pu": 0.0, "outage_prob": 0.0,
+                       "load_scale_range": None, "pv_scale_range": None})
     e1, e2 = _pair(feeder, cfg)
     roles = ObservationRoles.from_env(e1)
     gen = torch.Generator().manual_seed(0)
@@ -58,7 +65,20 @@ def test_the_local_reward_from_its_parts_is_the_environments(feeder):
         torch.testing.assert_close(cost, info["reward_voltage"], rtol=1e-9, atol=1e-12)
         r = local(cost, info["zone_loss_mw"], obs[..., roles.q_col].abs().double())
         torch.testing.assert_close(r.float(), reward, rtol=1e-5, atol=1e-7)
-        # from the observation's float32 voltages too (what imagined steps have)
+        # measured observations read the next interval's start: the barrier is not theirs to give
+        assert roles.monitored is None
+
+
+def test_the_barrier_from_the_observed_voltages_when_they_are_the_steps_own(feeder):
+    env = make_env(feeder, num_envs=4, seed=1, config=EnvConfig(**{**TRAIN_ENV_DEFAULTS, "episode_hours": 2.0,
+                                                                   "observation": "previous_step",
+                                                                   "sensor_noise_pu": 0.0}))
+    roles, local = ObservationRoles.from_env(env), LocalReward.from_env(env)
+    env.reset()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        obs, reward, _, info = env.step(torch.rand(4, env.n_agents, generator=gen) * 2 - 1)
+        # from the observation's float32 voltages (what imagined steps have)
         approx = local(local.voltage_cost(roles.volts(obs), roles.monitored), info["zone_loss_mw"].float(),
                        obs[..., roles.q_col].abs())
         torch.testing.assert_close(approx, reward, rtol=1e-3, atol=1e-3)
@@ -173,7 +193,9 @@ def test_model_predictions_match_the_physics_after_brief_fitting(feeder):
     held-out real steps and (2) predict most of what an independent action draw changes in the
     voltages, against ``env.peek``'s power flow of that draw. A model that ignores actions or
     neighbours, or a broken anchor, fails (2); a model that learned nothing fails (1)."""
-    learner, env, stats = _dmpo(feeder, iterations=3, model_ratio=0.0, model_hops=3, model_updates=60,
+    # 100 updates per iteration, the learner's default (60 sufficed on the training days before
+    # the validation days were carved out of them; at 60 the check now ends at 0.53)
+    learner, env, stats = _dmpo(feeder, iterations=3, model_ratio=0.0, model_hops=3, model_updates=100,
                                 ensemble=3)
     assert stats["model/volt_rmse_pu"] < 0.5 * stats["model/volt_rmse_persist_pu"], stats
     check = make_env(feeder, num_envs=4, seed=99, config=TRAIN_ENV)
@@ -224,7 +246,7 @@ def test_a_dmpo_run_end_to_end(tmp_path, sunny_days):
     html = (out / "report.html").read_text()
     assert "The dynamics model" in html and "imagined vs env.peek" in html
     summary = pd.read_csv(out / "compare" / "summary.csv").set_index("controller")
-    assert summary.loc["dmpo", "communication"] > 0
+    assert summary.loc[out.name, "communication"] > 0  # the run, named by its folder
     policy = gridrl.load_policy(out)
     assert policy.hops == 1
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -63,11 +63,22 @@ def _bus_injections(feeder, pend, q_mvar, b):
     return p, q
 
 
-def test_observation_is_built_from_the_agents_own_zone_only(ieee33, noon_env):
-    env = noon_env
+@pytest.mark.parametrize("observation", ["measured", "previous_step"])
+def test_observation_is_built_from_the_agents_own_zone_only(ieee33, observation):
+    """``measured``: the start of the next interval (its loads and PV, the set-points just applied
+    still in force, clipped to the new headroom); ``previous_step``: the interval just solved."""
+    env = make_env(ieee33, num_envs=4, seed=0, config=EnvConfig(start_hour=12.0, episode_hours=2.0,
+                                                                observation=observation))
     env.reset(days=SUNNY_DAYS)
     pend = env.pending()
     obs, _, _, info = env.step(_random_actions(env))
+    if observation == "measured":
+        pend = env.pending()  # the interval about to be acted on
+        q_held = torch.maximum(torch.minimum(info["q_mvar"], pend["q_avail_mvar"]), -pend["q_avail_mvar"])
+        vm = env.peek(q_mvar=q_held)["vm_pu"]
+        hour = 12.25
+    else:
+        q_held, vm, hour = info["q_mvar"], info["vm_pu"], 12.0
     names = env.obs_names
     Z = env.max_zone_buses
     assert obs.shape == (4, env.n_agents, env.obs_dim) and obs.dtype == torch.float32
@@ -75,9 +86,8 @@ def test_observation_is_built_from_the_agents_own_zone_only(ieee33, noon_env):
     assert names[:5] == ["dv_pu[0]", "p_mw[0]", "q_mvar[0]", "mask[0]", "dv_pu[1]"]
     assert names[-1] == "cos_time"
     bus_pos = {int(b): i for i, b in enumerate(ieee33.net.bus.index)}
-    vm = info["vm_pu"]
     for b in (0, 1):
-        p_bus, q_bus = _bus_injections(ieee33, pend, info["q_mvar"], b)
+        p_bus, q_bus = _bus_injections(ieee33, pend, q_held, b)
         for i, agent in enumerate(env.agents):
             own = int(ieee33.inverters.bus[ieee33.inverters.agent == agent].iloc[0])
             zone = [own] + sorted(int(x) for x in ieee33.zone_buses(agent) if x != own)
@@ -89,16 +99,40 @@ def test_observation_is_built_from_the_agents_own_zone_only(ieee33, noon_env):
             inv = ieee33.inverters.agent == agent
             k = np.flatnonzero(inv.to_numpy())
             p = pend["pv_p_mw"][b, k].sum().item()
-            q = info["q_mvar"][b, k].sum().item()
+            q = q_held[b, k].sum().item()
             q_avail = pend["q_avail_mvar"][b, k].sum().item()
-            hour = 12.0  # the first step of a noon episode
             expect += [p, q, q_avail, math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)]
             np.testing.assert_allclose(obs[b, i].double().numpy(), expect, rtol=1e-6, atol=1e-6)
 
 
+def test_measured_observation_agrees_with_pandapower_and_reset_measures_the_first_interval(ieee33):
+    """The measurement solve is a real power flow: the own-bus voltage an agent reads equals
+    pandapower's with the next interval's loads and PV and the held set-points; the first
+    observation is the first interval with every inverter at q = 0."""
+    env = make_env(ieee33, num_envs=1, seed=0, days=[160], config=EnvConfig(start_hour=12.0, episode_hours=1.0))
+    obs0 = env.reset(days=[160])
+    pend = env.pending()
+    np.testing.assert_allclose(obs0[0, :, env.obs_names.index("inv_p_mw")].numpy(),
+                               pend["pv_p_mw"][0].numpy(), rtol=1e-6)
+    assert (obs0[0, :, env.obs_names.index("inv_q_mvar")] == 0).all()
+    obs, _, _, info = env.step(torch.full((1, env.n_agents), -0.7))
+    pend = env.pending()
+    net = ieee33.net
+    net.load["p_mw"] = pend["load_p_mw"][0].numpy()
+    net.load["q_mvar"] = pend["load_q_mvar"][0].numpy()
+    net.sgen["p_mw"] = pend["sgen_p_mw"][0].numpy()
+    q_held = np.clip(info["q_mvar"][0].numpy(), -pend["q_avail_mvar"][0].numpy(), pend["q_avail_mvar"][0].numpy())
+    net.sgen.loc[ieee33.inverters.index, "q_mvar"] = q_held
+    _runpp(net)
+    own = ieee33.inverters.drop_duplicates("agent").set_index("agent")["bus"].reindex(env.agents)
+    expect = net.res_bus.vm_pu.loc[own.to_numpy()].to_numpy() - 1.0
+    np.testing.assert_allclose(obs[0, :, 0].double().numpy(), expect, atol=1e-6)
+    assert not np.allclose(obs[0, :, 0].double().numpy(), info["vm_pu"][0, env.agent_bus_pos].numpy() - 1, atol=1e-5)
+
+
 def test_pooled_layout_summarizes_the_zone(ieee33):
     env = make_env(ieee33, num_envs=2, seed=0, config=EnvConfig(start_hour=12.0, episode_hours=1.0,
-                                                                zone_layout="pool"))
+                                                                zone_layout="pool", observation="previous_step"))
     obs, _, _, info = env.step(_random_actions(env))
     assert env.obs_names[:6] == ["dv_own_pu", "dv_min_pu", "dv_mean_pu", "dv_max_pu", "p_zone_mw",
                                  "q_zone_mvar"]
@@ -163,7 +197,7 @@ def test_bad_env_arguments_are_user_errors(ieee33):
         make_env(ieee33, days=[999])
     assert isinstance(exc.value, GridrlError) and isinstance(exc.value, ValueError)
     assert str(exc.value) == "days must be a non-empty list of day numbers in 0…365; got [999]"
-    with pytest.raises(EnvError, match=r"^unknown split 'validation' \(use 'train', 'test' or 'all'\)$"):
+    with pytest.raises(EnvError, match=r"^unknown split 'validation' \(use 'train', 'val', 'test' or 'all'\)$"):
         make_env(ieee33, split="validation")
 
 
@@ -286,8 +320,8 @@ def test_divergence_ends_only_that_episode(ieee33):
     env = make_env(ieee33, num_envs=3, seed=0, config=EnvConfig(start_hour=18.0, episode_hours=2.0))
     exogenous = env._exogenous
 
-    def overloaded(g):  # scenario 1 at forty times its load: no power-flow solution exists
-        exo = exogenous(g)
+    def overloaded(g, rows=None):  # scenario 1 at forty times its load: no power-flow solution exists
+        exo = exogenous(g, rows)
         if len(g) == 3:
             exo["load_p_mw"][1] *= 40
             exo["load_q_mvar"][1] *= 40
@@ -454,18 +488,27 @@ def test_message_mask_follows_the_agent_graph(ieee33):
     assert torch.equal(info0["message_mask"][0], adj | torch.eye(env0.n_agents, dtype=torch.bool))
 
 
-def test_forecast_features_are_the_next_steps(ieee33):
+def test_forecast_features_are_the_steps_after_the_one_acted_on(ieee33):
+    """The oracle forecast: the next k intervals after the one the agent is about to act on (whose
+    PV it already measures), exact when noise is 0, noisy by default."""
     env = make_env(ieee33, num_envs=1, seed=0, days=[160],
-                   config=EnvConfig(start_hour=12.0, episode_hours=2.0, forecast_steps=2))
+                   config=EnvConfig(start_hour=12.0, episode_hours=2.0, forecast_steps=2, forecast_noise_rel=0.0))
     obs, _, _, _ = env.step(torch.zeros(1, env.n_agents))
+    assert EnvConfig().forecast_steps == 0 and EnvConfig().forecast_noise_rel == 0.1
     t = 160 * 96 + 48
     pv = ieee33.profiles.pv_p_mw
     names = env.obs_names
     assert names[-4:] == ["pv_forecast_mw[1]", "pv_forecast_mw[2]", "load_forecast_mw[1]",
                           "load_forecast_mw[2]"]
-    np.testing.assert_allclose(obs[0, :, -4].numpy(), pv[t + 1], rtol=1e-6)
-    np.testing.assert_allclose(obs[0, :, -3].numpy(), pv[t + 2], rtol=1e-6)
+    np.testing.assert_allclose(obs[0, :, -4].numpy(), pv[t + 2], rtol=1e-6)
+    np.testing.assert_allclose(obs[0, :, -3].numpy(), pv[t + 3], rtol=1e-6)
+    np.testing.assert_allclose(obs[0, :, names.index("inv_p_mw")].numpy(), pv[t + 1], rtol=1e-6)
     np.testing.assert_allclose(env.pending()["pv_p_mw"][0].numpy(), pv[t + 1], rtol=1e-12)
+    noisy = make_env(ieee33, num_envs=1, seed=0, days=[160],
+                     config=EnvConfig(start_hour=12.0, episode_hours=2.0, forecast_steps=2))
+    obs_n, _, _, _ = noisy.step(torch.zeros(1, env.n_agents))
+    rel = (obs_n[0, :, -4] / obs[0, :, -4] - 1).numpy()
+    assert 0.02 < np.abs(rel).mean() < 0.3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,11 +611,42 @@ def test_config_loads_from_toml_and_lists_every_problem():
 
 
 def test_global_state_and_graph_for_learners(ieee33, noon_env):
+    """The global state is the instant the observations measure (the measured interval's start)."""
     env = noon_env
     env.reset(days=SUNNY_DAYS)
-    _, _, _, info = env.step(_random_actions(env))
+    obs, _, _, info = env.step(_random_actions(env))
     s = env.state()
     assert s.shape == (4, env.state_dim) and s.dtype == torch.float32
-    torch.testing.assert_close(s[:, :env.n_bus].double(), info["vm_pu"] - 1, rtol=1e-5, atol=1e-6)
+    own = env.agent_bus_pos
+    torch.testing.assert_close(s[:, own], obs[:, :, 0], rtol=1e-5, atol=1e-6)
+    pend = env.pending()
+    q_held = torch.maximum(torch.minimum(info["q_mvar"], pend["q_avail_mvar"]), -pend["q_avail_mvar"])
+    torch.testing.assert_close(s[:, :env.n_bus].double(), env.peek(q_mvar=q_held)["vm_pu"] - 1, rtol=1e-5, atol=1e-6)
     assert env.n_agents == len(ieee33.agents) == env.adjacency.shape[0]
     assert torch.equal(env.hop_distance, torch.as_tensor(ieee33.hop_distance))
+
+
+def test_randomised_operating_points_draw_per_episode_within_their_ranges(ieee33):
+    """Robust training: each episode draws its own load and PV multipliers (PV ratings with it),
+    seeded, inside the configured ranges; the sensor noise a droop adds is the observations' own."""
+    cfg = EnvConfig(start_hour=12.0, episode_hours=0.5, load_scale_range=(0.7, 1.3), pv_scale_range=(0.5, 1.6),
+                    sensor_noise_pu=0.01)
+    env = make_env(ieee33, num_envs=16, seed=4, days=[160] * 16, config=cfg)
+    base = make_env(ieee33, num_envs=16, seed=4, days=[160] * 16,
+                    config=EnvConfig(start_hour=12.0, episode_hours=0.5))
+    a, b = base.pending(), env.pending()
+    ls = (b["load_p_mw"] / a["load_p_mw"])[:, 0]
+    ps = (b["pv_p_mw"] / a["pv_p_mw"])[:, 0]
+    assert ((ls >= 0.7) & (ls <= 1.3)).all() and ((ps >= 0.5) & (ps <= 1.6)).all()
+    assert ls.std() > 0.1 and ps.std() > 0.15
+    torch.testing.assert_close(b["load_q_mvar"] / a["load_q_mvar"], ls[:, None].expand_as(b["load_q_mvar"]))
+    torch.testing.assert_close(b["s_max_mva"], ps[:, None] * a["s_max_mva"][None, :])
+    again = make_env(ieee33, num_envs=16, seed=4, days=[160] * 16, config=cfg).pending()
+    assert torch.equal(again["load_p_mw"], b["load_p_mw"])
+    obs = env.reset(days=[160] * 16)
+    noise = env.sensor_noise_pu()
+    vm = env.state()[:, env.agent_bus_pos].double()
+    torch.testing.assert_close(obs[:, :, 0].double(), vm + noise[:, env.agent_bus_pos], rtol=0, atol=1e-6)
+    assert 0.005 < noise.std() < 0.02
+    with pytest.raises(ValueError, match="load_scale_range must be"):
+        EnvConfig(load_scale_range=(1.2, 0.8))

@@ -19,6 +19,7 @@ from gridrl.control import make_controller
 from gridrl.env import EnvConfig
 from gridrl.errors import SpecError
 from gridrl.evaluate import DAY_COLUMNS, DaysNotInSplit, evaluate
+from gridrl.pipeline import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -35,7 +36,7 @@ def small(tmp_path_factory, day):
     """A comparison of none, droop (mapdn) and opf on one sunny ieee33 day."""
     out = tmp_path_factory.mktemp("cmp") / "run"
     cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:mapdn,opf"), days=(day,))
-    return cfg, run_compare(cfg, out=out, progress=False, report=False)
+    return cfg, run_compare(cfg, out=out, progress=False)
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -145,12 +146,12 @@ def test_compare_resumes_and_skips_finished_cells(small):
     cells = res.out / "cells"
     before = _mtimes(cells)
     runs = len(json.loads((res.out / "provenance.json").read_text())["runs"])
-    again = run_compare(cfg, out=res.out, progress=False, report=False)
+    again = run_compare(cfg, out=res.out, progress=False)
     assert again.ran == 0 and again.skipped == 3 and _mtimes(cells) == before
     pd.testing.assert_frame_equal(again.days, res.days)
     # an interrupted run: one cell never finished
     (cells / "ieee33" / "droop-mapdn" / "seed0" / "days.parquet").unlink()
-    resumed = run_compare(cfg, out=res.out, progress=False, report=False)
+    resumed = run_compare(cfg, out=res.out, progress=False)
     assert resumed.ran == 1 and resumed.skipped == 2
     prov = json.loads((res.out / "provenance.json").read_text())["runs"]
     assert len(prov) == runs + 1 and prov[-1]["cells_to_run"] == 1, \
@@ -224,7 +225,7 @@ def test_compare_env_table_runs_every_cell_in_that_scenario(tmp_path, feeder, da
     assert cfg.env == EnvConfig(load_scale=1.3, pv_scale=1.5)
     assert cfg.identity()["env"] == {"load_scale": 1.3, "pv_scale": 1.5}
     assert "env" not in small[0].identity()  # the default environment leaves the identity as it was
-    res = run_compare(cfg, out=tmp_path / "s", progress=False, report=False)
+    res = run_compare(cfg, out=tmp_path / "s", progress=False)
     want = evaluate(feeder, make_controller("none", feeder), days=[day], env_config=cfg.env).days
     got, base = res.days.iloc[0], small[1].days.set_index("controller").loc["none"]
     assert got["energy_loss_mwh"] == pytest.approx(want["energy_loss_mwh"].iloc[0], rel=1e-12)
@@ -267,7 +268,7 @@ def test_a_controller_can_be_limited_to_some_feeders(tmp_path, day):
     assert [(c.feeder, c.controller.key) for c in cells_of(cfg, tmp_path / "o")] == [
         ("ieee33", "none"), ("ieee33", "opf"), ("ieee69", "none")]
     assert "feeders" not in cfg.identity()["controllers"][0]  # unrestricted controllers keep their identity
-    res = run_compare(cfg, out=tmp_path / "o", progress=False, report=True)
+    res = compare(cfg, out=tmp_path / "o", progress=False, report=True)  # the comparison, then its report
     summary = res.summary.set_index(["feeder", "controller"])
     assert sorted(summary.index) == [("ieee33", "none"), ("ieee33", "opf"), ("ieee69", "none")]
     assert summary.loc[("ieee33", "none"), "loss_gap_to_opf_pct"] > 0
@@ -441,7 +442,7 @@ def test_custom_droop_curve_from_an_experiment_file(tmp_path, day):
                     'curve = {{v_pu = [0.97, 1.0, 1.03], q = [0.5, 0.0, -0.5], reference = "s_max"}}\n'
                     .replace("{{", "{").replace("}}", "}"))
     cfg = load_config(toml)
-    res = run_compare(cfg, out=tmp_path / "out", progress=False, report=False)
+    res = run_compare(cfg, out=tmp_path / "out", progress=False)
     row = res.summary.iloc[0]
     assert row["controller"] == "steep" and row["reactive_energy_mvarh"] > 0
     assert (tmp_path / "out" / "cells" / "ieee33" / "steep" / "seed0" / "days.parquet").exists()
@@ -454,7 +455,7 @@ def test_compare_reruns_a_damaged_cell(small):
     r = runner.invoke(app, ["report", str(res.out)])
     _one_line_error(r, f"{table} is damaged (not a readable parquet table); run the same comparison again "
                        f"with --out {res.out} to redo that cell")
-    again = run_compare(cfg, out=res.out, progress=False, report=False)
+    again = run_compare(cfg, out=res.out, progress=False)
     assert again.ran == 1 and again.skipped == 2
     assert len(pd.read_parquet(table)) == 96
     same = lambda df: df.drop(columns="seconds")  # noqa: E731 - wall time is the one non-deterministic column

@@ -200,10 +200,10 @@ def test_profile_assignment_is_seeded(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_train_test_split_is_disjoint_and_complete(name):
     feeder = load_feeder(name)
-    train, test = set(feeder.days("train")), set(feeder.days("test"))
-    assert not train & test
-    assert train | test == set(range(feeder.profiles.n_days))
-    assert 60 <= len(test) <= 80
+    train, val, test = set(feeder.days("train")), set(feeder.days("val")), set(feeder.days("test"))
+    assert not train & test and not train & val and not val & test
+    assert train | val | test == set(range(feeder.profiles.n_days))
+    assert 60 <= len(test) <= 80 and 30 <= len(val) <= 40
     with pytest.raises(ValueError, match="unknown split"):
         feeder.days("validation")
 

@@ -50,8 +50,8 @@ def test_divergence_is_a_termination():
     env.reset(seed=0)
     exogenous = env.core._exogenous
 
-    def overloaded(g):
-        exo = exogenous(g)
+    def overloaded(g, *args):
+        exo = exogenous(g, *args)
         exo["load_p_mw"] *= 40
         exo["load_q_mvar"] *= 40
         return exo

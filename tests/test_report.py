@@ -45,7 +45,7 @@ def results(tmp_path_factory, sunny_days):
     out = tmp_path_factory.mktemp("rep") / "run"
     cfg = CompareConfig(feeders=("ieee33",), controllers=parse_controllers("none,droop:ieee1547-a"),
                         days=(sunny_days[0], dull))
-    run_compare(cfg, out=out, progress=False, report=False)
+    run_compare(cfg, out=out, progress=False)
     return out
 
 
@@ -464,7 +464,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_figures(run_dir) -> dict[str, go.Figure]:
-    from gridrl.marl.report import training_sections
+    from gridrl.training_report import training_sections
 
     figs = [p for p in training_sections(run_dir)[0].parts if isinstance(p, go.Figure)]
     return {f.layout.title.text.split(":")[0].split(" on ")[0]: f for f in figs}
@@ -505,7 +505,7 @@ def test_selected_policy_axis_has_whole_step_ticks(run_figures, tmp_path):
 
 
 def test_model_panels_name_every_series_once_in_its_own_colour():
-    from gridrl.marl.report import _MODEL_PANELS, fig_model
+    from gridrl.training_report import _MODEL_PANELS, fig_model
 
     tags = [p.replace("*", "4") for series in _MODEL_PANELS.values() for p in series]
     sc = pd.DataFrame([(k, 1024 * k, 1.0 * k, tag, 0.1 * k) for tag in tags for k in (1, 2)],

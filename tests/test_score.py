@@ -131,3 +131,16 @@ def test_normalized_observation_wrapper():
     torch.testing.assert_close(obs, (raw - loc) / scale)
     assert torch.equal(reward, reward_raw) and wrapped.obs_names == env.obs_names
     assert float(obs.abs().max()) < 20  # on the scale of a unit normal, not of MVAr beside p.u.
+
+
+def test_a_run_folder_scores_only_on_a_task_with_its_information_model(tmp_path):
+    from gridrl.marl import resolve_train_config, train
+
+    cfg = resolve_train_config({"steps": 2048, "eval_days": [2], "compare": [], "validation_days": 0,
+                                "env": {"forecast_steps": 1}}, source="test")
+    train("ieee33", cfg, out=tmp_path / "run", progress=False)
+    with pytest.raises(TaskError, match=r"observes with forecast_steps=1 \(task: 0\)"):
+        score(TWO_DAYS, str(tmp_path / "run"))
+    oracle = dataclasses.replace(get_task("ieee33-oracle-v0"), days=(2, 7))
+    metrics, _ = score(oracle, str(tmp_path / "run"))
+    assert metrics["days"] == 2 and metrics["controller"] == "run"  # a run is named by its folder

@@ -69,8 +69,14 @@ def test_make_test_installs_the_extras_its_tests_need(tmp_path):
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8"), "CI runs the README's test command"
 
 
-def test_quick_start_says_how_to_reach_gridrl():
+def test_quick_start_says_how_to_reach_gridrl_and_what_each_target_installs(tmp_path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert "source .venv/bin/activate" in quick and ".venv/bin/gridrl" in quick
     assert re.search(r"\d[\d.,]* GB", quick), "the Quick start says how much the demo installs"
+    venv = tmp_path / ".venv"
+    for target in ("demo", "test"):
+        for what in (i for i in _installs(_dry_run(target, venv), venv) if " -e " in f" {i}"):  # gridrl itself
+            shown = what.removeprefix("-q ")
+            assert f"pip install {shown}" in quick, (f"`make {target}` runs `pip install {shown}`: say so in the "
+                                                     f"README's Quick start, with the install's size re-measured")

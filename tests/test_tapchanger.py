@@ -226,3 +226,31 @@ def test_opf_respects_thermal_limits_at_the_given_tap():
     assert (held.overload[~met] > 0).all()
     assert (held.loss_mw >= free.loss_mw - 1e-7).all()  # limits cost losses, never save them
     assert (held.violation_pu <= 1e-6).all() and not held.unsettled.any()
+
+
+def test_summary_gaps_on_controllable_losses_with_the_total_beside():
+    import pandas as pd
+
+    from gridrl.compare.summary import format_summary, summarize
+
+    rows = []
+    for feeder, rated in (("sub", True), ("ieee", False)):
+        for ctrl, lines, noload, ops in (("none", 1.2, 1.0, 3), ("opf", 0.8, 1.0, 5)):
+            rows.append(dict(feeder=feeder, controller=ctrl, seed=0, day=1, steps=96, controllable_rate=1.0,
+                             share_out_of_band=0.0, mean_abs_dv_pu=0.01, max_abs_dv_pu=0.02,
+                             energy_loss_mwh=lines + (noload if rated else 0.0), controllable_loss_mwh=lines,
+                             line_loss_mwh=lines, trafo_load_loss_mwh=0.0,
+                             trafo_noload_loss_mwh=noload if rated else 0.0, reactive_energy_mvarh=0.0,
+                             violation_bus_hours=0.0, max_loading_pct=104.0 if rated else np.nan,
+                             overload_branch_hours=0.5 if rated else 0.0, tap_operations=ops if rated else 0,
+                             unsettled_steps=0, infeasible_steps=0, diverged_steps=0, communication=0.0))
+    s = summarize(pd.DataFrame(rows)).set_index(["feeder", "controller"])
+    assert s.loc[("sub", "none"), "loss_gap_to_opf_pct"] == pytest.approx(50.0)     # 1.2 vs 0.8
+    assert s.loc[("sub", "none"), "total_gap_to_opf_pct"] == pytest.approx(100 * (2.2 / 1.8 - 1))
+    assert s.loc[("ieee", "none"), "total_gap_to_opf_pct"] == pytest.approx(50.0)
+    assert s.loc[("sub", "opf"), "tap_operations_per_day"] == 5.0
+    assert s.loc[("sub", "none"), "overload_branch_hours"] == 0.5
+    shown = {(r["feeder"], r["controller"]): r for r in format_summary(summarize(pd.DataFrame(rows)))}
+    assert shown[("ieee", "none")]["max loading %"] == "–" and shown[("ieee", "none")]["overload branch-h"] == "–"
+    assert shown[("sub", "none")]["max loading %"] == "104.0"
+    assert shown[("sub", "none")]["gap to opf %"] == "+50.0"

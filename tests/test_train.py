@@ -99,31 +99,32 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     assert val["env_steps"].tolist() == [32, 64] and (val["value"] > 0).all()
     chosen = int(sc.loc[sc["tag"] == "val/selected_env_steps", "value"].iloc[-1])
     assert chosen in (32, 64)
-    dppo = summary.set_index("controller").loc["dppo"]
+    name = run_dir.name  # the run is named by its folder, as `gridrl compare` and `evaluate` name it
+    dppo = summary.set_index("controller").loc[name]
     at = lambda tag: sc[(sc["tag"] == tag) & (sc["env_steps"] == chosen)]["value"].item()  # noqa: E731
     assert at("eval/energy_loss_mwh") == pytest.approx(dppo["energy_loss_mwh"], rel=1e-9)
     assert at("eval/controllable_rate") == pytest.approx(dppo["controllable_rate"], rel=1e-9)
-    assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", "dppo"]
+    assert summary["controller"].tolist() == ["none", "droop-ieee1547-b", name]
     comm = summary.set_index("controller")["communication"]
-    assert comm["dppo"] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
+    assert comm[name] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
     acting = sc.loc[sc["tag"] == "comm/acting", "value"].iloc[-1]
     training = sc.loc[sc["tag"] == "comm/training", "value"].iloc[-1]
-    assert acting == pytest.approx(comm["dppo"]) and training > acting  # critic messages, advantage sums
+    assert acting == pytest.approx(comm[name]) and training > acting  # critic messages, advantage sums
     html = (run_dir / "report.html").read_text()
     assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
 
 
 def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny, tmp_path, monkeypatch):
-    from gridrl.marl.train import TrainError, validation_split
+    from gridrl.marl.train import TrainError, select, validation_split
 
     feeder = gridrl.load_feeder("ieee33")
-    pool = [int(d) for d in feeder.days("train")]
+    train_days, pool = feeder.days("train"), feeder.days("val")
     rest, val = validation_split(feeder, 20)
-    assert len(val) == 20 and sorted(rest + val) == pool and not set(rest) & set(val)
-    assert val[0] > pool[0] and val[-1] < pool[-1]  # spread through the split, not its ends
-    assert validation_split(feeder, 0) == (pool, [])
-    with pytest.raises(TrainError, match="leaves no training days"):
-        validation_split(feeder, len(pool))
+    assert rest == train_days and len(val) == 20 and set(val) <= set(pool)
+    assert val[0] in pool[:2] and val[-1] in pool[-2:]  # spread through the validation days
+    assert validation_split(feeder) == (train_days, pool) and validation_split(feeder, 0) == (train_days, [])
+    with pytest.raises(TrainError, match="has 37 validation days"):
+        validation_split(feeder, len(pool) + 1)
 
     # the training environment never draws a validation day
     cfg = resolve_train_config(read_toml(tiny), source="tiny", overrides={"steps": 96})
@@ -140,13 +141,16 @@ def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny
     res = train("ieee33", cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
     _, val2 = validation_split(feeder, 2)
     assert seen and not set(seen) & set(val2)
-    # the run's policy is the best validated one (rate first, then loss), stored with the checkpoint
+    # the run's policy is the one the selection rule picks among the validations, stored with
+    # the checkpoint (2 validation days of 8 steps: the tolerance of 3 steps is a rate of 3/16)
     sc = res.scalars
     v = sc[sc["tag"].isin(["val/controllable_rate", "val/energy_loss_mwh"])].pivot(
         index="env_steps", columns="tag", values="value")
-    best = v.sort_values(["val/controllable_rate", "val/energy_loss_mwh"], ascending=[False, True]).index[0]
+    best = select([{"env_steps": int(k), "controllable_rate": r["val/controllable_rate"],
+                    "energy_loss_mwh": r["val/energy_loss_mwh"]} for k, r in v.iterrows()], 3 / 16)["env_steps"]
     ckpt = read_checkpoint(tmp_path / "run")
     assert ckpt["driver"]["best"]["env_steps"] == best
+    assert [x["env_steps"] for x in ckpt["driver"]["validations"]] == v.index.tolist()
     loaded = gridrl.load_policy(tmp_path / "run").state_dict()
     for k, t in ckpt["selected"].items():
         assert torch.equal(loaded[k], t), k
@@ -177,10 +181,10 @@ def test_run_folders_are_controllers_in_evaluate_and_compare(run_dir, day, tmp_p
                               "--out", str(tmp_path / "cmp"), "--no-report"])
     assert res.exit_code == 0, res.output
     assert set(pd.read_parquet(tmp_path / "cmp" / "days.parquet")["controller"]) == {"none", run_dir.name}
-    # the same policy, the same day: the same figures as the run's own comparison
+    # the same policy, the same day, the same name: the same figures as the run's own comparison
     own = pd.read_parquet(run_dir / "compare" / "days.parquet").set_index("controller")
     got = days.set_index("controller")
-    assert got.loc[run_dir.name, "energy_loss_mwh"] == pytest.approx(own.loc["dppo", "energy_loss_mwh"])
+    assert got.loc[run_dir.name, "energy_loss_mwh"] == pytest.approx(own.loc[run_dir.name, "energy_loss_mwh"])
     # a comparison TOML takes run folders too
     toml = tmp_path / "cmp.toml"
     toml.write_text(f'feeders = ["ieee33"]\ndays = [{day}]\n[[controllers]]\nrun = "{run_dir}"\nlabel = "mine"\n')
@@ -203,8 +207,8 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
     cfg = CompareConfig(feeders=("ieee33",), controllers=(ControllerSpec(run=str(run)),), days=(day,))
-    first = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
-    again = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    first = run_compare(cfg, out=tmp_path / "cmp", progress=False)
+    again = run_compare(cfg, out=tmp_path / "cmp", progress=False)
     assert (first.ran, again.ran) == (1, 0)
     # "retrain": another checkpoint in the same folder (weights changed)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -212,7 +216,7 @@ def test_a_retrained_run_is_never_served_a_stale_cell(run_dir, day, tmp_path):
     key = next(k for k in served if k.endswith("head.2.bias"))
     served[key] += 0.5
     torch.save(ckpt, run / "checkpoint.pt")
-    third = run_compare(cfg, out=tmp_path / "cmp", progress=False, report=False)
+    third = run_compare(cfg, out=tmp_path / "cmp", progress=False)
     assert third.ran == 1
     assert third.days["energy_loss_mwh"].iloc[0] != first.days["energy_loss_mwh"].iloc[0]
 
@@ -453,7 +457,13 @@ message_dim = 4
     assert not (tmp_path / "runs" / "ieee33" / "ippo-forecast-seed0").exists() and not (tmp_path / "out").exists()
     assert [p.name for p in taken.parent.glob("*.claim")] == [taken.name]
     taken.unlink()
+    from gridrl import ledger
+
+    looked = len(ledger.read())
     exp.main(["--config", str(cfg), "--no-progress"])
+    rows = ledger.read().iloc[looked:]  # one ledger row per reported run, with its selected step
+    assert sorted(rows["variant"]) == ["forecast", "no-forecast"] and (rows["test_days"] == 1).all()
+    assert (rows["algorithm"] == "ippo").all() and rows["source"].str.startswith("python experiments/learners.py").all()
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert sorted(runs["variant"]) == ["forecast", "no-forecast"] and (runs["env_steps"] == 32).all()
     assert (runs["train_cpu_s"] > 0).all() and (runs["train_cpu_s"] < 600).all()  # CPU time is logged
@@ -494,12 +504,17 @@ message_dim = 4
         exp.plan(dataclasses.replace(two, steps={"ieee33": {"ippo": 64}, "ieee69": 32}), "t")
 
 
-def test_training_configs_of_the_experiments_load_and_tuning_sees_training_days_only():
-    """Every training TOML in experiments/ resolves; the tuning config evaluates on training days."""
+def test_training_configs_of_the_experiments_load_and_tuning_sees_validation_days_only():
+    """Every training TOML in experiments/ resolves; every tuning config is marked as one and
+    evaluates on validation days only; with a test day in it, it is refused."""
     for path in sorted((ROOT / "experiments").glob("t*_ieee*.toml")):
         cfg = resolve_train_config(read_toml(path), source=str(path))
         assert cfg.algo == ("dmpo" if "dmpo" in path.name else "dppo"), path
-    for feeder, name in (("ieee33", "tune_ieee33"), ("ieee141", "tune_ieee141"), ("ieee33", "tune_dmpo_ieee33")):
-        tune = resolve_train_config(read_toml(ROOT / "experiments" / f"{name}.toml"), source="tune")
-        train_days = {int(d) for d in gridrl.load_feeder(feeder).days("train")}
-        assert tune.eval_split == "train" and set(tune.eval_days) <= train_days and not tune.compare
+    tunes = sorted((ROOT / "experiments").glob("tune_*.toml"))
+    assert len(tunes) == 4
+    for path in tunes:
+        tune = resolve_train_config(read_toml(path), source="tune")
+        assert tune.tuning and tune.eval_split == "val" and tune.eval_days is None and not tune.compare, path
+        for change in ({"eval_split": "test"}, {"compare": ["droop"]}):
+            with pytest.raises(SpecError, match="tuning = true evaluates on validation days only"):
+                resolve_train_config({**read_toml(path), **change}, source="tune")

@@ -60,7 +60,7 @@ def make_controller(name: str, feeder, *, preset: str | None = None, curve: Droo
             return DroopController(feeder, curve=curve_mapping(fitted.curve, fitted.fit), options=droop_options,
                                    label=TUNED)
         if isinstance(curve, Mapping) and curve.get("fit"):
-            from gridrl.control.tuning import check_fitted_for
+            from gridrl.control.fitted import check_fitted_for
 
             check_fitted_for(feeder, curve, env_config)
         return DroopController(feeder, preset=preset, curve=curve, options=droop_options)

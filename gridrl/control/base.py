@@ -62,6 +62,7 @@ class Controller:
     """
 
     name: str = "controller"
+    information: str = ""  # what the controller knows when it acts, for result tables
     hops: int = 0
     communication: float = 0.0
 

@@ -28,6 +28,10 @@ A scenario settles when the largest change its curve asks for falls below ``tol`
 moving after ``max_iter`` iterations keep their last iterate and are reported in
 ``last_info["unsettled"]``.
 
+With sensor noise in the environment (``sensor_noise_pu``) each inverter reads its own voltage
+with the error the agents' observations carry at that interval (``env.sensor_noise_pu()``), so a
+comparison under noise compares like with like.
+
 An agent owning several inverters on one bus acts on their sum: its curve target is the curve
 fraction times the summed reference, as a share of the summed available reactive power.
 """
@@ -204,6 +208,7 @@ class DroopOptions:
 class DroopController(Controller):
     """Volt-var droop at every inverter from its own bus voltage, settled to a fixed point per step."""
 
+    information = "own voltage during the interval (settled)"
     hops = 0
     communication = 0.0
 
@@ -283,7 +288,7 @@ class DroopController(Controller):
         from gridrl.control.plant import plant_from_env
 
         if self.fit and self._checked_env is not env:
-            from gridrl.control.tuning import check_fitted_for
+            from gridrl.control.fitted import check_fitted_for
 
             check_fitted_for(env.feeder, {"fit": self.fit}, env.config)  # never a fitted curve off its scenario
             self._checked_env = env
@@ -298,6 +303,9 @@ class DroopController(Controller):
         settled = np.zeros(batch, dtype=bool)
         v = None                                                              # [B, n_bus] warm starts
         rows = np.arange(batch)
+        # its voltage sensor errs as the agents' observations do (like with like)
+        noise = (np.asarray(env.sensor_noise_pu().cpu(), dtype=np.float64)[:, self._own_bus]
+                 if env.config.sensor_noise_pu > 0 else 0.0)
         for _ in range(o.max_iter):
             res = plant.solve(a[rows], rows, v_init=None if v is None else v[rows])
             if v is None:
@@ -305,6 +313,7 @@ class DroopController(Controller):
             else:
                 v[rows] = res.v
             vm_own = np.where(np.asarray(res.converged)[:, None], np.asarray(res.vm_pu)[:, self._own_bus], np.nan)
+            vm_own = vm_own + (noise[rows] if isinstance(noise, np.ndarray) else noise)
             step = self.target(vm_own, q_avail[rows], rows=rows, s_max_mva=s_max) - a[rows]
             step = np.where(np.isfinite(step), step, 0.0)  # a diverged solve: hold the actions
             r = np.abs(step).max(axis=1)

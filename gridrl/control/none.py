@@ -13,6 +13,7 @@ class NoControl(Controller):
     """q = 0 at every inverter: the uncontrolled feeder every other controller is measured against."""
 
     name = "none"
+    information = "nothing"
     hops = 0
     communication = 0.0
 

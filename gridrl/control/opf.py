@@ -596,6 +596,7 @@ class OptimalPowerFlow(Controller):
     """The centralized optimum: :func:`solve_opf` on the pending step of every scenario."""
 
     name = "opf"
+    information = "the whole feeder's loads and PV of the interval, exactly (oracle)"
     hops = -1
 
     def __init__(self, feeder, *, options: OpfOptions = OpfOptions()) -> None:

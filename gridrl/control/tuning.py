@@ -88,6 +88,7 @@ import numpy as np
 
 from gridrl.control.base import CurveError
 from gridrl.control.droop import PRESETS, DroopController, DroopCurve, DroopOptions
+from gridrl.control.fitted import check_fitted_for, scenario_of
 
 __all__ = ["CATEGORY_B", "OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted_for",
            "curve_from_unit", "fit_droop", "q_rating", "scenario_of", "score_curves", "tune_key", "tuned_curve"]
@@ -101,12 +102,6 @@ OBJECTIVE = ("minimise energy loss over the training days subject to a controlla
              "of the best standard preset (ieee1547-a, ieee1547-b, mapdn) on the same days and no "
              "unsettled or diverged step; infeasible curves rank by controllable-rate shortfall, then "
              "unsettled/diverged steps, then out-of-band bus-hours")
-
-# EnvConfig fields that cannot change a droop rollout's physics or its band metrics; every other
-# field (including ones added later) is part of the cache key, so a new knob refits by default
-_NOT_PHYSICS = frozenset({"episode_hours", "start_hour", "day_sampling", "barrier", "voltage_weight",
-                          "loss_weight_per_mw", "q_weight_per_mvar", "divergence_penalty", "zone_layout",
-                          "forecast_steps", "forecast_noise_rel", "sensor_noise_pu", "message_dropout"})
 
 
 #: IEEE 1547-2018 Category B's adjustable volt-var ranges (Table 8) and reactive rating (Table 7),
@@ -351,25 +346,6 @@ def _rank_keys(scores: Mapping[str, np.ndarray], cr_ref: float) -> list[tuple]:
 # --------------------------------------------------------------------------------------------
 # the fit
 # --------------------------------------------------------------------------------------------
-
-
-def scenario_of(feeder, env_config=None) -> dict[str, Any]:
-    """The physical scenario a curve is fitted for: every :class:`~gridrl.env.EnvConfig` field
-    that can change a droop rollout, with the band and the inverters' capability at night
-    resolved to the feeder's when not given."""
-    from gridrl.env import EnvConfig
-
-    cfg = env_config or EnvConfig()
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        if f.name in _NOT_PHYSICS:
-            continue
-        v = getattr(cfg, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    out["v_min_pu"] = float(cfg.v_min_pu if cfg.v_min_pu is not None else feeder.v_min_pu)
-    out["v_max_pu"] = float(cfg.v_max_pu if cfg.v_max_pu is not None else feeder.v_max_pu)
-    out["q_at_night"] = bool(cfg.q_at_night if cfg.q_at_night is not None else feeder.spec.pv.q_at_night)
-    return out
 
 
 def tune_key(feeder, env_config=None, config: TuneConfig = TuneConfig(),
@@ -638,26 +614,3 @@ def tuned_curve(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), o
         except OutputError as exc:  # a read-only cache only costs a refit next time
             log.warning("cannot cache the tuned curve: %s", exc)
     return fitted
-
-
-def check_fitted_for(feeder, curve: Mapping[str, Any], env_config=None) -> None:
-    """Raise :class:`CurveError` if a curve mapping's ``fit`` says it was fitted for another
-    feeder, another version of this feeder's spec or another scenario: a fitted curve is never
-    used where it was not fitted unless its ``[fit]`` table is removed."""
-    fit = curve.get("fit") or {}
-    if not fit:
-        return
-    where = []
-    if fit.get("feeder", feeder.name) != feeder.name:
-        where.append(f"feeder {fit.get('feeder')!r}, not {feeder.name!r}")
-    elif fit.get("spec_hash", feeder.spec.content_hash()) != feeder.spec.content_hash():
-        where.append(f"{feeder.name!r} with spec hash {fit.get('spec_hash')}, which is now "
-                     f"{feeder.spec.content_hash()}")
-    if "scenario" in fit:
-        now = json.loads(json.dumps(scenario_of(feeder, env_config)))
-        diff = sorted(k for k in set(now) | set(fit["scenario"]) if fit["scenario"].get(k) != now.get(k))
-        if diff:
-            where.append(f"another scenario ({', '.join(diff)} differ)")
-    if where:
-        raise CurveError(f"the curve was fitted for {'; '.join(where)}: refit it with `gridrl tune-droop "
-                         f"--feeder {feeder.name}`, or delete its [fit] table to use it anyway")

@@ -1,8 +1,13 @@
-"""Environments: the batched torch core and its PettingZoo adapter.
+"""Environments: the batched torch core and its adapters for RL libraries.
 
 ``make_env`` builds a :class:`VoltageControlEnv` (B scenarios × N agents, torch tensors batch
 first); ``parallel_env`` builds a PettingZoo ``ParallelEnv`` over one scenario. Both take a
-feeder name or a :class:`~gridrl.grid.feeder.Feeder`, and an :class:`EnvConfig`.
+feeder name or a :class:`~gridrl.grid.feeder.Feeder`, and an :class:`EnvConfig`. The other
+adapters live in their own modules, each importing its library only there:
+:mod:`gridrl.env.torchrl` (TorchRL ``EnvBase``, batch ``[B]``), :mod:`gridrl.env.gymnasium`
+(vector env of B·N agents, centralized single-agent env), :mod:`gridrl.env.sb3` (SB3 ``VecEnv``);
+:mod:`gridrl.env.seeding` states how copies are seeded apart, :mod:`gridrl.env.spec` what the
+observations and rewards mean and measure.
 """
 
 from __future__ import annotations

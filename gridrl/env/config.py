@@ -17,6 +17,7 @@ from typing import Literal
 Barrier = Literal["l1", "l2", "bowl", "courant_beltrami"]
 ZoneLayout = Literal["pad", "pool"]
 DaySampling = Literal["random", "cycle"]
+Observation = Literal["measured", "previous_step"]
 TapControl = Literal["avr", "fixed"]
 
 
@@ -86,15 +87,30 @@ class EnvConfig:
             (as a cost: the reward is ``-divergence_penalty``); that episode ends there.
 
     Observation (layout: see ``VoltageControlEnv.obs_names``)
+        observation: what an agent knows when it acts (the information model).
+            ``"measured"`` (default): at the start of interval t it reads its own sensors under
+            interval t's loads and PV with the set-points still in force from t−1 (the
+            environment solves that instant: one extra power flow per step), its inverters'
+            available power now and its own buses' P and Q now; messages carry neighbours'
+            readings of the same instant. ``"previous_step"``: the solved interval t−1 (voltages
+            15 minutes old), as runs trained before the measured model saw it.
         zone_layout: how zones of different sizes become fixed-size vectors. ``"pad"``: four
             features per zone bus (voltage, net P, net Q, a 0/1 mask), the agent's own bus
             first, then the others in bus order, zero-padded to the largest zone of the feeder.
             ``"pool"``: summaries over the zone (own-bus voltage, min, mean and max voltage,
             summed net P and Q) — small and size-independent, for large feeders.
-        forecast_steps: number of upcoming steps of the agent's own PV available power and its
-            zone's load P appended to its observation (0: none).
+        forecast_steps: an *oracle* no inverter has, off by default: the number of upcoming
+            steps (after the one about to be acted on) of the agent's own PV available power and
+            its zone's load P appended to its observation (0: none). Results of controllers that
+            read it are labelled ``oracle``.
         forecast_noise_rel: relative standard deviation of multiplicative Gaussian noise on
-            those forecasts (seeded; 0: perfect forecasts).
+            those forecasts (seeded; default 0.1; 0: perfect forecasts, which must be asked for).
+
+    Randomised operating points (robust training; off by default, seeded)
+        load_scale_range: ``(low, high)``: each episode draws its own load multiplier uniformly
+            from this range (on top of ``load_scale``), per scenario.
+        pv_scale_range: ``(low, high)``: each episode draws its own PV multiplier (available
+            PV power and inverter ratings together, as ``pv_scale``) uniformly, per scenario.
 
     Faults (robustness studies; all off by default, all seeded)
         sensor_noise_pu: standard deviation (p.u.) of Gaussian noise added to the voltages in
@@ -131,9 +147,13 @@ class EnvConfig:
     q_weight_per_mvar: float = 0.01
     divergence_penalty: float = 10.0
 
+    observation: Observation = "measured"
     zone_layout: ZoneLayout = "pad"
     forecast_steps: int = 0
-    forecast_noise_rel: float = 0.0
+    forecast_noise_rel: float = 0.1
+
+    load_scale_range: tuple[float, float] | None = None
+    pv_scale_range: tuple[float, float] | None = None
 
     sensor_noise_pu: float = 0.0
     message_dropout: float = 0.0
@@ -170,6 +190,11 @@ class EnvConfig:
                      "divergence_penalty", "forecast_noise_rel", "sensor_noise_pu"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("load_scale_range", "pv_scale_range"):
+            rng = getattr(self, name)
+            if rng is not None and not (len(rng) == 2 and all(isinstance(x, int | float) and math.isfinite(x)
+                                                              for x in rng) and 0 < rng[0] <= rng[1]):
+                problems.append(f"{name} must be (low, high) with 0 < low ≤ high, got {rng!r}")
         if self.tap_control not in ("avr", "fixed"):
             problems.append(f"tap_control must be 'avr' or 'fixed', got {self.tap_control!r}")
         if not (isinstance(self.avr_v_set_pu, int | float) and 0.8 < self.avr_v_set_pu < 1.2):
@@ -185,6 +210,11 @@ class EnvConfig:
                 problems.append(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def randomised(self) -> bool:
+        """Whether episodes draw their own operating point (``*_scale_range`` set)."""
+        return self.load_scale_range is not None or self.pv_scale_range is not None
 
     @property
     def steps_per_episode(self) -> int:

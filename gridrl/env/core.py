@@ -12,7 +12,8 @@ One step of scenario b at profile time t:
    ``a``; an inverter that is out stays at 0);
 3. the power flow of time t is solved for all scenarios at once, warm-started from the
    previous step's solution;
-4. observations, local rewards and global metrics of *that* solution are returned;
+4. local rewards and global metrics of *that* solution are returned, with the observation of
+   the next interval (see "What an agent knows" below);
 5. the substation's tap changer, if the feeder has one (see below), reacts to that solution.
 
 The tap changer. mv-rural, mv-urban and mvlv-rural have an HV/MV transformer at the slack
@@ -29,6 +30,15 @@ given, not a decision), and its moves count as ``tap_operations``. The agents' o
 do not include it: an inverter does not see the substation's tap, only its effect on the
 voltages it measures. ``tap_control = "fixed"`` leaves the tap where the net puts it.
 
+What an agent knows when it acts (``EnvConfig.observation``). By default (``"measured"``) an
+observation is a measurement at the start of the interval about to be acted on: interval t+1's
+loads and PV with the set-points of interval t still in force (each inverter holds its
+``q_mvar``, clipped to its new headroom), solved as one extra batched power flow per step. The
+agent reads its own buses' voltages, P and Q and its inverters' available power *now*; nothing
+from the future unless the opt-in oracle forecast (``forecast_steps``) is asked for. With
+``"previous_step"`` the observation is the solved interval t itself (one step old), as runs
+trained before the measured model saw it.
+
 Sign conventions are pandapower's: inverter (sgen) ``q_mvar > 0`` injects reactive power and
 raises voltage; loads consume positive ``p_mw``/``q_mvar``. A bus's net ``p_mw``/``q_mvar`` in
 observations is generation minus consumption at that bus (injection positive).
@@ -39,13 +49,14 @@ converge) reports ``done`` and stays frozen — reward 0, observation repeated,
 it. Nothing in ``step`` raises for physics; a scenario whose power flow diverges ends with
 ``-divergence_penalty`` for every agent and ``info["converged"]`` False (its observation
 repeats the last valid measurement, its per-step metrics are NaN) while the other scenarios go
-on. The observation returned by ``reset`` is the feeder one step before the episode starts,
-inverters at q = 0.
+on. The observation returned by ``reset`` is the feeder at the start of the episode's first
+interval with every inverter at q = 0 (``"previous_step"``: the interval before it).
 
 Every tensor that a public method returns is the caller's own: no later call writes into it,
 and no two returned tensors share memory, so rollouts can be stored without cloning.
 
-Randomness (day draws, start hours, outages, sensor noise, message dropout, forecast noise)
+Randomness (day draws, start hours, outages, sensor noise, message dropout, forecast noise,
+randomised operating points)
 comes from separate generators spawned from ``seed``: the same seed and the same calls give the
 same numbers bit for bit, and switching one fault on does not change the others' draws.
 """
@@ -71,7 +82,8 @@ from gridrl.threads import apply_torch
 _INFO_LIKE = {"converged": ("b", "bool"), "controllable": ("b", "bool"),
               "out_of_band_share": ("b", "f"), "dv_mean_pu": ("b", "f"), "dv_max_pu": ("b", "f"),
               "loss_mw": ("b", "f"), "q_abs_mvar": ("b", "f"), "vm_pu": ("bus", "f"),
-              "q_mvar": ("inv", "f"), "zone_loss_mw": ("bn", "f"), "reward_voltage": ("bn", "f"),
+              "q_mvar": ("inv", "f"), "p_mw": ("inv", "f"), "q_avail_mvar": ("inv", "f"),
+              "zone_loss_mw": ("bn", "f"), "reward_voltage": ("bn", "f"),
               "reward_loss": ("bn", "f"), "reward_q": ("bn", "f"), "tap_pos": ("b", "f"),
               "line_loss_mw": ("b", "f"), "trafo_load_loss_mw": ("b", "f"),
               "trafo_noload_loss_mw": ("b", "f"), "max_loading_pct": ("b", "f"),
@@ -129,8 +141,8 @@ class VoltageControlEnv:
         self.config = cfg
         self.num_envs = int(num_envs)
         self.device = torch.device(device)
-        if split not in ("train", "test", "all"):
-            raise EnvError(f"unknown split {split!r} (use 'train', 'test' or 'all')")
+        if split not in ("train", "val", "test", "all"):
+            raise EnvError(f"unknown split {split!r} (use 'train', 'val', 'test' or 'all')")
         self.split = split
         pool = list(feeder.days(split)) if days is None else [int(d) for d in days]
         n_days = feeder.profiles.n_days
@@ -200,6 +212,10 @@ class VoltageControlEnv:
         sgen_scale = np.ones(self.n_sgen)
         sgen_scale[net.sgen.index.get_indexer(inv.index)] = cfg.pv_scale
         self._sgen_scale = T(sgen_scale, torch.float64)
+        is_inv = np.zeros(self.n_sgen)
+        is_inv[net.sgen.index.get_indexer(inv.index)] = 1.0
+        self._sgen_is_inv = T(is_inv, torch.float64)
+        self._randomised = cfg.randomised
         self._pv = feeder.profiles.pv_p_mw
         own = np.full(self.n_agents, -1)
         for a, b in zip(self.inverter_agent.tolist(), self.inverter_bus_pos.tolist()):
@@ -333,8 +349,9 @@ class VoltageControlEnv:
     def _seed(self, seed: int) -> None:
         self.seed = int(seed)
         ss = np.random.SeedSequence(self.seed)
-        days, starts, outages, noise, drop, fc = ss.spawn(6)
+        days, starts, outages, noise, drop, fc, scale = ss.spawn(7)
         self._rng_days = np.random.default_rng(days)
+        self._rng_scale = np.random.default_rng(scale)
         self._rng_start = np.random.default_rng(starts)
         self._rng_outage = np.random.default_rng(outages)
         self._gen_noise, self._gen_drop, self._gen_fc = (
@@ -347,14 +364,15 @@ class VoltageControlEnv:
         forecasts): with :meth:`set_rng_state`, a resumed training run draws what an
         uninterrupted one would have drawn. Plain Python values and byte tensors."""
         return {"seed": self.seed, "cycle": self._cycle,
-                **{k: getattr(self, f"_rng_{k}").bit_generator.state for k in ("days", "start", "outage")},
+                **{k: getattr(self, f"_rng_{k}").bit_generator.state for k in ("days", "start", "outage", "scale")},
                 **{k: getattr(self, f"_gen_{k}").get_state() for k in ("noise", "drop", "fc")}}
 
     def set_rng_state(self, state: dict) -> None:
         """Restore generators saved by :meth:`rng_state`."""
         self.seed, self._cycle = int(state["seed"]), int(state["cycle"])
-        for k in ("days", "start", "outage"):
-            getattr(self, f"_rng_{k}").bit_generator.state = state[k]
+        for k in ("days", "start", "outage", "scale"):
+            if k in state:  # "scale": saved by runs since randomised operating points exist
+                getattr(self, f"_rng_{k}").bit_generator.state = state[k]
         for k in ("noise", "drop", "fc"):
             getattr(self, f"_gen_{k}").set_state(state[k])
 
@@ -371,6 +389,14 @@ class VoltageControlEnv:
             return np.full(n, round(start_hour * 60 / self.step_minutes), dtype=np.int64)
         last = self.steps_per_day - self.episode_steps
         return self._rng_start.integers(0, last + 1, size=n)
+
+    def _draw_scales(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each new episode's own load and PV multipliers (1.0 without ``*_scale_range``)."""
+        out = []
+        for rng in (self.config.load_scale_range, self.config.pv_scale_range):
+            x = np.ones(n) if rng is None else self._rng_scale.uniform(rng[0], rng[1], size=n)
+            out.append(torch.as_tensor(x, dtype=torch.float64))
+        return out[0], out[1]
 
     def _draw_outages(self, n: int) -> torch.Tensor:
         out = torch.zeros(n, self.n_agents, dtype=torch.bool)
@@ -399,19 +425,31 @@ class VoltageControlEnv:
             x = x + frac[:, None] * (arr[t1] - x)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
 
-    def _exogenous(self, g: np.ndarray) -> dict[str, torch.Tensor]:
-        """Loads and generation at fine steps ``g``, scaled to the config's scenario."""
+    def _exogenous(self, g: np.ndarray, rows=None) -> dict[str, torch.Tensor]:
+        """Loads and generation at fine steps ``g`` of the scenarios ``rows`` (default: all),
+        scaled to the config's scenario and to each episode's drawn operating point."""
         p = self._prof
         load_p, load_q, sgen_p = self._at(p.load_p_mw, g), self._at(p.load_q_mvar, g), self._at(p.sgen_p_mw, g)
         if self._load_scale != 1.0:
             load_p, load_q = load_p * self._load_scale, load_q * self._load_scale
         if self._pv_scale != 1.0:
             sgen_p = sgen_p * self._sgen_scale
+        if self._randomised:
+            ls, ps = (x if rows is None else x[rows] for x in (self._ep_load, self._ep_pv))
+            load_p, load_q = load_p * ls[:, None], load_q * ls[:, None]
+            sgen_p = sgen_p * (1.0 + (ps[:, None] - 1.0) * self._sgen_is_inv)
         return {"load_p_mw": load_p, "load_q_mvar": load_q, "sgen_p_mw": sgen_p,
                 "pv_p_mw": torch.index_select(sgen_p, 1, self.inverter_sgen_pos)}
 
-    def _q_avail(self, pv_p_mw: torch.Tensor) -> torch.Tensor:
-        return q_avail_mvar(pv_p_mw, self.s_max_mva, q_at_night=self.q_at_night)
+    def _s_max(self, rows=None) -> torch.Tensor:
+        """Inverter ratings: ``[n_inverter]``, or ``[B, n_inverter]`` with randomised PV."""
+        if not self._randomised:
+            return self.s_max_mva
+        ps = self._ep_pv if rows is None else self._ep_pv[rows]
+        return self.s_max_mva * ps[:, None]
+
+    def _q_avail(self, pv_p_mw: torch.Tensor, rows=None) -> torch.Tensor:
+        return q_avail_mvar(pv_p_mw, self._s_max(rows), q_at_night=self.q_at_night)
 
     # ---------------------------------------------------------------------------------------
     # physics
@@ -426,7 +464,10 @@ class VoltageControlEnv:
         sgen_q = self._sgen_q_fixed + exo["sgen_p_mw"] * self._sgen_q_per_mw
         sgen_q[:, self.inverter_sgen_pos] = q_inv
         exo["sgen_q_mvar"] = sgen_q
-        tap = exo.get("tap_pos") if self._avr else None
+        if self._avr and "tap_pos" not in exo:
+            # every solve of a feeder under AVR must say at which tap (the scenarios' state)
+            raise RuntimeError("_solve needs exo['tap_pos'] (the rows' self._tap) when the tap changer regulates")
+        tap = exo["tap_pos"] if self._avr else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,
@@ -529,6 +570,9 @@ class VoltageControlEnv:
         self._bus_q = torch.zeros(B, self.n_bus, dtype=torch.float64)
         self._inv = torch.zeros(B, 3, self.n_inverters, dtype=torch.float64)  # p, q, q_avail
         self._g_obs = np.zeros(B, dtype=np.int64)
+        self._vm_noise = torch.zeros(B, self.n_bus, dtype=torch.float64)
+        self._ep_load = torch.ones(B, dtype=torch.float64)
+        self._ep_pv = torch.ones(B, dtype=torch.float64)
         self._obs = torch.zeros(B, self.n_agents, self.obs_dim, dtype=torch.float32)
         self._v = None
         self._acc = {k: torch.zeros(B, dtype=torch.float64) for k in _EPISODE_KEYS}
@@ -569,18 +613,54 @@ class VoltageControlEnv:
         self._k[rows] = 0
         self._done[rows] = False
         self._outage[rows] = self._draw_outages(n)
+        if self._randomised:
+            self._ep_load[rows], self._ep_pv[rows] = self._draw_scales(n)
         for k in _EPISODE_KEYS:
             self._acc[k][rows] = 0.0
         self._acc["day"][rows] = torch.as_tensor(self._day[r], dtype=torch.float64)
-        # the observed state before the first action: the previous step, inverters at q = 0
-        g = self._fine_index(-1)[r]
-        exo = self._exogenous(g)
+        # the observed state before the first action, inverters at q = 0: the start of the
+        # first interval (measured) or the interval before it (previous_step)
+        g = self._fine_index(0 if self.config.observation == "measured" else -1)[r]
+        exo = self._exogenous(g, rows)
+        exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"], rows)
         q_inv = torch.zeros(n, self.n_inverters, dtype=torch.float64)
         sol = self._settle_tap(rows, exo, q_inv)
         vm = torch.where(sol["converged"][:, None], sol["vm_pu"], 1.0)
         self._store(rows, exo, q_inv, vm, g)
         self._store_v(rows, sol)
         self._obs[rows] = self._observe(rows)
+
+    def _measure(self, rows: torch.Tensor, exo: dict, q_inv: torch.Tensor, vm: torch.Tensor,
+                 g: np.ndarray) -> None:
+        """What the sensors of the scenarios ``rows`` read before their next action, after the
+        interval ``g`` was solved with reactive power ``q_inv`` (``exo``, ``vm``: its inputs and
+        voltages).
+
+        ``measured``: the start of the next interval — its loads and PV, each inverter holding
+        its ``q_mvar`` (clipped to its new headroom) — solved here, warm-started from the
+        interval just solved; that solution is also the next step's warm start. A measurement
+        solve that does not converge reads the interval just solved instead.
+        ``previous_step``: the interval just solved.
+        """
+        if self.config.observation == "previous_step":
+            self._store(rows, exo, q_inv, vm, g)
+            return
+        full = len(rows) == self.num_envs
+        sub = None if full else rows
+        g1 = self._fine_index()[rows.numpy()]
+        exo1 = self._exogenous(g1, sub)
+        q_avail = exo1["q_avail_mvar"] = self._q_avail(exo1["pv_p_mw"], sub)
+        q_hold = torch.maximum(torch.minimum(q_inv, q_avail), -q_avail)
+        if self.tap_changer is not None:  # the tap in force at the interval's start (the AVR has moved)
+            exo1["tap_pos"] = self._tap.clone() if full else self._tap[rows]
+        v_prev = self._v if full else self._v[rows]
+        sol = self._solve(exo1, q_hold, v_prev)
+        ok = sol["converged"]
+        if not ok.all():
+            sol["vm_pu"] = torch.where(ok[:, None], sol["vm_pu"], vm)
+            sol["v"] = torch.where(ok[:, None], sol["v"], v_prev)
+        self._store(rows, exo1, q_hold, sol["vm_pu"], g1)
+        self._store_v(rows, {"v": sol["v"], "converged": torch.isfinite(sol["v"].real).all(1)})
 
     def _settle_tap(self, rows: torch.Tensor, exo: dict, q_inv: torch.Tensor) -> dict:
         """Solve the state before an episode's first action with the tap where the AVR has had
@@ -657,17 +737,24 @@ class VoltageControlEnv:
 
     def _store(self, rows: torch.Tensor, exo: dict, q_inv: torch.Tensor, vm: torch.Tensor,
                g: np.ndarray) -> None:
-        """Keep what the sensors of the scenarios ``rows`` measured at the step just solved."""
+        """Keep what the sensors of the scenarios ``rows`` read: the solved instant ``g`` with its
+        inputs ``exo`` (with ``q_avail_mvar``), reactive power ``q_inv`` and voltages ``vm``; and
+        draw the voltage sensors' noise for it."""
         p, q = self._bus_injection(exo)
-        q_avail = exo["q_avail_mvar"] if "q_avail_mvar" in exo else self._q_avail(exo["pv_p_mw"])
-        inv = torch.stack([exo["pv_p_mw"], q_inv, q_avail], 1)
+        inv = torch.stack([exo["pv_p_mw"], q_inv, exo["q_avail_mvar"]], 1)
+        noise = self.config.sensor_noise_pu
         if len(rows) == self.num_envs:
             # vm is also returned in step's info: keep a copy, later partial steps write into it
             self._vm, self._bus_p, self._bus_q, self._inv = vm.clone(), p, q, inv
             self._g_obs = np.asarray(g, dtype=np.int64).copy()
+            if noise > 0:
+                self._vm_noise = noise * torch.randn(vm.shape, generator=self._gen_noise, dtype=torch.float64)
         else:
             self._vm[rows], self._bus_p[rows], self._bus_q[rows], self._inv[rows] = vm, p, q, inv
             self._g_obs[rows.numpy()] = g
+            if noise > 0:
+                self._vm_noise[rows] = noise * torch.randn(vm.shape, generator=self._gen_noise,
+                                                           dtype=torch.float64)
 
     def _store_v(self, rows: torch.Tensor, sol: dict) -> None:
         """Keep the solution as the next warm start. A diverged scenario gets NaN, which the
@@ -693,8 +780,7 @@ class VoltageControlEnv:
         ext = torch.empty(n, self.n_bus + 1, 4, dtype=torch.float32)
         dv = pick(self._vm) - 1.0
         if cfg.sensor_noise_pu > 0:
-            dv = dv + cfg.sensor_noise_pu * torch.randn(dv.shape, generator=self._gen_noise,
-                                                        dtype=torch.float64)
+            dv = dv + pick(self._vm_noise)
         ext[:, :-1, 0] = dv
         ext[:, :-1, 1] = pick(self._bus_p)
         ext[:, :-1, 2] = pick(self._bus_q)
@@ -760,7 +846,8 @@ class VoltageControlEnv:
     def step(self, actions):
         """Apply ``actions`` ``[B, N]`` (in [-1, 1]; clipped) and solve the next profile step.
 
-        Returns ``obs [B, N, obs_dim]`` (float32), ``reward [B, N]`` (float32, local rewards),
+        Returns ``obs [B, N, obs_dim]`` (float32; by default the measurement at the start of the
+        following interval, see the module docstring), ``reward [B, N]`` (float32, local rewards),
         ``done [B]`` (bool) and ``info``, a dict of tensors (batch first):
 
         ``converged``, ``active`` (scenario was stepped), ``truncated`` (episode reached its
@@ -809,8 +896,6 @@ class VoltageControlEnv:
         info["message_mask"] = self._message_mask()
         info["step"] = self._k.clone()
         info["day"] = torch.as_tensor(self._day.copy())
-        info["p_mw"] = self._inv[:, 0].clone()
-        info["q_avail_mvar"] = self._inv[:, 2].clone()
         if ended.any():
             ep = self.episode_metrics()
             info["episode"] = {k: torch.where(ended, v, torch.nan) for k, v in ep.items()}
@@ -825,8 +910,9 @@ class VoltageControlEnv:
         full = len(rows) == self.num_envs
         r = rows.numpy()
         g = self._fine_index()[r]
-        exo = self._exogenous(g)
-        q_avail = exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"])
+        sub = None if full else rows
+        exo = self._exogenous(g, sub)
+        q_avail = exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"], sub)
         q_inv = self._inverter_q(a, q_avail, self._outage if full else self._outage[rows])
         v_init = None if self._v is None else (self._v if full else self._v[rows])
         tap = None
@@ -859,15 +945,15 @@ class VoltageControlEnv:
             share = torch.where(ok, share, torch.nan)
             reward = torch.where(ok[:, None], reward, -cfg.divergence_penalty)
 
-        # measurements for the next observation; a diverged scenario keeps its last valid one
-        if all_ok:
-            self._store(rows, exo, q_inv, vm, g)
-        elif ok.any():
-            sub = {k: v[ok] for k, v in exo.items()}
-            self._store(rows[ok], sub, q_inv[ok], vm[ok], g[ok.numpy()])
         self._store_v(rows, sol)
         self._k[rows] += 1
         self._done[rows] = (self._k[rows] >= self.episode_steps) | ~ok
+        # what the sensors read before the next action; a diverged scenario keeps its last reading
+        if all_ok:
+            self._measure(rows, exo, q_inv, vm, g)
+        elif ok.any():
+            sub_exo = {k: v[ok] for k, v in exo.items()}
+            self._measure(rows[ok], sub_exo, q_inv[ok], vm[ok], g[ok.numpy()])
 
         # episode aggregates (a diverged step adds no loss and no violations)
         acc, h = self._acc, self.step_hours
@@ -902,7 +988,8 @@ class VoltageControlEnv:
         return {"reward": reward, "converged": ok, "controllable": controllable,
                 "out_of_band_share": share, "dv_mean_pu": dev.mean(0), "dv_max_pu": dev.amax(0),
                 "loss_mw": sol["loss_mw"], "q_abs_mvar": q_abs.sum(1),
-                "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv,
+                "iterations": sol["iterations"], "vm_pu": vm, "q_mvar": q_inv, "p_mw": exo["pv_p_mw"],
+                "q_avail_mvar": q_avail,
                 "zone_loss_mw": r_l, "reward_voltage": r_v, "reward_loss": r_l.clone(), "reward_q": r_q,
                 "tap_pos": (torch.full((len(rows),), torch.nan, dtype=torch.float64) if tap is None
                             else tap.to(torch.float64)), **flows}
@@ -942,7 +1029,8 @@ class VoltageControlEnv:
 
         ``load_p_mw``, ``load_q_mvar`` ``[B, n_load]`` (net.load order), ``sgen_p_mw``
         ``[B, n_sgen]`` (net.sgen order), ``pv_p_mw``, ``q_avail_mvar`` ``[B, n_inverter]``
-        (feeder.inverters order), ``s_max_mva [n_inverter]``, ``outage [B, N]`` (agents whose
+        (feeder.inverters order), ``s_max_mva [n_inverter]`` (``[B, n_inverter]`` with a
+        randomised ``pv_scale_range``), ``outage [B, N]`` (agents whose
         inverters are stuck at 0), ``step [B]`` (index within the episode), ``hour [B]`` and,
         on a feeder with an active tap changer, ``tap_pos [B]`` (the position the step will be
         solved at: the tap is given to controllers, never chosen by them).
@@ -951,13 +1039,20 @@ class VoltageControlEnv:
         g = self._fine_index()
         exo = self._exogenous(g)
         exo["q_avail_mvar"] = self._q_avail(exo["pv_p_mw"])
-        exo["s_max_mva"] = self.s_max_mva.clone()
+        exo["s_max_mva"] = self._s_max().clone()
         exo["outage"] = self._outage.clone()
         exo["step"] = self._k.clone()
         exo["hour"] = torch.as_tensor((g % self.steps_per_day) * self.step_hours)
         if self.tap_changer is not None:
             exo["tap_pos"] = self._tap.clone()
         return {k: self._out(v) for k, v in exo.items()}
+
+    def sensor_noise_pu(self) -> torch.Tensor:
+        """``[B, n_bus]`` the error (p.u.) of every voltage sensor's reading in the latest
+        observation (zeros without ``sensor_noise_pu``). A rule-based controller that reads its
+        own voltage during the pending interval (droop) adds it, so it measures with the same
+        noise as the agents' observations: like with like."""
+        return self._out(self._vm_noise.clone())
 
     def peek(self, actions=None, *, q_mvar=None, v_init=None) -> dict[str, torch.Tensor]:
         """Solve the pending step with ``actions`` ``[B, N]`` without changing any state.

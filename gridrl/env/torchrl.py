@@ -42,8 +42,10 @@ __all__ = ["VoltageControlTorchRLEnv"]
 class VoltageControlTorchRLEnv(EnvBase):
     """B voltage-control scenarios as one TorchRL environment (see the module docstring).
 
-    Build with :func:`gridrl.env.torchrl_env` or directly from a feeder (name or
-    :class:`~gridrl.grid.feeder.Feeder`). The core is ``env.core``.
+    Build from a feeder (name or :class:`~gridrl.grid.feeder.Feeder`):
+    ``VoltageControlTorchRLEnv("ieee33", num_envs=64)``; the other arguments are
+    :func:`gridrl.env.make_env`'s, plus ``copy_index`` / ``worker_index``
+    (:mod:`gridrl.env.seeding`) and ``include_state``. The core is ``env.core``.
     """
 
     def __init__(self, feeder, *, num_envs: int = 64, split: str = "train", seed: int | None = None,

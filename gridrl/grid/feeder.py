@@ -12,7 +12,6 @@ import copy
 import logging
 import os
 import pickle
-import re
 import tempfile
 import time
 import warnings
@@ -24,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gridrl.errors import FeederBuildError, FeederNotFound, SpecError
+from gridrl.errors import FeederBuildError, SpecError
 from gridrl.grid.sources import STEP_MINUTES, build_net, bus_names, simbench_profiles
-from gridrl.grid.spec import FeederSpec, load_spec
+from gridrl.grid.library import list_feeders, resolve_spec  # list_feeders: re-exported here
+from gridrl.grid.spec import FeederSpec
 from gridrl.grid.units import UNIT_TYPES, unit_table
 
 log = logging.getLogger(__name__)
@@ -37,45 +37,6 @@ _CACHE_VERSION = 3
 # --------------------------------------------------------------------------------------------
 # spec discovery
 # --------------------------------------------------------------------------------------------
-
-
-def feeder_dirs() -> list[Path]:
-    """Folders searched for ``<name>.toml`` specs: ``$GRIDRL_FEEDER_PATH`` (``:``-separated), then
-    the project's ``feeders/``."""
-    dirs = [Path(p) for p in os.environ.get("GRIDRL_FEEDER_PATH", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "feeders")
-    return [d for d in dirs if d.is_dir()]
-
-
-def _spec_files() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in feeder_dirs():
-        for f in sorted(d.glob("*.toml"), key=_natural):
-            found.setdefault(f.stem, f)
-    return found
-
-
-def _natural(path: Path) -> list:
-    """ieee33 < ieee69 < ieee141: digits compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
-
-
-def list_feeders() -> list[str]:
-    """Names of every feeder spec that ships with gridrl or lies on ``$GRIDRL_FEEDER_PATH``."""
-    return list(_spec_files())
-
-
-def resolve_spec(name_or_path: str | os.PathLike) -> FeederSpec:
-    """A feeder name, or a path to a ``.toml`` spec, as a validated :class:`FeederSpec`."""
-    text = str(name_or_path)
-    if text.endswith(".toml") or os.sep in text:
-        spec = load_spec(Path(text))
-    else:
-        files = _spec_files()
-        if text not in files:
-            raise FeederNotFound(text, list(files))
-        spec = load_spec(files[text])
-    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,17 +217,24 @@ class Feeder:
 
     # -- split ------------------------------------------------------------------------------
     def days(self, split: str = "train") -> list[int]:
-        """Day numbers of the split: ``train``, ``test`` or ``all``. Test days never appear in train."""
+        """Day numbers of the split: ``train``, ``val``, ``test`` or ``all``.
+
+        The three sets are disjoint (:class:`~gridrl.grid.spec.SplitSpec`): learners train on
+        ``train``, tune and choose their policy on ``val``, and ``test`` is only reported.
+        """
         s = self.spec.split
         all_days = np.arange(self.profiles.n_days)
         is_test = all_days % s.test_every == s.test_offset
+        is_val = (all_days % s.val_every == s.val_offset) & ~is_test
         if split == "train":
-            return all_days[~is_test].tolist()
+            return all_days[~is_test & ~is_val].tolist()
+        if split == "val":
+            return all_days[is_val].tolist()
         if split == "test":
             return all_days[is_test].tolist()
         if split == "all":
             return all_days.tolist()
-        raise ValueError(f"unknown split {split!r} (use 'train', 'test' or 'all')")
+        raise ValueError(f"unknown split {split!r} (use 'train', 'val', 'test' or 'all')")
 
     # -- physics ----------------------------------------------------------------------------
     def power_flow(self, **options):

@@ -23,6 +23,16 @@ on the rest of its batch. Scenarios the fixed point cannot solve (heavily stress
 retried with Newton–Raphson on the same ``Ybus``; those that still fail come back with
 ``converged=False``, the rest of the batch solved.
 
+Tap changer. ``BatchedPowerFlow.tap_changer`` is the substation transformer's on-load tap
+changer when the slack reaches the network through it alone (mv-rural, mv-urban, mvlv-rural),
+else an ideal source regulator (:mod:`gridrl.grid.tapchanger`). ``solve(..., tap_pos=[B])``
+solves each scenario at its own tap without recompiling: a tap is exactly a factor ``ρ`` on the
+slack voltage as the network sees it, so the kernel scales the no-load voltage per scenario.
+Behind a regulated transformer the HV (slack) bus still reports the slack voltage; the result's
+``v`` keeps ``ρ·V_s`` there, consistent with the branch model compiled at the net's tap (losses,
+currents and sensitivities computed from ``v`` are those of the real tap).
+``tests/test_tapchanger.py`` checks random taps against pandapower.
+
 Sign conventions: loads consume (positive ``load_p_mw`` draws power), static generators inject
 (positive ``sgen_q_mvar`` raises voltage). All powers are the elements' actual powers: element
 ``scaling`` columns in the net are *not* re-applied.
@@ -122,6 +132,8 @@ class PowerFlowResult:
     iterations: ``[B]`` int, fixed-point iterations plus Newton–Raphson iterations if the
         scenario needed the fallback.
     v: ``[B, n_bus]`` complex voltages (p.u.), same order; pass as ``v_init`` to warm-start.
+        Behind a regulated substation transformer the slack bus holds ``ρ·V_s`` here (see the
+        module docstring), ``vm_pu``/``va_degree`` its true voltage.
     p_slack_mw, q_slack_mvar: ``[B]`` total injection of the ext_grid(s), generator convention.
         Power balance: ``p_slack_mw = Σ load_p_mw − Σ sgen_p_mw + loss_mw`` (+ bus shunts and
         other constant injections of the net, if it has any).

@@ -186,17 +186,29 @@ class VoltageSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SplitSpec:
-    """Train/test split by whole days: day ``d`` is a test day when ``d % test_every == test_offset``.
+    """Three disjoint day sets by whole days: day ``d`` is a test day when
+    ``d % test_every == test_offset``, else a validation day when ``d % val_every == val_offset``,
+    else a training day.
 
-    With the default, every fifth day is held out (73 of 366), spread over seasons and weekdays.
+    With the defaults, every fifth day from day 2 is a test day (73 of 366) and every tenth day
+    from day 4 a validation day (37), spread over seasons and weekdays; 256 days train. Test days
+    are only reported; validation days serve tuning and the choice of a run's policy.
     """
 
     test_every: int = 5
     test_offset: int = 2
+    val_every: int = 10
+    val_offset: int = 4
 
     def __post_init__(self) -> None:
         if self.test_every < 2 or not 0 <= self.test_offset < self.test_every:
             raise ValueError("split needs test_every >= 2 and 0 <= test_offset < test_every")
+        if self.val_every < 2 or not 0 <= self.val_offset < self.val_every:
+            raise ValueError("split needs val_every >= 2 and 0 <= val_offset < val_every")
+        if all(d % self.test_every == self.test_offset
+               for d in range(self.val_offset, self.val_offset + self.val_every * self.test_every, self.val_every)):
+            raise ValueError(f"split: every validation day (every {self.val_every}th from day {self.val_offset}) "
+                             f"is a test day; choose another val_offset")
 
 
 @dataclass(frozen=True, kw_only=True)

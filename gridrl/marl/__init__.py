@@ -13,8 +13,7 @@ bottom. What they share is tested on its own and built for a model-based learner
 - :mod:`~gridrl.marl.buffer` — rollout storage; :mod:`~gridrl.marl.ppo` — PPO's loss pieces;
 - :mod:`~gridrl.marl.checkpoint` — atomic checkpoints with a validated header;
 - :mod:`~gridrl.marl.train` — the train driver (progress, CSV and TensorBoard scalars, resume,
-  NaN guard, evaluation, final comparison); :mod:`~gridrl.marl.run` — run folders as controllers;
-  :mod:`~gridrl.marl.report` — training curves.
+  NaN guard, evaluation); :mod:`~gridrl.marl.run` — run folders as controllers.
 """
 
 from gridrl.marl.run import load_policy, open_run

@@ -56,7 +56,7 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 def make_header(*, algo: str, feeder, env, env_config, learner_config, seed: int) -> dict[str, Any]:
     """The header of a checkpoint of ``algo`` trained on ``feeder`` in ``env``."""
-    from gridrl import __version__
+    from gridrl.version import __version__
 
     return {"gridrl_version": __version__, "layout_version": LAYOUT_VERSION, "algo": algo,
             "feeder": feeder.name, "feeder_hash": feeder.spec.content_hash(), "agents": list(env.agents),

@@ -23,6 +23,7 @@ from gridrl.marl.dppo import DPPO, DppoConfig
 from gridrl.marl.gae import gae
 from gridrl.marl.nets import StateValue
 from gridrl.marl.normalize import RunningNorm
+from gridrl.marl.ppo import shared_floats
 
 __all__ = ["CPPO", "CppoConfig"]
 
@@ -34,6 +35,7 @@ class CppoConfig(DppoConfig):
     critic_hidden: as dppo's, the width of the critic's hidden layers — here the two layers of
         the critic on the global state — with its own default, 128 (``None``: the actor's
         ``hidden``). critic_message_dim: refused: this critic sends no messages.
+    training: ``shared`` only: a centralized critic is centralized training.
     """
 
     critic_hidden: int | None = 128
@@ -43,6 +45,9 @@ class CppoConfig(DppoConfig):
         if self.critic_message_dim is not None:
             problems.append(f"critic_message_dim does not apply to cppo (its critic reads the global state and "
                             f"sends no messages), got {self.critic_message_dim}; leave it out")
+        if self.training != "shared":
+            problems.append(f"cppo trains with a centralized critic, so training = {self.training!r} does not "
+                            f"apply; use dppo, ippo or dmpo for decentralized training")
         return problems
 
 
@@ -94,6 +99,20 @@ class CPPO(DPPO):
     def _warm_up_statistics(self) -> None:
         super()._warm_up_statistics()
         self.state_norm.update(self.env.state().to(self.device))
+
+    def _communication(self, *, real_steps: float, update_stats: dict[str, float]) -> dict[str, float]:
+        """Training traffic of one iteration, floats per agent: locally the actor's messages at
+        every collected step and, in the update, again with their gradients back; globally
+        every agent's observation to the critic's place and the global advantage back at every
+        step, the gradient of the shared actor weights and the two scalars of the clip and the
+        early stop at every gradient step and the pooled observation statistics (see
+        :meth:`DPPO._communication`)."""
+        g, D = self.graph, self.env.obs_dim
+        actor = g.relay_floats(self.cfg.message_dim)
+        local = real_steps * actor + 2.0 * actor * update_stats["update/samples"]
+        shared = (real_steps * (D + 1.0) + (shared_floats(self.policy.actor) + 2.0) * update_stats["update/steps"]
+                  + 3.0 * D)
+        return {"comm/train_local_floats": local, "comm/train_global_floats": shared}
 
     @property
     def communication_training(self) -> float:

@@ -68,7 +68,7 @@ from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles
 from gridrl.marl.normalize import observation_masks
-from gridrl.marl.ppo import Stopwatch, episode_stats, gaussian_log_prob, linear_lr
+from gridrl.marl.ppo import Stopwatch, gaussian_log_prob, shared_floats
 from gridrl.marl.replay import EpisodeReplay
 
 __all__ = ["DMPO", "DmpoConfig", "StepPrediction"]
@@ -181,7 +181,8 @@ class DMPO(DPPO):
             torch.manual_seed(seed + 1)
             self.model = DynamicsEnsemble(self.roles, self.model_graph, obs_valid=valid, obs_keep=keep,
                                           members=cfg.ensemble, hidden=cfg.model_hidden,
-                                          message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim).to(self.device)
+                                          message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim,
+                                          own_weights=self.decentralized).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
         self._seed = int(seed)
         self._check_env = None
@@ -192,6 +193,27 @@ class DMPO(DPPO):
         """The reward parts the model learns: each zone's loss share and voltage cost."""
         return {"zone_loss_mw": ((self.env.n_agents,), torch.float32),
                 "reward_voltage": ((self.env.n_agents,), torch.float32)}
+
+    def _communication(self, *, real_steps: float, update_stats: dict[str, float], imagined_steps: float = 0.0
+                       ) -> dict[str, float]:
+        """dppo's traffic (see :meth:`DPPO._communication`; its update counts imagined samples
+        too) plus, locally, every imagined step's actor, critic and model messages (all
+        members, twice when anchored) and local advantages, and the model fit's messages and
+        their gradients; globally, every fit step's share of the gradient norm (the clip) and,
+        in shared training, the model's shared weights at every fit step and its pooled input
+        statistics."""
+        cfg, g = self.cfg, self.model_graph
+        out = super()._communication(real_steps=real_steps, update_stats=update_stats)
+        policy = self.graph.relay_floats(cfg.message_dim) + self.graph.relay_floats(self._critic_message_dim())
+        model = g.relay_floats(cfg.model_message_dim) * cfg.ensemble
+        fits = update_stats.get("update/model_steps", 0.0)
+        out["comm/train_local_floats"] += (imagined_steps * (policy + model * (2 if cfg.anchor else 1)
+                                                             + self.graph.relay_floats(1.0))
+                                           + fits * cfg.model_batch * 2.0 * model)
+        out["comm/train_global_floats"] += fits
+        if not self.decentralized:
+            out["comm/train_global_floats"] += shared_floats(self.model) * fits + 3.0 * self.model.in_dim
+        return out
 
     @property
     def communication_training(self) -> float:
@@ -228,8 +250,10 @@ class DMPO(DPPO):
             samples = self._rollout_samples(rollout.last_value, standardize=False)
             if imagined is not None:
                 samples = _concat(samples, imagined)
-            _standardize(samples)
+            _standardize(samples, per_agent=self.decentralized)
             stats.update(self._learn(samples))
+        stats.update(self._communication(real_steps=self._real_steps(), update_stats=stats,
+                                         imagined_steps=stats.get("imagine/steps", 0.0)))
         return self._finish_iteration(rollout, stats, lr, watch, phases=("env", "act", "model", "imagine", "update"))
 
     def _remember(self, last_obs: torch.Tensor) -> None:
@@ -270,7 +294,7 @@ class DMPO(DPPO):
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
             total += loss / K
-        return {"model/train_loss": total / cfg.model_updates}
+        return {"model/train_loss": total / cfg.model_updates, "update/model_steps": float(cfg.model_updates)}
 
     # ---------------------------------------------------------------------------------------
     # held-out model errors
@@ -507,14 +531,16 @@ def _concat(real: dict[str, Any], imagined: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _standardize(samples: dict[str, Any]) -> None:
-    """Standardise the policy advantages over the samples and agents that count."""
+def _standardize(samples: dict[str, Any], *, per_agent: bool) -> None:
+    """Standardise the policy advantages over the samples and agents that count (each agent's
+    over its own samples if ``per_agent``)."""
     adv, where, w = samples["advantage"], samples["where"], samples["policy_weight"]
     a = adv[where]
+    total = (lambda x: x.sum(0)) if per_agent else (lambda x: x.sum())  # noqa: E731
     if w is None:
-        mean, std = a.mean(), a.std()
+        mean, std = (a.mean(0), a.std(0)) if per_agent else (a.mean(), a.std())
     else:
         ww = w[where]
-        mean = (a * ww).sum() / ww.sum().clamp(min=1e-12)
-        std = (((a - mean) ** 2 * ww).sum() / ww.sum().clamp(min=1e-12)).sqrt()
+        mean = total(a * ww) / total(ww).clamp(min=1e-12)
+        std = (total((a - mean) ** 2 * ww) / total(ww).clamp(min=1e-12)).sqrt()
     samples["advantage"] = (adv - mean) / (std + 1e-8)

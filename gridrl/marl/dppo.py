@@ -5,8 +5,11 @@ Agent *i* acts on its κ-hop neighbourhood's observations, which reach it as mes
 :mod:`gridrl.marl.nets`); its critic is an *extended value function* ``V_i`` over the same
 neighbourhood, fitted to *i*'s own local reward. Per-agent GAE gives local advantages ``A_j``;
 agent *i*'s policy advantage is their sum over its κ-hop neighbourhood, ``Σ_{j ∈ N_κ(i)} A_j``
-— the agents whose rewards its action can move. Weights are shared by all agents (with an agent
-embedding), which is what keeps hundreds of agents fast.
+— the agents whose rewards its action can move. By default weights are shared by all agents
+(with an agent embedding), observation statistics pooled and advantages standardised over all
+agents — fast, but every gradient step is then a global exchange; ``training = "decentralized"``
+gives every agent its own weights, statistics and advantage scale (see :class:`DppoConfig`).
+Each iteration reports its training traffic, local and global (:meth:`DPPO._communication`).
 
 One iteration, top to bottom in :meth:`DPPO.iterate`:
 
@@ -28,7 +31,7 @@ uninterrupted one does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -39,7 +42,7 @@ from gridrl.marl.nets import ACTOR_SETTINGS, NeighbourhoodNet, build_actor
 from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
 from gridrl.marl.policy import Policy
 from gridrl.marl.ppo import (Stopwatch, clipped_surrogate, episode_stats, gaussian_log_prob, linear_lr,
-                             ppo_problems, weighted_mean)
+                             ppo_problems, shared_floats, weighted_mean)
 
 __all__ = ["DPPO", "Collected", "DppoConfig"]
 
@@ -90,6 +93,14 @@ class DppoConfig:
     embed_dim: size of the learned agent embedding.
     log_std_init: initial log standard deviation of the actions (the paper: −0.5).
     log_std_min: floor on the log standard deviation.
+    training: ``shared`` — one set of weights for all agents (with the agent embedding),
+        observation statistics pooled over all agents and advantages standardised over all of
+        them: every gradient step sums every agent's gradient, a global exchange. ``decentralized``
+        — every agent its own weights, its own observation statistics and its own advantage
+        scale: training talks to κ-hop neighbours only (their messages and the gradients back
+        along them, and the local advantages it sums). Every iteration reports both kinds of
+        traffic: ``comm/train_local_floats`` and ``comm/train_global_floats``, floats per agent
+        per iteration (see :meth:`DPPO._communication`).
     """
 
     hops: int = 1
@@ -111,6 +122,7 @@ class DppoConfig:
     embed_dim: int = 8
     log_std_init: float = -1.5
     log_std_min: float = -3.0
+    training: Literal["shared", "decentralized"] = "shared"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -126,6 +138,8 @@ class DppoConfig:
         for name in ("critic_hidden", "critic_message_dim"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be ≥ 1 (or left out: the actor's), got {getattr(self, name)}")
+        if self.training not in ("shared", "decentralized"):
+            problems.append(f"training must be 'shared' or 'decentralized', got {self.training!r}")
         return problems
 
 
@@ -162,13 +176,15 @@ class DPPO:
         self.total_steps = int(total_steps)
         self.device = torch.device(device)
         N, D = env.n_agents, env.obs_dim
+        self.decentralized = config.training == "decentralized"
         self.graph = Neighbourhood(env.hop_distance, config.hops)
         valid, keep = observation_masks(env)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             actor = build_actor(D, self.graph, **{k: getattr(config, k) for k in ACTOR_SETTINGS})
             self.critic = self._make_critic()
-        self.policy = Policy(actor, RunningNorm(D, valid=valid, keep=keep), self.graph, agents=env.agents,
+        norm = RunningNorm(D, valid=valid, keep=keep, per_agent=self.decentralized)
+        self.policy = Policy(actor, norm, self.graph, agents=env.agents,
                              obs_names=env.obs_names, name=name or self.algo).to(self.device)
         self.critic.to(self.device)
         streams = self._value_shape()[0] if self._value_shape() else 1  # one return per value
@@ -195,7 +211,8 @@ class DPPO:
         """The extended value function: agent i's value over its κ-hop neighbourhood."""
         cfg = self.cfg
         return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, hidden=cfg.critic_hidden or cfg.hidden,
-                                message_dim=self._critic_message_dim(), embed_dim=cfg.embed_dim)
+                                message_dim=self._critic_message_dim(), embed_dim=cfg.embed_dim,
+                                own_weights=self.decentralized)
 
     def _critic_message_dim(self) -> int:
         return self.cfg.critic_message_dim or self.cfg.message_dim
@@ -232,17 +249,42 @@ class DPPO:
         """Per-agent GAE in scaled reward units (``last_value``: the bootstrap after the last
         step); policy advantages ``[T, B, N]`` summed over neighbourhoods in reward units (so
         every agent's reward counts at its true weight), then standardised over the active
-        samples if ``standardize`` (dmpo standardises them together with imagined ones)."""
+        samples if ``standardize`` (dmpo standardises them together with imagined ones): over
+        all agents, or each agent's over its own when training is decentralized."""
         buf, scale = self.buffer, self.reward_scale.scale.to(torch.float32)
         values = buf["value"]
         next_values = torch.cat([values[1:], last_value[None]], 0)
         local, returns = gae(buf["reward"] / scale, values, next_values, terminal=buf["terminal"][..., None],
                              end=buf["end"][..., None], gamma=self.cfg.gamma, lam=self.cfg.gae_lambda)
         advantage = self.graph.neighbourhood_sum(local * scale)
-        if standardize:
+        if standardize and self.decentralized:
+            a = advantage[buf["active"]]
+            advantage = (advantage - a.mean(0)) / (a.std(0) + 1e-8)
+        elif standardize:
             a = advantage[buf["active"]]
             advantage = (advantage - a.mean()) / (a.std() + 1e-8)
         return advantage, returns
+
+    def _communication(self, *, real_steps: float, update_stats: dict[str, float]) -> dict[str, float]:
+        """Training traffic of one iteration, floats per agent (averaged over agents), split
+        into ``local`` (to κ-hop neighbours) and ``global`` (to or from every agent):
+
+        - local: at every collected step the actor's and the critic's messages and each local
+          advantage to every agent that sums it; in the update, every sample's messages again
+          and the gradients of the loss with respect to them, back along the same links;
+        - global, in both modes: two scalars per agent and gradient step, its share of the
+          global gradient norm (the clip) and of the approximate KL (the early stop);
+        - global, shared training only: every gradient step sums each agent's gradient of the
+          shared weights (counted as those weights' floats sent once per agent and step),
+          the observation statistics are pooled (count, mean, variance per column) and the
+          advantages standardised over all agents (count, mean, variance).
+        """
+        g, D, steps = self.graph, self.env.obs_dim, update_stats["update/steps"]
+        messages = g.relay_floats(self.cfg.message_dim) + g.relay_floats(self._critic_message_dim())
+        local = real_steps * (messages + g.relay_floats(1.0)) + 2.0 * messages * update_stats["update/samples"]
+        scalars = 2.0 * steps
+        shared = 0.0 if self.decentralized else shared_floats(self.policy.actor, self.critic) * steps + 3.0 * D + 3.0
+        return {"comm/train_local_floats": local, "comm/train_global_floats": scalars + shared}
 
     @property
     def communication_training(self) -> float:
@@ -261,6 +303,7 @@ class DPPO:
         rollout = self._collect(watch)
         with watch("update"):
             stats = self._learn(self._rollout_samples(rollout.last_value, standardize=True))
+        stats.update(self._communication(real_steps=self._real_steps(), update_stats=stats))
         return self._finish_iteration(rollout, stats, lr, watch, phases=("env", "act", "update"))
 
     def _schedule_lr(self) -> float:
@@ -327,6 +370,10 @@ class DPPO:
         self._update_statistics()
         return stats
 
+    def _real_steps(self) -> float:
+        """Feeder steps of the rollout that ran (all agents together)."""
+        return float(self.buffer["active"].sum())
+
     def _finish_iteration(self, rollout: Collected, stats: dict[str, float], lr: float, watch: Stopwatch, *,
                           phases: tuple[str, ...]) -> dict[str, float]:
         """Count the iteration and its real steps; return its scalars: episode statistics,
@@ -352,7 +399,7 @@ class DPPO:
         count = self._minibatch_count(int(where.sum()))
         params = [*policy.actor.parameters(), *self.critic.parameters()]
         sums = {"loss/policy": 0.0, "loss/value": 0.0, "loss/approx_kl": 0.0, "loss/clip_fraction": 0.0}
-        n = 0
+        n = used = 0
         stop = False
         for epoch in range(cfg.epochs):
             for idx in minibatch_indices(len(where), count, generator=self.generator, where=where):
@@ -373,6 +420,7 @@ class DPPO:
                 for key, v in zip(sums, (pg_loss, v_loss, approx_kl, clip_fraction)):
                     sums[key] += float(v.detach())
                 n += 1
+                used += len(idx)
                 if float(approx_kl) > 1.5 * cfg.target_kl:
                     stop = True
                     break
@@ -385,6 +433,7 @@ class DPPO:
             v, r = v[keep], r[keep]
         out["loss/explained_variance"] = float(1.0 - (r - v).var() / r.var().clamp(min=1e-12))
         out["loss/epochs"] = float(epoch + (0 if stop else 1))
+        out["update/steps"], out["update/samples"] = float(n), float(used)
         return out
 
     def _minibatch_count(self, samples: int) -> int:

@@ -90,6 +90,7 @@ class ObservationRoles:
     zone_index: torch.Tensor
     zone_monitored: torch.Tensor
     layout: str
+    measured: bool = False
 
     @classmethod
     def from_env(cls, env) -> ObservationRoles:
@@ -119,13 +120,16 @@ class ObservationRoles:
                    next_cols=torch.as_tensor([c for c in range(D) if c not in skip]), q_col=col["inv_q_mvar"],
                    q_avail_col=col["inv_q_avail_mvar"], q_coef=torch.as_tensor(q_coef),
                    zone_index=env.zone_index.clone(), zone_monitored=torch.as_tensor(zone_monitored),
-                   layout=env.config.zone_layout)
+                   layout=env.config.zone_layout, measured=env.config.observation == "measured")
 
     @property
     def monitored(self) -> torch.Tensor | None:
-        """``[N, V]``: the voltage features of monitored buses (pad layout), or ``None`` (pool:
-        a zone's barrier cannot be computed from four summaries)."""
-        return self.zone_monitored if self.layout == "pad" else None
+        """``[N, V]``: the voltage features of monitored buses (pad layout), or ``None`` when a
+        zone's barrier cannot be computed from the next observation's voltages: the pool's four
+        summaries, or measured observations (the next observation reads the next interval's
+        start, not the voltages the step's reward was paid on), where the learned, anchored
+        voltage cost takes its place."""
+        return self.zone_monitored if self.layout == "pad" and not self.measured else None
 
     def zone_volts(self, vm_pu: torch.Tensor) -> torch.Tensor:
         """``[B, N, Z]``: ``vm_pu − 1`` of every zone bus (0 for padding) from ``vm_pu [B, n_bus]``."""
@@ -207,7 +211,7 @@ class DynamicsEnsemble(nn.Module):
 
     def __init__(self, roles: ObservationRoles, graph: Neighbourhood, *, obs_valid: torch.Tensor,
                  obs_keep: torch.Tensor, members: int = 5, hidden: int = 64, message_dim: int = 16,
-                 embed_dim: int = 8):
+                 embed_dim: int = 8, own_weights: bool = False):
         super().__init__()
         self.roles = roles
         self.graph = graph
@@ -218,13 +222,15 @@ class DynamicsEnsemble(nn.Module):
         self.n_volt = len(roles.volt_cols)
         self.out_dim = self.n_volt + len(self.OUTPUTS)
         self.message_dim = int(message_dim)
+        # own_weights (decentralized training): every agent its own weights and input statistics
         self.input_norm = RunningNorm(self.in_dim, valid=torch.cat([obs_valid, obs_valid[:, nxt], torch.ones(N, 1, dtype=torch.bool)], 1),
-                                      keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]))
+                                      keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]),
+                                      per_agent=own_weights)
         self.register_buffer("out_valid", torch.cat([roles.volt_valid, torch.ones(N, len(self.OUTPUTS), dtype=torch.bool)], 1))
         # targets are heavy-tailed (a voltage barrier far outside the band): clip only far out
         self.target_norm = RunningNorm(self.out_dim, valid=self.out_valid, per_agent=True, clip=100.0)
         self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim, hidden=hidden, message_dim=message_dim,
-                                    embed_dim=embed_dim, members=int(members))
+                                    embed_dim=embed_dim, members=int(members), own_weights=own_weights)
         self.size = int(members)
         self.width = max(int(hidden), self.in_dim, self.out_dim)
 

@@ -28,7 +28,7 @@ from gridrl.marl.graph import Neighbourhood
 __all__ = ["ACTOR_SETTINGS", "EnsembleLinear", "GaussianActor", "NeighbourhoodNet", "StateValue", "build_actor", "mlp"]
 
 # the learner settings that shape the actor: what a run folder's header must carry to rebuild it
-ACTOR_SETTINGS = ("hidden", "message_dim", "embed_dim", "log_std_init", "log_std_min")
+ACTOR_SETTINGS = ("hidden", "message_dim", "embed_dim", "log_std_init", "log_std_min", "training")
 
 
 def mlp(sizes: list[int], *, out_gain: float = 1.0, members: int | None = None) -> nn.Sequential:
@@ -58,7 +58,10 @@ def mlp(sizes: list[int], *, out_gain: float = 1.0, members: int | None = None) 
 
 class EnsembleLinear(nn.Module):
     """K independent linear layers, ``[K, …, in_dim] → [K, …, out_dim]`` (weights
-    ``[K, in_dim, out_dim]``, biases zero at first; initialise the weights as needed)."""
+    ``[K, in_dim, out_dim]``, biases zero at first; initialise the weights as needed).
+
+    The K layers may also span several leading axes of the input: ``members = K·N`` layers
+    over ``[K, N, …, in_dim]`` (an ensemble whose every member has a layer per agent)."""
 
     def __init__(self, in_dim: int, out_dim: int, members: int, *, bias: bool = True):
         super().__init__()
@@ -66,10 +69,9 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, 1, out_dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        K, *mid, a = x.shape
-        flat = x.reshape(K, -1, a)
+        flat = x.reshape(self.weight.shape[0], -1, x.shape[-1])
         y = torch.bmm(flat, self.weight) if self.bias is None else torch.baddbmm(self.bias, flat, self.weight)
-        return y.view(K, *mid, y.shape[-1])
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class NeighbourhoodNet(nn.Module):
@@ -80,6 +82,10 @@ class NeighbourhoodNet(nn.Module):
     embed_dim: size of the learned agent embedding; out_gain: initial scale of the outputs.
     members: K independent networks (own weights and embeddings) evaluated as one, inputs and
         outputs ``[K, M, N, …]`` (an ensemble, see :mod:`gridrl.marl.model`); ``None``: one.
+    own_weights: every agent has its own weights (decentralized training: nothing is shared,
+        so no gradient needs to travel beyond the neighbourhood) instead of one set shared by
+        all; the same function per agent, N times the parameters, the same products batched
+        over agents.
 
     The first layers of encoder and head take their inputs in parts (observation, embedding,
     own message, hop means, shares heard) rather than one concatenated vector: the same affine
@@ -94,23 +100,29 @@ class NeighbourhoodNet(nn.Module):
     """
 
     def __init__(self, obs_dim: int, graph: Neighbourhood, *, out_dim: int, hidden: int = 64,
-                 message_dim: int = 32, embed_dim: int = 8, out_gain: float = 1.0, members: int | None = None):
+                 message_dim: int = 32, embed_dim: int = 8, out_gain: float = 1.0, members: int | None = None,
+                 own_weights: bool = False):
         super().__init__()
         self.graph = graph
         self.hops = graph.hops
         self.message_dim = int(message_dim)
         self.members = members
+        self.own_weights = bool(own_weights)
         lead = () if members is None else (members,)
         self.embed = nn.Parameter(0.1 * torch.randn(*lead, graph.n_agents, embed_dim))
-        self.enc_obs, self.enc_embed = _split_linear([obs_dim, embed_dim], hidden, members=members)
-        self.enc_out = mlp([hidden, message_dim], members=members)
+        # layers: one set, one per member, or one per (member and) agent
+        layers = (members or 1) * graph.n_agents if own_weights else members
+        self.enc_obs, self.enc_embed = _split_linear([obs_dim, embed_dim], hidden, members=layers)
+        self.enc_out = mlp([hidden, message_dim], members=layers)
         parts = [message_dim, embed_dim] + ([message_dim * self.hops, self.hops] if self.hops else [])
-        self.head_in = nn.ModuleList(_split_linear(parts, hidden, members=members))
-        self.head = mlp([hidden, hidden, out_dim], out_gain=out_gain, members=members)
+        self.head_in = nn.ModuleList(_split_linear(parts, hidden, members=layers))
+        self.head = mlp([hidden, hidden, out_dim], out_gain=out_gain, members=layers)
 
     def _per_agent(self, layer: nn.Module) -> torch.Tensor:
         """``layer`` applied to the agent embeddings, ``[(K,) N, 1, …]``: computed once per agent
         and broadcast over samples."""
+        if self.own_weights:  # agent i's embedding through agent i's layer
+            return layer(self.embed[..., None, :])
         return layer(self.embed)[..., None, :]
 
     def messages(self, obs: torch.Tensor) -> torch.Tensor:
@@ -172,12 +184,13 @@ class GaussianActor(nn.Module):
 
 
 def build_actor(obs_dim: int, graph: Neighbourhood, *, hidden: int, message_dim: int, embed_dim: int,
-                log_std_init: float, log_std_min: float) -> GaussianActor:
+                log_std_init: float, log_std_min: float, training: str = "shared") -> GaussianActor:
     """The actor every learner trains and every run folder rebuilds (:data:`ACTOR_SETTINGS`): a
     :class:`NeighbourhoodNet` with one output per agent, started near zero (``out_gain`` 0.01:
-    the first actions are small, whatever the observations), under a :class:`GaussianActor`."""
+    the first actions are small, whatever the observations), under a :class:`GaussianActor`;
+    ``training = "decentralized"``: every agent with its own weights."""
     net = NeighbourhoodNet(obs_dim, graph, out_dim=1, out_gain=0.01, hidden=hidden, message_dim=message_dim,
-                           embed_dim=embed_dim)
+                           embed_dim=embed_dim, own_weights=training == "decentralized")
     return GaussianActor(net, log_std_init=log_std_init, log_std_min=log_std_min)
 
 

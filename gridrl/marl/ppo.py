@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 __all__ = ["Stopwatch", "clipped_surrogate", "episode_stats", "gaussian_log_prob", "linear_lr", "ppo_problems",
-           "weighted_mean"]
+           "shared_floats", "weighted_mean"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -64,6 +64,14 @@ def episode_stats(episodes: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         if len(v):
             out[f"train/{name}"] = float(v.mean())
     return out
+
+
+def shared_floats(*modules: torch.nn.Module) -> int:
+    """Floats of the weights all agents share when training shares them: every parameter of
+    ``modules`` but the per-agent embeddings (``…embed``) and log standard deviations (what
+    every gradient step must sum over all agents)."""
+    return sum(p.numel() for module in modules for name, p in module.named_parameters()
+               if not name.endswith(("embed", "log_std")))
 
 
 class Stopwatch:

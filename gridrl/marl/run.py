@@ -2,10 +2,13 @@
 
 A run directory (``gridrl train … --out RUN_DIR``) is a controller like ``droop`` wherever one is
 accepted: :func:`load_policy` for Python users, ``gridrl evaluate RUN_DIR`` and run directories
-in ``gridrl compare`` / comparison TOML files. The run's observation settings (zone layout,
-forecasts, step length) are applied to the environment it is evaluated in — the policy reads
-nothing else — while the voltage band, the reward and the fault settings stay those of the
-evaluation, so it is judged exactly as the rule-based controllers beside it.
+in ``gridrl compare`` / comparison TOML files. The run's observation settings (the information
+model, zone layout, forecasts and their noise, step length) are applied to the environment it is
+evaluated in unless the evaluation's ``[env]`` sets one itself: then that setting holds for the
+run too (an override is never silently ignored), or, where it would change the shape of what the
+policy reads (zone layout, forecast steps), it is refused in one line. The voltage band, the
+reward, the scenario and the fault settings are always the evaluation's, so the run is judged
+exactly as the rule-based controllers beside it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import torch
 from gridrl.errors import CheckpointError
 from gridrl.marl.checkpoint import checkpoint_hash, read_checkpoint
 
-__all__ = ["OBSERVATION_FIELDS", "Run", "evaluation_env_config", "load_policy", "open_run"]
+__all__ = ["OBSERVATION_FIELDS", "Run", "deployed", "evaluation_env_config", "information_label", "load_policy",
+           "open_run"]
 
 # what the policy's inputs depend on: carried from training to evaluation
-OBSERVATION_FIELDS = ("zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
+OBSERVATION_FIELDS = ("observation", "zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
+# of those, the ones that set the shape of the policy's input: an evaluation may not change them
+SHAPE_FIELDS = ("zone_layout", "forecast_steps")
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,18 @@ class Run:
 
         d = dict(self.header["env_config"])
         d["outage_agents"] = tuple(d.get("outage_agents", ()))
+        d.setdefault("observation", "previous_step")  # trained before the measured model
+        d.setdefault("forecast_noise_rel", 0.0)        # the default then
+        for k in ("load_scale_range", "pv_scale_range"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
         return EnvConfig(**d)
 
     def evaluation_config(self, base=None):
         """``base`` (default: the default :class:`EnvConfig`) with this run's observation
-        settings: the environment to evaluate its policy in."""
-        return evaluation_env_config(self.env_config, base)
+        settings where ``base`` leaves them at their defaults: the environment to evaluate its
+        policy in. A :class:`CheckpointError` names a setting of ``base`` the policy cannot read."""
+        return evaluation_env_config(self.env_config, base, run=str(self.path))
 
     def check_feeder(self, feeder) -> None:
         """Refuse (one line) a feeder other than the one the run was trained on."""
@@ -85,8 +97,9 @@ class Run:
         h, cfg = self.header, self.header["learner_config"]
         n, d = len(h["agents"]), len(h["obs_names"])
         graph = Neighbourhood(h["hop_distance"].numpy(), int(cfg["hops"]))
-        actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS})
-        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool))
+        # a header without "training" is from before the training modes: its run shared weights
+        actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS if k in cfg})
+        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool), per_agent=cfg.get("training") == "decentralized")
         policy = Policy(actor, norm, graph, agents=h["agents"], obs_names=h["obs_names"],
                         name=name or self.path.name or self.algo)
         try:
@@ -112,10 +125,57 @@ def load_policy(run_dir: str | Path, *, device: str | torch.device = "cpu", name
     return open_run(run_dir).policy(device=device, name=name)
 
 
-def evaluation_env_config(trained, base=None):
+def evaluation_env_config(trained, base=None, *, run: str = "the run"):
     """``base`` (default: the default :class:`EnvConfig`) with the observation settings of the
-    training config ``trained`` (:data:`OBSERVATION_FIELDS`)."""
+    training config ``trained`` (:data:`OBSERVATION_FIELDS`) — except those ``base`` sets itself
+    (differs from the default in): they apply to the run too. A :class:`CheckpointError` (one
+    line, naming the setting) when ``base`` changes the shape of the policy's input."""
     from gridrl.env import EnvConfig
 
-    base = base or EnvConfig()
-    return dataclasses.replace(base, **{k: getattr(trained, k) for k in OBSERVATION_FIELDS})
+    default = EnvConfig()
+    base = base or default
+    keep = {}
+    for k in OBSERVATION_FIELDS:
+        asked, trained_value = getattr(base, k), getattr(trained, k)
+        if asked == getattr(default, k) or asked == trained_value:
+            keep[k] = trained_value
+        elif k in SHAPE_FIELDS:
+            raise CheckpointError(f"env.{k} = {asked!r}: {run} was trained with {k} = {trained_value!r} and its "
+                                  f"policy cannot read other observations; remove {k} from [env] or train a run "
+                                  f"with it")
+    return dataclasses.replace(base, **keep)
+
+
+def information_label(config) -> str:
+    """What a controller acting on observations of ``config`` knew, for result tables:
+    ``measured`` (its own sensors now, neighbours' messages of the same instant),
+    ``previous step`` (one interval old), plus ``+ oracle forecast (k, noise x)``."""
+    label = "measured" if config.observation == "measured" else "previous step"
+    if config.sensor_noise_pu > 0:
+        label += f", sensor noise {config.sensor_noise_pu:g} p.u."
+    if config.forecast_steps:
+        label += f" + oracle forecast ({config.forecast_steps} step(s), noise {config.forecast_noise_rel:g})"
+    return label
+
+
+def deployed(policy, feeder, env_config, *, envelope=None):
+    """A trained ``policy`` as it is deployed on ``feeder``: through the safety envelope
+    (:mod:`gridrl.env.envelope`; ``envelope``: a mapping of
+    :class:`~gridrl.env.envelope.EnvelopeConfig` fields, default on) with the hand-over to 1547-B
+    droop where an agent's own observation leaves the policy's training statistics, labelled with
+    what it knew (``env_config``: the environment it acts in, whose band the envelope keeps)."""
+    import numpy as np
+
+    from gridrl.config import from_dict
+    from gridrl.env.envelope import EnvelopeConfig, SafetyEnvelope
+
+    cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
+    norm = policy.obs_norm
+    timeless = np.array([n not in ("sin_time", "cos_time") for n in policy.obs_names])
+    wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
+                             v_max_pu=env_config.v_max_pu or feeder.v_max_pu, config=cfg,
+                             obs_mean=norm.mean.cpu().numpy(), obs_std=(norm.var.cpu() + norm.eps).sqrt().numpy(),
+                             obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
+                             obs_test=(~norm.keep.cpu()).numpy() & timeless)
+    wrapped.information = f"{information_label(env_config)}; {cfg.label}"
+    return wrapped

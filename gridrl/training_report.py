@@ -1,10 +1,11 @@
-"""Training curves for reports: the sections ``gridrl report RUN_DIR`` adds beside the comparison.
+"""A training run's report: the training curves ``gridrl report RUN_DIR`` adds beside the run's comparison.
 
 Figure functions take the tidy scalars table of one or more runs (columns ``run, algo, seed,
 env_steps, wall_s, tag, value``; one run's ``scalars.csv`` plus its labels) and return plotly
 figures; several seeds of one algorithm are drawn as their mean with a band from the lowest to
-the highest seed. :func:`training_sections` reads a run directory; the quality experiment
-(``experiments/learners.py``) calls the figure functions on all of its runs at once.
+the highest seed. :func:`training_sections` reads a run directory and :func:`build_run_report`
+makes the run's whole report; the quality experiment (``experiments/learners.py``) calls the
+figure functions on all of its runs at once.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gridrl.report import Section
+from gridrl.report import Section, render, results_sections
 
-__all__ = ["fig_curves", "fig_model", "fig_time_split", "read_scalars", "training_sections"]
+__all__ = ["build_run_report", "fig_curves", "fig_model", "fig_time_split", "read_scalars", "training_sections"]
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
            "#843c39", "#5254a3", "#6b6ecf"]
@@ -184,14 +185,14 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
 
 
-def _references(run_dir: Path, label: str) -> dict[str, dict[str, float]]:
-    """The final comparison's other controllers as reference lines of the evaluation curves
-    (the same test days, when the evaluation used them all)."""
+def _references(run_dir: Path, labels: set[str]) -> dict[str, dict[str, float]]:
+    """The final comparison's other controllers (not the run itself, ``labels``) as reference
+    lines of the evaluation curves (the same test days, when the evaluation used them all)."""
     path = run_dir / "compare" / "summary.csv"
     if not path.exists():
         return {}
     s = pd.read_csv(path)
-    s = s[s["controller"] != label]
+    s = s[~s["controller"].isin(labels)]
     return {"eval/controllable_rate": dict(zip(s["controller"], s["controllable_rate"])),
             "eval/energy_loss_mwh": dict(zip(s["controller"], s["energy_loss_mwh"]))}
 
@@ -234,9 +235,10 @@ def training_sections(run_dir: str | Path) -> list[Section]:
     if sc.empty:
         return [Section("Training", tuple(parts), "No scalars yet (the run stopped before its first checkpoint).")]
     split = c.get("eval_split", "test")
+    own = {run_dir.resolve().name, c.get("algo", "")}  # the run's row: by its folder (older runs: its algo)
     parts.append(fig_curves(sc, {"eval/controllable_rate": f"controllable rate ({split} days)",
                                  "eval/energy_loss_mwh": f"energy loss, MWh ({split} days)"},
-                            references=_references(run_dir, c.get("algo", "")) if split == "test" and
+                            references=_references(run_dir, own) if split == "test" and
                             c.get("eval_days") is None and c.get("compare_days") is None else None,
                             title="Evaluation on whole days against environment steps"))
     if (sc["tag"] == "val/controllable_rate").any():
@@ -260,3 +262,12 @@ def training_sections(run_dir: str | Path) -> list[Section]:
              "days with the deterministic policy; training figures include exploration noise and use the "
              "training reward's band.")
     return [Section("Training", tuple(parts), intro)]
+
+
+def build_run_report(run_dir: str | Path) -> str:
+    """The HTML report of a training run: its comparison (when it has one) and its training curves."""
+    run_dir = Path(run_dir)
+    sections = training_sections(run_dir)
+    if (run_dir / "compare" / "days.parquet").exists():
+        sections = results_sections(run_dir / "compare") + sections
+    return render(sections, title=f"gridrl — run {run_dir.resolve().name}")

@@ -1,0 +1,241 @@
+"""The safety envelope: a learned policy never weaker than IEEE 1547-B droop at the band's edge.
+
+A deployed policy acts through :class:`SafetyEnvelope`, a shield between the policy and the
+environment with the controller protocol. Everything it uses is the agent's own observation of
+the interval it acts on (no message, no model, no pending physics), so the guarantee is local and
+holds whatever the rest of the feeder does. It lives beside the environment whose observations it
+reads, so that learners (validation) and comparisons (deployment) wrap policies alike.
+
+**The rule.** Let, for agent i at one step, ``v`` be its own measured bus voltage
+(``1 + dv_pu[0]``, or ``1 + dv_own_pu`` in the pooled layout), ``q_avail`` its inverters'
+available reactive power (``inv_q_avail_mvar``), ``s = sqrt(inv_p_mw² + q_avail²)`` its
+inverters' apparent-power rating as they report it, and ``a_B(v) = clip(f_B(v)·s / q_avail, −1, 1)``
+the action IEEE 1547-2018 Category B volt-var asks for at that voltage (``f_B``: +0.44 at
+≤ 0.92 p.u., 0 from 0.98 to 1.02, −0.44 at ≥ 1.08, in fractions of ``s``: :data:`IEEE1547_B`,
+the ``ieee1547-b`` preset of :mod:`gridrl.control.droop`). With the band ``[v_min, v_max]`` and the margin ``m``:
+
+- if ``v ≥ v_max − m``, the action sent is ``≤ a_B(v)`` (it absorbs at least as much as 1547-B);
+- if ``v ≤ v_min + m``, the action sent is ``≥ a_B(v)`` (it injects at least as much);
+- otherwise the policy's action passes unchanged;
+
+where ``q_avail > 0`` (with no headroom every action gives q = 0). Two mechanisms give it:
+
+- ``clamp`` (a shield): in the two edge regions the policy's action is clipped to the corrective
+  side of ``a_B(v)``; inside, nothing changes. Discontinuous in ``v`` at the region's border.
+- ``ramp`` (a residual on the droop curve that fades in): the part of the policy's action on the
+  wrong side of ``a_B(v)`` is removed with a weight rising linearly from 0 at ``v_max − 2m`` to
+  1 at ``v_max − m`` (and from ``v_min + 2m`` down to ``v_min + m``), so the action is
+  continuous in the measured voltage (a noisy sensor does not make it jump) and the rule above
+  holds exactly in the edge regions.
+
+**Hand-over.** A policy also knows when it is outside what it was trained on: given the
+training statistics of its observations (mean and standard deviation per feature, the policy's
+own normaliser), an agent whose own real features lie more than ``handover_z`` standard
+deviations from their training mean acts as 1547-B droop (``a_B(v)``) at that step instead.
+
+``last_info["handover"]`` and ``last_info["envelope"]`` count, per scenario, the agents handed
+over and the agents whose action the envelope changed at the latest step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from gridrl.errors import GridrlError
+
+__all__ = ["EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope", "droop_b_action",
+           "envelope_bounds"]
+
+Mechanism = Literal["clamp", "ramp", "off"]
+MECHANISMS = ("clamp", "ramp", "off")
+#: IEEE 1547-2018 Category B default volt-var: (voltage breakpoints p.u., Q in fractions of the
+#: apparent-power rating, positive injects)
+IEEE1547_B = ((0.92, 0.98, 1.02, 1.08), (0.44, 0.0, 0.0, -0.44))
+
+
+class EnvelopeError(GridrlError, ValueError):
+    """Envelope settings that cannot be used, or a policy whose observations it cannot read."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvelopeConfig:
+    """Settings of the safety envelope around a trained policy.
+
+    mechanism: ``clamp`` (default), ``ramp`` or ``off`` (the ablation: the policy acts alone).
+    margin_pu: ``m``: the edge regions are ``v ≥ v_max − m`` and ``v ≤ v_min + m``.
+    handover_z: hand an agent over to 1547-B droop when one of its own features lies more than
+        this many training standard deviations from the training mean (0 or ``None``: never).
+    """
+
+    mechanism: Mechanism = "clamp"
+    margin_pu: float = 0.01
+    handover_z: float | None = 6.0
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise EnvelopeError(f"envelope mechanism {self.mechanism!r} is unknown (use {', '.join(MECHANISMS)})")
+        if not 0 <= self.margin_pu < 0.1:
+            raise EnvelopeError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
+        if self.handover_z is not None and not self.handover_z >= 0:
+            raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
+
+    @property
+    def label(self) -> str:
+        """Short description for result tables."""
+        if self.mechanism == "off":
+            base = "no envelope"
+        else:
+            base = f"envelope {self.mechanism} (m {self.margin_pu:g})"
+        return base + (f", hand-over at {self.handover_z:g}σ" if self.handover_z else "")
+
+
+def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
+    """``a_B(v)``: the action 1547-B asks for at own voltage ``vm_pu`` (all ``[B, N]``)."""
+    v_tab = torch.tensor(IEEE1547_B[0], dtype=torch.float64)
+    q_tab = torch.tensor(IEEE1547_B[1], dtype=torch.float64)
+    width = v_tab[1:] - v_tab[:-1]
+    slope = (q_tab[1:] - q_tab[:-1]) / width
+    into = torch.minimum(torch.clamp(vm_pu[..., None] - v_tab[:-1], min=0.0), width)
+    frac = q_tab[0] + (slope * into).sum(-1)
+    s = torch.sqrt(p_mw ** 2 + q_avail_mvar ** 2)
+    a = torch.where(q_avail_mvar > 0, frac * s / q_avail_mvar.clamp(min=1e-12), torch.zeros_like(frac))
+    return a.clamp(-1.0, 1.0)
+
+
+def envelope_bounds(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor, *,
+                    v_min_pu: float, v_max_pu: float, margin_pu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule as bounds ``(low, high)`` ``[B, N]`` on the action sent: ``high = a_B(v)`` in the
+    upper edge region, ``low = a_B(v)`` in the lower one, ``±1`` elsewhere."""
+    a_b = droop_b_action(vm_pu, p_mw, q_avail_mvar)
+    live = q_avail_mvar > 0
+    high = torch.where(live & (vm_pu >= v_max_pu - margin_pu), a_b, torch.ones_like(a_b))
+    low = torch.where(live & (vm_pu <= v_min_pu + margin_pu), a_b, -torch.ones_like(a_b))
+    return low, high
+
+
+class SafetyEnvelope:
+    """A controller (a trained policy) acting through the safety envelope (see the module docstring).
+
+    inner: the wrapped controller: ``act(obs, …) -> [B, N]``, ``name``, ``hops``,
+        ``communication``, ``obs_names``.
+    v_min_pu, v_max_pu: the band (the feeder's).
+    config: :class:`EnvelopeConfig`.
+    obs_mean, obs_std: ``[D]`` training statistics of the observation features (for the hand-over);
+    obs_valid: ``[N, D]`` which entries are real measurements (padding is never tested);
+    obs_test: ``[D]`` which features the hand-over tests (default: voltages, P, Q and inverter
+        features; not masks or the time of day).
+    """
+
+    def __init__(self, inner, *, v_min_pu: float, v_max_pu: float, config: EnvelopeConfig = EnvelopeConfig(),
+                 obs_mean: Sequence[float] | None = None, obs_std: Sequence[float] | None = None,
+                 obs_valid: Any = None, obs_test: Sequence[bool] | None = None) -> None:
+        self.inner = inner
+        self.config = config
+        self.v_min_pu, self.v_max_pu = float(v_min_pu), float(v_max_pu)
+        names = list(inner.obs_names)
+        own = "dv_pu[0]" if "dv_pu[0]" in names else "dv_own_pu"
+        missing = [n for n in (own, "inv_p_mw", "inv_q_avail_mvar") if n not in names]
+        if missing:
+            raise EnvelopeError(f"the safety envelope reads {', '.join(missing)} from the observation, which "
+                                  f"{inner.name!r} does not have")
+        self._v, self._p, self._qa = names.index(own), names.index("inv_p_mw"), names.index("inv_q_avail_mvar")
+        self._stats = None
+        if config.handover_z and obs_mean is not None:
+            mean = torch.as_tensor(np.asarray(obs_mean, dtype=np.float64))
+            std = torch.as_tensor(np.asarray(obs_std, dtype=np.float64)).clamp(min=1e-6)
+            if obs_test is None:
+                obs_test = [not (n.startswith("mask[") or n in ("sin_time", "cos_time")) for n in names]
+            test = torch.as_tensor(np.asarray(obs_test, dtype=bool))
+            valid = (torch.ones(len(inner.agents), len(names), dtype=torch.bool) if obs_valid is None
+                     else torch.as_tensor(np.asarray(obs_valid, dtype=bool)))
+            self._stats = (mean, std, valid & test[None, :])
+        self.last_info: dict[str, np.ndarray] = {}
+
+    # the controller protocol, passed through
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.inner.name = value
+
+    @property
+    def hops(self):
+        return self.inner.hops
+
+    @property
+    def communication(self) -> float:
+        return self.inner.communication
+
+    @property
+    def reads_messages(self) -> bool:
+        return getattr(self.inner, "reads_messages", False)
+
+    @property
+    def obs_names(self) -> list[str]:
+        return list(self.inner.obs_names)
+
+    @property
+    def agents(self) -> list[str]:
+        return list(self.inner.agents)
+
+    def reset(self) -> None:
+        if hasattr(self.inner, "reset"):
+            self.inner.reset()
+        self.last_info = {}
+
+    def describe(self) -> dict[str, Any]:
+        inner = self.inner.describe() if callable(getattr(self.inner, "describe", None)) else {}
+        return {**inner, "envelope": {"mechanism": self.config.mechanism, "margin_pu": self.config.margin_pu,
+                                      "handover_z": self.config.handover_z, "band": [self.v_min_pu, self.v_max_pu],
+                                      "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
+
+    def outside(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: agents whose own observation lies outside what the policy was trained on."""
+        if self._stats is None:
+            return torch.zeros(obs.shape[:2], dtype=torch.bool)
+        mean, std, test = self._stats
+        z = ((obs.to(torch.float64) - mean) / std).abs()
+        return (torch.where(test, z, 0.0) > self.config.handover_z).any(-1)
+
+    def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:
+        """The inner controller's actions ``[B, N]``, through the hand-over and the envelope.
+        ``env`` is passed to the inner controller only (the envelope reads the observation)."""
+        if self.reads_messages:
+            a = self.inner.act(obs, env=env, message_mask=message_mask, **kw)
+        else:
+            a = self.inner.act(obs, env=env, **kw)
+        a = torch.as_tensor(a, dtype=torch.float64).cpu()
+        x = torch.as_tensor(obs).to(torch.float64).cpu()
+        v, p, qa = 1.0 + x[..., self._v], x[..., self._p], x[..., self._qa]
+        cfg = self.config
+        handed = self.outside(x)
+        if handed.any():
+            a = torch.where(handed, droop_b_action(v, p, qa), a)
+        before = a
+        if cfg.mechanism != "off":
+            low, high = envelope_bounds(v, p, qa, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
+                                        margin_pu=cfg.margin_pu)
+            if cfg.mechanism == "clamp":
+                a = torch.minimum(torch.maximum(a, low), high)
+            else:
+                m = max(cfg.margin_pu, 1e-6)
+                w_hi = ((v - (self.v_max_pu - 2 * m)) / m).clamp(0.0, 1.0)
+                w_lo = (((self.v_min_pu + 2 * m) - v) / m).clamp(0.0, 1.0)
+                a_b = droop_b_action(v, p, qa)
+                live = qa > 0
+                a = a - torch.where(live, w_hi * (a - a_b).clamp(min=0.0), 0.0)
+                a = a + torch.where(live, w_lo * (a_b - a).clamp(min=0.0), 0.0)
+        changed = (a - before).abs() > 1e-12
+        inner_info = getattr(self.inner, "last_info", None) or {}
+        self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}
+        return a
+
+    def __repr__(self) -> str:
+        return f"SafetyEnvelope({self.inner!r}, {self.config.label})"

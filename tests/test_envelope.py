@@ -1,0 +1,120 @@
+"""The safety envelope: its rule as a property over random observations and actions, for every
+mechanism; the hand-over outside the training statistics; a real policy on a real feeder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gridrl.env.envelope import IEEE1547_B, EnvelopeConfig, EnvelopeError, SafetyEnvelope, droop_b_action
+
+NAMES = ["dv_pu[0]", "p_mw[0]", "q_mvar[0]", "mask[0]", "inv_p_mw", "inv_q_mvar", "inv_q_avail_mvar",
+         "sin_time", "cos_time"]
+V_MIN, V_MAX = 0.95, 1.05
+
+
+class _Fixed:
+    """A stand-in policy: returns the actions it is given, reads nothing."""
+
+    name, hops, communication, reads_messages = "fixed", 1, 1.0, True
+
+    def __init__(self, actions, n_agents):
+        self.actions, self.obs_names, self.agents = actions, NAMES, [f"a{i}" for i in range(n_agents)]
+
+    def act(self, obs, *, env=None, message_mask=None):
+        return self.actions
+
+
+def _random_case(seed, B=512, N=5):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.zeros(B, N, len(NAMES))
+    v = 0.85 + 0.3 * torch.rand(B, N, generator=g)
+    s = 0.1 + torch.rand(B, N, generator=g)
+    p = s * torch.rand(B, N, generator=g) * (torch.rand(B, N, generator=g) > 0.2)  # night: p = 0
+    qa = torch.sqrt(s ** 2 - p ** 2) * (torch.rand(B, N, generator=g) > 0.05)     # some without headroom
+    obs[..., 0], obs[..., 4], obs[..., 6], obs[..., 3] = v - 1, p, qa, 1.0
+    a = 2 * torch.rand(B, N, generator=g, dtype=torch.float64) - 1
+    return obs, a, v.double(), p.double(), qa.double()
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+@pytest.mark.parametrize("seed", range(6))
+def test_never_weaker_than_1547b_at_the_band_edge(mechanism, seed):
+    """Over random own voltages, PV, headroom and policy actions: at or above v_max − m the action
+    sent absorbs at least as much as 1547-B would at that voltage, at or below v_min + m it
+    injects at least as much; for the clamp, inside the action passes unchanged."""
+    m = [0.0, 0.005, 0.01, 0.02, 0.03, 0.01][seed]
+    obs, a, v, p, qa = _random_case(seed)
+    env = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                         config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None))
+    out = env.act(obs)
+    a_b = droop_b_action(v, p, qa)
+    live = qa > 0
+    tol = 1e-6  # the observation is float32
+    hi = live & (v >= V_MAX - m + tol)
+    lo = live & (v <= V_MIN + m - tol)
+    assert hi.any() and lo.any()
+    assert (out[hi] <= a_b[hi] + tol).all()
+    assert (out[lo] >= a_b[lo] - tol).all()
+    assert (out.abs() <= 1).all()
+    # the q it sends is at least 1547-B's own q there (in MVAr, same sign convention)
+    s = torch.sqrt(p ** 2 + qa ** 2)
+    q_b = torch.as_tensor(np.interp(v.numpy(), [0.92, 0.98, 1.02, 1.08], [0.44, 0, 0, -0.44])) * s
+    q_b = torch.maximum(torch.minimum(q_b, qa), -qa)
+    assert (out[hi] * qa[hi] <= q_b[hi] + 1e-5).all() and (out[lo] * qa[lo] >= q_b[lo] - 1e-5).all()
+    inside = (v > V_MIN + 2 * m + tol) & (v < V_MAX - 2 * m - tol) if mechanism == "ramp" else \
+             (v > V_MIN + m + tol) & (v < V_MAX - m - tol)
+    assert torch.equal(out[inside], a[inside])
+    changed = ~torch.isclose(out, a)
+    assert changed.any()
+    np.testing.assert_array_equal(env.last_info["envelope"], changed.sum(1).numpy())
+
+
+def test_ramp_is_continuous_in_the_measured_voltage_and_clamp_is_not():
+    """A sensor's noise must not make the ramp's action jump: sweeping the own voltage finely
+    through the upper edge, the ramp's action moves by at most its slope, the clamp's jumps."""
+    v = torch.linspace(1.01, 1.06, 2001)
+    obs = torch.zeros(1, len(v), len(NAMES))
+    obs[0, :, 0], obs[0, :, 4], obs[0, :, 6] = v - 1, 0.5, 0.6
+    a = torch.full((1, len(v)), 0.8, dtype=torch.float64)  # a policy that injects at high voltage
+    steps = {}
+    for mech in ("clamp", "ramp"):
+        env = SafetyEnvelope(_Fixed(a, len(v)), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                             config=EnvelopeConfig(mechanism=mech, handover_z=None))
+        steps[mech] = env.act(obs)[0].diff().abs().max().item()
+    assert steps["ramp"] < 0.05 < steps["clamp"]
+
+
+def test_hand_over_outside_the_training_statistics_acts_as_1547b():
+    obs, a, v, p, qa = _random_case(7, B=4, N=3)
+    mean = np.zeros(len(NAMES))
+    std = np.ones(len(NAMES))
+    mean[0], std[0] = 0.0, 0.01  # trained on voltages within ±0.06 of nominal at 6σ
+    env = SafetyEnvelope(_Fixed(a, 3), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                         config=EnvelopeConfig(mechanism="off", handover_z=6.0), obs_mean=mean, obs_std=std)
+    out = env.act(obs)
+    far = (v - 1).abs() > 0.06 + 1e-6
+    near = (v - 1).abs() < 0.06 - 1e-6
+    assert far.any() and near.any()
+    torch.testing.assert_close(out[far], droop_b_action(v, p, qa)[far])
+    assert torch.equal(out[near], a[near])
+    np.testing.assert_array_equal(env.last_info["handover"], far.sum(1).numpy())
+
+
+def test_envelope_settings_and_layout_are_checked():
+    with pytest.raises(EnvelopeError, match="mechanism 'shield' is unknown"):
+        EnvelopeConfig(mechanism="shield")
+    with pytest.raises(EnvelopeError, match="margin_pu"):
+        EnvelopeConfig(margin_pu=-0.01)
+    bad = _Fixed(None, 2)
+    bad.obs_names = ["dv_pu[0]", "sin_time"]
+    with pytest.raises(EnvelopeError, match="reads inv_p_mw, inv_q_avail_mvar"):
+        SafetyEnvelope(bad, v_min_pu=V_MIN, v_max_pu=V_MAX)
+
+
+def test_the_envelopes_curve_is_droops_1547b_preset():
+    from gridrl.control.droop import PRESETS
+
+    b = PRESETS["ieee1547-b"]
+    assert (b.v_pu, b.q, b.reference) == (IEEE1547_B[0], IEEE1547_B[1], "s_max")

@@ -1,0 +1,148 @@
+"""The fault and growth suite, like-with-like comparisons and the honest information model:
+droop reads its voltage with the comparison's sensor noise, every [env] observation override
+reaches trained runs or is refused in one line, and a tiny trained run goes through the suite
+(each controller charged with its own worst outage)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import gridrl
+from gridrl.env import EnvConfig, make_env
+from gridrl.errors import CheckpointError, GridrlError
+
+DAYS = (2, 7)
+
+
+def test_droop_reads_its_own_voltage_with_the_observations_noise(feeder):
+    """Like with like: with sensor noise droop's curve sees the same erring reading the agents'
+    observations carry (so its actions move), while the physics stays exact."""
+    ctrl = gridrl.make_controller("droop", feeder, preset="ieee1547-b")
+    acts = {}
+    for noise in (0.0, 0.01):
+        env = make_env(feeder, split="test", num_envs=2, days=list(DAYS), seed=3,
+                       config=EnvConfig(start_hour=12.0, episode_hours=1.0, sensor_noise_pu=noise))
+        obs = env.reset(days=list(DAYS))
+        ctrl.reset()
+        a = ctrl.act(obs, env=env)
+        own = env.agent_bus_pos
+        if noise:
+            # the reading droop settled on: true voltage of its settled action plus the sensor error
+            v_true = env.peek(a)["vm_pu"][:, own]
+            v_read = v_true + env.sensor_noise_pu()[:, own]
+            target = torch.as_tensor(ctrl.target(v_read.numpy(), (env.pending()["q_avail_mvar"].numpy()),
+                                                 s_max_mva=env.s_max_mva.numpy()))
+            torch.testing.assert_close(a, target, atol=2e-3, rtol=0)
+            torch.testing.assert_close(obs[:, :, 0].double() - env.state()[:, own].double(),
+                                       env.sensor_noise_pu()[:, own], atol=1e-6, rtol=0)
+        acts[noise] = a
+    assert (acts[0.0] - acts[0.01]).abs().max() > 1e-3
+
+
+def test_every_env_override_reaches_a_run_or_is_refused(tmp_path):
+    from gridrl.marl.run import evaluation_env_config, information_label
+
+    trained = EnvConfig(forecast_steps=1, forecast_noise_rel=0.0, step_minutes=15, observation="previous_step")
+    # nothing asked: the run's own observation settings
+    got = evaluation_env_config(trained, EnvConfig())
+    assert (got.forecast_steps, got.forecast_noise_rel, got.observation) == (1, 0.0, "previous_step")
+    # asked: applied to the run too (never silently its training value)
+    got = evaluation_env_config(trained, EnvConfig(forecast_noise_rel=0.3, step_minutes=5, sensor_noise_pu=0.01))
+    assert (got.forecast_noise_rel, got.step_minutes, got.sensor_noise_pu) == (0.3, 5, 0.01)
+    assert information_label(got) == "previous step, sensor noise 0.01 p.u. + oracle forecast (1 step(s), noise 0.3)"
+    # what changes the policy's input shape: one line naming the setting
+    with pytest.raises(CheckpointError, match=r"^env.forecast_steps = 2: runs/x was trained with forecast_steps = 1"):
+        evaluation_env_config(trained, EnvConfig(forecast_steps=2), run="runs/x")
+    with pytest.raises(CheckpointError, match=r"^env.zone_layout = 'pool'"):
+        evaluation_env_config(trained, EnvConfig(zone_layout="pool"))
+    assert information_label(EnvConfig()) == "measured"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from gridrl.config import from_dict
+    from gridrl.marl.train import resolve_train_config, train
+
+    out = tmp_path_factory.mktemp("robust") / "dppo-tiny"
+    cfg = resolve_train_config({"algo": "dppo", "steps": 64, "num_envs": 2, "validation_days": 0, "compare": [],
+                                "env": {"episode_hours": 1.0}, "learner": {"hidden": 16, "message_dim": 8}},
+                               source="tiny")
+    train("ieee33", cfg, out=out, progress=False, log=lambda m: None)
+    return out
+
+
+def test_the_suite_runs_every_condition_and_charges_each_controller_its_own_worst_outage(tiny_run, tmp_path):
+    from gridrl.robustness import LearnerGroup, RobustnessConfig, run_robustness
+
+    cfg = RobustnessConfig(feeder="ieee33", baselines=("none", "droop"), days=DAYS[:1],
+                           learners=(LearnerGroup(label="dppo", runs=(str(tiny_run),)),
+                                     LearnerGroup(label="dppo-raw", runs=(str(tiny_run),),
+                                                  envelope={"mechanism": "off", "handover_z": 0})),
+                           conditions=("nominal", "noise-0.01", "worst-outage"))
+    tidy = run_robustness(cfg, out=tmp_path / "suite")
+    assert set(tidy["condition"]) == set(cfg.conditions)
+    assert set(tidy["group"]) == {"none", "droop-ieee1547-b", "dppo", "dppo-raw"}
+    assert len(tidy) == 3 * 4
+    r = tidy.set_index(["condition", "group"])
+    # droop under noise is not droop without (it reads its own voltage with the noise)
+    assert r.loc[("noise-0.01", "droop-ieee1547-b"), "energy_loss_mwh"] != r.loc[("nominal", "droop-ieee1547-b"),
+                                                                                 "energy_loss_mwh"]
+    # no control does not care about sensors or messages
+    assert r.loc[("noise-0.01", "none"), "energy_loss_mwh"] == r.loc[("nominal", "none"), "energy_loss_mwh"]
+    # the policy acted through the envelope, the ablation did not
+    assert "measured" in r.loc[("nominal", "dppo"), "information"] and "envelope clamp" in r.loc[("nominal", "dppo"),
+                                                                                                   "information"]
+    assert "no envelope" in r.loc[("nominal", "dppo-raw"), "information"]
+    assert r.loc[("nominal", "dppo-raw"), "envelope_pct"] == 0
+    # each controller's own worst agent: the lowest rate, then the highest loss, over every agent
+    feeder = gridrl.load_feeder("ieee33")
+    per_agent = []
+    for agent in feeder.agents:
+        d = pd.read_parquet(tmp_path / "suite" / "worst-outage" / agent / "days.parquet")
+        g = d.groupby("controller").agg(rate=("controllable_rate", "mean"), loss=("energy_loss_mwh", "sum"))
+        per_agent.append(g.assign(agent=agent))
+    every = pd.concat(per_agent).reset_index()
+    worst = tidy[tidy["condition"] == "worst-outage"].set_index("controller")
+    for ctrl, g in every.groupby("controller"):
+        pick = g.sort_values(["rate", "loss"], ascending=[True, False]).iloc[0]
+        assert worst.loc[ctrl, "agent"] == pick["agent"]
+        assert worst.loc[ctrl, "controllable_rate"] == pytest.approx(pick["rate"])
+    text = (tmp_path / "suite" / "summary.md").read_text()
+    assert "| sensor noise 0.01 p.u. |" in text and "worst single-inverter outage" in text
+    assert "What each controller knew" in text
+    # a second run resumes: nothing is evaluated again, the same table comes back
+    again = run_robustness(cfg, out=tmp_path / "suite")
+    pd.testing.assert_frame_equal(again, tidy)
+
+
+def test_suite_config_problems_are_one_line(tmp_path):
+    from gridrl.robustness import RobustnessError, load_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text('feeder = "ieee33"\nconditions = ["nominal", "pv-2.0"]\n')
+    with pytest.raises(GridrlError, match="unknown 'pv-2.0'"):
+        load_config(path)
+    with pytest.raises(RobustnessError, match="has no runs"):
+        from gridrl.robustness import LearnerGroup, RobustnessConfig
+
+        RobustnessConfig(feeder="ieee33", learners=(LearnerGroup(label="x", runs=()),))
+
+
+def test_cli_refuses_an_unknown_condition_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gridrl.cli import app
+
+    cfg = tmp_path / "suite.toml"
+    cfg.write_text('feeder = "ieee33"\nbaselines = ["none"]\ndays = [2]\n')
+    res = CliRunner().invoke(app, ["robustness", "--config", str(cfg), "--conditions", "nominal,pv-3",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    lines = [x for x in res.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "unknown 'pv-3'" in lines[0]
+    assert not (tmp_path / "o").exists()
