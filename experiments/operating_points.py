@@ -73,8 +73,9 @@ def year_without_control(feeder) -> dict:
 def year_with_avr(feeder, *, chunk_days: int = 64) -> dict:
     """The same year without inverter control, but with the substation's on-load tap changer
     regulating its MV busbar (the environment's default AVR, its tap a state carried from step to
-    step, each day starting at the net's position): monitored voltage extremes, steps out of the
-    band and tap operations per day. Empty for a feeder without a substation tap changer."""
+    step, each day starting where the AVR settles under its first operating point): monitored
+    voltage extremes, steps out of the band and tap operations per day. Empty for a feeder
+    without a substation tap changer."""
     import torch
 
     from gridrl.control.none import NoControl
@@ -147,7 +148,7 @@ def to_markdown(rows: list[dict], command: str) -> str:
         lines += ["## With the substation's tap changer regulating", "",
                   "The same year, inverters still at q = 0, with the on-load tap changer of the HV/MV transformer "
                   "under automatic voltage regulation of its MV busbar (the environment's default AVR: setpoint, "
-                  "deadband and delay of `gridrl.EnvConfig`; each day starts at the net's tap position). The table "
+                  "deadband and delay of `gridrl.EnvConfig`; each day starts where the AVR settles under the day's first operating point). The table "
                   "above holds the tap where the net puts it (mv-urban: −1, the others: 0).", "",
                   head, "|" + "---|" * head.count(" | ") + "---|"]
         for r in avr:
