@@ -169,8 +169,11 @@ def test_tune_droop_fits_on_training_days_only(feeder, cache, tmp_path, monkeypa
     assert set(fit["search_days"]) <= train and set(fit["train_days"]) <= train
     assert fit["scenario"] == scenario_of(feeder) and fit["key"] == tune_key(feeder, config=TuneConfig(
         budget=6, search_days=3, select_days=3))
-    # at least as good as IEEE 1547-B on the training objective (the same ranking, the same days)
+    # at least as good as IEEE 1547-B on the training objective (the same ranking, the same days);
+    # the rate to reach is the better IEEE 1547 curve's, which the family holds, so the fit is feasible
     fig = fit["figures"]
+    assert fit["controllable_rate_required"] == max(fig[p]["controllable_rate"] for p in tuning.REFERENCE_PRESETS)
+    assert set(tuning.REFERENCE_PRESETS) == {"ieee1547-a", "ieee1547-b"} and fit["feasible"]
     keys = tuning._rank_keys({k: np.array([fig["tuned"][k], fig["ieee1547-b"][k]]) for k in tuning.SCORE_COLUMNS},
                              fit["controllable_rate_required"])
     assert keys[0] <= keys[1]
