@@ -58,14 +58,14 @@ def targets(tidy: pd.DataFrame, opf_loss: float | None) -> list[str]:
     return out
 
 
-def append_ledger() -> None:
-    """One ledger row per trained run × condition of every suite in ``reports/robustness``: the
-    test days were looked at for each."""
+def append_ledger(suites) -> None:
+    """One ledger row per trained run × condition of each suite folder (under
+    ``reports/robustness``): the test days were looked at for each."""
     import json
 
     from gridrl.ledger import append
 
-    for table in sorted(ROOT.glob("ieee33*/table.csv")):
+    for table in (ROOT / name / "table.csv" for name in suites):
         tidy = pd.read_csv(table, keep_default_na=False, na_values=[""])
         runs = tidy[tidy["controller"].str.contains("/")]
         for rec in runs.to_dict("records"):
@@ -87,11 +87,11 @@ def append_ledger() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "README.md"))
-    ap.add_argument("--ledger", action="store_true", help="append every run's test-day figures per condition "
-                    "to the results ledger (once per evaluation)")
+    ap.add_argument("--ledger", nargs="+", metavar="SUITE", help="append every run's test-day figures per "
+                    "condition of these suites (e.g. ieee33-norand) to the results ledger (once per evaluation)")
     args = ap.parse_args()
     if args.ledger:
-        append_ledger()
+        append_ledger(args.ledger)
     parts = [(ROOT / "header.md").read_text()]
     main_table = ROOT / "ieee33" / "table.csv"
     tidy = pd.read_csv(main_table, keep_default_na=False, na_values=[""])

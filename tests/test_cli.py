@@ -109,11 +109,11 @@ def test_report_of_a_missing_folder(tmp_path):
 
 
 def test_unknown_split_is_one_line():
-    for cmd in (["evaluate", "--feeder", "ieee33", "--split", "validation"],
-                ["compare", "--feeders", "ieee33", "--controllers", "none", "--split", "validation"]):
+    for cmd in (["evaluate", "--feeder", "ieee33", "--split", "holdout"],
+                ["compare", "--feeders", "ieee33", "--controllers", "none", "--split", "holdout"]):
         res = runner.invoke(app, cmd)
         assert res.exit_code == 2, res.output
-        assert "split must be test, train or all, got 'validation'" in res.output
+        assert "split must be test, val, train or all, got 'holdout'" in res.output
 
 
 def test_default_outputs_go_under_out_or_gridrl_out_dir(tmp_path, monkeypatch):

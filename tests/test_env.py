@@ -197,7 +197,7 @@ def test_bad_env_arguments_are_user_errors(ieee33):
         make_env(ieee33, days=[999])
     assert isinstance(exc.value, GridrlError) and isinstance(exc.value, ValueError)
     assert str(exc.value) == "days must be a non-empty list of day numbers in 0…365; got [999]"
-    with pytest.raises(EnvError, match=r"^unknown split 'validation' \(use 'train', 'test' or 'all'\)$"):
+    with pytest.raises(EnvError, match=r"^unknown split 'validation' \(use 'train', 'val', 'test' or 'all'\)$"):
         make_env(ieee33, split="validation")
 
 

@@ -39,8 +39,8 @@ def _overload(env, scenario: int):
     the others go on, so the steps after it are partial."""
     exogenous = env._exogenous
 
-    def overloaded(g):
-        exo = exogenous(g)
+    def overloaded(g, rows=None):
+        exo = exogenous(g, rows)
         if len(g) == env.num_envs:
             exo["load_p_mw"][scenario] *= 40
             exo["load_q_mvar"][scenario] *= 40

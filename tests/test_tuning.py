@@ -93,6 +93,16 @@ def test_family_stays_inside_category_b_and_the_inverters_reactive_rating():
             assert v[2] + 0.02 - 1e-6 <= v[3] <= v_ref + 0.18 + 1e-6
 
 
+def test_a_deadband_below_the_breakpoints_precision_is_none():
+    cfg = TuneConfig()
+    u = np.full(tuning.N_PARAMS, 0.5)
+    v3 = cfg.v_ref_min_pu + u[tuning._V3] * (cfg.v_ref_max_pu + cfg.max_half_deadband_pu - cfg.v_ref_min_pu)
+    d_hi = min(2.0 * cfg.max_half_deadband_pu, 2.0 * (v3 - cfg.v_ref_min_pu))
+    u[tuning._DEADBAND] = 2e-7 / d_hi  # a deadband of 2e-7 p.u.: V2 and V3 round to the same 1e-6
+    c = curve_from_unit(u, cfg)
+    assert len(c.v_pu) == 3 and all(a < b for a, b in zip(c.v_pu, c.v_pu[1:]))
+
+
 @pytest.mark.parametrize("field, value", [("q_limit", 1.0), ("q_limit", 0.45), ("v_ref_min_pu", 0.94),
                                           ("v_ref_max_pu", 1.06), ("max_half_deadband_pu", 0.04),
                                           ("min_ramp_pu", 0.01), ("max_reach_pu", 0.2)])

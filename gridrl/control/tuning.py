@@ -248,11 +248,11 @@ def curve_from_unit(u: np.ndarray, cfg: TuneConfig = TuneConfig()) -> DroopCurve
     """The curve of the family at point ``u`` of the unit cube (a zero deadband merges V2, V3)."""
     p = _params(u, cfg)
     v2, v3 = p["v_ref_pu"] - p["half_deadband_pu"], p["v_ref_pu"] + p["half_deadband_pu"]
-    v = [v2 - p["ramp_low_pu"], v2, v3, v3 + p["ramp_high_pu"]]
-    q = [p["q_inject"], p["q_bias"], p["q_bias"], p["q_absorb"]]
-    if v3 - v2 < 1e-9:
+    v = [round(x, 6) for x in (v2 - p["ramp_low_pu"], v2, v3, v3 + p["ramp_high_pu"])]
+    q = [round(x, 6) for x in (p["q_inject"], p["q_bias"], p["q_bias"], p["q_absorb"])]
+    if v[2] <= v[1]:  # a deadband narrower than the breakpoints' precision is none
         del v[2], q[2]
-    return DroopCurve(v_pu=tuple(round(x, 6) for x in v), q=tuple(round(x, 6) for x in q), reference="s_max")
+    return DroopCurve(v_pu=tuple(v), q=tuple(q), reference="s_max")
 
 
 # stage grids: the high-voltage half (where absorption starts, its ramp, its level) on the curve of
