@@ -86,7 +86,9 @@ def test_summary_fits_the_terminal_and_cuts_nothing(baselines, monkeypatch, widt
         assert text.count("droop-ieee1547-a") == panels * (pd.read_csv(baselines / "summary.csv")["controller"]
                                                       == "droop-ieee1547-a").sum()
     else:
-        assert panels <= 2 and (panels == 1) == ("split into" not in text)
+        # 21 columns (losses split, loading, tap, information model, night setting) take three
+        # panels at 120 columns, more at 80
+        assert panels <= 3 and (panels == 1) == ("split into" not in text)
 
 
 def test_piped_summary_is_one_whole_table(baselines):
