@@ -49,7 +49,9 @@ def targets(tidy: pd.DataFrame, opf_loss: float | None) -> list[str]:
         best = [g for g in LEARNERS if g in sub.index]
         if not best:
             continue
-        g = max(best, key=lambda x: (sub.loc[x, "controllable_rate"], -sub.loc[x, "energy_loss_mwh"]))
+        # a learner that meets the target if one does, else the one with the best rate
+        g = max(best, key=lambda x: (bool(sub.loc[x, "controllable_rate"] >= b_rate and sub.loc[x, "energy_loss_mwh"] <= b_loss),
+                                     sub.loc[x, "controllable_rate"], -sub.loc[x, "energy_loss_mwh"]))
         r, l = sub.loc[g, "controllable_rate"], sub.loc[g, "energy_loss_mwh"]
         ok = r >= b_rate and l <= b_loss
         desc = tidy.loc[tidy["condition"] == cond, "description"].iloc[0]
