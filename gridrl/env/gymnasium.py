@@ -37,6 +37,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gridrl.env.config import EnvConfig
 from gridrl.env.core import EnvError, VoltageControlEnv
 from gridrl.env.seeding import copy_key, copy_seed
+from gridrl.env.spec import CoreLayout
 
 __all__ = ["CentralizedEnv", "VoltageControlVectorEnv"]
 
@@ -49,7 +50,7 @@ def _load(feeder):
     return feeder
 
 
-class VoltageControlVectorEnv(VectorEnv):
+class VoltageControlVectorEnv(CoreLayout, VectorEnv):
     """B scenarios × N agents as ``B·N`` Gymnasium sub-environments (see the module docstring)."""
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -72,20 +73,6 @@ class VoltageControlVectorEnv(VectorEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (self.num_envs, 1), np.float32)
         self.render_mode = None
         self._returns = np.zeros(self.num_envs)
-
-    @property
-    def obs_names(self) -> list[str]:
-        return self.core.obs_names
-
-    @property
-    def copy_key(self) -> tuple[int, ...]:
-        return self._key
-
-    def obs_spec(self):
-        """The observation layout as a table (see :func:`gridrl.env.spec.obs_spec`)."""
-        from gridrl.env.spec import obs_spec
-
-        return obs_spec(self.core)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start new episodes in every scenario; ``options={"days": [...]}`` (one per scenario)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["FEATURES", "NormalizedObservation", "feature_of", "obs_loc_scale", "obs_spec",
+__all__ = ["FEATURES", "CoreLayout", "NormalizedObservation", "feature_of", "obs_loc_scale", "obs_spec",
            "reward_spec", "scales"]
 
 # feature → (unit, description); a name is "feature" or "feature[slot]"
@@ -174,3 +174,21 @@ class NormalizedObservation:
 
     def __getattr__(self, name):
         return getattr(self.env, name)
+
+
+class CoreLayout:
+    """What every library adapter over one batched core (``self.core``, seeded as copy
+    ``self._key`` of :mod:`gridrl.env.seeding`) tells about its layout, in one place."""
+
+    @property
+    def obs_names(self) -> list[str]:
+        return self.core.obs_names
+
+    @property
+    def copy_key(self) -> tuple[int, ...]:
+        """This copy's key (``()`` for an env built with an explicit seed)."""
+        return self._key
+
+    def obs_spec(self) -> pd.DataFrame:
+        """The observation layout as a table (see :func:`obs_spec`)."""
+        return obs_spec(self.core)

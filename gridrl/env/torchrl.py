@@ -35,11 +35,12 @@ from torchrl.envs import EnvBase
 from gridrl.env.config import EnvConfig
 from gridrl.env.core import EnvError, VoltageControlEnv
 from gridrl.env.seeding import copy_key, copy_seed
+from gridrl.env.spec import CoreLayout
 
 __all__ = ["VoltageControlTorchRLEnv"]
 
 
-class VoltageControlTorchRLEnv(EnvBase):
+class VoltageControlTorchRLEnv(CoreLayout, EnvBase):
     """B voltage-control scenarios as one TorchRL environment (see the module docstring).
 
     Build from a feeder (name or :class:`~gridrl.grid.feeder.Feeder`):
@@ -88,22 +89,6 @@ class VoltageControlTorchRLEnv(EnvBase):
         flag = lambda: Categorical(2, shape=(B, 1), dtype=torch.bool, device=self.device)  # noqa: E731
         self.done_spec = Composite(done=flag(), terminated=flag(), truncated=flag(), shape=(B,),
                                    device=self.device)
-
-    # -- layout ------------------------------------------------------------------------------
-    @property
-    def obs_names(self) -> list[str]:
-        return self.core.obs_names
-
-    @property
-    def copy_key(self) -> tuple[int, ...]:
-        """This copy's key (``()`` for an env built with an explicit seed)."""
-        return self._key
-
-    def obs_spec(self):
-        """The observation layout as a table (see :func:`gridrl.env.spec.obs_spec`)."""
-        from gridrl.env.spec import obs_spec
-
-        return obs_spec(self.core)
 
     # -- EnvBase hooks -----------------------------------------------------------------------
     def _observation(self, obs: torch.Tensor, controllable: torch.Tensor, loss_mw: torch.Tensor) -> dict:
