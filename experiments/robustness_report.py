@@ -65,7 +65,7 @@ def append_ledger(suites) -> None:
     ``reports/robustness``): the test days were looked at for each."""
     import json
 
-    from gridrl.ledger import append
+    from gridrl.ledger import append, selected
 
     for table in (ROOT / name / "table.csv" for name in suites):
         tidy = pd.read_csv(table, keep_default_na=False, na_values=[""])
@@ -77,9 +77,11 @@ def append_ledger(suites) -> None:
             agent = rec["agent"] if isinstance(rec["agent"], str) else ""
             days = pd.read_parquet(table.parent / rec["condition"] / agent / "days.parquet")
             n_days = int(days["day"].nunique())
-            cfg = json.loads((Path("out/robustness/runs") / run / "config.json").read_text())
+            run_dir = Path("out/robustness/runs") / run
+            cfg = json.loads((run_dir / "config.json").read_text())
+            best = selected(run_dir)
             append(feeder="ieee33", algorithm=algo, variant=f"robustness:{rec['group']}:{rec['condition']}",
-                   seed=seed, test_days=n_days, controllable_rate=float(rec["controllable_rate"]),
+                   seed=seed, selected_step=best["env_steps"] if best is not None else "", test_days=n_days, controllable_rate=float(rec["controllable_rate"]),
                    energy_loss_mwh=float(rec["energy_loss_mwh"]), config=cfg,
                    source=f"gridrl robustness ({table.parent}; run out/robustness/runs/{run})",
                    note=f"{rec['description']}{' (' + agent + ' out)' if agent else ''}; "

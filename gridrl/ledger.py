@@ -32,7 +32,7 @@ from typing import Any
 
 from gridrl.errors import GridrlError
 
-__all__ = ["COLUMNS", "LedgerError", "append", "append_run", "config_hash", "describe", "ledger_path", "read",
+__all__ = ["COLUMNS", "LedgerError", "append", "append_run", "config_hash", "describe", "ledger_path", "read", "selected",
            "rows_matching"]
 
 COLUMNS = ("date", "commit", "config_hash", "feeder", "algorithm", "variant", "seed", "selected_step", "test_days",
@@ -125,8 +125,6 @@ def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str 
     ``summary`` row (:func:`gridrl.compare.summarize`'s table) of controller ``label``; feeder,
     algorithm, seed, settings hash and the selected step come from the run folder itself.
     Returns the row (None without a ledger or without the run in ``summary``)."""
-    from gridrl.marl.checkpoint import read_checkpoint
-
     run_dir = Path(run_dir)
     mine = summary[summary["controller"] == label] if summary is not None and len(summary) else None
     if mine is None or mine.empty:
@@ -134,7 +132,7 @@ def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str 
     r = mine.iloc[0]
     recorded = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     cfg, ident = recorded["config"], recorded["identity"]
-    best = read_checkpoint(run_dir)["driver"].get("best")
+    best = selected(run_dir)
     note = ("selected on validation days" if best is not None else "the last policy (no validation)")
     if cfg.get("eval_every_steps") and cfg.get("eval_split") == "test":
         note += (f"; learning curve on the test days every {cfg['eval_every_steps']:,} steps "
@@ -143,6 +141,14 @@ def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str 
                   selected_step=best["env_steps"] if best is not None else "", test_days=int(r["days"]),
                   controllable_rate=float(r["controllable_rate"]), energy_loss_mwh=float(r["energy_loss_mwh"]),
                   config=ident, source=source if source is not None else str(run_dir), note=note, path=path)
+
+
+def selected(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The validation record of the policy a ``gridrl train`` run selected (its ``env_steps``
+    among them), or None for a run without validation (its policy is the last one)."""
+    from gridrl.marl.checkpoint import read_checkpoint
+
+    return read_checkpoint(Path(run_dir))["driver"].get("best")
 
 
 def _append_line(path: Path, line: str) -> None:
