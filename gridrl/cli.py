@@ -407,7 +407,8 @@ def sweep_cmd(
     test days beside the baselines) goes to OUT/compare with one report. With --backend ray the
     runs and the comparison's cells are Ray tasks side by side; on several machines OUT must be on
     a filesystem they all mount. Interrupted sweeps resume: finished runs are skipped, unfinished
-    ones continue from their last checkpoint, finished comparison cells are kept."""
+    ones continue from their last checkpoint, finished comparison cells are kept. Each run's
+    look at the test days is a row of the results ledger (reports/ledger.csv)."""
     _check_feeders(*feeders.split(","))
     from gridrl.compare import format_summary
     from gridrl.config import read_toml

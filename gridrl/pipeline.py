@@ -94,6 +94,15 @@ def compare_run(out: str | Path, feeder: str, config, *, progress: bool = True) 
     return run_compare(cfg, out=out / "compare", progress=progress)
 
 
+def _runs_to_evaluate(config: CompareConfig, out: Path) -> set[str]:
+    """The labels of the trained runs whose comparison cells are not finished in ``out``: the
+    runs the comparison is about to evaluate on the test days (a resumed comparison keeps the
+    finished cells and looks at nothing again)."""
+    from gridrl.compare.cells import cells_of
+
+    return {c.controller.key for c in cells_of(config, out) if c.controller.run is not None and not c.done}
+
+
 def _own_label(folder: Path) -> str | None:
     """The label the run had in a comparison written before runs were labelled by their folder
     (by their algorithm), so that such a run resumes into its own comparison; ``None`` otherwise."""
@@ -111,11 +120,14 @@ def sweep(runs: Sequence, *, out: str | Path, backend: str = "local", address: s
     """Train every run of :func:`~gridrl.sweep.plan_sweep` not finished yet
     (:func:`~gridrl.sweep.train_sweep`), write each trained run's report, then compare them all
     with the ``baselines`` on their feeders' test days (``compare_days``: only these) in one
-    report, on the same executor. A :class:`~gridrl.sweep.SweepResult`.
+    report, on the same executor. Each run the comparison evaluates (not the runs whose cells a
+    resumed comparison keeps) adds its row to the results ledger (variant ``sweep``). A
+    :class:`~gridrl.sweep.SweepResult`.
 
     Raises :class:`~gridrl.sweep.SweepError` when ``out`` holds another sweep (nothing is written
     then); errors of the comparison's settings come before any training.
     """
+    from gridrl import ledger
     from gridrl.cluster import executor
     from gridrl.compare import config_problems
     from gridrl.sweep import SweepError, SweepResult, claim_sweep, train_sweep
@@ -135,5 +147,9 @@ def sweep(runs: Sequence, *, out: str | Path, backend: str = "local", address: s
         for run in trained:
             write_run_report(run.out)
         cfg = dataclasses.replace(base_cfg, controllers=specs + tuple(ControllerSpec(run=str(r.out)) for r in runs))
+        fresh = _runs_to_evaluate(cfg, out / "compare")
         result = compare(cfg, out=out / "compare", backend=backend, progress=progress, report=report)
+    for r in runs:  # each run evaluated on the test days now is a look: a row of the results ledger
+        if r.name in fresh:
+            ledger.append_run(r.out, result.summary, label=r.name, variant="sweep", source=f"gridrl sweep --out {out}")
     return SweepResult(out=out, runs=table, compare=result, trained=len(trained), skipped=len(runs) - len(trained))

@@ -206,6 +206,35 @@ epochs = 1
     assert len(ledger.read(path)) == 2
 
 
+def test_a_sweep_appends_a_row_per_run_it_evaluates_on_test_days(tmp_path, monkeypatch, sunny_days):
+    path = tmp_path / "ledger.csv"
+    monkeypatch.setenv("GRIDRL_LEDGER", str(path))
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("steps = 32\nnum_envs = 4\ncheckpoint_every_s = 0\n[env]\nepisode_hours = 2.0\n"
+                   "[learner]\nhidden = 8\nmessage_dim = 4\nepochs = 1\n")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--feeders", "ieee33", "--algos", "dppo", "--seeds", "2", "--config", str(cfg), "--baselines",
+            "none", "--days", str(sunny_days[0]), "--out", str(out), "--no-progress", "--no-report"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    df = ledger.read(path)
+    assert sorted(df["seed"]) == [0, 1] and set(df["variant"]) == {"sweep"} and set(df["test_days"]) == {1}
+    assert set(df["feeder"]) == {"ieee33"} and set(df["algorithm"]) == {"dppo"}
+    summary = {r["controller"]: r for r in csv.DictReader(open(out / "compare" / "summary.csv"))}
+    for _, r in df.iterrows():
+        mine = summary[f"ieee33-dppo-seed{r['seed']}"]
+        assert float(r["energy_loss_mwh"]) == pytest.approx(float(mine["energy_loss_mwh"]), abs=1e-4)
+        assert r["source"] == f"gridrl sweep --out {out}" and r["selected_step"] == 32
+    # resumed with one run's cell gone: that run is evaluated again (a row), the other is not
+    import shutil
+
+    shutil.rmtree(next((out / "compare" / "cells").glob("*/ieee33-dppo-seed1/seed0")))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    df = ledger.read(path)
+    assert len(df) == 3 and df.iloc[-1]["seed"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # defaults and progress
 # --------------------------------------------------------------------------------------------
