@@ -287,7 +287,7 @@ def evaluate_cmd(
 
         if curve is not None or preset is not None:
             raise fail("RUN is a trained policy: drop --preset / --curve (they are droop's)")
-        feeder = feeder or open_run(run).feeder
+        feeder = feeder or open_run(run).feeders[0]
         spec = ControllerSpec(run=str(run))
     else:
         if feeder is None:
@@ -509,8 +509,15 @@ def report_cmd(
 @app.command("train")
 @user_errors
 def train_cmd(
-    feeder: Annotated[str, typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml.")],
+    feeder: Annotated[Optional[str], typer.Argument(help="Feeder name (see `gridrl feeders`) or path to a spec .toml "
+                                                    "(or --feeders).")] = None,
     algo: Annotated[Optional[str], typer.Option(help="Learner: dmpo, dppo, ippo or cppo (default: the config's, else dppo).")] = None,
+    feeders: Annotated[Optional[str], typer.Option(help="Several feeders, comma-separated (instead of FEEDER): one "
+                                                   "transferable policy trained on all of them (needs --transfer).")] = None,
+    transfer: Annotated[bool, typer.Option("--transfer", help="Train a feeder-agnostic policy (learner.transfer = "
+                                           "true): it acts on any feeder, fine-tunes with --init.")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this transferable run folder (fine-tuning); without "
+                                                 "--config its settings are the run's.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training TOML (experiments/*.toml): top-level settings, "
                                                    "\\[env] and \\[learner] tables.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
@@ -543,7 +550,13 @@ def train_cmd(
     # the checks that need no numerical package first, so a wrong argument is one line at once
     if device not in ("cpu", "cuda"):
         raise fail(f"--device must be cpu or cuda, got {device!r}")
-    _check_feeders(feeder)
+    if (feeder is None) == (feeders is None):
+        raise fail("give one feeder (FEEDER) or several (--feeders a,b,c), not both" if feeder else
+                   "give the feeder to train on (FEEDER) or several (--feeders a,b,c)")
+    names = [feeder] if feeder else [f.strip() for f in feeders.split(",") if f.strip()]
+    _check_feeders(*names)
+    if len(names) > 1 and not transfer and init is None and config is None:
+        raise fail("training on several feeders needs a feeder-agnostic policy: add --transfer")
     if resume and out is None:
         raise fail("--resume needs --out RUN_DIR (the folder of the run to continue)")
     data, source = ({}, "command line")
@@ -564,27 +577,50 @@ def train_cmd(
             variant = ""
         except (OSError, ValueError, KeyError):
             raise fail(f"{out / CONFIG_FILE} is damaged; give the run's settings with --config") from None
+    elif config is None and init is not None:
+        from gridrl.marl.run import open_run
+
+        data, source, variant = _settings_of(open_run(init)), f"the settings of {init}", "finetune"
     elif config is None:
         from gridrl.grid.feeder import load_feeder
         from gridrl.marl.train import published_settings
 
-        data, line = published_settings(load_feeder(feeder), algo or "dppo")
+        data, line = published_settings(load_feeder(names[0]), algo or "dppo")
         source = "the published settings"
         err_console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
+    if transfer or init is not None:
+        data = {**data, "learner": {**data.get("learner", {}), "transfer": True}}
+        if variant == "default":
+            variant = "transfer"
     cfg = resolve_train_config(data, source=source, overrides={"algo": algo, "steps": steps, "seed": seed})
+    label = "+".join(Path(n).stem for n in names)
     if out is None:
         from gridrl.io import default_out
 
-        out = default_out("runs", f"{Path(feeder).stem}-{cfg.algo}-seed{cfg.seed}")
+        out = default_out("runs", f"{label}-{cfg.algo}-seed{cfg.seed}")
     try:
-        result = train(feeder, cfg, out=out, resume=resume, device=device, progress=progress, variant=variant,
+        result = train(names[0] if len(names) == 1 else names, cfg, out=out, resume=resume, device=device,
+                       progress=progress, variant=variant, init=init,
                        log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
-        raise fail(_interrupted(feeder, out, cfg), 130) from None
+        raise fail(_interrupted(feeder or f"--feeders {feeders}", out, cfg), 130) from None
     if result.compare is not None:
-        print_table(format_summary(result.compare.summary), title=f"{cfg.algo} on {Path(feeder).stem}, test days",
+        print_table(format_summary(result.compare.summary), title=f"{cfg.algo} on {label}, test days",
                     keys=("feeder", "controller"), full_table=str(out / "compare" / "summary.md"))
     console.print(f"run folder {out} (checkpoint.pt, scalars.csv, tb/, compare/, report.html)", highlight=False)
+
+
+def _settings_of(run) -> dict:
+    """A run's training settings as a training table (fine-tuning takes them): its learner and
+    its environment, the budget and comparison left at their defaults."""
+    import json
+
+    try:
+        config = json.loads((run.path / "config.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError):
+        raise fail(f"{run.path / 'config.json'} is missing or damaged; give the settings with --config") from None
+    keep = ("algo", "num_envs", "band_margin_pu", "validation_days", "validate_every_steps", "env", "learner")
+    return {k: v for k, v in config.items() if k in keep and v is not None}
 
 
 def _interrupted(feeder: str, out: Path, cfg) -> str:

@@ -57,20 +57,31 @@ class TrainedRun:
     report: Path
 
 
-def train(feeder: str, config, *, out: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True, log: Callable[[str], None] | None = None, variant: str = "") -> TrainedRun:
+def train(feeder: str | Sequence[str], config, *, out: str | Path, resume: bool = False, device: str = "cpu",
+          progress: bool = True, log: Callable[[str], None] | None = None, variant: str = "",
+          init: str | Path | None = None) -> TrainedRun:
     """Train (or resume) a run, compare it with ``config.compare`` on the test days into
     ``RUN_DIR/compare`` and add that look to the results ledger (:func:`gridrl.ledger.append_run`;
     ``variant`` names the settings there), and write ``RUN_DIR/report.html`` (what ``gridrl
-    train`` does). Progress: a bar on a terminal, otherwise lines (see :func:`gridrl.marl.train.train`)."""
+    train`` does). Progress: a bar on a terminal, otherwise lines (see :func:`gridrl.marl.train.train`).
+
+    Several feeders (a list) train one transferable policy; no comparison follows (it would be
+    on the feeders it trained on): evaluate it on any feeder with ``gridrl evaluate RUN --feeder F``.
+    ``init``: a transferable run to start from (fine-tuning)."""
     from gridrl import ledger
     from gridrl.marl.train import train as train_run
     from gridrl.terminal import is_terminal
 
     out = Path(out)
-    result = train_run(feeder, config, out=out, resume=resume, device=device, progress=progress, log=log)
+    result = train_run(feeder, config, out=out, resume=resume, device=device, progress=progress, log=log, init=init)
     compared = None
-    if config.compare:
+    several = not isinstance(feeder, str) and len(feeder) > 1
+    if several and config.compare and log is not None:
+        log(f"trained on {len(feeder)} feeders: no comparison; evaluate the run on a feeder with "
+            f"`gridrl evaluate {out} --feeder FEEDER`")
+    if not isinstance(feeder, str):
+        feeder = feeder[0]
+    if config.compare and not several:
         if progress and not is_terminal() and log is not None:
             log(f"comparing with {', '.join(config.compare)} on the test days")
         compared = compare_run(out, feeder, config, progress=progress and is_terminal())

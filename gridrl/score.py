@@ -255,7 +255,7 @@ def _run_policy(path: Path, feeder, env_config):
         if diff:
             raise TaskError(f"run {path} observes with {', '.join(diff)}; score it on a task with that "
                             f"information model (e.g. the -oracle- tasks for a forecast) or train it on this one")
-    return run.policy()
+    return run.policy(feeder=feeder)
 
 
 def load_controller(spec: str, feeder, *, env_config=None):

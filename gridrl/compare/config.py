@@ -301,10 +301,14 @@ def _envelope_problems(spec: ControllerSpec, env: EnvConfig) -> list[str]:
 
 
 def run_feeder(spec: ControllerSpec) -> str | None:
-    """The feeder a trained run belongs to (``None`` for rule-based controllers, which run on all)."""
+    """The feeder a trained run belongs to (``None`` for rule-based controllers and transferable
+    runs, which run on all)."""
     from gridrl.marl.run import open_run
 
-    return open_run(spec.run).feeder if spec.run is not None else None
+    if spec.run is None:
+        return None
+    run = open_run(spec.run)
+    return None if run.transferable else run.feeder
 
 
 def feeder_days(config: CompareConfig, feeder: str) -> tuple[int, ...] | None:

@@ -43,6 +43,7 @@ from gridrl.marl.normalize import ReturnScale, RunningNorm, observation_masks
 from gridrl.marl.policy import Policy
 from gridrl.marl.ppo import (Stopwatch, clipped_surrogate, episode_stats, gaussian_log_prob, linear_lr,
                              ppo_problems, shared_floats, weighted_mean)
+from gridrl.marl.transfer import TransferNorm, feeder_features
 
 __all__ = ["DPPO", "Collected", "DppoConfig"]
 
@@ -101,6 +102,11 @@ class DppoConfig:
         along them, and the local advantages it sums). Every iteration reports both kinds of
         traffic: ``comm/train_local_floats`` and ``comm/train_global_floats``, floats per agent
         per iteration (see :meth:`DPPO._communication`).
+    transfer: a feeder-agnostic policy (see :mod:`gridrl.marl.transfer`): no agent embedding,
+        one action spread for all agents, inputs that mean the same on every feeder (the
+        ``pool`` zone layout, powers per unit of the agent's rating, four local physical
+        features); its run acts on any feeder and can train on several at once. Needs
+        ``training = "shared"``. The critic is built the same way (cppo's global one aside).
     """
 
     hops: int = 1
@@ -123,6 +129,7 @@ class DppoConfig:
     log_std_init: float = -1.5
     log_std_min: float = -3.0
     training: Literal["shared", "decentralized"] = "shared"
+    transfer: bool = False
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -140,6 +147,9 @@ class DppoConfig:
                 problems.append(f"{name} must be ≥ 1 (or left out: the actor's), got {getattr(self, name)}")
         if self.training not in ("shared", "decentralized"):
             problems.append(f"training must be 'shared' or 'decentralized', got {self.training!r}")
+        if self.transfer and self.training == "decentralized":
+            problems.append("transfer = true shares one set of weights among all agents of every feeder: it needs "
+                            "training = 'shared'")
         return problems
 
 
@@ -179,11 +189,16 @@ class DPPO:
         self.decentralized = config.training == "decentralized"
         self.graph = Neighbourhood(env.hop_distance, config.hops)
         valid, keep = observation_masks(env)
+        if config.transfer:
+            norm = TransferNorm(env.obs_names).bind(feeder_features(env.feeder))
+            self.input_dim = norm.dim
+        else:
+            norm = RunningNorm(D, valid=valid, keep=keep, per_agent=self.decentralized)
+            self.input_dim = D
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            actor = build_actor(D, self.graph, **{k: getattr(config, k) for k in ACTOR_SETTINGS})
+            actor = build_actor(self.input_dim, self.graph, **{k: getattr(config, k) for k in ACTOR_SETTINGS})
             self.critic = self._make_critic()
-        norm = RunningNorm(D, valid=valid, keep=keep, per_agent=self.decentralized)
         self.policy = Policy(actor, norm, self.graph, agents=env.agents,
                              obs_names=env.obs_names, name=name or self.algo).to(self.device)
         self.critic.to(self.device)
@@ -210,8 +225,8 @@ class DPPO:
     def _make_critic(self) -> torch.nn.Module:
         """The extended value function: agent i's value over its κ-hop neighbourhood."""
         cfg = self.cfg
-        return NeighbourhoodNet(self.env.obs_dim, self.graph, out_dim=1, hidden=cfg.critic_hidden or cfg.hidden,
-                                message_dim=self._critic_message_dim(), embed_dim=cfg.embed_dim,
+        return NeighbourhoodNet(self.input_dim, self.graph, out_dim=1, hidden=cfg.critic_hidden or cfg.hidden,
+                                message_dim=self._critic_message_dim(), embed_dim=0 if cfg.transfer else cfg.embed_dim,
                                 own_weights=self.decentralized)
 
     def _critic_message_dim(self) -> int:

@@ -28,7 +28,7 @@ from gridrl.marl.graph import Neighbourhood
 __all__ = ["ACTOR_SETTINGS", "EnsembleLinear", "GaussianActor", "NeighbourhoodNet", "StateValue", "build_actor", "mlp"]
 
 # the learner settings that shape the actor: what a run folder's header must carry to rebuild it
-ACTOR_SETTINGS = ("hidden", "message_dim", "embed_dim", "log_std_init", "log_std_min", "training")
+ACTOR_SETTINGS = ("hidden", "message_dim", "embed_dim", "log_std_init", "log_std_min", "training", "transfer")
 
 
 def mlp(sizes: list[int], *, out_gain: float = 1.0, members: int | None = None) -> nn.Sequential:
@@ -79,7 +79,9 @@ class NeighbourhoodNet(nn.Module):
     κ-hop neighbourhood (see the module docstring).
 
     hidden: width of the encoder and head layers; message_dim: floats per message;
-    embed_dim: size of the learned agent embedding; out_gain: initial scale of the outputs.
+    embed_dim: size of the learned agent embedding; 0: none, nothing in the weights is per agent
+        (a feeder-agnostic network: :meth:`bind` it to another feeder's graph and it acts there).
+    out_gain: initial scale of the outputs.
     members: K independent networks (own weights and embeddings) evaluated as one, inputs and
         outputs ``[K, M, N, …]`` (an ensemble, see :mod:`gridrl.marl.model`); ``None``: one.
     own_weights: every agent has its own weights (decentralized training: nothing is shared,
@@ -109,7 +111,7 @@ class NeighbourhoodNet(nn.Module):
         self.members = members
         self.own_weights = bool(own_weights)
         lead = () if members is None else (members,)
-        self.embed = nn.Parameter(0.1 * torch.randn(*lead, graph.n_agents, embed_dim))
+        self.embed = nn.Parameter(0.1 * torch.randn(*lead, graph.n_agents, embed_dim)) if embed_dim else None
         # layers: one set, one per member, or one per (member and) agent
         layers = (members or 1) * graph.n_agents if own_weights else members
         self.enc_obs, self.enc_embed = _split_linear([obs_dim, embed_dim], hidden, members=layers)
@@ -120,10 +122,20 @@ class NeighbourhoodNet(nn.Module):
 
     def _per_agent(self, layer: nn.Module) -> torch.Tensor:
         """``layer`` applied to the agent embeddings, ``[(K,) N, 1, …]``: computed once per agent
-        and broadcast over samples."""
+        and broadcast over samples (0 without an embedding)."""
+        if self.embed is None:
+            return 0.0
         if self.own_weights:  # agent i's embedding through agent i's layer
             return layer(self.embed[..., None, :])
         return layer(self.embed)[..., None, :]
+
+    def bind(self, graph: Neighbourhood) -> None:
+        """Act on another agent graph (another feeder): only a network without per-agent
+        parameters (no embedding, shared weights) can."""
+        if self.embed is not None or self.own_weights or graph.hops != self.hops:
+            raise ValueError("only a feeder-agnostic network (no embedding, shared weights, the same hops) can be "
+                             "bound to another agent graph")
+        self.graph = graph
 
     def messages(self, obs: torch.Tensor) -> torch.Tensor:
         """``[N, M, message_dim]`` (``[K, N, M, …]`` with members), agent-major, for observations
@@ -154,7 +166,10 @@ def _split_linear(sizes: list[int], out: int, *, members: int | None = None) -> 
     layers, c = [], 0
     for k, size in enumerate(sizes):
         with torch.no_grad():
-            if members is None:
+            if size == 0:  # a part that is absent (no embedding): nothing to initialise
+                lin = torch.nn.utils.skip_init(nn.Linear, 0, out, bias=False) if members is None else \
+                    EnsembleLinear(0, out, members, bias=False)
+            elif members is None:
                 lin = nn.Linear(size, out, bias=k == 0)
                 lin.weight.copy_(weight[0, :, c:c + size])
             else:
@@ -170,28 +185,36 @@ def _split_linear(sizes: list[int], out: int, *, members: int | None = None) -> 
 class GaussianActor(nn.Module):
     """Gaussian actions: mean from a :class:`NeighbourhoodNet`, a learned state-independent log
     standard deviation per agent (as in the paper's DPPO), floored at ``log_std_min`` so
-    exploration never collapses before the learning rate has decayed."""
+    exploration never collapses before the learning rate has decayed. ``shared_std``: one log
+    standard deviation for every agent (a feeder-agnostic actor holds nothing per agent)."""
 
-    def __init__(self, net: NeighbourhoodNet, *, log_std_init: float = -0.5, log_std_min: float = -2.5):
+    def __init__(self, net: NeighbourhoodNet, *, log_std_init: float = -0.5, log_std_min: float = -2.5,
+                 shared_std: bool = False):
         super().__init__()
         self.net = net
-        self.log_std = nn.Parameter(torch.full((net.graph.n_agents,), float(log_std_init)))
+        self.shared_std = bool(shared_std)
+        self.log_std = nn.Parameter(torch.full((1 if shared_std else net.graph.n_agents,), float(log_std_init)))
         self.log_std_min = float(log_std_min)
 
     def forward(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean [M, N]`` and ``log_std [N]``."""
-        return self.net(obs, delivered)[..., 0], self.log_std.clamp(min=self.log_std_min)
+        log_std = self.log_std.clamp(min=self.log_std_min)
+        if self.shared_std:
+            log_std = log_std.expand(self.net.graph.n_agents)
+        return self.net(obs, delivered)[..., 0], log_std
 
 
 def build_actor(obs_dim: int, graph: Neighbourhood, *, hidden: int, message_dim: int, embed_dim: int,
-                log_std_init: float, log_std_min: float, training: str = "shared") -> GaussianActor:
+                log_std_init: float, log_std_min: float, training: str = "shared", transfer: bool = False
+                ) -> GaussianActor:
     """The actor every learner trains and every run folder rebuilds (:data:`ACTOR_SETTINGS`): a
     :class:`NeighbourhoodNet` with one output per agent, started near zero (``out_gain`` 0.01:
     the first actions are small, whatever the observations), under a :class:`GaussianActor`;
-    ``training = "decentralized"``: every agent with its own weights."""
+    ``training = "decentralized"``: every agent with its own weights; ``transfer``: nothing per
+    agent (no embedding, one action spread), so it acts on any feeder it is bound to."""
     net = NeighbourhoodNet(obs_dim, graph, out_dim=1, out_gain=0.01, hidden=hidden, message_dim=message_dim,
-                           embed_dim=embed_dim, own_weights=training == "decentralized")
-    return GaussianActor(net, log_std_init=log_std_init, log_std_min=log_std_min)
+                           embed_dim=0 if transfer else embed_dim, own_weights=training == "decentralized")
+    return GaussianActor(net, log_std_init=log_std_init, log_std_min=log_std_min, shared_std=transfer)
 
 
 class StateValue(nn.Module):

@@ -96,6 +96,11 @@ class RunningNorm(torch.nn.Module):
             y = y * self.valid.to(x.dtype)
         return y
 
+    def observation_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of the observations, in their own units (``[D]``, or
+        ``[N, D]`` per agent)."""
+        return self.mean, torch.sqrt(self.var + self.eps)
+
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Back from normalised values to the original units (a model's normalised outputs);
         invalid entries come back as 0."""

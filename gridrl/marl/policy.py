@@ -54,6 +54,28 @@ class Policy(torch.nn.Module):
         self.communication = graph.relay_floats(actor.net.message_dim)
         self.last_info: dict[str, Any] = {}
 
+    @property
+    def transferable(self) -> bool:
+        """Whether the policy holds nothing per agent and reads feeder-agnostic inputs
+        (:mod:`gridrl.marl.transfer`): it acts on any feeder it is bound to."""
+        from gridrl.marl.transfer import TransferNorm
+
+        return isinstance(self.obs_norm, TransferNorm)
+
+    def bind(self, graph: Neighbourhood, *, agents: Sequence[str], features) -> Policy:
+        """Act on another feeder from now on: its agent graph ``graph``, its ``agents`` and its
+        per-agent tables ``features`` (:func:`~gridrl.marl.transfer.feeder_features`). A
+        transferable policy only; returns itself."""
+        if not self.transferable:
+            raise PolicyError(f"policy {self.name!r} is bound to the feeder it was trained on (agent embedding, "
+                              f"per-agent action spread); train it with transfer = true to act on other feeders")
+        self.actor.net.bind(graph)
+        self.obs_norm.bind(features)
+        self.graph = graph
+        self.agents = list(agents)
+        self.communication = graph.relay_floats(self.actor.net.message_dim)
+        return self
+
     def reset(self) -> None:
         """The policy carries nothing between steps; kept for the controller protocol."""
         self.last_info = {}

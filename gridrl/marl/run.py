@@ -52,6 +52,16 @@ class Run:
     def feeder(self) -> str:
         return self.header["feeder"]
 
+    @property
+    def transferable(self) -> bool:
+        """Whether the run's policy is feeder-agnostic (``transfer = true``): it acts on any feeder."""
+        return bool(self.header["learner_config"].get("transfer", False))
+
+    @property
+    def feeders(self) -> list[str]:
+        """The feeders the run trained on (several for ``gridrl train --feeders``)."""
+        return list(self.header.get("feeders") or [self.feeder])
+
     @cached_property
     def hash(self) -> str:
         """The checkpoint file's hash: part of every evaluation cell's identity."""
@@ -78,7 +88,10 @@ class Run:
         return evaluation_env_config(self.env_config, base, run=str(self.path))
 
     def check_feeder(self, feeder) -> None:
-        """Refuse (one line) a feeder other than the one the run was trained on."""
+        """Refuse (one line) a feeder other than the one the run was trained on, unless the run
+        is transferable (it acts on any feeder)."""
+        if self.transferable:
+            return
         if feeder.name != self.feeder:
             raise CheckpointError(f"run {self.path} was trained on feeder {self.feeder!r}, not {feeder.name!r}; "
                                   f"evaluate it on {self.feeder} or train a run on {feeder.name}")
@@ -86,21 +99,36 @@ class Run:
             raise CheckpointError(f"run {self.path} was trained on another version of feeder {self.feeder!r} "
                                   f"(its spec or operating point changed since); train the run again")
 
-    def policy(self, *, device: str | torch.device = "cpu", name: str | None = None):
+    def policy(self, *, device: str | torch.device = "cpu", name: str | None = None, feeder=None):
         """The trained :class:`~gridrl.marl.policy.Policy`, deterministic, on ``device``: the
-        best validated one when the run validated, else the last."""
+        best validated one when the run validated, else the last. ``feeder``: the feeder a
+        transferable run acts on (default: the first it trained on); a feeder-specific run acts
+        on its own only (see :meth:`check_feeder`)."""
         from gridrl.marl.graph import Neighbourhood
         from gridrl.marl.nets import ACTOR_SETTINGS, build_actor
         from gridrl.marl.normalize import RunningNorm
         from gridrl.marl.policy import Policy
 
         h, cfg = self.header, self.header["learner_config"]
-        n, d = len(h["agents"]), len(h["obs_names"])
-        graph = Neighbourhood(h["hop_distance"].numpy(), int(cfg["hops"]))
+        if feeder is not None:
+            self.check_feeder(feeder)
+        if self.transferable:
+            from gridrl.grid.feeder import load_feeder
+            from gridrl.marl.transfer import TransferNorm, feeder_features
+
+            feeder = feeder or load_feeder(self.feeders[0])
+            agents, hop_distance = list(feeder.agents), feeder.hop_distance
+            norm = TransferNorm(h["obs_names"]).bind(feeder_features(feeder))
+            d = norm.dim
+        else:
+            agents, hop_distance = h["agents"], h["hop_distance"].numpy()
+            n, d = len(agents), len(h["obs_names"])
+            norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool),
+                               per_agent=cfg.get("training") == "decentralized")
+        graph = Neighbourhood(hop_distance, int(cfg["hops"]))
         # a header without "training" is from before the training modes: its run shared weights
         actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS if k in cfg})
-        norm = RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool), per_agent=cfg.get("training") == "decentralized")
-        policy = Policy(actor, norm, graph, agents=h["agents"], obs_names=h["obs_names"],
+        policy = Policy(actor, norm, graph, agents=agents, obs_names=h["obs_names"],
                         name=name or self.path.name or self.algo)
         try:
             policy.load_state_dict(self.checkpoint.get("selected") or self.checkpoint["learner"]["policy"])
@@ -172,10 +200,11 @@ def deployed(policy, feeder, env_config, *, envelope=None):
     cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
     norm = policy.obs_norm
     timeless = np.array([n not in ("sin_time", "cos_time") for n in policy.obs_names])
+    mean, std = norm.observation_statistics()  # in the observations' units ([N, D] for a transferable policy)
     wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
                              v_max_pu=env_config.v_max_pu or feeder.v_max_pu, config=cfg,
-                             obs_mean=norm.mean.cpu().numpy(), obs_std=(norm.var.cpu() + norm.eps).sqrt().numpy(),
+                             obs_mean=mean.cpu().numpy(), obs_std=std.cpu().numpy(),
                              obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
-                             obs_test=(~norm.keep.cpu()).numpy() & timeless)
+                             obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless)
     wrapped.information = f"{information_label(env_config)}; {cfg.label}"
     return wrapped

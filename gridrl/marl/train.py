@@ -42,7 +42,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,7 +236,13 @@ def resolve_train_config(data: Mapping[str, Any], *, source: str, overrides: Map
             problems.append(f"{name}: expected a table [{name}], got {table!r}")
     env = None
     if isinstance(env_table, Mapping):
-        env = _collect(EnvConfig, {**TRAIN_ENV_DEFAULTS, **env_table}, source, problems, prefix="env")
+        transfer = isinstance(learner_table, Mapping) and learner_table.get("transfer") is True
+        if transfer and env_table.get("zone_layout", "pool") != "pool":
+            problems.append(f"env.zone_layout = {env_table['zone_layout']!r}: a transferable policy (learner.transfer "
+                            f"= true) reads the 'pool' layout, which does not depend on a feeder's zone sizes; "
+                            f"remove zone_layout from [env]")
+        layout = {"zone_layout": "pool"} if transfer else {}
+        env = _collect(EnvConfig, {**TRAIN_ENV_DEFAULTS, **layout, **env_table}, source, problems, prefix="env")
     learner = None
     if algo in ALGORITHMS and isinstance(learner_table, Mapping):
         learner = _collect(learner_class(algo).Config, learner_table, source, problems, prefix="learner")
@@ -281,10 +287,17 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 
 
-def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True, log: Callable[[str], None] | None = None,
-          on_steps: Callable[[int], None] | None = None) -> TrainResult:
+def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | Path, resume: bool = False,
+          device: str = "cpu", progress: bool = True, log: Callable[[str], None] | None = None,
+          on_steps: Callable[[int], None] | None = None, init: str | Path | None = None) -> TrainResult:
     """Train ``config.learner`` on ``feeder_name`` into ``out`` (see the module docstring).
+
+    feeder_name: one feeder, or several (a list): one transferable policy trained on all of them
+        (:class:`~gridrl.marl.multi.FeederMix`; needs ``learner.transfer``), validated on each
+        one's validation days; the run records the feeders it saw.
+    init: a transferable run folder to start from (fine-tuning): its selected policy (actor and
+        observation statistics) and, for the same algorithm, its critic; the learner's
+        architecture must be the run's.
 
     resume: continue the run in ``out`` from its checkpoint (its configuration must be the same);
         a run that finished is not trained further, only evaluated again if needed; with nothing
@@ -307,15 +320,24 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     started_here = not (out.is_dir() and any(out.iterdir()))
     if not resume and not started_here:  # before the slow part
         raise TrainError(f"{out} already exists; add --resume to continue that run, or choose another --out")
-    feeder = load_feeder(feeder_name)
+    names = [feeder_name] if isinstance(feeder_name, str) else list(feeder_name)
+    if len(names) > 1 and not getattr(config.learner, "transfer", False):
+        raise TrainError(f"training on several feeders ({', '.join(names)}) needs a feeder-agnostic policy: add "
+                         f"--transfer (or transfer = true in [learner])")
+    if len(set(names)) != len(names):
+        raise TrainError(f"each feeder once, please: got {', '.join(names)}")
+    feeders = [load_feeder(n) for n in names]
+    feeder = feeders[0]
     config = _with_band(config, feeder)
-    checkpoint = _claim(out, feeder, config, resume=resume)
+    source = _init_source(init, config) if init is not None else None
+    checkpoint = _claim(out, feeders, config, resume=resume, init=source)
     if resume and checkpoint is None:  # never silently from the beginning
         say(f"nothing to resume in {out}: starting a new run there" if started_here else
             f"{out} holds no checkpoint (the run stopped before its first): starting it again from the beginning")
-    train_days, val_days = validation_split(feeder, config.validation_days)
-    env = make_env(feeder, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
-                   config=config.env)
+    splits = [validation_split(f, config.validation_days) for f in feeders]
+    envs = [make_env(f, split="train", num_envs=config.num_envs, seed=config.seed, days=train_days,
+                     config=config.env) for f, (train_days, _) in zip(feeders, splits)]
+    env, val_days = envs[0], [d for _, days in splits for d in days]
     # the learner's torch operations on one thread, whatever the thread policy: torch splits large
     # sums between its threads and each split rounds differently, so a dmpo run on two threads
     # ended elsewhere than on one. The power flow keeps the policy's threads: it solves each
@@ -324,12 +346,22 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     torch.set_num_threads(1)
     try:
         cls = learner_class(config.algo)
-        learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
+        if len(feeders) > 1:
+            from gridrl.marl.multi import FeederMix
+
+            learner = FeederMix(cls, envs, config.learner, seed=config.seed, total_steps=config.steps, device=device)
+        else:
+            learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
     except BaseException:
         torch.set_num_threads(torch_threads)
         raise
+    rng = learner if len(feeders) > 1 else env  # whose generators the checkpoint keeps
     header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
                          learner_config=config.learner, seed=config.seed)
+    if len(feeders) > 1:
+        header.update(feeder="+".join(names), feeder_hash=_feeders_hash(feeders), feeders=names)
+    if source is not None:
+        header["init"] = {"run": str(source.path), "checkpoint_hash": source.hash}
     driver = {"wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "next_eval": config.eval_every_steps or math.inf,
               "next_val": config.validate_every_steps, "best": None, "finished": False,
               "validations": [], "candidates": []}
@@ -339,9 +371,11 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
     if checkpoint is not None:
         selected = checkpoint.get("selected")
         learner.load_state_dict(checkpoint["learner"])
-        env.set_rng_state(checkpoint["env_rng"])
+        rng.set_rng_state(checkpoint["env_rng"])
         driver.update(checkpoint["driver"])
         say(f"resuming {out} at iteration {learner.iteration} ({learner.env_steps:,} environment steps)")
+    elif source is not None:
+        _initialize(learner, source, config, say)
     resumed_from = learner.iteration
     if on_steps is not None and learner.env_steps:
         on_steps(learner.env_steps)
@@ -352,11 +386,17 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
         if not _finite(learner):
             return
         scalars.flush()  # first: a resumed run drops rows past its checkpoint, never lacks any
-        write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=env.rng_state(), driver=driver,
+        write_checkpoint(out, header=header, learner=learner.state_dict(), env_rng=rng.rng_state(), driver=driver,
                          selected=selected)
 
-    curves = _Curves(feeder, config.env, config.eval_split, config.eval_days, prefix="eval")
-    validation = _Curves(feeder, config.env, "val", val_days, prefix="val") if val_days else None
+    if len(feeders) > 1:
+        curves = _FeederCurves(learner, [_Curves(f, config.env, config.eval_split, config.eval_days, prefix="eval")
+                                         for f in feeders])
+        validation = _FeederCurves(learner, [_Curves(f, config.env, "val", days, prefix="val")
+                                             for f, (_, days) in zip(feeders, splits)]) if val_days else None
+    else:
+        curves = _Curves(feeder, config.env, config.eval_split, config.eval_days, prefix="eval")
+        validation = _Curves(feeder, config.env, "val", val_days, prefix="val") if val_days else None
     from gridrl.terminal import is_terminal
 
     bar_on = progress and is_terminal(sys.stderr)
@@ -398,7 +438,7 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
                               "energy_loss_mwh": val["val/energy_loss_mwh"]}
                     driver.setdefault("validations", []).append(record)
                     state = {k: v.detach().clone() for k, v in learner.policy.state_dict().items()}
-                    tolerance = config.selection_tolerance_steps / (len(val_days) * validation.env.episode_steps)
+                    tolerance = config.selection_tolerance_steps / (len(val_days) * validation.episode_steps)
                     driver["candidates"] = _still_selectable(driver.get("candidates", []) + [{**record, "policy": state}],
                                                              tolerance)
                     pick = select(driver["candidates"], tolerance)
@@ -441,6 +481,8 @@ def train(feeder_name: str, config: TrainConfig, *, out: str | Path, resume: boo
             f"controllable rate {best['controllable_rate']:.4f}, {best['energy_loss_mwh']:.2f} MWh; the lowest loss "
             f"among validations at most {config.selection_tolerance_steps} steps below the best rate {top:.4f})")
     policy = learner.policy
+    if len(feeders) > 1:
+        learner.bind(0)
     if selected is not None:
         policy.load_state_dict(selected)
     policy.name = out.name or config.algo
@@ -459,12 +501,26 @@ def _with_band(config: TrainConfig, feeder) -> TrainConfig:
     return dataclasses.replace(config, env=env)
 
 
-def _claim(out: Path, feeder, config: TrainConfig, *, resume: bool) -> dict | None:
+def _feeders_hash(feeders) -> str:
+    """One content hash for several feeders (in the order given)."""
+    import hashlib
+
+    return hashlib.sha256("+".join(f.spec.content_hash() for f in feeders).encode()).hexdigest()[:16]
+
+
+def _claim(out: Path, feeders, config: TrainConfig, *, resume: bool, init=None) -> dict | None:
     """Make ``out`` this run's folder; returns the checkpoint to resume from (or None)."""
     from gridrl.io import write_json
     from gridrl.marl.checkpoint import CHECKPOINT, read_checkpoint
 
-    ident = {"feeder": feeder.name, "feeder_hash": feeder.spec.content_hash(), **_identity(config)}
+    feeder = feeders[0]
+    name = "+".join(f.name for f in feeders)
+    fhash = feeder.spec.content_hash() if len(feeders) == 1 else _feeders_hash(feeders)
+    ident = {"feeder": name, "feeder_hash": fhash, **_identity(config)}
+    if len(feeders) > 1:
+        ident["feeders"] = [f.name for f in feeders]
+    if init is not None:
+        ident["init"] = {"run": str(init.path), "checkpoint_hash": init.hash}
     cfg_file = out / CONFIG_FILE
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out} is a file; give a folder path for --out")
@@ -485,15 +541,58 @@ def _claim(out: Path, feeder, config: TrainConfig, *, resume: bool) -> dict | No
             return None  # stopped before its first checkpoint: start again from the beginning
         ckpt = read_checkpoint(out)
         h = ckpt["header"]
-        if h["algo"] != config.algo or h["feeder"] != feeder.name or h["feeder_hash"] != ident["feeder_hash"]:
+        if h["algo"] != config.algo or h["feeder"] != name or h["feeder_hash"] != ident["feeder_hash"]:
             raise CheckpointError(f"{out / CHECKPOINT} is a {h['algo']} checkpoint on {h['feeder']} "
-                                  f"(feeder version {h['feeder_hash'][:8]}), not {config.algo} on {feeder.name} "
+                                  f"(feeder version {h['feeder_hash'][:8]}), not {config.algo} on {name} "
                                   f"(version {ident['feeder_hash'][:8]}); choose another --out")
         return ckpt
     from gridrl.marl.checkpoint import config_dict
 
-    write_json(cfg_file, {"feeder": feeder.name, "config": config_dict(config), "identity": ident})
+    write_json(cfg_file, {"feeder": name, "config": config_dict(config), "identity": ident})
     return None
+
+
+def _init_source(init: str | Path, config: TrainConfig):
+    """The run ``--init`` names, refused in one line unless a fine-tuning run can start from it:
+    a transferable run whose policy has this run's architecture and observations."""
+    from gridrl.marl.run import open_run
+
+    run = open_run(init)
+    if not run.transferable:
+        raise TrainError(f"--init {init}: that run is feeder-specific (trained without transfer, its policy is bound "
+                         f"to {run.feeder}); fine-tune from a run trained with --transfer")
+    if not getattr(config.learner, "transfer", False):
+        raise TrainError(f"--init {init}: fine-tuning trains a transferable policy; add --transfer (or transfer = "
+                         f"true in [learner])")
+    theirs, ours = run.header["learner_config"], dataclasses.asdict(config.learner)
+    diff = [f"{k} {theirs.get(k)!r} ≠ {ours.get(k)!r}" for k in ("hidden", "message_dim", "hops", "transfer")
+            if theirs.get(k) != ours.get(k)]
+    for k in ("zone_layout", "forecast_steps", "observation"):
+        if run.header["env_config"].get(k) != getattr(config.env, k):
+            diff.append(f"env.{k} {run.header['env_config'].get(k)!r} ≠ {getattr(config.env, k)!r}")
+    if diff:
+        raise TrainError(f"--init {init}: its policy has another architecture or observations ({'; '.join(diff)}); "
+                         f"train with the run's settings (leave out --config to take them)")
+    return run
+
+
+def _initialize(learner, run, config: TrainConfig, say: Callable[[str], None]) -> None:
+    """Start ``learner`` from ``run``'s selected policy and, for the same algorithm, its critic."""
+    ckpt = run.checkpoint
+    learner.policy.load_state_dict(ckpt.get("selected") or _learner_state(ckpt["learner"])["policy"])
+    took = "policy"
+    if run.algo == config.algo:
+        try:
+            learner.critic.load_state_dict(_learner_state(ckpt["learner"])["critic"])
+            took = "policy and critic"
+        except RuntimeError:  # a critic that reads a feeder's whole state (cppo) cannot move
+            pass
+    say(f"starting from the {took} of {run.path} (trained on {', '.join(run.feeders)})")
+
+
+def _learner_state(state: dict) -> dict:
+    """A learner's state, or the first feeder's learner of a several-feeder run."""
+    return state["sites"][0] if "sites" in state else state
 
 
 def validation_split(feeder, n: int | None = None) -> tuple[list[int], list[int]]:
@@ -559,6 +658,34 @@ def _last_checkpoint_iteration(out: Path) -> int | str:
         return "?"
 
 
+class _FeederCurves:
+    """:class:`_Curves` on each feeder of a several-feeder run, the shared policy bound to each in
+    turn; the figures combine them: the controllable rate over all their steps, the energy loss,
+    violations and reactive energy summed."""
+
+    def __init__(self, learner, curves: list):
+        self.learner, self.curves = learner, curves
+
+    @property
+    def episode_steps(self) -> int:
+        return self.curves[0].env.episode_steps
+
+    def __call__(self, policy) -> dict[str, float]:
+        parts, bound = [], self.learner._bound
+        for k, curve in enumerate(self.curves):
+            self.learner.bind(k)
+            figures = curve(policy)
+            parts.append((len(curve.days), figures))
+        self.learner.bind(bound)
+        out = {}
+        for key in parts[0][1]:
+            if key.endswith("controllable_rate"):
+                out[key] = sum(n * p[key] for n, p in parts) / sum(n for n, _ in parts)
+            else:
+                out[key] = sum(p[key] for _, p in parts)
+        return out
+
+
 class _Curves:
     """Whole days of ``split`` with the deterministic policy: the learning curves' points (prefix
     ``eval``) and the validations (prefix ``val``).
@@ -571,6 +698,11 @@ class _Curves:
     def __init__(self, feeder, env_config, split: str, days, *, prefix: str):
         self.feeder, self.env_config, self.split, self.days, self.prefix = feeder, env_config, split, days, prefix
         self.env = None
+
+    @property
+    def episode_steps(self) -> int:
+        """Steps of one evaluated day (after the first evaluation)."""
+        return self.env.episode_steps
 
     def __call__(self, policy) -> dict[str, float]:
         import torch
