@@ -19,6 +19,7 @@ neighbour pairs.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -166,9 +167,10 @@ def _split_linear(sizes: list[int], out: int, *, members: int | None = None) -> 
     layers, c = [], 0
     for k, size in enumerate(sizes):
         with torch.no_grad():
-            if size == 0:  # a part that is absent (no embedding): nothing to initialise
-                lin = torch.nn.utils.skip_init(nn.Linear, 0, out, bias=False) if members is None else \
-                    EnsembleLinear(0, out, members, bias=False)
+            if size == 0:  # a part that is absent (no embedding): nothing to initialise, nothing to warn of
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+                    lin = nn.Linear(0, out, bias=False) if members is None else EnsembleLinear(0, out, members, bias=False)
             elif members is None:
                 lin = nn.Linear(size, out, bias=k == 0)
                 lin.weight.copy_(weight[0, :, c:c + size])
