@@ -203,3 +203,18 @@ def test_gridrl_train_init_fine_tunes_and_refuses_what_cannot_start(several, spe
         from gridrl.marl.train import _init_source
 
         _init_source(several, resolve_train_config(read_toml(tiny), source="tiny"))
+
+
+@pytest.mark.parametrize("algo", ["dmpo", "cppo"])
+def test_every_learner_trains_one_transferable_policy_on_several_feeders(algo, tiny, tmp_path):
+    from gridrl.marl.train import train
+
+    data = read_toml(tiny)
+    data["learner"] = {**data["learner"], "transfer": True}
+    if algo == "dmpo":
+        data["learner"].update(ensemble=2, model_updates=4, model_batch=8, imagine_from=1, model_check_every=3)
+    cfg = resolve_train_config({**data, "algo": algo}, source="tiny")
+    train(["ieee33", "ieee69"], cfg, out=tmp_path / algo, progress=False, log=lambda m: None)
+    run = open_run(tmp_path / algo)
+    assert run.transferable and run.feeders == ["ieee33", "ieee69"]
+    assert len(run.policy(feeder=gridrl.load_feeder("ieee141")).agents) == 22
