@@ -263,7 +263,8 @@ def evaluate_cmd(
                                                   "tuned (fitted on the feeder's training days; cached).")] = None,
     curve: Annotated[Optional[Path], typer.Option(help="Droop curve TOML file with v_pu = [...], q = [...] and "
                                                   "optionally reference = 's_max' | 'q_avail' (instead of --preset), "
-                                                  "e.g. one written by `gridrl tune-droop`.")] = None,
+                                                  "e.g. one written by `gridrl tune-droop`; or per-inverter curves "
+                                                  "(.json / .csv) written by `gridrl export --format curves`.")] = None,
     split: Annotated[str, typer.Option(help="Days to run: test, val (validation), train or all.")] = "test",
     days: Annotated[Optional[str], typer.Option(help="Only these days of the split, comma-separated (default all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default out/evaluate/FEEDER-CONTROLLER-SPLIT; "
@@ -278,7 +279,7 @@ def evaluate_cmd(
     into the same folder reuses finished results (a run trained again is evaluated again)."""
     _check_feeders(feeder)
     from gridrl.compare import CompareConfig, ControllerSpec
-    from gridrl.control.curvefile import read_curve_file
+    from gridrl.control.curvefile import read_agent_curves, read_curve_file
     from gridrl.io import default_out
     from gridrl.pipeline import compare
 
@@ -294,7 +295,8 @@ def evaluate_cmd(
             raise fail("give --feeder (and --controller), or a run folder of `gridrl train`")
         if curve is not None and preset is not None:
             raise fail("give either --preset or --curve, not both")
-        curve_table = read_curve_file(curve) if curve is not None else None
+        curve_table = None if curve is None else (read_agent_curves(curve) if curve.suffix.lower() in (".json", ".csv")
+                                                   else read_curve_file(curve))
         spec = ControllerSpec(name=controller, preset=preset, curve=curve_table)
     cfg = CompareConfig(feeders=(feeder,), controllers=(spec,), split=split, days=_int_list(days, "--days"),
                         env=_scenario(load_scale, pv_scale))
@@ -338,7 +340,9 @@ def compare_cmd(
     feeders: Annotated[Optional[str], typer.Option(help="Comma-separated feeder names, e.g. ieee33,ieee141.")] = None,
     controllers: Annotated[Optional[str], typer.Option(help="Comma-separated controllers: none, droop, opf; "
                                                        "droop:PRESET picks a preset, e.g. droop:mapdn; droop:tuned "
-                                                       "is fitted on each feeder's training days; a run folder of "
+                                                       "is fitted on each feeder's training days; droop:curves=FILE "
+                                                       "runs per-inverter curves of `gridrl export --format curves`; "
+                                                       "a run folder of "
                                                        "`gridrl train` adds its trained policy.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Preset of every bare `droop` in --controllers.")] = None,
     split: Annotated[str, typer.Option(help="Days to run: test, val (validation), train or all.")] = "test",
@@ -759,6 +763,58 @@ def robustness_cmd(
         tidy = run_robustness(cfg, out=out, progress=lambda m: status.update(f"robustness: {m}"))
 
     console.print(summary_markdown(tidy, feeder=cfg.feeder), highlight=False, markup=False)
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder of `gridrl train`.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx: the policy as ONNX graphs with policy.json (inputs, "
+                                        "normalisation, messages, output, envelope); curves: one IEEE 1547-2018 "
+                                        "volt-var curve per inverter, distilled from the policy on the training "
+                                        "days (FILE.json and FILE.csv).")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="onnx: output folder (new, empty or a previous export); "
+                                                "curves: output file, written as FILE.json and FILE.csv (default "
+                                                "out/export/RUN-onnx or out/export/RUN-curves; $GRIDRL_OUT_DIR "
+                                                "replaces out/).")] = None,
+    envelope: Annotated[str, typer.Option(help="The safety envelope the exported policy acts through: clamp "
+                                          "(default, as comparisons deploy it), ramp or off.")] = "clamp",
+    days: Annotated[Optional[str], typer.Option(help="curves: only these training days, comma-separated (default "
+                                                "every training day).")] = None,
+) -> None:
+    """Export a trained policy for real inverters: as ONNX, or as IEEE 1547-2018 volt-var curves.
+
+    ONNX: message.onnx (what an agent sends its neighbours), action.onnx (its reactive power from
+    its own measurements and the messages received, safety envelope included), network.onnx (the
+    whole feeder, for simulation) and policy.json describing inputs, units, normalisation,
+    messages and output. Curves: each agent's curve fitted to the policy's own reactive power on
+    the training days (least squares, inside IEEE 1547 Category B and the inverter's reactive
+    rating); evaluate them with `gridrl compare --controllers droop:curves=FILE.json`. Output is
+    written all or nothing."""
+    from gridrl.export import export_curves, export_onnx
+    from gridrl.io import default_out
+
+    if fmt not in ("onnx", "curves"):
+        raise fail(f"--format must be onnx or curves, got {fmt!r}")
+    if envelope not in ("clamp", "ramp", "off"):
+        raise fail(f"--envelope must be clamp, ramp or off, got {envelope!r}")
+    env = {"mechanism": envelope} if envelope != "off" else {"mechanism": "off", "handover_z": 0}
+    name = run.resolve().name
+    if fmt == "onnx":
+        result = export_onnx(run, out or default_out("export", f"{name}-onnx"), envelope=env)
+        sizes = ", ".join(f"{g['file']} {g['bytes'] / 1024:.1f} KiB" for g in result.description["graphs"].values())
+        console.print(f"exported {run} to {result.folder}: {sizes}, policy.json", highlight=False)
+        return
+    say = lambda m: err_console.print(f"[dim]{m}[/]", highlight=False)  # noqa: E731
+    result = export_curves(run, out or default_out("export", f"{name}-curves"), envelope=env,
+                           days=_int_list(days, "--days"), progress=say)
+    rows = [{k: r[k] for k in ("agent", "sgen", "VRef", "V1", "Q1", "V2", "Q2", "V3", "Q3", "V4", "Q4")}
+            for r in result.inverters]
+    print_table(rows, title=f"IEEE 1547-2018 volt-var curves (V p.u., Q % of nameplate) distilled from {name}",
+                keys=("agent",))
+    console.print(f"curves in {result.json_path} and {result.csv_path}; evaluate with "
+                  f"`gridrl compare --feeders {result.fit['feeder']} --controllers droop:curves={result.json_path}`",
+                  highlight=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ every step of every day and seed, energies and violation hours are summed over t
 * ``diverged_steps`` — steps whose power flow did not converge (counted as not controllable).
 
 A controller is given as a spec string (:func:`load_controller`): a built-in (``none``,
-``droop``, ``droop:PRESET``, ``opf``), a run folder of ``gridrl train``, ``module:function`` or
+``droop``, ``droop:PRESET``, ``droop:curves=FILE`` — per-inverter curves of ``gridrl export
+--format curves`` —, ``opf``), a run folder of ``gridrl train``, ``module:function`` or
 ``path/file.py:function`` — a policy from any library as a Python callable — or an ``.onnx``
 file (needs ``onnxruntime``). A callable receives every agent's observation ``obs`` ``[B, N,
 obs_dim]`` (float32 torch tensor, layout ``env.obs_names``) and returns actions ``[B, N]`` (or
@@ -263,6 +264,13 @@ def load_controller(spec: str, feeder, *, env_config=None):
     from gridrl.control import CONTROLLERS, make_controller
 
     name, _, preset = spec.partition(":")
+    if name == "droop" and preset.startswith("curves="):  # per-inverter curves of `gridrl export --format curves`
+        from gridrl.control.curvefile import read_agent_curves
+
+        path = Path(preset.removeprefix("curves="))
+        ctrl = make_controller(name, feeder, curve=read_agent_curves(path), env_config=env_config)
+        ctrl.name = f"droop-{path.stem}"
+        return ctrl
     if name in CONTROLLERS:
         return make_controller(name, feeder, preset=preset or None, env_config=env_config)
     path = Path(spec)

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
     ("ledger", [["gridrl.ledger"]]),                      # the results ledger: rows from run folders and figures
     ("evaluate | sweep", [["gridrl.evaluate"], ["gridrl.sweep"]]),  # rollouts on days; training runs en masse
     ("score", [["gridrl.score"]]),                        # a policy scored on the task suite (by evaluate)
+    ("export", [["gridrl.export"]]),                      # a trained policy as ONNX or IEEE 1547 curves
     ("compare", [["gridrl.compare"]]),                    # batch comparisons (no report)
     ("robustness", [["gridrl.robustness"]]),              # the fault and growth suite: comparisons per condition
     ("report", [["gridrl.report", "gridrl.training_report", "gridrl.plots"]]),  # reads results folders

@@ -106,7 +106,8 @@ def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, cached: Mapping
     ev = evaluate(feeder, ctrl, split=cell.split, days=all_days if days is None else days, seed=cell.seed,
                   num_envs=cell.num_envs, voltage_days=[rday], env_config=env_config, progress=progress)
     described = ctrl.describe() if callable(getattr(ctrl, "describe", None)) else None
-    fitted = (ctrl.curve, ctrl.fit) if getattr(ctrl, "fit", None) else None
+    # a fitted single curve (droop:tuned) is written beside the tables; per-agent curves are in controller.json
+    fitted = (ctrl.curve, ctrl.fit) if getattr(ctrl, "fit", None) and getattr(ctrl, "curve", None) else None
     return CellResult(evaluation=ev, controller=described, curve=fitted)
 
 

@@ -18,7 +18,7 @@ from gridrl.config import from_dict, read_toml, to_dict
 from gridrl.env.config import EnvConfig
 from gridrl.errors import GridrlError
 
-__all__ = ["CompareConfig", "CompareError", "ControllerSpec", "config_problems", "env_changes", "feeder_days",
+__all__ = ["CURVES_OPTION", "CompareConfig", "CompareError", "ControllerSpec", "config_problems", "env_changes", "feeder_days",
            "is_tuned", "load_config", "parse_controllers", "run_feeder"]
 
 _CONFIG_VERSION = 1
@@ -39,7 +39,9 @@ class ControllerSpec:
         to each feeder on its training days, see :mod:`gridrl.control.tuning`).
     curve: droop only, instead of a preset: a table with ``v_pu`` (breakpoints, strictly
         increasing), ``q`` (fractions of the reference, non-increasing) and optionally
-        ``reference`` (``s_max`` or ``q_avail``).
+        ``reference`` (``s_max`` or ``q_avail``); or one curve per agent, ``{agents = {AGENT =
+        {v_pu = [...], q = [...]}, ...}}`` (``droop:curves=FILE`` reads such a table from the
+        curves file ``gridrl export --format curves`` writes).
     label: name of the controller in tables and plots (default ``none``, ``droop-<preset>``,
         ``droop-custom``, ``opf``); labels must be unique within a comparison.
     tune: droop with preset ``tuned`` only: settings of the search that fits the curve on each
@@ -162,10 +164,15 @@ def load_config(path: str | Path) -> CompareConfig:
     return from_dict(CompareConfig, read_toml(path), source=str(path))
 
 
+#: ``droop:curves=FILE``: per-inverter curves from a file of ``gridrl export --format curves``
+CURVES_OPTION = "curves="
+
+
 def parse_controllers(text: str, *, preset: str | None = None) -> tuple[ControllerSpec, ...]:
     """``none,droop:ieee1547-a,opf,runs/ieee33-dppo`` as controller specs; ``preset`` applies to
-    bare ``droop``. A token that is not a controller name and names a folder (or contains a path
-    separator) is a run directory."""
+    bare ``droop``; ``droop:curves=FILE`` reads per-inverter curves from FILE (labelled
+    ``droop-<file stem>``). A token that is not a controller name and names a folder (or contains
+    a path separator) is a run directory."""
     from gridrl.control import CONTROLLERS
 
     specs = []
@@ -173,6 +180,12 @@ def parse_controllers(text: str, *, preset: str | None = None) -> tuple[Controll
         if not token:
             continue
         name, _, p = token.partition(":")
+        if name == "droop" and p.startswith(CURVES_OPTION):
+            from gridrl.control.curvefile import read_agent_curves
+
+            path = Path(p.removeprefix(CURVES_OPTION))
+            specs.append(ControllerSpec(name="droop", curve=read_agent_curves(path), label=f"droop-{path.stem}"))
+            continue
         if name not in CONTROLLERS and ("/" in token or Path(token).is_dir()):
             specs.append(ControllerSpec(run=token))
             continue
@@ -183,7 +196,7 @@ def parse_controllers(text: str, *, preset: str | None = None) -> tuple[Controll
 def config_problems(config: CompareConfig) -> list[str]:
     """Everything wrong with a comparison config (empty when it can run)."""
     from gridrl.control import CONTROLLERS, ControllerError, UnknownController
-    from gridrl.control.droop import resolve_curve
+    from gridrl.control.droop import AGENTS, agent_curves, resolve_curve
     from gridrl.control.fitted import check_fitted_for
     from gridrl.control.tuning import TuneConfig
     from gridrl.grid.days import check_days
@@ -227,6 +240,10 @@ def config_problems(config: CompareConfig) -> list[str]:
             elif spec.tune is not None:
                 raise ControllerError(f"controller {spec.key!r}: tune settings apply to droop with preset "
                                       f"'tuned' only")
+            elif spec.name == "droop" and isinstance(spec.curve, dict) and AGENTS in spec.curve:
+                if spec.preset is not None:
+                    raise ControllerError(f"controller {spec.key!r}: give either a preset or per-agent curves")
+                agent_curves(spec.curve)
             elif spec.name == "droop":
                 resolve_curve(spec.preset, spec.curve)
             elif spec.preset is not None or spec.curve is not None:
@@ -261,6 +278,8 @@ def config_problems(config: CompareConfig) -> list[str]:
             for spec in config.controllers:  # a fitted curve file belongs to its own feeder
                 if spec.runs_on(name) and isinstance(spec.curve, dict) and isinstance(spec.curve.get("fit"), dict):
                     check_fitted_for(feeder, spec.curve)
+                if spec.runs_on(name) and isinstance(spec.curve, dict) and AGENTS in spec.curve:
+                    agent_curves(spec.curve, feeder.agents)
         except GridrlError as exc:
             problems.append(str(exc))
     return list(dict.fromkeys(problems))

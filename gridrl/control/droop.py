@@ -32,6 +32,10 @@ With sensor noise in the environment (``sensor_noise_pu``) each inverter reads i
 with the error the agents' observations carry at that interval (``env.sensor_noise_pu()``), so a
 comparison under noise compares like with like.
 
+Each agent may also have a curve of its own (a curve mapping ``{"agents": {AGENT: {"v_pu": [...],
+"q": [...]}, ...}}``, e.g. the curves ``gridrl export --format curves`` distils from a trained
+policy; see :func:`agent_curves`); every agent of the feeder then needs one.
+
 An agent owning several inverters on one bus acts on their sum: its curve target is the curve
 fraction times the summed reference, as a share of the summed available reactive power.
 """
@@ -180,6 +184,40 @@ def resolve_curve(preset: str | None = None, curve: DroopCurve | Mapping[str, An
     return name, PRESETS[name]
 
 
+#: the key of a curve mapping that gives every agent its own curve
+AGENTS = "agents"
+
+
+def agent_curves(curve: Mapping[str, Any], agents: Sequence[str] | None = None) -> dict[str, DroopCurve]:
+    """The per-agent curves of a mapping ``{"agents": {AGENT: {v_pu, q[, reference]}}, "fit": …}``,
+    checked: every problem of every agent's curve, agents missing from ``agents`` (the feeder's)
+    and agents it does not have, in one :class:`CurveError`."""
+    unknown = sorted(set(curve) - {AGENTS, "fit"})
+    table = curve.get(AGENTS)
+    if unknown or not isinstance(table, Mapping) or not table:
+        raise CurveError(f"per-agent droop curves: a mapping {{agents = {{AGENT = {{v_pu = [...], q = [...]}}}}}}"
+                         f"{' without ' + ', '.join(unknown) if unknown else ''} is needed, with one curve per agent")
+    problems, out = [], {}
+    for agent, c in table.items():
+        if not isinstance(c, Mapping):
+            problems.append(f"agent {agent!r}: expected a table with v_pu and q, got {c!r}")
+            continue
+        try:
+            out[str(agent)] = resolve_curve(None, c)[1]
+        except CurveError as exc:
+            problems.append(f"agent {agent!r}: {str(exc).removeprefix('droop curve: ')}")
+    if agents is not None:
+        missing = [a for a in agents if a not in table]
+        extra = [str(a) for a in table if a not in set(agents)]
+        if missing:
+            problems.append(f"no curve for agent {', '.join(map(repr, missing))}")
+        if extra:
+            problems.append(f"the feeder has no agent {', '.join(map(repr, extra))}")
+    if problems:
+        raise CurveError("per-agent droop curves: " + "; ".join(problems))
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class DroopOptions:
     """Settings of the within-step fixed-point iteration.
@@ -215,14 +253,26 @@ class DroopController(Controller):
     def __init__(self, feeder, *, preset: str | None = None, curve: DroopCurve | Mapping | None = None,
                  options: DroopOptions = DroopOptions(), label: str | None = None) -> None:
         super().__init__()
-        resolved, self.curve = resolve_curve(preset, curve)
+        agents = list(feeder.agents)
+        self.agent_curves: dict[str, DroopCurve] | None = None
+        if isinstance(curve, Mapping) and AGENTS in curve:
+            if preset is not None:
+                raise CurveError("give either a droop preset or per-agent curves, not both")
+            self.agent_curves = agent_curves(curve, agents)
+            resolved, self.curve = "per-agent", None
+        else:
+            resolved, self.curve = resolve_curve(preset, curve)
         self.fit = dict(curve["fit"]) if isinstance(curve, Mapping) and curve.get("fit") else None
         self.preset = label or resolved
         self.name = f"droop-{self.preset}"
         self.options = options
-        self._set_curves([self.curve], repeat=1)
+        if self.agent_curves is None:
+            self._set_curves([self.curve], repeat=1)
+        else:  # one curve per agent: tables [1, N, K]
+            self._set_curves([self.agent_curves[a] for a in agents], repeat=1)
+            self._v_tab, self._q_tab = self._v_tab.transpose(1, 0, 2), self._q_tab.transpose(1, 0, 2)
+            self._of_q_avail = self._of_q_avail.T
         inv = feeder.inverters
-        agents = list(feeder.agents)
         self.n_agents = len(agents)
         s_max = inv.groupby("agent", sort=False)["s_max_mva"].sum()
         self.s_max_mva = s_max.reindex(agents).to_numpy(dtype=np.float64)  # [N]
@@ -246,7 +296,8 @@ class DroopController(Controller):
         return ctrl
 
     def _set_curves(self, curves: Sequence[DroopCurve], *, repeat: int) -> None:
-        """Breakpoint tables ``[R, 1, K]`` (R = 1: one curve for every scenario)."""
+        """Breakpoint tables ``[R, 1, K]`` (R = 1: one curve for every scenario); the
+        per-agent curves transpose them to ``[1, N, K]``."""
         v_tab, q_tab = curve_table(curves)
         self._v_tab = np.repeat(v_tab, repeat, axis=0)[:, None, :]
         self._q_tab = np.repeat(q_tab, repeat, axis=0)[:, None, :]
@@ -257,8 +308,13 @@ class DroopController(Controller):
         self._last = None
 
     def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "preset": self.preset, "v_pu": list(self.curve.v_pu),
-               "q": list(self.curve.q), "reference": self.curve.reference}
+        if self.agent_curves is not None:
+            curves = {a: {"v_pu": list(c.v_pu), "q": list(c.q), "reference": c.reference}
+                      for a, c in self.agent_curves.items()}
+            out = {**super().describe(), "preset": self.preset, AGENTS: curves}
+        else:
+            out = {**super().describe(), "preset": self.preset, "v_pu": list(self.curve.v_pu),
+                   "q": list(self.curve.q), "reference": self.curve.reference}
         if self.fit:
             out["fit"] = self.fit
         return out

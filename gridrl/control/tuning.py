@@ -90,8 +90,9 @@ from gridrl.control.base import CurveError
 from gridrl.control.droop import PRESETS, DroopController, DroopCurve, DroopOptions
 from gridrl.control.fitted import check_fitted_for, scenario_of
 
-__all__ = ["CATEGORY_B", "OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted_for",
-           "curve_from_unit", "fit_droop", "q_rating", "scenario_of", "score_curves", "tune_key", "tuned_curve"]
+__all__ = ["CATEGORY_B", "OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted_for", "cma_in_cube",
+           "curve_from_unit", "fit_droop", "q_rating", "scenario_of", "score_curves", "standard_points", "tune_key",
+           "tuned_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,11 @@ _SEEDS = {
     "ieee1547-b": {"v_ref_pu": 1.0, "half_deadband_pu": 0.02, "q_bias": 0.0, "ramp_low_pu": 0.06,
                    "ramp_high_pu": 0.06, "q_inject": 0.44, "q_absorb": -0.44},
 }
+
+
+def standard_points(cfg: TuneConfig) -> list[np.ndarray]:
+    """The points of the unit cube of IEEE 1547-A and -B (those inside ``cfg``'s ranges)."""
+    return [u for u in (_unit(p, cfg) for p in _SEEDS.values()) if u is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +477,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
             f"controllable rate {rate[b]:.4f}")
         return k
 
-    seeds = [u for u in (_unit(p, space) for p in _SEEDS.values()) if u is not None]
+    seeds = standard_points(space)
     add(seeds)
     for axes, grid in ((_HIGH, _GRID_HIGH), (_LOW, _GRID_LOW)):
         base = points[min(range(len(points)), key=keys.__getitem__)]
@@ -481,7 +487,7 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
             u[list(axes)] = values
             trial.append(u)
         add(trial)
-    es = _cma(points[min(range(len(points)), key=keys.__getitem__)], space)
+    es = cma_in_cube(points[min(range(len(points)), key=keys.__getitem__)], space)
     while len(points) < config.budget:
         gen = [np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) for x in es.ask()]
         k = add(gen)
@@ -556,8 +562,9 @@ def fit_droop(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), opt
     return FittedCurve(curve=curve, fit=fit)
 
 
-def _cma(x0: np.ndarray, cfg: TuneConfig):
-    """A CMA-ES (pycma) in the unit cube started at ``x0``: population ``2·7``, step 0.1."""
+def cma_in_cube(x0: np.ndarray, cfg: TuneConfig):
+    """A CMA-ES (pycma) in the unit cube of the curve family started at ``x0``: population ``2·7``,
+    step 0.1, seeded by ``cfg.seed``."""
     import warnings
 
     with warnings.catch_warnings():

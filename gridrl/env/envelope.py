@@ -49,7 +49,7 @@ import torch
 from gridrl.errors import GridrlError
 
 __all__ = ["EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope", "droop_b_action",
-           "envelope_bounds"]
+           "envelope_bounds", "handover", "shield"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
@@ -95,9 +95,9 @@ class EnvelopeConfig:
 
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
-    """``a_B(v)``: the action 1547-B asks for at own voltage ``vm_pu`` (all ``[B, N]``)."""
-    v_tab = torch.tensor(IEEE1547_B[0], dtype=torch.float64)
-    q_tab = torch.tensor(IEEE1547_B[1], dtype=torch.float64)
+    """``a_B(v)``: the action 1547-B asks for at own voltage ``vm_pu`` (all ``[B, N]``, one dtype)."""
+    v_tab = torch.tensor(IEEE1547_B[0], dtype=vm_pu.dtype)
+    q_tab = torch.tensor(IEEE1547_B[1], dtype=vm_pu.dtype)
     width = v_tab[1:] - v_tab[:-1]
     slope = (q_tab[1:] - q_tab[:-1]) / width
     into = torch.minimum(torch.clamp(vm_pu[..., None] - v_tab[:-1], min=0.0), width)
@@ -116,6 +116,35 @@ def envelope_bounds(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch
     high = torch.where(live & (vm_pu >= v_max_pu - margin_pu), a_b, torch.ones_like(a_b))
     low = torch.where(live & (vm_pu <= v_min_pu + margin_pu), a_b, -torch.ones_like(a_b))
     return low, high
+
+
+def handover(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, test: torch.Tensor, z: float) -> torch.Tensor:
+    """``[..., N]`` bool: agents with a tested feature (``test [N, D]``) of their own observation
+    ``x [..., N, D]`` more than ``z`` standard deviations ``std [D]`` from the mean ``mean [D]``."""
+    dist = ((x - mean) / std).abs()
+    return (torch.where(test, dist, torch.zeros_like(dist)) > z).any(-1)
+
+
+def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, handed: torch.Tensor, *,
+           v_min_pu: float, v_max_pu: float, config: EnvelopeConfig) -> torch.Tensor:
+    """The action sent for the policy's action ``a``: 1547-B droop where ``handed``, then the
+    envelope's mechanism at own voltage ``v``, active power ``p`` and available reactive power
+    ``qa`` (all ``[..., N]``, one dtype; see the module docstring). Pure tensor arithmetic
+    without data-dependent branches, so an exported graph computes it exactly as here."""
+    a_b = droop_b_action(v, p, qa)
+    a = torch.where(handed, a_b, a)
+    if config.mechanism == "clamp":
+        low, high = envelope_bounds(v, p, qa, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu)
+        a = torch.minimum(torch.maximum(a, low), high)
+    elif config.mechanism == "ramp":
+        m = max(config.margin_pu, 1e-6)
+        w_hi = ((v - (v_max_pu - 2 * m)) / m).clamp(0.0, 1.0)
+        w_lo = (((v_min_pu + 2 * m) - v) / m).clamp(0.0, 1.0)
+        live = qa > 0
+        zero = torch.zeros_like(a)
+        a = a - torch.where(live, w_hi * (a - a_b).clamp(min=0.0), zero)
+        a = a + torch.where(live, w_lo * (a_b - a).clamp(min=0.0), zero)
+    return a
 
 
 class SafetyEnvelope:
@@ -196,13 +225,28 @@ class SafetyEnvelope:
                                       "handover_z": self.config.handover_z, "band": [self.v_min_pu, self.v_max_pu],
                                       "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
 
+    @property
+    def own_columns(self) -> tuple[int, int, int]:
+        """Observation columns of the agent's own voltage deviation, active power and available
+        reactive power: all the envelope reads besides the hand-over's statistics."""
+        return self._v, self._p, self._qa
+
+    @property
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The hand-over's ``(mean [D], std [D], tested [N, D])`` (float64, bool); ``None``
+        without a hand-over."""
+        return self._stats
+
+    def own_measurements(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Own voltage ``v`` (p.u.), ``inv_p_mw`` and ``inv_q_avail_mvar`` ``[..., N]`` of observations ``x``."""
+        return 1.0 + x[..., self._v], x[..., self._p], x[..., self._qa]
+
     def outside(self, obs: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` bool: agents whose own observation lies outside what the policy was trained on."""
         if self._stats is None:
             return torch.zeros(obs.shape[:2], dtype=torch.bool)
         mean, std, test = self._stats
-        z = ((obs.to(torch.float64) - mean) / std).abs()
-        return (torch.where(test, z, 0.0) > self.config.handover_z).any(-1)
+        return handover(obs.to(torch.float64), mean, std, test, self.config.handover_z)
 
     def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:
         """The inner controller's actions ``[B, N]``, through the hand-over and the envelope.
@@ -213,25 +257,10 @@ class SafetyEnvelope:
             a = self.inner.act(obs, env=env, **kw)
         a = torch.as_tensor(a, dtype=torch.float64).cpu()
         x = torch.as_tensor(obs).to(torch.float64).cpu()
-        v, p, qa = 1.0 + x[..., self._v], x[..., self._p], x[..., self._qa]
-        cfg = self.config
+        v, p, qa = self.own_measurements(x)
         handed = self.outside(x)
-        if handed.any():
-            a = torch.where(handed, droop_b_action(v, p, qa), a)
-        before = a
-        if cfg.mechanism != "off":
-            low, high = envelope_bounds(v, p, qa, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
-                                        margin_pu=cfg.margin_pu)
-            if cfg.mechanism == "clamp":
-                a = torch.minimum(torch.maximum(a, low), high)
-            else:
-                m = max(cfg.margin_pu, 1e-6)
-                w_hi = ((v - (self.v_max_pu - 2 * m)) / m).clamp(0.0, 1.0)
-                w_lo = (((self.v_min_pu + 2 * m) - v) / m).clamp(0.0, 1.0)
-                a_b = droop_b_action(v, p, qa)
-                live = qa > 0
-                a = a - torch.where(live, w_hi * (a - a_b).clamp(min=0.0), 0.0)
-                a = a + torch.where(live, w_lo * (a_b - a).clamp(min=0.0), 0.0)
+        before = torch.where(handed, droop_b_action(v, p, qa), a)
+        a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config)
         changed = (a - before).abs() > 1e-12
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}

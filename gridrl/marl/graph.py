@@ -157,6 +157,15 @@ class Neighbourhood:
                                                 torch.index_select(flat, 1, self.sender.to(x.device)))
         return out.view(x.shape)
 
+    def links(self) -> list[tuple[int, int, int, int]]:
+        """Every message delivery as ``(receiver, origin, hop, last)``: the message of agent
+        ``origin`` reaches ``receiver`` (``hop`` ≥ 1 hops away) over its last link from agent
+        ``last`` (``origin`` itself at hop 1, else the relay of the fixed shortest path). In
+        pair order: by receiver, then hop, then origin."""
+        far = np.flatnonzero(self.hop.numpy() >= 1)
+        last = np.where(self.hop.numpy() >= 2, self._relay.numpy(), self.sender.numpy())
+        return [(int(self.receiver[p]), int(self.sender[p]), int(self.hop[p]), int(last[p])) for p in far]
+
     def relay_floats(self, message_floats: float) -> float:
         """Floats sent per agent per step when every agent's ``message_floats``-float message
         reaches its whole κ-hop neighbourhood, relayed along shortest paths (a message h hops

@@ -121,7 +121,7 @@ class NeighbourhoodNet(nn.Module):
         self.head_in = nn.ModuleList(_split_linear(parts, hidden, members=layers))
         self.head = mlp([hidden, hidden, out_dim], out_gain=out_gain, members=layers)
 
-    def _per_agent(self, layer: nn.Module) -> torch.Tensor:
+    def per_agent(self, layer: nn.Module) -> torch.Tensor:
         """``layer`` applied to the agent embeddings, ``[(K,) N, 1, …]``: computed once per agent
         and broadcast over samples (0 without an embedding)."""
         if self.embed is None:
@@ -142,12 +142,12 @@ class NeighbourhoodNet(nn.Module):
         """``[N, M, message_dim]`` (``[K, N, M, …]`` with members), agent-major, for observations
         ``[M, N, D]`` (``[K, M, N, D]``): what each agent sends its neighbours."""
         x = obs.transpose(-3, -2)  # free when obs is a transposed view of agent-major storage
-        return self.enc_out(torch.relu(self.enc_obs(x) + self._per_agent(self.enc_embed)))
+        return self.enc_out(torch.relu(self.enc_obs(x) + self.per_agent(self.enc_embed)))
 
     def forward(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> torch.Tensor:
         msg = self.messages(obs)
         z = self.head_in[0](msg)
-        per_agent = self._per_agent(self.head_in[1])
+        per_agent = self.per_agent(self.head_in[1])
         if self.hops:
             pooled, heard = self.graph.pool(msg, delivered)  # the same deliveries for every member
             z = z + self.head_in[2](pooled)

@@ -1,0 +1,88 @@
+"""A volt-var curve per agent fitted to the reactive power another controller gave at each voltage.
+
+Given, for one agent, what a controller (a trained policy) did over many steps — the agent's own
+bus voltage ``v`` under the controller's action, the reactive power it then gave ``q`` and the
+headroom it had ``q_avail`` (both in fractions of the agent's nameplate apparent power ``s_max``)
+— :func:`fit_agent_curve` finds the IEEE 1547-2018 curve of :mod:`gridrl.control.tuning`'s family
+(four points, ``Q2 = Q3``, inside Category B's ranges and the inverters' reactive rating) whose
+reactive power at those voltages is closest to the controller's.
+
+**The objective.** Minimise the mean squared difference, over the recorded steps, between the
+curve's reactive power at the recorded voltage, limited to the headroom as an inverter limits
+it, ``clip(Q(v), −q_avail, q_avail)``, and the controller's ``q`` (both in fractions of
+``s_max``). The voltage is the one *under* the controller's action (the voltage of the interval
+the action held), so a curve through the recorded pairs has the controller's operating points
+as its droop fixed points ``q = Q(v(q))``, which is where droop settles.
+
+**The search.** The loss is piecewise smooth with kinks at the breakpoints and the headroom, in
+7 parameters, and cheap (one vectorised evaluation scores a population on every step): the
+family's standard members (IEEE 1547-A, -B) and a scrambled Sobol design of the unit cube, then
+CMA-ES (:func:`~gridrl.control.tuning.cma_in_cube`) from the best of them; the best curve seen
+is the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gridrl.control.droop import DroopCurve, curve_fraction, curve_table
+from gridrl.control.tuning import TuneConfig, cma_in_cube, curve_from_unit, standard_points
+
+__all__ = ["IMITATION_OBJECTIVE", "AgentFit", "fit_agent_curve", "imitation_loss"]
+
+IMITATION_OBJECTIVE = ("minimise the mean over the recorded steps of (clip(Q(v), -q_avail, q_avail) - q)^2, q the "
+                       "policy's reactive power and q_avail its headroom (fractions of s_max), v the agent's own bus "
+                       "voltage under the policy's action; Q an IEEE 1547-2018 four-point curve (Q2 = Q3) inside "
+                       "Category B's ranges and the inverters' reactive rating")
+
+
+@dataclass(frozen=True)
+class AgentFit:
+    """One agent's fitted curve with its mean squared error and that of the best constant
+    (zero-slope) fit, ``var(q)``, for an R²-like reading: ``1 − mse / var``."""
+
+    curve: DroopCurve
+    mse: float
+    var: float
+    evaluations: int
+
+
+def imitation_loss(curves: list[DroopCurve], vm_pu: np.ndarray, q: np.ndarray, q_avail: np.ndarray) -> np.ndarray:
+    """``[C]`` mean squared error of each curve against the recorded ``q`` (all ``[T]``, fractions
+    of ``s_max``; see the module docstring)."""
+    v_tab, q_tab = curve_table(curves)
+    frac = curve_fraction(vm_pu[None, :], v_tab[:, None, :], q_tab[:, None, :])  # [C, T]
+    pred = np.clip(frac, -q_avail[None, :], q_avail[None, :])
+    return ((pred - q[None, :]) ** 2).mean(axis=1)
+
+
+def fit_agent_curve(vm_pu: np.ndarray, q: np.ndarray, q_avail: np.ndarray, *, space: TuneConfig,
+                    design: int = 256, generations: int = 80) -> AgentFit:
+    """The curve of the family inside ``space`` (its ranges and ``q_limit``) closest to the
+    recorded ``q`` at voltages ``vm_pu`` with headroom ``q_avail`` (``[T]`` each; see the module
+    docstring). ``design``: Sobol points before CMA-ES; ``generations``: CMA-ES generations."""
+    from scipy.stats import qmc
+
+    vm_pu, q, q_avail = (np.asarray(x, dtype=np.float64) for x in (vm_pu, q, q_avail))
+    points = standard_points(space) + list(qmc.Sobol(7, scramble=True, seed=space.seed).random(design))
+    best_u, best, count = None, np.inf, 0
+
+    def score(us: list[np.ndarray]) -> np.ndarray:
+        nonlocal best_u, best, count
+        losses = imitation_loss([curve_from_unit(u, space) for u in us], vm_pu, q, q_avail)
+        count += len(us)
+        i = int(np.argmin(losses))
+        if losses[i] < best:
+            best_u, best = np.array(us[i]), float(losses[i])
+        return losses
+
+    score(points)
+    es = cma_in_cube(best_u, space)
+    for _ in range(generations):
+        gen = [np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) for x in es.ask()]
+        es.tell(gen, score(gen).tolist())
+        if es.stop():
+            break
+    return AgentFit(curve=curve_from_unit(best_u, space), mse=best, var=float(q.var()), evaluations=count)
