@@ -17,8 +17,8 @@ as its droop fixed points ``q = Q(v(q))``, which is where droop settles.
 **The search.** The loss is piecewise smooth with kinks at the breakpoints and the headroom, in
 7 parameters, and cheap (one vectorised evaluation scores a population on every step): the
 family's standard members (IEEE 1547-A, -B) and a scrambled Sobol design of the unit cube, then
-CMA-ES (:func:`~gridrl.control.tuning.cma_in_cube`) from the best of them; the best curve seen
-is the fit.
+CMA-ES (:func:`~gridrl.control.tuning.cma_in_cube`) from each of the few best of them (the loss
+has several basins); the best curve seen is the fit.
 """
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ def imitation_loss(curves: list[DroopCurve], vm_pu: np.ndarray, q: np.ndarray, q
 
 
 def fit_agent_curve(vm_pu: np.ndarray, q: np.ndarray, q_avail: np.ndarray, *, space: TuneConfig,
-                    design: int = 256, generations: int = 80) -> AgentFit:
+                    design: int = 256, starts: int = 4, generations: int = 80) -> AgentFit:
     """The curve of the family inside ``space`` (its ranges and ``q_limit``) closest to the
     recorded ``q`` at voltages ``vm_pu`` with headroom ``q_avail`` (``[T]`` each; see the module
-    docstring). ``design``: Sobol points before CMA-ES; ``generations``: CMA-ES generations."""
+    docstring). ``design``: Sobol points before CMA-ES; ``starts``: CMA-ES runs, from the best
+    ``starts`` of those; ``generations``: at most this many generations each."""
     from scipy.stats import qmc
 
     vm_pu, q, q_avail = (np.asarray(x, dtype=np.float64) for x in (vm_pu, q, q_avail))
@@ -78,11 +79,14 @@ def fit_agent_curve(vm_pu: np.ndarray, q: np.ndarray, q_avail: np.ndarray, *, sp
             best_u, best = np.array(us[i]), float(losses[i])
         return losses
 
-    score(points)
-    es = cma_in_cube(best_u, space)
-    for _ in range(generations):
-        gen = [np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) for x in es.ask()]
-        es.tell(gen, score(gen).tolist())
-        if es.stop():
-            break
+    first = score(points)
+    # CMA-ES from each of the best starts: the loss has several basins (a reactive bias can stand
+    # in for a ramp over the voltages seen), and one run settles in the nearest
+    for i in np.argsort(first, kind="stable")[:starts]:
+        es = cma_in_cube(points[i], space)
+        for _ in range(generations):
+            gen = [np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) for x in es.ask()]
+            es.tell(gen, score(gen).tolist())
+            if es.stop():
+                break
     return AgentFit(curve=curve_from_unit(best_u, space), mse=best, var=float(q.var()), evaluations=count)
