@@ -59,14 +59,20 @@ def imitation_loss(curves: list[DroopCurve], vm_pu: np.ndarray, q: np.ndarray, q
 
 
 def fit_agent_curve(vm_pu: np.ndarray, q: np.ndarray, q_avail: np.ndarray, *, space: TuneConfig,
-                    design: int = 256, starts: int = 4, generations: int = 80) -> AgentFit:
+                    design: int = 256, starts: int = 4, generations: int = 80, max_steps: int = 8192) -> AgentFit:
     """The curve of the family inside ``space`` (its ranges and ``q_limit``) closest to the
     recorded ``q`` at voltages ``vm_pu`` with headroom ``q_avail`` (``[T]`` each; see the module
     docstring). ``design``: Sobol points before CMA-ES; ``starts``: CMA-ES runs, from the best
-    ``starts`` of those; ``generations``: at most this many generations each."""
+    ``starts`` of those; ``generations``: at most this many generations each; ``max_steps``: the
+    search scores a seeded random sample of this many steps when more were recorded (the error
+    reported is over every step)."""
     from scipy.stats import qmc
 
     vm_pu, q, q_avail = (np.asarray(x, dtype=np.float64) for x in (vm_pu, q, q_avail))
+    full = (vm_pu, q, q_avail)
+    if len(q) > max_steps:  # the search scores a fixed random sample of the steps; the fit's error is on all
+        keep = np.sort(np.random.default_rng(space.seed).choice(len(q), max_steps, replace=False))
+        vm_pu, q, q_avail = vm_pu[keep], q[keep], q_avail[keep]
     points = standard_points(space) + list(qmc.Sobol(7, scramble=True, seed=space.seed).random(design))
     best_u, best, count = None, np.inf, 0
 
@@ -89,4 +95,6 @@ def fit_agent_curve(vm_pu: np.ndarray, q: np.ndarray, q_avail: np.ndarray, *, sp
             es.tell(gen, score(gen).tolist())
             if es.stop():
                 break
-    return AgentFit(curve=curve_from_unit(best_u, space), mse=best, var=float(q.var()), evaluations=count)
+    curve = curve_from_unit(best_u, space)
+    return AgentFit(curve=curve, mse=float(imitation_loss([curve], *full)[0]), var=float(full[1].var()),
+                    evaluations=count)
