@@ -12,10 +12,10 @@ from conftest import one_line_error
 from typer.testing import CliRunner
 
 from gridrl.cli import app
-from gridrl.control.curvefile import POINTS, read_agent_curves
+from gridrl.control.curvefile import POINTS, points_curve, read_agent_curves
 from gridrl.control.droop import PRESETS, AGENTS, DroopController, DroopCurve, agent_curves
 from gridrl.control.base import CurveError
-from gridrl.control.distill import fit_agent_curve, imitation_loss
+from gridrl.control.distill import edge_violation, fit_agent_curve, imitation_loss
 from gridrl.control.tuning import CATEGORY_B, TuneConfig, curve_from_unit
 from gridrl.export import deployed_run, export_curves, export_onnx, record_observations
 from gridrl.export.onnx_graph import DeployedAgents
@@ -138,6 +138,19 @@ def test_the_fit_recovers_a_curve_of_the_family_from_its_own_reactive_power():
     assert fit.mse < imitation_loss([PRESETS["ieee1547-b"]], v, q, q_avail)[0] / 100
 
 
+def test_the_edge_rule_keeps_curves_at_least_as_corrective_as_1547b_near_the_edges():
+    b, a = PRESETS["ieee1547-b"], PRESETS["ieee1547-a"]
+    assert edge_violation([b], (0.96, 1.04))[0] == 0
+    assert edge_violation([a], (0.96, 1.04))[0] == pytest.approx(0.44 - 0.20)  # A absorbs 0.2 at 1.08, B 0.44
+    # a curve that copies data absorbing nothing is pushed to 1547-B at the edges, free inside
+    rng = np.random.default_rng(1)
+    v = rng.uniform(0.9, 1.1, 3000)
+    flat = fit_agent_curve(v, np.zeros_like(v), np.ones_like(v), space=TuneConfig(), edges=(0.96, 1.04),
+                           design=64, starts=2, generations=40)
+    assert flat.edge_violation == 0 and flat.curve(np.array([1.0]))[0] == pytest.approx(0.0, abs=1e-6)
+    assert flat.curve(np.array([1.08]))[0] <= b(np.array([1.08]))[0] + 1e-9
+
+
 def test_per_agent_curves_act_per_agent(feeder):
     from gridrl.env import make_env
 
@@ -169,6 +182,10 @@ def test_distilled_curves_lie_inside_category_b_and_evaluate_as_droop(run_dir, t
         assert r["VRef"] - v[0] <= 0.18 + 1e-6 and v[3] - r["VRef"] <= 0.18 + 1e-6
         assert q[0] >= 0 >= q[3] and q[0] >= q[1] == q[2] >= q[3]
         assert max(abs(x) for x in q) <= CATEGORY_B["q_limit"] + 1e-9
+    edges = tuple(out.fit["edges_pu"])
+    assert edges == pytest.approx((0.96, 1.04))  # the envelope's edge regions of ieee33's band
+    for r in out.inverters:  # as the deployed policy: never weaker than 1547-B near the band's edges
+        assert edge_violation([DroopCurve(**points_curve(r))], edges)[0] == 0
     from_json, from_csv = read_agent_curves(out.json_path), read_agent_curves(out.csv_path)
     assert from_json[AGENTS] == from_csv[AGENTS] and set(from_json[AGENTS]) == set(feeder.agents)
     assert from_json["fit"]["feeder"] == "ieee33" and "mean over the recorded steps" in from_json["fit"]["objective"]

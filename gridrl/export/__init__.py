@@ -125,6 +125,9 @@ def export_curves(run_dir: str | os.PathLike, out: str | os.PathLike, *, envelop
     steps = ev.agents
     s_max = feeder.inverters.groupby("agent", sort=False)["s_max_mva"].sum()
     space = dataclasses.replace(TuneConfig(), q_limit=min(TuneConfig().q_limit, q_rating(feeder)))
+    # the envelope's rule carries over to the curve: never weaker than 1547-B near the band's edges
+    envelope_on = policy.config.mechanism != "off"
+    edges = (policy.v_min_pu + policy.config.margin_pu, policy.v_max_pu - policy.config.margin_pu) if envelope_on else None
     inverters, per_agent = [], {}
     for agent in feeder.agents:
         rows = steps[steps["agent"] == agent]
@@ -133,7 +136,7 @@ def export_curves(run_dir: str | os.PathLike, out: str | os.PathLike, *, envelop
         live = q_avail > 0  # without headroom every curve gives q = 0: nothing to learn from
         vm = rows["vm_pu"].to_numpy(np.float64)[live]
         q = rows["q_mvar"].to_numpy(np.float64)[live] / s
-        fit = fit_agent_curve(vm, q, q_avail[live], space=space, design=design, generations=generations)
+        fit = fit_agent_curve(vm, q, q_avail[live], space=space, edges=edges, design=design, generations=generations)
         per_agent[agent] = {"rmse_of_s_max": round(float(np.sqrt(fit.mse)), 6),
                             "r2": round(1.0 - fit.mse / fit.var, 4) if fit.var > 0 else None,
                             "steps": int(live.sum()),
@@ -151,6 +154,7 @@ def export_curves(run_dir: str | os.PathLike, out: str | os.PathLike, *, envelop
         "selected_step": (run.checkpoint["driver"].get("best") or {}).get("env_steps"),
         "policy": f"deployed ({policy.config.label})", "objective": IMITATION_OBJECTIVE,
         "train_days": [int(d) for d in train_days], "q_max_of_s_max": round(space.q_limit, 6),
+        "edges_pu": None if edges is None else [round(edges[0], 6), round(edges[1], 6)],
         "category_b": CATEGORY_B, "search": {"design": design, "generations": generations, "seed": space.seed},
         "agents": per_agent,
     }
