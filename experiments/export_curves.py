@@ -50,7 +50,11 @@ def one_run(run_dir: Path, out: Path, compare_root: Path, days: list[int] | None
         specs.insert(2, ControllerSpec(name="droop", curve=read_curve_file(tuned), label="droop-tuned"))
     cfg = CompareConfig(feeders=(run.feeder,), controllers=tuple(specs), split=split,
                         days=None if days is None else tuple(days))
-    result = compare(cfg, out=compare_root / f"{name}-{split}", progress=False, report=False)
+    from gridrl.ledger import config_hash
+
+    # one folder per run, split and curves: a refit never meets the comparison of earlier curves
+    folder = compare_root / f"{name}-{split}-{config_hash(specs[1].curve)[:8]}"
+    result = compare(cfg, out=folder, progress=False, report=False)
     s = result.summary.set_index("controller")
     row = {k: {"controllable_rate": float(s.loc[k, "controllable_rate"]), "energy_loss_mwh": float(s.loc[k, "energy_loss_mwh"])}
            for k in s.index}
