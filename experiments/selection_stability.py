@@ -7,10 +7,15 @@ the chosen policy's figures on the test days.
     python experiments/selection_stability.py --feeder ieee33 --config experiments/demo.toml --seeds 0
 
 Each run trains in a fresh process (``GRIDRL_THREADS`` sets its threads) into
-``out/stability/FEEDER-ALGO-VARIANT-seedK`` (finished runs are reused), without its own
+``RUNS/FEEDER-ALGO-TAG-VARIANT-seedK`` (``--runs``, default ``out/stability``), without its own
 comparison; the selected policy is then evaluated on every test day, and each such look is a row
-of the results ledger (``reports/ledger.csv``). Writes ``reports/protocol/stability-FEEDER-ALGO.md``
-(or ``--out``). ``--num-envs`` is the other chunking (default: half the config's).
+of the results ledger (``reports/ledger.csv``). A run's figures are kept in its folder
+(``stability.json``): a later call with the same settings reuses them without training, evaluating
+or adding a ledger row, so the table can be built up over several calls (``--only``, ``--seeds``)
+and ``--table-only`` writes it from what has finished. Writes
+``reports/protocol/stability-FEEDER-ALGO-TAG.md`` (or ``--out``), with the criterion: across the
+variants, a seed's chosen policy's test loss spans no more than the seeds' spread (the span of
+the threads1 runs' test losses). ``--num-envs`` is the other chunking (default: half the config's).
 """
 
 from __future__ import annotations
@@ -54,6 +59,72 @@ def old_rule(validations: list[dict]) -> dict:
     return min(validations, key=lambda v: (-v["controllable_rate"], v["energy_loss_mwh"], v["env_steps"]))
 
 
+KEPT = "stability.json"
+
+
+def _kept(folder: Path, hashed: str) -> dict | None:
+    """The figures a finished run of these settings (``hashed``) left in ``folder``, or None."""
+    try:
+        row = json.loads((folder / KEPT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return row if row.get("config_hash") == hashed else None
+
+
+def criterion(rows: list[dict]) -> dict:
+    """The stability criterion: for every seed with more than one variant, the span of the
+    chosen policies' test losses across its variants, against the seeds' spread (the span of the
+    threads1 runs' test losses); met when no seed's span exceeds the spread."""
+    by_seed: dict[int, list[float]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], []).append(r["test_mwh"])
+    base = [r["test_mwh"] for r in rows if r["variant"] == "threads1"]
+    spread = max(base) - min(base) if len(base) > 1 else None
+    spans = {s: max(v) - min(v) for s, v in sorted(by_seed.items()) if len(v) > 1}
+    met = None if spread is None or not spans else all(v <= spread for v in spans.values())
+    return {"spread": spread, "seeds": len(base), "spans": spans, "met": met}
+
+
+def report(rows: list[dict], missing: list[str], *, feeder: str, algo: str, tag: str, steps: int,
+           test_days: int, command: str) -> list[str]:
+    """The markdown report: the runs' table, the criterion, the validations."""
+    commands = sorted({r.get("command", command) for r in rows})
+    lines = [f"# Selection stability: {algo} on {feeder} ({tag} settings)", "",
+             "Commands: " + "; ".join(f"`python experiments/selection_stability.py {c}`" for c in commands) + ". "
+             f"Budget {steps:,} environment steps; every run validated on the feeder's validation days and was "
+             f"evaluated on all {test_days} test days. `selected`: the step the selection rule (lowest loss within 3 "
+             f"validation steps of the best rate) picked; `earlier rule`: the step the rule before it (rate first, "
+             f"then loss) would have picked from the same validations. `train CPU/wall min`: training alone "
+             f"(validations aside), from the checkpoint; `wall min`: the whole run in this script, training, "
+             f"validations and the test-day evaluations; load: the load average (1 min) when it ended.", "",
+             "| seed | variant | selected | earlier rule | val rate | val MWh | test rate | test MWh | "
+             "batches of 8 days: same rates, loss rel. diff | train CPU min | train wall min | wall min | load |",
+             "|---:|:---|---:|---:|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['variant']} | {r['selected']:,} | {r['earlier_rule']:,} | {r['val_rate']:.4f} | "
+                     f"{r['val_mwh']:.3f} | {r['test_rate']:.4f} | {r['test_mwh']:.3f} | "
+                     f"{'yes' if r['batches_of_8_same_rate'] else 'no'}, {r['batches_of_8_loss_rel_diff']:.1e} | "
+                     f"{r.get('train_cpu_min', float('nan')):.1f} | {r.get('train_wall_min', float('nan')):.1f} | "
+                     f"{r['minutes']:.1f} | {r.get('load', '').split(' ')[0]} |")
+    if missing:
+        lines += ["", "Not run (no time left): " + ", ".join(missing) + "."]
+    c = criterion(rows)
+    lines += ["", "## Criterion", ""]
+    if c["spread"] is None or not c["spans"]:
+        lines.append("Not decidable yet: it needs the threads1 runs of at least two seeds and, for a seed, a second "
+                     "variant.")
+    else:
+        spans = ", ".join(f"seed {s} {v:.3f} MWh ({v / c['spread']:.0%} of the spread)" if c["spread"] else
+                          f"seed {s} {v:.3f} MWh" for s, v in c["spans"].items())
+        lines.append(f"Seeds' spread (threads1, {c['seeds']} seeds): {c['spread']:.3f} MWh. Span of the chosen "
+                     f"policy's test loss across the variants: {spans}. "
+                     f"**{'Met' if c['met'] else 'Missed'}**: {'no' if c['met'] else 'some'} seed's variants span "
+                     f"more than the seeds' spread.")
+    lines += ["", "Validations (k steps: rate / MWh):", ""]
+    lines += [f"- seed {r['seed']} {r['variant']}: {r['validations']}" for r in rows]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feeder", default="ieee33")
@@ -66,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                                                  "default: all), e.g. one per process")
     p.add_argument("--runs", default="out/stability")
     p.add_argument("--out", default=None)
+    p.add_argument("--table-only", action="store_true",
+                   help="train and evaluate nothing: the table of the runs whose figures are kept")
     args = p.parse_args(argv)
 
     from gridrl import ledger
@@ -73,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     from gridrl.grid.feeder import load_feeder
     from gridrl.io import write_text
     from gridrl.ledger import config_hash
-    from gridrl.marl.checkpoint import read_checkpoint
+    from gridrl.marl.checkpoint import CHECKPOINT, read_checkpoint
     from gridrl.marl.run import open_run
 
     base = settings(args.feeder, args.algo, args.config)
@@ -88,11 +161,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     tag = Path(args.config).stem if args.config else "published"
-    rows = []
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    rows, missing = [], []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, (env, over) in variants.items():
             data = {**base, **over, "seed": seed}
             folder = Path(args.runs) / f"{args.feeder}-{algo}-{tag}-{name}-seed{seed}"
+            hashed = config_hash({"feeder_hash": feeder.spec.content_hash(), **data})
+            kept = _kept(folder, hashed)
+            if kept is not None or args.table_only:
+                if kept is None:
+                    missing.append(f"seed {seed} {name}")
+                else:
+                    rows.append(kept)
+                continue
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", TRAIN, json.dumps(data), args.feeder, str(folder)],
                                   env={**os.environ, **env}, capture_output=True, text=True)
@@ -113,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             chunk_diff = float(abs(ev8["energy_loss_mwh"].sum() - loss) / loss)
             ledger.append(feeder=args.feeder, algorithm=algo, variant=f"stability-{tag}-{name}", seed=seed,
                           selected_step=int(chosen["env_steps"]), test_days=len(ev), controllable_rate=rate,
-                          energy_loss_mwh=loss, config=config_hash({"feeder_hash": feeder.spec.content_hash(), **data}),
-                          source="python experiments/selection_stability.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                          energy_loss_mwh=loss, config=hashed,
+                          source="python experiments/selection_stability.py " + command,
                           note=f"run {folder}; selection-stability check ({name})")
             rows.append({"seed": seed, "variant": name, "selected": int(chosen["env_steps"]),
                          "earlier_rule": int(earlier["env_steps"]), "val_rate": chosen["controllable_rate"],
@@ -122,25 +204,16 @@ def main(argv: list[str] | None = None) -> None:
                          "batches_of_8_same_rate": same_rate, "batches_of_8_loss_rel_diff": chunk_diff,
                          "validations": " ".join(f"{v['env_steps'] // 1024}k:{v['controllable_rate']:.4f}/"
                                                  f"{v['energy_loss_mwh']:.2f}" for v in vals),
-                         "minutes": (time.perf_counter() - t0) / 60})
+                         "minutes": (time.perf_counter() - t0) / 60,
+                         "train_wall_min": (ck["driver"]["wall_s"] - ck["driver"].get("eval_s", 0.0)) / 60,
+                         "train_cpu_min": ck["driver"]["cpu_s"] / 60,
+                         "checkpoint_mb": (folder / CHECKPOINT).stat().st_size / 1e6,
+                         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                         "config_hash": hashed, "command": command})
+            write_text(folder / KEPT, json.dumps(rows[-1], indent=1) + "\n")
             print(json.dumps(rows[-1]), file=sys.stderr)
-    lines = [f"# Selection stability: {algo} on {args.feeder} ({tag} settings)", "",
-             f"Command: `python experiments/selection_stability.py {' '.join(sys.argv[1:] if argv is None else argv)}`; "
-             f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}. Budget {base['steps']:,} "
-             f"environment steps; every run validated on the feeder's validation days and was evaluated on all "
-             f"{len(feeder.days('test'))} test days. `selected`: the step the selection rule (lowest loss within 3 "
-             f"validation steps of the best rate) picked; `earlier rule`: the step the rule before it (rate first, "
-             f"then loss) would have picked from the same validations.", "",
-             "| seed | variant | selected | earlier rule | val rate | val MWh | test rate | test MWh | "
-             "batches of 8 days: same rates, loss rel. diff | wall min |",
-             "|---:|:---|---:|---:|---:|---:|---:|---:|:---|---:|"]
-    for r in rows:
-        lines.append(f"| {r['seed']} | {r['variant']} | {r['selected']:,} | {r['earlier_rule']:,} | {r['val_rate']:.4f} | "
-                     f"{r['val_mwh']:.3f} | {r['test_rate']:.4f} | {r['test_mwh']:.3f} | "
-                     f"{'yes' if r['batches_of_8_same_rate'] else 'no'}, {r['batches_of_8_loss_rel_diff']:.1e} | "
-                     f"{r['minutes']:.1f} |")
-    lines += ["", "Validations (k steps: rate / MWh):", ""]
-    lines += [f"- seed {r['seed']} {r['variant']}: {r['validations']}" for r in rows]
+    lines = report(rows, missing, feeder=args.feeder, algo=algo, tag=tag, steps=base["steps"],
+                   test_days=len(feeder.days("test")), command=command)
     out = Path(args.out or f"reports/protocol/stability-{args.feeder}-{algo}-{tag}.md")
     write_text(out, "\n".join(lines) + "\n")
     print("\n".join(lines))

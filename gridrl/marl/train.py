@@ -449,6 +449,7 @@ def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | P
                 stats["time/eval_s"] = time.perf_counter() - t_eval
                 cpu_started += time.process_time() - cpu_eval
                 driver["eval_s"] = driver.get("eval_s", 0.0) + stats["time/eval_s"]
+                driver["wall_s"] = time.perf_counter() - started  # so that wall_s - eval_s is the training's
                 while driver["next_eval"] <= learner.env_steps:
                     driver["next_eval"] += config.eval_every_steps or math.inf
                 while driver["next_val"] <= learner.env_steps:
