@@ -329,3 +329,20 @@ def test_a_tuning_experiment_compares_on_validation_days_and_refuses_test_days()
     with pytest.raises(SpecError, match="tuning = true evaluates on validation days only"):
         exp.plan(exp.Experiment(feeders=("ieee33",), algos=("dppo",), seeds=1, steps={"ieee33": 32}, tuning=True,
                                 train={"eval_split": "test"}), "t")
+
+
+def test_the_stability_criterion_compares_the_variants_span_with_the_seeds_spread():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stability_protocol", ROOT / "experiments" / "selection_stability.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    rows = [{"seed": s, "variant": v, "test_mwh": m} for s, v, m in
+            ((0, "threads1", 42.0), (0, "threads2", 42.0), (0, "envs16", 42.5),
+             (1, "threads1", 41.0), (2, "threads1", 43.0), (1, "envs16", 41.9))]
+    c = exp.criterion(rows)
+    assert c["spread"] == pytest.approx(2.0) and c["seeds"] == 3
+    assert c["spans"] == {0: pytest.approx(0.5), 1: pytest.approx(0.9)} and c["met"] is True
+    rows.append({"seed": 2, "variant": "envs16", "test_mwh": 45.5})  # 2.5 MWh from its threads1 run
+    assert exp.criterion(rows)["met"] is False
+    assert exp.criterion(rows[:3])["met"] is None  # one seed: no spread to compare with
