@@ -243,7 +243,9 @@ def test_a_sweep_appends_a_row_per_run_it_evaluates_on_test_days(tmp_path, monke
 def test_train_defaults_are_the_published_settings_per_feeder_size():
     small, line = published_settings(gridrl.load_feeder("ieee33"), "dmpo")
     assert small["steps"] == 40960 and small["num_envs"] == 32 and small["learner"] == {"hidden": 64, "message_dim": 32}
-    assert "experiments/dmpo_ieee33.toml" in line and "2.0 CPU min" in line
+    assert "experiments/dmpo_ieee33.toml" in line and "2.9 min in all" in line and "1.4 CPU min" in line
+    _, quoted = published_settings(gridrl.load_feeder("ieee141"), "ippo")  # not timed with the defaults
+    assert "1.5 CPU min of training" in quoted
     mid, _ = published_settings(gridrl.load_feeder("ieee141"), "dppo")
     assert mid["steps"] == 147456 and mid["validate_every_steps"] == 8192
     for path, feeder in (("dmpo_ieee33.toml", "ieee33"), ("dmpo_ieee141.toml", "ieee141")):

@@ -177,17 +177,24 @@ class TrainConfig:
 _SECTIONS = ("env", "learner")
 
 # The settings and budgets of the published experiments, by feeder size (agents), for
-# `gridrl train FEEDER --algo A` without --config. CPU minutes: training alone (evaluations
-# excluded), mean over 3 seeds, measured on this project's 2-core machine (reports/dmpo/*/summary.md).
+# `gridrl train FEEDER --algo A` without --config. `measured`: what `gridrl train FEEDER --algo A`
+# with these defaults took on this project's 2-core machine beside one other CPU-bound run (load
+# average 2.5-3.5, 2026-12-07; README, *The experiment protocol*): wall-clock minutes of the whole
+# command (validations and the comparison included) and CPU minutes of training alone. `cpu_min`:
+# training CPU minutes of the published experiment's runs (mean over 3 seeds, evaluations aside,
+# reports/dmpo/*/summary.md), quoted where no default run was timed.
 PUBLISHED: tuple[dict[str, Any], ...] = (
     {"max_agents": 12, "source": "experiments/dmpo_ieee33.toml", "measured_on": "ieee33",
      "steps": {"dmpo": 40960, "dppo": 40960, "ippo": 40960, "cppo": 40960},
      "cpu_min": {"dmpo": 2.0, "dppo": 0.3, "ippo": 0.2, "cppo": 0.2},
+     "measured": {"dmpo": {"wall_min": 2.9, "train_cpu_min": 1.4}, "dppo": {"wall_min": 0.6, "train_cpu_min": 0.2},
+                  "ippo": {"wall_min": 0.8, "train_cpu_min": 0.2}, "cppo": {"wall_min": 1.0, "train_cpu_min": 0.2}},
      "train": {"num_envs": 32, "eval_every_steps": 4096, "validate_every_steps": 4096, "band_margin_pu": 0.005,
                "learner": {"hidden": 64, "message_dim": 32}}},
     {"max_agents": 40, "source": "experiments/dmpo_ieee141.toml", "measured_on": "ieee141",
      "steps": {"dmpo": 49152, "dppo": 147456, "ippo": 147456, "cppo": 147456},
      "cpu_min": {"dmpo": 6.1, "dppo": 1.8, "ippo": 1.5, "cppo": 1.3},
+     "measured": {"dmpo": {"wall_min": 6.6, "train_cpu_min": 4.9}, "dppo": {"wall_min": 2.3, "train_cpu_min": 1.5}},
      "train": {"num_envs": 32, "eval_every_steps": 8192, "validate_every_steps": 8192, "band_margin_pu": 0.005,
                "learner": {"hidden": 64, "message_dim": 32}}},
     {"max_agents": None, "source": "experiments/dmpo_mv_urban.toml", "measured_on": "mv-urban",
@@ -201,8 +208,8 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
 
 def published_settings(feeder, algo: str) -> tuple[dict[str, Any], str]:
     """The training table (``gridrl train --config``'s format) of the published experiment for
-    ``algo`` on a feeder of ``feeder``'s size, and a line naming its source, budget and the
-    training time it took there."""
+    ``algo`` on a feeder of ``feeder``'s size, and a line naming its source, budget and the time
+    it took (measured with these defaults where that was done, else the experiment's)."""
     if algo not in ALGORITHMS:
         raise TrainError(f"unknown algorithm {algo!r} — known algorithms: {', '.join(ALGORITHMS)}")
     n = len(feeder.agents)
@@ -213,8 +220,15 @@ def published_settings(feeder, algo: str) -> tuple[dict[str, Any], str]:
         test = feeder.days("test")
         k = min(row["compare_days"], len(test))
         data["compare_days"] = sorted({int(test[int((i + 0.5) * len(test) / k)]) for i in range(k)})
-    line = (f"settings and budget of {row['source']} for {algo} ({n} agents; that experiment's {row['measured_on']} "
-            f"runs took {row['cpu_min'][algo]:.1f} CPU min of training on a 2-core machine, evaluations aside)")
+    head = f"settings and budget of {row['source']} for {algo} ({n} agents; "
+    timed = row.get("measured", {}).get(algo)
+    if timed:
+        line = (head + f"with these defaults `gridrl train {row['measured_on']} --algo {algo}` took "
+                f"{timed['wall_min']:.1f} min in all, validations and the comparison included, "
+                f"{timed['train_cpu_min']:.1f} CPU min of it training, on a 2-core machine beside one other run)")
+    else:
+        line = (head + f"that experiment's {row['measured_on']} runs took {row['cpu_min'][algo]:.1f} CPU min of "
+                f"training on a 2-core machine, evaluations aside)")
     return data, line
 
 
@@ -763,7 +777,8 @@ def _postfix(stats: dict[str, float]) -> str:
 
 def _progress_line(env_steps: int, total: int, wall_s: float, stats: dict[str, float]) -> str:
     """One line per validation or evaluation, for logs without a terminal (no carriage returns)."""
-    parts = [f"step {env_steps:,}/{total:,} ({100 * env_steps / total:.0f} %), {wall_s:.0f} s"]
+    left = f", about {wall_s / env_steps * (total - env_steps) / 60:.1f} min left" if 0 < env_steps < total else ""
+    parts = [f"step {env_steps:,}/{total:,} ({100 * env_steps / total:.0f} %), {wall_s:.0f} s{left}"]
     if "val/controllable_rate" in stats:
         parts.append(f"validation: controllable {stats['val/controllable_rate']:.4f}, "
                      f"{stats['val/energy_loss_mwh']:.3f} MWh (selected: the policy of "
@@ -785,8 +800,10 @@ def _budget_line(config: TrainConfig, env, val_days: list[int]) -> str:
 
 def _estimate_line(config: TrainConfig, steps: int, seconds: float, done: int) -> str:
     left = max(config.steps - done, 0) / max(steps, 1) * seconds
+    slower = ("; dmpo's later iterations fit its model on more replay: its default runs on ieee33 and ieee141 "
+              "trained for 2 to 3 times this estimate" if config.algo == "dmpo" else "")
     return (f"first iteration: {seconds:.1f} s for {steps:,} steps; about {left / 60:.1f} min of training left at "
-            f"this speed on this machine (evaluations and the comparison come on top)")
+            f"this speed on this machine (evaluations and the comparison come on top{slower})")
 
 
 
