@@ -46,5 +46,5 @@ def minibatch_indices(n: int, count: int, *, generator: torch.Generator, where: 
     idx = torch.arange(n)
     if where is not None:
         idx = idx[where.cpu()]
-    idx = idx[torch.randperm(len(idx), generator=generator)]
+    idx = idx[torch.randperm(len(idx), generator=generator, device=generator.device).cpu()]
     yield from (chunk for chunk in idx.tensor_split(max(1, int(count))) if len(chunk))

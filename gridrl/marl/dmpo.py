@@ -174,7 +174,7 @@ class DMPO(DPPO):
         cfg = config
         model_hops = cfg.hops if cfg.model_hops is None else cfg.model_hops
         self.model_graph = self.graph if model_hops == cfg.hops else Neighbourhood(env.hop_distance, model_hops)
-        self.roles = ObservationRoles.from_env(env)
+        self.roles = ObservationRoles.from_env(env).to(self.device)
         self.local_reward = LocalReward.from_env(env)
         valid, keep = observation_masks(env)
         with torch.random.fork_rng(devices=[]):
@@ -258,18 +258,23 @@ class DMPO(DPPO):
 
     def _remember(self, last_obs: torch.Tensor) -> None:
         """This iteration's episodes (the rollout buffer, and ``last_obs`` after its last step)
-        into the replay; the model's statistics from their training part."""
+        into the replay (:meth:`remember`)."""
         buf = self.buffer
-        obs = torch.cat([buf["obs"], last_obs[None]], 0)
-        valid = buf["active"] & ~buf["terminal"]
-        self.replay.add(obs, valid, action=buf["action"], reward=buf["reward"],
-                        zone_loss_mw=torch.nan_to_num(buf["zone_loss_mw"]),
-                        voltage_cost=torch.nan_to_num(buf["reward_voltage"]))
+        self.remember(torch.cat([buf["obs"], last_obs[None]], 0), buf["active"] & ~buf["terminal"],
+                      action=buf["action"], reward=buf["reward"], zone_loss_mw=buf["zone_loss_mw"],
+                      voltage_cost=buf["reward_voltage"])
+
+    def remember(self, obs: torch.Tensor, valid: torch.Tensor, *, action: torch.Tensor, reward: torch.Tensor,
+                 zone_loss_mw: torch.Tensor, voltage_cost: torch.Tensor) -> None:
+        """One block of real episodes into the replay (``obs [T + 1, B, N, D]``, ``valid [T, B]``,
+        the step fields ``[T, B, N]``); the model's statistics from its training part."""
+        self.replay.add(obs, valid, action=action, reward=reward, zone_loss_mw=torch.nan_to_num(zone_loss_mw),
+                        voltage_cost=torch.nan_to_num(voltage_cost))
         fit = valid & ~self.replay.held_out
         if fit.any():
-            d = {k: v[fit] for k, v in (("obs", obs[:-1]), ("next_obs", obs[1:]), ("action", buf["action"]),
-                                         ("reward", buf["reward"]), ("zone_loss_mw", buf["zone_loss_mw"]),
-                                         ("voltage_cost", buf["reward_voltage"]))}
+            d = {k: v[fit] for k, v in (("obs", obs[:-1]), ("next_obs", obs[1:]), ("action", action),
+                                         ("reward", reward), ("zone_loss_mw", zone_loss_mw),
+                                         ("voltage_cost", voltage_cost))}
             self.model.observe(*self._model_data(d))
 
     def _model_data(self, d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,18 +284,24 @@ class DMPO(DPPO):
                 m.targets(d["obs"], d["next_obs"], d["zone_loss_mw"], d["voltage_cost"], d["reward"]))
 
     def _fit_model(self) -> dict[str, float]:
-        """``model_updates`` steps; every member draws its own minibatch (with replacement)."""
+        """``model_updates`` steps; every member draws its own minibatch (with replacement).
+
+        The training part of the replay is built and normalised once per fit (the statistics
+        only change in :meth:`remember`), so an update only gathers its rows: the same
+        minibatches, bit for bit, as building each from the replay."""
         cfg, m = self.cfg, self.model
         train = self.replay.transitions(held_out=False)
         if not len(train) or not cfg.model_updates:
             return {}
+        with torch.no_grad():
+            x_all, y_all = m.normalise(*self._model_data(self.replay.step(train)))
         total = 0.0
         K, batch = m.size, cfg.model_batch
         for _ in range(cfg.model_updates):
-            pick = train[torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)]
-            x, y = self._model_data(self.replay.step(pick))
+            pick = torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)
+            x, y = x_all[pick], y_all[pick]
             self.model_optimizer.zero_grad(set_to_none=True)
-            loss = m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]))
+            loss = m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]), normalised=True)
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
             total += loss / K
@@ -432,15 +443,17 @@ class DMPO(DPPO):
                 mean, log_std = policy.actor(policy.obs_norm(obs))
                 a, a2 = (mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
                          for _ in range(2))
-                truth = env.peek(a2)
+                truth = {k: v.to(self.device) for k, v in env.peek(a2).items()}
                 next_obs, reward, done, info = env.step(a)
+                next_obs, reward = next_obs.to(self.device), reward.to(self.device)
+                info = {k: info[k].to(self.device) for k in ("active", "converged", "zone_loss_mw", "reward_voltage")}
                 ok = info["active"] & info["converged"] & truth["converged"]
-                real = {"obs": obs, "next_obs": next_obs.to(self.device), "action": a,
+                real = {"obs": obs, "next_obs": next_obs, "action": a,
                         "zone_loss_mw": info["zone_loss_mw"].float(), "voltage_cost": info["reward_voltage"].float(),
                         "reward": reward}
                 step = self._predict_next(obs, a2, real)
                 v_hat = step.volts.mean(0)
-                v_true = roles.volts_from_buses(truth["vm_pu"]).to(self.device)
+                v_true = roles.volts_from_buses(truth["vm_pu"])
                 w = vmask * ok[:, None, None]
                 sums["volt"] += float(((v_hat - v_true) ** 2 * w).sum())
                 sums["effect"] += float(((roles.volts(next_obs) - v_true) ** 2 * w).sum())
@@ -450,7 +463,7 @@ class DMPO(DPPO):
                          else self._reward(v_hat, {k: v.mean(0) for k, v in step.parts.items()}, step.next_obs))
                 sums["reward"] += float(((r_hat - r_true) ** 2)[ok].sum())
                 sums["n_r"] += float(ok.sum()) * env.n_agents
-                obs = next_obs.to(self.device)
+                obs = next_obs
                 if bool(done.all()):
                     break
         n, nr = max(sums["n"], 1.0), max(sums["n_r"], 1.0)
@@ -461,9 +474,9 @@ class DMPO(DPPO):
     def _true_reward(self, peeked: dict[str, torch.Tensor], next_obs: torch.Tensor) -> torch.Tensor:
         """The local reward of a peeked step (``env.peek``'s voltages and zone losses; the
         inverters' Q from ``next_obs``)."""
-        zone = self.roles.zone_volts(peeked["vm_pu"]).to(self.device)
+        zone = self.roles.zone_volts(peeked["vm_pu"])
         cost = self.local_reward.voltage_cost(zone, self.roles.zone_monitored)
-        return self.local_reward(cost, peeked["zone_loss_mw"].float().to(self.device),
+        return self.local_reward(cost, peeked["zone_loss_mw"].float(),
                                  next_obs[..., self.roles.q_col].abs())
 
     def _imagined_samples(self, r: dict[str, torch.Tensor], last_value: torch.Tensor, *, spread: float

@@ -43,7 +43,7 @@ one-bus zone and both should be predicted to the same relative accuracy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -122,6 +122,12 @@ class ObservationRoles:
                    zone_index=env.zone_index.clone(), zone_monitored=torch.as_tensor(zone_monitored),
                    layout=env.config.zone_layout, measured=env.config.observation == "measured")
 
+    def to(self, device: str | torch.device) -> ObservationRoles:
+        """The same roles with every tensor on ``device`` (where the model runs)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
     @property
     def monitored(self) -> torch.Tensor | None:
         """``[N, V]``: the voltage features of monitored buses (pad layout), or ``None`` when a
@@ -143,7 +149,7 @@ class ObservationRoles:
         if self.layout == "pad":
             return dv.to(torch.float32)
         m = self.zone_index < vm_pu.shape[1]
-        inf = torch.tensor(float("inf"), dtype=dv.dtype)
+        inf = torch.tensor(float("inf"), dtype=dv.dtype, device=dv.device)
         feats = [dv[..., 0], torch.where(m, dv, inf).amin(-1), dv.sum(-1) / m.sum(-1), torch.where(m, dv, -inf).amax(-1)]
         return torch.stack(feats, -1).to(torch.float32)
 
@@ -217,7 +223,7 @@ class DynamicsEnsemble(nn.Module):
         self.graph = graph
         self.hops = graph.hops
         N = obs_valid.shape[0]
-        nxt = roles.next_cols
+        nxt = roles.next_cols.cpu()  # roles may already live where the model will run
         self.in_dim = obs_valid.shape[1] + len(nxt) + 1
         self.n_volt = len(roles.volt_cols)
         self.out_dim = self.n_volt + len(self.OUTPUTS)
@@ -226,7 +232,7 @@ class DynamicsEnsemble(nn.Module):
         self.input_norm = RunningNorm(self.in_dim, valid=torch.cat([obs_valid, obs_valid[:, nxt], torch.ones(N, 1, dtype=torch.bool)], 1),
                                       keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]),
                                       per_agent=own_weights)
-        self.register_buffer("out_valid", torch.cat([roles.volt_valid, torch.ones(N, len(self.OUTPUTS), dtype=torch.bool)], 1))
+        self.register_buffer("out_valid", torch.cat([roles.volt_valid.cpu(), torch.ones(N, len(self.OUTPUTS), dtype=torch.bool)], 1))
         # targets are heavy-tailed (a voltage barrier far outside the band): clip only far out
         self.target_norm = RunningNorm(self.out_dim, valid=self.out_valid, per_agent=True, clip=100.0)
         self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim, hidden=hidden, message_dim=message_dim,
@@ -273,24 +279,33 @@ class DynamicsEnsemble(nn.Module):
         parts = [self.target_norm.inverse(self.net(self.input_norm(x))) for x in features.split(self.chunk_rows(), 1)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
-    def backward(self, features: torch.Tensor, targets: torch.Tensor) -> float:
+    def normalise(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and targets in the units the networks learn in (for :meth:`backward`'s
+        ``normalised``)."""
+        return self.input_norm(features), self.target_norm(targets)
+
+    def backward(self, features: torch.Tensor, targets: torch.Tensor, *, normalised: bool = False) -> float:
         """Accumulate the gradient of the loss — mean squared error in normalised units over the
         outputs that exist, summed over the members — and return the loss; ``features [K, M, N,
-        in_dim]`` and ``targets [K, M, N, out_dim]`` hold each member's own minibatch. Computed
-        chunk by chunk: the gradient of one pass, in bounded memory."""
+        in_dim]`` and ``targets [K, M, N, out_dim]`` hold each member's own minibatch (already
+        through :meth:`normalise` if ``normalised``). Computed chunk by chunk: the gradient of
+        one pass, in bounded memory."""
         total = 0.0
         rows = self.chunk_rows()
         for x, y in zip(features.split(rows, 1), targets.split(rows, 1)):
+            if not normalised:
+                x, y = self.normalise(x, y)
             part = self._loss(x, y, features.shape[1])
             part.backward()
             total += float(part.detach())
         return total
 
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, samples: int) -> torch.Tensor:
-        """The squared errors of ``features``' samples, summed and divided as for ``samples``."""
-        pred = self.net(self.input_norm(features))
+        """The squared errors of normalised ``features``' samples against normalised
+        ``targets``, summed and divided as for ``samples``."""
+        pred = self.net(features)
         valid = self.out_valid.to(pred.dtype)
-        err = (pred - self.target_norm(targets)) ** 2 * valid
+        err = (pred - targets) ** 2 * valid
         return err.sum() / (valid.sum() * samples)
 
     def split(self, out: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -97,7 +97,8 @@ class Policy(torch.nn.Module):
         """
         obs = self._check(obs)
         with torch.no_grad():
-            mean, log_std = self.distribution(obs, self.graph.delivered(message_mask))
+            mask = None if message_mask is None else torch.as_tensor(message_mask).to(obs.device)
+            mean, log_std = self.distribution(obs, self.graph.delivered(mask))
             a = mean if deterministic else mean + log_std.exp() * torch.randn(
                 mean.shape, generator=generator, device=mean.device)
         return a.clamp(-1.0, 1.0).to(torch.float64)

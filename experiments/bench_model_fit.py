@@ -1,0 +1,172 @@
+"""The DMPO model fit, the code path of 2026-12-07 against today's, in one process on the same data:
+seconds per agent per iteration and the fitted models' held-out errors; writes
+reports/dmpo/bench_model_fit_<feeder>.md.
+
+    python experiments/bench_model_fit.py --feeder ieee141 --variants 100x64,25x256,25x64
+
+One learner collects ``--iterations`` blocks of real episodes (B scenarios × one 8-hour episode
+each, the initial exploring policy, training days). Every setting then gets a fresh learner of
+the same seed (the same initial model) and replays the blocks as training would: block i joins
+the replay, then the model is fitted — the settings interleaved block by block, so a busy
+machine slows them alike. After the last block each model is scored on the held-out scenarios
+(one-step next voltages, zone losses, reward, H steps open loop: ``DMPO._model_errors``) and on
+the true physics of an independent action (``DMPO.counterfactual_errors`` against ``env.peek``,
+one episode of 4 scenarios on training days).
+
+Settings: ``before`` is the fit loop as it stood before the training set was normalised once
+per fit (each update built its minibatch from the replay: gather, features, normalisation), at
+the learner's 100 updates × 64 feeder-steps per member; ``UxM`` is the learner's present fit
+with U updates of M feeder-steps per member (``UxM@LR``: with Adam's learning rate LR). The
+present fit at 100x64 draws the same minibatches as ``before``, so its parameters must come out
+identical: the benchmark checks that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gridrl.io import write_text
+
+ERRORS = (("model/volt_rmse_pu", "one-step voltage RMSE (p.u.)"),
+          ("model/volt_rmse_persist_pu", "persistence voltage RMSE (p.u.)"),
+          ("model/loss_rmse_mw", "zone loss RMSE (MW)"),
+          ("model/reward_rmse_physics", "reward RMSE (physics)"),
+          ("model/cf_volt_rmse_pu", "imagined action effect RMSE (p.u.)"),
+          ("model/cf_effect_rmse_pu", "action effect size (p.u.)"))
+
+
+def fit_before(learner) -> None:
+    """The fit loop before this benchmark's change: every update gathers its minibatch from the
+    replay, builds its features and normalises them."""
+    cfg, m = learner.cfg, learner.model
+    train = learner.replay.transitions(held_out=False)
+    K, batch = m.size, cfg.model_batch
+    for _ in range(cfg.model_updates):
+        pick = train[torch.randint(len(train), (K * batch,), generator=learner.generator, device=learner.device)]
+        x, y = learner._model_data(learner.replay.step(pick))
+        learner.model_optimizer.zero_grad(set_to_none=True)
+        m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]))
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
+        learner.model_optimizer.step()
+
+
+def _setting(text: str) -> dict:
+    if text == "before":
+        return {"name": "before", "updates": 100, "batch": 64, "lr": None}
+    size, _, lr = text.partition("@")
+    updates, _, batch = size.partition("x")
+    if not (updates.isdigit() and batch.isdigit()):
+        raise SystemExit(f"bench_model_fit: setting {text!r} is not 'before' or UPDATESxBATCH[@LR], e.g. 25x256@2e-3")
+    return {"name": text, "updates": int(updates), "batch": int(batch), "lr": float(lr) if lr else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--feeder", default="ieee141")
+    p.add_argument("--layout", default="pool", choices=("pool", "pad"), help="observation zone layout")
+    p.add_argument("--num-envs", type=int, default=4, help="scenarios per iteration")
+    p.add_argument("--iterations", type=int, default=16, help="blocks of episodes, one fit after each")
+    p.add_argument("--variants", default="100x64,25x256,25x64", help="comma-separated settings besides 'before'")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="markdown report (default reports/dmpo/bench_model_fit_<feeder>.md)")
+    args = p.parse_args(argv)
+
+    from gridrl.env import make_env
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.marl.ppo import Stopwatch
+    from gridrl.marl.train import _with_band, learner_class, resolve_train_config
+
+    settings = [_setting("before")] + [_setting(v) for v in args.variants.split(",") if v]
+    fd = load_feeder(args.feeder)
+    cfg = resolve_train_config({"env": {"zone_layout": args.layout}, "learner": {"model_check_every": 0}},
+                               source="bench_model_fit", overrides={"algo": "dmpo"})
+    cfg = _with_band(dataclasses.replace(cfg, num_envs=args.num_envs), fd)
+    env = make_env(fd, split="train", num_envs=cfg.num_envs, seed=args.seed, config=cfg.env)
+    DMPO = learner_class("dmpo")
+    make = lambda learner_cfg: DMPO(env, learner_cfg, seed=args.seed, total_steps=10 ** 9, device=args.device)  # noqa: E731
+
+    collector = make(cfg.learner)
+    blocks = []
+    for _ in range(args.iterations):
+        rollout = collector._collect(Stopwatch())
+        buf = collector.buffer
+        blocks.append({"obs": torch.cat([buf["obs"], rollout.last_obs[None]], 0).clone(),
+                       "valid": (buf["active"] & ~buf["terminal"]).clone(),
+                       "action": buf["action"].clone(), "reward": buf["reward"].clone(),
+                       "zone_loss_mw": buf["zone_loss_mw"].clone(), "voltage_cost": buf["reward_voltage"].clone()})
+
+    learners = {}
+    for s in settings:
+        over = {"model_updates": s["updates"], "model_batch": s["batch"]}
+        if s["lr"] is not None:
+            over["model_lr"] = s["lr"]
+        learner = make(dataclasses.replace(cfg.learner, **over))
+        learners[s["name"]] = learner
+    seconds = {name: [] for name in learners}
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    for block in blocks:
+        for s in settings:
+            learner = learners[s["name"]]
+            learner.remember(block["obs"], block["valid"], action=block["action"], reward=block["reward"],
+                             zone_loss_mw=block["zone_loss_mw"], voltage_cost=block["voltage_cost"])
+            t = time.perf_counter()
+            fit_before(learner) if s["name"] == "before" else learner._fit_model()
+            if learner.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[s["name"]].append(time.perf_counter() - t)
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    errors = {}
+    for name, learner in learners.items():
+        e = learner._model_errors()
+        check = make_env(fd, split="train", num_envs=4, seed=args.seed + 1, config=cfg.env)
+        e.update(learner.counterfactual_errors(check, seed=args.seed + 1))
+        errors[name] = e
+    same = None
+    if "100x64" in learners:
+        same = all(torch.equal(a, b) for a, b in zip(learners["before"].model.state_dict().values(),
+                                                       learners["100x64"].model.state_dict().values()))
+
+    N = env.n_agents
+    base_s = statistics.median(seconds["before"][1:] or seconds["before"])
+    command = "python experiments/bench_model_fit.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} torch thread(s)"
+    lines = [f"# DMPO model fit on {fd.name}: before and now, one process, the same data", "",
+             f"Command: `{command.strip()}`", "",
+             f"{N} agents, `{args.layout}` layout, {args.iterations} blocks of B = {args.num_envs} scenarios × "
+             f"{env.episode_steps} steps (the initial exploring policy, training days); a fit after every block, "
+             f"ensemble of {collector.model.size}. Device: {device}. Time per fit: median over blocks 2–{args.iterations} "
+             f"(the replay grows to its full size); load average {load_before} before, {load_after} after. Errors: "
+             f"after the last fit, on the held-out scenarios and (imagined action effects) against `env.peek` of an "
+             f"independent action. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| setting | updates × feeder-steps per member | samples seen ÷ before | s / fit | ms / agent / fit | "
+             "speed-up vs before | " + " | ".join(label for _, label in ERRORS) + " |",
+             "|:---|---:|---:|---:|---:|---:|" + "---:|" * len(ERRORS)]
+    for s in settings:
+        t = statistics.median(seconds[s["name"]][1:] or seconds[s["name"]])
+        e = errors[s["name"]]
+        lr = f" @ lr {s['lr']:g}" if s["lr"] is not None else ""
+        lines.append(f"| {s['name']} | {s['updates']} × {s['batch']}{lr} | {s['updates'] * s['batch'] / 6400:.2f} | "
+                     f"{t:.3f} | {1000 * t / N:.1f} | {base_s / t:.2f}× | "
+                     + " | ".join(f"{e.get(k, math.nan):.5f}" for k, _ in ERRORS) + " |")
+    if same is not None:
+        lines += ["", f"`before` and `100x64` (the same minibatches): parameters after the last fit "
+                  f"{'identical' if same else 'DIFFERENT'}."]
+    text = "\n".join(lines) + "\n"
+    write_text(Path(args.out or f"reports/dmpo/bench_model_fit_{fd.name}.md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
