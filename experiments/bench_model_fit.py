@@ -16,7 +16,8 @@ one episode of 4 scenarios on training days).
 Settings: ``before`` is the fit loop as it stood before the training set was normalised once
 per fit (each update built its minibatch from the replay: gather, features, normalisation), at
 the learner's 100 updates × 64 feeder-steps per member; ``UxM`` is the learner's present fit
-with U updates of M feeder-steps per member (``UxM@LR``: with Adam's learning rate LR). The
+with U updates of M feeder-steps per member, optionally ``:lrRATE`` (Adam's learning rate),
+``:hWIDTH`` (the model's width) and ``:bf16`` (the fit's matrix products in bfloat16). The
 present fit at 100x64 draws the same minibatches as ``before``, so its parameters must come out
 identical: the benchmark checks that.
 """
@@ -41,8 +42,8 @@ ERRORS = (("model/volt_rmse_pu", "one-step voltage RMSE (p.u.)"),
           ("model/volt_rmse_persist_pu", "persistence voltage RMSE (p.u.)"),
           ("model/loss_rmse_mw", "zone loss RMSE (MW)"),
           ("model/reward_rmse_physics", "reward RMSE (physics)"),
-          ("model/cf_volt_rmse_pu", "imagined action effect RMSE (p.u.)"),
-          ("model/cf_effect_rmse_pu", "action effect size (p.u.)"))
+          ("model/cf_action_error_pu", "imagined action effect RMSE (p.u.)"),
+          ("model/cf_action_effect_pu", "true action effect (p.u.)"))
 
 
 def fit_before(learner) -> None:
@@ -60,45 +61,50 @@ def fit_before(learner) -> None:
         learner.model_optimizer.step()
 
 
-def _setting(text: str) -> dict:
+def setting(text: str) -> dict:
+    """``before`` or ``UxM`` (U updates of M feeder-steps per member) with optional extras:
+    ``:lrRATE`` (Adam's rate), ``:hWIDTH`` (model width), ``:bf16`` (the fit's products in
+    bfloat16), ``:prior`` (the sensitivity prior), ``:kHOPS`` (the model's κ)."""
     if text == "before":
-        return {"name": "before", "updates": 100, "batch": 64, "lr": None}
-    size, _, lr = text.partition("@")
+        return {"name": "before", "updates": 100, "batch": 64, "learner": {}}
+    size, *extras = text.split(":")
     updates, _, batch = size.partition("x")
+    learner = {}
+    for extra in extras:
+        if extra.startswith("lr"):
+            learner["model_lr"] = float(extra[2:])
+        elif extra[:1] in ("h", "k") and extra[1:].isdigit():
+            learner["model_hidden" if extra[0] == "h" else "model_hops"] = int(extra[1:])
+        elif extra in ("bf16", "prior"):
+            learner.update({"model_precision": "bfloat16"} if extra == "bf16" else {"model_prior": "sensitivity"})
+        else:
+            updates = ""
     if not (updates.isdigit() and batch.isdigit()):
-        raise SystemExit(f"bench_model_fit: setting {text!r} is not 'before' or UPDATESxBATCH[@LR], e.g. 25x256@2e-3")
-    return {"name": text, "updates": int(updates), "batch": int(batch), "lr": float(lr) if lr else None}
+        raise SystemExit(f"setting {text!r} is not 'before' or UPDATESxBATCH[:lrRATE][:hWIDTH][:bf16][:prior][:kHOPS], "
+                         "e.g. 25x256:lr2e-3")
+    return {"name": text, "updates": int(updates), "batch": int(batch), "learner": learner}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--feeder", default="ieee141")
-    p.add_argument("--layout", default="pool", choices=("pool", "pad"), help="observation zone layout")
-    p.add_argument("--num-envs", type=int, default=4, help="scenarios per iteration")
-    p.add_argument("--iterations", type=int, default=16, help="blocks of episodes, one fit after each")
-    p.add_argument("--variants", default="100x64,25x256,25x64", help="comma-separated settings besides 'before'")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="markdown report (default reports/dmpo/bench_model_fit_<feeder>.md)")
-    args = p.parse_args(argv)
-
+def run(feeder: str, settings: list[dict], *, layout: str = "pool", num_envs: int = 4, iterations: int = 16,
+        seed: int = 0, device: str = "cpu", check_split: str = "train") -> dict:
+    """Collect the blocks, fit every setting on them (interleaved), score each model; returns
+    ``env``, ``learners``, ``seconds`` (per fit) and ``errors`` (per setting)."""
     from gridrl.env import make_env
     from gridrl.grid.feeder import load_feeder
     from gridrl.marl.ppo import Stopwatch
     from gridrl.marl.train import _with_band, learner_class, resolve_train_config
 
-    settings = [_setting("before")] + [_setting(v) for v in args.variants.split(",") if v]
-    fd = load_feeder(args.feeder)
-    cfg = resolve_train_config({"env": {"zone_layout": args.layout}, "learner": {"model_check_every": 0}},
+    fd = load_feeder(feeder)
+    cfg = resolve_train_config({"env": {"zone_layout": layout}, "learner": {"model_check_every": 0}},
                                source="bench_model_fit", overrides={"algo": "dmpo"})
-    cfg = _with_band(dataclasses.replace(cfg, num_envs=args.num_envs), fd)
-    env = make_env(fd, split="train", num_envs=cfg.num_envs, seed=args.seed, config=cfg.env)
+    cfg = _with_band(dataclasses.replace(cfg, num_envs=num_envs), fd)
+    env = make_env(fd, split="train", num_envs=cfg.num_envs, seed=seed, config=cfg.env)
     DMPO = learner_class("dmpo")
-    make = lambda learner_cfg: DMPO(env, learner_cfg, seed=args.seed, total_steps=10 ** 9, device=args.device)  # noqa: E731
+    make = lambda learner_cfg: DMPO(env, learner_cfg, seed=seed, total_steps=10 ** 9, device=device)  # noqa: E731
 
     collector = make(cfg.learner)
     blocks = []
-    for _ in range(args.iterations):
+    for _ in range(iterations):
         rollout = collector._collect(Stopwatch())
         buf = collector.buffer
         blocks.append({"obs": torch.cat([buf["obs"], rollout.last_obs[None]], 0).clone(),
@@ -108,11 +114,8 @@ def main(argv: list[str] | None = None) -> None:
 
     learners = {}
     for s in settings:
-        over = {"model_updates": s["updates"], "model_batch": s["batch"]}
-        if s["lr"] is not None:
-            over["model_lr"] = s["lr"]
-        learner = make(dataclasses.replace(cfg.learner, **over))
-        learners[s["name"]] = learner
+        over = {"model_updates": s["updates"], "model_batch": s["batch"], **s["learner"]}
+        learners[s["name"]] = make(dataclasses.replace(cfg.learner, **over))
     seconds = {name: [] for name in learners}
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     for block in blocks:
@@ -130,9 +133,31 @@ def main(argv: list[str] | None = None) -> None:
     errors = {}
     for name, learner in learners.items():
         e = learner._model_errors()
-        check = make_env(fd, split="train", num_envs=4, seed=args.seed + 1, config=cfg.env)
-        e.update(learner.counterfactual_errors(check, seed=args.seed + 1))
+        check = make_env(fd, split=check_split, num_envs=4, seed=seed + 1, config=cfg.env)
+        e.update(learner.counterfactual_errors(check, seed=seed + 1))
         errors[name] = e
+    return {"feeder": fd, "env": env, "learners": learners, "seconds": seconds, "errors": errors,
+            "load": (load_before, load_after)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--feeder", default="ieee141")
+    p.add_argument("--layout", default="pool", choices=("pool", "pad"), help="observation zone layout")
+    p.add_argument("--num-envs", type=int, default=4, help="scenarios per iteration")
+    p.add_argument("--iterations", type=int, default=16, help="blocks of episodes, one fit after each")
+    p.add_argument("--variants", default="100x64,25x256,25x64", help="comma-separated settings besides 'before'")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="markdown report (default reports/dmpo/bench_model_fit_<feeder>.md)")
+    args = p.parse_args(argv)
+
+    settings = [setting("before")] + [setting(v) for v in args.variants.split(",") if v]
+    res = run(args.feeder, settings, layout=args.layout, num_envs=args.num_envs, iterations=args.iterations,
+              seed=args.seed, device=args.device)
+    fd, env, learners, seconds, errors = res["feeder"], res["env"], res["learners"], res["seconds"], res["errors"]
+    load_before, load_after = res["load"]
+    collector = learners["before"]
     same = None
     if "100x64" in learners:
         same = all(torch.equal(a, b) for a, b in zip(learners["before"].model.state_dict().values(),
@@ -156,8 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in settings:
         t = statistics.median(seconds[s["name"]][1:] or seconds[s["name"]])
         e = errors[s["name"]]
-        lr = f" @ lr {s['lr']:g}" if s["lr"] is not None else ""
-        lines.append(f"| {s['name']} | {s['updates']} × {s['batch']}{lr} | {s['updates'] * s['batch'] / 6400:.2f} | "
+        lines.append(f"| {s['name']} | {s['updates']} × {s['batch']} | {s['updates'] * s['batch'] / 6400:.2f} | "
                      f"{t:.3f} | {1000 * t / N:.1f} | {base_s / t:.2f}× | "
                      + " | ".join(f"{e.get(k, math.nan):.5f}" for k, _ in ERRORS) + " |")
     if same is not None:

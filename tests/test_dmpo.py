@@ -311,3 +311,27 @@ def test_the_experiment_reads_targets_off_the_learning_curves():
     for path in sorted(root.glob("dmpo_*.toml")):
         exp = from_dict(mod.learners.Experiment, read_toml(path), source=str(path))
         assert {r["algo"] for r in mod.learners.plan(exp, str(path))} <= {"dmpo", "dppo", "ippo", "cppo"}
+
+
+@pytest.mark.parametrize("layout", ["pad", "pool"])
+def test_the_sensitivity_prior_alone_knows_what_actions_do(feeder, layout):
+    """With the networks' output held constant (last layer zeroed: nothing learned), the
+    anchored imagined effect of an independent action draw is the prior's alone. Over the whole
+    feeder (κ covering every agent) it must match ``env.peek``'s true effect to a small
+    fraction; without the prior the same model imagines no effect (error = effect)."""
+    hops = int(np.asarray(feeder.hop_distance).max())
+    ratio = {}
+    for prior in ("sensitivity", "none"):
+        env = make_env(feeder, num_envs=4, seed=0, config=EnvConfig(**{**vars(TRAIN_ENV), "zone_layout": layout}))
+        learner = DMPO(env, DmpoConfig(model_hops=hops, model_updates=0, model_prior=prior, model_check_every=0,
+                                       imagine_from=99), seed=0, total_steps=100_000)
+        learner.iterate()
+        with torch.no_grad():
+            for p in learner.model.net.head[-1].parameters():
+                p.zero_()
+        check = make_env(feeder, num_envs=4, seed=99, config=env.config)
+        cf = learner.counterfactual_errors(check)
+        assert cf["model/cf_action_effect_pu"] > 0.005, cf  # the draws move voltages: the check has teeth
+        ratio[prior] = cf["model/cf_action_error_pu"] / cf["model/cf_action_effect_pu"]
+    assert ratio["none"] == pytest.approx(1.0, abs=1e-6)
+    assert ratio["sensitivity"] < 0.25, ratio

@@ -66,7 +66,7 @@ import torch
 from gridrl.marl.dppo import DPPO, DppoConfig
 from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
-from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles
+from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles, voltage_sensitivity
 from gridrl.marl.normalize import observation_masks
 from gridrl.marl.ppo import Stopwatch, gaussian_log_prob, shared_floats
 from gridrl.marl.replay import EpisodeReplay
@@ -114,6 +114,11 @@ class DmpoConfig(DppoConfig):
     model_updates: gradient steps of every member per iteration. model_batch: feeder-steps per
         member minibatch. model_lr: Adam's learning rate for the model.
     model_hidden, model_message_dim: the model networks' width and message size.
+    model_prior: ``sensitivity``: the model learns the voltage change left over by what the
+        power flow's sensitivity to the κ-hop neighbours' reactive power predicts
+        (:func:`~gridrl.marl.model.voltage_sensitivity`, computed once on the feeder); ``none``.
+    model_precision: the matrix products of the model fit in ``float32`` or ``bfloat16``
+        (autocast: weights, optimizer and losses stay float32; predictions are always float32).
     disagreement_pu: an agent's rollout stops where the members' next voltages spread more than
         this (standard deviation in p.u., worst zone bus).
     anchor: use the model as a difference to the real continuation (see the module docstring).
@@ -137,6 +142,8 @@ class DmpoConfig(DppoConfig):
     model_lr: float = 1e-3
     model_hidden: int = 64
     model_message_dim: int = 16
+    model_precision: Literal["float32", "bfloat16"] = "float32"
+    model_prior: Literal["none", "sensitivity"] = "none"
     disagreement_pu: float = 0.005
     anchor: bool = True
     reward_model: Literal["physics", "learned"] = "physics"
@@ -157,6 +164,10 @@ class DmpoConfig(DppoConfig):
         for name in ("model_lr", "disagreement_pu"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.model_precision not in ("float32", "bfloat16"):
+            problems.append(f"model_precision must be 'float32' or 'bfloat16', got {self.model_precision!r}")
+        if self.model_prior not in ("none", "sensitivity"):
+            problems.append(f"model_prior must be 'none' or 'sensitivity', got {self.model_prior!r}")
         if self.reward_model not in ("physics", "learned"):
             problems.append(f"reward_model must be 'physics' or 'learned', got {self.reward_model!r}")
         return problems
@@ -177,15 +188,18 @@ class DMPO(DPPO):
         self.roles = ObservationRoles.from_env(env).to(self.device)
         self.local_reward = LocalReward.from_env(env)
         valid, keep = observation_masks(env)
+        self._seed = int(seed)
+        self._check_env = None
+        sensitivity = None
+        if cfg.model_prior == "sensitivity":
+            sensitivity = voltage_sensitivity(self._probe_env(), self.roles, self.model_graph)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             self.model = DynamicsEnsemble(self.roles, self.model_graph, obs_valid=valid, obs_keep=keep,
                                           members=cfg.ensemble, hidden=cfg.model_hidden,
                                           message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim,
-                                          own_weights=self.decentralized).to(self.device)
+                                          own_weights=self.decentralized, sensitivity=sensitivity).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
-        self._seed = int(seed)
-        self._check_env = None
         self.replay = EpisodeReplay(cfg.replay_iterations, env.episode_steps, env.num_envs, env.n_agents, env.obs_dim,
                                     holdout_every=cfg.holdout_every, device=self.device)
 
@@ -297,11 +311,13 @@ class DMPO(DPPO):
             x_all, y_all = m.normalise(*self._model_data(self.replay.step(train)))
         total = 0.0
         K, batch = m.size, cfg.model_batch
+        low = cfg.model_precision == "bfloat16"
         for _ in range(cfg.model_updates):
             pick = torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)
             x, y = x_all[pick], y_all[pick]
             self.model_optimizer.zero_grad(set_to_none=True)
-            loss = m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]), normalised=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
+                loss = m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]), normalised=True)
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
             total += loss / K
@@ -414,6 +430,20 @@ class DMPO(DPPO):
         return StepPrediction(next_obs, volts,
                               {k: real[k] + out[k][:, imagined] - out[k][:, on_real] for k in m.OUTPUTS})
 
+    def _probe_env(self):
+        """An environment at a step where every inverter can give reactive power (a training
+        day's 10:00, no outages, nominal load and PV), reset: where the sensitivity prior is
+        measured."""
+        import dataclasses
+
+        from gridrl.env import make_env
+
+        config = dataclasses.replace(self.env.config, start_hour=10.0, outage_prob=0.0, load_scale_range=None,
+                                     pv_scale_range=None, sensor_noise_pu=0.0)
+        env = make_env(self.env.feeder, split="train", num_envs=4, seed=self._seed, config=config)
+        env.reset(seed=self._seed)
+        return env
+
     def _checking_env(self):
         """The separate environment of the physics checks (training days; built once)."""
         if self._check_env is None:
@@ -431,12 +461,18 @@ class DMPO(DPPO):
         independent draw ``a'`` would have given; ``env.peek(a')`` says what it does give.
 
         Returns the RMSE (p.u., over existing voltage features) of the ensemble-mean
-        prediction, ``cf_effect_rmse_pu`` — the size of the true change ``a'`` makes (the error
-        of a model that ignored actions) — and the RMSE of the imagined reward.
+        prediction, ``cf_effect_rmse_pu`` — the error of a model that ignored actions — and the
+        RMSE of the imagined reward. Both voltage figures compare with the step's true voltages,
+        so they include what the observed next voltages themselves differ from those (sensor
+        noise; measured observations read the next interval's start): ``cf_obs_floor_pu``.
+        The action effect alone, free of that floor: ``cf_action_effect_pu`` is the size of the
+        true change ``peek(a') − peek(a)``, ``cf_action_error_pu`` the RMSE of the imagined
+        change (the model's prediction for ``a'`` less its prediction for ``a``) against it.
         """
         roles, policy, m = self.roles, self.policy, self.model
         vmask = roles.volt_valid.to(torch.float32)
-        sums = {"volt": 0.0, "effect": 0.0, "reward": 0.0, "n": 0.0, "n_r": 0.0}
+        sums = {"volt": 0.0, "effect": 0.0, "reward": 0.0, "floor": 0.0, "size": 0.0, "error": 0.0,
+                "n": 0.0, "n_r": 0.0}
         for e in range(episodes):
             obs = env.reset(seed=None if seed is None else seed + e).to(self.device)
             for _ in range(env.episode_steps):
@@ -444,10 +480,11 @@ class DMPO(DPPO):
                 a, a2 = (mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
                          for _ in range(2))
                 truth = {k: v.to(self.device) for k, v in env.peek(a2).items()}
+                played = {k: v.to(self.device) for k, v in env.peek(a).items()}
                 next_obs, reward, done, info = env.step(a)
                 next_obs, reward = next_obs.to(self.device), reward.to(self.device)
                 info = {k: info[k].to(self.device) for k in ("active", "converged", "zone_loss_mw", "reward_voltage")}
-                ok = info["active"] & info["converged"] & truth["converged"]
+                ok = info["active"] & info["converged"] & truth["converged"] & played["converged"]
                 real = {"obs": obs, "next_obs": next_obs, "action": a,
                         "zone_loss_mw": info["zone_loss_mw"].float(), "voltage_cost": info["reward_voltage"].float(),
                         "reward": reward}
@@ -457,6 +494,12 @@ class DMPO(DPPO):
                 w = vmask * ok[:, None, None]
                 sums["volt"] += float(((v_hat - v_true) ** 2 * w).sum())
                 sums["effect"] += float(((roles.volts(next_obs) - v_true) ** 2 * w).sum())
+                v_played = roles.volts_from_buses(played["vm_pu"])
+                effect = v_true - v_played
+                imagined = v_hat - self._predict_next(obs, a, real).volts.mean(0)
+                sums["floor"] += float(((roles.volts(next_obs) - v_played) ** 2 * w).sum())
+                sums["size"] += float((effect ** 2 * w).sum())
+                sums["error"] += float(((imagined - effect) ** 2 * w).sum())
                 sums["n"] += float(w.sum())
                 r_true = self._true_reward(truth, step.next_obs)
                 r_hat = (step.parts["reward"].mean(0) if self.cfg.reward_model == "learned"
@@ -469,6 +512,9 @@ class DMPO(DPPO):
         n, nr = max(sums["n"], 1.0), max(sums["n_r"], 1.0)
         return {"model/cf_volt_rmse_pu": math.sqrt(sums["volt"] / n),
                 "model/cf_effect_rmse_pu": math.sqrt(sums["effect"] / n),
+                "model/cf_obs_floor_pu": math.sqrt(sums["floor"] / n),
+                "model/cf_action_effect_pu": math.sqrt(sums["size"] / n),
+                "model/cf_action_error_pu": math.sqrt(sums["error"] / n),
                 "model/cf_reward_rmse": math.sqrt(sums["reward"] / nr)}
 
     def _true_reward(self, peeked: dict[str, torch.Tensor], next_obs: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.nets import NeighbourhoodNet
 from gridrl.marl.normalize import RunningNorm
 
-__all__ = ["CHUNK_FLOATS", "DynamicsEnsemble", "LocalReward", "ObservationRoles"]
+__all__ = ["CHUNK_FLOATS", "DynamicsEnsemble", "LocalReward", "ObservationRoles", "voltage_sensitivity"]
 
 # floats in the largest intermediate of one chunk of a pass (16 MB; see "Memory" above)
 CHUNK_FLOATS = 1 << 22
@@ -205,6 +205,35 @@ class LocalReward:
                  + self.q_weight_per_mvar * q_abs_mvar)
 
 
+@torch.no_grad()
+def voltage_sensitivity(env, roles: ObservationRoles, graph: Neighbourhood) -> torch.Tensor:
+    """``[P, V]``: how much agent i's voltage features move per MVAr of reactive power of agent
+    j, for every pair ``(receiver i, sender j)`` of ``graph`` — what a utility that knows its
+    feeder's impedances can compute, restricted to what i may know (its κ-hop neighbours).
+
+    Measured on ``env``'s pending step (reset it first; at a time when the inverters have
+    reactive headroom: an agent that cannot give any there keeps a zero prior) by the power flow itself: agent j's
+    inverters at +q_avail and at −q_avail (``env.peek``), everyone else at 0, the change of the
+    voltage features (:meth:`ObservationRoles.volts_from_buses`) over the change of j's reactive
+    power, averaged over the scenarios where j can give reactive power. A secant over the whole
+    action range, not a tangent: the model's prior for any action change.
+    """
+    N, B = env.n_agents, env.num_envs
+    agent_of = env.inverter_agent
+    full = torch.zeros(N, len(roles.volt_cols), N, dtype=torch.float64)
+    for j in range(N):
+        a = torch.zeros(B, N, dtype=torch.float64)
+        a[:, j] = 1.0
+        up, down = env.peek(a), env.peek(-a)
+        dq = (up["q_mvar"] - down["q_mvar"])[:, agent_of == j].sum(1).double().cpu()     # [B]
+        dv = (roles.volts_from_buses(up["vm_pu"].to(roles.zone_index.device))
+              - roles.volts_from_buses(down["vm_pu"].to(roles.zone_index.device))).double().cpu()  # [B, N, V]
+        ok = (up["converged"] & down["converged"]).cpu() & (dq.abs() > 1e-9)
+        if ok.any():
+            full[:, :, j] = (dv[ok] / dq[ok, None, None]).mean(0)
+    return (full[graph.receiver, :, graph.sender] * roles.volt_valid.cpu()[graph.receiver]).to(torch.float32)
+
+
 class DynamicsEnsemble(nn.Module):
     """``members`` localized dynamics models over the κ-hop neighbourhoods of ``graph``.
 
@@ -217,7 +246,7 @@ class DynamicsEnsemble(nn.Module):
 
     def __init__(self, roles: ObservationRoles, graph: Neighbourhood, *, obs_valid: torch.Tensor,
                  obs_keep: torch.Tensor, members: int = 5, hidden: int = 64, message_dim: int = 16,
-                 embed_dim: int = 8, own_weights: bool = False):
+                 embed_dim: int = 8, own_weights: bool = False, sensitivity: torch.Tensor | None = None):
         super().__init__()
         self.roles = roles
         self.graph = graph
@@ -239,6 +268,13 @@ class DynamicsEnsemble(nn.Module):
                                     embed_dim=embed_dim, members=int(members), own_weights=own_weights)
         self.size = int(members)
         self.width = max(int(hidden), self.in_dim, self.out_dim)
+        # the physics prior (voltage_sensitivity): the model learns the voltage change it leaves
+        # (derived from the feeder, so not part of a checkpoint)
+        self.register_buffer("sensitivity", None if sensitivity is None else sensitivity.to(torch.float32).clone(),
+                             persistent=False)
+        self.register_buffer("pair_receiver", graph.receiver.clone(), persistent=False)
+        self.register_buffer("pair_sender", graph.sender.clone(), persistent=False)
+        self._q_next = int((nxt == roles.q_col).nonzero()[0, 0]) + obs_valid.shape[1]
 
     # ---------------------------------------------------------------------------------------
     # data
@@ -249,11 +285,25 @@ class DynamicsEnsemble(nn.Module):
         :meth:`ObservationRoles.with_actions`) and the clipped action."""
         return torch.cat([obs, next_obs.index_select(-1, self.roles.next_cols), action.clamp(-1.0, 1.0)[..., None]], -1)
 
+    def prior(self, q_mvar: torch.Tensor, next_q_mvar: torch.Tensor) -> torch.Tensor | None:
+        """The voltage change ``[..., N, V]`` the sensitivity prior expects from every agent's
+        reactive power moving from ``q_mvar`` to ``next_q_mvar`` (``[..., N]``) within each
+        κ-hop neighbourhood; ``None`` without a prior."""
+        if self.sensitivity is None:
+            return None
+        dq = (next_q_mvar - q_mvar).index_select(-1, self.pair_sender)               # [..., P]
+        contrib = dq[..., None] * self.sensitivity.to(dq.dtype)                       # [..., P, V]
+        out = dq.new_zeros(*dq.shape[:-1], self.graph.n_agents, self.n_volt)
+        return out.index_add_(-2, self.pair_receiver, contrib)
+
     def targets(self, obs: torch.Tensor, next_obs: torch.Tensor, zone_loss_mw: torch.Tensor,
                 voltage_cost: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-        """Targets ``[..., N, out_dim]`` of real transitions."""
+        """Targets ``[..., N, out_dim]`` of real transitions (voltage changes less the prior's)."""
         r = self.roles
         dv = (r.volts(next_obs) - r.volts(obs)) * r.volt_valid.to(obs.dtype)
+        prior = self.prior(obs[..., r.q_col], next_obs[..., r.q_col])
+        if prior is not None:
+            dv = dv - prior
         return torch.cat([dv, zone_loss_mw[..., None], voltage_cost[..., None], reward[..., None]], -1).to(obs.dtype)
 
     @torch.no_grad()
@@ -274,10 +324,14 @@ class DynamicsEnsemble(nn.Module):
         """Every member's prediction ``[K, M, N, out_dim]`` in physical units, for one input
         ``[M, N, in_dim]`` shared by all members or one per member ``[K, M, N, in_dim]``
         (computed in chunks of samples)."""
+        prior = self.prior(features[..., self.roles.q_col], features[..., self._q_next])
         if features.ndim == 3:
             features = features.expand(self.size, *features.shape)
         parts = [self.target_norm.inverse(self.net(self.input_norm(x))) for x in features.split(self.chunk_rows(), 1)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        if prior is None:
+            return out
+        return torch.cat([out[..., :self.n_volt] + prior * self.roles.volt_valid.to(out.dtype), out[..., self.n_volt:]], -1)
 
     def normalise(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and targets in the units the networks learn in (for :meth:`backward`'s
