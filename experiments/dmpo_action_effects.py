@@ -50,14 +50,13 @@ def locality_bound(feeder: str, hops: list[int], *, layout: str, seed: int = 0, 
     from gridrl.env import make_env
     from gridrl.grid.feeder import load_feeder
     from gridrl.marl.graph import Neighbourhood
-    from gridrl.marl.model import ObservationRoles, voltage_sensitivity
+    from gridrl.marl.model import ObservationRoles, sensitivity_probe, voltage_sensitivity
     from gridrl.marl.train import _with_band, resolve_train_config
 
     fd = load_feeder(feeder)
     cfg = _with_band(resolve_train_config({"env": {"zone_layout": layout}}, source="bound", overrides={"algo": "dmpo"}), fd)
-    probe = make_env(fd, split="train", num_envs=4, seed=seed, config=cfg.env)
+    probe = sensitivity_probe(fd, cfg.env, seed=seed)
     roles = ObservationRoles.from_env(probe)
-    probe.reset(seed=seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for k in hops:

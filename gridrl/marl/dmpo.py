@@ -66,7 +66,7 @@ import torch
 from gridrl.marl.dppo import DPPO, DppoConfig
 from gridrl.marl.gae import gae
 from gridrl.marl.graph import Neighbourhood
-from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles, voltage_sensitivity
+from gridrl.marl.model import DynamicsEnsemble, LocalReward, ObservationRoles, sensitivity_probe, voltage_sensitivity
 from gridrl.marl.normalize import observation_masks
 from gridrl.marl.ppo import Stopwatch, gaussian_log_prob, shared_floats
 from gridrl.marl.replay import EpisodeReplay
@@ -192,7 +192,8 @@ class DMPO(DPPO):
         self._check_env = None
         sensitivity = None
         if cfg.model_prior == "sensitivity":
-            sensitivity = voltage_sensitivity(self._probe_env(), self.roles, self.model_graph)
+            probe = sensitivity_probe(env.feeder, env.config, seed=self._seed)
+            sensitivity = voltage_sensitivity(probe, self.roles, self.model_graph)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             self.model = DynamicsEnsemble(self.roles, self.model_graph, obs_valid=valid, obs_keep=keep,
@@ -429,20 +430,6 @@ class DMPO(DPPO):
         volts = roles.volts(real["next_obs"]) + model_volts[:, imagined] - model_volts[:, on_real]
         return StepPrediction(next_obs, volts,
                               {k: real[k] + out[k][:, imagined] - out[k][:, on_real] for k in m.OUTPUTS})
-
-    def _probe_env(self):
-        """An environment at a step where every inverter can give reactive power (a training
-        day's 10:00, no outages, nominal load and PV), reset: where the sensitivity prior is
-        measured."""
-        import dataclasses
-
-        from gridrl.env import make_env
-
-        config = dataclasses.replace(self.env.config, start_hour=10.0, outage_prob=0.0, load_scale_range=None,
-                                     pv_scale_range=None, sensor_noise_pu=0.0)
-        env = make_env(self.env.feeder, split="train", num_envs=4, seed=self._seed, config=config)
-        env.reset(seed=self._seed)
-        return env
 
     def _checking_env(self):
         """The separate environment of the physics checks (training days; built once)."""

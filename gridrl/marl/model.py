@@ -54,7 +54,8 @@ from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.nets import NeighbourhoodNet
 from gridrl.marl.normalize import RunningNorm
 
-__all__ = ["CHUNK_FLOATS", "DynamicsEnsemble", "LocalReward", "ObservationRoles", "voltage_sensitivity"]
+__all__ = ["CHUNK_FLOATS", "DynamicsEnsemble", "LocalReward", "ObservationRoles", "sensitivity_probe",
+           "voltage_sensitivity"]
 
 # floats in the largest intermediate of one chunk of a pass (16 MB; see "Memory" above)
 CHUNK_FLOATS = 1 << 22
@@ -205,14 +206,29 @@ class LocalReward:
                  + self.q_weight_per_mvar * q_abs_mvar)
 
 
+def sensitivity_probe(feeder, env_config, *, seed: int = 0):
+    """An environment of ``feeder`` at a step where every inverter can give reactive power (a
+    training day's 10:00, no outages, nominal load and PV, exact sensors), reset: where
+    :func:`voltage_sensitivity` is measured."""
+    import dataclasses
+
+    from gridrl.env import make_env
+
+    config = dataclasses.replace(env_config, start_hour=10.0, outage_prob=0.0, load_scale_range=None,
+                                 pv_scale_range=None, sensor_noise_pu=0.0)
+    env = make_env(feeder, split="train", num_envs=4, seed=seed, config=config)
+    env.reset(seed=seed)
+    return env
+
+
 @torch.no_grad()
 def voltage_sensitivity(env, roles: ObservationRoles, graph: Neighbourhood) -> torch.Tensor:
     """``[P, V]``: how much agent i's voltage features move per MVAr of reactive power of agent
     j, for every pair ``(receiver i, sender j)`` of ``graph`` — what a utility that knows its
     feeder's impedances can compute, restricted to what i may know (its κ-hop neighbours).
 
-    Measured on ``env``'s pending step (reset it first; at a time when the inverters have
-    reactive headroom: an agent that cannot give any there keeps a zero prior) by the power flow itself: agent j's
+    Measured on ``env``'s pending step (:func:`sensitivity_probe`: a step where the inverters have
+    reactive headroom; an agent that has none there keeps a zero prior) by the power flow itself: agent j's
     inverters at +q_avail and at −q_avail (``env.peek``), everyone else at 0, the change of the
     voltage features (:meth:`ObservationRoles.volts_from_buses`) over the change of j's reactive
     power, averaged over the scenarios where j can give reactive power. A secant over the whole
