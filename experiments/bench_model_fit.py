@@ -14,12 +14,14 @@ the true physics of an independent action (``DMPO.counterfactual_errors`` agains
 one episode of 4 scenarios on training days).
 
 Settings: ``before`` is the fit loop as it stood before the training set was normalised once
-per fit (each update built its minibatch from the replay: gather, features, normalisation), at
-the learner's 100 updates × 64 feeder-steps per member; ``UxM`` is the learner's present fit
+per fit (each update built its minibatch from the replay: gather, features, normalisation) and
+before passes were cut into 4 MB chunks instead of 16 MB, at the learner's 100 updates × 64
+feeder-steps per member; ``UxM`` is the learner's present fit
 with U updates of M feeder-steps per member, optionally ``:lrRATE`` (Adam's learning rate),
 ``:hWIDTH`` (the model's width) and ``:bf16`` (the fit's matrix products in bfloat16). The
-present fit at 100x64 draws the same minibatches as ``before``, so its parameters must come out
-identical: the benchmark checks that.
+present fit at 100x64 draws the same minibatches as ``before``, so its parameters come out
+identical where one chunk holds a whole minibatch (and within rounding where chunks differ):
+the benchmark says which.
 """
 
 from __future__ import annotations
@@ -48,7 +50,17 @@ ERRORS = (("model/volt_rmse_pu", "one-step voltage RMSE (p.u.)"),
 
 def fit_before(learner) -> None:
     """The fit loop before this benchmark's change: every update gathers its minibatch from the
-    replay, builds its features and normalises them."""
+    replay, builds its features and normalises them, in chunks of 16 MB."""
+    import gridrl.marl.model as model_module
+
+    now, model_module.CHUNK_FLOATS = model_module.CHUNK_FLOATS, 1 << 22
+    try:
+        _fit_before(learner)
+    finally:
+        model_module.CHUNK_FLOATS = now
+
+
+def _fit_before(learner) -> None:
     cfg, m = learner.cfg, learner.model
     train = learner.replay.transitions(held_out=False)
     K, batch = m.size, cfg.model_batch
@@ -160,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     collector = learners["before"]
     same = None
     if "100x64" in learners:
-        same = all(torch.equal(a, b) for a, b in zip(learners["before"].model.state_dict().values(),
-                                                       learners["100x64"].model.state_dict().values()))
+        same = max(float((a.double() - b.double()).abs().max())
+                   for a, b in zip(learners["before"].model.state_dict().values(),
+                                   learners["100x64"].model.state_dict().values()) if a.is_floating_point())
 
     N = env.n_agents
     base_s = statistics.median(seconds["before"][1:] or seconds["before"])
@@ -186,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                      + " | ".join(f"{e.get(k, math.nan):.5f}" for k, _ in ERRORS) + " |")
     if same is not None:
         lines += ["", f"`before` and `100x64` (the same minibatches): parameters after the last fit "
-                  f"{'identical' if same else 'DIFFERENT'}."]
+                  + ("identical." if same == 0 else f"differ by at most {same:.2e} (chunks of other sizes sum "
+                                                    "the gradient in another order).")]
     text = "\n".join(lines) + "\n"
     write_text(Path(args.out or f"reports/dmpo/bench_model_fit_{fd.name}.md"), text)
     print(text)
