@@ -17,6 +17,11 @@ independent draw ``a'`` anchored on the real step, and the power flow says what 
   ``observation floor``: the observed next voltages differ from the step's power flow by
   sensor noise and, with measured observations, by the next interval's load.
 
+- ``one agent``: each agent j alone redraws its action (every 8th step of the episode); the
+  true change of the voltage features of the agents within the model's κ hops of j against the
+  imagined change — what agent j's policy gradient needs from its model — and the share of j's
+  whole effect (all agents' features) that falls within κ hops.
+
 The locality bound: every agent redraws its action, and agent i's voltages move with the
 reactive power of agents beyond its κ hops, which a κ-hop model cannot see. The bound is what
 the exact sensitivity prior (:func:`~gridrl.marl.model.voltage_sensitivity`) alone gets wrong
@@ -82,6 +87,55 @@ def locality_bound(feeder: str, hops: list[int], *, layout: str, seed: int = 0, 
     return out
 
 
+@torch.no_grad()
+def local_action_errors(learner, env, *, seed: int, every: int = 8) -> dict[str, float]:
+    """The effect of one agent's action on its neighbourhood: at every ``every``-th step of one
+    episode, each agent j alone redraws its action (``a`` with ``a'_j``); the true change of the
+    voltage features of every agent within the model's κ hops of j (``peek``) against the
+    anchored imagined change. Returns its size and error (RMS over those agents' features) and
+    the share of j's whole effect (over all agents) that lies within κ hops."""
+    roles, policy, N = learner.roles, learner.policy, env.n_agents
+    near = learner.model_graph.mask().T.to(torch.float64)                # [j, i]: i within κ of j
+    mask = roles.volt_valid.to(torch.float64)                               # [N, V]
+    sums = {"size": 0.0, "error": 0.0, "within": 0.0, "all": 0.0}
+    obs = env.reset(seed=seed)
+    for t in range(env.episode_steps):
+        mean, log_std = policy.actor(policy.obs_norm(obs))
+        a, a2 = (mean + log_std.exp() * torch.randn(mean.shape, generator=learner.generator) for _ in range(2))
+        if t % every == 0:
+            played = env.peek(a)
+            v_played = roles.volts_from_buses(played["vm_pu"]).double()
+            true, variants = [], []
+            for j in range(N):
+                aj = a.clone()
+                aj[:, j] = a2[:, j]
+                p = env.peek(aj)
+                ok = (p["converged"] & played["converged"]).to(torch.float64)[:, None, None]
+                true.append((roles.volts_from_buses(p["vm_pu"]).double() - v_played) * ok)
+                variants.append(aj)
+        next_obs, reward, done, info = env.step(a)
+        if t % every == 0:
+            B = obs.shape[0]
+            real = {"obs": obs, "next_obs": next_obs, "action": a, "reward": reward,
+                    "zone_loss_mw": info["zone_loss_mw"].float(), "voltage_cost": info["reward_voltage"].float()}
+            rep = {k: v.repeat(N, *([1] * (v.ndim - 1))) for k, v in real.items()}
+            imagined = learner._predict_next(rep["obs"], torch.cat(variants), rep).volts.mean(0).double()
+            imagined = imagined - learner._predict_next(obs, a, real).volts.mean(0).double().repeat(N, 1, 1)
+            ok = info["active"] & info["converged"]
+            for j in range(N):
+                w = mask * near[j][:, None] * ok.to(torch.float64)[:, None, None]
+                tj, ij = true[j], imagined[j * B:(j + 1) * B]
+                sums["size"] += float((tj ** 2 * w).sum())
+                sums["error"] += float(((ij - tj) ** 2 * w).sum())
+                sums["within"] += float((tj ** 2 * w).sum())
+                sums["all"] += float((tj ** 2 * mask * ok.to(torch.float64)[:, None, None]).sum())
+        obs = next_obs
+        if bool(done.all()):
+            break
+    return {"local_effect": math.sqrt(sums["size"]), "local_error": math.sqrt(sums["error"]),
+            "within_share": sums["within"] / max(sums["all"], 1e-30)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feeder", default="ieee141")
@@ -98,6 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     res = run(args.feeder, settings, layout=args.layout, num_envs=args.num_envs, iterations=args.iterations,
               seed=args.seed, check_split="test")
+    from gridrl.env import make_env
+
+    for s in settings:
+        learner = res["learners"][s["name"]]
+        check = make_env(res["feeder"], split="test", num_envs=4, seed=args.seed + 1, config=res["env"].config)
+        res["errors"][s["name"]].update(local_action_errors(learner, check, seed=args.seed + 1))
     hops = [int(h) for h in args.bound_hops.split(",") if h]
     bound = locality_bound(args.feeder, hops, layout=args.layout, seed=args.seed)
     fd, env = res["feeder"], res["env"]
@@ -109,12 +169,15 @@ def main(argv: list[str] | None = None) -> None:
              f"`:prior` the sensitivity prior, `:kH` the model's κ = H (default 1), `:hW` width W. Voltage "
              f"figures in p.u.; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{time.time() - t0:.0f} s.", "",
-             "| variant | " + " | ".join(label for _, label in COLUMNS) + " | action error ÷ effect |",
-             "|:---|" + "---:|" * (len(COLUMNS) + 1)]
+             "| variant | " + " | ".join(label for _, label in COLUMNS) + " | action error ÷ effect | "
+             "one agent: error ÷ effect within κ | one agent: share of its effect within κ |",
+             "|:---|" + "---:|" * (len(COLUMNS) + 3)]
     for s in settings:
         e = res["errors"][s["name"]]
         ratio = e["model/cf_action_error_pu"] / max(e["model/cf_action_effect_pu"], 1e-30)
-        lines.append(f"| {s['name']} | " + " | ".join(f"{e[k]:.5f}" for k, _ in COLUMNS) + f" | {ratio:.2f} |")
+        local = e["local_error"] / max(e["local_effect"], 1e-30)
+        lines.append(f"| {s['name']} | " + " | ".join(f"{e[k]:.5f}" for k, _ in COLUMNS)
+                     + f" | {ratio:.2f} | {local:.2f} | {e['within_share']:.2f} |")
     lines += ["", "Locality bound — the exact sensitivity prior alone, error ÷ effect, every agent redrawing:", "",
               "| model κ | " + " | ".join("whole feeder" if k < 0 else str(k) for k in hops) + " |",
               "|:---|" + "---:|" * len(hops),
