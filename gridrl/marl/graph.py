@@ -128,6 +128,7 @@ class Neighbourhood:
             return x.new_zeros(*lead, N, M, 0), x.new_zeros(*lead, N, M if delivered is not None else 1, 0)
         mean, sender, slot, count = self._tensors(x.device)
         if delivered is None:
+            mean = mean if mean.dtype == x.dtype else mean.to(x.dtype)  # bfloat16 messages under autocast
             flat = x.reshape(-1, N, M * H)
             total = torch.stack([torch.sparse.mm(mean, part) for part in flat]) if len(flat) > 1 else \
                 torch.sparse.mm(mean, flat[0])[None]
