@@ -70,6 +70,11 @@ class FeederMix:
         self.env_steps = 0
 
     @property
+    def bound(self) -> int:
+        """The feeder the shared policy acts on now (its index in ``feeders``)."""
+        return self._bound
+
+    @property
     def critic(self) -> torch.nn.Module:
         return self.sites[self._bound].critic
 

@@ -23,6 +23,7 @@ from gridrl.errors import GridrlError
 from gridrl.marl.graph import Neighbourhood
 from gridrl.marl.nets import GaussianActor
 from gridrl.marl.normalize import RunningNorm
+from gridrl.marl.transfer import TransferNorm
 
 __all__ = ["Policy", "PolicyError"]
 
@@ -58,8 +59,6 @@ class Policy(torch.nn.Module):
     def transferable(self) -> bool:
         """Whether the policy holds nothing per agent and reads feeder-agnostic inputs
         (:mod:`gridrl.marl.transfer`): it acts on any feeder it is bound to."""
-        from gridrl.marl.transfer import TransferNorm
-
         return isinstance(self.obs_norm, TransferNorm)
 
     def bind(self, graph: Neighbourhood, *, agents: Sequence[str], features) -> Policy:

@@ -28,7 +28,9 @@ rate is within ``selection_tolerance_steps`` validation steps of the best rate �
 policy drifts between updates; this early stopping on validation days keeps the test days out of
 every choice, and the tolerance keeps a single out-of-band validation step from flipping it.
 Its comparison on the test days (:func:`gridrl.pipeline.train`) appends one row to the results
-ledger (:mod:`gridrl.ledger`). Every learner
+ledger (:mod:`gridrl.ledger`). A transferable learner (``learner.transfer``) may train on several
+feeders at once (:class:`~gridrl.marl.multi.FeederMix`, validated on each one's validation days)
+and start from another transferable run (``init``: fine-tuning). Every learner
 trains on a reward aligned with what it is judged by — line losses plus a penalty outside a band
 ``band_margin_pu`` inside the feeder's — unless the ``[env]`` table says otherwise.
 """
@@ -686,7 +688,7 @@ class _FeederCurves:
         return self.curves[0].env.episode_steps
 
     def __call__(self, policy) -> dict[str, float]:
-        parts, bound = [], self.learner._bound
+        parts, bound = [], self.learner.bound
         for k, curve in enumerate(self.curves):
             self.learner.bind(k)
             figures = curve(policy)
