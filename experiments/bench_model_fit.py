@@ -76,7 +76,8 @@ def _fit_before(learner) -> None:
 def setting(text: str) -> dict:
     """``before`` or ``UxM`` (U updates of M feeder-steps per member) with optional extras:
     ``:lrRATE`` (Adam's rate), ``:hWIDTH`` (model width), ``:bf16`` (the fit's products in
-    bfloat16), ``:prior`` (the sensitivity prior), ``:kHOPS`` (the model's κ)."""
+    bfloat16), ``:prior`` (the sensitivity prior), ``:physics`` (the prior alone carries the actions), ``:kHOPS``
+    (the model's κ)."""
     if text == "before":
         return {"name": "before", "updates": 100, "batch": 64, "learner": {}}
     size, *extras = text.split(":")
@@ -87,12 +88,13 @@ def setting(text: str) -> dict:
             learner["model_lr"] = float(extra[2:])
         elif extra[:1] in ("h", "k") and extra[1:].isdigit():
             learner["model_hidden" if extra[0] == "h" else "model_hops"] = int(extra[1:])
-        elif extra in ("bf16", "prior"):
-            learner.update({"model_precision": "bfloat16"} if extra == "bf16" else {"model_prior": "sensitivity"})
+        elif extra in ("bf16", "prior", "physics"):
+            learner.update({"model_precision": "bfloat16"} if extra == "bf16" else
+                           {"model_prior": "sensitivity" if extra == "prior" else "physics"})
         else:
             updates = ""
     if not (updates.isdigit() and batch.isdigit()):
-        raise SystemExit(f"setting {text!r} is not 'before' or UPDATESxBATCH[:lrRATE][:hWIDTH][:bf16][:prior][:kHOPS], "
+        raise SystemExit(f"setting {text!r} is not 'before' or UPDATESxBATCH[:lrRATE][:hWIDTH][:bf16][:prior|:physics][:kHOPS], "
                          "e.g. 25x256:lr2e-3")
     return {"name": text, "updates": int(updates), "batch": int(batch), "learner": learner}
 

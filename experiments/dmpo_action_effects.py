@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
              f"{env.n_agents} agents, `{args.layout}` layout, default environment (measured observations, sensor "
              f"noise); {args.iterations} blocks of B = {args.num_envs} scenarios fitted, the same blocks for every "
              f"variant; ensemble of 5. Variants: `UxM` U updates of M feeder-steps per member each iteration, "
-             f"`:prior` the sensitivity prior, `:kH` the model's κ = H (default 1), `:hW` width W. Voltage "
+             f"`:prior` the sensitivity prior, `:physics` the prior alone carries the actions, `:kH` the model's κ = H (default 1), `:hW` width W. Voltage "
              f"figures in p.u.; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{time.time() - t0:.0f} s.", "",
              "| variant | " + " | ".join(label for _, label in COLUMNS) + " | action error ÷ effect | "

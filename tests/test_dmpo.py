@@ -321,7 +321,7 @@ def test_the_sensitivity_prior_alone_knows_what_actions_do(feeder, layout):
     fraction; without the prior the same model imagines no effect (error = effect)."""
     hops = int(np.asarray(feeder.hop_distance).max())
     ratio = {}
-    for prior in ("sensitivity", "none"):
+    for prior in ("sensitivity", "none", "physics"):
         env = make_env(feeder, num_envs=4, seed=0, config=EnvConfig(**{**vars(TRAIN_ENV), "zone_layout": layout}))
         learner = DMPO(env, DmpoConfig(model_hops=hops, model_updates=0, model_prior=prior, model_check_every=0,
                                        imagine_from=99), seed=0, total_steps=100_000)
@@ -335,6 +335,26 @@ def test_the_sensitivity_prior_alone_knows_what_actions_do(feeder, layout):
         ratio[prior] = cf["model/cf_action_error_pu"] / cf["model/cf_action_effect_pu"]
     assert ratio["none"] == pytest.approx(1.0, abs=1e-6)
     assert ratio["sensitivity"] < 0.25, ratio
+    assert ratio["physics"] == pytest.approx(ratio["sensitivity"], rel=1e-4)  # no net: the same prior
+
+
+def test_with_the_physics_prior_the_networks_never_see_the_action(feeder):
+    """``model_prior = "physics"``: whatever the weights, two actions give model outputs that
+    differ by the prior's voltage change alone (and not at all in the reward parts)."""
+    env = make_env(feeder, num_envs=2, seed=0, config=TRAIN_ENV)
+    learner = DMPO(env, DmpoConfig(model_prior="physics", model_updates=5, model_check_every=0, imagine_from=99),
+                   seed=0, total_steps=100_000)
+    learner.iterate()
+    m, roles = learner.model, learner.roles
+    real = learner.replay.step(learner.replay.starts()[:4])
+    a1, a2 = torch.full((4, env.n_agents), -0.8), torch.full((4, env.n_agents), 0.7)
+    n1, n2 = roles.with_actions(real["next_obs"], real["action"], a1), roles.with_actions(real["next_obs"], real["action"], a2)
+    out1, out2 = m(m.features(real["obs"], n1, a1)), m(m.features(real["obs"], n2, a2))
+    prior = m.prior(real["obs"][..., roles.q_col], n2[..., roles.q_col]) - m.prior(real["obs"][..., roles.q_col], n1[..., roles.q_col])
+    torch.testing.assert_close(out2[..., :m.n_volt] - out1[..., :m.n_volt], (prior * roles.volt_valid).expand_as(out1[..., :m.n_volt]),
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out2[..., m.n_volt:], out1[..., m.n_volt:])
+    assert prior.abs().max() > 1e-3  # the actions did move the prior
 
 
 def test_a_bfloat16_model_fit_learns_as_float32_does(feeder):

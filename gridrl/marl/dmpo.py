@@ -116,7 +116,11 @@ class DmpoConfig(DppoConfig):
     model_hidden, model_message_dim: the model networks' width and message size.
     model_prior: ``sensitivity``: the model learns the voltage change left over by what the
         power flow's sensitivity to the κ-hop neighbours' reactive power predicts
-        (:func:`~gridrl.marl.model.voltage_sensitivity`, computed once on the feeder); ``none``.
+        (:func:`~gridrl.marl.model.voltage_sensitivity`, computed once on the feeder);
+        ``physics``: that, and the networks never see the action or what it sets (the next
+        inverter and zone Q), so an action's effect on voltages is the prior's alone and the
+        networks learn only what the day does — its zone losses then ignore the action too (a
+        measurement of the voltage prior, not a training setting); ``none``.
     model_precision: the matrix products of the model fit in ``float32`` or ``bfloat16``
         (autocast: weights, optimizer and losses stay float32; predictions are always float32).
     disagreement_pu: an agent's rollout stops where the members' next voltages spread more than
@@ -143,7 +147,7 @@ class DmpoConfig(DppoConfig):
     model_hidden: int = 64
     model_message_dim: int = 16
     model_precision: Literal["float32", "bfloat16"] = "float32"
-    model_prior: Literal["none", "sensitivity"] = "none"
+    model_prior: Literal["none", "sensitivity", "physics"] = "none"
     disagreement_pu: float = 0.005
     anchor: bool = True
     reward_model: Literal["physics", "learned"] = "physics"
@@ -166,8 +170,8 @@ class DmpoConfig(DppoConfig):
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.model_precision not in ("float32", "bfloat16"):
             problems.append(f"model_precision must be 'float32' or 'bfloat16', got {self.model_precision!r}")
-        if self.model_prior not in ("none", "sensitivity"):
-            problems.append(f"model_prior must be 'none' or 'sensitivity', got {self.model_prior!r}")
+        if self.model_prior not in ("none", "sensitivity", "physics"):
+            problems.append(f"model_prior must be 'none', 'sensitivity' or 'physics', got {self.model_prior!r}")
         if self.reward_model not in ("physics", "learned"):
             problems.append(f"reward_model must be 'physics' or 'learned', got {self.reward_model!r}")
         return problems
@@ -191,7 +195,7 @@ class DMPO(DPPO):
         self._seed = int(seed)
         self._check_env = None
         sensitivity = None
-        if cfg.model_prior == "sensitivity":
+        if cfg.model_prior in ("sensitivity", "physics"):
             probe = sensitivity_probe(env.feeder, env.config, seed=self._seed)
             sensitivity = voltage_sensitivity(probe, self.roles, self.model_graph)
         with torch.random.fork_rng(devices=[]):
@@ -199,7 +203,8 @@ class DMPO(DPPO):
             self.model = DynamicsEnsemble(self.roles, self.model_graph, obs_valid=valid, obs_keep=keep,
                                           members=cfg.ensemble, hidden=cfg.model_hidden,
                                           message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim,
-                                          own_weights=self.decentralized, sensitivity=sensitivity).to(self.device)
+                                          own_weights=self.decentralized, sensitivity=sensitivity,
+                                          actions_through_prior=cfg.model_prior == "physics").to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
         self.replay = EpisodeReplay(cfg.replay_iterations, env.episode_steps, env.num_envs, env.n_agents, env.obs_dim,
                                     holdout_every=cfg.holdout_every, device=self.device)

@@ -265,7 +265,8 @@ class DynamicsEnsemble(nn.Module):
 
     def __init__(self, roles: ObservationRoles, graph: Neighbourhood, *, obs_valid: torch.Tensor,
                  obs_keep: torch.Tensor, members: int = 5, hidden: int = 64, message_dim: int = 16,
-                 embed_dim: int = 8, own_weights: bool = False, sensitivity: torch.Tensor | None = None):
+                 embed_dim: int = 8, own_weights: bool = False, sensitivity: torch.Tensor | None = None,
+                 actions_through_prior: bool = False):
         super().__init__()
         self.roles = roles
         self.graph = graph
@@ -294,6 +295,14 @@ class DynamicsEnsemble(nn.Module):
         self.register_buffer("pair_receiver", graph.receiver.clone(), persistent=False)
         self.register_buffer("pair_sender", graph.sender.clone(), persistent=False)
         self._q_next = int((nxt == roles.q_col).nonzero()[0, 0]) + obs_valid.shape[1]
+        # actions_through_prior: the networks never see what the action sets (the action, the
+        # next step's inverter Q and zone net Q), so an action's effect is the prior's alone
+        seen = torch.ones(self.in_dim)
+        if actions_through_prior:
+            set_by_action = (roles.q_coef.cpu() != 0).any(0)[nxt]
+            seen[obs_valid.shape[1]:obs_valid.shape[1] + len(nxt)][set_by_action] = 0.0
+            seen[-1] = 0.0
+        self.register_buffer("input_seen", seen, persistent=False)
 
     # ---------------------------------------------------------------------------------------
     # data
@@ -346,7 +355,8 @@ class DynamicsEnsemble(nn.Module):
         prior = self.prior(features[..., self.roles.q_col], features[..., self._q_next])
         if features.ndim == 3:
             features = features.expand(self.size, *features.shape)
-        parts = [self.target_norm.inverse(self.net(self.input_norm(x))) for x in features.split(self.chunk_rows(), 1)]
+        parts = [self.target_norm.inverse(self.net(self.input_norm(x) * self.input_seen))
+                 for x in features.split(self.chunk_rows(), 1)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         if prior is None:
             return out
@@ -355,7 +365,7 @@ class DynamicsEnsemble(nn.Module):
     def normalise(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and targets in the units the networks learn in (for :meth:`backward`'s
         ``normalised``)."""
-        return self.input_norm(features), self.target_norm(targets)
+        return self.input_norm(features) * self.input_seen, self.target_norm(targets)
 
     def backward(self, features: torch.Tensor, targets: torch.Tensor, *, normalised: bool = False) -> float:
         """Accumulate the gradient of the loss — mean squared error in normalised units over the
