@@ -83,6 +83,8 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     out = Path(out)
     _check_folder(out)
     run, feeder, env_config, policy = deployed_run(run_dir, envelope=envelope)
+    if getattr(policy.config, "neighbour_outage", False):  # a rule over neighbours' messages, not in the graphs
+        raise ExportError("the envelope's neighbour-outage rule is not part of the exported graphs; export with it off")
     env = make_env(feeder, split="test", num_envs=1, config=env_config)
     result: dict[str, Any] = {}
 
