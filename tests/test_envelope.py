@@ -102,6 +102,59 @@ def test_hand_over_outside_the_training_statistics_acts_as_1547b():
     np.testing.assert_array_equal(env.last_info["handover"], far.sum(1).numpy())
 
 
+def test_hand_over_tests_each_agents_own_statistics_not_the_pool():
+    """Per-agent statistics (``[N, D]``, as a policy keeps them): an agent hands over exactly when
+    one of its own tested features lies more than z of *its own* standard deviations from *its
+    own* mean, whatever the other agents observe. Agents whose zones differ by nature (one of 64
+    carries a load fifty times the others', about √63 pooled deviations above the pooled mean)
+    stay with the policy on observations typical of their own training, where the statistics
+    pooled over agents send the big one to droop."""
+    from gridrl.marl.normalize import RunningNorm
+
+    N, D, z = 64, len(NAMES), 6.0
+    g = torch.Generator().manual_seed(3)
+    centre = torch.zeros(N, D)
+    centre[:, 1] = 0.02                      # zone load p_mw[0]: small everywhere ...
+    centre[0, 1] = 1.0                       # ... but agent 0's
+    centre[:, 4], centre[:, 6] = 0.3, 0.5    # PV and headroom
+    spread = 0.05 * centre.abs() + 0.002
+    spread[:, 0] = 0.01                      # voltage deviations
+    train = centre + spread * torch.randn(4000, N, D, generator=g)
+    train[..., 3] = 1.0
+    valid = torch.ones(N, D, dtype=torch.bool)
+    keep = torch.tensor([n.startswith("mask[") for n in NAMES])
+    own, pooled = (RunningNorm(D, valid=valid, keep=keep, per_agent=per) for per in (True, False))
+    own.update(train)
+    pooled.update(train)
+    test = np.array([n not in ("sin_time", "cos_time") for n in NAMES]) & ~keep.numpy()
+
+    def envelope(norm):
+        return SafetyEnvelope(_Fixed(torch.zeros(1, N, dtype=torch.float64), N), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                              config=EnvelopeConfig(mechanism="off", handover_z=z), obs_mean=norm.mean.numpy(),
+                              obs_std=(norm.var + norm.eps).sqrt().numpy(), obs_valid=valid.numpy(), obs_test=test)
+
+    typical = (centre + 3.0 * spread * (2 * torch.rand(256, N, D, generator=g) - 1)).float()  # within 3σ of their own
+    typical[..., 3] = 1.0
+    assert not envelope(own).outside(typical).any()
+    assert envelope(pooled).outside(typical)[:, 0].all()   # the pool calls agent 0's ordinary load unseen
+
+    # the rule, over random observations far and near: exactly the own z-test, agent by agent
+    obs = (centre + spread * 8.0 * torch.randn(256, N, D, generator=g)).float()
+    obs[..., 3] = 1.0
+    env = envelope(own)
+    zs = ((obs.double() - own.mean) / (own.var + own.eps).sqrt()).abs()[..., torch.as_tensor(test)]
+    want = (zs > z).any(-1)
+    assert want.any() and (~want).any()
+    assert torch.equal(env.outside(obs), want)
+    # local: another agent's observation never moves agent i's decision
+    moved = obs.clone()
+    moved[:, 1:] = (centre[1:] + spread[1:] * 8.0 * torch.randn(256, N - 1, D, generator=g)).float()
+    assert torch.equal(env.outside(moved)[:, 0], want[:, 0])
+    assert EnvelopeConfig(handover_statistics="pooled").label.endswith("6σ (pooled statistics)")
+    with pytest.raises(EnvelopeError, match="handover_statistics 'global' is unknown"):
+        EnvelopeConfig(handover_statistics="global")
+
+
 def test_envelope_settings_and_layout_are_checked():
     with pytest.raises(EnvelopeError, match="mechanism 'shield' is unknown"):
         EnvelopeConfig(mechanism="shield")

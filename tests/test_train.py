@@ -192,6 +192,28 @@ def test_run_folders_are_controllers_in_evaluate_and_compare(run_dir, day, tmp_p
     assert res.exit_code == 0, res.output
 
 
+def test_a_deployed_run_hands_over_on_its_agents_own_statistics(run_dir):
+    """A run with shared weights keeps, beside its pooled normaliser, each agent's own statistics
+    of the same observations (their count-weighted average over agents is the pooled mean); the
+    checkpoint brings them back and the deployed policy's hand-over tests them, not the pool."""
+    from gridrl.env import EnvConfig
+    from gridrl.marl.run import deployed
+
+    policy = gridrl.load_policy(run_dir)
+    own, pooled = policy.own_statistics, policy.obs_norm
+    assert own is policy.agent_norm and own.per_agent and not pooled.per_agent
+    assert own.mean.shape == (6, len(policy.obs_names))
+    w = own.count * own.valid
+    torch.testing.assert_close((own.mean * w).sum(0) / w.sum(0).clamp(min=1), pooled.mean * (w.sum(0) > 0))
+    assert not torch.equal(own.mean[0], own.mean[1])
+    feeder = gridrl.load_feeder("ieee33")
+    mean, std, _ = deployed(policy, feeder, EnvConfig())._stats
+    torch.testing.assert_close(mean, own.mean)
+    assert "pooled" not in deployed(policy, feeder, EnvConfig()).information
+    ablation = deployed(policy, feeder, EnvConfig(), envelope={"handover_statistics": "pooled"})
+    assert ablation._stats[0].shape == pooled.mean.shape and "(pooled statistics)" in ablation.information
+
+
 def test_a_run_is_refused_on_another_feeder(run_dir, tmp_path):
     res = runner.invoke(app, ["compare", "--feeders", "ieee141", "--controllers", f"none,{run_dir}",
                               "--out", str(tmp_path / "x")])

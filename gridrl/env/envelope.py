@@ -29,9 +29,12 @@ where ``q_avail > 0`` (with no headroom every action gives q = 0). Two mechanism
   holds exactly in the edge regions.
 
 **Hand-over.** A policy also knows when it is outside what it was trained on: given the
-training statistics of its observations (mean and standard deviation per feature, the policy's
-own normaliser), an agent whose own real features lie more than ``handover_z`` standard
+training statistics of its observations, per agent and feature (``[N, D]``: what *that* agent
+saw in training), an agent whose own real features lie more than ``handover_z`` standard
 deviations from their training mean acts as 1547-B droop (``a_B(v)``) at that step instead.
+Statistics pooled over agents (``[D]``, ``handover_statistics = "pooled"``, the ablation) mix
+agents whose zones differ by nature: a large zone load is then "unseen" for the one agent that
+always carries it, and its hand-over fires on ordinary days.
 
 ``last_info["handover"]`` and ``last_info["envelope"]`` count, per scenario, the agents handed
 over and the agents whose action the envelope changed at the latest step.
@@ -70,11 +73,15 @@ class EnvelopeConfig:
     margin_pu: ``m``: the edge regions are ``v ≥ v_max − m`` and ``v ≤ v_min + m``.
     handover_z: hand an agent over to 1547-B droop when one of its own features lies more than
         this many training standard deviations from the training mean (0 or ``None``: never).
+    handover_statistics: ``own`` (default): each agent's own training statistics; ``pooled``:
+        the statistics pooled over agents (the policy's normaliser when it shares weights; the
+        ablation, and what runs trained before per-agent statistics were kept fall back to).
     """
 
     mechanism: Mechanism = "clamp"
     margin_pu: float = 0.01
     handover_z: float | None = 6.0
+    handover_statistics: Literal["own", "pooled"] = "own"
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -83,6 +90,8 @@ class EnvelopeConfig:
             raise EnvelopeError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
         if self.handover_z is not None and not self.handover_z >= 0:
             raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
+        if self.handover_statistics not in ("own", "pooled"):
+            raise EnvelopeError(f"envelope handover_statistics {self.handover_statistics!r} is unknown (use own or pooled)")
 
     @property
     def label(self) -> str:
@@ -91,7 +100,8 @@ class EnvelopeConfig:
             base = "no envelope"
         else:
             base = f"envelope {self.mechanism} (m {self.margin_pu:g})"
-        return base + (f", hand-over at {self.handover_z:g}σ" if self.handover_z else "")
+        pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
+        return base + (f", hand-over at {self.handover_z:g}σ{pooled}" if self.handover_z else "")
 
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
@@ -154,7 +164,8 @@ class SafetyEnvelope:
         ``communication``, ``obs_names``.
     v_min_pu, v_max_pu: the band (the feeder's).
     config: :class:`EnvelopeConfig`.
-    obs_mean, obs_std: ``[D]`` training statistics of the observation features (for the hand-over);
+    obs_mean, obs_std: training statistics of the observation features (for the hand-over):
+        ``[N, D]`` each agent's own, or ``[D]`` pooled over agents;
     obs_valid: ``[N, D]`` which entries are real measurements (padding is never tested);
     obs_test: ``[D]`` which features the hand-over tests (default: voltages, P, Q and inverter
         features; not masks or the time of day).

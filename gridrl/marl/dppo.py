@@ -199,8 +199,9 @@ class DPPO:
             torch.manual_seed(seed)
             actor = build_actor(self.input_dim, self.graph, **{k: getattr(config, k) for k in ACTOR_SETTINGS})
             self.critic = self._make_critic()
-        self.policy = Policy(actor, norm, self.graph, agents=env.agents,
-                             obs_names=env.obs_names, name=name or self.algo).to(self.device)
+        own = None if self.decentralized or config.transfer else RunningNorm(D, valid=valid, keep=keep, per_agent=True)
+        self.policy = Policy(actor, norm, self.graph, agents=env.agents, obs_names=env.obs_names,
+                             name=name or self.algo, agent_norm=own).to(self.device)
         self.critic.to(self.device)
         streams = self._value_shape()[0] if self._value_shape() else 1  # one return per value
         self.reward_scale = ReturnScale(streams, gamma=config.gamma).to(self.device)
@@ -461,12 +462,12 @@ class DPPO:
     def _update_statistics(self) -> None:
         """Fold the rollout's observations into the normaliser (after the update that used the
         old statistics)."""
-        self.policy.obs_norm.update(self.buffer["obs"][self.buffer["active"]])
+        self.policy.update_statistics(self.buffer["obs"][self.buffer["active"]])
 
     def _warm_up_statistics(self) -> None:
         """First observation statistics from the initial states of one batch of episodes, so the
         first rollout already sees inputs of order one."""
-        self.policy.obs_norm.update(self.env.reset().to(self.device))
+        self.policy.update_statistics(self.env.reset().to(self.device))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes during training (the environment's generators are saved by

@@ -8,7 +8,11 @@ without one, and it has no handle through which it could call ``env.peek`` / ``e
 ``info["message_mask"]`` of the step that produced ``obs`` is passed as ``message_mask``.
 
 The learner that trained it (optimizers, buffers, losses) is a separate object; the policy holds
-only the actor network, the frozen observation statistics and the agent graph. Actions are the
+only the actor network, the frozen observation statistics and the agent graph. Besides the
+statistics its input is normalised with, it keeps each agent's own (``own_statistics``: per agent
+and feature, what that agent saw in training), which the deployment's hand-over tests against
+(:mod:`gridrl.env.envelope`): in decentralized training they are the normaliser itself, with
+shared weights a second, per-agent :class:`RunningNorm` that never feeds the actor. Actions are the
 Gaussian mean (deterministic) unless ``deterministic=False``; they are clipped to [-1, 1].
 """
 
@@ -38,15 +42,20 @@ class Policy(torch.nn.Module):
     name: label in result tables; hops: κ; communication: floats each agent sends per step to
     act (its message, relayed to every agent within κ hops); agents, obs_names: what the
     observations must be (the environment's ``agents`` and ``obs_names``).
+    agent_norm: per-agent statistics of the observations kept beside a pooled ``obs_norm`` (for
+    the hand-over only; ``None`` when ``obs_norm`` is per agent already, or for a run trained
+    before they were kept).
     """
 
     reads_messages = True  # evaluation passes info["message_mask"] as message_mask
 
     def __init__(self, actor: GaussianActor, obs_norm: RunningNorm, graph: Neighbourhood, *,
-                 agents: Sequence[str], obs_names: Sequence[str], name: str = "policy"):
+                 agents: Sequence[str], obs_names: Sequence[str], name: str = "policy",
+                 agent_norm: RunningNorm | None = None):
         super().__init__()
         self.actor = actor
         self.obs_norm = obs_norm
+        self.agent_norm = None if obs_norm.per_agent else agent_norm
         self.graph = graph
         self.agents = list(agents)
         self.obs_names = list(obs_names)
@@ -74,6 +83,20 @@ class Policy(torch.nn.Module):
         self.agents = list(agents)
         self.communication = graph.relay_floats(self.actor.net.message_dim)
         return self
+
+    @property
+    def own_statistics(self) -> RunningNorm | None:
+        """Each agent's own observation statistics (``[N, D]`` mean and variance), or ``None``
+        for a run trained before they were kept (only the pooled ``obs_norm`` then)."""
+        return self.obs_norm if self.obs_norm.per_agent else self.agent_norm
+
+    @torch.no_grad()
+    def update_statistics(self, obs: torch.Tensor) -> None:
+        """Fold real observations ``[..., N, D]`` into the normaliser and the per-agent statistics
+        (learners call this; a deployed policy's statistics are frozen)."""
+        self.obs_norm.update(obs)
+        if self.agent_norm is not None:
+            self.agent_norm.update(obs)
 
     def reset(self) -> None:
         """The policy carries nothing between steps; kept for the controller protocol."""

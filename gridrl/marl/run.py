@@ -128,10 +128,14 @@ class Run:
         graph = Neighbourhood(hop_distance, int(cfg["hops"]))
         # a header without "training" is from before the training modes: its run shared weights
         actor = build_actor(d, graph, **{k: cfg[k] for k in ACTOR_SETTINGS if k in cfg})
+        state = self.checkpoint.get("selected") or self.checkpoint.get("learner", {}).get("policy", {})
+        # per-agent statistics beside a pooled normaliser: kept by runs trained since the hand-over used them
+        own = (RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool), per_agent=True)
+               if not self.transferable and "agent_norm.mean" in state else None)
         policy = Policy(actor, norm, graph, agents=agents, obs_names=h["obs_names"],
-                        name=name or self.path.name or self.algo)
+                        name=name or self.path.name or self.algo, agent_norm=own)
         try:
-            policy.load_state_dict(self.checkpoint.get("selected") or self.checkpoint["learner"]["policy"])
+            policy.load_state_dict(state)
         except (KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{self.path}: the policy in its checkpoint does not match its header "
@@ -191,7 +195,9 @@ def deployed(policy, feeder, env_config, *, envelope=None):
     (:mod:`gridrl.env.envelope`; ``envelope``: a mapping of
     :class:`~gridrl.env.envelope.EnvelopeConfig` fields, default on) with the hand-over to 1547-B
     droop where an agent's own observation leaves the policy's training statistics, labelled with
-    what it knew (``env_config``: the environment it acts in, whose band the envelope keeps)."""
+    what it knew (``env_config``: the environment it acts in, whose band the envelope keeps).
+    The hand-over tests each agent's own training statistics; a run trained before they were
+    kept uses the pooled ones, and its label says so."""
     import numpy as np
 
     from gridrl.config import from_dict
@@ -199,6 +205,13 @@ def deployed(policy, feeder, env_config, *, envelope=None):
 
     cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
     norm = policy.obs_norm
+    if cfg.handover_statistics == "own":
+        if policy.own_statistics is None:  # a run trained before per-agent statistics were kept
+            cfg = dataclasses.replace(cfg, handover_statistics="pooled")
+        else:
+            norm = policy.own_statistics
+    elif norm.per_agent:  # decentralized training keeps nothing pooled: its statistics are the agents' own
+        cfg = dataclasses.replace(cfg, handover_statistics="own")
     timeless = np.array([n not in ("sin_time", "cos_time") for n in policy.obs_names])
     mean, std = norm.observation_statistics()  # in the observations' units ([N, D] for a transferable policy)
     wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
