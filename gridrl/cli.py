@@ -748,7 +748,8 @@ def robustness_cmd(
                                                       "outage-0.1, pv-1.5, load-1.2-pv-1.5, no-q-night.")] = None,
 ) -> None:
     """The fault and growth suite: every controller under sensor noise, message loss, inverter
-    outages, more PV and more load, and without reactive power at night, on the test days.
+    outages, more PV and more load, and without reactive power at night, on the test days (or,
+    with split = "val" in the config, the validation days).
 
     Writes one comparison folder per condition (resumable), table.csv and summary.md (rate /
     loss per condition and controller)."""
@@ -762,7 +763,7 @@ def robustness_cmd(
     with err_console.status("robustness") as status:
         tidy = run_robustness(cfg, out=out, progress=lambda m: status.update(f"robustness: {m}"))
 
-    console.print(summary_markdown(tidy, feeder=cfg.feeder), highlight=False, markup=False)
+    console.print(summary_markdown(tidy, feeder=cfg.feeder, split=cfg.split), highlight=False, markup=False)
 
 
 @app.command("export")

@@ -35,7 +35,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,9 @@ class RobustnessConfig:
     baselines: rule-based controllers (``none``, ``droop``, ``droop:PRESET``, ``droop:tuned``).
     learners: groups of trained runs (see :class:`LearnerGroup`).
     conditions: which of :data:`CONDITIONS` to run (default: all, in that order).
-    days: only these test days (default: all).
+    split: the days to run: ``test`` (default: reporting) or ``val`` (the validation days, to
+        choose between settings without looking at the test days).
+    days: only these days of the split (default: all).
     env: the comparison's base ``[env]`` (each condition changes it).
     out: output folder (the CLI's ``--out`` takes precedence).
     """
@@ -98,6 +100,7 @@ class RobustnessConfig:
     baselines: tuple[str, ...] = ("none", "droop", "droop:tuned")
     learners: tuple[LearnerGroup, ...] = ()
     conditions: tuple[str, ...] | None = None
+    split: Literal["test", "val"] = "test"
     days: tuple[int, ...] | None = None
     env: dict | None = None
     out: str | None = None
@@ -107,6 +110,8 @@ class RobustnessConfig:
         unknown = [c for c in (self.conditions or ()) if c not in CONDITIONS]
         if unknown:
             problems.append(f"conditions: unknown {', '.join(map(repr, unknown))} (known: {', '.join(CONDITIONS)})")
+        if self.split not in ("test", "val"):
+            problems.append(f"split must be test or val, got {self.split!r}")
         labels = [g.label for g in self.learners]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
@@ -175,7 +180,7 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
 
     def compare(env_changes: Mapping[str, Any], folder: Path) -> pd.DataFrame:
         env = dataclasses.replace(base_env, **env_changes)
-        cfg = CompareConfig(feeders=(config.feeder,), controllers=specs, split="test", days=config.days, env=env)
+        cfg = CompareConfig(feeders=(config.feeder,), controllers=specs, split=config.split, days=config.days, env=env)
         try:
             return run_compare(cfg, out=folder, progress=False).days
         except CompareError as exc:
@@ -206,7 +211,7 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
             "handover_pct", "envelope_pct", "information"]
     tidy = tidy[cols]
     write_text(out / "table.csv", tidy.to_csv(index=False, float_format="%.6g"))
-    write_text(out / "summary.md", summary_markdown(tidy, feeder=config.feeder))
+    write_text(out / "summary.md", summary_markdown(tidy, feeder=config.feeder, split=config.split))
     return tidy
 
 
@@ -228,14 +233,16 @@ def _per_controller(days: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summary_markdown(tidy: pd.DataFrame, *, feeder: str) -> str:
+def summary_markdown(tidy: pd.DataFrame, *, feeder: str, split: str = "test") -> str:
     """The suite as one markdown table: a row per condition, a column per controller group
-    (rate / loss MWh, the mean over a group's runs), then what each group knew."""
+    (rate / loss MWh, the mean over a group's runs ± their standard deviation), then what each
+    group knew."""
     groups = list(dict.fromkeys(tidy["group"]))
     conds = list(dict.fromkeys(tidy["condition"]))
-    lines = [f"Fault and growth suite on {feeder}, test days: controllable rate / energy loss MWh "
-             f"(mean over a learner's runs; hand-over % of agent-steps in brackets where a policy handed over "
-             f"to 1547-B droop).", "",
+    days = {"test": "test days", "val": "validation days"}[split]
+    lines = [f"Fault and growth suite on {feeder}, {days}: controllable rate / energy loss MWh "
+             f"(mean over a learner's runs ± their standard deviation; hand-over % of agent-steps in brackets "
+             f"where a policy handed over to 1547-B droop).", "",
              "| condition | " + " | ".join(groups) + " |", "|:---|" + "---:|" * len(groups)]
     for cond in conds:
         sub = tidy[tidy["condition"] == cond]
@@ -245,10 +252,14 @@ def summary_markdown(tidy: pd.DataFrame, *, feeder: str) -> str:
             if g.empty:
                 cells.append("–")
                 continue
-            cell = f"{g['controllable_rate'].mean():.4f} / {g['energy_loss_mwh'].mean():.2f}"
+            rate, loss = g["controllable_rate"], g["energy_loss_mwh"]
+            if len(g) > 1:
+                cell = f"{rate.mean():.4f} ±{rate.std():.4f} / {loss.mean():.2f} ±{loss.std():.2f}"
+            else:
+                cell = f"{rate.mean():.4f} / {loss.mean():.2f}"
             ho = g["handover_pct"].mean()
             if np.isfinite(ho) and ho > 0:
-                cell += f" ({ho:.2f} %)"
+                cell += f" ({ho:.2g} %)"
             agents = [a for a in g["agent"] if a]
             if agents:
                 cell += f" [{', '.join(dict.fromkeys(agents))}]"

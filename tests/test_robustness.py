@@ -131,6 +131,20 @@ def test_suite_config_problems_are_one_line(tmp_path):
         from gridrl.robustness import LearnerGroup, RobustnessConfig
 
         RobustnessConfig(feeder="ieee33", learners=(LearnerGroup(label="x", runs=()),))
+    with pytest.raises(RobustnessError, match="split must be test or val, got 'train'"):
+        RobustnessConfig(feeder="ieee33", split="train")
+
+
+def test_summary_gives_the_mean_of_a_groups_runs_with_their_spread():
+    from gridrl.robustness import summary_markdown
+
+    rows = [dict(condition="nominal", description="nominal", group="dmpo", controller=f"dmpo/s{i}", agent="",
+                 controllable_rate=r, energy_loss_mwh=l, handover_pct=0.004, envelope_pct=1.0, information="measured")
+            for i, (r, l) in enumerate([(0.97, 40.0), (0.98, 42.0), (0.99, 44.0)])]
+    rows.append(dict(rows[0], group="droop", controller="droop", handover_pct=float("nan"), information="own"))
+    text = summary_markdown(pd.DataFrame(rows), feeder="ieee33", split="val")
+    assert "| nominal | 0.9800 ±0.0100 / 42.00 ±2.00 (0.004 %) | 0.9700 / 40.00 |" in text
+    assert "ieee33, validation days" in text
 
 
 def test_cli_refuses_an_unknown_condition_in_one_line(tmp_path):
