@@ -171,3 +171,45 @@ def test_the_envelopes_curve_is_droops_1547b_preset():
 
     b = PRESETS["ieee1547-b"]
     assert (b.v_pu, b.q, b.reference) == (IEEE1547_B[0], IEEE1547_B[1], "s_max")
+
+
+def test_neighbours_of_an_inverter_that_is_out_act_as_1547b():
+    """On ieee33 at noon with one agent's inverters out: exactly the agents that hear from it
+    (its neighbours on the agent graph, their message delivered) act as 1547-B; a lost message
+    tells nothing, at night nobody is handed over, and without the setting nothing changes."""
+    import gridrl
+    from gridrl.env import EnvConfig
+
+    feeder = gridrl.load_feeder("ieee33")
+    gone = feeder.agents[-1]
+    k = feeder.agents.index(gone)
+    N = len(feeder.agents)
+    neighbours = torch.as_tensor(gridrl.make_env("ieee33", num_envs=1).hop_distance == 1)
+    inner = _Fixed(torch.full((2, N), 0.5, dtype=torch.float64), N)
+    cases = {}
+    for hour in (12, 0):
+        env = gridrl.make_env("ieee33", split="train", num_envs=2, seed=0,
+                              config=EnvConfig(outage_agents=(gone,), start_hour=hour, episode_hours=2.0))
+        inner.obs_names = env.obs_names
+        cases[hour] = env.reset(), env.obs_names
+    obs, names = cases[12]
+    shield = SafetyEnvelope(inner, v_min_pu=V_MIN, v_max_pu=V_MAX, neighbours=neighbours,
+                            config=EnvelopeConfig(mechanism="off", handover_z=None, neighbour_outage=True))
+    plain = SafetyEnvelope(inner, v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(mechanism="off", handover_z=None))
+    mask = (neighbours | torch.eye(N, dtype=torch.bool))[None].repeat(2, 1, 1)
+    mask[1, :, k] = False                                # scenario 1: the outaged agent's messages are lost
+    a = shield.act(obs, message_mask=mask)
+    x = obs.double()
+    a_b = droop_b_action(1 + x[..., names.index("dv_pu[0]")], x[..., names.index("inv_p_mw")],
+                         x[..., names.index("inv_q_avail_mvar")])
+    beside = neighbours[:, k]
+    assert beside.any() and (~beside).any()
+    torch.testing.assert_close(a[0, beside], a_b[0, beside])
+    assert (a[0, beside] != 0.5).all()
+    assert torch.equal(a[0, ~beside], torch.full((int((~beside).sum()),), 0.5, dtype=torch.float64))
+    assert torch.equal(a[1], torch.full((N,), 0.5, dtype=torch.float64))
+    assert shield.last_info["handover"].tolist() == [int(beside.sum()), 0]
+    assert torch.equal(plain.act(obs, message_mask=mask), torch.full((2, N), 0.5, dtype=torch.float64))
+    night, _ = cases[0]
+    assert shield.last_info["handover"].sum() > 0 and not shield.beside_outage(night.double()).any()
+    assert "1547-B beside a neighbour out" in EnvelopeConfig(neighbour_outage=True).label

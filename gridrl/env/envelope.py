@@ -36,6 +36,13 @@ Statistics pooled over agents (``[D]``, ``handover_statistics = "pooled"``, the 
 agents whose zones differ by nature: a large zone load is then "unseen" for the one agent that
 always carries it, and its hand-over fires on ordinary days.
 
+**A neighbour out** (``neighbour_outage``, off by default). An inverter that is out reports no
+active power and no headroom (``inv_p_mw`` and ``inv_q_avail_mvar`` both 0, as at night). An
+agent whose own PV produces (``inv_p_mw > 0``) while a neighbour's message reports that, acts as
+1547-B droop at that step: the sun that reaches it reaches the neighbour too, so the neighbour's
+inverter is out, and the policy's learned picture of the zone next door assumes an inverter that
+is not there. A message that does not arrive tells nothing.
+
 ``last_info["handover"]`` and ``last_info["envelope"]`` count, per scenario, the agents handed
 over and the agents whose action the envelope changed at the latest step.
 """
@@ -76,12 +83,15 @@ class EnvelopeConfig:
     handover_statistics: ``own`` (default): each agent's own training statistics; ``pooled``:
         the statistics pooled over agents (the policy's normaliser when it shares weights; the
         ablation, and what runs trained before per-agent statistics were kept fall back to).
+    neighbour_outage: an agent whose neighbour reports its inverters out acts as 1547-B droop
+        (see the module docstring).
     """
 
     mechanism: Mechanism = "clamp"
     margin_pu: float = 0.01
     handover_z: float | None = 6.0
     handover_statistics: Literal["own", "pooled"] = "own"
+    neighbour_outage: bool = False
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -101,7 +111,8 @@ class EnvelopeConfig:
         else:
             base = f"envelope {self.mechanism} (m {self.margin_pu:g})"
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
-        return base + (f", hand-over at {self.handover_z:g}σ{pooled}" if self.handover_z else "")
+        return (base + (f", hand-over at {self.handover_z:g}σ{pooled}" if self.handover_z else "")
+                + (", 1547-B beside a neighbour out" if self.neighbour_outage else ""))
 
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
@@ -169,11 +180,13 @@ class SafetyEnvelope:
     obs_valid: ``[N, D]`` which entries are real measurements (padding is never tested);
     obs_test: ``[D]`` which features the hand-over tests (default: voltages, P, Q and inverter
         features; not masks or the time of day).
+    neighbours: ``[N, N]`` bool, ``[i, j]``: j is i's neighbour on the agent graph (for
+        ``neighbour_outage``; default: the inner controller's ``graph``, one hop).
     """
 
     def __init__(self, inner, *, v_min_pu: float, v_max_pu: float, config: EnvelopeConfig = EnvelopeConfig(),
                  obs_mean: Sequence[float] | None = None, obs_std: Sequence[float] | None = None,
-                 obs_valid: Any = None, obs_test: Sequence[bool] | None = None) -> None:
+                 obs_valid: Any = None, obs_test: Sequence[bool] | None = None, neighbours: Any = None) -> None:
         self.inner = inner
         self.config = config
         self.v_min_pu, self.v_max_pu = float(v_min_pu), float(v_max_pu)
@@ -184,6 +197,16 @@ class SafetyEnvelope:
             raise EnvelopeError(f"the safety envelope reads {', '.join(missing)} from the observation, which "
                                   f"{inner.name!r} does not have")
         self._v, self._p, self._qa = names.index(own), names.index("inv_p_mw"), names.index("inv_q_avail_mvar")
+        self._neighbours = None
+        if config.neighbour_outage:
+            if neighbours is None and hasattr(inner, "graph"):
+                g = inner.graph
+                neighbours = np.zeros((g.n_agents, g.n_agents), dtype=bool)
+                one = (g.hop == 1).numpy()
+                neighbours[g.receiver.numpy()[one], g.sender.numpy()[one]] = True
+            if neighbours is None:
+                raise EnvelopeError(f"neighbour_outage needs the agent graph, which {inner.name!r} does not have")
+            self._neighbours = torch.as_tensor(np.asarray(neighbours, dtype=bool))
         self._stats = None
         if config.handover_z and obs_mean is not None:
             mean = torch.as_tensor(np.asarray(obs_mean, dtype=np.float64))
@@ -233,7 +256,9 @@ class SafetyEnvelope:
     def describe(self) -> dict[str, Any]:
         inner = self.inner.describe() if callable(getattr(self.inner, "describe", None)) else {}
         return {**inner, "envelope": {"mechanism": self.config.mechanism, "margin_pu": self.config.margin_pu,
-                                      "handover_z": self.config.handover_z, "band": [self.v_min_pu, self.v_max_pu],
+                                      "handover_z": self.config.handover_z,
+                                      "handover_statistics": self.config.handover_statistics,
+                                      "neighbour_outage": self.config.neighbour_outage, "band": [self.v_min_pu, self.v_max_pu],
                                       "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
 
     @property
@@ -244,8 +269,8 @@ class SafetyEnvelope:
 
     @property
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """The hand-over's ``(mean [D], std [D], tested [N, D])`` (float64, bool); ``None``
-        without a hand-over."""
+        """The hand-over's ``(mean, std, tested [N, D])`` (float64, bool; mean and std ``[N, D]``
+        per agent, or ``[D]`` pooled); ``None`` without a hand-over."""
         return self._stats
 
     def own_measurements(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,6 +284,19 @@ class SafetyEnvelope:
         mean, std, test = self._stats
         return handover(obs.to(torch.float64), mean, std, test, self.config.handover_z)
 
+    def beside_outage(self, obs: torch.Tensor, message_mask=None) -> torch.Tensor:
+        """``[B, N]`` bool: agents whose own PV produces and who hear from a neighbour that
+        reports neither active power nor headroom (its inverters are out)."""
+        B, N = obs.shape[:2]
+        if self._neighbours is None:
+            return torch.zeros(B, N, dtype=torch.bool)
+        p, qa = obs[..., self._p], obs[..., self._qa]
+        out = (p == 0) & (qa == 0)
+        heard = self._neighbours[None].expand(B, N, N)
+        if message_mask is not None:
+            heard = heard & torch.as_tensor(message_mask, dtype=torch.bool).cpu()
+        return (p > 0) & (heard & out[:, None, :]).any(-1)
+
     def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:
         """The inner controller's actions ``[B, N]``, through the hand-over and the envelope.
         ``env`` is passed to the inner controller only (the envelope reads the observation)."""
@@ -269,7 +307,7 @@ class SafetyEnvelope:
         a = torch.as_tensor(a, dtype=torch.float64).cpu()
         x = torch.as_tensor(obs).to(torch.float64).cpu()
         v, p, qa = self.own_measurements(x)
-        handed = self.outside(x)
+        handed = self.outside(x) | self.beside_outage(x, message_mask)
         before = torch.where(handed, droop_b_action(v, p, qa), a)
         a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config)
         changed = (a - before).abs() > 1e-12
