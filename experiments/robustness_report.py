@@ -122,7 +122,9 @@ def append_ledger(suites) -> None:
             agent = rec["agent"] if isinstance(rec["agent"], str) else ""
             days = pd.read_parquet(table.parent / rec["condition"] / agent / "days.parquet")
             best = selected(run_dir)
-            append(feeder=feeder, algorithm=cfg["config"]["algo"], variant=f"robustness:{rec['group']}:{rec['condition']}",
+            scope = "" if suite == feeder else f"[{suite}]"  # an ablation's suite names itself
+            append(feeder=feeder, algorithm=cfg["config"]["algo"],
+                   variant=f"robustness{scope}:{rec['group']}:{rec['condition']}",
                    seed=int(cfg["config"]["seed"]), selected_step=best["env_steps"] if best is not None else "",
                    test_days=int(days["day"].nunique()), controllable_rate=float(rec["controllable_rate"]),
                    energy_loss_mwh=float(rec["energy_loss_mwh"]), config=cfg,
