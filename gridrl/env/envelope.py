@@ -129,10 +129,13 @@ def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.
 
 
 def envelope_bounds(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor, *,
-                    v_min_pu: float, v_max_pu: float, margin_pu: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    v_min_pu: float, v_max_pu: float, margin_pu: float,
+                    a_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule as bounds ``(low, high)`` ``[B, N]`` on the action sent: ``high = a_B(v)`` in the
-    upper edge region, ``low = a_B(v)`` in the lower one, ``±1`` elsewhere."""
-    a_b = droop_b_action(vm_pu, p_mw, q_avail_mvar)
+    upper edge region, ``low = a_B(v)`` in the lower one, ``±1`` elsewhere (``a_b``: ``a_B(v)``
+    when the caller has it already)."""
+    if a_b is None:
+        a_b = droop_b_action(vm_pu, p_mw, q_avail_mvar)
     live = q_avail_mvar > 0
     high = torch.where(live & (vm_pu >= v_max_pu - margin_pu), a_b, torch.ones_like(a_b))
     low = torch.where(live & (vm_pu <= v_min_pu + margin_pu), a_b, -torch.ones_like(a_b))
@@ -147,15 +150,18 @@ def handover(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, test: torch
 
 
 def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, handed: torch.Tensor, *,
-           v_min_pu: float, v_max_pu: float, config: EnvelopeConfig) -> torch.Tensor:
+           v_min_pu: float, v_max_pu: float, config: EnvelopeConfig, a_b: torch.Tensor | None = None) -> torch.Tensor:
     """The action sent for the policy's action ``a``: 1547-B droop where ``handed``, then the
     envelope's mechanism at own voltage ``v``, active power ``p`` and available reactive power
     ``qa`` (all ``[..., N]``, one dtype; see the module docstring). Pure tensor arithmetic
-    without data-dependent branches, so an exported graph computes it exactly as here."""
-    a_b = droop_b_action(v, p, qa)
+    without data-dependent branches, so an exported graph computes it exactly as here (``a_b``:
+    1547-B's action ``a_B(v)`` when the caller has it already)."""
+    if a_b is None:
+        a_b = droop_b_action(v, p, qa)
     a = torch.where(handed, a_b, a)
     if config.mechanism == "clamp":
-        low, high = envelope_bounds(v, p, qa, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu)
+        low, high = envelope_bounds(v, p, qa, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu,
+                                    a_b=a_b)
         a = torch.minimum(torch.maximum(a, low), high)
     elif config.mechanism == "ramp":
         m = max(config.margin_pu, 1e-6)
@@ -308,8 +314,9 @@ class SafetyEnvelope:
         x = torch.as_tensor(obs).to(torch.float64).cpu()
         v, p, qa = self.own_measurements(x)
         handed = self.outside(x) | self.beside_outage(x, message_mask)
-        before = torch.where(handed, droop_b_action(v, p, qa), a)
-        a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config)
+        a_b = droop_b_action(v, p, qa)
+        before = torch.where(handed, a_b, a)
+        a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config, a_b=a_b)
         changed = (a - before).abs() > 1e-12
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}
