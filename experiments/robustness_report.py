@@ -32,7 +32,8 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee69-night", "ieee69 with reactive power at night"),
             ("ieee33-margin-val", "The missed targets on ieee33: the envelope's margin and a neighbour out, on the validation days"),
             ("ieee33-margin-val-0.03", "The margin 0.03, on the validation days"),
-            ("ieee33-margin", "The margin 0.03, on the test days"))
+            ("ieee33-margin", "The margin 0.03, on the test days"),
+            ("ieee33-portable", "Away from training: the transferable dppo zero-shot and fine-tuned (seed 0), and the IEEE 1547 curves distilled from dmpo seed 0"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
@@ -99,12 +100,18 @@ def targets(feeder: str, tidy: pd.DataFrame, opf: tuple[float, float, str] | Non
     return out
 
 
-def _suite_runs(suite: str) -> tuple[str, dict[str, Path]]:
-    """The feeder and ``controller label → run folder`` of a suite, from its config."""
+def _suite_runs(suite: str) -> tuple[str, dict[str, Path], dict[str, Path]]:
+    """The feeder, ``controller label → run folder`` and ``controller label → curves file``
+    (``droop:curves=FILE`` baselines, distilled from a trained policy) of a suite, from its config."""
+    from gridrl.compare import parse_controllers
+    from gridrl.compare.config import CURVES_OPTION
     from gridrl.robustness import load_config
 
     cfg = load_config(Path("experiments") / f"robustness_{suite.replace('-', '_')}.toml")
-    return cfg.feeder, {f"{g.label}/{Path(run).name}": Path(run) for g in cfg.learners for run in g.runs}
+    runs = {f"{g.label}/{Path(run).name}": Path(run) for g in cfg.learners for run in g.runs}
+    curves = {spec.label: Path(text.split(CURVES_OPTION, 1)[1]) for text in cfg.baselines if CURVES_OPTION in text
+              for spec in parse_controllers(text)}
+    return cfg.feeder, runs, curves
 
 
 def append_ledger(suites) -> None:
@@ -114,7 +121,7 @@ def append_ledger(suites) -> None:
 
     for suite in suites:
         table = ROOT / suite / "table.csv"
-        feeder, run_of = _suite_runs(suite)
+        feeder, run_of, curves_of = _suite_runs(suite)
         tidy = pd.read_csv(table, keep_default_na=False, na_values=[""])
         for rec in tidy[tidy["controller"].isin(run_of)].to_dict("records"):
             run_dir = run_of[rec["controller"]]
@@ -130,6 +137,19 @@ def append_ledger(suites) -> None:
                    energy_loss_mwh=float(rec["energy_loss_mwh"]), config=cfg,
                    source=f"gridrl robustness ({table.parent}; run {run_dir})",
                    note=f"{rec['description']}{' (' + agent + ' out)' if agent else ''}; {rec['information']}")
+        for rec in tidy[tidy["controller"].isin(curves_of)].to_dict("records"):
+            path = curves_of[rec["controller"]]
+            fit = json.loads(path.read_text())["fit"]
+            run_config = Path(fit["run"]) / "config.json"
+            seed = json.loads(run_config.read_text())["config"]["seed"] if run_config.exists() else ""
+            agent = rec["agent"] if isinstance(rec["agent"], str) else ""
+            days = pd.read_parquet(table.parent / rec["condition"] / agent / "days.parquet")
+            append(feeder=feeder, algorithm=fit["algo"], variant=f"robustness[{suite}]:curves:{rec['condition']}",
+                   seed=seed, selected_step=fit["selected_step"], test_days=int(days["day"].nunique()),
+                   controllable_rate=float(rec["controllable_rate"]), energy_loss_mwh=float(rec["energy_loss_mwh"]),
+                   config=fit, source=f"gridrl robustness ({table.parent}; curves {path})",
+                   note=f"IEEE 1547-2018 curves distilled from run {fit['run']}; {rec['description']}"
+                        f"{' (' + agent + ' out)' if agent else ''}; {rec['information']}")
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ Conditions (each a change of the comparison's ``[env]``; every other setting as 
 - ``no-q-night``: inverters give no reactive power while their PV produces nothing.
 
 The tuned droop (``droop:tuned``) keeps the curve fitted on the nominal training days in every
-condition, as a utility would deploy it (it is not refitted for a fault). A group of runs (the
+condition, as a utility would deploy it (it is not refitted for a fault); so does any other
+fitted curve (``droop:curves=FILE``, the curves distilled by ``gridrl export``), whose fit is
+then not checked against the condition's scenario. A group of runs (the
 seeds of one learner) is reported as the mean over its runs; every row says what the controller
 knew and how often a policy handed over to droop.
 """
@@ -129,7 +131,10 @@ def load_config(path: str | Path) -> RobustnessConfig:
 
 
 def _baseline_specs(feeder, baselines: Sequence[str]):
-    """Controller specs of the baselines; ``droop:tuned`` as the fixed curve of the nominal fit."""
+    """Controller specs of the baselines; ``droop:tuned`` as the fixed curve of the nominal fit,
+    and a curve file's curves without their fit (kept as fitted in every condition)."""
+    import dataclasses
+
     from gridrl.compare import ControllerSpec, parse_controllers
 
     specs = []
@@ -141,6 +146,8 @@ def _baseline_specs(feeder, baselines: Sequence[str]):
             c = fitted.curve
             spec = ControllerSpec(name="droop", curve={"v_pu": list(c.v_pu), "q": list(c.q), "reference": c.reference},
                                   label="droop-tuned")
+        elif spec.curve is not None and "fit" in spec.curve:
+            spec = dataclasses.replace(spec, curve={k: v for k, v in spec.curve.items() if k != "fit"})
         specs.append(spec)
     return specs
 

@@ -160,3 +160,19 @@ def test_cli_refuses_an_unknown_condition_in_one_line(tmp_path):
     lines = [x for x in res.output.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and "unknown 'pv-3'" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_curve_file_keeps_its_fitted_curves_in_every_condition():
+    """droop:curves=FILE (the curves distilled by ``gridrl export``) is deployed like droop:tuned:
+    its fit describes the nominal training days, so the suite drops it instead of refusing the
+    curves under a fault (an outage changes the scenario the fit names)."""
+    from gridrl.compare import parse_controllers
+    from gridrl.robustness import _baseline_specs
+
+    path = "reports/export/curves/ieee33-dmpo-published-threads1-seed0.json"
+    (given,) = parse_controllers(f"droop:curves={path}")
+    assert "fit" in given.curve  # the file names what its curves were fitted on
+    feeder = gridrl.load_feeder("ieee33")
+    (spec,) = _baseline_specs(feeder, [f"droop:curves={path}"])
+    assert "fit" not in spec.curve
+    assert spec.curve["agents"] == given.curve["agents"] and spec.label == given.label
