@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 import gridrl
 
 # tests never write the project's results ledger (reports/ledger.csv): their rows go to a
-# throw-away file, inherited by the processes they start
-os.environ["GRIDRL_LEDGER"] = os.path.join(tempfile.mkdtemp(prefix="gridrl-test-ledger-"), "ledger.csv")
+# throw-away file, inherited by the processes they start, removed when the session ends
+_LEDGER_DIR = tempfile.mkdtemp(prefix="gridrl-test-ledger-")
+atexit.register(shutil.rmtree, _LEDGER_DIR, ignore_errors=True)
+os.environ["GRIDRL_LEDGER"] = os.path.join(_LEDGER_DIR, "ledger.csv")
 
 
 @pytest.fixture(scope="session")
