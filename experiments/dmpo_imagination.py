@@ -1,17 +1,25 @@
-"""Anchored against free imagined rollouts at several horizons: dmpo trained on a feeder with each
-setting, compared on the validation days; writes reports/dmpo/imagination_<feeder>.md.
+"""Anchored, model and free imagined rollouts at several horizons: dmpo trained on a feeder with
+each setting, compared on the validation days; writes reports/dmpo/imagination_<feeder>.md.
 
-    python experiments/dmpo_imagination.py --feeder ieee33 --horizons 1,4,15 --steps 16384
+    python experiments/dmpo_imagination.py --feeder ieee33 --horizons 1,4,15 --steps 16384 \\
+        --rollouts anchored,model,free --runs out/imagination/ieee33
 
 Every run is ``experiments/dmpo_ieee33.toml``'s training (32 scenarios per iteration, networks
-64 wide, 32-float messages, the learner's defaults otherwise) with ``anchor`` and ``horizon``
-changed, seed 0, as a tuning run: it validates on the feeder's validation days every 4,096
-steps, chooses its policy there and never sees a test day. ``anchor = true`` uses the model as
-a difference to the recorded continuation (errors do not compound); ``false`` rolls the model on
-its own voltages (the usual Dyna/MBPO rollout). Both replay the recorded loads and PV of the
-episode the rollout branched from: a "free" rollout whose model also predicts loads and PV is
-not built. The imagined feeder-steps per real one are the same at every horizon
-(``model_ratio``), so longer rollouts start from fewer real states.
+64 wide, 32-float messages, the learner's defaults otherwise) with the rollout and ``horizon``
+changed, seed 0, as a tuning run: it validates on the feeder's validation days every
+``--validate-every`` steps, chooses its policy there and never sees a test day. The rollouts
+(:mod:`gridrl.marl.dmpo`):
+
+- ``anchored`` (``anchor = true``, the default): the model as a difference to the recorded
+  continuation; errors do not compound;
+- ``model`` (``anchor = false``): the model rolled on its own voltages, loads and PV replayed
+  from the recorded episode;
+- ``free`` (``anchor = false``, ``exogenous = "predicted"``): the model rolled on its own
+  voltages *and* its own predicted loads and PV — the usual Dyna/MBPO rollout.
+
+The imagined feeder-steps per real one are the same at every horizon (``model_ratio``), so
+longer rollouts start from fewer real states. A run folder under ``--runs`` that already reached
+``--steps`` is read back, not retrained (runs can be split over several invocations).
 """
 
 from __future__ import annotations
@@ -25,51 +33,105 @@ from pathlib import Path
 
 from gridrl.io import write_text
 
+ROLLOUTS = {"anchored": {"anchor": True}, "model": {"anchor": False},
+            "free": {"anchor": False, "exogenous": "predicted"}}
+
 COLUMNS = (("val/controllable_rate", "validation controllable rate", "{:.4f}"),
            ("val/energy_loss_mwh", "validation loss (MWh)", "{:.3f}"),
            ("val/selected_env_steps", "chosen at step", "{:,.0f}"),
            ("imagine/trusted_share", "trusted imagined share (last)", "{:.2f}"),
-           ("model/volt_rmse_pu", "one-step voltage RMSE (last)", "{:.5f}"))
+           ("model/volt_rmse_pu", "one-step voltage RMSE (last)", "{:.5f}"),
+           ("model/volt_rmse_h{H}_pu", "H-step voltage RMSE, recorded loads and PV (last)", "{:.5f}"))
+
+# the free rollout's imagined-against-real errors on held-out episodes (free runs only)
+FREE_COLUMNS = (("model/free_volt_rmse_h{H}_pu", "voltage RMSE (p.u.)", "{:.5f}"),
+                ("model/free_net_p_rmse_mw_h{H}", "zone net P RMSE (MW)", "{:.5f}"),
+                ("model/free_net_p_rmse_persist_mw_h{H}", "… persistence", "{:.5f}"),
+                ("model/free_pv_rmse_mw_h{H}", "PV RMSE (MW)", "{:.5f}"),
+                ("model/free_pv_rmse_persist_mw_h{H}", "… persistence", "{:.5f}"))
+
+
+def _last(df, key: str, h: int) -> float:
+    tag = key.format(H=h)
+    rows = df[df["tag"] == tag].sort_values("env_steps")
+    return float(rows["value"].iloc[-1]) if len(rows) else float("nan")
+
+
+def _mean_late(df, key: str, h: int) -> float:
+    """The mean over the run's second half (the logged errors move with the policy's data)."""
+    tag = key.format(H=h)
+    rows = df[df["tag"] == tag].sort_values("env_steps")
+    rows = rows[rows["env_steps"] > rows["env_steps"].max() / 2]
+    return float(rows["value"].mean()) if len(rows) else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feeder", default="ieee33")
     p.add_argument("--horizons", default="1,4,15")
+    p.add_argument("--rollouts", default="anchored,model,free", help=f"comma-separated, of {', '.join(ROLLOUTS)}")
     p.add_argument("--steps", type=int, default=16384)
+    p.add_argument("--validate-every", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=None, help="run folders go here (default: a temporary folder)")
     p.add_argument("--out", default=None)
+    p.add_argument("--train-only", action="store_true", help="train the missing runs, write no report")
     args = p.parse_args(argv)
+    rollouts = [r for r in args.rollouts.split(",") if r]
+    unknown = [r for r in rollouts if r not in ROLLOUTS]
+    if unknown:
+        sys.exit(f"error: unknown rollout(s) {', '.join(unknown)}; choose from {', '.join(ROLLOUTS)}")
+    horizons = [int(x) for x in args.horizons.split(",")]
 
-    from gridrl.marl.train import resolve_train_config, train
+    import pandas as pd
+
+    from gridrl.marl.train import SCALARS_FILE, resolve_train_config, train
 
     runs = Path(args.runs or tempfile.mkdtemp(prefix="dmpo-imagination-"))
     rows = []
-    for anchor in (True, False):
-        for h in (int(x) for x in args.horizons.split(",")):
-            data = {"algo": "dmpo", "steps": args.steps, "seed": args.seed, "num_envs": 32, "eval_every_steps": 0,
-                    "eval_split": "val", "compare": [], "tuning": True, "validate_every_steps": 4096,
-                    "band_margin_pu": 0.005,
-                    "learner": {"hidden": 64, "message_dim": 32, "anchor": anchor, "horizon": h}}
-            cfg = resolve_train_config(data, source="dmpo_imagination")
-            name = f"{'anchored' if anchor else 'free'}-h{h}"
+    for rollout in rollouts:
+        for h in horizons:
+            name = f"{rollout}-h{h}"
+            scalars = runs / name / SCALARS_FILE
             t = time.time()
-            res = train(args.feeder, cfg, out=runs / name, progress=False, log=lambda m: None)
-            df = res.scalars
-            last = df.sort_values("env_steps").groupby("tag")["value"].last()
-            rows.append({"name": name, "anchor": anchor, "horizon": h, "seconds": time.time() - t,
-                         **{k: float(last.get(k, float("nan"))) for k, _, _ in COLUMNS}})
-            print(name, {k: rows[-1][k] for k, _, _ in COLUMNS}, file=sys.stderr)
+            df = pd.read_csv(scalars) if scalars.exists() else None
+            if df is None or df["env_steps"].max() < args.steps:
+                data = {"algo": "dmpo", "steps": args.steps, "seed": args.seed, "num_envs": 32,
+                        "eval_every_steps": 0, "eval_split": "val", "compare": [], "tuning": True,
+                        "validate_every_steps": args.validate_every, "band_margin_pu": 0.005,
+                        "learner": {"hidden": 64, "message_dim": 32, "horizon": h, **ROLLOUTS[rollout]}}
+                cfg = resolve_train_config(data, source="dmpo_imagination")
+                df = train(args.feeder, cfg, out=runs / name, progress=False, log=lambda m: None).scalars
+                seconds = time.time() - t
+            else:
+                seconds = float(df["wall_s"].max())
+            row = {"rollout": rollout, "horizon": h, "seconds": seconds,
+                   **{k: _last(df, k, h) for k, _, _ in COLUMNS},
+                   **{k: _mean_late(df, k, h) for k, _, _ in FREE_COLUMNS}}
+            rows.append(row)
+            print(name, {k: row[k] for k, _, _ in COLUMNS}, file=sys.stderr, flush=True)
+    if args.train_only:
+        return
     command = "python experiments/dmpo_imagination.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    lines = [f"# DMPO on {args.feeder}: anchored against free imagined rollouts", "", f"Command: `{command.strip()}`", "",
-             f"{args.steps:,} environment steps per run, seed {args.seed}, validation days only (tuning runs). "
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| rollout | horizon | " + " | ".join(label for _, label, _ in COLUMNS) + " | wall s |",
-             "|:---|---:|" + "---:|" * (len(COLUMNS) + 1)]
+    lines = [f"# DMPO on {args.feeder}: anchored, model and free imagined rollouts", "",
+             f"Command: `{command.strip()}`", "",
+             f"{args.steps:,} environment steps per run, seed {args.seed}, validation days only (tuning runs; "
+             f"validated every {args.validate_every:,} steps, the policy chosen there). "
+             f"Table written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| rollout | horizon | " + " | ".join(label.replace("H-step", "H-step") for _, label, _ in COLUMNS)
+             + " | wall s |", "|:---|---:|" + "---:|" * (len(COLUMNS) + 1)]
     for r in rows:
-        lines.append(f"| {'anchored' if r['anchor'] else 'free'} | {r['horizon']} | "
+        lines.append(f"| {r['rollout']} | {r['horizon']} | "
                      + " | ".join(fmt.format(r[k]) for k, _, fmt in COLUMNS) + f" | {r['seconds']:.0f} |")
+    free = [r for r in rows if r["rollout"] == "free"]
+    if free:
+        lines += ["", "The free rollout's imagined against real, H steps open loop from held-out real states "
+                  "with the real actions (mean over the run's second half; persistence: the branch state's "
+                  "value held):", "",
+                  "| horizon | " + " | ".join(label for _, label, _ in FREE_COLUMNS) + " |",
+                  "|---:|" + "---:|" * len(FREE_COLUMNS)]
+        for r in free:
+            lines.append(f"| {r['horizon']} | " + " | ".join(fmt.format(r[k]) for k, _, fmt in FREE_COLUMNS) + " |")
     text = "\n".join(lines) + "\n"
     write_text(Path(args.out or f"reports/dmpo/imagination_{args.feeder}.md"), text)
     print(text)

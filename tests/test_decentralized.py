@@ -114,8 +114,11 @@ def _local_floats(learner, s):
     want = s["iteration_steps"] * (messages + g.relay_floats(1)) + 2 * messages * s["update/samples"]
     if learner.algo == "dmpo":
         model = learner.model_graph.relay_floats(8) * 2      # two members
-        want += (s["imagine/steps"] * (messages + 2 * model + g.relay_floats(1))  # anchored: twice
-                 + s["update/model_steps"] * 8 * 2 * model)   # minibatches of 8, forward and back
+        # anchored: the imagined and the real step; free: the loads and PV, then the step
+        # (whose fit trains both networks)
+        nets = 2 if learner.cfg.exogenous == "predicted" else 1
+        want += (s["imagine/steps"] * (messages + 2 * model + g.relay_floats(1))
+                 + s["update/model_steps"] * 8 * 2 * model * nets)   # minibatches of 8, forward and back
     return want
 
 
@@ -123,9 +126,10 @@ def _shared(module, skip=("embed", "log_std")):
     return sum(p.numel() for n, p in module.named_parameters() if not n.endswith(skip))
 
 
-@pytest.mark.parametrize("algo", ["dppo", "ippo", "cppo", "dmpo"])
+@pytest.mark.parametrize("algo", ["dppo", "ippo", "cppo", "dmpo", "dmpo-free"])
 def test_training_communication_is_counted_for_every_mode(algo):
-    extra = DMPO if algo == "dmpo" else {}
+    extra = {"dmpo": DMPO, "dmpo-free": {**DMPO, "anchor": False, "exogenous": "predicted"}}.get(algo, {})
+    algo = algo.partition("-")[0]
     shared, env = _learner(algo, "shared", **extra)
     for _ in range(2):
         s = shared.iterate()

@@ -5,6 +5,8 @@ talk only to neighbours."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -183,6 +185,73 @@ def test_imagined_steps_talk_only_to_neighbours(ieee141):
         assert not torch.equal(moved[:, :, i], base[:, :, i]), f"agent {i} ignores agent {j}'s imagined action"
 
 
+def _exo_rmse(learner, d, guess, cols):
+    """RMSE of predicted exogenous inputs ``guess`` against the real next ones of replay steps
+    ``d``, over the exogenous columns ``cols`` that exist."""
+    truth = learner.roles.exogenous(d["next_obs"])[..., cols]
+    w = learner._obs_valid[:, learner.roles.exo_cols][:, cols].float().expand_as(truth)
+    return float((((guess[..., cols] - truth) ** 2) * w).sum() / w.sum()) ** 0.5
+
+
+def test_free_rollouts_run_on_the_predicted_loads_and_pv_not_the_recorded(feeder, monkeypatch):
+    """``exogenous = "predicted"``: the imagined next observation carries the model's own loads,
+    PV and headroom (the ensemble's mean), the clock and the inverters' Q its imagined action
+    sets in that headroom; the recorded continuation's loads and PV never enter. With recorded
+    loads and PV, they do."""
+    learner, env, _ = _dmpo(feeder, iterations=1, num_envs=4, anchor=False, exogenous="predicted", ensemble=2,
+                            model_updates=5, model_check_every=0)
+    m, roles = learner.model, learner.roles
+    E, K = len(roles.exo_cols), m.size
+    assert m.n_exo == E and E == 2 * env.max_zone_buses + 2     # zone net P and Q, PV, headroom
+    real = learner.replay.step(learner.replay.starts()[:3])
+    obs = real["obs"]
+    action = torch.rand(3, env.n_agents, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        exo = m.next_exogenous(obs)
+        step = learner._predict_next(obs, action, real)
+        assert exo.shape == (K, 3, env.n_agents, E) and step.volts.shape == (K, 3, env.n_agents, len(roles.volt_cols))
+        want = exo.mean(0)
+        headroom = roles.exo_cols.tolist().index(roles.q_avail_col)
+        want[..., headroom] = want[..., headroom].clamp(min=0.0)
+        torch.testing.assert_close(roles.exogenous(step.next_obs), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(step.next_obs[..., roles.q_col], action * want[..., headroom], rtol=0, atol=1e-6)
+        torch.testing.assert_close(step.next_obs[..., roles.clock_cols], real["next_obs"][..., roles.clock_cols])
+        # the recorded continuation's loads and PV moved (not its headroom, from which with its
+        # Q the recorded step says whether an inverter is in service): the free step does not move
+        moved = {**real, "next_obs": real["next_obs"].clone()}
+        moved["next_obs"][..., roles.exo_cols[roles.exo_cols != roles.q_avail_col]] += 0.5
+        torch.testing.assert_close(learner._predict_next(obs, action, moved).volts, step.volts)
+        # the model's predicted loads and PV moved: it does
+        with monkeypatch.context() as patch:
+            patch.setattr(m, "next_exogenous", lambda o: exo + 0.05)
+            assert not torch.allclose(learner._predict_next(obs, action, real).volts, step.volts)
+        # recorded loads and PV (the model rollout): the recorded continuation's enter
+        learner.cfg = dataclasses.replace(learner.cfg, exogenous="recorded")
+        assert not torch.allclose(learner._predict_next(obs, action, moved).volts,
+                                  learner._predict_next(obs, action, real).volts)
+
+
+def test_a_brief_fit_teaches_the_model_the_next_loads_and_pv(feeder):
+    """The exogenous network learns with the model's fit: after 100 updates its one-step errors
+    of zone net P and PV output on the transitions it was fitted on are well below the unfitted
+    network's, and its PV error well below persistence's (zone net P, mostly the loads' own
+    noise, stays near persistence's after so brief a fit)."""
+    errors = {}
+    for updates in (0, 100):
+        learner, env, _ = _dmpo(feeder, iterations=2, num_envs=16, model_ratio=0.0, model_updates=updates,
+                                ensemble=2, anchor=False, exogenous="predicted", model_check_every=0)
+        d = learner.replay.step(learner.replay.transitions(held_out=False))
+        with torch.no_grad():
+            guess = learner.model.next_exogenous(d["obs"]).mean(0)
+        groups = learner._exo_groups
+        errors[updates] = {g: _exo_rmse(learner, d, guess, cols) for g, cols in groups.items()}
+        errors["persist"] = {g: _exo_rmse(learner, d, learner.roles.exogenous(d["obs"]), cols)
+                             for g, cols in groups.items()}
+    for g in ("net_p", "pv"):
+        assert errors[100][g] < 0.85 * errors[0][g], errors   # 0.80 and 0.62 when written
+    assert errors[100]["pv"] < 0.8 * errors["persist"]["pv"], errors
+
+
 # --------------------------------------------------------------------------------------------
 # the model against the true physics
 # --------------------------------------------------------------------------------------------
@@ -206,10 +275,13 @@ def test_model_predictions_match_the_physics_after_brief_fitting(feeder):
 
 def test_config_problems_are_listed_together():
     with pytest.raises(ValueError) as exc:
-        DmpoConfig(horizon=0, ensemble=0, model_ratio=-1.0, reward_model="guess", hops=-1)
+        DmpoConfig(horizon=0, ensemble=0, model_ratio=-1.0, reward_model="guess", hops=-1, exogenous="forecast")
     for part in ("horizon must be ≥ 1", "ensemble must be ≥ 1", "model_ratio must be ≥ 0",
-                 "reward_model must be 'physics' or 'learned'", "hops must be ≥ 0"):
+                 "reward_model must be 'physics' or 'learned'", "hops must be ≥ 0",
+                 "exogenous must be 'recorded' or 'predicted', got 'forecast'"):
         assert part in str(exc.value), str(exc.value)
+    with pytest.raises(ValueError, match="exogenous = 'predicted' needs anchor = false"):
+        DmpoConfig(exogenous="predicted")
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,12 @@ drawn per step and rollout. With ``anchor`` (default) the prediction is used as 
 ``v' = v_real + (model(imagined inputs) − model(real inputs))`` with the same member — the
 model's bias at the real trajectory cancels, and its errors do not compound along a rollout (the
 power flow has no memory, and neither does the anchor). ``anchor = false`` rolls the model
-forward on its own predictions instead (the usual Dyna/MBPO rollout).
+forward on its own voltages instead, still on the recorded day. ``exogenous = "predicted"``
+(with ``anchor = false``: the free rollout, the usual Dyna/MBPO one) also leaves the recorded
+day: every agent's model predicts its own next loads, PV and headroom (the ensemble's mean, from
+its neighbourhood's imagined observations, :meth:`~gridrl.marl.model.DynamicsEnsemble.next_exogenous`),
+and the imagined step is built from those; only the clock and whether an agent's inverters are
+in service come from the recorded step.
 
 Rewards of imagined steps: ``reward_model = "physics"`` (default) computes the local reward as
 the environment does, from the predicted voltages (the barrier; learned whole in the pool
@@ -49,9 +54,9 @@ later imagined steps are left out and its advantage bootstraps from the value be
 policy sample counts only while every agent whose reward it sums is still trusted.
 
 **Communication.** Acting: dppo's (the policy's messages over κ hops). Training adds, per
-imagined step, every agent's model messages (all K members, twice with ``anchor``) relayed over
-the model's κ hops; ``model_hops = 0`` (or ``hops = 0`` with ``model_hops`` unset) is the
-no-communication ablation. Message dropout of the environment applies to real steps; imagined
+imagined step, every agent's model messages (all K members, twice with ``anchor``, and the
+exogenous network's as well when loads and PV are predicted) relayed over the model's κ hops;
+``model_hops = 0`` (or ``hops = 0`` with ``model_hops`` unset) is the no-communication ablation. Message dropout of the environment applies to real steps; imagined
 steps assume every message arrives.
 """
 
@@ -126,6 +131,9 @@ class DmpoConfig(DppoConfig):
     disagreement_pu: an agent's rollout stops where the members' next voltages spread more than
         this (standard deviation in p.u., worst zone bus).
     anchor: use the model as a difference to the real continuation (see the module docstring).
+    exogenous: where an imagined step's loads, PV and headroom come from: ``recorded`` (the
+        episode the rollout branched from) or ``predicted`` (the model's own, which then also
+        learns them; needs ``anchor = false``: the free rollout).
     reward_model: ``physics`` (reward computed from predicted voltages and losses) or
         ``learned`` (the model's reward output).
     model_eval_samples: held-out transitions scored per iteration.
@@ -150,6 +158,7 @@ class DmpoConfig(DppoConfig):
     model_prior: Literal["none", "sensitivity", "physics"] = "none"
     disagreement_pu: float = 0.005
     anchor: bool = True
+    exogenous: Literal["recorded", "predicted"] = "recorded"
     reward_model: Literal["physics", "learned"] = "physics"
     model_eval_samples: int = 512
     model_check_every: int = 10
@@ -172,6 +181,11 @@ class DmpoConfig(DppoConfig):
             problems.append(f"model_precision must be 'float32' or 'bfloat16', got {self.model_precision!r}")
         if self.model_prior not in ("none", "sensitivity", "physics"):
             problems.append(f"model_prior must be 'none', 'sensitivity' or 'physics', got {self.model_prior!r}")
+        if self.exogenous not in ("recorded", "predicted"):
+            problems.append(f"exogenous must be 'recorded' or 'predicted', got {self.exogenous!r}")
+        elif self.exogenous == "predicted" and self.anchor:
+            problems.append("exogenous = 'predicted' needs anchor = false (an anchored rollout follows the recorded "
+                            "day, loads and PV included)")
         if self.reward_model not in ("physics", "learned"):
             problems.append(f"reward_model must be 'physics' or 'learned', got {self.reward_model!r}")
         return problems
@@ -204,8 +218,13 @@ class DMPO(DPPO):
                                           members=cfg.ensemble, hidden=cfg.model_hidden,
                                           message_dim=cfg.model_message_dim, embed_dim=cfg.embed_dim,
                                           own_weights=self.decentralized, sensitivity=sensitivity,
-                                          actions_through_prior=cfg.model_prior == "physics").to(self.device)
+                                          actions_through_prior=cfg.model_prior == "physics",
+                                          exogenous=cfg.exogenous == "predicted").to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
+        self._obs_valid = valid.to(self.device)
+        names = [env.obs_names[c] for c in self.roles.exo_cols.tolist()]
+        self._exo_groups = {"net_p": [k for k, n in enumerate(names) if n.startswith(("p_mw[", "p_zone_mw"))],
+                            "pv": [k for k, n in enumerate(names) if n == "inv_p_mw"]}
         self.replay = EpisodeReplay(cfg.replay_iterations, env.episode_steps, env.num_envs, env.n_agents, env.obs_dim,
                                     holdout_every=cfg.holdout_every, device=self.device)
 
@@ -218,18 +237,20 @@ class DMPO(DPPO):
                        ) -> dict[str, float]:
         """dppo's traffic (see :meth:`DPPO._communication`; its update counts imagined samples
         too) plus, locally, every imagined step's actor, critic and model messages (all
-        members, twice when anchored) and local advantages, and the model fit's messages and
-        their gradients; globally, every fit step's share of the gradient norm (the clip) and,
+        members, twice when anchored or when loads and PV are predicted) and local advantages,
+        and the model fit's messages and their gradients (both networks' with predicted loads
+        and PV); globally, every fit step's share of the gradient norm (the clip) and,
         in shared training, the model's shared weights at every fit step and its pooled input
         statistics."""
-        cfg, g = self.cfg, self.model_graph
+        cfg = self.cfg
         out = super()._communication(real_steps=real_steps, update_stats=update_stats)
         policy = self.graph.relay_floats(cfg.message_dim) + self.graph.relay_floats(self._critic_message_dim())
-        model = g.relay_floats(cfg.model_message_dim) * cfg.ensemble
+        model = self.model_graph.relay_floats(cfg.model_message_dim) * cfg.ensemble   # one network, one pass
         fits = update_stats.get("update/model_steps", 0.0)
-        out["comm/train_local_floats"] += (imagined_steps * (policy + model * (2 if cfg.anchor else 1)
+        nets = 1 if self.model.exo_net is None else 2
+        out["comm/train_local_floats"] += (imagined_steps * (policy + model * self._model_passes()
                                                              + self.graph.relay_floats(1.0))
-                                           + fits * cfg.model_batch * 2.0 * model)
+                                           + fits * cfg.model_batch * 2.0 * model * nets)
         out["comm/train_global_floats"] += fits
         if not self.decentralized:
             out["comm/train_global_floats"] += shared_floats(self.model) * fits + 3.0 * self.model.in_dim
@@ -238,10 +259,17 @@ class DMPO(DPPO):
     @property
     def communication_training(self) -> float:
         """Floats per agent per real step while training: dppo's, plus the model messages of
-        ``model_ratio`` imagined steps (every member's, twice when anchored)."""
+        ``model_ratio`` imagined steps (every member's, twice when anchored or when loads and PV
+        are predicted)."""
         cfg = self.cfg
-        model = self.model_graph.relay_floats(cfg.model_message_dim) * cfg.ensemble * (2 if cfg.anchor else 1)
+        model = self.model_graph.relay_floats(cfg.model_message_dim) * cfg.ensemble * self._model_passes()
         return super().communication_training * (1.0 + cfg.model_ratio) + model * cfg.model_ratio
+
+    def _model_passes(self) -> int:
+        """Passes of one model network over the feeder per imagined step, each relaying every
+        member's messages: the imagined and the real step when anchored; the exogenous
+        network's prediction and then the step when loads and PV are predicted."""
+        return 2 if self.cfg.anchor or self.cfg.exogenous == "predicted" else 1
 
     # ---------------------------------------------------------------------------------------
     # one iteration
@@ -336,7 +364,9 @@ class DMPO(DPPO):
     def _model_errors(self) -> dict[str, float]:
         """Errors on held-out real steps: one step (next voltages, zone loss, reward both ways,
         the ensemble's spread, and the persistence baseline ``v_{t+1} = v_t``) and H steps
-        (the model rolled forward on its own voltages with the real actions, no anchor)."""
+        (the model rolled forward on its own voltages with the real actions, no anchor), and
+        with predicted loads and PV the free rollout's errors after 1 and H steps
+        (:meth:`_free_errors`)."""
         cfg, m, roles = self.cfg, self.model, self.roles
         held = self.replay.transitions(held_out=True)
         if not len(held):
@@ -358,14 +388,43 @@ class DMPO(DPPO):
         # H steps open loop from held-out starts whose H steps are all real
         H = cfg.horizon
         ok = torch.ones(len(pick), dtype=torch.bool, device=self.device)
-        obs = d["obs"]
+        obs = free = d["obs"]
         for h in range(H):
             s = self.replay.step(pick, h)
             ok &= s["valid"]
             dv = m.split(m(m.features(obs, s["next_obs"], s["action"])).mean(0))["dv"]
             obs = roles.with_volts(s["next_obs"], roles.volts(obs) + dv)
+            if m.exo_net is not None:  # the free rollout: loads and PV the model's too
+                free = self._free_step(free, s)
+                if h in (0, H - 1) and ok.any():
+                    out.update(self._free_errors(free, s["next_obs"], d["obs"], ok, h + 1))
         if ok.any():
             out[f"model/volt_rmse_h{H}_pu"] = _rmse((roles.volts(obs) - roles.volts(s["next_obs"]))[ok], vmask)
+        return out
+
+    def _free_step(self, obs: torch.Tensor, real: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The next observation after ``obs`` with the real step's actions, loads, PV and
+        voltages all the model's own (the ensemble's mean): one step of a free rollout."""
+        m, roles = self.model, self.roles
+        nxt = roles.with_exogenous(obs, m.next_exogenous(obs).mean(0), real["action"], clock=real["next_obs"],
+                                   out_of_service=roles.out_of_service(real["next_obs"], real["action"]))
+        dv = m.split(m(m.features(obs, nxt, real["action"])).mean(0))["dv"]
+        return roles.with_volts(nxt, roles.volts(obs) + dv)
+
+    def _free_errors(self, free: torch.Tensor, real: torch.Tensor, start: torch.Tensor, ok: torch.Tensor,
+                     h: int) -> dict[str, float]:
+        """Errors of a free rollout's observations ``free`` after ``h`` steps against the real
+        ones ``real``: voltage features (p.u.), zone net P and PV output (MW), and the latter two
+        held at the branch state ``start`` (persistence)."""
+        roles, valid = self.roles, self._obs_valid
+        exo_valid = valid[:, roles.exo_cols].to(free.dtype)
+        truth, guess, held = (roles.exogenous(o)[ok] for o in (real, free, start))
+        out = {f"model/free_volt_rmse_h{h}_pu": _rmse((roles.volts(free) - roles.volts(real))[ok],
+                                                      roles.volt_valid.to(free.dtype))}
+        for name, cols in self._exo_groups.items():
+            w = exo_valid[:, cols]
+            out[f"model/free_{name}_rmse_mw_h{h}"] = _rmse(guess[..., cols] - truth[..., cols], w)
+            out[f"model/free_{name}_rmse_persist_mw_h{h}"] = _rmse(held[..., cols] - truth[..., cols], w)
         return out
 
     def _reward(self, volts: torch.Tensor, part: dict[str, torch.Tensor], next_obs: torch.Tensor) -> torch.Tensor:
@@ -418,9 +477,14 @@ class DMPO(DPPO):
         """One imagined step of every ensemble member: from imagined observations ``obs`` and
         actions ``action [M, N]``, beside the real step ``real`` (its ``obs``, ``next_obs``,
         ``action``, ``zone_loss_mw``, ``voltage_cost``, ``reward``) whose exogenous inputs it
-        shares; anchored to the real step, or the model's own (see the module docstring)."""
+        shares, or with the model's own predicted ones (``exogenous = "predicted"``); anchored
+        to the real step, or the model's own (see the module docstring)."""
         m, roles = self.model, self.roles
-        next_obs = roles.with_actions(real["next_obs"], real["action"], action)
+        if self.cfg.exogenous == "predicted":
+            next_obs = roles.with_exogenous(obs, m.next_exogenous(obs).mean(0), action, clock=real["next_obs"],
+                                            out_of_service=roles.out_of_service(real["next_obs"], real["action"]))
+        else:
+            next_obs = roles.with_actions(real["next_obs"], real["action"], action)
         if not self.cfg.anchor:
             out = m.split(m(m.features(obs, next_obs, action)))
             return StepPrediction(next_obs, roles.volts(obs) + out["dv"], {k: out[k] for k in m.OUTPUTS})

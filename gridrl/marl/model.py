@@ -14,7 +14,7 @@ three parts, named column by column by :class:`ObservationRoles`:
   mean, max) and, in the reward, the zone's share of line losses: they respond to the reactive
   power of the whole neighbourhood (a neighbour's Q moves my voltage as surely as mine does).
 
-Only the physics part is learned. Agent *i*'s model reads, from every agent *j* of its κ-hop
+Only the physics part is learned by default. Agent *i*'s model reads, from every agent *j* of its κ-hop
 neighbourhood (as messages, through :class:`~gridrl.marl.nets.NeighbourhoodNet`: nothing from
 outside the neighbourhood can reach it), *j*'s current observation, *j*'s next observation
 without its physics part and *j*'s action; it predicts the change of *i*'s voltage features (a
@@ -22,7 +22,12 @@ residual: voltages move little from one 15-minute step to the next), *i*'s zone 
 unweighted voltage cost and its whole local reward. The last two let DMPO compute the reward from
 the predicted voltages or take it learned whole — and measure which is closer
 (:class:`LocalReward`). Where the exogenous part of an imagined step comes from is the rollout's
-business (dmpo replays it from the real episode the rollout branched from).
+business: dmpo replays it from the real episode the rollout branched from, or, with
+``exogenous=True`` here, takes it from a second network of the same ensemble that predicts each
+agent's next exogenous inputs (:attr:`ObservationRoles.exo_cols`: its zone's net P and Q without
+its inverters' Q, its PV output and Q headroom, forecasts) from the κ-hop neighbourhood's
+*current* observations alone — it must not read the next observation it predicts. Its outputs
+follow the physics outputs in every prediction and target (the same fit, the same loss).
 
 **Ensemble.** ``members`` networks of one shape, each with its own initial weights and its own
 minibatches drawn with replacement (a bootstrap); their spread on an input is the model's
@@ -83,6 +88,10 @@ class ObservationRoles:
         buses they sit at (an agent with several inverters shares ``Δa·q_avail`` between them in
         proportion to their apparent power, exact when their PV follows one profile, as in
         every shipped feeder).
+    exo_cols: ``[E]`` the exogenous columns (the next columns but the inverters' Q and the
+        clock): what loads, PV and forecasts set, read by :meth:`exogenous` with the inverters'
+        own Q taken out of the zone's net Q.
+    clock_cols: ``[2]`` the time of day (``sin_time``, ``cos_time``): known, never predicted.
     """
 
     volt_cols: torch.Tensor
@@ -93,6 +102,8 @@ class ObservationRoles:
     q_coef: torch.Tensor
     zone_index: torch.Tensor
     zone_monitored: torch.Tensor
+    exo_cols: torch.Tensor
+    clock_cols: torch.Tensor
     layout: str
     measured: bool = False
 
@@ -120,8 +131,12 @@ class ObservationRoles:
             q_coef[:, col["q_zone_mvar"]] = 1.0
         skip = set(volt) | {c for n, c in col.items() if n.startswith("mask[")}
         zone_monitored = np.append(env.monitored.numpy(), False)[env.zone_index.numpy()] & env.zone_mask.numpy()
+        clock = [col["sin_time"], col["cos_time"]]
+        nxt = [c for c in range(D) if c not in skip]
         return cls(volt_cols=torch.as_tensor(volt), volt_valid=valid,
-                   next_cols=torch.as_tensor([c for c in range(D) if c not in skip]), q_col=col["inv_q_mvar"],
+                   next_cols=torch.as_tensor(nxt), q_col=col["inv_q_mvar"],
+                   exo_cols=torch.as_tensor([c for c in nxt if c not in {col["inv_q_mvar"], *clock}]),
+                   clock_cols=torch.as_tensor(clock),
                    q_avail_col=col["inv_q_avail_mvar"], q_coef=torch.as_tensor(q_coef),
                    zone_index=env.zone_index.clone(), zone_monitored=torch.as_tensor(zone_monitored),
                    layout=env.config.zone_layout, measured=env.config.observation == "measured")
@@ -167,6 +182,34 @@ class ObservationRoles:
         out[..., self.volt_cols] = volts * self.volt_valid.to(volts.dtype)
         return out
 
+    def exogenous(self, obs: torch.Tensor) -> torch.Tensor:
+        """The exogenous inputs ``[..., N, E]`` of observations ``[..., N, D]``: the columns
+        :attr:`exo_cols`, the inverters' own Q taken out of the zone buses' net Q (what the day
+        sets, whatever the agents do)."""
+        base = obs - obs[..., self.q_col, None] * self.q_coef.to(obs.dtype)
+        return base.index_select(-1, self.exo_cols)
+
+    def out_of_service(self, next_obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``[..., N]``: the agents whose inverters were out at the step ``action`` met (their
+        Q stayed 0 although ``a·q_avail`` was not)."""
+        return (next_obs[..., self.q_col] == 0) & (action.clamp(-1.0, 1.0) * next_obs[..., self.q_avail_col] != 0)
+
+    def with_exogenous(self, obs: torch.Tensor, exogenous: torch.Tensor, action: torch.Tensor, *,
+                       clock: torch.Tensor, out_of_service: torch.Tensor) -> torch.Tensor:
+        """The next observation after ``obs`` built from predicted exogenous inputs
+        ``exogenous [..., N, E]`` (as :meth:`exogenous` reads them), the time of day of ``clock``
+        (an observation of that step) and the inverters' Q that ``action`` sets within the
+        predicted headroom (0 where ``out_of_service``); its voltage features are still
+        ``obs``'s."""
+        out = obs.clone()
+        out[..., self.exo_cols] = exogenous
+        out[..., self.clock_cols] = clock.index_select(-1, self.clock_cols)
+        out[..., self.q_col] = 0.0
+        q_avail = out[..., self.q_avail_col].clamp(min=0.0)
+        out[..., self.q_avail_col] = q_avail
+        q = torch.where(out_of_service, 0.0, action.clamp(-1.0, 1.0) * q_avail)
+        return out + q[..., None] * self.q_coef.to(out.dtype)
+
     def with_actions(self, next_obs: torch.Tensor, action: torch.Tensor, new_action: torch.Tensor) -> torch.Tensor:
         """The next observation ``next_obs`` (reached with ``action``) as it would read, apart
         from its voltages, had the agents played ``new_action`` instead: the inverters' Q and
@@ -174,8 +217,7 @@ class ObservationRoles:
         stayed 0 although ``a·q_avail`` was not) stays at 0."""
         a, b = action.clamp(-1.0, 1.0), new_action.clamp(-1.0, 1.0)
         q_avail = next_obs[..., self.q_avail_col]
-        out_of_service = (next_obs[..., self.q_col] == 0) & (a * q_avail != 0)
-        dq = torch.where(out_of_service, 0.0, (b - a) * q_avail)
+        dq = torch.where(self.out_of_service(next_obs, action), 0.0, (b - a) * q_avail)
         return next_obs + dq[..., None] * self.q_coef.to(next_obs.dtype)
 
 
@@ -256,9 +298,11 @@ def voltage_sensitivity(env, roles: ObservationRoles, graph: Neighbourhood) -> t
 class DynamicsEnsemble(nn.Module):
     """``members`` localized dynamics models over the κ-hop neighbourhoods of ``graph``.
 
-    Outputs per agent (``[..., N, V + 3]``, in physical units): the change of its voltage
+    Outputs per agent (``[..., N, V + 3 (+ E)]``, in physical units): the change of its voltage
     features from this observation to the next, its zone loss share (MW), its unweighted
-    voltage cost and its local reward, for the step its action meets.
+    voltage cost and its local reward, for the step its action meets; with ``exogenous``, then
+    the change of its exogenous inputs (:meth:`ObservationRoles.exogenous`), from a second
+    network that reads only the current observations (see the module docstring).
     """
 
     OUTPUTS = ("zone_loss_mw", "voltage_cost", "reward")
@@ -266,7 +310,7 @@ class DynamicsEnsemble(nn.Module):
     def __init__(self, roles: ObservationRoles, graph: Neighbourhood, *, obs_valid: torch.Tensor,
                  obs_keep: torch.Tensor, members: int = 5, hidden: int = 64, message_dim: int = 16,
                  embed_dim: int = 8, own_weights: bool = False, sensitivity: torch.Tensor | None = None,
-                 actions_through_prior: bool = False):
+                 actions_through_prior: bool = False, exogenous: bool = False):
         super().__init__()
         self.roles = roles
         self.graph = graph
@@ -275,17 +319,26 @@ class DynamicsEnsemble(nn.Module):
         nxt = roles.next_cols.cpu()  # roles may already live where the model will run
         self.in_dim = obs_valid.shape[1] + len(nxt) + 1
         self.n_volt = len(roles.volt_cols)
-        self.out_dim = self.n_volt + len(self.OUTPUTS)
+        self.obs_dim = obs_valid.shape[1]
+        self.n_exo = len(roles.exo_cols) if exogenous else 0
+        self.out_dim = self.n_volt + len(self.OUTPUTS) + self.n_exo
         self.message_dim = int(message_dim)
         # own_weights (decentralized training): every agent its own weights and input statistics
         self.input_norm = RunningNorm(self.in_dim, valid=torch.cat([obs_valid, obs_valid[:, nxt], torch.ones(N, 1, dtype=torch.bool)], 1),
                                       keep=torch.cat([obs_keep, obs_keep[nxt], torch.zeros(1, dtype=torch.bool)]),
                                       per_agent=own_weights)
-        self.register_buffer("out_valid", torch.cat([roles.volt_valid.cpu(), torch.ones(N, len(self.OUTPUTS), dtype=torch.bool)], 1))
+        exo_valid = obs_valid[:, roles.exo_cols.cpu()] if exogenous else torch.ones(N, 0, dtype=torch.bool)
+        self.register_buffer("out_valid", torch.cat([roles.volt_valid.cpu(), torch.ones(N, len(self.OUTPUTS), dtype=torch.bool),
+                                                     exo_valid], 1))
         # targets are heavy-tailed (a voltage barrier far outside the band): clip only far out
         self.target_norm = RunningNorm(self.out_dim, valid=self.out_valid, per_agent=True, clip=100.0)
-        self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim, hidden=hidden, message_dim=message_dim,
-                                    embed_dim=embed_dim, members=int(members), own_weights=own_weights)
+        self.net = NeighbourhoodNet(self.in_dim, graph, out_dim=self.out_dim - self.n_exo, hidden=hidden,
+                                    message_dim=message_dim, embed_dim=embed_dim, members=int(members),
+                                    own_weights=own_weights)
+        # the exogenous inputs' network reads the current observations only
+        self.exo_net = (NeighbourhoodNet(self.obs_dim, graph, out_dim=self.n_exo, hidden=hidden, message_dim=message_dim,
+                                         embed_dim=embed_dim, members=int(members), own_weights=own_weights)
+                        if exogenous else None)
         self.size = int(members)
         self.width = max(int(hidden), self.in_dim, self.out_dim)
         # the physics prior (voltage_sensitivity): the model learns the voltage change it leaves
@@ -332,7 +385,10 @@ class DynamicsEnsemble(nn.Module):
         prior = self.prior(obs[..., r.q_col], next_obs[..., r.q_col])
         if prior is not None:
             dv = dv - prior
-        return torch.cat([dv, zone_loss_mw[..., None], voltage_cost[..., None], reward[..., None]], -1).to(obs.dtype)
+        out = [dv, zone_loss_mw[..., None], voltage_cost[..., None], reward[..., None]]
+        if self.exo_net is not None:
+            out.append(r.exogenous(next_obs) - r.exogenous(obs))
+        return torch.cat(out, -1).to(obs.dtype)
 
     @torch.no_grad()
     def observe(self, features: torch.Tensor, targets: torch.Tensor) -> None:
@@ -355,12 +411,28 @@ class DynamicsEnsemble(nn.Module):
         prior = self.prior(features[..., self.roles.q_col], features[..., self._q_next])
         if features.ndim == 3:
             features = features.expand(self.size, *features.shape)
-        parts = [self.target_norm.inverse(self.net(self.input_norm(x) * self.input_seen))
+        parts = [self.target_norm.inverse(self._net(self.input_norm(x) * self.input_seen))
                  for x in features.split(self.chunk_rows(), 1)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         if prior is None:
             return out
         return torch.cat([out[..., :self.n_volt] + prior * self.roles.volt_valid.to(out.dtype), out[..., self.n_volt:]], -1)
+
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised outputs of normalised features ``x``: the physics network's, then the
+        exogenous network's on the current observations' columns."""
+        out = self.net(x)
+        if self.exo_net is None:
+            return out
+        return torch.cat([out, self.exo_net(x[..., :self.obs_dim])], -1)
+
+    def next_exogenous(self, obs: torch.Tensor) -> torch.Tensor:
+        """Every member's predicted next exogenous inputs ``[K, M, N, E]`` (as
+        :meth:`ObservationRoles.exogenous` reads them) after observations ``obs [M, N, D]``:
+        the exogenous network, which reads nothing of the next step (the features' next
+        columns are placeholders here, and this pass's physics outputs are not used)."""
+        out = self(self.features(obs, obs, obs.new_zeros(obs.shape[:-1])))
+        return self.roles.exogenous(obs) + self.split(out)["exo"]
 
     def normalise(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and targets in the units the networks learn in (for :meth:`backward`'s
@@ -386,7 +458,7 @@ class DynamicsEnsemble(nn.Module):
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, samples: int) -> torch.Tensor:
         """The squared errors of normalised ``features``' samples against normalised
         ``targets``, summed and divided as for ``samples``."""
-        pred = self.net(features)
+        pred = self._net(features)
         valid = self.out_valid.to(pred.dtype)
         err = (pred - targets) ** 2 * valid
         return err.sum() / (valid.sum() * samples)
@@ -397,4 +469,6 @@ class DynamicsEnsemble(nn.Module):
         parts = {"dv": out[..., :self.n_volt]}
         for c, name in enumerate(self.OUTPUTS):
             parts[name] = out[..., self.n_volt + c]
+        if self.n_exo:
+            parts["exo"] = out[..., self.out_dim - self.n_exo:]
         return parts
