@@ -526,6 +526,9 @@ def train_cmd(
                                                    "\\[env] and \\[learner] tables.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, exploration and the days drawn.")] = None,
+    env_chunk: Annotated[Optional[int], typer.Option(help="Solve the training scenarios' power flows this many at a "
+                                                     "time (a divisor of num_envs): less memory on a large "
+                                                     "feeder, the same checkpoint bit for bit.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default out/runs/FEEDER-ALGO-seedSEED); must "
                                                 "not exist unless --resume.")] = None,
@@ -596,7 +599,8 @@ def train_cmd(
         data = {**data, "learner": {**data.get("learner", {}), "transfer": True}}
         if variant == "default":
             variant = "transfer"
-    cfg = resolve_train_config(data, source=source, overrides={"algo": algo, "steps": steps, "seed": seed})
+    overrides = {"algo": algo, "steps": steps, "seed": seed, "env_chunk": env_chunk}
+    cfg = resolve_train_config(data, source=source, overrides=overrides)
     label = "+".join(Path(n).stem for n in names)
     if out is None:
         from gridrl.io import default_out

@@ -36,12 +36,14 @@ def _feeder(feeder_or_name):
 
 def make_env(feeder_or_name, *, split: str = "train", num_envs: int = 1, seed: int = 0,
              days: Sequence[int] | None = None, config: EnvConfig | None = None,
-             device: str = "cpu") -> VoltageControlEnv:
-    """The batched environment: ``num_envs`` episodes on days of ``split`` (or of ``days``)."""
+             device: str = "cpu", chunk: int | None = None) -> VoltageControlEnv:
+    """The batched environment: ``num_envs`` episodes on days of ``split`` (or of ``days``);
+    ``chunk``: its physics solved that many scenarios at a time (the same numbers; see
+    :class:`VoltageControlEnv`)."""
     from gridrl.env.core import VoltageControlEnv
 
     return VoltageControlEnv(_feeder(feeder_or_name), num_envs=num_envs, seed=seed, split=split,
-                             days=days, config=config, device=device)
+                             days=days, config=config, device=device, chunk=chunk)
 
 
 def parallel_env(feeder_or_name, *, split: str = "train", seed: int | None = None,

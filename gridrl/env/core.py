@@ -66,6 +66,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -94,6 +95,12 @@ _EPISODE_KEYS = ("steps", "controllable_rate", "energy_loss_mwh", "violation_bus
                  "trafo_noload_loss_mwh", "overload_branch_hours", "max_loading_pct", "tap_operations")
 
 
+def _concat_results(parts: list):
+    """One power-flow result of a batch from the results of its chunks (torch), in order."""
+    return type(parts[0])(**{f.name: None if getattr(parts[0], f.name) is None else
+                             torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
+
+
 class EnvError(GridrlError, ValueError):
     """Input the environment cannot take: a bad split or day list, actions of the wrong shape or
     with NaN."""
@@ -104,6 +111,13 @@ class VoltageControlEnv:
 
     Build with :func:`gridrl.env.make_env`. Agents are ``feeder.agents`` (order kept); the
     agent graph is ``adjacency`` / ``hop_distance``.
+
+    ``chunk`` (C scenarios, default None: all B at once): the physics of every step, reset and
+    peek — the power flows and the branch losses and loadings — runs over the batch C scenarios
+    at a time, which bounds the solver's working arrays on a large feeder. It changes no number:
+    the solver stops updating a scenario once it has converged, so each scenario's solution is
+    the one it gets in any batch, and every random draw is made for the whole batch as without
+    chunks (``tests/test_chunking.py`` holds both to bit-identity).
 
     Observation of agent i (``obs[b, i]``, float32, layout in :attr:`obs_names`): only what its
     own sensors measure —
@@ -132,11 +146,14 @@ class VoltageControlEnv:
 
     def __init__(self, feeder, *, num_envs: int = 1, seed: int = 0, split: str = "train",
                  days: Sequence[int] | None = None, config: EnvConfig | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", chunk: int | None = None):
         cfg = config if config is not None else EnvConfig()
         apply_torch()  # the thread policy, once per process (see gridrl.threads)
         if num_envs < 1:
             raise EnvError(f"num_envs must be ≥ 1, got {num_envs}")
+        if chunk is not None and chunk < 1:
+            raise EnvError(f"chunk must be ≥ 1 scenarios (or None: the whole batch at once), got {chunk}")
+        self.chunk = None if chunk is None else int(chunk)
         self.feeder = feeder
         self.config = cfg
         self.num_envs = int(num_envs)
@@ -454,12 +471,18 @@ class VoltageControlEnv:
     # ---------------------------------------------------------------------------------------
     # physics
     # ---------------------------------------------------------------------------------------
+    def _chunks(self, n: int) -> list[slice]:
+        """The rows of a batch of ``n`` scenarios in chunks of :attr:`chunk` (one chunk: all)."""
+        size = self.chunk or max(n, 1)
+        return [slice(i, i + size) for i in range(0, max(n, 1), size)]
+
     def _solve(self, exo: dict, q_inv: torch.Tensor, v_init) -> dict:
         """Power flow of the scenarios in ``exo`` with inverter reactive power ``q_inv``, the tap
         changer at ``exo["tap_pos"]`` (``[n]``; absent: the net's position).
 
         Adds ``sgen_q_mvar`` to ``exo``. Scenarios that did not converge carry NaN voltages,
-        angles and losses; they never raise.
+        angles and losses; they never raise. Solved chunk by chunk (:attr:`chunk`): the solver
+        stops updating a scenario once it has converged, so its result is the same in any batch.
         """
         sgen_q = self._sgen_q_fixed + exo["sgen_p_mw"] * self._sgen_q_per_mw
         sgen_q[:, self.inverter_sgen_pos] = q_inv
@@ -468,10 +491,15 @@ class VoltageControlEnv:
             # every solve of a feeder under AVR must say at which tap (the scenarios' state)
             raise RuntimeError("_solve needs exo['tap_pos'] (the rows' self._tap) when the tap changer regulates")
         tap = exo["tap_pos"] if self._avr else None
+        per_row = v_init is not None and v_init.ndim == 2  # else one start for every scenario
+        parts = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = self._pf.solve(exo["load_p_mw"], exo["load_q_mvar"], exo["sgen_p_mw"], sgen_q,
-                                 v_init=v_init, tap_pos=tap)
+            for s in self._chunks(len(sgen_q)):
+                parts.append(self._pf.solve(exo["load_p_mw"][s], exo["load_q_mvar"][s], exo["sgen_p_mw"][s],
+                                            sgen_q[s], v_init=v_init[s] if per_row else v_init,
+                                            tap_pos=None if tap is None else tap[s]))
+        res = parts[0] if len(parts) == 1 else _concat_results(parts)
         ok = torch.as_tensor(res.converged, dtype=torch.bool)
         vm = torch.as_tensor(res.vm_pu, dtype=torch.float64)
         va = torch.as_tensor(res.va_degree, dtype=torch.float64)
@@ -711,22 +739,27 @@ class VoltageControlEnv:
         return (new != tap).to(torch.float64)
 
     def _branch_metrics(self, sol: dict, tap: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Loss split and branch loading of a solved batch (see :mod:`gridrl.grid.branches`)."""
+        """Loss split and branch loading of a solved batch (see :mod:`gridrl.grid.branches`),
+        computed chunk by chunk (:attr:`chunk`)."""
         v = sol["v"].numpy()
         n = v.shape[0]
         fl = self._flows
         if fl.has_trafos:
-            load_mw, noload_mw = fl.transformer_losses(v)
-            load_mw, noload_mw = torch.from_numpy(load_mw), torch.from_numpy(noload_mw)
+            load_mw, noload_mw = (torch.from_numpy(np.concatenate(x)) for x in
+                                  zip(*(fl.transformer_losses(v[s]) for s in self._chunks(n))))
         else:
             load_mw = noload_mw = torch.zeros(n, dtype=torch.float64)
         out = {"line_loss_mw": sol["loss_mw"] - load_mw - noload_mw, "trafo_load_loss_mw": load_mw,
                "trafo_noload_loss_mw": noload_mw}
         if fl.has_ratings:
             rho = None if tap is None else self.tap_changer.ratio(tap.numpy())
-            loading = fl.loading_pct(v, rho)
-            out["max_loading_pct"] = torch.from_numpy(loading.max(axis=1, initial=0.0))
-            out["overloaded_branches"] = torch.from_numpy((loading > 100.0).sum(axis=1).astype(np.float64))
+            peak, over = [], []
+            for s in self._chunks(n):
+                loading = fl.loading_pct(v[s], None if rho is None else rho[s])
+                peak.append(loading.max(axis=1, initial=0.0))
+                over.append((loading > 100.0).sum(axis=1).astype(np.float64))
+            out["max_loading_pct"] = torch.from_numpy(np.concatenate(peak))
+            out["overloaded_branches"] = torch.from_numpy(np.concatenate(over))
         else:
             out["max_loading_pct"] = torch.full((n,), torch.nan, dtype=torch.float64)
             out["overloaded_branches"] = torch.zeros(n, dtype=torch.float64)
