@@ -1,7 +1,8 @@
-"""Is the selected policy stable? The same training run on one and on two threads, and with
-another number of scenarios per iteration; per run, the step the selection rule picks on the
-validation days (and the step the earlier rule, rate first then loss, would have picked), and
-the chosen policy's figures on the test days.
+"""Is the selected policy stable? The same training run on one and on two threads and with its
+scenarios solved in chunks (``env_chunk``), beside a run with another number of scenarios per
+iteration; per run, the step the selection rule picks on the validation days (and the step the
+earlier rule, rate first then loss, would have picked), and the chosen policy's figures on the
+test days.
 
     python experiments/selection_stability.py --feeder ieee33 --algo dppo --seeds 0,1,2
     python experiments/selection_stability.py --feeder ieee33 --config experiments/demo.toml --seeds 0
@@ -14,8 +15,13 @@ of the results ledger (``reports/ledger.csv``). A run's figures are kept in its 
 or adding a ledger row, so the table can be built up over several calls (``--only``, ``--seeds``)
 and ``--table-only`` writes it from what has finished. Writes
 ``reports/protocol/stability-FEEDER-ALGO-TAG.md`` (or ``--out``), with the criterion: across the
-variants, a seed's chosen policy's test loss spans no more than the seeds' spread (the span of
-the threads1 runs' test losses). ``--num-envs`` is the other chunking (default: half the config's).
+variants threads1, threads2 and chunkC (the same training batched differently: ``--env-chunk``,
+default half the config's ``num_envs``), a seed's chosen policy's test loss spans no more than
+the seeds' spread (the span of the threads1 runs' test losses). The variant envsN (``--num-envs``,
+default half the config's) trains with N scenarios per iteration: another training run, a
+hyperparameter variant, reported beside the criterion and outside it. Every run's ``checkpoint``
+column is its state fingerprint (:func:`gridrl.marl.checkpoint.state_fingerprint`): equal
+fingerprints are the same training, validations and selection, bit for bit.
 """
 
 from __future__ import annotations
@@ -71,13 +77,21 @@ def _kept(folder: Path, hashed: str) -> dict | None:
     return row if row.get("config_hash") == hashed else None
 
 
+def in_criterion(variant: str) -> bool:
+    """The variants that batch the same training differently (threads, chunks); envsN is another
+    training run."""
+    return not variant.startswith("envs")
+
+
 def criterion(rows: list[dict]) -> dict:
-    """The stability criterion: for every seed with more than one variant, the span of the
-    chosen policies' test losses across its variants, against the seeds' spread (the span of the
-    threads1 runs' test losses); met when no seed's span exceeds the spread."""
+    """The stability criterion: for every seed with more than one variant of the same training
+    (:func:`in_criterion`), the span of the chosen policies' test losses across them, against the
+    seeds' spread (the span of the threads1 runs' test losses); met when no seed's span exceeds
+    the spread."""
     by_seed: dict[int, list[float]] = {}
     for r in rows:
-        by_seed.setdefault(r["seed"], []).append(r["test_mwh"])
+        if in_criterion(r["variant"]):
+            by_seed.setdefault(r["seed"], []).append(r["test_mwh"])
     base = [r["test_mwh"] for r in rows if r["variant"] == "threads1"]
     spread = max(base) - min(base) if len(base) > 1 else None
     spans = {s: max(v) - min(v) for s, v in sorted(by_seed.items()) if len(v) > 1}
@@ -94,14 +108,16 @@ def report(rows: list[dict], missing: list[str], *, feeder: str, algo: str, tag:
              f"Budget {steps:,} environment steps; every run validated on the feeder's validation days and was "
              f"evaluated on all {test_days} test days. `selected`: the step the selection rule (lowest loss within 3 "
              f"validation steps of the best rate) picked; `earlier rule`: the step the rule before it (rate first, "
-             f"then loss) would have picked from the same validations. `train CPU/wall min`: training alone "
+             f"then loss) would have picked from the same validations. `checkpoint`: the run's state fingerprint "
+             f"(all it holds but the clock; equal: the same training, bit for bit). `train CPU/wall min`: training alone "
              f"(validations aside), from the checkpoint; `wall min`: the whole run in this script, training, "
              f"validations and the test-day evaluations; load: the load average (1 min) when it ended.", "",
-             "| seed | variant | selected | earlier rule | val rate | val MWh | test rate | test MWh | "
+             "| seed | variant | checkpoint | selected | earlier rule | val rate | val MWh | test rate | test MWh | "
              "batches of 8 days: same rates, loss rel. diff | train CPU min | train wall min | wall min | load |",
-             "|---:|:---|---:|---:|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
+             "|---:|:---|:---|---:|---:|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['variant']} | {r['selected']:,} | {r['earlier_rule']:,} | {r['val_rate']:.4f} | "
+        lines.append(f"| {r['seed']} | {r['variant']} | `{r.get('fingerprint', '')}` | {r['selected']:,} | "
+                     f"{r['earlier_rule']:,} | {r['val_rate']:.4f} | "
                      f"{r['val_mwh']:.3f} | {r['test_rate']:.4f} | {r['test_mwh']:.3f} | "
                      f"{'yes' if r['batches_of_8_same_rate'] else 'no'}, {r['batches_of_8_loss_rel_diff']:.1e} | "
                      f"{r.get('train_cpu_min', float('nan')):.1f} | {r.get('train_wall_min', float('nan')):.1f} | "
@@ -121,14 +137,24 @@ def report(rows: list[dict], missing: list[str], *, feeder: str, algo: str, tag:
                      f"policy's test loss across the variants: {spans}. "
                      + (f"**Met**: no seed's variants span more than the seeds' spread." if c["met"] else
                         f"**Missed**: the largest span exceeds the seeds' spread by {over:.3f} MWh."))
-    pairs = [(a, b) for a in rows for b in rows if a["seed"] == b["seed"] and (a["variant"], b["variant"]) ==
-             ("threads1", "threads2")]
-    if pairs:
+    for other in sorted({r["variant"] for r in rows} - {"threads1"}):
+        pairs = [(a, b) for a in rows for b in rows if a["seed"] == b["seed"] and
+                 (a["variant"], b["variant"]) == ("threads1", other)]
+        if not pairs:
+            continue
         same = sum(a["selected"] == b["selected"] and a["validations"] == b["validations"] and
                    a["test_mwh"] == b["test_mwh"] and a["test_rate"] == b["test_rate"] for a, b in pairs)
-        lines.append(f"One thread against two: the same selected step, validations and test figures (every digit "
-                     f"kept) for {same} of {len(pairs)} seeds; the other variant trains with another number of "
-                     f"scenarios per iteration, so another run, not a rounding.")
+        prints = sum(bool(a.get("fingerprint")) and a.get("fingerprint") == b.get("fingerprint") for a, b in pairs)
+        if in_criterion(other):
+            lines.append(f"threads1 against {other}: the same selected step, validations and test figures (every "
+                         f"digit kept) for {same} of {len(pairs)} seeds, the same checkpoint fingerprint for "
+                         f"{prints} of {len(pairs)}.")
+        else:
+            spans = ", ".join(f"seed {a['seed']} {abs(b['test_mwh'] - a['test_mwh']):.3f} MWh" for a, b in pairs)
+            lines.append(f"{other}, outside the criterion: {other[4:]} scenarios per iteration instead of the "
+                         f"config's, so another training run (an update after every {other[4:]} episodes: more updates "
+                         f"over the budget, other days drawn, other minibatches), a hyperparameter variant, not a batching of the same "
+                         f"run. Its chosen policy's test loss differs from threads1's by: {spans}.")
     lines += ["", "Validations (k steps: rate / MWh):", ""]
     lines += [f"- seed {r['seed']} {r['variant']}: {r['validations']}" for r in rows]
     return lines
@@ -140,9 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--algo", default=None, help="learner (default: the config's, else dppo)")
     p.add_argument("--config", default=None, help="training TOML (default: the published settings)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
-    p.add_argument("--num-envs", type=int, default=None, help="the other chunking (default: half the config's)")
+    p.add_argument("--env-chunk", type=int, default=None,
+                   help="scenarios per chunk of the chunkC variant (default: half the config's num_envs)")
+    p.add_argument("--num-envs", type=int, default=None,
+                   help="scenarios per iteration of the envsN variant, another training run (default: half the "
+                        "config's)")
     p.add_argument("--steps", type=int, default=None, help="budget (default: the config's)")
-    p.add_argument("--only", default=None, help="comma-separated variants to run (threads1, threads2, envsN; "
+    p.add_argument("--only", default=None, help="comma-separated variants to run (threads1, threads2, chunkC, envsN; "
                                                  "default: all), e.g. one per process")
     p.add_argument("--runs", default="out/stability")
     p.add_argument("--out", default=None)
@@ -155,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     from gridrl.grid.feeder import load_feeder
     from gridrl.io import write_text
     from gridrl.ledger import config_hash
-    from gridrl.marl.checkpoint import CHECKPOINT, read_checkpoint
+    from gridrl.marl.checkpoint import CHECKPOINT, read_checkpoint, state_fingerprint
     from gridrl.marl.run import open_run
 
     base = settings(args.feeder, args.algo, args.config)
@@ -164,9 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     algo = base.get("algo", "dppo")
     feeder = load_feeder(args.feeder)
     n_envs = int(base.get("num_envs", 64))
+    chunk, fewer = args.env_chunk or n_envs // 2, args.num_envs or n_envs // 2
     variants = {"threads1": ({"GRIDRL_THREADS": "1"}, {}), "threads2": ({"GRIDRL_THREADS": "2"}, {}),
-                f"envs{args.num_envs or n_envs // 2}": ({"GRIDRL_THREADS": "1"},
-                                                        {"num_envs": args.num_envs or n_envs // 2})}
+                f"chunk{chunk}": ({"GRIDRL_THREADS": "1"}, {"env_chunk": chunk}),
+                f"envs{fewer}": ({"GRIDRL_THREADS": "1"}, {"num_envs": fewer})}
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     tag = Path(args.config).stem if args.config else "published"
@@ -207,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
                           energy_loss_mwh=loss, config=hashed,
                           source="python experiments/selection_stability.py " + command,
                           note=f"run {folder}; selection-stability check ({name})")
-            rows.append({"seed": seed, "variant": name, "selected": int(chosen["env_steps"]),
+            rows.append({"seed": seed, "variant": name, "fingerprint": state_fingerprint(ck),
+                         "selected": int(chosen["env_steps"]),
                          "earlier_rule": int(earlier["env_steps"]), "val_rate": chosen["controllable_rate"],
                          "val_mwh": chosen["energy_loss_mwh"], "test_rate": rate, "test_mwh": loss,
                          "batches_of_8_same_rate": same_rate, "batches_of_8_loss_rel_diff": chunk_diff,

@@ -4,13 +4,15 @@ of the run without it, bit for bit, for every learner. Bad chunk sizes are one l
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from gridrl.cli import app
 from gridrl.env import EnvConfig, make_env
-from gridrl.marl.checkpoint import read_checkpoint
+from gridrl.marl.checkpoint import CLOCK_KEYS, read_checkpoint, state_fingerprint
 from gridrl.marl.train import resolve_train_config, train
 
 from conftest import one_line_error
@@ -23,8 +25,6 @@ TINY = {"steps": 96, "num_envs": 4, "checkpoint_every_s": 0, "compare": [], "val
         "learner": {"hidden": 16, "message_dim": 8, "epochs": 2, "minibatches": 2}}
 # dmpo: a tiny model, imagination from the second iteration, a physics check every second
 TINY_DMPO = {"ensemble": 2, "model_updates": 4, "model_batch": 8, "imagine_from": 1, "model_check_every": 2}
-# what a checkpoint records of the clock: the only entries two identical runs may differ in
-CLOCK = ("wall_s", "cpu_s", "eval_s")
 
 
 def _same(a, b, path="checkpoint"):
@@ -72,12 +72,17 @@ def test_a_chunked_training_run_ends_on_the_same_checkpoint(algo, tmp_path):
         cfg = resolve_train_config(data, source="test", overrides={"env_chunk": chunk})
         out = tmp_path / f"chunk{chunk}"
         train("ieee33", cfg, out=out, progress=False, log=lambda m: None)
-        ck = read_checkpoint(out)
-        ck["driver"] = {k: v for k, v in ck["driver"].items() if k not in CLOCK}
-        checkpoints.append(ck)
+        checkpoints.append(read_checkpoint(out))
     assert checkpoints[0]["learner"]["iteration"] == 3 and len(checkpoints[0]["driver"]["validations"]) == 2
-    for ck in checkpoints[1:]:
-        _same(checkpoints[0], ck)
+    whole, chunked = ({**ck, "driver": {k: v for k, v in ck["driver"].items() if k not in CLOCK_KEYS}}
+                      for ck in checkpoints)
+    _same(whole, chunked)
+    assert state_fingerprint(checkpoints[0]) == state_fingerprint(checkpoints[1])
+    # the fingerprint sees a change of one weight's last bit
+    state = checkpoints[1]["learner"]["policy"]
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key].view(-1)[0] = torch.nextafter(state[key].view(-1)[0], torch.tensor(math.inf))
+    assert state_fingerprint(checkpoints[0]) != state_fingerprint(checkpoints[1])
 
 
 @pytest.mark.parametrize("chunk", ["3", "0", "-2", "8"])

@@ -34,11 +34,14 @@ import torch
 from gridrl.errors import CheckpointError
 from gridrl.io import atomic_write
 
-__all__ = ["CHECKPOINT", "LAYOUT_VERSION", "checkpoint_hash", "config_dict", "make_header", "read_checkpoint",
-           "write_checkpoint"]
+__all__ = ["CHECKPOINT", "CLOCK_KEYS", "LAYOUT_VERSION", "checkpoint_hash", "config_dict", "make_header",
+           "read_checkpoint", "state_fingerprint", "write_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
 LAYOUT_VERSION = 1
+
+# the driver's entries that time the run: the only ones two runs of the same training differ in
+CLOCK_KEYS = ("wall_s", "cpu_s", "eval_s")
 
 _HEADER_KEYS = ("gridrl_version", "layout_version", "algo", "feeder", "feeder_hash", "agents", "obs_names",
                 "hop_distance", "env_config", "learner_config", "seed")
@@ -114,4 +117,30 @@ def checkpoint_hash(run_dir: str | Path) -> str:
     with (Path(run_dir) / CHECKPOINT).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()[:16]
+
+
+def state_fingerprint(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 (first 16 hex digits) of everything a checkpoint holds but the clock
+    (:data:`CLOCK_KEYS`): every tensor byte for byte, every other value by its ``repr``. Two runs
+    with the same fingerprint trained, validated and selected the same, bit for bit (the file's
+    own hash, :func:`checkpoint_hash`, also changes with the seconds the run took)."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                walk(x[k])
+        elif isinstance(x, list | tuple):
+            h.update(b"[%d" % len(x))
+            for v in x:
+                walk(v)
+        elif isinstance(x, torch.Tensor):
+            h.update(f"{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.detach().contiguous().cpu().numpy().tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    walk({**checkpoint, "driver": {k: v for k, v in checkpoint["driver"].items() if k not in CLOCK_KEYS}})
     return h.hexdigest()[:16]
