@@ -340,11 +340,13 @@ def test_the_stability_criterion_compares_the_variants_span_with_the_seeds_sprea
     exp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(exp)
     rows = [{"seed": s, "variant": v, "test_mwh": m} for s, v, m in
-            ((0, "threads1", 42.0), (0, "threads2", 42.0), (0, "envs16", 42.5),
-             (1, "threads1", 41.0), (2, "threads1", 43.0), (1, "envs16", 41.9))]
+            ((0, "threads1", 42.0), (0, "threads2", 42.0), (0, "chunk16", 42.5),
+             (1, "threads1", 41.0), (2, "threads1", 43.0), (1, "chunk16", 41.9))]
     c = exp.criterion(rows)
     assert c["spread"] == pytest.approx(2.0) and c["seeds"] == 3
     assert c["spans"] == {0: pytest.approx(0.5), 1: pytest.approx(0.9)} and c["met"] is True
-    rows.append({"seed": 2, "variant": "envs16", "test_mwh": 45.5})  # 2.5 MWh from its threads1 run
+    # another number of scenarios per iteration is another training run: beside the criterion, not in it
+    assert exp.criterion(rows + [{"seed": 2, "variant": "envs16", "test_mwh": 45.5}]) == c
+    rows.append({"seed": 2, "variant": "chunk16", "test_mwh": 45.5})  # 2.5 MWh from its threads1 run
     assert exp.criterion(rows)["met"] is False
     assert exp.criterion(rows[:3])["met"] is None  # one seed: no spread to compare with
