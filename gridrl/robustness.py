@@ -23,8 +23,9 @@ Conditions (each a change of the comparison's ``[env]``; every other setting as 
 - ``pv-1.5``: 50 % more PV (ratings with it); ``load-1.2-pv-1.5``: and loads 20 % higher;
 - ``no-q-night``: inverters give no reactive power while their PV produces nothing.
 
-The tuned droop (``droop:tuned``) keeps the curve fitted on the nominal training days in every
-condition, as a utility would deploy it (it is not refitted for a fault); so does any other
+The tuned droop (``droop:tuned``) keeps the curve fitted on the nominal training days (under the
+suite's base ``[env]``: e.g. with ``q_at_night = true`` the curve fitted with night-time reactive
+power) in every condition, as a utility would deploy it (it is not refitted for a fault); so does any other
 fitted curve (``droop:curves=FILE``, the curves distilled by ``gridrl export``), whose fit is
 then not checked against the condition's scenario. A group of runs (the
 seeds of one learner) is reported as the mean over its runs; every row says what the controller
@@ -130,9 +131,10 @@ def load_config(path: str | Path) -> RobustnessConfig:
     return from_dict(RobustnessConfig, read_toml(path), source=str(path))
 
 
-def _baseline_specs(feeder, baselines: Sequence[str]):
-    """Controller specs of the baselines; ``droop:tuned`` as the fixed curve of the nominal fit,
-    and a curve file's curves without their fit (kept as fitted in every condition)."""
+def _baseline_specs(feeder, baselines: Sequence[str], env_config=None):
+    """Controller specs of the baselines; ``droop:tuned`` as the fixed curve of the nominal fit
+    (fitted under ``env_config``, the suite's base scenario), and a curve file's curves without
+    their fit (kept as fitted in every condition)."""
     import dataclasses
 
     from gridrl.compare import ControllerSpec, parse_controllers
@@ -142,7 +144,7 @@ def _baseline_specs(feeder, baselines: Sequence[str]):
         if spec.name == "droop" and spec.preset == "tuned":
             from gridrl.control.tuning import tuned_curve
 
-            fitted = tuned_curve(feeder)
+            fitted = tuned_curve(feeder, env_config=env_config)
             c = fitted.curve
             spec = ControllerSpec(name="droop", curve={"v_pu": list(c.v_pu), "q": list(c.q), "reference": c.reference},
                                   label="droop-tuned")
@@ -180,7 +182,7 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
     except GridrlError as exc:
         raise RobustnessError(str(exc)) from None
     say = progress or (lambda _m: None)
-    base_specs = _baseline_specs(feeder, config.baselines)
+    base_specs = _baseline_specs(feeder, config.baselines, base_env)
     run_specs, group_of = _learner_specs(config.learners)
     specs = tuple(base_specs + run_specs)
     group_of.update({s.key: s.key for s in base_specs})

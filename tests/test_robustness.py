@@ -176,3 +176,26 @@ def test_a_curve_file_keeps_its_fitted_curves_in_every_condition():
     (spec,) = _baseline_specs(feeder, [f"droop:curves={path}"])
     assert "fit" not in spec.curve
     assert spec.curve["agents"] == given.curve["agents"] and spec.label == given.label
+
+
+def test_the_tuned_droop_is_fitted_under_the_suites_base_scenario(monkeypatch):
+    """With ``env = { q_at_night = true }`` the suite's droop:tuned is the curve fitted with
+    night-time reactive power (what `gridrl compare` with the same [env] deploys), not the
+    feeder default's."""
+    from gridrl.control import tuning
+    from gridrl.control.droop import DroopCurve
+    from gridrl.control.fitted import scenario_of
+    from gridrl.env import EnvConfig
+    from gridrl.robustness import _baseline_specs
+
+    seen = []
+
+    def fake(feeder, *, env_config=None, **_kw):
+        seen.append(scenario_of(feeder, env_config)["q_at_night"])
+        return tuning.FittedCurve(curve=DroopCurve(v_pu=[0.95, 1.05], q=[0.4, -0.4], reference="s_max"), fit={})
+
+    monkeypatch.setattr(tuning, "tuned_curve", fake)
+    feeder = gridrl.load_feeder("ieee33")
+    _baseline_specs(feeder, ["droop:tuned"], EnvConfig(q_at_night=True))
+    _baseline_specs(feeder, ["droop:tuned"])
+    assert seen == [True, False]
