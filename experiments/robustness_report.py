@@ -176,7 +176,8 @@ def main() -> None:
         rows += targets(feeder, tidy, opf)
     night = ROOT / "ieee69-night" / "table.csv"
     if night.exists():  # the ieee69 target with reactive power at night allowed
-        m = _mean(pd.read_csv(night, keep_default_na=False, na_values=[""])).set_index("group")
+        tidy = pd.read_csv(night, keep_default_na=False, na_values=[""])
+        m = _mean(tidy[tidy["condition"] == "nominal"]).set_index("group")
         opf = optimum("ieee69", night=True)
         for g in NOMINAL_LEARNERS:
             if g in m.index:
@@ -184,6 +185,8 @@ def main() -> None:
                 rows.append(f"| ieee69 | nominal rate ≥ 0.99, reactive power at night | {g} | {r:.4f} | 0.9900 | "
                             f"{'yes' if r >= 0.99 else 'no'} | {r - 0.99:+.4f}"
                             + (f" (the optimum keeps {opf[0]:.4f}) |" if opf else " |"))
+        if TUNED in m.index:  # the other targets, with the tuned droop fitted with night-time reactive power
+            rows += targets("ieee69 (Q at night)", tidy, opf)
     parts += ["## Targets of the issue (test days, mean of 3 seeds)\n",
               "The fault-suite target takes the best of the decentralized learners (dmpo, dppo, ippo) in each "
               "condition; the nominal targets are checked for dmpo and dppo.\n", "\n".join(rows) + "\n"]

@@ -540,3 +540,20 @@ def test_training_configs_of_the_experiments_load_and_tuning_sees_validation_day
         for change in ({"eval_split": "test"}, {"compare": ["droop"]}):
             with pytest.raises(SpecError, match="tuning = true evaluates on validation days only"):
                 resolve_train_config({**read_toml(path), **change}, source="tune")
+
+
+def test_validations_keep_the_trained_reactive_capability_at_night_and_nothing_random():
+    """A run trained with q_at_night = true is validated (and its learning curve drawn) with
+    night-time reactive power too; the training's randomisation, noise and narrowed band are not
+    carried into the whole-day evaluations."""
+    from gridrl.env import EnvConfig
+    from gridrl.marl.train import TRAIN_ENV_DEFAULTS, _whole_days_config
+
+    trained = EnvConfig(**{**TRAIN_ENV_DEFAULTS, "q_at_night": True, "v_min_pu": 0.955, "v_max_pu": 1.045})
+    got = _whole_days_config(trained)
+    assert got.q_at_night is True and got.start_hour == 0.0 and got.episode_hours == 24.0
+    assert got.observation == trained.observation
+    default = EnvConfig()
+    for k in ("sensor_noise_pu", "message_dropout", "outage_prob", "load_scale_range", "pv_scale_range", "v_min_pu"):
+        assert getattr(got, k) == getattr(default, k), k
+    assert _whole_days_config(EnvConfig(**TRAIN_ENV_DEFAULTS)).q_at_night is None  # the feeder's own

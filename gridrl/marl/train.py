@@ -717,12 +717,23 @@ class _FeederCurves:
         return out
 
 
+def _whole_days_config(train_env):
+    """The environment a run's validations and learning curves evaluate whole days in: the default
+    scenario (the feeder's band, no randomisation, no sensor noise or message loss) with the run's
+    observation settings and its inverters' reactive capability at night (``q_at_night``: the
+    plant it was trained for and is deployed on), each day from midnight."""
+    from gridrl.marl.run import evaluation_env_config
+
+    return dataclasses.replace(evaluation_env_config(train_env), q_at_night=train_env.q_at_night, start_hour=0.0,
+                               episode_hours=24.0, day_sampling="cycle")
+
+
 class _Curves:
     """Whole days of ``split`` with the deterministic policy: the learning curves' points (prefix
     ``eval``) and the validations (prefix ``val``).
 
     One environment (every evaluated day a scenario, from midnight, with the run's observation
-    settings) is built at the first evaluation and reused; the figures are the environment's
+    settings and reactive capability at night: :func:`_whole_days_config`) is built at the first evaluation and reused; the figures are the environment's
     own episode aggregates, the same definitions as :func:`gridrl.evaluate.evaluate`'s.
     """
 
@@ -741,12 +752,10 @@ class _Curves:
         if self.env is None:
             from gridrl.env import make_env
             from gridrl.grid.days import check_days
-            from gridrl.marl.run import evaluation_env_config
 
             self.days = check_days(self.feeder, self.split, self.days)
-            cfg = dataclasses.replace(evaluation_env_config(self.env_config), start_hour=0.0, episode_hours=24.0,
-                                      day_sampling="cycle")
-            self.env = make_env(self.feeder, split=self.split, num_envs=len(self.days), days=self.days, config=cfg)
+            self.env = make_env(self.feeder, split=self.split, num_envs=len(self.days), days=self.days,
+                                config=_whole_days_config(self.env_config))
         from gridrl.marl.run import deployed
 
         env = self.env
