@@ -2,11 +2,11 @@
 each setting, compared on the validation days; writes reports/dmpo/imagination_<feeder>.md.
 
     python experiments/dmpo_imagination.py --feeder ieee33 --horizons 1,4,15 --steps 16384 \\
-        --rollouts anchored,model,free --runs out/imagination/ieee33
+        --rollouts anchored,model,free --seeds 0,1,2 --runs out/imagination/ieee33
 
 Every run is ``experiments/dmpo_ieee33.toml``'s training (32 scenarios per iteration, networks
 64 wide, 32-float messages, the learner's defaults otherwise) with the rollout and ``horizon``
-changed, seed 0, as a tuning run: it validates on the feeder's validation days every
+changed, one run per seed, each a tuning run: it validates on the feeder's validation days every
 ``--validate-every`` steps, chooses its policy there and never sees a test day. The rollouts
 (:mod:`gridrl.marl.dmpo`):
 
@@ -15,11 +15,15 @@ changed, seed 0, as a tuning run: it validates on the feeder's validation days e
 - ``model`` (``anchor = false``): the model rolled on its own voltages, loads and PV replayed
   from the recorded episode;
 - ``free`` (``anchor = false``, ``exogenous = "predicted"``): the model rolled on its own
-  voltages *and* its own predicted loads and PV — the usual Dyna/MBPO rollout.
+  voltages *and* its own predicted loads and PV — the usual Dyna/MBPO rollout;
+- ``none`` (``model_ratio = 0``): no imagined data, the model fitted and scored only — the
+  reference that says whether imagination helps at this budget at all.
 
 The imagined feeder-steps per real one are the same at every horizon (``model_ratio``), so
-longer rollouts start from fewer real states. A run folder under ``--runs`` that already reached
-``--steps`` is read back, not retrained (runs can be split over several invocations).
+longer rollouts start from fewer real states. A run folder under ``--runs``
+(``ROLLOUT-hH-seedS``) that already reached ``--steps`` is read back, not retrained (runs can be
+split over several invocations; ``--no-train`` writes the report from finished runs alone). The
+tables give means over the seeds that have a run.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 from gridrl.io import write_text
 
 ROLLOUTS = {"anchored": {"anchor": True}, "model": {"anchor": False},
-            "free": {"anchor": False, "exogenous": "predicted"}}
+            "free": {"anchor": False, "exogenous": "predicted"}, "none": {"model_ratio": 0.0}}
 
 COLUMNS = (("val/controllable_rate", "validation controllable rate", "{:.4f}"),
            ("val/energy_loss_mwh", "validation loss (MWh)", "{:.3f}"),
@@ -72,16 +76,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rollouts", default="anchored,model,free", help=f"comma-separated, of {', '.join(ROLLOUTS)}")
     p.add_argument("--steps", type=int, default=16384)
     p.add_argument("--validate-every", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0")
     p.add_argument("--runs", default=None, help="run folders go here (default: a temporary folder)")
     p.add_argument("--out", default=None)
     p.add_argument("--train-only", action="store_true", help="train the missing runs, write no report")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: the report from the finished runs alone (missing ones left out)")
     args = p.parse_args(argv)
     rollouts = [r for r in args.rollouts.split(",") if r]
     unknown = [r for r in rollouts if r not in ROLLOUTS]
     if unknown:
         sys.exit(f"error: unknown rollout(s) {', '.join(unknown)}; choose from {', '.join(ROLLOUTS)}")
     horizons = [int(x) for x in args.horizons.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
 
     import pandas as pd
 
@@ -89,48 +96,56 @@ def main(argv: list[str] | None = None) -> None:
 
     runs = Path(args.runs or tempfile.mkdtemp(prefix="dmpo-imagination-"))
     rows = []
-    for rollout in rollouts:
-        for h in horizons:
-            name = f"{rollout}-h{h}"
-            scalars = runs / name / SCALARS_FILE
-            t = time.time()
-            df = pd.read_csv(scalars) if scalars.exists() else None
-            if df is None or df["env_steps"].max() < args.steps:
-                data = {"algo": "dmpo", "steps": args.steps, "seed": args.seed, "num_envs": 32,
-                        "eval_every_steps": 0, "eval_split": "val", "compare": [], "tuning": True,
-                        "validate_every_steps": args.validate_every, "band_margin_pu": 0.005,
-                        "learner": {"hidden": 64, "message_dim": 32, "horizon": h, **ROLLOUTS[rollout]}}
-                cfg = resolve_train_config(data, source="dmpo_imagination")
-                df = train(args.feeder, cfg, out=runs / name, progress=False, log=lambda m: None).scalars
-                seconds = time.time() - t
-            else:
-                seconds = float(df["wall_s"].max())
-            row = {"rollout": rollout, "horizon": h, "seconds": seconds,
-                   **{k: _last(df, k, h) for k, _, _ in COLUMNS},
-                   **{k: _mean_late(df, k, h) for k, _, _ in FREE_COLUMNS}}
-            rows.append(row)
-            print(name, {k: row[k] for k, _, _ in COLUMNS}, file=sys.stderr, flush=True)
+    for rollout, h, seed in ((r, h, s) for r in rollouts for h in horizons for s in seeds):
+        name = f"{rollout}-h{h}-seed{seed}"
+        scalars = runs / name / SCALARS_FILE
+        t = time.time()
+        df = pd.read_csv(scalars) if scalars.exists() else None
+        finished = df is not None and df["env_steps"].max() >= args.steps
+        if not finished and args.no_train:
+            continue
+        if not finished:
+            data = {"algo": "dmpo", "steps": args.steps, "seed": seed, "num_envs": 32,
+                    "eval_every_steps": 0, "eval_split": "val", "compare": [], "tuning": True,
+                    "validate_every_steps": args.validate_every, "band_margin_pu": 0.005,
+                    "learner": {"hidden": 64, "message_dim": 32, "horizon": h, **ROLLOUTS[rollout]}}
+            cfg = resolve_train_config(data, source="dmpo_imagination")
+            df = train(args.feeder, cfg, out=runs / name, progress=False, log=lambda m: None).scalars
+            seconds = time.time() - t
+        else:
+            seconds = float(df["wall_s"].max())
+        row = {"rollout": rollout, "horizon": h, "seed": seed, "seconds": seconds,
+               **{k: _last(df, k, h) for k, _, _ in COLUMNS},
+               **{k: _mean_late(df, k, h) for k, _, _ in FREE_COLUMNS}}
+        rows.append(row)
+        print(name, {k.format(H=h): row[k] for k, _, _ in COLUMNS}, file=sys.stderr, flush=True)
     if args.train_only:
         return
     command = "python experiments/dmpo_imagination.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    table = pd.DataFrame(rows)
+    mean = table.groupby(["rollout", "horizon"], sort=False).mean(numeric_only=True).reset_index()
+    loss_by_seed = table.groupby(["rollout", "horizon"], sort=False)["val/energy_loss_mwh"].agg(
+        lambda v: " / ".join(f"{x:.2f}" for x in v))
     lines = [f"# DMPO on {args.feeder}: anchored, model and free imagined rollouts", "",
              f"Command: `{command.strip()}`", "",
-             f"{args.steps:,} environment steps per run, seed {args.seed}, validation days only (tuning runs; "
-             f"validated every {args.validate_every:,} steps, the policy chosen there). "
-             f"Table written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| rollout | horizon | " + " | ".join(label.replace("H-step", "H-step") for _, label, _ in COLUMNS)
-             + " | wall s |", "|:---|---:|" + "---:|" * (len(COLUMNS) + 1)]
-    for r in rows:
+             f"{args.steps:,} environment steps per run, seeds {', '.join(map(str, sorted(set(table['seed']))))} "
+             f"(means over those with a run), "
+             f"validation days only (tuning runs; validated every {args.validate_every:,} steps, the policy "
+             f"chosen there). Table written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| rollout | horizon | " + " | ".join(label for _, label, _ in COLUMNS)
+             + " | validation loss by seed | wall s |", "|:---|---:|" + "---:|" * (len(COLUMNS) + 2)]
+    for _, r in mean.iterrows():
         lines.append(f"| {r['rollout']} | {r['horizon']} | "
-                     + " | ".join(fmt.format(r[k]) for k, _, fmt in COLUMNS) + f" | {r['seconds']:.0f} |")
-    free = [r for r in rows if r["rollout"] == "free"]
-    if free:
+                     + " | ".join(fmt.format(r[k]) for k, _, fmt in COLUMNS)
+                     + f" | {loss_by_seed[(r['rollout'], r['horizon'])]} | {r['seconds']:.0f} |")
+    free = mean[mean["rollout"] == "free"]
+    if len(free):
         lines += ["", "The free rollout's imagined against real, H steps open loop from held-out real states "
-                  "with the real actions (mean over the run's second half; persistence: the branch state's "
+                  "with the real actions (mean over each run's second half; persistence: the branch state's "
                   "value held):", "",
                   "| horizon | " + " | ".join(label for _, label, _ in FREE_COLUMNS) + " |",
                   "|---:|" + "---:|" * len(FREE_COLUMNS)]
-        for r in free:
+        for _, r in free.iterrows():
             lines.append(f"| {r['horizon']} | " + " | ".join(fmt.format(r[k]) for k, _, fmt in FREE_COLUMNS) + " |")
     text = "\n".join(lines) + "\n"
     write_text(Path(args.out or f"reports/dmpo/imagination_{args.feeder}.md"), text)

@@ -56,8 +56,9 @@ policy sample counts only while every agent whose reward it sums is still truste
 **Communication.** Acting: dppo's (the policy's messages over κ hops). Training adds, per
 imagined step, every agent's model messages (all K members, twice with ``anchor``, and the
 exogenous network's as well when loads and PV are predicted) relayed over the model's κ hops;
-``model_hops = 0`` (or ``hops = 0`` with ``model_hops`` unset) is the no-communication ablation. Message dropout of the environment applies to real steps; imagined
-steps assume every message arrives.
+``model_hops = 0`` (or ``hops = 0`` with ``model_hops`` unset) is the no-communication ablation.
+Message dropout of the environment applies to real steps; imagined steps assume every message
+arrives.
 """
 
 from __future__ import annotations
