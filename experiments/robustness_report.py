@@ -19,6 +19,11 @@ import pandas as pd
 
 ROOT = Path("reports/robustness")
 FEEDERS = ("ieee33", "ieee69", "ieee141")
+#: the suite folder of a feeder's main section where it is not the feeder's own name
+MAIN_SUITE = {"ieee141": "ieee141-retrained"}
+#: earlier looks at a feeder's test days, kept with their targets after the current ones: suite → title
+EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
+                      "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
 #: learners whose policies act on local observations and neighbours' messages alone (cppo's
 #: critic is centralized: it trains with the global state, so it does not count for the targets)
 DECENTRALIZED = ("dmpo", "dppo", "ippo")
@@ -163,7 +168,8 @@ def main() -> None:
     parts = [(ROOT / "header.md").read_text()]
     rows = ["| feeder | target | learner | value | reference | met | gap |", "|:---|:---|:---|---:|---:|:---:|---:|"]
     for feeder in FEEDERS:
-        table = ROOT / feeder / "table.csv"
+        suite = MAIN_SUITE.get(feeder, feeder)
+        table = ROOT / suite / "table.csv"
         if not table.exists():
             continue
         tidy = pd.read_csv(table, keep_default_na=False, na_values=[""])
@@ -172,7 +178,8 @@ def main() -> None:
         if opf:
             parts.append(f"The optimum (`opf`, nominal, the same test days): controllable rate {opf[0]:.4f}, "
                          f"loss {opf[1]:.2f} MWh ({opf[2]}).\n")
-        parts.append((ROOT / feeder / "summary.md").read_text())
+        note = ROOT / suite / "note.md"
+        parts += ([note.read_text()] if note.exists() else []) + [(ROOT / suite / "summary.md").read_text()]
         rows += targets(feeder, tidy, opf)
     night = ROOT / "ieee69-night" / "table.csv"
     if night.exists():  # the ieee69 target with reactive power at night allowed
@@ -190,6 +197,13 @@ def main() -> None:
     parts += ["## Targets of the issue (test days, mean of 3 seeds)\n",
               "The fault-suite target takes the best of the decentralized learners (dmpo, dppo, ippo) in each "
               "condition; the nominal targets are checked for dmpo and dppo.\n", "\n".join(rows) + "\n"]
+    for feeder, title in EARLIER.items():
+        table = ROOT / feeder / "table.csv"
+        if MAIN_SUITE.get(feeder, feeder) != feeder and table.exists():
+            tidy = pd.read_csv(table, keep_default_na=False, na_values=[""])
+            earlier = rows[:2] + targets(feeder, tidy, optimum(feeder))
+            parts += [f"## {title}\n", (ROOT / feeder / "summary.md").read_text(),
+                      "Its targets (test days, mean of 3 seeds):\n", "\n".join(earlier) + "\n"]
     for name, title in SECTIONS:
         path = ROOT / name / "summary.md"
         if path.exists():

@@ -213,3 +213,54 @@ def test_neighbours_of_an_inverter_that_is_out_act_as_1547b():
     night, _ = cases[0]
     assert shield.last_info["handover"].sum() > 0 and not shield.beside_outage(night.double()).any()
     assert "1547-B beside a neighbour out" in EnvelopeConfig(neighbour_outage=True).label
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_hold_keeps_an_agent_in_its_edge_region_until_it_is_well_inside(mechanism, seed):
+    """Over random sequences of own voltages: with ``hold_pu = h`` an agent is in the upper edge
+    region exactly when ``v ≥ v_max − m``, or when it was in it at its previous step and
+    ``v ≥ v_max − m − h`` (the lower region alike); in it the action sent is never weaker than
+    1547-B's at its current voltage, and the rule outside it and without the hold is the one of
+    the plain envelope. ``reset`` forgets the regions."""
+    m, h = [(0.01, 0.005), (0.01, 0.01), (0.005, 0.02), (0.02, 0.01)][seed]
+    B, N, T = 256, 4, 6
+    g = torch.Generator().manual_seed(100 + seed)
+    # voltages wandering around both edges, so that agents enter, stay and leave the regions
+    edge = torch.where(torch.rand(B, N, generator=g) < 0.5, V_MAX - m, V_MIN + m)
+    vs = edge + (3 * m + 2 * h) * (torch.rand(T, B, N, generator=g) - 0.5)
+    hold = EnvelopeConfig(mechanism=mechanism, margin_pu=m, hold_pu=h, handover_z=None)
+    plain = EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None)
+    a = 2 * torch.rand(B, N, generator=g, dtype=torch.float64) - 1
+    held_env = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, config=hold)
+    plain_env = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, config=plain)
+    up = lo = torch.zeros(B, N, dtype=torch.bool)
+    tol = 1e-6  # the observation is float32
+    kept = 0
+    for t in range(T):
+        obs, _, _, p, qa = _random_case(1000 * seed + t, B=B, N=N)
+        obs[..., 0] = vs[t] - 1
+        v = obs[..., 0].double() + 1
+        # the hysteresis, written out: in at the edge, out only below v_max − m − h (above v_min + m + h)
+        up = (v >= V_MAX - m) | (up & (v >= V_MAX - m - h))
+        lo = (v <= V_MIN + m) | (lo & (v <= V_MIN + m + h))
+        out, base = held_env.act(obs), plain_env.act(obs)
+        a_b = droop_b_action(v, p, qa)
+        live = qa > 0
+        assert (out[up & live] <= a_b[up & live] + tol).all()
+        assert (out[lo & live] >= a_b[lo & live] - tol).all()
+        only_held = (up & (v < V_MAX - m - tol)) | (lo & (v > V_MIN + m + tol))
+        kept += int((only_held & live).sum())
+        # held agents: the rule at the region's edge (for the ramp its full weight), as if the voltage were there
+        if mechanism == "clamp":
+            want = torch.where(up & live, torch.minimum(a, a_b), torch.where(lo & live, torch.maximum(a, a_b), a))
+            torch.testing.assert_close(out, want)
+        free = ~only_held
+        torch.testing.assert_close(out[free], base[free])
+    assert kept > 0  # the sequences did exercise the hold
+    held_env.reset()
+    first = held_env.act(obs)
+    torch.testing.assert_close(first, plain_env.act(obs))  # after reset nothing is held
+    assert hold.label == f"envelope {mechanism} (m {m:g}, hold {h:g})"
+    with pytest.raises(EnvelopeError, match="hold_pu must lie in"):
+        EnvelopeConfig(hold_pu=-0.01)

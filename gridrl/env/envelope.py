@@ -36,6 +36,17 @@ Statistics pooled over agents (``[D]``, ``handover_statistics = "pooled"``, the 
 agents whose zones differ by nature: a large zone load is then "unseen" for the one agent that
 always carries it, and its hand-over fires on ordinary days.
 
+**Holding the edge** (``hold_pu``, 0 by default: off). The envelope reads the own voltage with
+the set-point of the previous step still in force, so an agent that the edge region made absorb
+measures a voltage its own absorption has lowered, finds itself inside, lets go, and the voltage
+springs back out of the band at the next step (on ieee141, with every message lost, agents
+alternated between 1.05 and 1.036 p.u. from step to step where 1547-B settled near 1.042). With
+``hold_pu = h > 0`` the edge regions have a hysteresis: an agent that was in the upper region at
+its previous step stays in it while ``v ≥ v_max − m − h`` (the lower: ``v ≤ v_min + m + h``), and
+leaves it only below that; in it the rule above holds against ``a_B`` at its current voltage. The
+envelope then keeps each agent's region of the previous step (:meth:`SafetyEnvelope.reset` forgets
+it), which no exported graph does.
+
 **A neighbour out** (``neighbour_outage``, off by default). An inverter that is out reports no
 active power and no headroom (``inv_p_mw`` and ``inv_q_avail_mvar`` both 0, as at night). An
 agent whose own PV produces (``inv_p_mw > 0``) while a neighbour's message reports that, acts as
@@ -59,7 +70,7 @@ import torch
 from gridrl.errors import GridrlError
 
 __all__ = ["EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope", "droop_b_action",
-           "envelope_bounds", "handover", "shield"]
+           "edge_regions", "envelope_bounds", "handover", "shield"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
@@ -85,6 +96,8 @@ class EnvelopeConfig:
         ablation, and what runs trained before per-agent statistics were kept fall back to).
     neighbour_outage: an agent whose neighbour reports its inverters out acts as 1547-B droop
         (see the module docstring).
+    hold_pu: ``h``: an agent in an edge region at its previous step stays in it until its voltage
+        is more than ``m + h`` inside the band (0: no hold; see the module docstring).
     """
 
     mechanism: Mechanism = "clamp"
@@ -92,12 +105,15 @@ class EnvelopeConfig:
     handover_z: float | None = 6.0
     handover_statistics: Literal["own", "pooled"] = "own"
     neighbour_outage: bool = False
+    hold_pu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
             raise EnvelopeError(f"envelope mechanism {self.mechanism!r} is unknown (use {', '.join(MECHANISMS)})")
         if not 0 <= self.margin_pu < 0.1:
             raise EnvelopeError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
+        if not 0 <= self.hold_pu < 0.1:
+            raise EnvelopeError(f"envelope hold_pu must lie in [0, 0.1), got {self.hold_pu}")
         if self.handover_z is not None and not self.handover_z >= 0:
             raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
         if self.handover_statistics not in ("own", "pooled"):
@@ -109,7 +125,7 @@ class EnvelopeConfig:
         if self.mechanism == "off":
             base = "no envelope"
         else:
-            base = f"envelope {self.mechanism} (m {self.margin_pu:g})"
+            base = f"envelope {self.mechanism} (m {self.margin_pu:g}" + (f", hold {self.hold_pu:g})" if self.hold_pu else ")")
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
         return (base + (f", hand-over at {self.handover_z:g}σ{pooled}" if self.handover_z else "")
                 + (", 1547-B beside a neighbour out" if self.neighbour_outage else ""))
@@ -130,16 +146,29 @@ def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.
 
 def envelope_bounds(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor, *,
                     v_min_pu: float, v_max_pu: float, margin_pu: float,
-                    a_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    a_b: torch.Tensor | None = None, held: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule as bounds ``(low, high)`` ``[B, N]`` on the action sent: ``high = a_B(v)`` in the
     upper edge region, ``low = a_B(v)`` in the lower one, ``±1`` elsewhere (``a_b``: ``a_B(v)``
-    when the caller has it already)."""
+    when the caller has it already; ``held``: ``(upper, lower)`` ``[B, N]`` bool, agents the
+    hold keeps in a region besides those the voltage puts there)."""
     if a_b is None:
         a_b = droop_b_action(vm_pu, p_mw, q_avail_mvar)
+    upper, lower = edge_regions(vm_pu, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=margin_pu, held=held)
     live = q_avail_mvar > 0
-    high = torch.where(live & (vm_pu >= v_max_pu - margin_pu), a_b, torch.ones_like(a_b))
-    low = torch.where(live & (vm_pu <= v_min_pu + margin_pu), a_b, -torch.ones_like(a_b))
+    high = torch.where(live & upper, a_b, torch.ones_like(a_b))
+    low = torch.where(live & lower, a_b, -torch.ones_like(a_b))
     return low, high
+
+
+def edge_regions(vm_pu: torch.Tensor, *, v_min_pu: float, v_max_pu: float, margin_pu: float,
+                 held: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(upper, lower)`` ``[B, N]`` bool: agents in the upper edge region (``v ≥ v_max − m``, or
+    held there) and in the lower one (``v ≤ v_min + m``, or held there)."""
+    upper, lower = vm_pu >= v_max_pu - margin_pu, vm_pu <= v_min_pu + margin_pu
+    if held is not None:
+        upper, lower = upper | held[0], lower | held[1]
+    return upper, lower
 
 
 def handover(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, test: torch.Tensor, z: float) -> torch.Tensor:
@@ -150,23 +179,27 @@ def handover(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, test: torch
 
 
 def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, handed: torch.Tensor, *,
-           v_min_pu: float, v_max_pu: float, config: EnvelopeConfig, a_b: torch.Tensor | None = None) -> torch.Tensor:
+           v_min_pu: float, v_max_pu: float, config: EnvelopeConfig, a_b: torch.Tensor | None = None,
+           held: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The action sent for the policy's action ``a``: 1547-B droop where ``handed``, then the
     envelope's mechanism at own voltage ``v``, active power ``p`` and available reactive power
     ``qa`` (all ``[..., N]``, one dtype; see the module docstring). Pure tensor arithmetic
     without data-dependent branches, so an exported graph computes it exactly as here (``a_b``:
-    1547-B's action ``a_B(v)`` when the caller has it already)."""
+    1547-B's action ``a_B(v)`` when the caller has it already; ``held``: ``(upper, lower)``
+    agents the hold keeps in an edge region, see :meth:`SafetyEnvelope.held`)."""
     if a_b is None:
         a_b = droop_b_action(v, p, qa)
     a = torch.where(handed, a_b, a)
     if config.mechanism == "clamp":
         low, high = envelope_bounds(v, p, qa, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu,
-                                    a_b=a_b)
+                                    a_b=a_b, held=held)
         a = torch.minimum(torch.maximum(a, low), high)
     elif config.mechanism == "ramp":
         m = max(config.margin_pu, 1e-6)
         w_hi = ((v - (v_max_pu - 2 * m)) / m).clamp(0.0, 1.0)
         w_lo = (((v_min_pu + 2 * m) - v) / m).clamp(0.0, 1.0)
+        if held is not None:  # held in a region: the whole rule, as at its edge
+            w_hi, w_lo = torch.where(held[0], 1.0, w_hi), torch.where(held[1], 1.0, w_lo)
         live = qa > 0
         zero = torch.zeros_like(a)
         a = a - torch.where(live, w_hi * (a - a_b).clamp(min=0.0), zero)
@@ -224,6 +257,7 @@ class SafetyEnvelope:
                      else torch.as_tensor(np.asarray(obs_valid, dtype=bool)))
             self._stats = (mean, std, valid & test[None, :])
         self.last_info: dict[str, np.ndarray] = {}
+        self._regions: tuple[torch.Tensor, torch.Tensor] | None = None  # the previous step's, for the hold
 
     # the controller protocol, passed through
     @property
@@ -258,13 +292,15 @@ class SafetyEnvelope:
         if hasattr(self.inner, "reset"):
             self.inner.reset()
         self.last_info = {}
+        self._regions = None
 
     def describe(self) -> dict[str, Any]:
         inner = self.inner.describe() if callable(getattr(self.inner, "describe", None)) else {}
         return {**inner, "envelope": {"mechanism": self.config.mechanism, "margin_pu": self.config.margin_pu,
                                       "handover_z": self.config.handover_z,
                                       "handover_statistics": self.config.handover_statistics,
-                                      "neighbour_outage": self.config.neighbour_outage, "band": [self.v_min_pu, self.v_max_pu],
+                                      "neighbour_outage": self.config.neighbour_outage,
+                                      "hold_pu": self.config.hold_pu, "band": [self.v_min_pu, self.v_max_pu],
                                       "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
 
     @property
@@ -303,6 +339,22 @@ class SafetyEnvelope:
             heard = heard & torch.as_tensor(message_mask, dtype=torch.bool).cpu()
         return (p > 0) & (heard & out[:, None, :]).any(-1)
 
+    def held(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(upper, lower)`` ``[B, N]`` bool: agents the hold keeps in an edge region at own
+        voltage ``v`` (in it at their previous step and no more than ``m + h`` inside the band);
+        ``None`` without a hold. Remembers this step's regions for the next."""
+        c = self.config
+        if not c.hold_pu:
+            return None
+        before = self._regions
+        if before is None or before[0].shape != v.shape:  # a first step, or another batch
+            before = (torch.zeros_like(v, dtype=torch.bool),) * 2
+        held = (before[0] & (v >= self.v_max_pu - c.margin_pu - c.hold_pu),
+                before[1] & (v <= self.v_min_pu + c.margin_pu + c.hold_pu))
+        self._regions = edge_regions(v, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=c.margin_pu,
+                                     held=held)
+        return held
+
     def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:
         """The inner controller's actions ``[B, N]``, through the hand-over and the envelope.
         ``env`` is passed to the inner controller only (the envelope reads the observation)."""
@@ -316,7 +368,8 @@ class SafetyEnvelope:
         handed = self.outside(x) | self.beside_outage(x, message_mask)
         a_b = droop_b_action(v, p, qa)
         before = torch.where(handed, a_b, a)
-        a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config, a_b=a_b)
+        a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config, a_b=a_b,
+                   held=self.held(v))
         changed = (a - before).abs() > 1e-12
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}

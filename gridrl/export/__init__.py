@@ -85,6 +85,9 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     run, feeder, env_config, policy = deployed_run(run_dir, envelope=envelope)
     if getattr(policy.config, "neighbour_outage", False):  # a rule over neighbours' messages, not in the graphs
         raise ExportError("the envelope's neighbour-outage rule is not part of the exported graphs; export with it off")
+    if getattr(policy.config, "hold_pu", 0):  # a state kept between steps, which the graphs do not keep
+        raise ExportError("the envelope's hold (hold_pu) keeps each agent's edge region of the previous step, which "
+                          "the exported graphs do not; export with hold_pu = 0")
     env = make_env(feeder, split="test", num_envs=1, config=env_config)
     result: dict[str, Any] = {}
 
