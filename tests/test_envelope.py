@@ -264,3 +264,30 @@ def test_the_hold_keeps_an_agent_in_its_edge_region_until_it_is_well_inside(mech
     assert hold.label == f"envelope {mechanism} (m {m:g}, hold {h:g})"
     with pytest.raises(EnvelopeError, match="hold_pu must lie in"):
         EnvelopeConfig(hold_pu=-0.01)
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+@pytest.mark.parametrize("k", [0.0, 0.1, 0.3])
+def test_excess_max_keeps_the_action_at_the_edge_within_k_of_1547b(mechanism, k):
+    """Over random voltages, PV, headroom and actions: with ``excess_max = k`` the action sent in
+    the upper edge region lies in ``[a_B − k, a_B]`` (in the lower in ``[a_B, a_B + k]``), so it is
+    still never weaker than 1547-B; outside the edge regions it is the plain envelope's."""
+    m = 0.01
+    obs, a, v, p, qa = _random_case(40 + int(10 * k))
+    capped = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                            config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, excess_max=k, handover_z=None))
+    plain = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                           config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None))
+    out, base = capped.act(obs), plain.act(obs)
+    a_b = droop_b_action(v, p, qa)
+    live, tol = qa > 0, 1e-6
+    hi, lo = live & (v >= V_MAX - m + tol), live & (v <= V_MIN + m - tol)
+    assert (out[hi] <= a_b[hi] + tol).all() and (out[hi] >= a_b[hi] - k - tol).all()
+    assert (out[lo] >= a_b[lo] - tol).all() and (out[lo] <= a_b[lo] + k + tol).all()
+    assert (base[hi] < a_b[hi] - k - tol).any()  # the plain envelope lets it absorb more: the cap did act
+    torch.testing.assert_close(out[hi], torch.maximum(base[hi], a_b[hi] - k))
+    inside = ~(live & ((v >= V_MAX - m - tol) | (v <= V_MIN + m + tol)))
+    torch.testing.assert_close(out[inside], base[inside])
+    assert f"excess ≤ {k:g}" in capped.config.label
+    with pytest.raises(EnvelopeError, match="excess_max must lie in"):
+        EnvelopeConfig(excess_max=-0.1)
