@@ -29,6 +29,10 @@ import pandas as pd
 import torch
 
 
+#: bus-steps of the misses shown in the markdown (all of them go to the CSV)
+SHOWN = 40
+
+
 def _recording(ctrl):
     """Wrap a deployed policy (a SafetyEnvelope) so each step keeps ``[B, N]`` arrays: own measured
     voltage, the policy's action, 1547-B's action there, the action sent and the hand-over."""
@@ -73,7 +77,7 @@ def _evaluate(feeder, ctrl, env_config, days):
 
 
 def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | None,
-            days: list[int] | None = None) -> tuple[str, pd.DataFrame]:
+            days: list[int] | None = None, outage: str | None = None) -> tuple[str, pd.DataFrame]:
     from gridrl.control import make_controller
     from gridrl.env import EnvConfig
     from gridrl.evaluate import check_days
@@ -83,6 +87,10 @@ def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | 
 
     feeder = load_feeder(feeder_name)
     description, changes = CONDITIONS[condition]
+    if outage is not None:  # one agent's inverters out all day (the worst-outage condition, for that agent)
+        if outage not in feeder.agents:
+            raise SystemExit(f"--outage {outage!r} is not an agent of {feeder_name} (agents: {', '.join(feeder.agents)})")
+        changes, description = {**changes, "outage_agents": (outage,)}, f"{description}, {outage} out"
     base = EnvConfig(**changes)
     days = check_days(feeder, "val", days)
     droop = make_controller("droop", feeder, env_config=base)
@@ -172,7 +180,8 @@ def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | 
     misses = pd.DataFrame(miss_rows)
     if len(misses):
         lines += ["## Buses out of band only under the policy\n",
-                  _table(misses), ""]
+                  f"The first {min(len(misses), SHOWN)} of {len(misses)} bus-steps (all in the .csv beside this file):\n",
+                  _table(misses.head(SHOWN)), ""]
     return "\n".join(lines) + "\n", misses
 
 
@@ -182,10 +191,12 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", required=True)
     ap.add_argument("--condition", default="nominal")
     ap.add_argument("--envelope", default="{}", help="EnvelopeConfig fields as JSON")
+    ap.add_argument("--outage", help="this agent's inverters out all day")
     ap.add_argument("--days", type=int, nargs="+", help="only these validation days (default: all)")
     ap.add_argument("--out", help="markdown file (default: print)")
     args = ap.parse_args()
-    text, misses = analyse(args.feeder, args.runs, args.condition, json.loads(args.envelope), args.days)
+    text, misses = analyse(args.feeder, args.runs, args.condition, json.loads(args.envelope), args.days,
+                            args.outage)
     if args.out:
         from gridrl.io import write_text
 

@@ -38,7 +38,9 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-margin-val", "The missed targets on ieee33: the envelope's margin and a neighbour out, on the validation days"),
             ("ieee33-margin-val-0.03", "The margin 0.03, on the validation days"),
             ("ieee33-margin", "The margin 0.03, on the test days"),
-            ("ieee33-portable", "Away from training: the transferable dppo zero-shot and fine-tuned (seed 0), and the IEEE 1547 curves distilled from dmpo seed 0"))
+            ("ieee33-portable", "Away from training: the transferable dppo zero-shot and fine-tuned (seed 0), and the IEEE 1547 curves distilled from dmpo seed 0"),
+            ("ieee141-hold-val", "The misses on ieee141: the envelope's hold and its cap on over-correction, on the validation days"),
+            ("ieee141-hold", "The hold chosen on the validation days, on ieee141's test days"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
