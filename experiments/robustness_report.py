@@ -21,6 +21,10 @@ ROOT = Path("reports/robustness")
 FEEDERS = ("ieee33", "ieee69", "ieee141")
 #: the suite folder of a feeder's main section where it is not the feeder's own name
 MAIN_SUITE = {"ieee141": "ieee141-retrained"}
+#: test-day looks at a deployment option chosen on the validation days, checked against the targets
+#: too: suite → (feeder, the suite of its runs as deployed by default, its groups' label suffix, the option)
+OPTION_SUITES = {"ieee141-hold": ("ieee141", "ieee141-retrained", " hold 0.005 excess 0.2",
+                                  "envelope hold_pu 0.005, excess_max 0.2")}
 #: earlier looks at a feeder's test days, kept with their targets after the current ones: suite → title
 EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
                       "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
@@ -64,6 +68,17 @@ def optimum(feeder: str, *, night: bool = False) -> tuple[float, float, str] | N
             r = row.iloc[0]
             return float(r["controllable_rate"]), float(r["energy_loss_mwh"]), f"{summary.parent} (the same test days)"
     return None
+
+
+def option_targets(suite: str) -> list[str]:
+    """Rows of the targets table for a suite of :data:`OPTION_SUITES`: its groups as the learners,
+    the tuned droop from the suite of the same runs deployed by default, the option named in each row."""
+    feeder, base, suffix, option = OPTION_SUITES[suite]
+    read = lambda name: pd.read_csv(ROOT / name / "table.csv", keep_default_na=False, na_values=[""])  # noqa: E731
+    tidy = read(suite)
+    tidy = tidy.assign(group=tidy["group"].str.replace(suffix, "", regex=False))
+    tidy = pd.concat([tidy, read(base).query("group == @TUNED")], ignore_index=True)
+    return [r.replace(f"| {feeder} | ", f"| {feeder} ({option}) | ", 1) for r in targets(feeder, tidy, optimum(feeder))]
 
 
 def targets(feeder: str, tidy: pd.DataFrame, opf: tuple[float, float, str] | None) -> list[str]:
@@ -196,6 +211,9 @@ def main() -> None:
                             + (f" (the optimum keeps {opf[0]:.4f}) |" if opf else " |"))
         if TUNED in m.index:  # the other targets, with the tuned droop fitted with night-time reactive power
             rows += targets("ieee69 (Q at night)", tidy, opf)
+    for suite in OPTION_SUITES:
+        if (ROOT / suite / "table.csv").exists() and (ROOT / OPTION_SUITES[suite][1] / "table.csv").exists():
+            rows += option_targets(suite)
     parts += ["## Targets of the issue (test days, mean of 3 seeds)\n",
               "The fault-suite target takes the best of the decentralized learners (dmpo, dppo, ippo) in each "
               "condition; the nominal targets are checked for dmpo and dppo.\n", "\n".join(rows) + "\n"]
