@@ -14,7 +14,14 @@ For the left-out feeder F (one of the config's ``feeders``) and a seed, into the
 
 then compares the baselines, 1 (zero-shot), 3 and 2 on F's test days (``--days N``: N of them,
 evenly spread) into ``out/loo-F-seedS/compare``, appends a ledger row for every trained policy
-looked at, and writes ``out/loo-F-seedS/summary.md`` with the targets of issue 25.
+looked at, and writes ``out/loo-F-seedS/summary.md`` with the targets of issue 25 (no HTML
+report: ``gridrl report out/loo-F-seedS/compare`` writes one where it is wanted).
+
+``--reuse DIR``: take the finished ``opf`` and ``droop-tuned`` cells of F from the comparison
+folder DIR (e.g. ``reports/baselines``, every test day) instead of running them again — the
+optimum costs several seconds per day on the SimBench feeders. ``none`` and IEEE 1547-B still run,
+so the summary shows whether this code still gives DIR's figures; a droop-tuned cell whose fit's
+key is not the one this code would make runs again (the comparison checks it).
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
 from gridrl import ledger
 from gridrl.compare import CompareConfig, ControllerSpec, parse_controllers
+from gridrl.compare.folder import cell_folder
+from gridrl.compare.run import prepare_out
 from gridrl.config import read_toml
 from gridrl.grid.feeder import load_feeder
 from gridrl.io import write_text
@@ -64,12 +74,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--specific", type=Path, help="a feeder-specific run on the left-out feeder to compare with")
     ap.add_argument("--days", type=int, help="only this many test days, evenly spread (default: all)")
+    ap.add_argument("--reuse", type=Path, help="a comparison folder on every test day whose opf and droop-tuned "
+                                               "cells of the left-out feeder are copied in instead of run again")
     args = ap.parse_args(argv)
 
     exp = read_toml(args.config)
     left, seed = args.leave_out, args.seed
     if left not in exp["feeders"]:
         raise SystemExit(f"--leave-out {left!r} is not one of the experiment's feeders ({', '.join(exp['feeders'])})")
+    if args.reuse is not None and (args.days is not None or not (args.reuse / "config.json").is_file()):
+        raise SystemExit(f"--reuse {args.reuse}: give a comparison folder (one with config.json) and no --days "
+                         f"(its cells cover every test day)")
     others = [f for f in exp["feeders"] if f != left]
     runs, out = Path(exp["runs"]), Path(exp["out"]) / f"loo-{left}-seed{seed}"
     table = dict(exp["train"])
@@ -97,10 +112,13 @@ def main(argv=None) -> int:
         ControllerSpec(run=str(zero.resolve()), label=labels["zero-shot"]),
         ControllerSpec(run=str(tuned.resolve()), label=labels["fine-tuned"]),
         ControllerSpec(run=str(Path(specific).resolve()), label=labels["specific"]))
-    result = compare(CompareConfig(feeders=(left,), controllers=controllers, split="test", days=days),
-                     out=out / "compare", progress=False)
+    config = CompareConfig(feeders=(left,), controllers=controllers, split="test", days=days)
+    if args.reuse is not None:
+        _reuse(args.reuse, config, out / "compare", left)
+    result = compare(config, out=out / "compare", progress=False, report=False)
     summary = result.summary
-    source = f"experiments/transfer_loo.py --leave-out {left} --seed {seed}" + (f" --days {args.days}" if days else "")
+    source = (f"experiments/transfer_loo.py --leave-out {left} --seed {seed}" + (f" --days {args.days}" if days else "")
+              + (f" --reuse {args.reuse}" if args.reuse is not None else ""))
     for key, run, variant in (("zero-shot", zero, f"transfer:zero-shot (trained on {'+'.join(others)})"),
                               ("fine-tuned", tuned, f"transfer:fine-tuned ({ft_steps} steps from loo-{left})"),
                               ("specific", Path(specific), "feeder-specific")):
@@ -115,6 +133,19 @@ def main(argv=None) -> int:
     write_text(out / "summary.md", _summary(summary, left, others, labels, ft_steps, _steps(specific), source))
     _say((out / "summary.md").read_text(encoding="utf-8"))
     return 0
+
+
+def _reuse(source: Path, config: CompareConfig, out: Path, feeder: str) -> None:
+    """Copy ``source``'s finished opf and droop-tuned cells of ``feeder`` into the comparison ``out``
+    (the comparison runs a droop-tuned cell again when its fit's key is not this code's)."""
+    prepare_out(config, out)
+    for key in ("opf", "droop-tuned"):
+        src, dst = cell_folder(source, feeder, key, 0), cell_folder(out, feeder, key, 0)
+        if not (src / "days.parquet").is_file() or dst.exists():
+            continue
+        shutil.copytree(src, dst.with_name(dst.name + ".tmp"), dirs_exist_ok=True)
+        dst.with_name(dst.name + ".tmp").rename(dst)
+        _say(f"reused {src} (not run again)")
 
 
 def _summary(summary, left, others, labels, ft_steps, specific_steps, source) -> str:
