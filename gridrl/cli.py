@@ -527,8 +527,8 @@ def train_cmd(
     steps: Annotated[Optional[int], typer.Option(help="Budget in environment feeder steps (default: the config's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, exploration and the days drawn.")] = None,
     env_chunk: Annotated[Optional[int], typer.Option(help="Solve the training scenarios' power flows this many at a "
-                                                     "time (a divisor of num_envs): less memory on a large "
-                                                     "feeder, the same checkpoint bit for bit.")] = None,
+                                                     "time (a divisor of num_envs): arrays that scale with "
+                                                     "the chunk, the same checkpoint bit for bit.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default out/runs/FEEDER-ALGO-seedSEED); must "
                                                 "not exist unless --resume.")] = None,

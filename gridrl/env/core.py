@@ -114,7 +114,7 @@ class VoltageControlEnv:
 
     ``chunk`` (C scenarios, default None: all B at once): the physics of every step, reset and
     peek — the power flows and the branch losses and loadings — runs over the batch C scenarios
-    at a time, which bounds the solver's working arrays on a large feeder. It changes no number:
+    at a time, so their arrays scale with C instead of B. It changes no number:
     the solver stops updating a scenario once it has converged, so each scenario's solution is
     the one it gets in any batch, and every random draw is made for the whole batch as without
     chunks (``tests/test_chunking.py`` holds both to bit-identity).

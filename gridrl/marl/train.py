@@ -105,9 +105,11 @@ class TrainConfig:
     num_envs: scenarios stepped together; each iteration runs one episode in each.
     env_chunk: the training environment's physics (power flows, branch losses and loadings)
         solved this many scenarios at a time, a divisor of ``num_envs`` (default: all at once).
-        It bounds the solver's working memory on a large feeder and changes no number: the
-        checkpoint is bit for bit the one without chunks (``tests/test_chunking.py``), so it is
-        not part of the run's identity and a run may resume with another chunk. Random draws
+        Its arrays then scale with the chunk, not the batch (on this project's feeders they are
+        megabytes either way: what chunking shows here is that batching changes nothing), and no
+        number changes: the checkpoint is bit for bit the one without chunks
+        (``tests/test_chunking.py``), so it is not part of the run's identity and a run may
+        resume with another chunk. Random draws
         and the networks' passes stay whole-batch: CPU matrix-product kernels round a row by
         how many rows share the call (on this project's machine, policy passes over chunks of 1
         or 3 scenarios moved actions by up to 1.4e-9, chunks of 2, 4, 8 or 16 did not), and
