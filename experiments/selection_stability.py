@@ -116,7 +116,8 @@ def report(rows: list[dict], missing: list[str], *, feeder: str, algo: str, tag:
              "batches of 8 days: same rates, loss rel. diff | train CPU min | train wall min | wall min | load |",
              "|---:|:---|:---|---:|---:|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['variant']} | `{r.get('fingerprint', '')}` | {r['selected']:,} | "
+        shown = f"`{r['fingerprint']}`" if r.get("fingerprint") else "–"  # runs before fingerprints were kept
+        lines.append(f"| {r['seed']} | {r['variant']} | {shown} | {r['selected']:,} | "
                      f"{r['earlier_rule']:,} | {r['val_rate']:.4f} | "
                      f"{r['val_mwh']:.3f} | {r['test_rate']:.4f} | {r['test_mwh']:.3f} | "
                      f"{'yes' if r['batches_of_8_same_rate'] else 'no'}, {r['batches_of_8_loss_rel_diff']:.1e} | "
@@ -150,9 +151,10 @@ def report(rows: list[dict], missing: list[str], *, feeder: str, algo: str, tag:
                    a["test_mwh"] == b["test_mwh"] and a["test_rate"] == b["test_rate"] for a, b in pairs)
         prints = sum(bool(a.get("fingerprint")) and a.get("fingerprint") == b.get("fingerprint") for a, b in pairs)
         if in_criterion(other):
+            known = sum(bool(a.get("fingerprint") and b.get("fingerprint")) for a, b in pairs)
             lines.append(f"threads1 against {other}: the same selected step, validations and test figures (every "
-                         f"digit kept) for {same} of {len(pairs)} seeds, the same checkpoint fingerprint for "
-                         f"{prints} of {len(pairs)}.")
+                         f"digit kept) for {same} of {len(pairs)} seeds"
+                         + (f", the same checkpoint fingerprint for {prints} of {known}." if known else "."))
         else:
             spans = ", ".join(f"seed {a['seed']} {abs(b['test_mwh'] - a['test_mwh']):.3f} MWh" for a, b in pairs)
             lines.append(f"{other}, outside the criterion: {other[4:]} scenarios per iteration instead of the "
