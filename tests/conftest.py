@@ -9,6 +9,7 @@ import tempfile
 
 import numpy as np
 import pytest
+import torch
 
 import gridrl
 
@@ -43,3 +44,22 @@ def one_line_error(res, *parts):
     assert len(err) == 1 and err[0].startswith("error:"), res.output
     for part in parts:
         assert part in err[0], err[0]
+
+
+def assert_identical(a, b, path="state"):
+    """Bit-identity of two nested structures: dicts and sequences item by item, tensors byte for byte
+    (so NaN equals NaN), anything else by ``==``; ``path`` names where they first differ."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_identical(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{k}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        as_bytes = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in (a, b)]
+        assert torch.equal(*as_bytes), path
+    else:
+        assert a == b, path

@@ -15,7 +15,7 @@ from gridrl.env import EnvConfig, make_env
 from gridrl.marl.checkpoint import CLOCK_KEYS, read_checkpoint, state_fingerprint
 from gridrl.marl.train import resolve_train_config, train
 
-from conftest import one_line_error
+from conftest import assert_identical, one_line_error
 
 runner = CliRunner()
 
@@ -25,23 +25,6 @@ TINY = {"steps": 96, "num_envs": 4, "checkpoint_every_s": 0, "compare": [], "val
         "learner": {"hidden": 16, "message_dim": 8, "epochs": 2, "minibatches": 2}}
 # dmpo: a tiny model, imagination from the second iteration, a physics check every second
 TINY_DMPO = {"ensemble": 2, "model_updates": 4, "model_batch": 8, "imagine_from": 1, "model_check_every": 2}
-
-
-def _same(a, b, path="checkpoint"):
-    """Bit-identity of two nested structures (tensors byte for byte, NaN included)."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for k, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}[{k}]")
-    elif isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, path
-        assert a.contiguous().numpy().tobytes() == b.contiguous().numpy().tobytes(), path
-    else:
-        assert a == b, path
 
 
 @pytest.mark.parametrize("feeder, config", [("ieee33", EnvConfig()),
@@ -58,8 +41,8 @@ def test_a_chunked_environment_steps_exactly_as_the_whole_batch(feeder, config):
         for env, out in zip((whole, *parts), outs):
             out.append(env.step(a))
     for out in outs[1:]:
-        _same(outs[0], out, "steps")
-    _same(whole.peek(torch.zeros(6, whole.n_agents)), parts[0].peek(torch.zeros(6, whole.n_agents)), "peek")
+        assert_identical(outs[0], out, "steps")
+    assert_identical(whole.peek(torch.zeros(6, whole.n_agents)), parts[0].peek(torch.zeros(6, whole.n_agents)), "peek")
 
 
 @pytest.mark.parametrize("algo", ["dppo", "dmpo", "ippo", "cppo"])
@@ -76,7 +59,7 @@ def test_a_chunked_training_run_ends_on_the_same_checkpoint(algo, tmp_path):
     assert checkpoints[0]["learner"]["iteration"] == 3 and len(checkpoints[0]["driver"]["validations"]) == 2
     whole, chunked = ({**ck, "driver": {k: v for k, v in ck["driver"].items() if k not in CLOCK_KEYS}}
                       for ck in checkpoints)
-    _same(whole, chunked)
+    assert_identical(whole, chunked)
     assert state_fingerprint(checkpoints[0]) == state_fingerprint(checkpoints[1])
     # the fingerprint sees a change of one weight's last bit
     state = checkpoints[1]["learner"]["policy"]

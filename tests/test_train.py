@@ -25,7 +25,7 @@ from gridrl.errors import CheckpointError, SpecError
 from gridrl.marl.checkpoint import read_checkpoint
 from gridrl.marl.train import TrainingDiverged, resolve_train_config, train
 
-from conftest import one_line_error
+from conftest import assert_identical, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -261,21 +261,6 @@ def _final_state(run: Path) -> dict:
             "best": c["driver"].get("best"), "scalars": pd.read_csv(run / "scalars.csv")}
 
 
-def _assert_same(a, b, path="state"):
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for k, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{k}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    else:
-        assert a == b, path
-
-
 # dmpo: a tiny model, imagination from the second iteration, a physics check every third
 TINY_DMPO = "[learner]\nensemble = 2\nmodel_updates = 4\nmodel_batch = 8\nimagine_from = 1\nmodel_check_every = 3\n"
 
@@ -309,11 +294,11 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(algo, tmp_path
     assert res.exit_code == 0, res.output
     a, b = _final_state(whole), _final_state(cut)
     assert a["learner"]["iteration"] == 10
-    _assert_same(a["learner"], b["learner"])
-    _assert_same(a["env_rng"], b["env_rng"])
+    assert_identical(a["learner"], b["learner"])
+    assert_identical(a["env_rng"], b["env_rng"])
     # the validated choice carries over the kill: the same policy chosen at the same step
     assert a["best"] is not None and a["best"] == b["best"]
-    _assert_same(a["selected"], b["selected"])
+    assert_identical(a["selected"], b["selected"])
     keep = ["iteration", "env_steps", "tag", "value"]
     not_time = lambda df: df[~df["tag"].str.startswith("time/")][keep].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(not_time(a["scalars"]), not_time(b["scalars"]))
