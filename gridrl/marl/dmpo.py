@@ -406,11 +406,18 @@ class DMPO(DPPO):
     def _free_step(self, obs: torch.Tensor, real: dict[str, torch.Tensor]) -> torch.Tensor:
         """The next observation after ``obs`` with the real step's actions, loads, PV and
         voltages all the model's own (the ensemble's mean): one step of a free rollout."""
-        m, roles = self.model, self.roles
-        nxt = roles.with_exogenous(obs, m.next_exogenous(obs).mean(0), real["action"], clock=real["next_obs"],
-                                   out_of_service=roles.out_of_service(real["next_obs"], real["action"]))
+        m = self.model
+        nxt = self._predicted_next(obs, real["action"], real)
         dv = m.split(m(m.features(obs, nxt, real["action"])).mean(0))["dv"]
-        return roles.with_volts(nxt, roles.volts(obs) + dv)
+        return self.roles.with_volts(nxt, self.roles.volts(obs) + dv)
+
+    def _predicted_next(self, obs: torch.Tensor, action: torch.Tensor, real: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The next observation after ``obs`` and ``action`` with the model's own loads, PV and
+        headroom (the ensemble's mean); only the clock and which inverters are out come from the
+        real step ``real``. Its voltage features are still ``obs``'s."""
+        roles = self.roles
+        return roles.with_exogenous(obs, self.model.next_exogenous(obs).mean(0), action, clock=real["next_obs"],
+                                    out_of_service=roles.out_of_service(real["next_obs"], real["action"]))
 
     def _free_errors(self, free: torch.Tensor, real: torch.Tensor, start: torch.Tensor, ok: torch.Tensor,
                      h: int) -> dict[str, float]:
@@ -482,8 +489,7 @@ class DMPO(DPPO):
         to the real step, or the model's own (see the module docstring)."""
         m, roles = self.model, self.roles
         if self.cfg.exogenous == "predicted":
-            next_obs = roles.with_exogenous(obs, m.next_exogenous(obs).mean(0), action, clock=real["next_obs"],
-                                            out_of_service=roles.out_of_service(real["next_obs"], real["action"]))
+            next_obs = self._predicted_next(obs, action, real)
         else:
             next_obs = roles.with_actions(real["next_obs"], real["action"], action)
         if not self.cfg.anchor:
