@@ -69,6 +69,11 @@ def _mean_late(df, key: str, h: int) -> float:
     return float(rows["value"].mean()) if len(rows) else float("nan")
 
 
+def _sd(x: float) -> str:
+    """A standard deviation over seeds, '—' for one seed."""
+    return "—" if x != x else f"{x:.2f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--feeder", default="ieee33")
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     mean = table.groupby(["rollout", "horizon"], sort=False).mean(numeric_only=True).reset_index()
     loss_by_seed = table.groupby(["rollout", "horizon"], sort=False)["val/energy_loss_mwh"].agg(
         lambda v: " / ".join(f"{x:.2f}" for x in v))
+    loss_sd = table.groupby(["rollout", "horizon"], sort=False)["val/energy_loss_mwh"].std()
     lines = [f"# DMPO on {args.feeder}: anchored, model and free imagined rollouts", "",
              f"Command: `{command.strip()}`", "",
              f"{args.steps:,} environment steps per run, seeds {', '.join(map(str, sorted(set(table['seed']))))} "
@@ -133,11 +139,12 @@ def main(argv: list[str] | None = None) -> None:
              f"validation days only (tuning runs; validated every {args.validate_every:,} steps, the policy "
              f"chosen there). Table written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| rollout | horizon | " + " | ".join(label for _, label, _ in COLUMNS)
-             + " | validation loss by seed | wall s |", "|:---|---:|" + "---:|" * (len(COLUMNS) + 2)]
+             + " | validation loss by seed | loss sd over seeds | wall s |", "|:---|---:|" + "---:|" * (len(COLUMNS) + 3)]
     for _, r in mean.iterrows():
         lines.append(f"| {r['rollout']} | {r['horizon']} | "
-                     + " | ".join(fmt.format(r[k]) for k, _, fmt in COLUMNS)
-                     + f" | {loss_by_seed[(r['rollout'], r['horizon'])]} | {r['seconds']:.0f} |")
+                     + " | ".join(fmt.format(r[k]) if r[k] == r[k] else "—" for k, _, fmt in COLUMNS)
+                     + f" | {loss_by_seed[(r['rollout'], r['horizon'])]} | {_sd(loss_sd[(r['rollout'], r['horizon'])])} "
+                     f"| {r['seconds']:.0f} |")
     free = mean[mean["rollout"] == "free"]
     if len(free):
         lines += ["", "The free rollout's imagined against real, H steps open loop from held-out real states "
