@@ -529,6 +529,10 @@ def train_cmd(
     env_chunk: Annotated[Optional[int], typer.Option(help="Solve the training scenarios' power flows this many at a "
                                                      "time (a divisor of num_envs): arrays that scale with "
                                                      "the chunk, the same checkpoint bit for bit.")] = None,
+    residual: Annotated[Optional[str], typer.Option(help="Train the policy as a residual on a droop curve: "
+                                                    "droop:tuned (the feeder's tuned curve at each agent's own "
+                                                    "measured voltage, plus the policy's action; recorded in the "
+                                                    "run).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default out/runs/FEEDER-ALGO-seedSEED); must "
                                                 "not exist unless --resume.")] = None,
@@ -599,7 +603,7 @@ def train_cmd(
         data = {**data, "learner": {**data.get("learner", {}), "transfer": True}}
         if variant == "default":
             variant = "transfer"
-    overrides = {"algo": algo, "steps": steps, "seed": seed, "env_chunk": env_chunk}
+    overrides = {"algo": algo, "steps": steps, "seed": seed, "env_chunk": env_chunk, "residual": residual}
     cfg = resolve_train_config(data, source=source, overrides=overrides)
     label = "+".join(Path(n).stem for n in names)
     if out is None:

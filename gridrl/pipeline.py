@@ -19,7 +19,8 @@ from typing import Any
 
 from gridrl.compare import CompareConfig, CompareResult, ControllerSpec, parse_controllers, run_compare
 
-__all__ = ["TrainedRun", "compare", "compare_run", "sweep", "train", "write_report", "write_run_report"]
+__all__ = ["TrainedRun", "compare", "compare_run", "residual_curve_of", "sweep", "train", "write_report",
+           "write_run_report"]
 
 
 def write_report(results_dir: str | Path, *, path: str | Path | None = None) -> Path:
@@ -73,7 +74,8 @@ def train(feeder: str | Sequence[str], config, *, out: str | Path, resume: bool 
     from gridrl.terminal import is_terminal
 
     out = Path(out)
-    result = train_run(feeder, config, out=out, resume=resume, device=device, progress=progress, log=log, init=init)
+    result = train_run(feeder, config, out=out, resume=resume, device=device, progress=progress, log=log, init=init,
+                       residual_curve=residual_curve_of(feeder, config, log=log))
     compared = None
     several = not isinstance(feeder, str) and len(feeder) > 1
     if several and config.compare and log is not None:
@@ -90,6 +92,17 @@ def train(feeder: str | Sequence[str], config, *, out: str | Path, resume: bool 
         if row is not None and log is not None:
             log(f"ledger: row added to {ledger.ledger_path()} (settings {row['config_hash']}, commit {row['commit']})")
     return TrainedRun(train=result, compare=compared, report=write_run_report(out))
+
+
+def residual_curve_of(feeder: str | Sequence[str], config, *, log: Callable[[str], None] | None = None):
+    """The curve of ``config.residual`` on ``feeder`` (:func:`gridrl.control.tuning.residual_curve`),
+    or ``None`` without a residual (or with several feeders, which training refuses)."""
+    if config.residual is None or not isinstance(feeder, str):
+        return None
+    from gridrl.control.tuning import residual_curve
+    from gridrl.grid.feeder import load_feeder
+
+    return residual_curve(load_feeder(feeder), config.residual, step_minutes=config.env.step_minutes, progress=log)
 
 
 def compare_run(out: str | Path, feeder: str, config, *, progress: bool = True) -> CompareResult:

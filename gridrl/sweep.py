@@ -103,6 +103,9 @@ def plan_sweep(feeders: Sequence[str], algos: Sequence[str], seeds: int, *, out:
         problems.append("no feeders given")
     if not algos:
         problems.append("no algorithms given")
+    if data.get("residual") is not None:
+        problems.append(f"residual = {data['residual']!r}: a sweep does not train residual policies; train each "
+                        f"run with `gridrl train FEEDER --residual {data['residual']}`")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         problems.append(f"seeds must be a whole number ≥ 1, got {seeds!r}")
     unknown = [a for a in algos if a not in ALGORITHMS]

@@ -91,8 +91,8 @@ from gridrl.control.droop import PRESETS, DroopController, DroopCurve, DroopOpti
 from gridrl.control.fitted import check_fitted_for, scenario_of
 
 __all__ = ["CATEGORY_B", "OBJECTIVE", "FittedCurve", "TuneConfig", "cache_path", "check_fitted_for", "cma_in_cube",
-           "curve_from_unit", "fit_droop", "q_rating", "scenario_of", "score_curves", "standard_points", "tune_key",
-           "tuned_curve"]
+           "curve_from_unit", "fit_droop", "q_rating", "residual_curve", "scenario_of", "score_curves", "standard_points",
+           "tune_key", "tuned_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -627,3 +627,18 @@ def tuned_curve(feeder, *, env_config=None, config: TuneConfig = TuneConfig(), o
         except OutputError as exc:  # a read-only cache only costs a refit next time
             log.warning("cannot cache the tuned curve: %s", exc)
     return fitted
+
+
+def residual_curve(feeder, base: str, *, step_minutes: int = 15,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The curve a policy trained as a residual on ``base`` (``droop:tuned``) adds to its actions,
+    as a curve mapping with its fit's provenance: the feeder's tuned curve for the default
+    scenario at the run's step length — the curve a comparison's ``droop:tuned`` uses — read
+    from the cache or fitted now."""
+    from gridrl.control.curvefile import curve_mapping
+    from gridrl.env import EnvConfig
+
+    if base != "droop:tuned":
+        raise CurveError(f"a residual is trained on droop:tuned, not {base!r}")
+    fitted = tuned_curve(feeder, env_config=EnvConfig(step_minutes=step_minutes), progress=progress)
+    return curve_mapping(fitted.curve, fitted.fit)

@@ -78,7 +78,7 @@ import torch
 from gridrl.errors import GridrlError
 
 __all__ = ["EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope", "droop_b_action",
-           "edge_regions", "envelope_bounds", "handover", "shield"]
+           "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "own_columns", "shield"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
@@ -149,15 +149,39 @@ class EnvelopeConfig:
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
     """``a_B(v)``: the action 1547-B asks for at own voltage ``vm_pu`` (all ``[B, N]``, one dtype)."""
-    v_tab = torch.tensor(IEEE1547_B[0], dtype=vm_pu.dtype)
-    q_tab = torch.tensor(IEEE1547_B[1], dtype=vm_pu.dtype)
+    return droop_curve_action(vm_pu, p_mw, q_avail_mvar, IEEE1547_B)
+
+
+def droop_curve_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor,
+                       curve: tuple[Sequence[float], Sequence[float]], *, of_q_avail: bool = False) -> torch.Tensor:
+    """The action a volt-var ``curve`` (``(v_pu breakpoints, q fractions)``, flat beyond its ends)
+    asks for at own voltage ``vm_pu`` once, from the agent's own measurements (all ``[..., N]``,
+    one dtype): ``q`` in fractions of the apparent-power rating ``s = sqrt(p² + q_avail²)`` as
+    the inverters report it (``of_q_avail``: of the available reactive power itself), as a share
+    of ``q_avail``, in [-1, 1]; 0 without headroom. Pure tensor arithmetic (exportable)."""
+    v_tab = torch.tensor(curve[0], dtype=vm_pu.dtype, device=vm_pu.device)
+    q_tab = torch.tensor(curve[1], dtype=vm_pu.dtype, device=vm_pu.device)
     width = v_tab[1:] - v_tab[:-1]
     slope = (q_tab[1:] - q_tab[:-1]) / width
     into = torch.minimum(torch.clamp(vm_pu[..., None] - v_tab[:-1], min=0.0), width)
     frac = q_tab[0] + (slope * into).sum(-1)
+    if of_q_avail:
+        return torch.where(q_avail_mvar > 0, frac, torch.zeros_like(frac)).clamp(-1.0, 1.0)
     s = torch.sqrt(p_mw ** 2 + q_avail_mvar ** 2)
     a = torch.where(q_avail_mvar > 0, frac * s / q_avail_mvar.clamp(min=1e-12), torch.zeros_like(frac))
     return a.clamp(-1.0, 1.0)
+
+
+def own_columns(obs_names: Sequence[str], who: str) -> tuple[int, int, int]:
+    """Observation columns of an agent's own voltage deviation (``dv_pu[0]``, or ``dv_own_pu``
+    in the pooled layout), ``inv_p_mw`` and ``inv_q_avail_mvar``: what a local rule reads
+    (``who`` names the reader in the error)."""
+    names = list(obs_names)
+    own = "dv_pu[0]" if "dv_pu[0]" in names else "dv_own_pu"
+    missing = [n for n in (own, "inv_p_mw", "inv_q_avail_mvar") if n not in names]
+    if missing:
+        raise EnvelopeError(f"{who} reads {', '.join(missing)} from the observation, which it does not have")
+    return names.index(own), names.index("inv_p_mw"), names.index("inv_q_avail_mvar")
 
 
 def envelope_bounds(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor, *,
@@ -251,12 +275,7 @@ class SafetyEnvelope:
         self.config = config
         self.v_min_pu, self.v_max_pu = float(v_min_pu), float(v_max_pu)
         names = list(inner.obs_names)
-        own = "dv_pu[0]" if "dv_pu[0]" in names else "dv_own_pu"
-        missing = [n for n in (own, "inv_p_mw", "inv_q_avail_mvar") if n not in names]
-        if missing:
-            raise EnvelopeError(f"the safety envelope reads {', '.join(missing)} from the observation, which "
-                                  f"{inner.name!r} does not have")
-        self._v, self._p, self._qa = names.index(own), names.index("inv_p_mw"), names.index("inv_q_avail_mvar")
+        self._v, self._p, self._qa = own_columns(names, f"the safety envelope around {inner.name!r}")
         self._neighbours = None
         if config.neighbour_outage:
             if neighbours is None and hasattr(inner, "graph"):

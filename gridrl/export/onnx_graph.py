@@ -112,6 +112,7 @@ class _Parts(nn.Module):
             self.head_heard = _Affine(net.head_in[3])
         self.head = _Mlp(net.head)
         self.message_dim = net.message_dim
+        self.residual = policy.residual  # a residual run's base curve at the own voltage, or None
         # the envelope (float64, as SafetyEnvelope computes it)
         self.envelope = deployed.config
         self.v_min_pu, self.v_max_pu = deployed.v_min_pu, deployed.v_max_pu
@@ -140,6 +141,8 @@ class _Parts(nn.Module):
             z = z + self.head_pooled(pooled, agent)
             per_agent = per_agent + self.head_heard(heard, agent)
         mean = self.head(torch.relu(z + per_agent), agent)[:, 0]
+        if self.residual is not None:
+            mean = mean + self.residual(obs).to(mean.dtype)
         a = mean.clamp(-1.0, 1.0).to(torch.float64)
         x = obs.to(torch.float64)
         v, p, qa = 1.0 + x[:, self.v_col], x[:, self.p_col], x[:, self.qa_col]

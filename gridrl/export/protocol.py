@@ -145,6 +145,13 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
                      "(the agent's q_mvar split in proportion to its inverters' available reactive power) and holds "
                      "it for the interval",
         },
+        "residual": None if policy.residual is None else {
+            **policy.residual.record(), "in_graph": True,
+            "statement": ("the policy's action is a residual on this curve: before the envelope, action = "
+                          "clip(f(v) * s / q_available + policy, -1, 1) at the agent's own measured voltage v "
+                          "(f: the curve's q at v, linear between breakpoints, flat beyond; s = sqrt(p^2 + "
+                          "q_available^2); 0 without headroom)"),
+        },
         "envelope": {
             **envelope,
             "in_graph": True,

@@ -465,6 +465,7 @@ class DMPO(DPPO):
             alive &= real["valid"]
             x = policy.obs_norm(obs)
             mean, log_std = policy.actor(x)
+            mean = policy.shift(mean, obs)
             action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
             step = self._predict_next(obs, action, real)
             spread = (step.volts.std(0) * vmask).amax(-1) if K > 1 else torch.zeros_like(trusted, dtype=obs.dtype)
@@ -540,6 +541,7 @@ class DMPO(DPPO):
             obs = env.reset(seed=None if seed is None else seed + e).to(self.device)
             for _ in range(env.episode_steps):
                 mean, log_std = policy.actor(policy.obs_norm(obs))
+                mean = policy.shift(mean, obs)
                 a, a2 = (mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
                          for _ in range(2))
                 truth = {k: v.to(self.device) for k, v in env.peek(a2).items()}

@@ -343,6 +343,7 @@ class DPPO:
             with watch("act"), torch.no_grad():
                 x = policy.obs_norm(obs)
                 mean, log_std = policy.actor(x, delivered)
+                mean = policy.shift(mean, obs)
                 action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator, device=self.device)
                 logp = gaussian_log_prob(action, mean, log_std)
                 critic = self._critic_step(x, delivered)
@@ -408,6 +409,7 @@ class DPPO:
         # the statistics stay fixed during the update: normalise every sample once, not per epoch,
         # and lay it out agent-major, as the networks compute (a minibatch is then a transposed view)
         obs = policy.obs_norm(samples["obs"]).transpose(0, 1).contiguous()
+        base = None if policy.residual is None else policy.residual(samples["obs"])  # [S, N]: the residual's base
         action, old_logp = samples["action"], samples["logp"]
         adv, ret, delivered = samples["advantage"], samples["returns"], samples["delivered"]
         pw, vw, where = samples["policy_weight"], samples["value_weight"], samples["where"]
@@ -422,6 +424,8 @@ class DPPO:
                 x = obs[:, idx].transpose(0, 1)
                 d = None if delivered is None else delivered[idx]
                 mean, log_std = policy.actor(x, d)
+                if base is not None:
+                    mean = mean + base[idx]
                 logp = gaussian_log_prob(action[idx], mean, log_std)
                 pg_loss, approx_kl, clip_fraction = clipped_surrogate(
                     logp, old_logp[idx], adv[idx], cfg.clip, weight=None if pw is None else pw[idx])

@@ -14,6 +14,11 @@ and feature, what that agent saw in training), which the deployment's hand-over 
 (:mod:`gridrl.env.envelope`): in decentralized training they are the normaliser itself, with
 shared weights a second, per-agent :class:`RunningNorm` that never feeds the actor. Actions are the
 Gaussian mean (deterministic) unless ``deterministic=False``; they are clipped to [-1, 1].
+
+A policy trained as a residual (``residual``: a :class:`~gridrl.env.residual.ResidualBase`) adds
+its base, a droop curve at each agent's own measured voltage, to the Gaussian's mean
+(:meth:`shift`): the action sent is ``clip(a_base(v_i) + a_policy_i, −1, 1)``. Learners that call
+the actor themselves shift its mean with :meth:`shift` on the same raw observations.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class Policy(torch.nn.Module):
 
     def __init__(self, actor: GaussianActor, obs_norm: RunningNorm, graph: Neighbourhood, *,
                  agents: Sequence[str], obs_names: Sequence[str], name: str = "policy",
-                 agent_norm: RunningNorm | None = None):
+                 agent_norm: RunningNorm | None = None, residual=None):
         super().__init__()
         self.actor = actor
         self.obs_norm = obs_norm
@@ -62,7 +67,13 @@ class Policy(torch.nn.Module):
         self.name = name
         self.hops = graph.hops
         self.communication = graph.relay_floats(actor.net.message_dim)
+        self.residual = residual
         self.last_info: dict[str, Any] = {}
+
+    def shift(self, mean: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """The Gaussian's mean ``mean [..., N]`` for raw observations ``obs [..., N, D]``: the
+        actor's, plus the residual's base where the policy has one."""
+        return mean if self.residual is None else mean + self.residual(obs).to(mean.dtype)
 
     @property
     def transferable(self) -> bool:
@@ -103,11 +114,16 @@ class Policy(torch.nn.Module):
         self.last_info = {}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "hops": self.hops, "communication": self.communication}
+        out = {"name": self.name, "hops": self.hops, "communication": self.communication}
+        if self.residual is not None:
+            out["residual"] = self.residual.record()
+        return out
 
     def distribution(self, obs: torch.Tensor, delivered: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gaussian ``mean [M, N]`` and ``log_std [N]`` for raw observations ``[M, N, D]``."""
-        return self.actor(self.obs_norm(obs), delivered)
+        """Gaussian ``mean [M, N]`` (the residual's base included) and ``log_std [N]`` for raw
+        observations ``[M, N, D]``."""
+        mean, log_std = self.actor(self.obs_norm(obs), delivered)
+        return self.shift(mean, obs), log_std
 
     def act(self, obs: torch.Tensor, *, env: Any = None, message_mask: torch.Tensor | None = None,
             deterministic: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:

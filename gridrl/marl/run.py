@@ -99,6 +99,37 @@ class Run:
             raise CheckpointError(f"run {self.path} was trained on another version of feeder {self.feeder!r} "
                                   f"(its spec or operating point changed since); train the run again")
 
+    def residual(self):
+        """The base of a run trained as a residual (:class:`~gridrl.env.residual.ResidualBase`,
+        from the curve its checkpoint recorded), or ``None``. A :class:`CheckpointError` (one
+        line) for a residual run whose curve is missing or unusable: its curve is never fitted
+        again, since a new fit may differ from the one it trained on."""
+        from gridrl.env.envelope import EnvelopeError
+        from gridrl.env.residual import ResidualBase
+
+        rec = self.header.get("residual")
+        if rec is None:
+            if self._configured_residual() is not None:
+                raise CheckpointError(f"run {self.path} was trained as a residual on {self._configured_residual()} "
+                                      f"but its checkpoint records no curve; train the run again")
+            return None
+        if not isinstance(rec, dict) or not isinstance(rec.get("base"), str) or "curve" not in rec:
+            raise CheckpointError(f"run {self.path}: its checkpoint's residual record is damaged (no base curve); "
+                                  f"train the run again")
+        try:
+            return ResidualBase(rec["base"], rec["curve"], self.header["obs_names"])
+        except EnvelopeError as exc:
+            raise CheckpointError(f"run {self.path}: {exc}; train the run again") from None
+
+    def _configured_residual(self) -> str | None:
+        """``residual`` of the run's ``config.json`` (``None`` without one)."""
+        import json
+
+        try:
+            return json.loads((self.path / "config.json").read_text(encoding="utf-8"))["config"].get("residual")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
     def policy(self, *, device: str | torch.device = "cpu", name: str | None = None, feeder=None):
         """The trained :class:`~gridrl.marl.policy.Policy`, deterministic, on ``device``: the
         best validated one when the run validated, else the last. ``feeder``: the feeder a
@@ -133,7 +164,7 @@ class Run:
         own = (RunningNorm(d, valid=torch.ones(n, d, dtype=torch.bool), per_agent=True)
                if not self.transferable and "agent_norm.mean" in state else None)
         policy = Policy(actor, norm, graph, agents=agents, obs_names=h["obs_names"],
-                        name=name or self.path.name or self.algo, agent_norm=own)
+                        name=name or self.path.name or self.algo, agent_norm=own, residual=self.residual())
         try:
             policy.load_state_dict(state)
         except (KeyError, RuntimeError) as exc:
@@ -219,5 +250,10 @@ def deployed(policy, feeder, env_config, *, envelope=None):
                              obs_mean=mean.cpu().numpy(), obs_std=std.cpu().numpy(),
                              obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
                              obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless)
-    wrapped.information = f"{information_label(env_config)}; {cfg.label}"
+    knew = information_label(env_config)
+    if getattr(policy, "residual", None) is not None:
+        from gridrl.env.residual import residual_label
+
+        knew += f"; {residual_label(policy.residual.base)}"
+    wrapped.information = f"{knew}; {cfg.label}"
     return wrapped

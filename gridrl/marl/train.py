@@ -137,6 +137,12 @@ class TrainConfig:
         rate of 0.00084 on 37 days of 96 steps.
     tuning: a tuning run: it chooses settings, so it may look at validation days only; a test
         day anywhere (``eval_split = "test"``, a comparison) is refused.
+    residual: train the policy as a residual on a droop curve (``"droop:tuned"``: the feeder's
+        tuned curve of :mod:`gridrl.control.tuning` for the default scenario at the run's step
+        length, as a comparison's ``droop:tuned`` uses it): agent i sends
+        ``clip(a_tuned(v_i) + a_policy_i, −1, 1)`` with ``v_i`` its own measured voltage
+        (:mod:`gridrl.env.residual`). The curve is recorded in the checkpoint and ``config.json``
+        and read from there wherever the run is evaluated (``None``: no base, the default).
     env: the training :class:`~gridrl.env.EnvConfig` (defaults: :data:`TRAIN_ENV_DEFAULTS`).
     learner: the algorithm's config (:class:`~gridrl.marl.dppo.DppoConfig`, …).
     """
@@ -157,6 +163,7 @@ class TrainConfig:
     validate_every_steps: int = 25_000
     selection_tolerance_steps: int = 3
     tuning: bool = False
+    residual: str | None = None
     env: Any = None
     learner: Any = None
 
@@ -188,6 +195,11 @@ class TrainConfig:
         if self.tuning and self.compare:
             problems.append(f"tuning = true evaluates on validation days only: compare = {list(self.compare)} "
                             f"runs on the test days; set compare = []")
+        from gridrl.env.residual import RESIDUAL_BASES
+
+        if self.residual is not None and self.residual not in RESIDUAL_BASES:
+            problems.append(f"residual must be {' or '.join(map(repr, RESIDUAL_BASES))} (a residual on the feeder's "
+                            f"tuned droop curve) or left out, got {self.residual!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -273,6 +285,9 @@ def resolve_train_config(data: Mapping[str, Any], *, source: str, overrides: Map
             problems.append(f"env.zone_layout = {env_table['zone_layout']!r}: a transferable policy (learner.transfer "
                             f"= true) reads the 'pool' layout, which does not depend on a feeder's zone sizes; "
                             f"remove zone_layout from [env]")
+        if transfer and top.get("residual") is not None:
+            problems.append(f"residual = {top['residual']!r} is bound to one feeder's curve, a transferable policy "
+                            f"(learner.transfer) acts on any feeder; drop one of them")
         layout = {"zone_layout": "pool"} if transfer else {}
         env = _collect(EnvConfig, {**TRAIN_ENV_DEFAULTS, **layout, **env_table}, source, problems, prefix="env")
     learner = None
@@ -321,7 +336,8 @@ class TrainResult:
 
 def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | Path, resume: bool = False,
           device: str = "cpu", progress: bool = True, log: Callable[[str], None] | None = None,
-          on_steps: Callable[[int], None] | None = None, init: str | Path | None = None) -> TrainResult:
+          on_steps: Callable[[int], None] | None = None, init: str | Path | None = None,
+          residual_curve: Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``config.learner`` on ``feeder_name`` into ``out`` (see the module docstring).
 
     feeder_name: one feeder, or several (a list): one transferable policy trained on all of them
@@ -331,6 +347,9 @@ def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | P
         observation statistics) and, for the same algorithm, its critic; the learner's
         architecture must be the run's.
 
+    residual_curve: the curve of ``config.residual`` (a curve mapping ``{v_pu, q, reference,
+        fit}``; :func:`gridrl.control.tuning.residual_curve` resolves it, as ``gridrl train``
+        does): recorded in ``config.json`` and the checkpoint; a resumed run must bring the same.
     resume: continue the run in ``out`` from its checkpoint (its configuration must be the same);
         a run that finished is not trained further, only evaluated again if needed; with nothing
         in ``out`` yet, a new run starts there (so one command both starts and resumes).
@@ -358,11 +377,12 @@ def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | P
                          f"--transfer (or transfer = true in [learner])")
     if len(set(names)) != len(names):
         raise TrainError(f"each feeder once, please: got {', '.join(names)}")
+    residual = _residual(config, residual_curve, several=len(names) > 1)
     feeders = [load_feeder(n) for n in names]
     feeder = feeders[0]
     config = _with_band(config, feeder)
     source = _init_source(init, config) if init is not None else None
-    checkpoint = _claim(out, feeders, config, resume=resume, init=source)
+    checkpoint = _claim(out, feeders, config, resume=resume, init=source, residual=residual)
     if resume and checkpoint is None:  # never silently from the beginning
         say(f"nothing to resume in {out}: starting a new run there" if started_here else
             f"{out} holds no checkpoint (the run stopped before its first): starting it again from the beginning")
@@ -384,12 +404,18 @@ def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | P
             learner = FeederMix(cls, envs, config.learner, seed=config.seed, total_steps=config.steps, device=device)
         else:
             learner = cls(env, config.learner, seed=config.seed, total_steps=config.steps, device=device)
+        if residual is not None:
+            from gridrl.env.residual import ResidualBase
+
+            learner.policy.residual = ResidualBase(config.residual, residual, env.obs_names).to(device)
     except BaseException:
         torch.set_num_threads(torch_threads)
         raise
     rng = learner if len(feeders) > 1 else env  # whose generators the checkpoint keeps
     header = make_header(algo=config.algo, feeder=feeder, env=env, env_config=config.env,
                          learner_config=config.learner, seed=config.seed)
+    if residual is not None:
+        header["residual"] = learner.policy.residual.record()
     if len(feeders) > 1:
         header.update(feeder="+".join(names), feeder_hash=_feeders_hash(feeders), feeders=names)
     if source is not None:
@@ -541,8 +567,26 @@ def _feeders_hash(feeders) -> str:
     return hashlib.sha256("+".join(f.spec.content_hash() for f in feeders).encode()).hexdigest()[:16]
 
 
-def _claim(out: Path, feeders, config: TrainConfig, *, resume: bool, init=None) -> dict | None:
-    """Make ``out`` this run's folder; returns the checkpoint to resume from (or None)."""
+def _residual(config: TrainConfig, curve: Mapping[str, Any] | None, *, several: bool) -> dict[str, Any] | None:
+    """The residual's curve as the run records it, or ``None``; a :class:`TrainError` (one line)
+    when ``config.residual`` and the curve given do not go together."""
+    if config.residual is None:
+        if curve is not None:
+            raise TrainError("a residual curve was given but the config sets no residual; add "
+                             "residual = \"droop:tuned\" (--residual droop:tuned) or give no curve")
+        return None
+    if several:
+        raise TrainError(f"residual = {config.residual!r} is one feeder's curve; train on one feeder")
+    if not isinstance(curve, Mapping) or not {"v_pu", "q"} <= set(curve):
+        raise TrainError(f"residual = {config.residual!r} needs its curve: `gridrl train` fits or reads it "
+                         f"(gridrl.control.tuning.residual_curve); pass residual_curve={{v_pu, q, reference, fit}}")
+    return json.loads(json.dumps({k: curve[k] for k in ("v_pu", "q", "reference", "fit") if k in curve}))
+
+
+def _claim(out: Path, feeders, config: TrainConfig, *, resume: bool, init=None,
+           residual: Mapping[str, Any] | None = None) -> dict | None:
+    """Make ``out`` this run's folder; returns the checkpoint to resume from (or None). The
+    residual's curve (``residual``) is part of the run's identity: a resumed run keeps its own."""
     from gridrl.io import write_json
     from gridrl.marl.checkpoint import CHECKPOINT, read_checkpoint
 
@@ -554,6 +598,8 @@ def _claim(out: Path, feeders, config: TrainConfig, *, resume: bool, init=None) 
         ident["feeders"] = [f.name for f in feeders]
     if init is not None:
         ident["init"] = {"run": str(init.path), "checkpoint_hash": init.hash}
+    if residual is not None:  # the numbers that act, not the fit's provenance
+        ident["residual_curve"] = {k: residual[k] for k in ("v_pu", "q", "reference") if k in residual}
     cfg_file = out / CONFIG_FILE
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out} is a file; give a folder path for --out")
@@ -581,7 +627,10 @@ def _claim(out: Path, feeders, config: TrainConfig, *, resume: bool, init=None) 
         return ckpt
     from gridrl.marl.checkpoint import config_dict
 
-    write_json(cfg_file, {"feeder": name, "config": config_dict(config), "identity": ident})
+    record = {"feeder": name, "config": config_dict(config), "identity": ident}
+    if residual is not None:
+        record["residual_curve"] = dict(residual)
+    write_json(cfg_file, record)
     return None
 
 
