@@ -139,6 +139,14 @@ def test_bad_residual_settings_are_refused(tmp_path):
         train("ieee33", _config(), out="/nonexistent/never", progress=False)
     with pytest.raises(TrainError, match="sets no residual"):
         train("ieee33", _config(residual=None), out="/nonexistent/never", progress=False, residual_curve=CURVE)
+    from gridrl.env.envelope import EnvelopeError
+    from gridrl.env.residual import ResidualBase
+
+    names = ["dv_pu[0]", "inv_p_mw", "inv_q_avail_mvar"]
+    with pytest.raises(EnvelopeError, match="v_pu must increase strictly"):
+        ResidualBase("droop:tuned", {"v_pu": [1.05, 0.95], "q": [0.0, 0.0]}, names)
+    with pytest.raises(EnvelopeError, match="inv_q_avail_mvar"):
+        ResidualBase("droop:tuned", CURVE, names[:2])
     cfg = tmp_path / "train.toml"
     cfg.write_text("steps = 8\ncompare = []\n")
     res = runner.invoke(app, ["train", "ieee33", "--config", str(cfg), "--residual", "droop:tunned"])
