@@ -18,7 +18,9 @@ per fit (each update built its minibatch from the replay: gather, features, norm
 before passes were cut into 4 MB chunks instead of 16 MB, at the learner's 100 updates × 64
 feeder-steps per member; ``UxM`` is the learner's present fit
 with U updates of M feeder-steps per member, optionally ``:lrRATE`` (Adam's learning rate),
-``:hWIDTH`` (the model's width) and ``:bf16`` (the fit's matrix products in bfloat16). The
+``:hWIDTH`` (the model's width), ``:bf16`` (the fit's matrix products in bfloat16) and
+``:stopN`` (the held-out early stop, checked every N updates: ``model_stop_every``; the updates
+a fit made are counted, and the table gives their mean). The
 present fit at 100x64 draws the same minibatches as ``before``, so its parameters come out
 identical where one chunk holds a whole minibatch (and within rounding where chunks differ):
 the benchmark says which.
@@ -48,14 +50,15 @@ ERRORS = (("model/volt_rmse_pu", "one-step voltage RMSE (p.u.)"),
           ("model/cf_action_effect_pu", "true action effect (p.u.)"))
 
 
-def fit_before(learner) -> None:
+def fit_before(learner) -> dict[str, float]:
     """The fit loop before this benchmark's change: every update gathers its minibatch from the
-    replay, builds its features and normalises them, in chunks of 16 MB."""
+    replay, builds its features and normalises them, in chunks of 16 MB; returns its updates."""
     import gridrl.marl.model as model_module
 
     now, model_module.CHUNK_FLOATS = model_module.CHUNK_FLOATS, 1 << 22
     try:
         _fit_before(learner)
+        return {"update/model_steps": float(learner.cfg.model_updates)}
     finally:
         model_module.CHUNK_FLOATS = now
 
@@ -77,7 +80,7 @@ def setting(text: str) -> dict:
     """``before`` or ``UxM`` (U updates of M feeder-steps per member) with optional extras:
     ``:lrRATE`` (Adam's rate), ``:hWIDTH`` (model width), ``:bf16`` (the fit's products in
     bfloat16), ``:prior`` (the sensitivity prior), ``:physics`` (the prior alone carries the actions), ``:kHOPS``
-    (the model's κ)."""
+    (the model's κ), ``:stopN`` (the held-out early stop every N updates)."""
     if text == "before":
         return {"name": "before", "updates": 100, "batch": 64, "learner": {}}
     size, *extras = text.split(":")
@@ -86,6 +89,8 @@ def setting(text: str) -> dict:
     for extra in extras:
         if extra.startswith("lr"):
             learner["model_lr"] = float(extra[2:])
+        elif extra.startswith("stop") and extra[4:].isdigit():
+            learner["model_stop_every"] = int(extra[4:])
         elif extra[:1] in ("h", "k") and extra[1:].isdigit():
             learner["model_hidden" if extra[0] == "h" else "model_hops"] = int(extra[1:])
         elif extra in ("bf16", "prior", "physics"):
@@ -94,7 +99,8 @@ def setting(text: str) -> dict:
         else:
             updates = ""
     if not (updates.isdigit() and batch.isdigit()):
-        raise SystemExit(f"setting {text!r} is not 'before' or UPDATESxBATCH[:lrRATE][:hWIDTH][:bf16][:prior|:physics][:kHOPS], "
+        raise SystemExit(f"setting {text!r} is not 'before' or UPDATESxBATCH[:lrRATE][:hWIDTH][:bf16][:prior|:physics]"
+                         "[:kHOPS][:stopN], "
                          "e.g. 25x256:lr2e-3")
     return {"name": text, "updates": int(updates), "batch": int(batch), "learner": learner}
 
@@ -102,7 +108,7 @@ def setting(text: str) -> dict:
 def run(feeder: str, settings: list[dict], *, layout: str = "pool", num_envs: int = 4, iterations: int = 16,
         seed: int = 0, device: str = "cpu", check_split: str = "train") -> dict:
     """Collect the blocks, fit every setting on them (interleaved), score each model; returns
-    ``env``, ``learners``, ``seconds`` (per fit) and ``errors`` (per setting)."""
+    ``env``, ``learners``, ``seconds`` and ``updates`` (per fit) and ``errors`` (per setting)."""
     from gridrl.env import make_env
     from gridrl.grid.feeder import load_feeder
     from gridrl.marl.ppo import Stopwatch
@@ -130,7 +136,12 @@ def run(feeder: str, settings: list[dict], *, layout: str = "pool", num_envs: in
     for s in settings:
         over = {"model_updates": s["updates"], "model_batch": s["batch"], **s["learner"]}
         learners[s["name"]] = make(dataclasses.replace(cfg.learner, **over))
+    # before: Adam one parameter at a time, as it was (the learner's steps over all at once, the same values)
+    if "before" in learners:
+        learner = learners["before"]
+        learner.model_optimizer = torch.optim.Adam(learner.model.parameters(), lr=cfg.learner.model_lr, foreach=False)
     seconds = {name: [] for name in learners}
+    updates = {name: [] for name in learners}
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     for block in blocks:
         for s in settings:
@@ -138,10 +149,11 @@ def run(feeder: str, settings: list[dict], *, layout: str = "pool", num_envs: in
             learner.remember(block["obs"], block["valid"], action=block["action"], reward=block["reward"],
                              zone_loss_mw=block["zone_loss_mw"], voltage_cost=block["voltage_cost"])
             t = time.perf_counter()
-            fit_before(learner) if s["name"] == "before" else learner._fit_model()
+            stats = fit_before(learner) if s["name"] == "before" else learner._fit_model()
             if learner.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[s["name"]].append(time.perf_counter() - t)
+            updates[s["name"]].append(stats["update/model_steps"])
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     errors = {}
@@ -150,7 +162,7 @@ def run(feeder: str, settings: list[dict], *, layout: str = "pool", num_envs: in
         check = make_env(fd, split=check_split, num_envs=4, seed=seed + 1, config=cfg.env)
         e.update(learner.counterfactual_errors(check, seed=seed + 1))
         errors[name] = e
-    return {"feeder": fd, "env": env, "learners": learners, "seconds": seconds, "errors": errors,
+    return {"feeder": fd, "env": env, "learners": learners, "seconds": seconds, "updates": updates, "errors": errors,
             "load": (load_before, load_after)}
 
 
@@ -170,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.feeder, settings, layout=args.layout, num_envs=args.num_envs, iterations=args.iterations,
               seed=args.seed, device=args.device)
     fd, env, learners, seconds, errors = res["feeder"], res["env"], res["learners"], res["seconds"], res["errors"]
+    updates = res["updates"]
     load_before, load_after = res["load"]
     collector = learners["before"]
     same = None
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
     N = env.n_agents
     base_s = statistics.median(seconds["before"][1:] or seconds["before"])
+    base_total = sum(seconds["before"][1:] or seconds["before"])
     command = "python experiments/bench_model_fit.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} torch thread(s)"
     lines = [f"# DMPO model fit on {fd.name}: before and now, one process, the same data", "",
@@ -187,17 +201,20 @@ def main(argv: list[str] | None = None) -> None:
              f"{N} agents, `{args.layout}` layout, {args.iterations} blocks of B = {args.num_envs} scenarios × "
              f"{env.episode_steps} steps (the initial exploring policy, training days); a fit after every block, "
              f"ensemble of {collector.model.size}. Device: {device}. Time per fit: median over blocks 2–{args.iterations} "
-             f"(the replay grows to its full size); load average {load_before} before, {load_after} after. Errors: "
+             f"(the replay grows to its full size; the total-time speed-up: their sum); load average {load_before} before, {load_after} after. Errors: "
              f"after the last fit, on the held-out scenarios and (imagined action effects) against `env.peek` of an "
              f"independent action. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| setting | updates × feeder-steps per member | samples seen ÷ before | s / fit | ms / agent / fit | "
-             "speed-up vs before | " + " | ".join(label for _, label in ERRORS) + " |",
-             "|:---|---:|---:|---:|---:|---:|" + "---:|" * len(ERRORS)]
+             "| setting | updates (mean per fit) × feeder-steps per member | samples seen ÷ before | s / fit | "
+             "ms / agent / fit | speed-up vs before | speed-up, total time | "
+             + " | ".join(label for _, label in ERRORS) + " |",
+             "|:---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ERRORS)]
     for s in settings:
         t = statistics.median(seconds[s["name"]][1:] or seconds[s["name"]])
+        total = sum(seconds[s["name"]][1:] or seconds[s["name"]])
+        made = statistics.mean(updates[s["name"]])
         e = errors[s["name"]]
-        lines.append(f"| {s['name']} | {s['updates']} × {s['batch']} | {s['updates'] * s['batch'] / 6400:.2f} | "
-                     f"{t:.3f} | {1000 * t / N:.1f} | {base_s / t:.2f}× | "
+        lines.append(f"| {s['name']} | {made:.4g} × {s['batch']} | {made * s['batch'] / 6400:.2f} | "
+                     f"{t:.3f} | {1000 * t / N:.1f} | {base_s / t:.2f}× | {base_total / total:.2f}× | "
                      + " | ".join(f"{e.get(k, math.nan):.5f}" for k, _ in ERRORS) + " |")
     if same is not None:
         lines += ["", f"`before` and `100x64` (the same minibatches): parameters after the last fit "

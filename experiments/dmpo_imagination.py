@@ -19,7 +19,8 @@ changed, one run per seed, each a tuning run: it validates on the feeder's valid
 - ``none`` (``model_ratio = 0``): no imagined data, the model fitted and scored only — the
   reference that says whether imagination helps at this budget at all.
 
-The imagined feeder-steps per real one are the same at every horizon (``model_ratio``), so
+``--learner`` adds learner settings to every run (JSON; e.g. a faster model fit) and ``--tag``
+names such runs' folders apart. The imagined feeder-steps per real one are the same at every horizon (``model_ratio``), so
 longer rollouts start from fewer real states. A run folder under ``--runs``
 (``ROLLOUT-hH-seedS``) that already reached ``--steps`` is read back, not retrained (runs can be
 split over several invocations; ``--no-train`` writes the report from finished runs alone). The
@@ -29,6 +30,7 @@ tables give means over the seeds that have a run.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--runs", default=None, help="run folders go here (default: a temporary folder)")
     p.add_argument("--out", default=None)
+    p.add_argument("--learner", default="{}",
+                   help='further learner settings for every run, as JSON (e.g. \'{"model_updates": 25}\')')
+    p.add_argument("--tag", default="", help="run folders ROLLOUT-hH-TAG-seedS (runs with --learner settings)")
     p.add_argument("--train-only", action="store_true", help="train the missing runs, write no report")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: the report from the finished runs alone (missing ones left out)")
@@ -92,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [r for r in rollouts if r not in ROLLOUTS]
     if unknown:
         sys.exit(f"error: unknown rollout(s) {', '.join(unknown)}; choose from {', '.join(ROLLOUTS)}")
+    try:
+        extra = json.loads(args.learner)
+    except json.JSONDecodeError as e:
+        sys.exit(f"error: --learner is not JSON ({e}); write e.g. '{{\"model_updates\": 25}}'")
+    if not isinstance(extra, dict):
+        sys.exit("error: --learner must be a JSON object of learner settings, e.g. '{\"model_updates\": 25}'")
     horizons = [int(x) for x in args.horizons.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
 
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = Path(args.runs or tempfile.mkdtemp(prefix="dmpo-imagination-"))
     rows = []
     for rollout, h, seed in ((r, h, s) for r in rollouts for h in horizons for s in seeds):
-        name = f"{rollout}-h{h}-seed{seed}"
+        name = f"{rollout}-h{h}-{args.tag + '-' if args.tag else ''}seed{seed}"
         scalars = runs / name / SCALARS_FILE
         t = time.time()
         df = pd.read_csv(scalars) if scalars.exists() else None
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             data = {"algo": "dmpo", "steps": args.steps, "seed": seed, "num_envs": 32,
                     "eval_every_steps": 0, "eval_split": "val", "compare": [], "tuning": True,
                     "validate_every_steps": args.validate_every, "band_margin_pu": 0.005,
-                    "learner": {"hidden": 64, "message_dim": 32, "horizon": h, **ROLLOUTS[rollout]}}
+                    "learner": {"hidden": 64, "message_dim": 32, "horizon": h, **ROLLOUTS[rollout], **extra}}
             cfg = resolve_train_config(data, source="dmpo_imagination")
             df = train(args.feeder, cfg, out=runs / name, progress=False, log=lambda m: None).scalars
             seconds = time.time() - t

@@ -441,3 +441,32 @@ def test_a_bfloat16_model_fit_learns_as_float32_does(feeder):
         errors[precision] = stats["model/volt_rmse_pu"]
     assert errors["bfloat16"] != errors["float32"]
     assert errors["bfloat16"] < 1.1 * errors["float32"], errors
+
+
+def test_the_model_optimizer_over_all_parameters_at_once_moves_them_as_one_at_a_time(feeder):
+    """Adam with ``foreach`` (the learner's) against Adam one parameter at a time: the same
+    fitted model, bit for bit."""
+    models = []
+    for foreach in (True, False):
+        learner, _, _ = _dmpo(feeder, iterations=1, model_ratio=0.0, model_updates=5, ensemble=2, model_check_every=0)
+        learner.model_optimizer = torch.optim.Adam(learner.model.parameters(), lr=learner.cfg.model_lr, foreach=foreach)
+        learner._fit_model()
+        models.append(learner.model.state_dict())
+    for name, value in models[0].items():
+        assert torch.equal(value, models[1][name]), name
+
+
+def test_the_early_stop_ends_a_fit_where_the_held_out_loss_stops_falling(feeder):
+    """``model_stop_every``: a fresh model's held-out loss falls, so its first fit goes past the
+    first checks; at a learning rate that makes it climb the fit stops at the first check;
+    without held-out steps, or with 0, every fit makes its ``model_updates``."""
+    def steps(**cfg):
+        learner, _, stats = _dmpo(feeder, iterations=1, model_ratio=0.0, ensemble=2, model_check_every=0,
+                                  model_updates=40, **cfg)
+        return stats["update/model_steps"], learner
+    falling, learner = steps(model_stop_every=5)
+    assert 10 < falling <= 40
+    assert learner.model.loss(*learner._stopping_set()) > 0
+    assert steps(model_stop_every=5, model_lr=5.0)[0] == 5
+    assert steps(model_stop_every=5, model_lr=5.0, holdout_every=0)[0] == 40
+    assert steps(model_stop_every=0, model_lr=5.0)[0] == 40

@@ -137,6 +137,11 @@ class DmpoConfig(DppoConfig):
         learns them; needs ``anchor = false``: the free rollout).
     reward_model: ``physics`` (reward computed from predicted voltages and losses) or
         ``learned`` (the model's reward output).
+    model_stop_every: every this many updates of a fit, the ensemble's loss on a fixed draw of
+        ``model_batch`` held-out feeder-steps is measured, and the fit stops where it no longer
+        falls (0: never; every fit makes its ``model_updates``). The fit then sees fewer samples
+        where the model has nothing left to learn from the replay (``update/model_steps`` counts
+        the updates made).
     model_eval_samples: held-out transitions scored per iteration.
     model_check_every: every this many iterations, the imagined next voltages and rewards are
         checked against the true physics (:meth:`DMPO.counterfactual_errors`, one episode in
@@ -161,6 +166,7 @@ class DmpoConfig(DppoConfig):
     anchor: bool = True
     exogenous: Literal["recorded", "predicted"] = "recorded"
     reward_model: Literal["physics", "learned"] = "physics"
+    model_stop_every: int = 0
     model_eval_samples: int = 512
     model_check_every: int = 10
 
@@ -172,7 +178,8 @@ class DmpoConfig(DppoConfig):
                      "model_eval_samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("model_ratio", "imagine_from", "holdout_every", "model_updates", "model_check_every"):
+        for name in ("model_ratio", "imagine_from", "holdout_every", "model_updates", "model_check_every",
+                     "model_stop_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0, got {getattr(self, name)}")
         for name in ("model_lr", "disagreement_pu"):
@@ -221,7 +228,8 @@ class DMPO(DPPO):
                                           own_weights=self.decentralized, sensitivity=sensitivity,
                                           actions_through_prior=cfg.model_prior == "physics",
                                           exogenous=cfg.exogenous == "predicted").to(self.device)
-        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
+        # foreach: one kernel per step kind over all parameters; the same values, bit for bit
+        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr, foreach=True)
         self._obs_valid = valid.to(self.device)
         names = [env.obs_names[c] for c in self.roles.exo_cols.tolist()]
         self._exo_groups = {"net_p": [k for k, n in enumerate(names) if n.startswith(("p_mw[", "p_zone_mw"))],
@@ -334,6 +342,9 @@ class DMPO(DPPO):
 
     def _fit_model(self) -> dict[str, float]:
         """``model_updates`` steps; every member draws its own minibatch (with replacement).
+        With ``model_stop_every``, the fit stops at the first check (every that many updates)
+        where the loss on :meth:`_stopping_set` is not below its lowest value so far, the value
+        before the fit included.
 
         The training part of the replay is built and normalised once per fit (the statistics
         only change in :meth:`remember`), so an update only gathers its rows: the same
@@ -344,10 +355,15 @@ class DMPO(DPPO):
             return {}
         with torch.no_grad():
             x_all, y_all = m.normalise(*self._model_data(self.replay.step(train)))
-        total = 0.0
         K, batch = m.size, cfg.model_batch
         low = cfg.model_precision == "bfloat16"
-        for _ in range(cfg.model_updates):
+        stopping = self._stopping_set()
+        if stopping is not None:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
+                best = m.loss(*stopping)
+        total = 0.0
+        done = 0
+        while done < cfg.model_updates:
             pick = torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)
             x, y = x_all[pick], y_all[pick]
             self.model_optimizer.zero_grad(set_to_none=True)
@@ -356,7 +372,27 @@ class DMPO(DPPO):
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
             total += loss / K
-        return {"model/train_loss": total / cfg.model_updates, "update/model_steps": float(cfg.model_updates)}
+            done += 1
+            if stopping is not None and done % cfg.model_stop_every == 0:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
+                    held = m.loss(*stopping)
+                if held >= best:
+                    break
+                best = held
+        return {"model/train_loss": total / done, "update/model_steps": float(done)}
+
+    def _stopping_set(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With ``model_stop_every``, the held-out feeder-steps that decide when a fit stops:
+        ``model_batch`` of them drawn once per fit, normalised features and targets as every
+        member's input ``[K, M, N, …]``; ``None`` without (or without held-out steps)."""
+        cfg, m = self.cfg, self.model
+        held = self.replay.transitions(held_out=True)
+        if not cfg.model_stop_every or not len(held):
+            return None
+        pick = held[torch.randperm(len(held), generator=self.generator, device=self.device)[:cfg.model_batch]]
+        with torch.no_grad():
+            x, y = m.normalise(*self._model_data(self.replay.step(pick)))
+        return x.expand(m.size, *x.shape), y.expand(m.size, *y.shape)
 
     # ---------------------------------------------------------------------------------------
     # held-out model errors

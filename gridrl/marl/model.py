@@ -455,6 +455,14 @@ class DynamicsEnsemble(nn.Module):
             total += float(part.detach())
         return total
 
+    @torch.inference_mode()
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> float:
+        """:meth:`backward`'s loss of normalised ``features`` and ``targets`` (each member's
+        ``[K, M, N, …]``), without a gradient: chunk by chunk, in bounded memory."""
+        rows = self.chunk_rows()
+        return sum(float(self._loss(x, y, features.shape[1]))
+                   for x, y in zip(features.split(rows, 1), targets.split(rows, 1)))
+
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, samples: int) -> torch.Tensor:
         """The squared errors of normalised ``features``' samples against normalised
         ``targets``, summed and divided as for ``samples``."""
