@@ -86,7 +86,7 @@ def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | 
     from gridrl.robustness import CONDITIONS
 
     feeder = load_feeder(feeder_name)
-    description, changes = CONDITIONS[condition]
+    description, changes = CONDITIONS[condition].label, dict(CONDITIONS[condition].env or {})
     if outage is not None:  # one agent's inverters out all day (the worst-outage condition, for that agent)
         if outage not in feeder.agents:
             raise SystemExit(f"--outage {outage!r} is not an agent of {feeder_name} (agents: {', '.join(feeder.agents)})")

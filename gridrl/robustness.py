@@ -6,6 +6,7 @@ feeder under each condition of :data:`CONDITIONS`, and writes::
 
     OUT/<condition>/              a comparison folder (gridrl compare's layout; resumable)
     OUT/worst-outage/<agent>/     one per agent: that agent's inverters out all day
+    OUT/<condition>/<a>+<b>/      an outage pair's (``outage = "worst-pair"``)
     OUT/table.csv                 tidy: condition, controller, group, controllable rate, loss, …
     OUT/summary.md                one table, rate / loss per condition and controller group
 
@@ -19,9 +20,15 @@ Conditions (each a change of the comparison's ``[env]``; every other setting as 
 - ``worst-outage``: one agent's inverters out (q = 0) all day; every agent is tried and each
   controller is charged with *its own* worst (lowest controllable rate, then highest loss; the
   agent is named in the table);
+- ``worst-outage-pair``: two agents' inverters out together all day; the pairs of the agents
+  that are one of some controller's two worst single outages are tried, and each controller is
+  charged with its own worst pair;
 - ``outage-0.1``: each agent's inverters out for a whole day with probability 0.1;
 - ``pv-1.5``: 50 % more PV (ratings with it); ``load-1.2-pv-1.5``: and loads 20 % higher;
 - ``no-q-night``: inverters give no reactive power while their PV produces nothing.
+
+A suite adds conditions of its own (any change of ``[env]``, optionally with an outage sweep) as
+:class:`Condition` tables under ``[[custom_conditions]]``; each is checked when the config loads.
 
 The tuned droop (``droop:tuned``) keeps the curve fitted on the nominal training days (under the
 suite's base ``[env]``: e.g. with ``q_at_night = true`` the curve fitted with night-time reactive
@@ -35,6 +42,8 @@ knew and how often a policy handed over to droop.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,27 +55,78 @@ import pandas as pd
 from gridrl.config import from_dict, read_toml
 from gridrl.errors import GridrlError
 
-__all__ = ["CONDITIONS", "LearnerGroup", "RobustnessConfig", "RobustnessError", "load_config", "run_robustness",
-           "summary_markdown"]
-
-#: condition → (description, ``[env]`` changes); ``worst-outage`` is swept over every agent
-CONDITIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "nominal": ("nominal", {}),
-    "noise-0.005": ("sensor noise 0.005 p.u.", {"sensor_noise_pu": 0.005}),
-    "noise-0.01": ("sensor noise 0.01 p.u.", {"sensor_noise_pu": 0.01}),
-    "dropout-0.2": ("message dropout 0.2", {"message_dropout": 0.2}),
-    "dropout-0.5": ("message dropout 0.5", {"message_dropout": 0.5}),
-    "dropout-1.0": ("message dropout 1.0", {"message_dropout": 1.0}),
-    "worst-outage": ("worst single-inverter outage", {}),
-    "outage-0.1": ("outage probability 0.1", {"outage_prob": 0.1}),
-    "pv-1.5": ("PV ×1.5", {"pv_scale": 1.5}),
-    "load-1.2-pv-1.5": ("loads ×1.2, PV ×1.5", {"load_scale": 1.2, "pv_scale": 1.5}),
-    "no-q-night": ("no reactive power at night", {"q_at_night": False}),
-}
+__all__ = ["CONDITIONS", "Condition", "LearnerGroup", "RobustnessConfig", "RobustnessError", "load_config",
+           "run_robustness", "summary_markdown"]
 
 
 class RobustnessError(GridrlError, ValueError):
     """A robustness suite that cannot run as asked."""
+
+
+Outage = Literal["none", "worst", "worst-pair"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Condition:
+    """One condition of the suite: a change of the comparison's ``[env]``, optionally swept over
+    inverter outages. The built-in ones are :data:`CONDITIONS`; a suite config adds its own under
+    ``[[custom_conditions]]`` (and names them in ``conditions``).
+
+    name: the condition's key (its folder and its rows in the table), e.g. ``noise-0.02``.
+    description: its row in the summary (default: the name).
+    env: the change of the suite's base ``[env]`` (fields of :class:`~gridrl.env.EnvConfig`),
+        e.g. ``{ sensor_noise_pu = 0.02 }`` or ``{ load_scale = 0.6, pv_scale = 1.5 }``.
+    outage: ``none`` (default); ``worst``: one agent's inverters out all day, every agent tried,
+        each controller charged with its own worst (lowest controllable rate, then highest loss);
+        ``worst-pair``: two agents' inverters out together all day: the pairs of the agents that
+        are one of some controller's two worst single outages (the ``worst`` sweep under the same
+        ``env``) are tried, and each controller is charged with its own worst pair.
+    """
+
+    name: str
+    description: str = ""
+    env: dict | None = None
+    outage: Outage = "none"
+
+    def __post_init__(self) -> None:
+        from gridrl.env import EnvConfig
+
+        problems = []
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name or ""):
+            problems.append(f"condition name {self.name!r} must be letters, digits, '-', '_' or '.'")
+        if self.outage not in ("none", "worst", "worst-pair"):
+            problems.append(f"condition {self.name!r}: outage must be none, worst or worst-pair, got {self.outage!r}")
+        try:
+            from_dict(EnvConfig, dict(self.env or {}), source=f"condition {self.name!r} env")
+        except GridrlError as exc:
+            problems.append(str(exc))
+        if self.outage != "none" and "outage_agents" in (self.env or {}):
+            problems.append(f"condition {self.name!r}: outage = {self.outage!r} sweeps the agents itself; "
+                            f"remove env.outage_agents")
+        if problems:
+            raise RobustnessError("; ".join(problems))
+
+    @property
+    def label(self) -> str:
+        """The condition's row in the summary."""
+        return self.description or self.name
+
+
+#: the built-in conditions, by name
+CONDITIONS: dict[str, Condition] = {c.name: c for c in (
+    Condition(name="nominal", description="nominal"),
+    Condition(name="noise-0.005", description="sensor noise 0.005 p.u.", env={"sensor_noise_pu": 0.005}),
+    Condition(name="noise-0.01", description="sensor noise 0.01 p.u.", env={"sensor_noise_pu": 0.01}),
+    Condition(name="dropout-0.2", description="message dropout 0.2", env={"message_dropout": 0.2}),
+    Condition(name="dropout-0.5", description="message dropout 0.5", env={"message_dropout": 0.5}),
+    Condition(name="dropout-1.0", description="message dropout 1.0", env={"message_dropout": 1.0}),
+    Condition(name="worst-outage", description="worst single-inverter outage", outage="worst"),
+    Condition(name="worst-outage-pair", description="worst two inverters out together", outage="worst-pair"),
+    Condition(name="outage-0.1", description="outage probability 0.1", env={"outage_prob": 0.1}),
+    Condition(name="pv-1.5", description="PV ×1.5", env={"pv_scale": 1.5}),
+    Condition(name="load-1.2-pv-1.5", description="loads ×1.2, PV ×1.5", env={"load_scale": 1.2, "pv_scale": 1.5}),
+    Condition(name="no-q-night", description="no reactive power at night", env={"q_at_night": False}),
+)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +151,9 @@ class RobustnessConfig:
     feeder: the feeder (the runs' own).
     baselines: rule-based controllers (``none``, ``droop``, ``droop:PRESET``, ``droop:tuned``).
     learners: groups of trained runs (see :class:`LearnerGroup`).
-    conditions: which of :data:`CONDITIONS` to run (default: all, in that order).
+    conditions: which conditions to run, by name: built-in (:data:`CONDITIONS`) or the config's
+        own (default: every built-in one, then every custom one, in that order).
+    custom_conditions: conditions of the suite's own (see :class:`Condition`).
     split: the days to run: ``test`` (default: reporting) or ``val`` (the validation days, to
         choose between settings without looking at the test days).
     days: only these days of the split (default: all).
@@ -103,6 +165,7 @@ class RobustnessConfig:
     baselines: tuple[str, ...] = ("none", "droop", "droop:tuned")
     learners: tuple[LearnerGroup, ...] = ()
     conditions: tuple[str, ...] | None = None
+    custom_conditions: tuple[Condition, ...] = ()
     split: Literal["test", "val"] = "test"
     days: tuple[int, ...] | None = None
     env: dict | None = None
@@ -110,9 +173,15 @@ class RobustnessConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        unknown = [c for c in (self.conditions or ()) if c not in CONDITIONS]
+        custom = [c.name for c in self.custom_conditions]
+        clash = sorted({c for c in custom if c in CONDITIONS or custom.count(c) > 1})
+        if clash:
+            problems.append(f"custom_conditions: {', '.join(map(repr, clash))} named twice or like a built-in "
+                            f"condition; give {'it' if len(clash) == 1 else 'each'} a name of its own")
+        known = {**CONDITIONS, **{c.name: c for c in self.custom_conditions}}
+        unknown = [c for c in (self.conditions or ()) if c not in known]
         if unknown:
-            problems.append(f"conditions: unknown {', '.join(map(repr, unknown))} (known: {', '.join(CONDITIONS)})")
+            problems.append(f"conditions: unknown {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
         if self.split not in ("test", "val"):
             problems.append(f"split must be test or val, got {self.split!r}")
         labels = [g.label for g in self.learners]
@@ -124,6 +193,12 @@ class RobustnessConfig:
                 problems.append(f"learners: group {g.label!r} has no runs")
         if problems:
             raise RobustnessError("; ".join(problems))
+
+    @property
+    def chosen(self) -> tuple[Condition, ...]:
+        """The conditions to run, in order."""
+        known = {**CONDITIONS, **{c.name: c for c in self.custom_conditions}}
+        return tuple(known[n] for n in self.conditions or known)
 
 
 def load_config(path: str | Path) -> RobustnessConfig:
@@ -170,7 +245,7 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
                    progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run (or resume) the suite; returns the tidy table (one row per condition × controller)
     and writes ``table.csv`` and ``summary.md`` into ``out``."""
-    from gridrl.compare import CompareConfig, CompareError, run_compare
+    from gridrl.compare import CompareConfig, CompareError, config_problems, run_compare
     from gridrl.env import EnvConfig
     from gridrl.grid.feeder import load_feeder
     from gridrl.io import default_out, write_text
@@ -187,34 +262,56 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
     specs = tuple(base_specs + run_specs)
     group_of.update({s.key: s.key for s in base_specs})
 
-    def compare(env_changes: Mapping[str, Any], folder: Path) -> pd.DataFrame:
+    def compare_config(env_changes: Mapping[str, Any]):
         env = dataclasses.replace(base_env, **env_changes)
-        cfg = CompareConfig(feeders=(config.feeder,), controllers=specs, split=config.split, days=config.days, env=env)
+        return CompareConfig(feeders=(config.feeder,), controllers=specs, split=config.split, days=config.days, env=env)
+
+    def compare(env_changes: Mapping[str, Any], folder: Path) -> pd.DataFrame:
         try:
-            return run_compare(cfg, out=folder, progress=False).days
+            return run_compare(compare_config(env_changes), out=folder, progress=False).days
         except CompareError as exc:
             raise RobustnessError(str(exc)) from None
 
+    conditions = config.chosen
+    problems = []  # every condition checked before any runs
+    for cond in conditions:
+        try:
+            problems += [f"condition {cond.name!r}: {p}" for p in config_problems(compare_config(cond.env or {}))]
+        except (GridrlError, ValueError) as exc:
+            problems.append(f"condition {cond.name!r}: {exc}")
+    if problems:
+        raise RobustnessError("; ".join(dict.fromkeys(problems)))
+
+    def sweep(changes: Mapping[str, Any], groups: Sequence[tuple[str, ...]], folder: Path) -> pd.DataFrame:
+        """Every controller with each group of agents out all day (one comparison per group)."""
+        per = [_per_controller(compare({**changes, "outage_agents": g}, folder / _safe("+".join(g))))
+               .assign(agent="+".join(g)) for g in groups]
+        return pd.concat(per, ignore_index=True)
+
     rows = []
-    for name in config.conditions or tuple(CONDITIONS):
-        description, changes = CONDITIONS[name]
-        say(f"{name}: {description}")
-        if name == "worst-outage":
-            per_agent = []
-            for agent in feeder.agents:
-                d = compare({"outage_agents": (agent,)}, out / name / _safe(agent))
-                per_agent.append(_per_controller(d).assign(agent=agent))
-            table = pd.concat(per_agent, ignore_index=True)
-            # each controller's own worst agent: the lowest rate, then the highest loss
-            table = (table.sort_values(["controller", "controllable_rate", "energy_loss_mwh"],
-                                       ascending=[True, True, False])
-                     .groupby("controller", sort=False).head(1))
+    for cond in conditions:
+        say(f"{cond.name}: {cond.label}")
+        changes = dict(cond.env or {})
+        if cond.outage == "none":
+            table = _per_controller(compare(changes, out / cond.name)).assign(agent="")
         else:
-            table = _per_controller(compare(changes, out / name)).assign(agent="")
-        rows.append(table.assign(condition=name, description=description))
+            singles_at = out / cond.name
+            if cond.outage == "worst-pair":  # the single sweep; without an [env] change, worst-outage's own
+                singles_at = out / cond.name / "single" if changes else out / "worst-outage"
+            table = sweep(changes, [(a,) for a in feeder.agents], singles_at)
+            if cond.outage == "worst-pair":
+                # the agents that are one of some controller's two worst single outages, every pair of them
+                chosen = set(_worst_per_controller(table, 2)["agent"])
+                candidates = [a for a in feeder.agents if a in chosen]
+                if len(candidates) < 2:
+                    raise RobustnessError(f"condition {cond.name!r}: feeder {config.feeder!r} has fewer than two "
+                                          f"agents to put out together; use outage = \"worst\"")
+                table = sweep(changes, list(itertools.combinations(candidates, 2)), out / cond.name)
+            table = _worst_per_controller(table, 1)
+        rows.append(table.assign(condition=cond.name, description=cond.label))
     tidy = pd.concat(rows, ignore_index=True)
     tidy["group"] = tidy["controller"].map(group_of)
-    order = {c: i for i, c in enumerate(config.conditions or tuple(CONDITIONS))}
+    order = {c.name: i for i, c in enumerate(conditions)}
     tidy = tidy.sort_values(["condition"], key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
     cols = ["condition", "description", "group", "controller", "agent", "controllable_rate", "energy_loss_mwh",
             "handover_pct", "envelope_pct", "information"]
@@ -225,7 +322,13 @@ def run_robustness(config: RobustnessConfig, *, out: str | Path | None = None,
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_"
+    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in name).lstrip(".") or "_"
+
+
+def _worst_per_controller(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Each controller's ``k`` worst rows of an outage sweep: the lowest rate, then the highest loss."""
+    return (table.sort_values(["controller", "controllable_rate", "energy_loss_mwh"], ascending=[True, True, False])
+            .groupby("controller", sort=False).head(k))
 
 
 def _per_controller(days: pd.DataFrame) -> pd.DataFrame:

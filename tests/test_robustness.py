@@ -199,3 +199,99 @@ def test_the_tuned_droop_is_fitted_under_the_suites_base_scenario(monkeypatch):
     _baseline_specs(feeder, ["droop:tuned"], EnvConfig(q_at_night=True))
     _baseline_specs(feeder, ["droop:tuned"])
     assert seen == [True, False]
+
+
+def test_custom_conditions_load_from_toml_and_bad_ones_are_one_line(tmp_path):
+    from gridrl.robustness import RobustnessError, load_config
+
+    path = tmp_path / "suite.toml"
+    path.write_text('feeder = "ieee33"\nconditions = ["nominal", "light-load-much-pv", "pair"]\n'
+                    '[[custom_conditions]]\nname = "light-load-much-pv"\ndescription = "loads ×0.6, PV ×1.5"\n'
+                    'env = { load_scale = 0.6, pv_scale = 1.5 }\n'
+                    '[[custom_conditions]]\nname = "pair"\noutage = "worst-pair"\nenv = { pv_scale = 2.0 }\n')
+    cfg = load_config(path)
+    assert [c.name for c in cfg.chosen] == ["nominal", "light-load-much-pv", "pair"]
+    assert cfg.chosen[1].env == {"load_scale": 0.6, "pv_scale": 1.5} and cfg.chosen[1].label == "loads ×0.6, PV ×1.5"
+    assert cfg.chosen[2].label == "pair" and cfg.chosen[2].outage == "worst-pair"
+    # without a list: every built-in condition, then the custom ones
+    path.write_text('feeder = "ieee33"\n[[custom_conditions]]\nname = "noise-0.02"\nenv = { sensor_noise_pu = 0.02 }\n')
+    names = [c.name for c in load_config(path).chosen]
+    assert names[-1] == "noise-0.02" and "worst-outage-pair" in names and names[0] == "nominal"
+    bad = {'name = "x"\nenv = { sensor_nosie_pu = 0.02 }': "sensor_nosie_pu: unknown key",
+           'name = "x"\nenv = { message_dropout = 1.5 }': "message_dropout is a probability",
+           'name = "pv-1.5"\nenv = { pv_scale = 1.5 }': "'pv-1.5' named twice or like a built-in",
+           'name = "x"\noutage = "worst"\nenv = { outage_agents = ["bus18"] }': "remove env.outage_agents",
+           'name = "../x"': "must be letters, digits",
+           'name = "x"\noutage = "all"': "outage"}
+    for body, message in bad.items():
+        path.write_text(f'feeder = "ieee33"\n[[custom_conditions]]\n{body}\n')
+        with pytest.raises(GridrlError, match=message) as info:
+            load_config(path)
+        assert "\n" not in str(info.value)
+    with pytest.raises(RobustnessError, match="unknown 'noise-0.02'"):
+        from gridrl.robustness import RobustnessConfig
+
+        RobustnessConfig(feeder="ieee33", conditions=("noise-0.02",))
+
+
+def test_a_custom_condition_naming_a_missing_agent_is_refused_before_anything_runs(tmp_path):
+    from gridrl.robustness import Condition, RobustnessConfig, RobustnessError, run_robustness
+
+    cfg = RobustnessConfig(feeder="ieee33", baselines=("none",), days=DAYS[:1],
+                           custom_conditions=(Condition(name="two-out", env={"outage_agents": ("bus18", "bus99")}),))
+    with pytest.raises(RobustnessError, match=r"condition 'two-out': env.outage_agents: .*bus99"):
+        run_robustness(cfg, out=tmp_path / "o")
+    assert not (tmp_path / "o" / "nominal").exists()
+
+
+def test_the_worst_pair_tries_every_pair_of_each_controllers_two_worst_agents(monkeypatch, tmp_path):
+    """Each controller is charged with its own worst pair, over the pairs of the agents that are
+    one of some controller's two worst single outages; the single sweep without an [env] change is
+    worst-outage's own folder, with one a folder of the condition's."""
+    import itertools
+    from pathlib import Path
+
+    import gridrl.compare as compare_pkg
+    from gridrl.robustness import Condition, RobustnessConfig, run_robustness
+
+    feeder = gridrl.load_feeder("ieee33")
+    agents = list(feeder.agents)
+    # each controller's harm per agent out: droop suffers most from agents[0] and [1], none from [2] and [3]
+    harm = {"none": {agents[2]: 0.05, agents[3]: 0.04, agents[0]: 0.01},
+            "droop-ieee1547-b": {agents[0]: 0.06, agents[1]: 0.05, agents[2]: 0.02}}
+    calls = []
+
+    class Result:
+        def __init__(self, days):
+            self.days = days
+
+    def fake_compare(cfg, *, out, progress):
+        out_agents, scale = cfg.env.outage_agents, cfg.env.pv_scale
+        calls.append((Path(out).relative_to(tmp_path).as_posix(), out_agents, scale))
+        rows = []
+        for spec in cfg.controllers:
+            h = harm[spec.key]
+            # a pair hurts more than its parts where both are in a controller's top harm
+            rate = 0.99 - sum(h.get(a, 0.0) for a in out_agents) - 0.03 * (out_agents == (agents[2], agents[3]))
+            rows.append(dict(controller=spec.key, controllable_rate=rate, steps=96, energy_loss_mwh=10.0 * scale,
+                             seed=0, handover_share=0.0, envelope_share=0.0, information="x"))
+        return Result(pd.DataFrame(rows))
+
+    monkeypatch.setattr(compare_pkg, "run_compare", fake_compare)
+    cfg = RobustnessConfig(feeder="ieee33", baselines=("none", "droop"), days=DAYS[:1],
+                           conditions=("worst-outage-pair", "pair-pv-2"),
+                           custom_conditions=(Condition(name="pair-pv-2", outage="worst-pair", env={"pv_scale": 2.0}),))
+    tidy = run_robustness(cfg, out=tmp_path)
+    four = [agents[0], agents[1], agents[2], agents[3]]
+    pairs = [c for c in calls if len(c[1]) == 2]
+    expected = set(itertools.combinations(four, 2))
+    assert {c[1] for c in pairs if c[2] == 1.0} == expected and {c[1] for c in pairs if c[2] == 2.0} == expected
+    singles = [c for c in calls if len(c[1]) == 1]
+    assert {c[0] for c in singles if c[2] == 1.0} == {f"worst-outage/{a}" for a in agents}
+    assert {c[0] for c in singles if c[2] == 2.0} == {f"pair-pv-2/single/{a}" for a in agents}
+    assert f"worst-outage-pair/{agents[2]}+{agents[3]}" in {c[0] for c in pairs}
+    got = tidy.set_index(["condition", "controller"])["agent"]
+    assert got[("worst-outage-pair", "none")] == f"{agents[2]}+{agents[3]}"
+    assert got[("worst-outage-pair", "droop-ieee1547-b")] == f"{agents[0]}+{agents[1]}"
+    assert tidy.set_index(["condition", "controller"]).loc[("pair-pv-2", "none"), "energy_loss_mwh"] == 20.0
+    assert "| worst two inverters out together |" in (tmp_path / "summary.md").read_text()
