@@ -1,7 +1,7 @@
 """Where a deployed policy's misses against IEEE 1547-B come from, on the validation days.
 
     python experiments/envelope_misses.py --feeder ieee141 --runs RUN [RUN ...] [--condition pv-1.5]
-        [--envelope '{"margin_pu": 0.02}'] [--out FILE.md]
+        [--env '{"pv_scale": 2.0}'] [--outage bus18,bus22] [--envelope '{"margin_pu": 0.02}'] [--out FILE.md]
 
 For each run (deployed as the suite deploys it: the safety envelope and the hand-over) and for
 1547-B droop, under one condition of the fault and growth suite, on the feeder's validation days:
@@ -77,7 +77,8 @@ def _evaluate(feeder, ctrl, env_config, days):
 
 
 def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | None,
-            days: list[int] | None = None, outage: str | None = None) -> tuple[str, pd.DataFrame]:
+            days: list[int] | None = None, outage: str | None = None,
+            env: dict | None = None) -> tuple[str, pd.DataFrame]:
     from gridrl.control import make_controller
     from gridrl.env import EnvConfig
     from gridrl.evaluate import check_days
@@ -87,10 +88,16 @@ def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | 
 
     feeder = load_feeder(feeder_name)
     description, changes = CONDITIONS[condition].label, dict(CONDITIONS[condition].env or {})
-    if outage is not None:  # one agent's inverters out all day (the worst-outage condition, for that agent)
-        if outage not in feeder.agents:
-            raise SystemExit(f"--outage {outage!r} is not an agent of {feeder_name} (agents: {', '.join(feeder.agents)})")
-        changes, description = {**changes, "outage_agents": (outage,)}, f"{description}, {outage} out"
+    if env:  # a condition of a suite's own (its [env] change), on top of the named one
+        changes = {**changes, **env}
+        description += ", " + ", ".join(f"{k} = {v}" for k, v in env.items())
+    if outage is not None:  # these agents' inverters out all day (the worst-outage conditions, for them)
+        out_agents = tuple(outage.split(","))
+        missing = [a for a in out_agents if a not in feeder.agents]
+        if missing:
+            raise SystemExit(f"--outage {', '.join(missing)}: not an agent of {feeder_name} "
+                             f"(agents: {', '.join(feeder.agents)})")
+        changes, description = {**changes, "outage_agents": out_agents}, f"{description}, {outage} out"
     base = EnvConfig(**changes)
     days = check_days(feeder, "val", days)
     droop = make_controller("droop", feeder, env_config=base)
@@ -191,12 +198,13 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", required=True)
     ap.add_argument("--condition", default="nominal")
     ap.add_argument("--envelope", default="{}", help="EnvelopeConfig fields as JSON")
-    ap.add_argument("--outage", help="this agent's inverters out all day")
+    ap.add_argument("--outage", help="these agents' inverters out all day (comma-separated)")
+    ap.add_argument("--env", default="{}", help="further [env] changes as JSON (e.g. a suite's custom condition)")
     ap.add_argument("--days", type=int, nargs="+", help="only these validation days (default: all)")
     ap.add_argument("--out", help="markdown file (default: print)")
     args = ap.parse_args()
     text, misses = analyse(args.feeder, args.runs, args.condition, json.loads(args.envelope), args.days,
-                            args.outage)
+                            args.outage, json.loads(args.env))
     if args.out:
         from gridrl.io import write_text
 
