@@ -1,8 +1,9 @@
 """Does a droop curve read once on the measured voltage oscillate? On one feeder's validation days:
 the tuned droop settled to its fixed point within each interval (``droop:tuned``), the same curve
 read once at each agent's own measured voltage (the residual's base alone: a residual policy
-whose own part is zero), and trained runs (residual or from scratch) as a comparison deploys
-them. Per controller: controllable rate, energy loss, and how much the agents' actions (share of
+whose own part is zero), undamped and damped (``--damping``: the base moves that share of the
+way from the agent's reactive power now to the curve; :mod:`gridrl.env.residual`), and trained
+runs (residual or from scratch) as a comparison deploys them. Per controller: controllable rate, energy loss, and how much the agents' actions (share of
 the available reactive power) swing from one interval to the next: the mean |Δa| over agent-steps
 with headroom, and the share of agent-steps that reverse a move of more than 0.05 with a move of
 more than 0.05 (a period-2 swing: a_t − a_{t−1} and a_{t+1} − a_t of opposite signs).
@@ -38,7 +39,7 @@ class OneShot:
     information = "own voltage at the start of the interval (read once)"
 
     def __init__(self, base: ResidualBase):
-        self.base, self.name = base, "droop-tuned-one-shot"
+        self.base, self.name = base, "droop-tuned-" + ("once" if base.damping == 1 else f"damped-{base.damping:g}")
 
     def act(self, obs, *, env=None):
         return self.base(torch.as_tensor(obs))
@@ -59,16 +60,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--feeder", default="ieee33")
     ap.add_argument("--runs", nargs="*", default=[])
+    ap.add_argument("--damping", type=float, nargs="*", default=[1.0, 0.5, 0.3])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     feeder = load_feeder(args.feeder)
     days = feeder.days("val")
     env_config = EnvConfig()
     curve = residual_curve(feeder, "droop:tuned")
+    names = _obs_names(feeder, env_config)
     controllers = [("droop:tuned (settled)", make_controller("droop", feeder, preset="tuned", env_config=env_config),
-                    env_config),
-                   ("droop:tuned read once (residual base alone)", OneShot(ResidualBase("droop:tuned", curve,
-                    _obs_names(feeder, env_config))), env_config)]
+                    env_config)]
+    for a in args.damping:
+        label = "droop:tuned read once" + (f", damped {a:g}" if a < 1 else "") + " (residual base alone)"
+        controllers.append((label, OneShot(ResidualBase("droop:tuned", curve, names, damping=a)), env_config))
     for r in args.runs:
         run = open_run(r)
         cfg = run.evaluation_config()
@@ -85,8 +89,10 @@ def main() -> None:
                      "period-2 swings": flips, "seconds": round(time.perf_counter() - t0, 1)})
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
-    lines += ["| " + " | ".join(v if isinstance(v, str) else f"{v:.4f}" if isinstance(v, float) and v < 1 else
-                                f"{v:.2f}" for v in r.values()) + " |" for r in rows]
+    fmt = {"controllable rate": "{:.4f}", "loss MWh": "{:.2f}", "mean abs Δa": "{:.4f}", "period-2 swings": "{:.4f}",
+           "seconds": "{:.1f}"}
+    lines += ["| " + " | ".join(v if isinstance(v, str) else fmt[k].format(v) for k, v in r.items()) + " |"
+              for r in rows]
     text = (f"{feeder.name}, {len(days)} validation days (`python experiments/residual_oscillation.py --feeder "
             f"{feeder.name} --runs …`); curve v_pu = {curve['v_pu']}, q = {curve['q']}\n\n" + "\n".join(lines) + "\n")
     print(text)

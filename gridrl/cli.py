@@ -533,6 +533,10 @@ def train_cmd(
                                                     "droop:tuned (the feeder's tuned curve at each agent's own "
                                                     "measured voltage, plus the policy's action; recorded in the "
                                                     "run).")] = None,
+    residual_damping: Annotated[Optional[float], typer.Option(help="With --residual: the base moves this share "
+                                                              "(0-1] of the way from the inverter's reactive power "
+                                                              "now to the curve each interval (1: the curve read "
+                                                              "once, which swings on steep curves).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda when a GPU is present.")] = "cpu",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default out/runs/FEEDER-ALGO-seedSEED); must "
                                                 "not exist unless --resume.")] = None,
@@ -603,7 +607,8 @@ def train_cmd(
         data = {**data, "learner": {**data.get("learner", {}), "transfer": True}}
         if variant == "default":
             variant = "transfer"
-    overrides = {"algo": algo, "steps": steps, "seed": seed, "env_chunk": env_chunk, "residual": residual}
+    overrides = {"algo": algo, "steps": steps, "seed": seed, "env_chunk": env_chunk, "residual": residual,
+                 "residual_damping": residual_damping}
     cfg = resolve_train_config(data, source=source, overrides=overrides)
     label = "+".join(Path(n).stem for n in names)
     if out is None:

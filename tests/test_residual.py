@@ -68,6 +68,22 @@ def test_zero_residual_sends_the_one_shot_tuned_droop_action(run_dir, feeder):
     assert np.abs(want).max() > 0.05 and (want == 0).any()  # the curve acted, and gave nothing without headroom
 
 
+def test_a_damped_base_moves_part_of_the_way_from_the_reactive_power_now(run_dir, feeder):
+    from gridrl.env.residual import ResidualBase
+
+    run = open_run(run_dir)
+    obs, _ = _observations(feeder, run)
+    names = run.header["obs_names"]
+    once = ResidualBase("droop:tuned", CURVE, names)(obs)
+    damped = ResidualBase("droop:tuned", CURVE, names, damping=0.3)
+    x = obs.to(torch.float64)
+    qa, q = x[..., names.index("inv_q_avail_mvar")], x[..., names.index("inv_q_mvar")]
+    now = torch.where(qa > 0, q / qa.clamp(min=1e-12), torch.zeros_like(q))
+    assert torch.allclose(damped(obs), now + 0.3 * (once - now), atol=1e-12)
+    assert (damped(obs) - once).abs().max() > 0.05
+    assert "residual on droop:tuned (damped 0.3)" == damped.label
+
+
 def test_training_validation_deployment_and_export_add_the_same_base(run_dir, feeder, tmp_path):
     run = open_run(run_dir)
     policy = run.policy()
@@ -88,6 +104,19 @@ def test_training_validation_deployment_and_export_add_the_same_base(run_dir, fe
     assert exported.description["residual"]["curve"]["v_pu"] == CURVE["v_pu"]
     a, _ = DeployedAgents(exported.folder).act(obs.numpy())
     assert np.abs(a - wrapped.act(obs).numpy()).max() <= 1e-5
+    # a damped base in the graphs too (the run's record changed on a copy)
+    import shutil
+
+    damped = tmp_path / "damped"
+    shutil.copytree(run_dir, damped)
+    ckpt = torch.load(damped / "checkpoint.pt", weights_only=True)
+    ckpt["header"]["residual"]["damping"] = 0.3
+    torch.save(ckpt, damped / "checkpoint.pt")
+    run = open_run(damped)
+    ref = deployed(run.policy(), feeder, run.evaluation_config()).act(obs).numpy()
+    assert np.abs(ref - wrapped.act(obs).numpy()).max() > 0.01
+    a, _ = DeployedAgents(export_onnx(damped, tmp_path / "onnx-damped").folder).act(obs.numpy())
+    assert np.abs(a - ref).max() <= 1e-5
 
 
 def test_the_update_reads_the_log_probabilities_the_rollout_wrote(feeder):
@@ -145,6 +174,12 @@ def test_bad_residual_settings_are_refused(tmp_path):
     names = ["dv_pu[0]", "inv_p_mw", "inv_q_avail_mvar"]
     with pytest.raises(EnvelopeError, match="v_pu must increase strictly"):
         ResidualBase("droop:tuned", {"v_pu": [1.05, 0.95], "q": [0.0, 0.0]}, names)
+    with pytest.raises(EnvelopeError, match="damping must lie in"):
+        ResidualBase("droop:tuned", CURVE, names, damping=0.0)
+    with pytest.raises(SpecError, match="residual_damping"):
+        _config(residual=None, residual_damping=0.5)
+    with pytest.raises(SpecError, match="residual_damping must lie"):
+        _config(residual_damping=1.5)
     with pytest.raises(EnvelopeError, match="inv_q_avail_mvar"):
         ResidualBase("droop:tuned", CURVE, names[:2])
     cfg = tmp_path / "train.toml"

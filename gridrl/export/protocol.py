@@ -148,9 +148,10 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
         "residual": None if policy.residual is None else {
             **policy.residual.record(), "in_graph": True,
             "statement": ("the policy's action is a residual on this curve: before the envelope, action = "
-                          "clip(f(v) * s / q_available + policy, -1, 1) at the agent's own measured voltage v "
-                          "(f: the curve's q at v, linear between breakpoints, flat beyond; s = sqrt(p^2 + "
-                          "q_available^2); 0 without headroom)"),
+                          "clip(base + policy, -1, 1), base = a_now + damping * (f(v) * s / q_available - a_now) "
+                          "at the agent's own measured voltage v (f: the curve's q at v, linear between "
+                          "breakpoints, flat beyond; s = sqrt(p^2 + q_available^2); a_now = inv_q_mvar / "
+                          "q_available, its reactive power now; 0 without headroom)"),
         },
         "envelope": {
             **envelope,

@@ -117,7 +117,7 @@ class Run:
             raise CheckpointError(f"run {self.path}: its checkpoint's residual record is damaged (no base curve); "
                                   f"train the run again")
         try:
-            return ResidualBase(rec["base"], rec["curve"], self.header["obs_names"])
+            return ResidualBase(rec["base"], rec["curve"], self.header["obs_names"], damping=rec.get("damping", 1.0))
         except EnvelopeError as exc:
             raise CheckpointError(f"run {self.path}: {exc}; train the run again") from None
 
@@ -252,8 +252,6 @@ def deployed(policy, feeder, env_config, *, envelope=None):
                              obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless)
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
-        from gridrl.env.residual import residual_label
-
-        knew += f"; {residual_label(policy.residual.base)}"
+        knew += f"; {policy.residual.label}"
     wrapped.information = f"{knew}; {cfg.label}"
     return wrapped

@@ -143,6 +143,9 @@ class TrainConfig:
         ``clip(a_tuned(v_i) + a_policy_i, −1, 1)`` with ``v_i`` its own measured voltage
         (:mod:`gridrl.env.residual`). The curve is recorded in the checkpoint and ``config.json``
         and read from there wherever the run is evaluated (``None``: no base, the default).
+    residual_damping: ``α`` in (0, 1]: the base moves from the agent's own reactive power now
+        only this share of the way to the curve (1: the curve read once; see
+        :mod:`gridrl.env.residual`).
     env: the training :class:`~gridrl.env.EnvConfig` (defaults: :data:`TRAIN_ENV_DEFAULTS`).
     learner: the algorithm's config (:class:`~gridrl.marl.dppo.DppoConfig`, …).
     """
@@ -164,6 +167,7 @@ class TrainConfig:
     selection_tolerance_steps: int = 3
     tuning: bool = False
     residual: str | None = None
+    residual_damping: float = 1.0
     env: Any = None
     learner: Any = None
 
@@ -200,6 +204,11 @@ class TrainConfig:
         if self.residual is not None and self.residual not in RESIDUAL_BASES:
             problems.append(f"residual must be {' or '.join(map(repr, RESIDUAL_BASES))} (a residual on the feeder's "
                             f"tuned droop curve) or left out, got {self.residual!r}")
+        if not 0 < self.residual_damping <= 1:
+            problems.append(f"residual_damping must lie in (0, 1] (1: the curve read once), got {self.residual_damping}")
+        elif self.residual is None and self.residual_damping != 1:
+            problems.append(f"residual_damping = {self.residual_damping} damps a residual's base: add residual = "
+                            f"\"droop:tuned\" (--residual droop:tuned) or leave residual_damping out")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -407,7 +416,8 @@ def train(feeder_name: str | Sequence[str], config: TrainConfig, *, out: str | P
         if residual is not None:
             from gridrl.env.residual import ResidualBase
 
-            learner.policy.residual = ResidualBase(config.residual, residual, env.obs_names).to(device)
+            learner.policy.residual = ResidualBase(config.residual, residual, env.obs_names,
+                                                   damping=config.residual_damping).to(device)
     except BaseException:
         torch.set_num_threads(torch_threads)
         raise
