@@ -22,6 +22,11 @@ folder DIR (e.g. ``reports/baselines``, every test day) instead of running them 
 optimum costs several seconds per day on the SimBench feeders. ``none`` and IEEE 1547-B still run,
 so the summary shows whether this code still gives DIR's figures; a droop-tuned cell whose fit's
 key is not the one this code would make runs again (the comparison checks it).
+
+``--loss-guard G`` (``unseen`` or ``all``): instead, the zero-shot policy of the finished run 1
+through the safety envelope with the loss guard ``G`` (:mod:`gridrl.env.envelope`), beside the
+baselines, into ``out/loo-F-seedS-loss-guard-G/compare``; one ledger row, and ``summary.md`` with
+the zero-shot targets.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--days", type=int, help="only this many test days, evenly spread (default: all)")
     ap.add_argument("--reuse", type=Path, help="a comparison folder on every test day whose opf and droop-tuned "
                                                "cells of the left-out feeder are copied in instead of run again")
+    ap.add_argument("--loss-guard", choices=("unseen", "all"),
+                    help="compare the zero-shot policy through the envelope's loss guard (needs the finished run 1)")
     args = ap.parse_args(argv)
 
     exp = read_toml(args.config)
@@ -93,6 +100,8 @@ def main(argv=None) -> int:
 
     zero = _train(others, {**table, "seed": seed, "steps": per_feeder * len(others)},
                   runs / f"loo-{left}-{table['algo']}-seed{seed}")
+    if args.loss_guard is not None:
+        return _guarded(exp, left, others, seed, zero, args, out.with_name(f"{out.name}-loss-guard-{args.loss_guard}"))
     if args.specific is not None:
         specific = args.specific
     else:
@@ -135,6 +144,35 @@ def main(argv=None) -> int:
     return 0
 
 
+def _guarded(exp: dict, left: str, others: list[str], seed: int, zero: Path, args, out: Path) -> int:
+    """The zero-shot policy ``zero`` through the loss guard ``args.loss_guard`` on ``left``'s test
+    days beside the baselines: the comparison, one ledger row, ``out/summary.md``."""
+    feeder = load_feeder(left)
+    label = f"transfer-zero-shot-loss-guard-{args.loss_guard}"
+    controllers = parse_controllers(",".join(exp["baselines"])) + (
+        ControllerSpec(run=str(zero.resolve()), label=label, envelope={"loss_guard": args.loss_guard}),)
+    config = CompareConfig(feeders=(left,), controllers=controllers, split="test", days=None)
+    if args.reuse is not None:
+        _reuse(args.reuse, config, out / "compare", left)
+    summary = compare(config, out=out / "compare", progress=False, report=False).summary
+    source = (f"experiments/transfer_loo.py --leave-out {left} --seed {seed} --loss-guard {args.loss_guard}"
+              + (f" --reuse {args.reuse}" if args.reuse is not None else ""))
+    row = summary[summary["controller"] == label].iloc[0]
+    best = ledger.selected(zero)
+    recorded = json.loads((zero / "config.json").read_text(encoding="utf-8"))
+    ledger.append(feeder=left, algorithm=recorded["config"]["algo"],
+                  variant=f"transfer:zero-shot (trained on {'+'.join(others)}) + loss guard ({args.loss_guard})",
+                  seed=seed, selected_step=best["env_steps"] if best else "", test_days=int(row["days"]),
+                  controllable_rate=float(row["controllable_rate"]), energy_loss_mwh=float(row["energy_loss_mwh"]),
+                  config=recorded["identity"], source=f"{source} (run {zero})",
+                  note="selected on validation days of the feeders it trained on; the guard chosen on validation "
+                       "days of the left-out feeder")
+    lines = _zero_shot_lines(summary, label, f"{left}, zero-shot through the loss guard ({args.loss_guard})", source)
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    _say((out / "summary.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def _reuse(source: Path, config: CompareConfig, out: Path, feeder: str) -> None:
     """Copy ``source``'s finished opf and droop-tuned cells of ``feeder`` into the comparison ``out``
     (the comparison runs a droop-tuned cell again when its fit's key is not this code's)."""
@@ -148,16 +186,16 @@ def _reuse(source: Path, config: CompareConfig, out: Path, feeder: str) -> None:
         _say(f"reused {src} (not run again)")
 
 
-def _summary(summary, left, others, labels, ft_steps, specific_steps, source) -> str:
+def _zero_shot_lines(summary, label: str, title: str, source: str) -> list[str]:
+    """The summary's table and the zero-shot targets of the controller ``label``."""
     s = summary.set_index("controller")
     b = s.loc["droop-ieee1547-b"] if "droop-ieee1547-b" in s.index else s.loc["droop"]
-    z, f, sp = s.loc[labels["zero-shot"]], s.loc[labels["fine-tuned"]], s.loc[labels["specific"]]
+    z = s.loc[label]
     tuned = next((s.loc[k] for k in s.index if k.startswith("droop-tuned")), None)
-    lines = [f"# Leave-one-out transfer: {left} (trained on {', '.join(others)})", "", f"Command: `{source}`", "",
+    lines = [f"# Leave-one-out transfer: {title}", "", f"Command: `{source}`", "",
              "| controller | days | controllable rate | energy loss MWh |", "|---|---|---|---|"]
     for name, r in s.iterrows():
         lines.append(f"| {name} | {int(r['days'])} | {r['controllable_rate']:.4f} | {r['energy_loss_mwh']:.2f} |")
-    gap = 100.0 * (f["energy_loss_mwh"] / sp["energy_loss_mwh"] - 1.0)
     lines += ["", "## Targets", "",
               f"- zero-shot rate ≥ 1547-B's: {z['controllable_rate']:.4f} vs {b['controllable_rate']:.4f} — "
               f"{'met' if z['controllable_rate'] >= b['controllable_rate'] else 'missed'}",
@@ -167,6 +205,14 @@ def _summary(summary, left, others, labels, ft_steps, specific_steps, source) ->
         lines.append(f"- aim, zero-shot loss ≤ tuned droop's: {z['energy_loss_mwh']:.2f} vs "
                      f"{tuned['energy_loss_mwh']:.2f} MWh — "
                      f"{'met' if z['energy_loss_mwh'] <= tuned['energy_loss_mwh'] else 'missed'}")
+    return lines
+
+
+def _summary(summary, left, others, labels, ft_steps, specific_steps, source) -> str:
+    s = summary.set_index("controller")
+    f, sp = s.loc[labels["fine-tuned"]], s.loc[labels["specific"]]
+    lines = _zero_shot_lines(summary, labels["zero-shot"], f"{left} (trained on {', '.join(others)})", source)
+    gap = 100.0 * (f["energy_loss_mwh"] / sp["energy_loss_mwh"] - 1.0)
     lines.append(f"- fine-tuned within 2 % of the feeder-specific loss with ≤ 1/4 of its steps: "
                  f"{f['energy_loss_mwh']:.2f} vs {sp['energy_loss_mwh']:.2f} MWh ({gap:+.1f} %), {ft_steps:,} of "
                  f"{specific_steps:,} steps — {'met' if gap <= 2.0 and ft_steps * 4 <= specific_steps else 'missed'} "

@@ -291,3 +291,59 @@ def test_excess_max_keeps_the_action_at_the_edge_within_k_of_1547b(mechanism, k)
     assert f"excess ≤ {k:g}" in capped.config.label
     with pytest.raises(EnvelopeError, match="excess_max must lie in"):
         EnvelopeConfig(excess_max=-0.1)
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+def test_loss_guard_keeps_the_deadband_action_on_the_side_that_does_not_raise_losses(mechanism):
+    """Over random voltages and actions: with ``loss_guard`` an agent whose zone lies in 1547-B's deadband never
+    injects where injecting raises the losses (sensitivity > 0) nor absorbs where absorbing does
+    (< 0), and keeps the policy's action where it already lay on that side; outside the deadband
+    it is the plain envelope's action, so the edge rule still holds."""
+    obs, a, v, p, qa = _random_case(77, N=6)
+    sens = [0.02, -0.03, 0.0, 0.001, -0.0005, 0.01]
+    guarded = SafetyEnvelope(_Fixed(a, 6), v_min_pu=V_MIN, v_max_pu=V_MAX, loss_sensitivity=sens,
+                             config=EnvelopeConfig(mechanism=mechanism, loss_guard="all", handover_z=None))
+    plain = SafetyEnvelope(_Fixed(a, 6), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                           config=EnvelopeConfig(mechanism=mechanism, handover_z=None))
+    out, base = guarded.act(obs), plain.act(obs)
+    s = torch.tensor(sens, dtype=torch.float64).expand_as(a)
+    dead = (v >= IEEE1547_B[0][1]) & (v <= IEEE1547_B[0][2])
+    assert dead.float().mean() > 0.1
+    assert (out[dead & (s > 0)] <= 0).all() and (out[dead & (s < 0)] >= 0).all()
+    torch.testing.assert_close(out[dead & (s == 0)], base[dead & (s == 0)])
+    right_side = dead & (a * s <= 0)
+    torch.testing.assert_close(out[right_side], base[right_side])
+    assert (out[dead & (a * s > 0)] == 0).all() and (a * s > 0)[dead].any()
+    torch.testing.assert_close(out[~dead], base[~dead])
+    assert "loss guard (all agents)" in guarded.config.label and guarded.describe()["envelope"]["loss_guard"] == "all"
+    with pytest.raises(EnvelopeError, match="loss_guard needs each of the 6 agents' loss sensitivity"):
+        SafetyEnvelope(_Fixed(a, 6), v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(loss_guard="all"))
+    with pytest.raises(EnvelopeError, match="loss_guard 'some' is unknown"):
+        EnvelopeConfig(loss_guard="some")
+
+
+def test_the_unseen_loss_guard_holds_only_agents_outside_the_training_feeders_range():
+    from gridrl.env.envelope import unseen_sensitivity
+
+    trained = [-0.04, -0.02, -0.001, 0.00002]
+    got = unseen_sensitivity([0.003, -0.01, -0.05, 0.00001, 0.0], trained)
+    np.testing.assert_array_equal(got, [0.003, 0.0, -0.05, 0.0, 0.0])
+
+
+def test_the_loss_guard_reads_the_whole_zone_in_the_pad_layout():
+    """An agent whose own bus lies in the deadband but another bus of its zone does not is not
+    guarded; padding slots (mask 0, reading 0 p.u. deviation) do not count."""
+    names = ["dv_pu[0]", "p_mw[0]", "q_mvar[0]", "mask[0]", "dv_pu[1]", "p_mw[1]", "q_mvar[1]", "mask[1]",
+             "inv_p_mw", "inv_q_mvar", "inv_q_avail_mvar"]
+    pol = _Fixed(torch.tensor([[0.3, 0.3, 0.3]], dtype=torch.float64), 3)
+    pol.obs_names = names
+    obs = torch.zeros(1, 3, len(names))
+    obs[0, :, 0] = 0.01                       # own bus 1.01 p.u. everywhere
+    obs[0, :, 3] = 1.0
+    obs[0, 0, 4], obs[0, 0, 7] = 0.03, 1.0    # agent 0: a second bus at 1.03 p.u.
+    obs[0, 1, 4], obs[0, 1, 7] = 0.005, 1.0   # agent 1: a second bus at 1.005 p.u.
+    obs[0, 2, 4] = -0.5                       # agent 2: padding (mask 0), never read
+    obs[0, :, 8], obs[0, :, 10] = 0.5, 0.5
+    env = SafetyEnvelope(pol, v_min_pu=V_MIN, v_max_pu=V_MAX, loss_sensitivity=[0.01, 0.01, 0.01],
+                         config=EnvelopeConfig(loss_guard="all", handover_z=None))
+    np.testing.assert_allclose(env.act(obs)[0].numpy(), [0.3, 0.0, 0.0])

@@ -249,3 +249,11 @@ def test_an_unwritable_output_is_one_line_and_leaves_nothing(run_dir, tmp_path, 
     one_line_error(res, "No space left on device")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "foreign", "onnx"]
+
+
+def test_the_loss_guard_is_not_exported_but_refused(run_dir, tmp_path):
+    from gridrl.export import ExportError
+
+    with pytest.raises(ExportError, match="loss guard is not part of the exported graphs"):
+        export_onnx(run_dir, tmp_path / "guarded", envelope={"loss_guard": "unseen"})
+    assert not (tmp_path / "guarded").exists()

@@ -62,6 +62,21 @@ agent whose own PV produces (``inv_p_mw > 0``) while a neighbour's message repor
 inverter is out, and the policy's learned picture of the zone next door assumes an inverter that
 is not there. A message that does not arrive tells nothing.
 
+**No loss spent where 1547-B rests** (``loss_guard``, ``off`` by default). A guarded agent
+whose zone's measured voltages all lie in 1547-B's deadband (0.98 ≤ v ≤ 1.02 p.u., where
+1547-B and no control send nothing) keeps the policy's action on the side of 0 that does not
+raise the feeder's losses at its bus: ``a ≤ 0`` where injecting raises them, ``a ≥ 0`` where
+absorbing does, by the sign of its ``d loss_mw / d q_mvar`` at the feeder's mean daytime
+operating point of its training days (:func:`gridrl.grid.sensitivity.agent_loss_sensitivity`:
+the network model and the feeder's usual loading, no validation or test day). ``all`` guards
+every agent; ``unseen`` only the agents whose sensitivity lies outside the range of the
+sensitivities of every agent of the feeders the policy trained on (:func:`unseen_sensitivity`):
+a policy carried to a feeder where reactive power costs loss in a way none of its training
+feeders showed (injecting raises the losses, where on every training feeder it lowered them)
+then sends nothing there rather than the way its training rewarded, and acts freely wherever
+the physics is one it learned. Applied before the edge-region rule, so that rule holds exactly
+as stated.
+
 ``last_info["handover"]`` and ``last_info["envelope"]`` count, per scenario, the agents handed
 over and the agents whose action the envelope changed at the latest step.
 """
@@ -77,11 +92,14 @@ import torch
 
 from gridrl.errors import GridrlError
 
-__all__ = ["EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope", "droop_b_action",
-           "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "own_columns", "shield"]
+__all__ = ["LOSS_GUARDS", "EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope",
+           "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "loss_guard",
+           "own_columns", "shield", "unseen_sensitivity"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
+LossGuard = Literal["off", "unseen", "all"]
+LOSS_GUARDS = ("off", "unseen", "all")
 #: IEEE 1547-2018 Category B default volt-var: (voltage breakpoints p.u., Q in fractions of the
 #: apparent-power rating, positive injects)
 IEEE1547_B = ((0.92, 0.98, 1.02, 1.08), (0.44, 0.0, 0.0, -0.44))
@@ -108,6 +126,9 @@ class EnvelopeConfig:
         is more than ``m + h`` inside the band (0: no hold; see the module docstring).
     excess_max: in an edge region the action sent is at most this much (a fraction of the
         headroom) more corrective than 1547-B's (``None``: no limit; see the module docstring).
+    loss_guard: ``off``, ``unseen`` or ``all``: which agents, when their zone lies in 1547-B's
+        deadband, never send reactive power of the sign that raises the feeder's losses at their
+        bus (see the module docstring).
     """
 
     mechanism: Mechanism = "clamp"
@@ -117,6 +138,7 @@ class EnvelopeConfig:
     neighbour_outage: bool = False
     hold_pu: float = 0.0
     excess_max: float | None = None
+    loss_guard: LossGuard = "off"
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -130,6 +152,8 @@ class EnvelopeConfig:
                                 f"{self.excess_max}")
         if self.handover_z is not None and not self.handover_z >= 0:
             raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
+        if self.loss_guard not in LOSS_GUARDS:
+            raise EnvelopeError(f"envelope loss_guard {self.loss_guard!r} is unknown (use {', '.join(LOSS_GUARDS)})")
         if self.handover_statistics not in ("own", "pooled"):
             raise EnvelopeError(f"envelope handover_statistics {self.handover_statistics!r} is unknown (use own or pooled)")
 
@@ -144,7 +168,8 @@ class EnvelopeConfig:
                     + (f", excess ≤ {self.excess_max:g}" if self.excess_max is not None else "") + ")")
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
         return (base + (f", hand-over at {self.handover_z:g}σ{pooled}" if self.handover_z else "")
-                + (", 1547-B beside a neighbour out" if self.neighbour_outage else ""))
+                + (", 1547-B beside a neighbour out" if self.neighbour_outage else "")
+                + (f", loss guard ({self.loss_guard} agents)" if self.loss_guard != "off" else ""))
 
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
@@ -218,6 +243,25 @@ def handover(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, test: torch
     return (torch.where(test, dist, torch.zeros_like(dist)) > z).any(-1)
 
 
+def loss_guard(a: torch.Tensor, v_low: torch.Tensor, v_high: torch.Tensor, loss_sensitivity: torch.Tensor
+               ) -> torch.Tensor:
+    """The action ``a [..., N]`` with, where the zone's lowest and highest measured voltages
+    ``v_low``, ``v_high`` lie in 1547-B's deadband, the sign that raises the losses
+    (``loss_sensitivity [N]``: ``d loss_mw / d q_mvar``, positive: injecting raises them) set to
+    0 (see the module docstring)."""
+    dead = (v_low >= IEEE1547_B[0][1]) & (v_high <= IEEE1547_B[0][2])
+    s = loss_sensitivity.to(a.dtype)
+    guarded = torch.where(s > 0, a.clamp(max=0.0), torch.where(s < 0, a.clamp(min=0.0), a))
+    return torch.where(dead, guarded, a)
+
+
+def unseen_sensitivity(sensitivity, trained) -> np.ndarray:
+    """``sensitivity [N]`` where it lies outside ``[min, max]`` of ``trained`` (the sensitivities
+    of every agent of the feeders a policy trained on), 0 elsewhere: the agents ``unseen`` guards."""
+    s, t = np.asarray(sensitivity, dtype=np.float64), np.asarray(trained, dtype=np.float64)
+    return np.where((s < t.min()) | (s > t.max()), s, 0.0)
+
+
 def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, handed: torch.Tensor, *,
            v_min_pu: float, v_max_pu: float, config: EnvelopeConfig, a_b: torch.Tensor | None = None,
            held: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -266,16 +310,25 @@ class SafetyEnvelope:
         features; not masks or the time of day).
     neighbours: ``[N, N]`` bool, ``[i, j]``: j is i's neighbour on the agent graph (for
         ``neighbour_outage``; default: the inner controller's ``graph``, one hop).
+    loss_sensitivity: ``[N]`` ``d loss_mw / d q_mvar`` of each agent the loss guard holds, 0 for
+        an agent it leaves free (for ``loss_guard``; see
+        :func:`gridrl.grid.sensitivity.agent_loss_sensitivity` and :func:`unseen_sensitivity`).
     """
 
     def __init__(self, inner, *, v_min_pu: float, v_max_pu: float, config: EnvelopeConfig = EnvelopeConfig(),
                  obs_mean: Sequence[float] | None = None, obs_std: Sequence[float] | None = None,
-                 obs_valid: Any = None, obs_test: Sequence[bool] | None = None, neighbours: Any = None) -> None:
+                 obs_valid: Any = None, obs_test: Sequence[bool] | None = None, neighbours: Any = None,
+                 loss_sensitivity: Sequence[float] | None = None) -> None:
         self.inner = inner
         self.config = config
         self.v_min_pu, self.v_max_pu = float(v_min_pu), float(v_max_pu)
         names = list(inner.obs_names)
         self._v, self._p, self._qa = own_columns(names, f"the safety envelope around {inner.name!r}")
+        # the zone's voltage readings (pool: own, lowest, highest; pad: every slot, with its mask)
+        self._zone_v = [names.index(n) for n in names if n.startswith("dv_pu[") or n in ("dv_own_pu", "dv_min_pu",
+                                                                                          "dv_max_pu")]
+        self._zone_mask = [names.index(f"mask[{n[6:-1]}]") if n.startswith("dv_pu[") and f"mask[{n[6:-1]}]" in names
+                           else -1 for n in (names[i] for i in self._zone_v)]
         self._neighbours = None
         if config.neighbour_outage:
             if neighbours is None and hasattr(inner, "graph"):
@@ -286,6 +339,12 @@ class SafetyEnvelope:
             if neighbours is None:
                 raise EnvelopeError(f"neighbour_outage needs the agent graph, which {inner.name!r} does not have")
             self._neighbours = torch.as_tensor(np.asarray(neighbours, dtype=bool))
+        self._loss_sensitivity = None
+        if config.loss_guard != "off":
+            if loss_sensitivity is None or len(loss_sensitivity) != len(inner.agents):
+                raise EnvelopeError(f"loss_guard needs each of the {len(inner.agents)} agents' loss sensitivity "
+                                    f"(gridrl.grid.sensitivity.agent_loss_sensitivity)")
+            self._loss_sensitivity = torch.as_tensor(np.asarray(loss_sensitivity, dtype=np.float64))
         self._stats = None
         if config.handover_z and obs_mean is not None:
             mean = torch.as_tensor(np.asarray(obs_mean, dtype=np.float64))
@@ -341,6 +400,7 @@ class SafetyEnvelope:
                                       "handover_statistics": self.config.handover_statistics,
                                       "neighbour_outage": self.config.neighbour_outage,
                                       "hold_pu": self.config.hold_pu, "excess_max": self.config.excess_max,
+                                      "loss_guard": self.config.loss_guard,
                                       "band": [self.v_min_pu, self.v_max_pu],
                                       "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
 
@@ -359,6 +419,15 @@ class SafetyEnvelope:
     def own_measurements(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Own voltage ``v`` (p.u.), ``inv_p_mw`` and ``inv_q_avail_mvar`` ``[..., N]`` of observations ``x``."""
         return 1.0 + x[..., self._v], x[..., self._p], x[..., self._qa]
+
+    def zone_voltage_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lowest and highest measured voltage (p.u.) ``[..., N]`` of each agent's zone in
+        observations ``x`` (padding slots left out)."""
+        dv = x[..., self._zone_v]
+        real = torch.stack([torch.ones_like(dv[..., 0], dtype=torch.bool) if m < 0 else x[..., m] > 0.5
+                            for m in self._zone_mask], -1)
+        inf = torch.full_like(dv, float("inf"))
+        return 1.0 + torch.where(real, dv, inf).amin(-1), 1.0 + torch.where(real, dv, -inf).amax(-1)
 
     def outside(self, obs: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` bool: agents whose own observation lies outside what the policy was trained on."""
@@ -408,6 +477,8 @@ class SafetyEnvelope:
         v, p, qa = self.own_measurements(x)
         handed = self.outside(x) | self.beside_outage(x, message_mask)
         a_b = droop_b_action(v, p, qa)
+        if self._loss_sensitivity is not None:
+            a = loss_guard(a, *self.zone_voltage_range(x), self._loss_sensitivity)
         before = torch.where(handed, a_b, a)
         a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config, a_b=a_b,
                    held=self.held(v))

@@ -14,6 +14,7 @@ exactly as the rule-based controllers beside it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -221,14 +222,15 @@ def information_label(config) -> str:
     return label
 
 
-def deployed(policy, feeder, env_config, *, envelope=None):
+def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None):
     """A trained ``policy`` as it is deployed on ``feeder``: through the safety envelope
     (:mod:`gridrl.env.envelope`; ``envelope``: a mapping of
     :class:`~gridrl.env.envelope.EnvelopeConfig` fields, default on) with the hand-over to 1547-B
     droop where an agent's own observation leaves the policy's training statistics, labelled with
     what it knew (``env_config``: the environment it acts in, whose band the envelope keeps).
     The hand-over tests each agent's own training statistics; a run trained before they were
-    kept uses the pooled ones, and its label says so."""
+    kept uses the pooled ones, and its label says so. ``trained_on``: the names of the feeders
+    the policy trained on (the ``unseen`` loss guard compares with them; default: ``feeder``)."""
     import numpy as np
 
     from gridrl.config import from_dict
@@ -249,9 +251,35 @@ def deployed(policy, feeder, env_config, *, envelope=None):
                              v_max_pu=env_config.v_max_pu or feeder.v_max_pu, config=cfg,
                              obs_mean=mean.cpu().numpy(), obs_std=std.cpu().numpy(),
                              obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
-                             obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless)
+                             obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless,
+                             loss_sensitivity=_guarded_sensitivity(feeder, cfg.loss_guard, trained_on))
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
         knew += f"; {policy.residual.label}"
     wrapped.information = f"{knew}; {cfg.label}"
     return wrapped
+
+
+def _guarded_sensitivity(feeder, guard: str, trained_on):
+    """Each agent's loss sensitivity where the loss guard ``guard`` holds it, 0 elsewhere
+    (``None`` without a guard)."""
+    if guard == "off":
+        return None
+    from gridrl.env.envelope import unseen_sensitivity
+    from gridrl.grid.sensitivity import agent_loss_sensitivity
+
+    own = agent_loss_sensitivity(feeder)
+    if guard == "all":
+        return own
+    import numpy as np
+
+    trained = [own if name == feeder.name else _training_sensitivity(name) for name in (trained_on or [feeder.name])]
+    return unseen_sensitivity(own, np.concatenate(trained))
+
+
+@functools.lru_cache(maxsize=16)
+def _training_sensitivity(name: str):
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.grid.sensitivity import agent_loss_sensitivity
+
+    return agent_loss_sensitivity(load_feeder(name))
