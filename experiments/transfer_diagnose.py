@@ -2,9 +2,10 @@
 
     python experiments/transfer_diagnose.py --feeder mv-rural --runs /work/runs/transfer/loo-mv-rural-dppo-seed{0,1,2}
 
-On the feeder's **validation** days (never its test days), each run's zero-shot policy, deployed as
+On the feeder's **validation** days (never its test days), each run's policy (a transferable run's
+zero-shot, or a run trained on the feeder itself, for contrast), deployed as
 the comparisons deploy it (safety envelope and hand-over on), beside no control in the same
-scenarios. Prints, and writes to ``--out`` (default ``reports/transfer/diagnosis-FEEDER.md``):
+scenarios. Prints, and writes to ``--out`` (default ``reports/transfer/diagnosis/FEEDER.md``):
 
 - the four static features of every agent of every feeder of the experiment (the feeder's against
   those of the feeders the run trained on);
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
                                              "v own mean": r["v_own"].mean((0, 1)),
                                              "hand-over %": 100 * np.nan})
         z = np.abs(r["z"])
-        for j, name in enumerate(policy.obs_norm.feature_names):
+        for j, name in enumerate(getattr(policy.obs_norm, "feature_names", policy.obs_names)):
             zrows.append({"run": path.name, "feature": name, "mean z": float(r["z"][..., j].mean()),
                           ">3σ %": 100 * float((z[..., j] > 3).mean()), ">6σ %": 100 * float((z[..., j] > 6).mean())})
     lines += ["", "## Extra loss over no control and reactive power sent, per hour of day", ""]
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     lines += ["## Normalised inputs on this feeder (training statistics; mean over the runs)", "",
               _markdown(zt, ".2f"), ""]
     text = "\n".join(lines) + "\n"
-    write_text(args.out or Path("reports/transfer") / f"diagnosis-{args.feeder}.md", text)
+    write_text(args.out or Path("reports/transfer/diagnosis") / f"{args.feeder}.md", text)
     print(text)
     return 0
 
