@@ -155,6 +155,45 @@ def test_hand_over_tests_each_agents_own_statistics_not_the_pool():
         EnvelopeConfig(handover_statistics="global")
 
 
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+@pytest.mark.parametrize(("m_low", "k"), [(0.03, 0.0), (0.02, 50.0), (0.03, 25.0), (0.0, 100.0)])
+def test_a_wider_lower_edge_with_a_steeper_floor(mechanism, m_low, k):
+    """Over random voltages, PV, headroom and actions: with ``margin_low_pu = m_low`` and
+    ``low_slope = k`` the action sent at or below v_min + m_low is at least
+    ``max(a_B(v), min(1, k·(v_min + m_low − v)))``; the upper edge keeps ``m``; for the clamp,
+    between the regions the action passes unchanged."""
+    m = 0.01
+    obs, a, v, p, qa = _random_case(70 + int(100 * m_low + k))
+    env = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                         config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, margin_low_pu=m_low, low_slope=k,
+                                               handover_z=None))
+    out = env.act(obs)
+    a_b = droop_b_action(v, p, qa)
+    floor = torch.maximum(a_b, (k * (V_MIN + m_low - v)).clamp(0.0, 1.0))
+    live, tol = qa > 0, 1e-5
+    hi, lo = live & (v >= V_MAX - m + tol), live & (v <= V_MIN + m_low - tol)
+    assert (out[hi] <= a_b[hi] + tol).all()
+    assert (out[lo] >= floor[lo] - tol).all()
+    if k:  # the floor did lift actions above 1547-B's, up to all the headroom
+        assert (lo & (out > a_b + 0.1)).any() and (out[lo & (v <= V_MIN + m_low - 1 / k - tol)] >= 1 - tol).all()
+    inside = (v > V_MIN + m_low + tol) & (v < V_MAX - m - tol) if mechanism == "clamp" else \
+             (v > V_MIN + 2 * m_low + tol) & (v < V_MAX - 2 * m - tol)
+    assert torch.equal(out[inside], a[inside])
+    # a policy that already injects enough is left alone there
+    assert torch.equal(out[lo & (a >= floor)], a[lo & (a >= floor)])
+    label = EnvelopeConfig(mechanism=mechanism, margin_low_pu=m_low, low_slope=k).label
+    assert f"low m {m_low:g}" in label and (f"low slope {k:g}" in label) == bool(k)
+
+
+def test_the_lower_edge_settings_are_checked():
+    with pytest.raises(EnvelopeError, match="margin_low_pu must lie in"):
+        EnvelopeConfig(margin_low_pu=0.2)
+    with pytest.raises(EnvelopeError, match="low_slope must lie in"):
+        EnvelopeConfig(low_slope=-1.0)
+    assert EnvelopeConfig(margin_pu=0.02).low_margin_pu == 0.02  # unset: the margin itself
+    assert EnvelopeConfig(margin_pu=0.02, margin_low_pu=0.03).low_margin_pu == 0.03
+
+
 def test_envelope_settings_and_layout_are_checked():
     with pytest.raises(EnvelopeError, match="mechanism 'shield' is unknown"):
         EnvelopeConfig(mechanism="shield")

@@ -15,16 +15,23 @@ the action IEEE 1547-2018 Category B volt-var asks for at that voltage (``f_B``:
 the ``ieee1547-b`` preset of :mod:`gridrl.control.droop`). With the band ``[v_min, v_max]`` and the margin ``m``:
 
 - if ``v ≥ v_max − m``, the action sent is ``≤ a_B(v)`` (it absorbs at least as much as 1547-B);
-- if ``v ≤ v_min + m``, the action sent is ``≥ a_B(v)`` (it injects at least as much);
+- if ``v ≤ v_min + m_low``, the action sent is ``≥ a_L(v)`` (it injects at least as much);
 - otherwise the policy's action passes unchanged;
+
+where ``m_low`` is ``margin_low_pu`` (``m`` unless set: the lower edge region may be wider than
+the upper) and ``a_L(v) = max(a_B(v), min(1, k·(v_min + m_low − v)))`` with ``k = low_slope``
+(per p.u., 0 by default: ``a_L = a_B``). 1547-B's curve is flat near the band: at 0.96 p.u. it asks
+for 0.15 of the rating, so a sag at the end of a long lateral sees little forced injection;
+with ``k > 0`` the floor rises linearly from nothing at ``v_min + m_low`` to all the headroom
+``1/k`` p.u. below it (``k = 50``, ``m_low = 0.02``: all of it at ``v_min``), and never below 1547-B's.
 
 where ``q_avail > 0`` (with no headroom every action gives q = 0). Two mechanisms give it:
 
 - ``clamp`` (a shield): in the two edge regions the policy's action is clipped to the corrective
   side of ``a_B(v)``; inside, nothing changes. Discontinuous in ``v`` at the region's border.
 - ``ramp`` (a residual on the droop curve that fades in): the part of the policy's action on the
-  wrong side of ``a_B(v)`` is removed with a weight rising linearly from 0 at ``v_max − 2m`` to
-  1 at ``v_max − m`` (and from ``v_min + 2m`` down to ``v_min + m``), so the action is
+  wrong side of ``a_B(v)`` (``a_L(v)`` below) is removed with a weight rising linearly from 0 at
+  ``v_max − 2m`` to 1 at ``v_max − m`` (and from ``v_min + 2m_low`` down to ``v_min + m_low``), so the action is
   continuous in the measured voltage (a noisy sensor does not make it jump) and the rule above
   holds exactly in the edge regions.
 
@@ -42,7 +49,7 @@ measures a voltage its own absorption has lowered, finds itself inside, lets go,
 springs back out of the band at the next step (on ieee141, with every message lost, agents
 alternated between 1.05 and 1.036 p.u. from step to step where 1547-B settled near 1.042). With
 ``hold_pu = h > 0`` the edge regions have a hysteresis: an agent that was in the upper region at
-its previous step stays in it while ``v ≥ v_max − m − h`` (the lower: ``v ≤ v_min + m + h``), and
+its previous step stays in it while ``v ≥ v_max − m − h`` (the lower: ``v ≤ v_min + m_low + h``), and
 leaves it only below that; in it the rule above holds against ``a_B`` at its current voltage. The
 envelope then keeps each agent's region of the previous step (:meth:`SafetyEnvelope.reset` forgets
 it), which no exported graph does.
@@ -52,7 +59,7 @@ limit). In an edge region the rule lets the policy absorb (inject) as much as it
 1547-B's action; a policy trained to stay clear of the band's edge then absorbs hard wherever
 the voltage is high, and the reactive power it draws through the feeder costs loss (on ieee141
 with 50 % more PV, more than 1547-B's). With ``excess_max = k`` the action sent in the upper edge
-region is also ``≥ a_B(v) − k`` (in the lower ``≤ a_B(v) + k``): at most ``k`` of the headroom
+region is also ``≥ a_B(v) − k`` (in the lower ``≤ a_L(v) + k``): at most ``k`` of the headroom
 more corrective than 1547-B.
 
 **A neighbour out** (``neighbour_outage``, off by default). An inverter that is out reports no
@@ -94,7 +101,7 @@ from gridrl.errors import GridrlError
 
 __all__ = ["LOSS_GUARDS", "EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope",
            "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "loss_guard",
-           "own_columns", "shield", "unseen_sensitivity"]
+           "low_floor", "own_columns", "shield", "unseen_sensitivity"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
@@ -115,6 +122,9 @@ class EnvelopeConfig:
 
     mechanism: ``clamp`` (default), ``ramp`` or ``off`` (the ablation: the policy acts alone).
     margin_pu: ``m``: the edge regions are ``v ≥ v_max − m`` and ``v ≤ v_min + m``.
+    margin_low_pu: ``m_low``, the lower edge region's margin instead (``None``: ``m``).
+    low_slope: ``k`` (per p.u.): in the lower edge region the action sent is at least
+        ``min(1, k·(v_min + m_low − v))`` as well as 1547-B's (0: 1547-B's alone; see the module docstring).
     handover_z: hand an agent over to 1547-B droop when one of its own features lies more than
         this many training standard deviations from the training mean (0 or ``None``: never).
     handover_statistics: ``own`` (default): each agent's own training statistics; ``pooled``:
@@ -133,6 +143,8 @@ class EnvelopeConfig:
 
     mechanism: Mechanism = "clamp"
     margin_pu: float = 0.01
+    margin_low_pu: float | None = None
+    low_slope: float = 0.0
     handover_z: float | None = 6.0
     handover_statistics: Literal["own", "pooled"] = "own"
     neighbour_outage: bool = False
@@ -145,6 +157,12 @@ class EnvelopeConfig:
             raise EnvelopeError(f"envelope mechanism {self.mechanism!r} is unknown (use {', '.join(MECHANISMS)})")
         if not 0 <= self.margin_pu < 0.1:
             raise EnvelopeError(f"envelope margin_pu must lie in [0, 0.1), got {self.margin_pu}")
+        if self.margin_low_pu is not None and not 0 <= self.margin_low_pu < 0.1:
+            raise EnvelopeError(f"envelope margin_low_pu must lie in [0, 0.1) (or be left out: margin_pu), got "
+                                f"{self.margin_low_pu}")
+        if not 0 <= self.low_slope <= 1000:
+            raise EnvelopeError(f"envelope low_slope must lie in [0, 1000] (per p.u.; 0: 1547-B alone), got "
+                                f"{self.low_slope}")
         if not 0 <= self.hold_pu < 0.1:
             raise EnvelopeError(f"envelope hold_pu must lie in [0, 0.1), got {self.hold_pu}")
         if self.excess_max is not None and not 0 <= self.excess_max <= 2:
@@ -158,12 +176,19 @@ class EnvelopeConfig:
             raise EnvelopeError(f"envelope handover_statistics {self.handover_statistics!r} is unknown (use own or pooled)")
 
     @property
+    def low_margin_pu(self) -> float:
+        """``m_low``: the lower edge region's margin."""
+        return self.margin_pu if self.margin_low_pu is None else self.margin_low_pu
+
+    @property
     def label(self) -> str:
         """Short description for result tables."""
         if self.mechanism == "off":
             base = "no envelope"
         else:
             base = (f"envelope {self.mechanism} (m {self.margin_pu:g}"
+                    + (f", low m {self.margin_low_pu:g}" if self.margin_low_pu is not None else "")
+                    + (f", low slope {self.low_slope:g}" if self.low_slope else "")
                     + (f", hold {self.hold_pu:g}" if self.hold_pu else "")
                     + (f", excess ≤ {self.excess_max:g}" if self.excess_max is not None else "") + ")")
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
@@ -210,27 +235,41 @@ def own_columns(obs_names: Sequence[str], who: str) -> tuple[int, int, int]:
 
 
 def envelope_bounds(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor, *,
-                    v_min_pu: float, v_max_pu: float, margin_pu: float,
-                    a_b: torch.Tensor | None = None, held: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    v_min_pu: float, v_max_pu: float, margin_pu: float, margin_low_pu: float | None = None,
+                    a_b: torch.Tensor | None = None, a_low: torch.Tensor | None = None,
+                    held: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule as bounds ``(low, high)`` ``[B, N]`` on the action sent: ``high = a_B(v)`` in the
-    upper edge region, ``low = a_B(v)`` in the lower one, ``±1`` elsewhere (``a_b``: ``a_B(v)``
-    when the caller has it already; ``held``: ``(upper, lower)`` ``[B, N]`` bool, agents the
-    hold keeps in a region besides those the voltage puts there)."""
+    upper edge region, ``low = a_L(v)`` in the lower one, ``±1`` elsewhere (``a_b``: ``a_B(v)``
+    when the caller has it already; ``a_low``: ``a_L(v)``, ``a_B(v)`` unless given;
+    ``margin_low_pu``: the lower region's margin, ``margin_pu`` unless given; ``held``:
+    ``(upper, lower)`` ``[B, N]`` bool, agents the hold keeps in a region besides those the voltage puts there)."""
     if a_b is None:
         a_b = droop_b_action(vm_pu, p_mw, q_avail_mvar)
-    upper, lower = edge_regions(vm_pu, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=margin_pu, held=held)
+    a_low = a_b if a_low is None else a_low
+    upper, lower = edge_regions(vm_pu, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=margin_pu,
+                                margin_low_pu=margin_low_pu, held=held)
     live = q_avail_mvar > 0
     high = torch.where(live & upper, a_b, torch.ones_like(a_b))
-    low = torch.where(live & lower, a_b, -torch.ones_like(a_b))
+    low = torch.where(live & lower, a_low, -torch.ones_like(a_b))
     return low, high
 
 
+def low_floor(a_b: torch.Tensor, vm_pu: torch.Tensor, *, v_min_pu: float, config: EnvelopeConfig) -> torch.Tensor:
+    """``a_L(v) = max(a_B(v), min(1, k·(v_min + m_low − v)))`` ``[..., N]``: the least the lower
+    edge region lets an agent inject (``a_b``: ``a_B(v)``; ``a_b`` itself when ``low_slope`` is 0)."""
+    if not config.low_slope:
+        return a_b
+    return torch.maximum(a_b, (config.low_slope * (v_min_pu + config.low_margin_pu - vm_pu)).clamp(0.0, 1.0))
+
+
 def edge_regions(vm_pu: torch.Tensor, *, v_min_pu: float, v_max_pu: float, margin_pu: float,
-                 held: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 margin_low_pu: float | None = None, held: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(upper, lower)`` ``[B, N]`` bool: agents in the upper edge region (``v ≥ v_max − m``, or
-    held there) and in the lower one (``v ≤ v_min + m``, or held there)."""
-    upper, lower = vm_pu >= v_max_pu - margin_pu, vm_pu <= v_min_pu + margin_pu
+    held there) and in the lower one (``v ≤ v_min + m_low``, ``m_low = margin_low_pu``, ``m``
+    unless given, or held there)."""
+    m_low = margin_pu if margin_low_pu is None else margin_low_pu
+    upper, lower = vm_pu >= v_max_pu - margin_pu, vm_pu <= v_min_pu + m_low
     if held is not None:
         upper, lower = upper | held[0], lower | held[1]
     return upper, lower
@@ -274,25 +313,27 @@ def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, 
     if a_b is None:
         a_b = droop_b_action(v, p, qa)
     a = torch.where(handed, a_b, a)
+    a_low = low_floor(a_b, v, v_min_pu=v_min_pu, config=config)
     if config.mechanism == "clamp":
         low, high = envelope_bounds(v, p, qa, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu,
-                                    a_b=a_b, held=held)
+                                    margin_low_pu=config.low_margin_pu, a_b=a_b, a_low=a_low, held=held)
         a = torch.minimum(torch.maximum(a, low), high)
     elif config.mechanism == "ramp":
-        m = max(config.margin_pu, 1e-6)
+        m, m_low = max(config.margin_pu, 1e-6), max(config.low_margin_pu, 1e-6)
         w_hi = ((v - (v_max_pu - 2 * m)) / m).clamp(0.0, 1.0)
-        w_lo = (((v_min_pu + 2 * m) - v) / m).clamp(0.0, 1.0)
+        w_lo = (((v_min_pu + 2 * m_low) - v) / m_low).clamp(0.0, 1.0)
         if held is not None:  # held in a region: the whole rule, as at its edge
             w_hi, w_lo = torch.where(held[0], 1.0, w_hi), torch.where(held[1], 1.0, w_lo)
         live = qa > 0
         zero = torch.zeros_like(a)
         a = a - torch.where(live, w_hi * (a - a_b).clamp(min=0.0), zero)
-        a = a + torch.where(live, w_lo * (a_b - a).clamp(min=0.0), zero)
+        a = a + torch.where(live, w_lo * (a_low - a).clamp(min=0.0), zero)
     if config.mechanism != "off" and config.excess_max is not None:
-        upper, lower = edge_regions(v, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu, held=held)
+        upper, lower = edge_regions(v, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu,
+                                    margin_low_pu=config.low_margin_pu, held=held)
         live = qa > 0
         a = torch.where(live & upper, torch.maximum(a, a_b - config.excess_max), a)
-        a = torch.where(live & lower, torch.minimum(a, a_b + config.excess_max), a)
+        a = torch.where(live & lower, torch.minimum(a, a_low + config.excess_max), a)
     return a
 
 
@@ -396,6 +437,7 @@ class SafetyEnvelope:
     def describe(self) -> dict[str, Any]:
         inner = self.inner.describe() if callable(getattr(self.inner, "describe", None)) else {}
         return {**inner, "envelope": {"mechanism": self.config.mechanism, "margin_pu": self.config.margin_pu,
+                                      "margin_low_pu": self.config.low_margin_pu, "low_slope": self.config.low_slope,
                                       "handover_z": self.config.handover_z,
                                       "handover_statistics": self.config.handover_statistics,
                                       "neighbour_outage": self.config.neighbour_outage,
@@ -460,9 +502,9 @@ class SafetyEnvelope:
         if before is None or before[0].shape != v.shape:  # a first step, or another batch
             before = (torch.zeros_like(v, dtype=torch.bool),) * 2
         held = (before[0] & (v >= self.v_max_pu - c.margin_pu - c.hold_pu),
-                before[1] & (v <= self.v_min_pu + c.margin_pu + c.hold_pu))
+                before[1] & (v <= self.v_min_pu + c.low_margin_pu + c.hold_pu))
         self._regions = edge_regions(v, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=c.margin_pu,
-                                     held=held)
+                                     margin_low_pu=c.low_margin_pu, held=held)
         return held
 
     def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:

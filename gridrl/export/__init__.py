@@ -134,7 +134,8 @@ def export_curves(run_dir: str | os.PathLike, out: str | os.PathLike, *, envelop
     space = dataclasses.replace(TuneConfig(), q_limit=min(TuneConfig().q_limit, q_rating(feeder)))
     # the envelope's rule carries over to the curve: never weaker than 1547-B near the band's edges
     envelope_on = policy.config.mechanism != "off"
-    edges = (policy.v_min_pu + policy.config.margin_pu, policy.v_max_pu - policy.config.margin_pu) if envelope_on else None
+    c = policy.config
+    edges = (policy.v_min_pu + c.low_margin_pu, policy.v_max_pu - c.margin_pu) if envelope_on else None
     inverters, per_agent = [], {}
     for agent in feeder.agents:
         rows = steps[steps["agent"] == agent]
