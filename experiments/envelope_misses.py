@@ -112,7 +112,7 @@ def analyse(feeder_name: str, runs: list[str], condition: str, envelope: dict | 
     for path in runs:
         run = open_run(path)
         env_cfg = run.evaluation_config(base)
-        ctrl = deployed(run.policy(feeder=feeder), feeder, env_cfg, envelope=envelope)
+        ctrl = deployed(run.policy(feeder=feeder), feeder, env_cfg, envelope=envelope, trained=run.env_config)
         ctrl.name = Path(path).name
         rec = _recording(ctrl)
         ev = _evaluate(feeder, ctrl, env_cfg, days)

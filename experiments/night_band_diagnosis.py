@@ -39,7 +39,7 @@ def _run_controller(run_dir: str, feeder, env: EnvConfig):
     run = open_run(run_dir)
     run.check_feeder(feeder)
     cfg = run.evaluation_config(env)
-    ctrl = deployed(run.policy(name=Path(run_dir).name, feeder=feeder), feeder, cfg)
+    ctrl = deployed(run.policy(name=Path(run_dir).name, feeder=feeder), feeder, cfg, trained=run.env_config)
     ctrl.name = Path(run_dir).name
     return ctrl, cfg
 

@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     for path in args.runs:
         run = open_run(path)
         policy = run.policy(name=path.name, feeder=feeder)
-        ctrl = deployed(policy, feeder, run.evaluation_config(), envelope=envelope, trained_on=run.feeders)
+        ctrl = deployed(policy, feeder, run.evaluation_config(), envelope=envelope, trained_on=run.feeders,
+                        trained=run.env_config)
         r = rollout(feeder, ctrl, days, run.evaluation_config(), policy=policy)
         e, c = r["loss_mw"].sum() * h, r["ctrl_loss_mw"].sum() * h
         dead = (r["v_own"] >= 0.98) & (r["v_own"] <= 1.02) & (r["q_avail"] > 0)

@@ -150,7 +150,7 @@ def test_hand_over_tests_each_agents_own_statistics_not_the_pool():
     moved = obs.clone()
     moved[:, 1:] = (centre[1:] + spread[1:] * 8.0 * torch.randn(256, N - 1, D, generator=g)).float()
     assert torch.equal(env.outside(moved)[:, 0], want[:, 0])
-    assert EnvelopeConfig(handover_statistics="pooled").label.endswith("6σ (pooled statistics)")
+    assert "hand-over at 6σ (pooled statistics) or" in EnvelopeConfig(handover_statistics="pooled").label
     with pytest.raises(EnvelopeError, match="handover_statistics 'global' is unknown"):
         EnvelopeConfig(handover_statistics="global")
 
@@ -192,6 +192,51 @@ def test_the_lower_edge_settings_are_checked():
         EnvelopeConfig(low_slope=-1.0)
     assert EnvelopeConfig(margin_pu=0.02).low_margin_pu == 0.02  # unset: the margin itself
     assert EnvelopeConfig(margin_pu=0.02, margin_low_pu=0.03).low_margin_pu == 0.03
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.05, 0.2])
+def test_hand_over_outside_the_trained_ratings_acts_as_1547b(tolerance):
+    """An agent whose inverters report a rating s = sqrt(p² + q_avail²) > 0 beyond the ratings it
+    was trained with (widened by the tolerance) acts as 1547-B; within them, and at s = 0, the
+    policy's action passes; the decision is the agent's own."""
+    B, N = 512, 4
+    obs, a, v, p, qa = _random_case(11, B=B, N=N)
+    ratings = np.array([[0.3, 0.6], [0.5, 0.9], [0.2, 0.4], [0.6, 1.2]])
+    env = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, ratings_mva=ratings,
+                         config=EnvelopeConfig(mechanism="off", handover_z=None, rating_tolerance=tolerance))
+    out = env.act(obs)
+    s = torch.sqrt(obs[..., 4].double() ** 2 + obs[..., 6].double() ** 2)
+    low = torch.as_tensor(ratings[:, 0]) * (1 - tolerance)
+    high = torch.as_tensor(ratings[:, 1]) * (1 + tolerance)
+    beyond = (s > 0) & ((s > high) | (s < low))
+    assert beyond.any() and (~beyond & (s > 0)).any() and (s == 0).any()
+    torch.testing.assert_close(out[beyond], droop_b_action(v, p, qa)[beyond])
+    assert torch.equal(out[~beyond], a[~beyond])
+    np.testing.assert_array_equal(env.last_info["handover"], beyond.sum(1).numpy())
+    # local: another agent's rating never moves agent 0's decision
+    moved = obs.clone()
+    moved[:, 1:, 4] *= 3.0
+    assert torch.equal(env.outside(moved)[:, 0], beyond[:, 0])
+    # off: no hand-over whatever the rating
+    off = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, ratings_mva=ratings,
+                         config=EnvelopeConfig(mechanism="off", handover_z=None, rating_handover=False))
+    assert torch.equal(off.act(obs), a)
+    with pytest.raises(EnvelopeError, match="rating_tolerance must lie in"):
+        EnvelopeConfig(rating_tolerance=1.5)
+
+
+def test_the_trained_ratings_are_the_feeders_times_the_training_pv_scale():
+    import gridrl
+    from gridrl.env import EnvConfig
+    from gridrl.marl.run import trained_ratings
+
+    feeder = gridrl.load_feeder("ieee33")
+    agents = list(feeder.agents)[::-1]
+    s = feeder.inverters.set_index("agent")["s_max_mva"].reindex(agents).to_numpy()
+    np.testing.assert_allclose(trained_ratings(feeder, EnvConfig(pv_scale_range=(0.5, 1.6)), agents=agents),
+                               np.stack([0.5 * s, 1.6 * s], axis=1))
+    np.testing.assert_allclose(trained_ratings(feeder, EnvConfig(pv_scale=1.5), agents=agents),
+                               np.stack([1.5 * s, 1.5 * s], axis=1))
 
 
 def test_envelope_settings_and_layout_are_checked():
@@ -300,7 +345,7 @@ def test_the_hold_keeps_an_agent_in_its_edge_region_until_it_is_well_inside(mech
     held_env.reset()
     first = held_env.act(obs)
     torch.testing.assert_close(first, plain_env.act(obs))  # after reset nothing is held
-    assert hold.label == f"envelope {mechanism} (m {m:g}, hold {h:g})"
+    assert hold.label.startswith(f"envelope {mechanism} (m {m:g}, hold {h:g}), hand-over at a rating beyond")
     with pytest.raises(EnvelopeError, match="hold_pu must lie in"):
         EnvelopeConfig(hold_pu=-0.01)
 

@@ -295,3 +295,62 @@ def test_the_worst_pair_tries_every_pair_of_each_controllers_two_worst_agents(mo
     assert got[("worst-outage-pair", "droop-ieee1547-b")] == f"{agents[0]}+{agents[1]}"
     assert tidy.set_index(["condition", "controller"]).loc[("pair-pv-2", "none"), "energy_loss_mwh"] == 20.0
     assert "| worst two inverters out together |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_run_hands_over_on_inverters_rated_beyond_its_training(tiny_run):
+    """PV ×2 (inverters rated for it) lies beyond the training's PV scale range: every agent whose
+    PV produces acts as 1547-B; PV ×1.5 lies within it and the policy acts as without the rule."""
+    from gridrl.marl.run import deployed, open_run
+
+    run = open_run(tiny_run)
+    assert run.env_config.pv_scale_range is not None and run.env_config.pv_scale_range[1] < 1.9
+    feeder = gridrl.load_feeder("ieee33")
+    handed, actions, info = {}, {}, {}
+    for scale in (1.5, 2.0):
+        for tol in (0.05, None):
+            env = make_env(feeder, split="test", num_envs=2, days=list(DAYS), seed=0,
+                           config=EnvConfig(start_hour=12.0, episode_hours=1.0, pv_scale=scale))
+            obs = env.reset(days=list(DAYS))
+            ctrl = deployed(run.policy(feeder=feeder), feeder, env.config, trained=run.env_config,
+                            envelope={"rating_handover": tol is not None, "rating_tolerance": tol or 0.0})
+            actions[scale, tol] = ctrl.act(obs)
+            handed[scale, tol] = ctrl.last_info["handover"]
+            info[scale, tol] = ctrl.information
+            producing = (obs[..., ctrl.own_columns[1]] > 0).sum(1).numpy()
+    assert (handed[2.0, 0.05] == producing).all() and producing.sum() > 0
+    assert handed[2.0, None].sum() < producing.sum()
+    assert torch.equal(actions[1.5, 0.05], actions[1.5, None])
+    assert "or a rating beyond the trained ±5 %" in info[2.0, 0.05] and "rating" not in info[2.0, None]
+
+
+def test_the_hand_over_settles_as_droop_on_the_intervals_physics(tiny_run):
+    """Handed over (PV ×2, beyond the trained ratings), the agents act as the 1547-B droop
+    controller does: on the fixed point of their own voltage during the interval, not on the
+    voltage measured at its start (a late loop that swings with large inverters)."""
+    from gridrl.env.envelope import droop_b_action
+    from gridrl.marl.run import deployed, open_run
+
+    run = open_run(tiny_run)
+    feeder = gridrl.load_feeder("ieee33")
+    env = make_env(feeder, split="test", num_envs=2, days=list(DAYS), seed=0,
+                   config=EnvConfig(start_hour=11.0, episode_hours=1.0, pv_scale=2.0, sensor_noise_pu=0.003))
+    obs = env.reset(days=list(DAYS))
+    ctrl = deployed(run.policy(feeder=feeder), feeder, env.config, trained=run.env_config)
+    late = deployed(run.policy(feeder=feeder), feeder, env.config, trained=run.env_config,
+                    envelope={"handover_settle": False})
+    a, a_late = ctrl.act(obs, env=env), late.act(obs, env=env)
+    handed = torch.as_tensor(ctrl.last_info["handover"]).sum()
+    assert handed > 0
+    x = obs.double()
+    v, p, qa = ctrl.own_measurements(x)
+    on = (p > 0) & (qa > 0)
+    # settled: the curve at its own voltage (read with the sensor's error) under the actions sent
+    v_after = env.peek(a.float())["vm_own_pu"].double() + env.sensor_noise_pu()[:, env.agent_bus_pos].double()
+    torch.testing.assert_close(a[on], droop_b_action(v_after, p, qa)[on], atol=2e-3, rtol=0)
+    # the late curve is the measured voltage's, and it is not at the fixed point
+    torch.testing.assert_close(a_late[on], droop_b_action(v, p, qa)[on])
+    assert (a_late[on] - a[on]).abs().max() > 0.02
+    # every agent handed over: what the droop controller settles on
+    droop = gridrl.make_controller("droop", feeder, preset="ieee1547-b")
+    torch.testing.assert_close(a[on], droop.act(obs, env=env)[on], atol=5e-3, rtol=0)
+    assert "to 1547-B settled" in ctrl.information and "at the measured voltage" in late.information

@@ -98,7 +98,7 @@ def evaluate_cell(cell: Cell, days: Sequence[int] | None = None, cached: Mapping
         run.check_feeder(feeder)
         env_config = run.evaluation_config(cell.env)  # the comparison's scenario, the run's observations
         ctrl = deployed(run.policy(name=spec.key, feeder=feeder), feeder, env_config, envelope=spec.envelope,
-                        trained_on=run.feeders)
+                        trained_on=run.feeders, trained=run.env_config)
     else:
         ctrl = make_controller(spec.name, feeder, preset=spec.preset, curve=spec.curve, tune=spec.tune,
                                env_config=cell.env)

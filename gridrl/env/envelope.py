@@ -43,6 +43,32 @@ Statistics pooled over agents (``[D]``, ``handover_statistics = "pooled"``, the 
 agents whose zones differ by nature: a large zone load is then "unseen" for the one agent that
 always carries it, and its hand-over fires on ordinary days.
 
+**The hand-over settles** (``handover_settle``, on by default). An agent handed over acts as
+1547-B droop, and a 1547-B inverter keeps reading its own voltage during the interval and settles
+on it (what the ``droop`` controller models with a fixed point on the interval's physics). Set once
+at the voltage measured at the interval's start, the curve is a one-step-late feedback loop whose
+gain grows with the inverter's rating: with twice the PV on ieee33 the handed-over agents
+alternated between absorbing hard and nothing from step to step (controllable rate 0.78 where the
+settled 1547-B keeps 0.955, validation days). So where the environment is at hand
+(:meth:`SafetyEnvelope.act` with ``env``), the handed-over agents' actions are settled as droop's
+are, by a damped fixed point on the pending interval's physics (``env.peek``; their own voltage
+read with the observations' sensor noise), the other agents' actions held; the policy itself never
+reads the pending interval. Without ``env`` (an exported graph) the hand-over is the curve at the
+measured voltage, the fixed point's first iterate, and a deployed inverter's own volt-var function
+settles it.
+
+**Outside the trained ratings** (``rating_handover``, on by default; ``rating_tolerance``). The
+statistics above cannot see every way a feeder leaves what a policy was trained on: with twice the
+PV (and inverters rated for it) each feature still lies within a few standard deviations of its
+broad training distribution (an inverter's headroom swings from 0 at night to its rating at
+dawn), while every action, a share of the headroom, moves twice the reactive power. An inverter
+knows its own rating, and the training config says which ratings the policy saw: the feeder's
+own times the training's PV scale (``pv_scale`` and ``pv_scale_range``, whose draws scale the
+ratings with the PV). An agent whose inverters report a rating ``s > 0`` (``s`` as above) outside
+``[(1 − t)·s_low, (1 + t)·s_high]`` (``t`` the tolerance, ``s_low``/``s_high`` its trained ratings)
+acts as 1547-B droop at that step; at ``s = 0`` (night, or an inverter out) every action is q = 0
+anyway and it never does.
+
 **Holding the edge** (``hold_pu``, 0 by default: off). The envelope reads the own voltage with
 the set-point of the previous step still in force, so an agent that the edge region made absorb
 measures a voltage its own absorption has lowered, finds itself inside, lets go, and the voltage
@@ -101,7 +127,7 @@ from gridrl.errors import GridrlError
 
 __all__ = ["LOSS_GUARDS", "EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope",
            "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "loss_guard",
-           "low_floor", "own_columns", "shield", "unseen_sensitivity"]
+           "low_floor", "own_columns", "rating_outside", "shield", "unseen_sensitivity"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
 MECHANISMS = ("clamp", "ramp", "off")
@@ -139,6 +165,13 @@ class EnvelopeConfig:
     loss_guard: ``off``, ``unseen`` or ``all``: which agents, when their zone lies in 1547-B's
         deadband, never send reactive power of the sign that raises the feeder's losses at their
         bus (see the module docstring).
+    handover_settle: a handed-over agent settles on its own voltage during the interval, as 1547-B
+        droop does, where the environment is given to :meth:`SafetyEnvelope.act` (see the module
+        docstring); ``false``: the curve at the voltage measured at the interval's start.
+    rating_handover: hand an agent over to 1547-B droop while its inverters' rating lies more than
+        ``rating_tolerance`` outside the ratings the policy was trained with (see the module
+        docstring); ``false``: never.
+    rating_tolerance: that margin, a fraction of the trained ratings.
     """
 
     mechanism: Mechanism = "clamp"
@@ -151,6 +184,9 @@ class EnvelopeConfig:
     hold_pu: float = 0.0
     excess_max: float | None = None
     loss_guard: LossGuard = "off"
+    handover_settle: bool = True
+    rating_handover: bool = True
+    rating_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -168,6 +204,9 @@ class EnvelopeConfig:
         if self.excess_max is not None and not 0 <= self.excess_max <= 2:
             raise EnvelopeError(f"envelope excess_max must lie in [0, 2] (a fraction of the headroom), got "
                                 f"{self.excess_max}")
+        if not 0 <= self.rating_tolerance < 1:
+            raise EnvelopeError(f"envelope rating_tolerance must lie in [0, 1) (a fraction of the trained ratings), "
+                                f"got {self.rating_tolerance}")
         if self.handover_z is not None and not self.handover_z >= 0:
             raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
         if self.loss_guard not in LOSS_GUARDS:
@@ -192,7 +231,11 @@ class EnvelopeConfig:
                     + (f", hold {self.hold_pu:g}" if self.hold_pu else "")
                     + (f", excess ≤ {self.excess_max:g}" if self.excess_max is not None else "") + ")")
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
-        return (base + (f", hand-over at {self.handover_z:g}σ{pooled}" if self.handover_z else "")
+        triggers = [f"{self.handover_z:g}σ{pooled}"] if self.handover_z else []
+        if self.rating_handover:
+            triggers.append(f"a rating beyond the trained ±{100 * self.rating_tolerance:g} %")
+        to = " to 1547-B settled" if self.handover_settle else " to 1547-B at the measured voltage"
+        return (base + (f", hand-over at {' or '.join(triggers)}{to}" if triggers else "")
                 + (", 1547-B beside a neighbour out" if self.neighbour_outage else "")
                 + (f", loss guard ({self.loss_guard} agents)" if self.loss_guard != "off" else ""))
 
@@ -301,6 +344,14 @@ def unseen_sensitivity(sensitivity, trained) -> np.ndarray:
     return np.where((s < t.min()) | (s > t.max()), s, 0.0)
 
 
+def rating_outside(p: torch.Tensor, q_avail: torch.Tensor, low_mva: torch.Tensor, high_mva: torch.Tensor
+                   ) -> torch.Tensor:
+    """``[..., N]`` bool: agents whose inverters report a rating ``s = sqrt(p² + q_avail²) > 0``
+    outside ``[low_mva, high_mva]`` (``[N]``, the trained ratings with their tolerance)."""
+    s = torch.sqrt(p ** 2 + q_avail ** 2)
+    return (s > 0) & ((s > high_mva) | (s < low_mva))
+
+
 def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, handed: torch.Tensor, *,
            v_min_pu: float, v_max_pu: float, config: EnvelopeConfig, a_b: torch.Tensor | None = None,
            held: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -354,12 +405,14 @@ class SafetyEnvelope:
     loss_sensitivity: ``[N]`` ``d loss_mw / d q_mvar`` of each agent the loss guard holds, 0 for
         an agent it leaves free (for ``loss_guard``; see
         :func:`gridrl.grid.sensitivity.agent_loss_sensitivity` and :func:`unseen_sensitivity`).
+    ratings_mva: ``[N, 2]``: each agent's lowest and highest trained rating of its inverters (for
+        ``rating_handover``; ``None``: no such hand-over).
     """
 
     def __init__(self, inner, *, v_min_pu: float, v_max_pu: float, config: EnvelopeConfig = EnvelopeConfig(),
                  obs_mean: Sequence[float] | None = None, obs_std: Sequence[float] | None = None,
                  obs_valid: Any = None, obs_test: Sequence[bool] | None = None, neighbours: Any = None,
-                 loss_sensitivity: Sequence[float] | None = None) -> None:
+                 loss_sensitivity: Sequence[float] | None = None, ratings_mva: Any = None) -> None:
         self.inner = inner
         self.config = config
         self.v_min_pu, self.v_max_pu = float(v_min_pu), float(v_max_pu)
@@ -396,6 +449,10 @@ class SafetyEnvelope:
             valid = (torch.ones(len(inner.agents), len(names), dtype=torch.bool) if obs_valid is None
                      else torch.as_tensor(np.asarray(obs_valid, dtype=bool)))
             self._stats = (mean, std, valid & test[None, :])
+        self._ratings = None
+        if config.rating_handover and ratings_mva is not None:
+            r = torch.as_tensor(np.asarray(ratings_mva, dtype=np.float64))
+            self._ratings = (r[:, 0] * (1 - config.rating_tolerance), r[:, 1] * (1 + config.rating_tolerance))
         self.last_info: dict[str, np.ndarray] = {}
         self._regions: tuple[torch.Tensor, torch.Tensor] | None = None  # the previous step's, for the hold
 
@@ -443,6 +500,9 @@ class SafetyEnvelope:
                                       "neighbour_outage": self.config.neighbour_outage,
                                       "hold_pu": self.config.hold_pu, "excess_max": self.config.excess_max,
                                       "loss_guard": self.config.loss_guard,
+                                      "handover_settle": self.config.handover_settle,
+                                      "rating_handover": self._ratings is not None,
+                                      "rating_tolerance": self.config.rating_tolerance,
                                       "band": [self.v_min_pu, self.v_max_pu],
                                       "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
 
@@ -458,6 +518,12 @@ class SafetyEnvelope:
         per agent, or ``[D]`` pooled); ``None`` without a hand-over."""
         return self._stats
 
+    @property
+    def rating_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(low, high)`` ``[N]`` MVA: the ratings outside which an agent hands over (the trained
+        ones with the tolerance); ``None`` without that hand-over."""
+        return self._ratings
+
     def own_measurements(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Own voltage ``v`` (p.u.), ``inv_p_mw`` and ``inv_q_avail_mvar`` ``[..., N]`` of observations ``x``."""
         return 1.0 + x[..., self._v], x[..., self._p], x[..., self._qa]
@@ -472,11 +538,16 @@ class SafetyEnvelope:
         return 1.0 + torch.where(real, dv, inf).amin(-1), 1.0 + torch.where(real, dv, -inf).amax(-1)
 
     def outside(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` bool: agents whose own observation lies outside what the policy was trained on."""
-        if self._stats is None:
-            return torch.zeros(obs.shape[:2], dtype=torch.bool)
-        mean, std, test = self._stats
-        return handover(obs.to(torch.float64), mean, std, test, self.config.handover_z)
+        """``[B, N]`` bool: agents whose own observation lies outside what the policy was trained on
+        (a feature beyond the statistics, or a rating beyond the trained ones)."""
+        x = obs.to(torch.float64)
+        out = torch.zeros(obs.shape[:2], dtype=torch.bool)
+        if self._stats is not None:
+            mean, std, test = self._stats
+            out = out | handover(x, mean, std, test, self.config.handover_z)
+        if self._ratings is not None:
+            out = out | rating_outside(x[..., self._p], x[..., self._qa], *self._ratings)
+        return out
 
     def beside_outage(self, obs: torch.Tensor, message_mask=None) -> torch.Tensor:
         """``[B, N]`` bool: agents whose own PV produces and who hear from a neighbour that
@@ -509,7 +580,8 @@ class SafetyEnvelope:
 
     def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:
         """The inner controller's actions ``[B, N]``, through the hand-over and the envelope.
-        ``env`` is passed to the inner controller only (the envelope reads the observation)."""
+        ``env`` is passed to the inner controller; the envelope reads the observation, and where
+        ``env`` is given the handed-over agents settle on the pending interval (``handover_settle``)."""
         if self.reads_messages:
             a = self.inner.act(obs, env=env, message_mask=message_mask, **kw)
         else:
@@ -525,8 +597,34 @@ class SafetyEnvelope:
         a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config, a_b=a_b,
                    held=self.held(v))
         changed = (a - before).abs() > 1e-12
+        if env is not None and self.config.handover_settle and bool(handed.any()):
+            a = self.settle(env, a, handed, p, qa)
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}
+        return a
+
+    def settle(self, env: Any, a: torch.Tensor, handed: torch.Tensor, p: torch.Tensor, qa: torch.Tensor,
+               *, damping: float = 0.5, min_damping: float = 0.02, tol: float = 1e-4, max_iter: int = 200
+               ) -> torch.Tensor:
+        """Actions ``[B, N]`` with the ``handed`` agents' settled on their own voltage during the
+        pending interval (``a ← a + α (a_B(v(a)) − a)``, ``α`` halving on a swing and growing back
+        as droop's; droop's default settings), every other agent's action ``a`` held."""
+        noise = env.sensor_noise_pu()[:, env.agent_bus_pos].to(torch.float64) if env.config.sensor_noise_pu > 0 else 0.0
+        alpha = torch.full_like(a, damping)
+        prev = torch.zeros_like(a)
+        v_init = None
+        for _ in range(max_iter):
+            sol = env.peek(a.to(torch.float32), v_init=v_init)
+            v_init = sol["v"]
+            v = sol["vm_own_pu"].to(torch.float64).cpu() + noise
+            step = torch.where(handed, droop_b_action(v, p, qa) - a, torch.zeros_like(a))
+            step = torch.nan_to_num(step, nan=0.0)  # a scenario that did not converge: hold its actions
+            if float(step.abs().max()) < tol:
+                break
+            swung = step * prev < 0
+            alpha = torch.where(swung, (alpha / 2).clamp(min=min_damping), (alpha * 1.5).clamp(max=damping))
+            prev = step
+            a = (a + alpha * step).clamp(-1.0, 1.0)
         return a
 
     def __repr__(self) -> str:

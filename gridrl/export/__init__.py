@@ -64,7 +64,8 @@ def deployed_run(run_dir: str | os.PathLike, *, envelope: Mapping[str, Any] | No
     feeder = load_feeder(run.feeder)
     run.check_feeder(feeder)
     env_config = run.evaluation_config()
-    return run, feeder, env_config, deployed(run.policy(), feeder, env_config, envelope=envelope)
+    return run, feeder, env_config, deployed(run.policy(), feeder, env_config, envelope=envelope,
+                                             trained=run.env_config)
 
 
 def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gridrl.env.envelope import handover, shield
+from gridrl.env.envelope import handover, rating_outside, shield
 from gridrl.marl.nets import EnsembleLinear
 
 __all__ = ["ActionGraph", "DeployedAgents", "MessageGraph", "NetworkGraph", "OPSET", "export_graphs", "numpy_pool", "sizes"]
@@ -124,6 +124,11 @@ class _Parts(nn.Module):
             self.register_buffer("ho_mean", mean.to(torch.float64).expand(n, d).contiguous().clone())
             self.register_buffer("ho_std", std.to(torch.float64).expand(n, d).contiguous().clone())
             self.register_buffer("ho_test", test.to(torch.bool).expand(n, d).contiguous().clone())
+        ratings = deployed.rating_range
+        self.has_ratings = ratings is not None
+        if ratings is not None:
+            self.register_buffer("ho_rating_low", ratings[0].to(torch.float64).contiguous().clone())
+            self.register_buffer("ho_rating_high", ratings[1].to(torch.float64).contiguous().clone())
 
     def normalise(self, obs: torch.Tensor, agent: torch.Tensor) -> torch.Tensor:
         y = ((obs - self.norm_mean[agent]) / self.norm_std[agent]).clamp(-self.clip, self.clip)
@@ -151,6 +156,8 @@ class _Parts(nn.Module):
                               float(self.envelope.handover_z))
         else:
             handed = torch.zeros_like(a, dtype=torch.bool)
+        if self.has_ratings:
+            handed = handed | rating_outside(p, qa, self.ho_rating_low[agent], self.ho_rating_high[agent])
         a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.envelope)
         return a.to(torch.float32), (a * qa).to(torch.float32)
 

@@ -92,6 +92,7 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
     env_cfg = env.config
     envelope = deployed.describe()["envelope"]
     stats = deployed.statistics
+    ratings = deployed.rating_range
     return {
         "format": FORMAT, "version": 1, "gridrl_version": __version__,
         "run": {"path": str(run.path), "algo": run.algo, "feeder": run.feeder, "feeder_hash": run.header["feeder_hash"],
@@ -167,6 +168,15 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
                 "rule": "an agent with a tested feature more than handover_z standard deviations from its training "
                         "mean acts as IEEE 1547-B droop, a_B(v)",
                 "tested_features": [policy.obs_names[c] for c in range(d) if bool(stats[2][:, c].any())],
+                "settle": "the graph gives a_B at the voltage measured at the interval's start; a handed-over "
+                          "inverter runs its own IEEE 1547-B volt-var function, which settles on its voltage during "
+                          "the interval (as comparisons model it)",
+            },
+            "rating_handover": None if ratings is None else {
+                "rule": "an agent whose inverters report a rating s = sqrt(p^2 + q_available^2) > 0 outside "
+                        "[low_mva, high_mva] (the ratings it was trained with, widened by rating_tolerance) acts as "
+                        "IEEE 1547-B droop, a_B(v)",
+                "low_mva": _np(ratings[0]).tolist(), "high_mva": _np(ratings[1]).tolist(),
             },
         },
         "network": {"file": graphs.get("network"), "note": "obs [batch, N, D] -> actions [batch, N], every message "

@@ -26,7 +26,7 @@ from gridrl.errors import CheckpointError
 from gridrl.marl.checkpoint import checkpoint_hash, read_checkpoint
 
 __all__ = ["OBSERVATION_FIELDS", "Run", "deployed", "evaluation_env_config", "information_label", "load_policy",
-           "open_run"]
+           "open_run", "trained_ratings"]
 
 # what the policy's inputs depend on: carried from training to evaluation
 OBSERVATION_FIELDS = ("observation", "zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
@@ -222,7 +222,7 @@ def information_label(config) -> str:
     return label
 
 
-def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None):
+def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trained=None):
     """A trained ``policy`` as it is deployed on ``feeder``: through the safety envelope
     (:mod:`gridrl.env.envelope`; ``envelope``: a mapping of
     :class:`~gridrl.env.envelope.EnvelopeConfig` fields, default on) with the hand-over to 1547-B
@@ -230,7 +230,10 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None):
     what it knew (``env_config``: the environment it acts in, whose band the envelope keeps).
     The hand-over tests each agent's own training statistics; a run trained before they were
     kept uses the pooled ones, and its label says so. ``trained_on``: the names of the feeders
-    the policy trained on (the ``unseen`` loss guard compares with them; default: ``feeder``)."""
+    the policy trained on (the ``unseen`` loss guard compares with them; default: ``feeder``).
+    ``trained``: the run's training :class:`~gridrl.env.EnvConfig`, whose PV scale (and its range)
+    gives the inverter ratings the policy saw (the hand-over outside them); without it there is no
+    such hand-over, and the label says so."""
     import numpy as np
 
     from gridrl.config import from_dict
@@ -245,6 +248,11 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None):
             norm = policy.own_statistics
     elif norm.per_agent:  # decentralized training keeps nothing pooled: its statistics are the agents' own
         cfg = dataclasses.replace(cfg, handover_statistics="own")
+    ratings = None
+    if trained is None:
+        cfg = dataclasses.replace(cfg, rating_handover=False)
+    elif cfg.rating_handover:
+        ratings = trained_ratings(feeder, trained, agents=policy.agents)
     timeless = np.array([n not in ("sin_time", "cos_time") for n in policy.obs_names])
     mean, std = norm.observation_statistics()  # in the observations' units ([N, D] for a transferable policy)
     wrapped = SafetyEnvelope(policy, v_min_pu=env_config.v_min_pu or feeder.v_min_pu,
@@ -252,7 +260,8 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None):
                              obs_mean=mean.cpu().numpy(), obs_std=std.cpu().numpy(),
                              obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
                              obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless,
-                             loss_sensitivity=_guarded_sensitivity(feeder, cfg.loss_guard, trained_on))
+                             loss_sensitivity=_guarded_sensitivity(feeder, cfg.loss_guard, trained_on),
+                             ratings_mva=ratings)
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
         knew += f"; {policy.residual.label}"
@@ -283,3 +292,14 @@ def _training_sensitivity(name: str):
     from gridrl.grid.sensitivity import agent_loss_sensitivity
 
     return agent_loss_sensitivity(load_feeder(name))
+
+
+def trained_ratings(feeder, trained, *, agents):
+    """``[N, 2]`` MVA: the lowest and highest summed rating of each agent's inverters that a policy
+    trained in ``trained`` (an :class:`~gridrl.env.EnvConfig`) saw: ``feeder``'s own ratings times
+    its PV scale, times the ends of the drawn PV scale's range where it had one."""
+    import numpy as np
+
+    low, high = trained.pv_scale_range or (1.0, 1.0)
+    s_mva = feeder.inverters.groupby("agent")["s_max_mva"].sum().reindex(list(agents)).fillna(0.0).to_numpy()
+    return np.stack([s_mva * trained.pv_scale * low, s_mva * trained.pv_scale * high], axis=1)

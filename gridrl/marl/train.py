@@ -820,7 +820,8 @@ class _Curves:
         from gridrl.marl.run import deployed
 
         env = self.env
-        policy = deployed(policy, self.feeder, env.config)  # as compared: through the safety envelope
+        # as compared: through the safety envelope, its trained ratings those of the training scenario
+        policy = deployed(policy, self.feeder, env.config, trained=self.env_config)
         obs, mask = env.reset(days=self.days), None
         dropout = env.config.message_dropout > 0
         for _ in range(env.episode_steps):
