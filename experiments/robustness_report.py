@@ -50,7 +50,11 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-residual-val", "A residual on the tuned droop curve (ieee33), on the validation days"),
             ("ieee33-residual", "The residual on the tuned droop curve, on ieee33's test days"),
             ("ieee141-residual-val", "A residual on the tuned droop curve (ieee141 dppo), on the validation days"),
-            ("ieee141-residual", "The residual on the tuned droop curve, on ieee141's test days"))
+            ("ieee141-residual", "The residual on the tuned droop curve, on ieee141's test days"),
+            ("ieee33-unlisted-val", "Faults the suite does not list (ieee33), on the validation days: what broke"),
+            ("ieee33-unlisted-val-rating-late", "A hand-over outside the trained inverter ratings, unsettled, on the validation days"),
+            ("ieee33-unlisted-val-rating", "The hand-over outside the trained ratings, settled as 1547-B, on the validation days"),
+            ("ieee33-unlisted", "Faults the suite does not list, on ieee33's test days (the hand-over settled and outside the trained ratings)"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
