@@ -759,7 +759,7 @@ def robustness_cmd(
                                                       "config's, else all): nominal, noise-0.005, noise-0.01, "
                                                       "dropout-0.2, dropout-0.5, dropout-1.0, worst-outage, "
                                                       "worst-outage-pair, outage-0.1, pv-1.5, load-1.2-pv-1.5, "
-                                                      "no-q-night, or one of the config's [[custom_conditions]].")
+                                                      "no-q-night, or one the config defines (custom_conditions).")
                   ] = None,
 ) -> None:
     """The fault and growth suite: every controller under sensor noise, message loss, inverter

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gridrl.compare import CompareConfig, CompareResult, ControllerSpec, parse_controllers, run_compare
+from gridrl.env import EnvConfig
 
 __all__ = ["TrainedRun", "compare", "compare_run", "residual_curve_of", "sweep", "train", "write_report",
            "write_run_report"]
@@ -113,8 +114,10 @@ def compare_run(out: str | Path, feeder: str, config, *, progress: bool = True) 
     """
     out = Path(out)
     run = ControllerSpec(run=str(out.resolve()), label=_own_label(out / "compare"))
+    # every controller at the run's own step length, like with like
     cfg = CompareConfig(feeders=(feeder,), controllers=parse_controllers(",".join(config.compare)) + (run,),
-                        split="test", days=config.compare_days)
+                        split="test", days=config.compare_days,
+                        env=EnvConfig(step_minutes=config.env.step_minutes))
     return run_compare(cfg, out=out / "compare", progress=progress)
 
 

@@ -61,6 +61,16 @@ def test_every_env_override_reaches_a_run_or_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"^env.zone_layout = 'pool'"):
         evaluation_env_config(trained, EnvConfig(zone_layout="pool"))
     assert information_label(EnvConfig()) == "measured"
+    # a run trained with 5-minute steps: its own where no scenario is given; in a comparison left at
+    # the default 15 minutes, refused in one line (else it alone would act every 5 minutes)
+    five = EnvConfig(step_minutes=5)
+    assert evaluation_env_config(five).step_minutes == 5
+    assert evaluation_env_config(five, EnvConfig(step_minutes=5)).step_minutes == 5
+    assert evaluation_env_config(five, EnvConfig(step_minutes=3)).step_minutes == 3
+    with pytest.raises(CheckpointError, match=r"^env.step_minutes: runs/x was trained with step_minutes = 5 and would "
+                                              r"act with it where the other controllers use 15; set \[env\] "
+                                              r"step_minutes = 5"):
+        evaluation_env_config(five, EnvConfig(), run="runs/x")
 
 
 @pytest.fixture(scope="module")

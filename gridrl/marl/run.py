@@ -32,6 +32,9 @@ __all__ = ["OBSERVATION_FIELDS", "Run", "deployed", "evaluation_env_config", "in
 OBSERVATION_FIELDS = ("observation", "zone_layout", "forecast_steps", "forecast_noise_rel", "step_minutes")
 # of those, the ones that set the shape of the policy's input: an evaluation may not change them
 SHAPE_FIELDS = ("zone_layout", "forecast_steps")
+# of those, the ones every controller of an evaluation shares (its scenario): a run keeps its own
+# only where no scenario is given
+SCENARIO_FIELDS = ("step_minutes",)
 
 
 @dataclass(frozen=True)
@@ -193,15 +196,23 @@ def evaluation_env_config(trained, base=None, *, run: str = "the run"):
     """``base`` (default: the default :class:`EnvConfig`) with the observation settings of the
     training config ``trained`` (:data:`OBSERVATION_FIELDS`) — except those ``base`` sets itself
     (differs from the default in): they apply to the run too. A :class:`CheckpointError` (one
-    line, naming the setting) when ``base`` changes the shape of the policy's input."""
+    line, naming the setting) when ``base`` changes the shape of the policy's input, and when a
+    given ``base`` leaves a scenario setting (:data:`SCENARIO_FIELDS`: the step length) at its
+    default where the run was trained with another: the run would act with its own while the
+    evaluation's other controllers act with the default (a table mixing step lengths)."""
     from gridrl.env import EnvConfig
 
     default = EnvConfig()
+    given = base is not None
     base = base or default
     keep = {}
     for k in OBSERVATION_FIELDS:
         asked, trained_value = getattr(base, k), getattr(trained, k)
         if asked == getattr(default, k) or asked == trained_value:
+            if given and k in SCENARIO_FIELDS and asked != trained_value:
+                raise CheckpointError(f"env.{k}: {run} was trained with {k} = {trained_value!r} and would act with it "
+                                      f"where the other controllers use {asked!r}; set [env] {k} = {trained_value!r} "
+                                      f"to compare like with like")
             keep[k] = trained_value
         elif k in SHAPE_FIELDS:
             raise CheckpointError(f"env.{k} = {asked!r}: {run} was trained with {k} = {trained_value!r} and its "
