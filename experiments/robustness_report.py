@@ -24,9 +24,7 @@ MAIN_SUITE = {"ieee141": "ieee141-retrained"}
 #: test-day looks at a deployment option chosen on the validation days, checked against the targets
 #: too: suite → (feeder, the suite of its runs as deployed by default, its groups' label suffix, the option)
 OPTION_SUITES = {"ieee141-hold": ("ieee141", "ieee141-retrained", " hold 0.005 excess 0.2",
-                                  "envelope hold_pu 0.005, excess_max 0.2"),
-                 "ieee33-residual": ("ieee33", "ieee33", " residual", "residual on droop:tuned"),
-                 "ieee141-residual": ("ieee141", "ieee141-retrained", " residual", "residual on droop:tuned")}
+                                  "envelope hold_pu 0.005, excess_max 0.2")}
 #: earlier looks at a feeder's test days, kept with their targets after the current ones: suite → title
 EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
                       "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
@@ -48,9 +46,7 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee141-hold-val", "The misses on ieee141: the envelope's hold and its cap on over-correction, on the validation days"),
             ("ieee141-hold", "The hold chosen on the validation days, on ieee141's test days"),
             ("ieee33-residual-val", "A residual on the tuned droop curve (ieee33), on the validation days"),
-            ("ieee33-residual", "The residual on the tuned droop curve, on ieee33's test days"),
             ("ieee141-residual-val", "A residual on the tuned droop curve (ieee141 dppo), on the validation days"),
-            ("ieee141-residual", "The residual on the tuned droop curve, on ieee141's test days"),
             ("ieee33-unlisted-val", "Faults the suite does not list (ieee33), on the validation days: what broke"),
             ("ieee33-unlisted-val-rating-late", "A hand-over outside the trained inverter ratings, unsettled, on the validation days"),
             ("ieee33-unlisted-val-rating", "The hand-over outside the trained ratings, settled as 1547-B, on the validation days"),
