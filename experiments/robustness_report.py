@@ -24,7 +24,11 @@ MAIN_SUITE = {"ieee141": "ieee141-retrained"}
 #: test-day looks at a deployment option chosen on the validation days, checked against the targets
 #: too: suite → (feeder, the suite of its runs as deployed by default, its groups' label suffix, the option)
 OPTION_SUITES = {"ieee141-hold": ("ieee141", "ieee141-retrained", " hold 0.005 excess 0.2",
-                                  "envelope hold_pu 0.005, excess_max 0.2")}
+                                  "envelope hold_pu 0.005, excess_max 0.2"),
+                 "ieee69-night-sag": ("ieee69", "ieee69-night", " sag 0.965 164k",
+                                      "Q at night; dppo trained with the sag-side band 0.965, 163,840 steps")}
+#: suites whose runs act with reactive power at night (their optimum is the one with it)
+NIGHT_SUITES = ("ieee69-night",)
 #: earlier looks at a feeder's test days, kept with their targets after the current ones: suite → title
 EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
                       "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
@@ -39,6 +43,7 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-oracle", "Ablation: the oracle forecast"),
             ("ieee33-norand", "Ablation: no robust training (earlier runs, commit 4b0c735)"),
             ("ieee69-night", "ieee69 with reactive power at night"),
+            ("ieee69-night-sag", "ieee69's 0.99 with reactive power at night: the envelope's lower edge, the sag side of the reward, longer training"),
             ("ieee33-margin-val", "The missed targets on ieee33: the envelope's margin and a neighbour out, on the validation days"),
             ("ieee33-margin-val-0.03", "The margin 0.03, on the validation days"),
             ("ieee33-margin", "The margin 0.03, on the test days"),
@@ -84,7 +89,8 @@ def option_targets(suite: str) -> list[str]:
     tidy = read(suite)
     tidy = tidy.assign(group=tidy["group"].str.replace(suffix, "", regex=False))
     tidy = pd.concat([tidy, read(base).query("group == @TUNED")], ignore_index=True)
-    return [r.replace(f"| {feeder} | ", f"| {feeder} ({option}) | ", 1) for r in targets(feeder, tidy, optimum(feeder))]
+    opf = optimum(feeder, night=base in NIGHT_SUITES)
+    return [r.replace(f"| {feeder} | ", f"| {feeder} ({option}) | ", 1) for r in targets(feeder, tidy, opf)]
 
 
 def targets(feeder: str, tidy: pd.DataFrame, opf: tuple[float, float, str] | None) -> list[str]:
