@@ -3,12 +3,13 @@ the tuned droop settled to its fixed point within each interval (``droop:tuned``
 read once at each agent's own measured voltage (the residual's base alone: a residual policy
 whose own part is zero), undamped and damped (``--damping``: the base moves that share of the
 way from the agent's reactive power now to the curve; :mod:`gridrl.env.residual`), and trained
-runs (residual or from scratch) as a comparison deploys them. Per controller: controllable rate, energy loss, and how much the agents' actions (share of
+runs (residual or from scratch) as a comparison deploys them, each also with its whole action
+smoothed (``--smoothing``: the envelope's ``smoothing``, :mod:`gridrl.env.envelope`). Per controller: controllable rate, energy loss, and how much the agents' actions (share of
 the available reactive power) swing from one interval to the next: the mean |Δa| over agent-steps
 with headroom, and the share of agent-steps that reverse a move of more than 0.05 with a move of
 more than 0.05 (a period-2 swing: a_t − a_{t−1} and a_{t+1} − a_t of opposite signs).
 
-    python experiments/residual_oscillation.py --feeder ieee33 --runs RUN... [--out FILE.md]
+    python experiments/residual_oscillation.py --feeder ieee33 --runs RUN... [--smoothing 0.5 0.3] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--feeder", default="ieee33")
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--damping", type=float, nargs="*", default=[1.0, 0.5, 0.3])
+    ap.add_argument("--smoothing", type=float, nargs="*", default=[], help="also each run with its action smoothed so")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     feeder = load_feeder(args.feeder)
@@ -76,7 +78,9 @@ def main() -> None:
     for r in args.runs:
         run = open_run(r)
         cfg = run.evaluation_config()
-        controllers.append((Path(r).name, deployed(run.policy(), feeder, cfg), cfg))
+        for a in [1.0, *args.smoothing]:
+            label = Path(r).name + (f", smoothed {a:g}" if a < 1 else "")
+            controllers.append((label, deployed(run.policy(), feeder, cfg, envelope={"smoothing": a}), cfg))
     rows = []
     for label, ctrl, cfg in controllers:
         t0 = time.perf_counter()

@@ -431,3 +431,42 @@ def test_the_loss_guard_reads_the_whole_zone_in_the_pad_layout():
     env = SafetyEnvelope(pol, v_min_pu=V_MIN, v_max_pu=V_MAX, loss_sensitivity=[0.01, 0.01, 0.01],
                          config=EnvelopeConfig(loss_guard="all", handover_z=None))
     np.testing.assert_allclose(env.act(obs)[0].numpy(), [0.3, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp", "off"])
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.3])
+def test_smoothing_moves_the_action_part_way_and_the_edge_rule_still_holds(mechanism, alpha):
+    """Over random voltages, PV, headroom, reactive power in force and actions: with ``smoothing = α``
+    the action sent is the plain envelope's on ``a_now + α (a − a_now)`` (``a_now`` the reactive power
+    in force as a share of the headroom), so α = 1 is the plain envelope and the edge rule still
+    holds exactly on the action sent; an observation without ``inv_q_mvar`` is refused in one line."""
+    m = 0.01
+    obs, a, v, p, qa = _random_case(70 + int(10 * alpha))
+    g = torch.Generator().manual_seed(7)
+    now = (2 * torch.rand(a.shape, generator=g, dtype=torch.float64) - 1) * (qa > 0)
+    obs[..., 5] = (now * qa).float()
+    smoothed = EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None, smoothing=alpha)
+    plain = EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None)
+    out = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX, config=smoothed).act(obs)
+    a_now = torch.where(qa > 0, obs[..., 5].double() / qa.clamp(min=1e-12), 0.0).clamp(-1, 1)
+    want = SafetyEnvelope(_Fixed(a_now + alpha * (a - a_now), a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                          config=plain).act(obs)
+    torch.testing.assert_close(out, want)
+    if alpha == 1:
+        torch.testing.assert_close(out, SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                                                       config=plain).act(obs))
+    else:
+        assert (out - a).abs().max() > 0.1  # the smoothing did change actions
+        assert smoothed.label.endswith(f", action smoothed {alpha:g}")
+    if mechanism != "off":
+        a_b, live, tol = droop_b_action(v, p, qa), qa > 0, 1e-6
+        hi, lo = live & (v >= V_MAX - m + tol), live & (v <= V_MIN + m - tol)
+        assert hi.any() and lo.any()
+        assert (out[hi] <= a_b[hi] + tol).all() and (out[lo] >= a_b[lo] - tol).all()
+    with pytest.raises(EnvelopeError, match="smoothing must lie in"):
+        EnvelopeConfig(smoothing=0.0)
+    fixed = _Fixed(a, a.shape[1])
+    fixed.obs_names = [n for n in NAMES if n != "inv_q_mvar"]
+    if alpha < 1:
+        with pytest.raises(EnvelopeError, match="smoothing reads inv_q_mvar"):
+            SafetyEnvelope(fixed, v_min_pu=V_MIN, v_max_pu=V_MAX, config=smoothed)

@@ -110,6 +110,16 @@ then sends nothing there rather than the way its training rewarded, and acts fre
 the physics is one it learned. Applied before the edge-region rule, so that rule holds exactly
 as stated.
 
+**Smoothing the whole action** (``smoothing = α``, 1 by default: off). An agent acts on the
+voltage its own previous set-point shaped, read with its sensor's noise, and a learned policy
+changes its action from interval to interval 2.4–3.6 times as much as the settled droop. With
+``α < 1`` the policy's action moves only that share of the way from the agent's reactive power now
+(``inv_q_mvar / inv_q_avail_mvar``, the set-point still in force, clipped to [−1, 1]; 0 without
+headroom) towards what the policy asks: ``a = a_now + α·(a_policy − a_now)``, a first-order filter
+as an inverter's response time is (:func:`damped_action`, the rule a residual's damped base uses).
+Applied first, before the loss guard, the hand-over and the edge-region rule, so that rule holds
+exactly as stated on the action sent; a handed-over agent acts as 1547-B, unsmoothed.
+
 ``last_info["handover"]`` and ``last_info["envelope"]`` count, per scenario, the agents handed
 over and the agents whose action the envelope changed at the latest step.
 """
@@ -126,7 +136,7 @@ import torch
 from gridrl.errors import GridrlError
 
 __all__ = ["LOSS_GUARDS", "EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope",
-           "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "loss_guard",
+           "damped_action", "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "loss_guard",
            "low_floor", "own_columns", "rating_outside", "shield", "unseen_sensitivity"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
@@ -172,6 +182,8 @@ class EnvelopeConfig:
         ``rating_tolerance`` outside the ratings the policy was trained with (see the module
         docstring); ``false``: never.
     rating_tolerance: that margin, a fraction of the trained ratings.
+    smoothing: ``α`` in (0, 1]: the action moves that share of the way from the agent's reactive
+        power now towards the policy's (1: the policy's action as it is; see the module docstring).
     """
 
     mechanism: Mechanism = "clamp"
@@ -187,6 +199,7 @@ class EnvelopeConfig:
     handover_settle: bool = True
     rating_handover: bool = True
     rating_tolerance: float = 0.05
+    smoothing: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -207,6 +220,8 @@ class EnvelopeConfig:
         if not 0 <= self.rating_tolerance < 1:
             raise EnvelopeError(f"envelope rating_tolerance must lie in [0, 1) (a fraction of the trained ratings), "
                                 f"got {self.rating_tolerance}")
+        if not 0 < self.smoothing <= 1:
+            raise EnvelopeError(f"envelope smoothing must lie in (0, 1] (1: no smoothing), got {self.smoothing}")
         if self.handover_z is not None and not self.handover_z >= 0:
             raise EnvelopeError(f"envelope handover_z must be ≥ 0 (0: no hand-over), got {self.handover_z}")
         if self.loss_guard not in LOSS_GUARDS:
@@ -237,7 +252,17 @@ class EnvelopeConfig:
         to = " to 1547-B settled" if self.handover_settle else " to 1547-B at the measured voltage"
         return (base + (f", hand-over at {' or '.join(triggers)}{to}" if triggers else "")
                 + (", 1547-B beside a neighbour out" if self.neighbour_outage else "")
-                + (f", loss guard ({self.loss_guard} agents)" if self.loss_guard != "off" else ""))
+                + (f", loss guard ({self.loss_guard} agents)" if self.loss_guard != "off" else "")
+                + (f", action smoothed {self.smoothing:g}" if self.smoothing < 1 else ""))
+
+
+def damped_action(a: torch.Tensor, q_mvar: torch.Tensor, q_avail_mvar: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``a_now + α·(a − a_now)`` ``[..., N]``: the action ``a`` moved only the share ``alpha`` of the
+    way from the agent's action now, ``a_now = clip(q_mvar / q_avail_mvar, −1, 1)`` (its reactive
+    power in force as a share of its headroom; 0 without headroom). Pure tensor arithmetic."""
+    now = torch.where(q_avail_mvar > 0, q_mvar / q_avail_mvar.clamp(min=1e-12), torch.zeros_like(q_mvar))
+    now = now.clamp(-1.0, 1.0)
+    return now + alpha * (a - now)
 
 
 def droop_b_action(vm_pu: torch.Tensor, p_mw: torch.Tensor, q_avail_mvar: torch.Tensor) -> torch.Tensor:
@@ -418,6 +443,10 @@ class SafetyEnvelope:
         self.v_min_pu, self.v_max_pu = float(v_min_pu), float(v_max_pu)
         names = list(inner.obs_names)
         self._v, self._p, self._qa = own_columns(names, f"the safety envelope around {inner.name!r}")
+        if config.smoothing < 1 and "inv_q_mvar" not in names:
+            raise EnvelopeError(f"the envelope's smoothing reads inv_q_mvar, which {inner.name!r}'s observation "
+                                f"does not have")
+        self._q = names.index("inv_q_mvar") if config.smoothing < 1 else None
         # the zone's voltage readings (pool: own, lowest, highest; pad: every slot, with its mask)
         self._zone_v = [names.index(n) for n in names if n.startswith("dv_pu[") or n in ("dv_own_pu", "dv_min_pu",
                                                                                           "dv_max_pu")]
@@ -591,6 +620,8 @@ class SafetyEnvelope:
         v, p, qa = self.own_measurements(x)
         handed = self.outside(x) | self.beside_outage(x, message_mask)
         a_b = droop_b_action(v, p, qa)
+        if self._q is not None:
+            a = damped_action(a, x[..., self._q], qa, self.config.smoothing)
         if self._loss_sensitivity is not None:
             a = loss_guard(a, *self.zone_voltage_range(x), self._loss_sensitivity)
         before = torch.where(handed, a_b, a)

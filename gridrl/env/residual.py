@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from gridrl.env.envelope import EnvelopeError, droop_curve_action, own_columns
+from gridrl.env.envelope import EnvelopeError, damped_action, droop_curve_action, own_columns
 
 __all__ = ["RESIDUAL_BASES", "ResidualBase", "residual_label"]
 
@@ -85,9 +85,7 @@ class ResidualBase(torch.nn.Module):
                                of_q_avail=self.curve["reference"] == "q_avail")
         if self.damping == 1:
             return a
-        q = obs[..., self.q_column].to(torch.float64)
-        now = torch.where(qa > 0, q / qa.clamp(min=1e-12), torch.zeros_like(q)).clamp(-1.0, 1.0)
-        return now + self.damping * (a - now)
+        return damped_action(a, obs[..., self.q_column].to(torch.float64), qa, self.damping)
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint keeps: the base's name and its curve (with its fit's provenance)."""

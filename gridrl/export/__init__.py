@@ -89,6 +89,8 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     if getattr(policy.config, "hold_pu", 0):  # a state kept between steps, which the graphs do not keep
         raise ExportError("the envelope's hold (hold_pu) keeps each agent's edge region of the previous step, which "
                           "the exported graphs do not; export with hold_pu = 0")
+    if getattr(policy.config, "smoothing", 1.0) < 1:  # reads the set-point in force, which the graphs do not
+        raise ExportError("the envelope's smoothing is not part of the exported graphs; export with smoothing = 1")
     if getattr(policy.config, "loss_guard", "off") != "off":  # per-agent signs the graphs do not carry
         raise ExportError("the envelope's loss guard is not part of the exported graphs; export with loss_guard off")
     env = make_env(feeder, split="test", num_envs=1, config=env_config)
