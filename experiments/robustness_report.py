@@ -25,6 +25,7 @@ MAIN_SUITE = {"ieee141": "ieee141-retrained"}
 #: too: suite → (feeder, the suite of its runs as deployed by default, its groups' label suffix, the option)
 OPTION_SUITES = {"ieee141-hold": ("ieee141", "ieee141-retrained", " hold 0.005 excess 0.2",
                                   "envelope hold_pu 0.005, excess_max 0.2"),
+                 "ieee33-smoothing": ("ieee33", "ieee33", " smoothed 0.7", "envelope smoothing 0.7"),
                  "ieee69-night-sag": ("ieee69", "ieee69-night", " sag 0.965 164k",
                                       "Q at night; dppo trained with the sag-side band 0.965, 163,840 steps")}
 #: suites whose runs act with reactive power at night (their optimum is the one with it)
@@ -55,7 +56,9 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-unlisted-val", "Faults the suite does not list (ieee33), on the validation days: what broke"),
             ("ieee33-unlisted-val-rating-late", "A hand-over outside the trained inverter ratings, unsettled, on the validation days"),
             ("ieee33-unlisted-val-rating", "The hand-over outside the trained ratings, settled as 1547-B, on the validation days"),
-            ("ieee33-unlisted", "Faults the suite does not list, on ieee33's test days (the hand-over settled and outside the trained ratings)"))
+            ("ieee33-unlisted", "Faults the suite does not list, on ieee33's test days (the hand-over settled and outside the trained ratings)"),
+            ("ieee33-smoothing-val", "Does the policies' swing cost loss? The whole action smoothed (ieee33), on the validation days"),
+            ("ieee33-smoothing", "The smoothing chosen on the validation days, on ieee33's test days"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
