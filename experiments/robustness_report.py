@@ -57,6 +57,9 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-unlisted-val-rating-late", "A hand-over outside the trained inverter ratings, unsettled, on the validation days"),
             ("ieee33-unlisted-val-rating", "The hand-over outside the trained ratings, settled as 1547-B, on the validation days"),
             ("ieee33-unlisted", "Faults the suite does not list, on ieee33's test days (the hand-over settled and outside the trained ratings)"),
+            ("ieee33-unlisted-val-wide", "Robust training over wider ranges (ieee33 dppo), on the validation days"),
+            ("ieee33-unlisted-val-outage", "Robust training with more outages (ieee33 dppo), on the validation days"),
+            ("ieee33-unlisted-outage", "Robust training with more outages, on ieee33's test days"),
             ("ieee33-smoothing-val", "Does the policies' swing cost loss? The whole action smoothed (ieee33), on the validation days"),
             ("ieee33-smoothing", "The smoothing chosen on the validation days, on ieee33's test days"))
 
