@@ -825,7 +825,7 @@ class _Curves:
         obs, mask = env.reset(days=self.days), None
         dropout = env.config.message_dropout > 0
         for _ in range(env.episode_steps):
-            obs, _, done, info = env.step(policy.act(obs, message_mask=mask))
+            obs, _, done, info = env.step(policy.act(obs, env=env, message_mask=mask))  # env: hand-overs settle
             mask = info["message_mask"] if dropout else None
             if bool(done.all()):
                 break
