@@ -61,7 +61,8 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-unlisted-val-outage", "Robust training with more outages (ieee33 dppo), on the validation days"),
             ("ieee33-unlisted-outage", "Robust training with more outages, on ieee33's test days"),
             ("ieee33-smoothing-val", "Does the policies' swing cost loss? The whole action smoothed (ieee33), on the validation days"),
-            ("ieee33-smoothing", "The smoothing chosen on the validation days, on ieee33's test days"))
+            ("ieee33-smoothing", "The smoothing chosen on the validation days, on ieee33's test days"),
+            ("ieee33-budget-val", "Training budget and the nominal-loss target (ieee33 dppo), on the validation days"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
