@@ -32,7 +32,7 @@ from typing import Any
 
 from gridrl.errors import GridrlError
 
-__all__ = ["COLUMNS", "LedgerError", "append", "append_run", "config_hash", "describe", "ledger_path", "read", "selected",
+__all__ = ["COLUMNS", "LedgerError", "append", "append_curve", "append_run", "config_hash", "describe", "ledger_path", "read", "selected",
            "rows_matching"]
 
 COLUMNS = ("date", "commit", "config_hash", "feeder", "algorithm", "variant", "seed", "selected_step", "test_days",
@@ -134,13 +134,42 @@ def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str 
     cfg, ident = recorded["config"], recorded["identity"]
     best = selected(run_dir)
     note = ("selected on validation days" if best is not None else "the last policy (no validation)")
-    if cfg.get("eval_every_steps") and cfg.get("eval_split") == "test":
-        note += (f"; learning curve on the test days every {cfg['eval_every_steps']:,} steps "
+    if cfg.get("eval_split") == "test":
+        every = cfg.get("eval_every_steps")
+        note += (f"; learning curve on the test days {f'every {every:,} steps' if every else 'at the end'} "
                  f"(reported, chooses nothing)")
     return append(feeder=ident["feeder"], algorithm=cfg["algo"], variant=variant, seed=cfg["seed"],
                   selected_step=best["env_steps"] if best is not None else "", test_days=int(r["days"]),
                   controllable_rate=float(r["controllable_rate"]), energy_loss_mwh=float(r["energy_loss_mwh"]),
                   config=ident, source=source if source is not None else str(run_dir), note=note, path=path)
+
+
+def append_curve(run_dir: str | os.PathLike, *, variant: str = "", path: str | os.PathLike | None = None
+                 ) -> dict[str, Any] | None:
+    """The row of a ``gridrl train`` run whose learning curve looked at the test days and that no
+    comparison followed (a comparison's row names the curve in its note): the curve's last point,
+    the last policy (not the selected one), with variant ``curve`` (``VARIANT curve``). Returns the
+    row (None without a ledger, or when the run's curve was not on the test days)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    recorded = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    cfg, ident = recorded["config"], recorded["identity"]
+    if cfg.get("eval_split") != "test" or not (run_dir / "scalars.csv").is_file():
+        return None
+    sc = pd.read_csv(run_dir / "scalars.csv")
+    ev = sc[sc["tag"].astype(str).str.startswith("eval/")]
+    if ev.empty or "eval/days" not in set(ev["tag"]):
+        return None
+    last = ev[ev["env_steps"] == ev["env_steps"].max()].set_index("tag")["value"]
+    points = int((ev["tag"] == "eval/energy_loss_mwh").sum())
+    note = (f"learning curve on the test days: its last point ({points} in all), the last policy, not the selected "
+            f"one; reported, chooses nothing; no comparison followed")
+    return append(feeder=ident["feeder"], algorithm=cfg["algo"], variant=f"{variant} curve".strip(), seed=cfg["seed"],
+                  selected_step=int(ev["env_steps"].max()), test_days=int(last["eval/days"]),
+                  controllable_rate=float(last["eval/controllable_rate"]),
+                  energy_loss_mwh=float(last["eval/energy_loss_mwh"]), config=ident, source=str(run_dir), note=note,
+                  path=path)
 
 
 def selected(run_dir: str | os.PathLike) -> dict[str, Any] | None:

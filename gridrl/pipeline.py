@@ -64,7 +64,8 @@ def train(feeder: str | Sequence[str], config, *, out: str | Path, resume: bool 
           init: str | Path | None = None) -> TrainedRun:
     """Train (or resume) a run, compare it with ``config.compare`` on the test days into
     ``RUN_DIR/compare`` and add that look to the results ledger (:func:`gridrl.ledger.append_run`;
-    ``variant`` names the settings there), and write ``RUN_DIR/report.html`` (what ``gridrl
+    ``variant`` names the settings there; without a comparison, a learning curve that looked at
+    the test days in this call adds its own row, :func:`gridrl.ledger.append_curve`), and write ``RUN_DIR/report.html`` (what ``gridrl
     train`` does). Progress: a bar on a terminal, otherwise lines (see :func:`gridrl.marl.train.train`).
 
     Several feeders (a list) train one transferable policy; no comparison follows (it would be
@@ -92,6 +93,12 @@ def train(feeder: str | Sequence[str], config, *, out: str | Path, resume: bool 
         row = ledger.append_run(out, compared.summary, label=label, variant=variant)
         if row is not None and log is not None:
             log(f"ledger: row added to {ledger.ledger_path()} (settings {row['config_hash']}, commit {row['commit']})")
+    sc = result.scalars
+    looked = sc is not None and len(sc) and ((sc["tag"] == "eval/days") & (sc["iteration"] > result.resumed_from)).any()
+    if compared is None and looked:  # the learning curve's test-day look, when no comparison row names it
+        row = ledger.append_curve(out, variant=variant)
+        if row is not None and log is not None:
+            log(f"ledger: the learning curve's test-day look added to {ledger.ledger_path()}")
     return TrainedRun(train=result, compare=compared, report=write_run_report(out))
 
 

@@ -158,6 +158,32 @@ def test_validation_days_are_held_out_of_training_and_select_the_run_policy(tiny
     assert same_as_last == (best == 96)
 
 
+def test_a_run_without_a_comparison_puts_its_curve_look_in_the_ledger(tiny, tmp_path, monkeypatch):
+    """Every look at the test days goes into the ledger: with no comparison to name the learning
+    curve, the curve's last point is a row of its own (variant ``VARIANT curve``: the config's name); a curve on the
+    validation days is no look at the test days and adds none."""
+    from gridrl import ledger
+
+    book = tmp_path / "ledger.csv"
+    monkeypatch.setenv("GRIDRL_LEDGER", str(book))
+    cfg = tmp_path / "nocompare.toml"
+    cfg.write_text(tiny.read_text().replace('compare = ["none", "droop"]', "compare = []"))
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "ieee33", "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = ledger.read(book)
+    assert len(rows) == 1 and rows["variant"].iloc[0] == "nocompare curve" and int(rows["selected_step"].iloc[0]) == 64
+    sc = pd.read_csv(out / "scalars.csv")
+    last = sc[sc["env_steps"] == 64].set_index("tag")["value"]
+    assert int(rows["test_days"].iloc[0]) == int(last["eval/days"]) == 1
+    assert float(rows["energy_loss_mwh"].iloc[0]) == pytest.approx(last["eval/energy_loss_mwh"], abs=1e-4)
+    assert "not the selected one" in rows["note"].iloc[0]
+    recorded = json.loads((out / "config.json").read_text())
+    recorded["config"]["eval_split"] = "val"
+    (out / "config.json").write_text(json.dumps(recorded))
+    assert ledger.append_curve(out) is None and len(ledger.read(book)) == 1
+
+
 def test_load_policy_acts_without_an_environment(run_dir, day):
     policy = gridrl.load_policy(run_dir)
     run = gridrl.marl.open_run(run_dir)
@@ -469,6 +495,9 @@ message_dim = 4
     looked = len(ledger.read())
     exp.main(["--config", str(cfg), "--no-progress"])
     rows = ledger.read().iloc[looked:]  # one ledger row per reported run, with its selected step
+    curve = rows["variant"] == "curve"  # and one for the learning curve of the run trained in this call
+    assert curve.sum() == 1 and rows[curve]["source"].str.endswith("ippo-forecast-seed0").all()
+    rows = rows[~curve]
     assert sorted(rows["variant"]) == ["forecast", "no-forecast"] and (rows["test_days"] == 1).all()
     assert (rows["algorithm"] == "ippo").all() and rows["source"].str.startswith("python experiments/learners.py").all()
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")

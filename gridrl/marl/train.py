@@ -831,7 +831,8 @@ class _Curves:
                 break
         m = {k: v.to(torch.float64) for k, v in env.episode_metrics().items()}
         p = self.prefix
-        return {f"{p}/controllable_rate": float((m["controllable_rate"] * m["steps"]).sum() / m["steps"].sum()),
+        return {f"{p}/days": float(len(self.days)),
+                f"{p}/controllable_rate": float((m["controllable_rate"] * m["steps"]).sum() / m["steps"].sum()),
                 f"{p}/energy_loss_mwh": float(m["energy_loss_mwh"].sum()),
                 f"{p}/violation_bus_hours": float(m["violation_bus_hours"].sum()),
                 f"{p}/reactive_energy_mvarh": float(m["q_energy_mvarh"].sum())}
