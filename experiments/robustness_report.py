@@ -33,6 +33,12 @@ NIGHT_SUITES = ("ieee69-night",)
 #: earlier looks at a feeder's test days, kept with their targets after the current ones: suite → title
 EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
                       "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
+#: the feeders' main suites as measured before the envelope defaults of commit 7470c36 (the hand-over
+#: outside the trained ratings, the settled hand-over), kept after the current ones: folder, title
+BEFORE = ("before-7470c36", "The fault and growth suites before the rating hand-over and the settled hand-over "
+                            "(commit 7470c36)")
+#: a learner's cell counts as moved between two looks at a suite from this change in rate or loss (MWh)
+MOVED = (0.0005, 0.1)
 #: learners whose policies act on local observations and neighbours' messages alone (cppo's
 #: critic is centralized: it trains with the global state, so it does not count for the targets)
 DECENTRALIZED = ("dmpo", "dppo", "ippo")
@@ -141,6 +147,48 @@ def targets(feeder: str, tidy: pd.DataFrame, opf: tuple[float, float, str] | Non
     return out
 
 
+def moved(feeder: str, before: pd.DataFrame, now: pd.DataFrame) -> list[str]:
+    """Rows of a table of the learners' cells (mean over runs) whose rate or loss moved by
+    :data:`MOVED` or more between two looks at one feeder's suite (``before`` → ``now``)."""
+    b, n = (_mean(t).set_index(["condition", "group"]) for t in (before, now))
+    out = []
+    for (cond, group), r in n.iterrows():
+        if group not in DECENTRALIZED + ("cppo",) or (cond, group) not in b.index:
+            continue
+        o = b.loc[(cond, group)]
+        dr, dl = r["controllable_rate"] - o["controllable_rate"], r["energy_loss_mwh"] - o["energy_loss_mwh"]
+        if abs(dr) >= MOVED[0] or abs(dl) >= MOVED[1]:
+            out.append(f"| {feeder} | {r['description']} | {group} | {o['controllable_rate']:.4f} → "
+                       f"{r['controllable_rate']:.4f} ({dr:+.4f}) | {o['energy_loss_mwh']:.2f} → "
+                       f"{r['energy_loss_mwh']:.2f} ({dl:+.2f}) | {o['handover_pct']:.2f} → {r['handover_pct']:.2f} |")
+    return out
+
+
+def before_section(header: list[str]) -> list[str]:
+    """The section of :data:`BEFORE`: what moved, then each feeder's suite and targets as they were."""
+    folder, title = ROOT / BEFORE[0], BEFORE[1]
+    read = lambda path: pd.read_csv(path, keep_default_na=False, na_values=[""])  # noqa: E731
+    rows, parts = [], []
+    for feeder in FEEDERS:
+        suite = MAIN_SUITE.get(feeder, feeder)
+        if not (folder / suite / "table.csv").exists():
+            continue
+        before = read(folder / suite / "table.csv")
+        if (ROOT / suite / "table.csv").exists():
+            rows += moved(feeder, before, read(ROOT / suite / "table.csv"))
+        parts += [f"### {feeder}, before commit 7470c36\n", (folder / suite / "summary.md").read_text(),
+                  "Its targets (test days, mean of 3 seeds):\n",
+                  "\n".join(header + targets(feeder, before, optimum(feeder))) + "\n"]
+    if not parts:
+        return []
+    note = folder / "note.md"
+    table = (["The learners' cells that moved (by ≥ {:g} in rate or ≥ {:g} MWh in loss; mean of 3 runs; hand-over % of "
+              "agent-steps):\n".format(*MOVED),
+              "\n".join(["| feeder | condition | learner | rate before → now | loss MWh before → now | hand-over % |",
+                         "|:---|:---|:---|---:|---:|---:|"] + rows) + "\n"] if rows else [])
+    return [f"## {title}\n"] + ([note.read_text()] if note.exists() else []) + table + parts
+
+
 def _suite_runs(suite: str) -> tuple[str, dict[str, Path], dict[str, Path]]:
     """The feeder, ``controller label → run folder`` and ``controller label → curves file``
     (``droop:curves=FILE`` baselines, distilled from a trained policy) of a suite, from its config."""
@@ -237,6 +285,7 @@ def main() -> None:
     parts += ["## Targets of the issue (test days, mean of 3 seeds)\n",
               "The fault-suite target takes the best of the decentralized learners (dmpo, dppo, ippo) in each "
               "condition; the nominal targets are checked for dmpo and dppo.\n", "\n".join(rows) + "\n"]
+    parts += before_section(rows[:2])
     for feeder, title in EARLIER.items():
         table = ROOT / feeder / "table.csv"
         if MAIN_SUITE.get(feeder, feeder) != feeder and table.exists():
