@@ -144,12 +144,15 @@ def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str 
                   config=ident, source=source if source is not None else str(run_dir), note=note, path=path)
 
 
-def append_curve(run_dir: str | os.PathLike, *, variant: str = "", path: str | os.PathLike | None = None
-                 ) -> dict[str, Any] | None:
+def append_curve(run_dir: str | os.PathLike, *, variant: str = "", test_days: int | None = None,
+                 date: str | None = None, commit: str | None = None, note: str = "",
+                 path: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """The row of a ``gridrl train`` run whose learning curve looked at the test days and that no
     comparison followed (a comparison's row names the curve in its note): the curve's last point,
     the last policy (not the selected one), with variant ``curve`` (``VARIANT curve``). Returns the
-    row (None without a ledger, or when the run's curve was not on the test days)."""
+    row (None without a ledger, or when the run's curve was not on the test days).
+    ``test_days``: the number of days of a curve drawn before its points carried it (``eval/days``);
+    ``date``, ``commit``, ``note``: for a look recorded later (see :func:`append`)."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -159,17 +162,18 @@ def append_curve(run_dir: str | os.PathLike, *, variant: str = "", path: str | o
         return None
     sc = pd.read_csv(run_dir / "scalars.csv")
     ev = sc[sc["tag"].astype(str).str.startswith("eval/")]
-    if ev.empty or "eval/days" not in set(ev["tag"]):
+    if ev.empty or ("eval/days" not in set(ev["tag"]) and test_days is None):
         return None
     last = ev[ev["env_steps"] == ev["env_steps"].max()].set_index("tag")["value"]
     points = int((ev["tag"] == "eval/energy_loss_mwh").sum())
-    note = (f"learning curve on the test days: its last point ({points} in all), the last policy, not the selected "
-            f"one; reported, chooses nothing; no comparison followed")
+    note = " ".join([f"learning curve on the test days: its last point ({points} in all), the last policy, not the "
+                     f"selected one; reported, chooses nothing; no comparison followed", note]).strip()
     return append(feeder=ident["feeder"], algorithm=cfg["algo"], variant=f"{variant} curve".strip(), seed=cfg["seed"],
-                  selected_step=int(ev["env_steps"].max()), test_days=int(last["eval/days"]),
+                  selected_step=int(ev["env_steps"].max()),
+                  test_days=int(last["eval/days"]) if "eval/days" in last else int(test_days),
                   controllable_rate=float(last["eval/controllable_rate"]),
                   energy_loss_mwh=float(last["eval/energy_loss_mwh"]), config=ident, source=str(run_dir), note=note,
-                  path=path)
+                  date=date, commit=commit, path=path)
 
 
 def selected(run_dir: str | os.PathLike) -> dict[str, Any] | None:
