@@ -27,6 +27,10 @@ key is not the one this code would make runs again (the comparison checks it).
 through the safety envelope with the loss guard ``G`` (:mod:`gridrl.env.envelope`), beside the
 baselines, into ``out/loo-F-seedS-loss-guard-G/compare``; one ledger row, and ``summary.md`` with
 the zero-shot targets.
+
+``--zero-shot``: the zero-shot policy of the finished run 1 as a comparison deploys it by default
+(the envelope's defaults of this code: on the left-out feeder the ``unseen`` loss guard), beside
+the baselines, into ``out/loo-F-seedS-zero-shot/compare``; one ledger row and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ def main(argv=None) -> int:
                                                "cells of the left-out feeder are copied in instead of run again")
     ap.add_argument("--loss-guard", choices=("unseen", "all"),
                     help="compare the zero-shot policy through the envelope's loss guard (needs the finished run 1)")
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="compare the zero-shot policy as deployed by default (needs the finished run 1)")
     args = ap.parse_args(argv)
 
     exp = read_toml(args.config)
@@ -100,8 +106,12 @@ def main(argv=None) -> int:
 
     zero = _train(others, {**table, "seed": seed, "steps": per_feeder * len(others)},
                   runs / f"loo-{left}-{table['algo']}-seed{seed}")
+    if args.loss_guard is not None and args.zero_shot:
+        raise SystemExit("--zero-shot compares the envelope's defaults; give it or --loss-guard, not both")
     if args.loss_guard is not None:
-        return _guarded(exp, left, others, seed, zero, args, out.with_name(f"{out.name}-loss-guard-{args.loss_guard}"))
+        return _zero_shot(exp, left, others, seed, zero, args, out.with_name(f"{out.name}-loss-guard-{args.loss_guard}"))
+    if args.zero_shot:
+        return _zero_shot(exp, left, others, seed, zero, args, out.with_name(f"{out.name}-zero-shot"))
     if args.specific is not None:
         specific = args.specific
     else:
@@ -144,30 +154,34 @@ def main(argv=None) -> int:
     return 0
 
 
-def _guarded(exp: dict, left: str, others: list[str], seed: int, zero: Path, args, out: Path) -> int:
-    """The zero-shot policy ``zero`` through the loss guard ``args.loss_guard`` on ``left``'s test
-    days beside the baselines: the comparison, one ledger row, ``out/summary.md``."""
-    feeder = load_feeder(left)
-    label = f"transfer-zero-shot-loss-guard-{args.loss_guard}"
+def _zero_shot(exp: dict, left: str, others: list[str], seed: int, zero: Path, args, out: Path) -> int:
+    """The zero-shot policy ``zero`` on ``left``'s test days beside the baselines, through the loss
+    guard ``args.loss_guard`` (``None``: the envelope's defaults): the comparison, one ledger row,
+    ``out/summary.md``."""
+    guard = args.loss_guard
+    label = "transfer-zero-shot" + (f"-loss-guard-{guard}" if guard else "")
     controllers = parse_controllers(",".join(exp["baselines"])) + (
-        ControllerSpec(run=str(zero.resolve()), label=label, envelope={"loss_guard": args.loss_guard}),)
+        ControllerSpec(run=str(zero.resolve()), label=label, envelope={"loss_guard": guard} if guard else None),)
     config = CompareConfig(feeders=(left,), controllers=controllers, split="test", days=None)
     if args.reuse is not None:
         _reuse(args.reuse, config, out / "compare", left)
     summary = compare(config, out=out / "compare", progress=False, report=False).summary
-    source = (f"experiments/transfer_loo.py --leave-out {left} --seed {seed} --loss-guard {args.loss_guard}"
+    source = (f"experiments/transfer_loo.py --leave-out {left} --seed {seed} "
+              + (f"--loss-guard {guard}" if guard else "--zero-shot")
               + (f" --reuse {args.reuse}" if args.reuse is not None else ""))
     row = summary[summary["controller"] == label].iloc[0]
     best = ledger.selected(zero)
     recorded = json.loads((zero / "config.json").read_text(encoding="utf-8"))
+    variant = f"transfer:zero-shot (trained on {'+'.join(others)})"
     ledger.append(feeder=left, algorithm=recorded["config"]["algo"],
-                  variant=f"transfer:zero-shot (trained on {'+'.join(others)}) + loss guard ({args.loss_guard})",
+                  variant=variant + (f" + loss guard ({guard})" if guard else ", envelope defaults"),
                   seed=seed, selected_step=best["env_steps"] if best else "", test_days=int(row["days"]),
                   controllable_rate=float(row["controllable_rate"]), energy_loss_mwh=float(row["energy_loss_mwh"]),
                   config=recorded["identity"], source=f"{source} (run {zero})",
                   note="selected on validation days of the feeders it trained on; the guard chosen on validation "
-                       "days of the left-out feeder")
-    lines = _zero_shot_lines(summary, label, f"{left}, zero-shot through the loss guard ({args.loss_guard})", source)
+                       "days of the left-out feeder" + ("" if guard else f"; knew: {row.get('information', '')}"))
+    title = f"{left}, zero-shot " + (f"through the loss guard ({guard})" if guard else "as deployed by default")
+    lines = _zero_shot_lines(summary, label, title, source)
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     _say((out / "summary.md").read_text(encoding="utf-8"))
     return 0
@@ -196,6 +210,8 @@ def _zero_shot_lines(summary, label: str, title: str, source: str) -> list[str]:
              "| controller | days | controllable rate | energy loss MWh |", "|---|---|---|---|"]
     for name, r in s.iterrows():
         lines.append(f"| {name} | {int(r['days'])} | {r['controllable_rate']:.4f} | {r['energy_loss_mwh']:.2f} |")
+    if "information" in s.columns:
+        lines += ["", f"{label} knew: {z['information']}"]
     lines += ["", "## Targets", "",
               f"- zero-shot rate ≥ 1547-B's: {z['controllable_rate']:.4f} vs {b['controllable_rate']:.4f} — "
               f"{'met' if z['controllable_rate'] >= b['controllable_rate'] else 'missed'}",

@@ -251,9 +251,13 @@ def test_an_unwritable_output_is_one_line_and_leaves_nothing(run_dir, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "foreign", "onnx"]
 
 
-def test_the_loss_guard_is_not_exported_but_refused(run_dir, tmp_path):
+def test_a_loss_guard_holding_agents_is_refused_one_holding_none_exports(run_dir, tmp_path):
     from gridrl.export import ExportError
 
-    with pytest.raises(ExportError, match="loss guard is not part of the exported graphs"):
-        export_onnx(run_dir, tmp_path / "guarded", envelope={"loss_guard": "unseen"})
+    with pytest.raises(ExportError, match="loss guard holds 6 of 6 agents on ieee33, which the exported graphs do "
+                                          "not carry; export with loss_guard off"):
+        export_onnx(run_dir, tmp_path / "guarded", envelope={"loss_guard": "all"})
     assert not (tmp_path / "guarded").exists()
+    # on the feeder it trained on, ``unseen`` holds no agent: the graphs act as the guarded policy does
+    result = export_onnx(run_dir, tmp_path / "unseen", envelope={"loss_guard": "unseen"})
+    assert result.description["envelope"]["loss_guarded"] == 0

@@ -158,9 +158,30 @@ def test_a_transferable_run_is_evaluated_on_a_feeder_it_never_saw(several, tmp_p
     res = runner.invoke(app, ["evaluate", str(several), "--feeder", "ieee141", "--days", day,
                               "--out", str(tmp_path / "ev"), "--no-report"])
     assert res.exit_code == 0, res.output
-    assert "ieee141" in (tmp_path / "ev" / "summary.md").read_text()
+    summary = (tmp_path / "ev" / "summary.md").read_text()
+    assert "ieee141" in summary
+    assert "loss guard (unseen agents: 0 of 22)" in summary  # the default away from the training feeders
     policy = open_run(several).policy(feeder=gridrl.load_feeder("ieee141"))
     assert len(policy.agents) == 22
+
+
+def test_the_unseen_loss_guard_is_the_default_only_on_a_feeder_outside_the_training_set(several):
+    from gridrl.marl.run import deployed
+
+    run = open_run(several)
+
+    def guard(name, envelope=None):
+        feeder = gridrl.load_feeder(name)
+        ctrl = deployed(run.policy(feeder=feeder), feeder, run.evaluation_config(), envelope=envelope,
+                        trained_on=run.feeders, trained=run.env_config)
+        return ctrl.config.loss_guard, ctrl.guarded_agents, ctrl.information
+
+    assert guard("ieee141")[:2] == ("unseen", 0)  # ieee141's sensitivities lie inside ieee33's and ieee69's
+    level, held, knew = guard("ieee69")  # a training feeder: as without the guard
+    assert (level, held) == ("off", 0) and "loss guard" not in knew
+    assert guard("ieee141", {"loss_guard": "off"})[:2] == ("off", 0)
+    level, held, knew = guard("ieee141", {"loss_guard": "all"})
+    assert (level, held) == ("all", 22) and "loss guard (all agents: 22 of 22)" in knew
 
 
 def test_a_feeder_specific_run_is_still_refused_elsewhere(specific, tmp_path):

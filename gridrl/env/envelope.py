@@ -95,7 +95,9 @@ agent whose own PV produces (``inv_p_mw > 0``) while a neighbour's message repor
 inverter is out, and the policy's learned picture of the zone next door assumes an inverter that
 is not there. A message that does not arrive tells nothing.
 
-**No loss spent where 1547-B rests** (``loss_guard``, ``off`` by default). A guarded agent
+**No loss spent where 1547-B rests** (``loss_guard``; ``off`` by default, ``unseen`` by default
+for a transferable policy deployed on a feeder outside its training set: see
+:func:`gridrl.marl.run.deployed`). A guarded agent
 whose zone's measured voltages all lie in 1547-B's deadband (0.98 ≤ v ≤ 1.02 p.u., where
 1547-B and no control send nothing) keeps the policy's action on the side of 0 that does not
 raise the feeder's losses at its bus: ``a ≤ 0`` where injecting raises them, ``a ≥ 0`` where
@@ -174,7 +176,8 @@ class EnvelopeConfig:
         headroom) more corrective than 1547-B's (``None``: no limit; see the module docstring).
     loss_guard: ``off``, ``unseen`` or ``all``: which agents, when their zone lies in 1547-B's
         deadband, never send reactive power of the sign that raises the feeder's losses at their
-        bus (see the module docstring).
+        bus (see the module docstring); left out, :func:`gridrl.marl.run.deployed` makes it
+        ``unseen`` on a feeder the policy did not train on.
     handover_settle: a handed-over agent settles on its own voltage during the interval, as 1547-B
         droop does, where the environment is given to :meth:`SafetyEnvelope.act` (see the module
         docstring); ``false``: the curve at the voltage measured at the interval's start.
@@ -528,12 +531,17 @@ class SafetyEnvelope:
                                       "handover_statistics": self.config.handover_statistics,
                                       "neighbour_outage": self.config.neighbour_outage,
                                       "hold_pu": self.config.hold_pu, "excess_max": self.config.excess_max,
-                                      "loss_guard": self.config.loss_guard,
+                                      "loss_guard": self.config.loss_guard, "loss_guarded": self.guarded_agents,
                                       "handover_settle": self.config.handover_settle,
                                       "rating_handover": self._ratings is not None,
                                       "rating_tolerance": self.config.rating_tolerance,
                                       "band": [self.v_min_pu, self.v_max_pu],
                                       "rule": "IEEE 1547-B at the own measured voltage near the band's edges"}}
+
+    @property
+    def guarded_agents(self) -> int:
+        """How many agents the loss guard holds (0 without it, or where ``unseen`` finds none)."""
+        return 0 if self._loss_sensitivity is None else int((self._loss_sensitivity != 0).sum())
 
     @property
     def own_columns(self) -> tuple[int, int, int]:

@@ -91,8 +91,10 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                           "the exported graphs do not; export with hold_pu = 0")
     if getattr(policy.config, "smoothing", 1.0) < 1:  # reads the set-point in force, which the graphs do not
         raise ExportError("the envelope's smoothing is not part of the exported graphs; export with smoothing = 1")
-    if getattr(policy.config, "loss_guard", "off") != "off":  # per-agent signs the graphs do not carry
-        raise ExportError("the envelope's loss guard is not part of the exported graphs; export with loss_guard off")
+    if getattr(policy, "guarded_agents", 0):  # per-agent signs the graphs do not carry (none held: the same actions)
+        raise ExportError(f"the envelope's loss guard holds {policy.guarded_agents} of {len(policy.agents)} agents on "
+                          f"{feeder.name}, which the exported graphs do not carry; export with loss_guard off and "
+                          f"deploy the guard beside the graphs, or use the run through gridrl evaluate or compare")
     env = make_env(feeder, split="test", num_envs=1, config=env_config)
     result: dict[str, Any] = {}
 

@@ -241,7 +241,10 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trai
     what it knew (``env_config``: the environment it acts in, whose band the envelope keeps).
     The hand-over tests each agent's own training statistics; a run trained before they were
     kept uses the pooled ones, and its label says so. ``trained_on``: the names of the feeders
-    the policy trained on (the ``unseen`` loss guard compares with them; default: ``feeder``).
+    the policy trained on (the ``unseen`` loss guard compares with them; default: ``feeder``);
+    on a feeder outside them the loss guard is ``unseen`` unless ``envelope`` sets it (chosen on
+    the left-out feeders' validation days, ``reports/transfer``), so a feeder-specific run, a
+    transferable run on a feeder it trained on and an export act as without it.
     ``trained``: the run's training :class:`~gridrl.env.EnvConfig`, whose PV scale (and its range)
     gives the inverter ratings the policy saw (the hand-over outside them); without it there is no
     such hand-over, and the label says so."""
@@ -250,7 +253,10 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trai
     from gridrl.config import from_dict
     from gridrl.env.envelope import EnvelopeConfig, SafetyEnvelope
 
-    cfg = from_dict(EnvelopeConfig, dict(envelope or {}), source="envelope")
+    envelope = dict(envelope or {})
+    if trained_on and feeder.name not in trained_on:
+        envelope.setdefault("loss_guard", "unseen")
+    cfg = from_dict(EnvelopeConfig, envelope, source="envelope")
     norm = policy.obs_norm
     if cfg.handover_statistics == "own":
         if policy.own_statistics is None:  # a run trained before per-agent statistics were kept
@@ -276,7 +282,11 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trai
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
         knew += f"; {policy.residual.label}"
-    wrapped.information = f"{knew}; {cfg.label}"
+    label = cfg.label
+    if cfg.loss_guard != "off":
+        guard = f"loss guard ({cfg.loss_guard} agents)"
+        label = label.replace(guard, f"{guard[:-1]}: {wrapped.guarded_agents} of {len(policy.agents)})")
+    wrapped.information = f"{knew}; {label}"
     return wrapped
 
 
