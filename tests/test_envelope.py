@@ -400,6 +400,7 @@ def test_loss_guard_keeps_the_deadband_action_on_the_side_that_does_not_raise_lo
     assert (out[dead & (a * s > 0)] == 0).all() and (a * s > 0)[dead].any()
     torch.testing.assert_close(out[~dead], base[~dead])
     assert "loss guard (all agents)" in guarded.config.label and guarded.describe()["envelope"]["loss_guard"] == "all"
+    assert "loss guard (all agents: 2 of 6)" in guarded.config.label_with(guarded=(2, 6))  # the knew line's count
     with pytest.raises(EnvelopeError, match="loss_guard needs each of the 6 agents' loss sensitivity"):
         SafetyEnvelope(_Fixed(a, 6), v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(loss_guard="all"))
     with pytest.raises(EnvelopeError, match="loss_guard 'some' is unknown"):

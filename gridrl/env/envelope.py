@@ -240,6 +240,10 @@ class EnvelopeConfig:
     @property
     def label(self) -> str:
         """Short description for result tables."""
+        return self.label_with()
+
+    def label_with(self, guarded: tuple[int, int] | None = None) -> str:
+        """:attr:`label`, with ``guarded``: ``(agents the loss guard holds, agents)`` named in it."""
         if self.mechanism == "off":
             base = "no envelope"
         else:
@@ -255,7 +259,8 @@ class EnvelopeConfig:
         to = " to 1547-B settled" if self.handover_settle else " to 1547-B at the measured voltage"
         return (base + (f", hand-over at {' or '.join(triggers)}{to}" if triggers else "")
                 + (", 1547-B beside a neighbour out" if self.neighbour_outage else "")
-                + (f", loss guard ({self.loss_guard} agents)" if self.loss_guard != "off" else "")
+                + (f", loss guard ({self.loss_guard} agents{f': {guarded[0]} of {guarded[1]}' if guarded else ''})"
+                   if self.loss_guard != "off" else "")
                 + (f", action smoothed {self.smoothing:g}" if self.smoothing < 1 else ""))
 
 

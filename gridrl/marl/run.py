@@ -282,10 +282,7 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trai
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
         knew += f"; {policy.residual.label}"
-    label = cfg.label
-    if cfg.loss_guard != "off":
-        guard = f"loss guard ({cfg.loss_guard} agents)"
-        label = label.replace(guard, f"{guard[:-1]}: {wrapped.guarded_agents} of {len(policy.agents)})")
+    label = cfg.label_with(guarded=(wrapped.guarded_agents, len(policy.agents)))
     wrapped.information = f"{knew}; {label}"
     return wrapped
 
