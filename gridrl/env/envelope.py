@@ -57,6 +57,20 @@ reads the pending interval. Without ``env`` (an exported graph) the hand-over is
 measured voltage, the fixed point's first iterate, and a deployed inverter's own volt-var function
 settles it.
 
+**The edge rule settles** (``edge_settle``). The rule above reads the voltage measured at the
+interval's start, with the previous set-point in force, while a 1547-B inverter keeps reading its
+own voltage during the interval. A policy's action is a set-point for the interval; the inverter's
+own volt-var function can still hold the rule as a limit on it while the interval runs, on the
+voltage it measures then, as a deployed inverter's does. With ``edge_settle`` the envelope models
+that where the environment is at hand: the action sent is the rule applied to the policy's action
+at the agent's own voltage *during* the interval (read with the observations' sensor noise),
+settled by the same damped fixed point on the pending interval's physics as the hand-over (the
+policy's actions held), and an agent that is in an edge region at the interval's start, or
+reaches one while the rule settles, stays under the rule for the interval (so the limit does not
+chatter at the region's border). Nothing the policy reads changes. Without ``env`` (an exported
+graph) the rule holds at the measured voltage, and the inverter's own volt-var function holds it
+during the interval.
+
 **Outside the trained ratings** (``rating_handover``, on by default; ``rating_tolerance``). The
 statistics above cannot see every way a feeder leaves what a policy was trained on: with twice the
 PV (and inverters rated for it) each feature still lies within a few standard deviations of its
@@ -181,6 +195,9 @@ class EnvelopeConfig:
     handover_settle: a handed-over agent settles on its own voltage during the interval, as 1547-B
         droop does, where the environment is given to :meth:`SafetyEnvelope.act` (see the module
         docstring); ``false``: the curve at the voltage measured at the interval's start.
+    edge_settle: the edge-region rule holds on the agent's own voltage during the interval too,
+        settled as 1547-B's curve is, where the environment is given to :meth:`SafetyEnvelope.act`
+        (see the module docstring); ``false``: on the voltage measured at the interval's start only.
     rating_handover: hand an agent over to 1547-B droop while its inverters' rating lies more than
         ``rating_tolerance`` outside the ratings the policy was trained with (see the module
         docstring); ``false``: never.
@@ -200,6 +217,7 @@ class EnvelopeConfig:
     excess_max: float | None = None
     loss_guard: LossGuard = "off"
     handover_settle: bool = True
+    edge_settle: bool = False
     rating_handover: bool = True
     rating_tolerance: float = 0.05
     smoothing: float = 1.0
@@ -257,6 +275,8 @@ class EnvelopeConfig:
         if self.rating_handover:
             triggers.append(f"a rating beyond the trained ±{100 * self.rating_tolerance:g} %")
         to = " to 1547-B settled" if self.handover_settle else " to 1547-B at the measured voltage"
+        if self.edge_settle and self.mechanism != "off":
+            base += ", edge rule settled"
         return (base + (f", hand-over at {' or '.join(triggers)}{to}" if triggers else "")
                 + (", 1547-B beside a neighbour out" if self.neighbour_outage else "")
                 + (f", loss guard ({self.loss_guard} agents{f': {guarded[0]} of {guarded[1]}' if guarded else ''})"
@@ -623,7 +643,8 @@ class SafetyEnvelope:
     def act(self, obs, *, env: Any = None, message_mask=None, **kw) -> torch.Tensor:
         """The inner controller's actions ``[B, N]``, through the hand-over and the envelope.
         ``env`` is passed to the inner controller; the envelope reads the observation, and where
-        ``env`` is given the handed-over agents settle on the pending interval (``handover_settle``)."""
+        ``env`` is given the handed-over agents settle on the pending interval (``handover_settle``),
+        and with ``edge_settle`` the edge-region rule holds on the voltage during it."""
         if self.reads_messages:
             a = self.inner.act(obs, env=env, message_mask=message_mask, **kw)
         else:
@@ -637,32 +658,54 @@ class SafetyEnvelope:
             a = damped_action(a, x[..., self._q], qa, self.config.smoothing)
         if self._loss_sensitivity is not None:
             a = loss_guard(a, *self.zone_voltage_range(x), self._loss_sensitivity)
-        before = torch.where(handed, a_b, a)
-        a = shield(a, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config, a_b=a_b,
-                   held=self.held(v))
-        changed = (a - before).abs() > 1e-12
-        if env is not None and self.config.handover_settle and bool(handed.any()):
-            a = self.settle(env, a, handed, p, qa)
+        a_in = a
+        held = self.held(v)
+        a = shield(a_in, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config,
+                   a_b=a_b, held=held)
+        changed = (a - torch.where(handed, a_b, a_in)).abs() > 1e-12
+        if env is not None:
+            edge = self.config.edge_settle and self.config.mechanism != "off"
+            if edge or (self.config.handover_settle and bool(handed.any())):
+                a = self.settle(env, a, handed, p, qa, policy=a_in if edge else None,
+                                regions=edge_regions(v, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
+                                                     margin_pu=self.config.margin_pu,
+                                                     margin_low_pu=self.config.low_margin_pu, held=held))
+            changed = changed | (~handed & ((a - a_in).abs() > 1e-12))
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}
         return a
 
     def settle(self, env: Any, a: torch.Tensor, handed: torch.Tensor, p: torch.Tensor, qa: torch.Tensor,
-               *, damping: float = 0.5, min_damping: float = 0.02, tol: float = 1e-4, max_iter: int = 200
+               *, policy: torch.Tensor | None = None, regions: tuple[torch.Tensor, torch.Tensor] | None = None,
+               damping: float = 0.5, min_damping: float = 0.02, tol: float = 1e-4, max_iter: int = 200
                ) -> torch.Tensor:
-        """Actions ``[B, N]`` with the ``handed`` agents' settled on their own voltage during the
-        pending interval (``a ← a + α (a_B(v(a)) − a)``, ``α`` halving on a swing and growing back
-        as droop's; droop's default settings), every other agent's action ``a`` held."""
+        """Actions ``[B, N]`` settled on each agent's own voltage during the pending interval by a
+        damped fixed point (``a ← a + α (target(v(a)) − a)``, ``α`` halving on a swing and growing
+        back, as droop's; droop's default settings). Without ``policy`` the ``handed`` agents settle
+        on 1547-B's curve, every other agent's action ``a`` held; with ``policy`` (the policy's
+        actions before the rule, ``edge_settle``) the target is the whole rule, :func:`shield`, at
+        the voltage during the interval, an agent in an edge region at the interval's start
+        (``regions``) or at any iterate staying in it for the interval."""
         noise = env.sensor_noise_pu()[:, env.agent_bus_pos].to(torch.float64) if env.config.sensor_noise_pu > 0 else 0.0
         alpha = torch.full_like(a, damping)
         prev = torch.zeros_like(a)
         v_init = None
+        latched = regions
         for _ in range(max_iter):
             sol = env.peek(a.to(torch.float32), v_init=v_init)
             v_init = sol["v"]
             v = sol["vm_own_pu"].to(torch.float64).cpu() + noise
-            step = torch.where(handed, droop_b_action(v, p, qa) - a, torch.zeros_like(a))
-            step = torch.nan_to_num(step, nan=0.0)  # a scenario that did not converge: hold its actions
+            if policy is None:
+                target = torch.where(handed, droop_b_action(v, p, qa), a)
+            else:
+                now = edge_regions(torch.nan_to_num(v, nan=1.0), v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
+                                   margin_pu=self.config.margin_pu, margin_low_pu=self.config.low_margin_pu)
+                latched = now if latched is None else (latched[0] | now[0], latched[1] | now[1])
+                target = shield(policy, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
+                                config=self.config, held=latched)
+                if not self.config.handover_settle:  # handed-over agents keep the curve at the measured voltage
+                    target = torch.where(handed, a, target)
+            step = torch.nan_to_num(target - a, nan=0.0)  # a scenario that did not converge: hold its actions
             if float(step.abs().max()) < tol:
                 break
             swung = step * prev < 0
