@@ -558,6 +558,7 @@ class SafetyEnvelope:
                                       "hold_pu": self.config.hold_pu, "excess_max": self.config.excess_max,
                                       "loss_guard": self.config.loss_guard, "loss_guarded": self.guarded_agents,
                                       "handover_settle": self.config.handover_settle,
+                                      "edge_settle": self.config.edge_settle,
                                       "rating_handover": self._ratings is not None,
                                       "rating_tolerance": self.config.rating_tolerance,
                                       "band": [self.v_min_pu, self.v_max_pu],
