@@ -33,10 +33,14 @@ NIGHT_SUITES = ("ieee69-night",)
 #: earlier looks at a feeder's test days, kept with their targets after the current ones: suite → title
 EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
                       "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
-#: the feeders' main suites as measured before the envelope defaults of commit 7470c36 (the hand-over
-#: outside the trained ratings, the settled hand-over), kept after the current ones: folder, title
-BEFORE = ("before-7470c36", "The fault and growth suites before the rating hand-over and the settled hand-over "
-                            "(commit 7470c36)")
+#: the feeders' main suites as measured before a change of the envelope's defaults, newest first, kept
+#: after the current ones: (folder, title, what its feeder headings say): before the settled edge rule
+#: (``edge_settle``), and before commit 7470c36 (the hand-over outside the trained ratings, the settled
+#: hand-over); each is compared with the look after it
+BEFORE = (("before-edge-settle", "The fault and growth suites before the settled edge rule (edge_settle)",
+           "before the settled edge rule"),
+          ("before-7470c36", "The fault and growth suites before the rating hand-over and the settled hand-over "
+                             "(commit 7470c36)", "before commit 7470c36"))
 #: a learner's cell counts as moved between two looks at a suite from this change in rate or loss (MWh)
 MOVED = (0.0005, 0.1)
 #: learners whose policies act on local observations and neighbours' messages alone (cppo's
@@ -165,28 +169,32 @@ def moved(feeder: str, before: pd.DataFrame, now: pd.DataFrame) -> list[str]:
 
 
 def before_section(header: list[str]) -> list[str]:
-    """The section of :data:`BEFORE`: what moved, then each feeder's suite and targets as they were."""
-    folder, title = ROOT / BEFORE[0], BEFORE[1]
+    """The sections of :data:`BEFORE`: for each, what moved to the look after it, then each feeder's
+    suite and targets as they were."""
     read = lambda path: pd.read_csv(path, keep_default_na=False, na_values=[""])  # noqa: E731
-    rows, parts = [], []
-    for feeder in FEEDERS:
-        suite = MAIN_SUITE.get(feeder, feeder)
-        if not (folder / suite / "table.csv").exists():
+    out = []
+    for i, (name, title, heading) in enumerate(BEFORE):
+        folder, after = ROOT / name, ROOT if i == 0 else ROOT / BEFORE[i - 1][0]
+        rows, parts = [], []
+        for feeder in FEEDERS:
+            suite = MAIN_SUITE.get(feeder, feeder)
+            if not (folder / suite / "table.csv").exists():
+                continue
+            before = read(folder / suite / "table.csv")
+            if (after / suite / "table.csv").exists():
+                rows += moved(feeder, before, read(after / suite / "table.csv"))
+            parts += [f"### {feeder}, {heading}\n", (folder / suite / "summary.md").read_text(),
+                      "Its targets (test days, mean of 3 seeds):\n",
+                      "\n".join(header + targets(feeder, before, optimum(feeder))) + "\n"]
+        if not parts:
             continue
-        before = read(folder / suite / "table.csv")
-        if (ROOT / suite / "table.csv").exists():
-            rows += moved(feeder, before, read(ROOT / suite / "table.csv"))
-        parts += [f"### {feeder}, before commit 7470c36\n", (folder / suite / "summary.md").read_text(),
-                  "Its targets (test days, mean of 3 seeds):\n",
-                  "\n".join(header + targets(feeder, before, optimum(feeder))) + "\n"]
-    if not parts:
-        return []
-    note = folder / "note.md"
-    table = (["The learners' cells that moved (by ≥ {:g} in rate or ≥ {:g} MWh in loss; mean of 3 runs; hand-over % of "
-              "agent-steps):\n".format(*MOVED),
-              "\n".join(["| feeder | condition | learner | rate before → now | loss MWh before → now | hand-over % |",
-                         "|:---|:---|:---|---:|---:|---:|"] + rows) + "\n"] if rows else [])
-    return [f"## {title}\n"] + ([note.read_text()] if note.exists() else []) + table + parts
+        note = folder / "note.md"
+        table = (["The learners' cells that moved from this look to the next (by ≥ {:g} in rate or ≥ {:g} MWh in "
+                  "loss; mean of 3 runs; hand-over % of agent-steps):\n".format(*MOVED),
+                  "\n".join(["| feeder | condition | learner | rate before → after | loss MWh before → after | "
+                             "hand-over % |", "|:---|:---|:---|---:|---:|---:|"] + rows) + "\n"] if rows else [])
+        out += [f"## {title}\n"] + ([note.read_text()] if note.exists() else []) + table + parts
+    return out
 
 
 def _suite_runs(suite: str) -> tuple[str, dict[str, Path], dict[str, Path]]:

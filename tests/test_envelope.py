@@ -345,7 +345,7 @@ def test_the_hold_keeps_an_agent_in_its_edge_region_until_it_is_well_inside(mech
     held_env.reset()
     first = held_env.act(obs)
     torch.testing.assert_close(first, plain_env.act(obs))  # after reset nothing is held
-    assert hold.label.startswith(f"envelope {mechanism} (m {m:g}, hold {h:g}), hand-over at a rating beyond")
+    assert hold.label.startswith(f"envelope {mechanism} (m {m:g}, hold {h:g}), edge rule settled, hand-over at a rating beyond")
     with pytest.raises(EnvelopeError, match="hold_pu must lie in"):
         EnvelopeConfig(hold_pu=-0.01)
 
@@ -499,7 +499,8 @@ def test_the_settled_edge_rule_holds_on_the_voltage_during_the_interval(sunny_da
     obs = env.reset(days=sunny_days)
     settled = SafetyEnvelope(_Injecting(env), v_min_pu=V_MIN, v_max_pu=V_MAX,
                              config=EnvelopeConfig(handover_z=None, edge_settle=True))
-    plain = SafetyEnvelope(_Injecting(env), v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(handover_z=None))
+    plain = SafetyEnvelope(_Injecting(env), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                           config=EnvelopeConfig(handover_z=None, edge_settle=False))
     reached = False
     for _ in range(3):
         a = settled.act(obs, env=env)

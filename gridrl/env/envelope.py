@@ -57,7 +57,7 @@ reads the pending interval. Without ``env`` (an exported graph) the hand-over is
 measured voltage, the fixed point's first iterate, and a deployed inverter's own volt-var function
 settles it.
 
-**The edge rule settles** (``edge_settle``). The rule above reads the voltage measured at the
+**The edge rule settles** (``edge_settle``, on by default). The rule above reads the voltage measured at the
 interval's start, with the previous set-point in force, while a 1547-B inverter keeps reading its
 own voltage during the interval. A policy's action is a set-point for the interval; the inverter's
 own volt-var function can still hold the rule as a limit on it while the interval runs, on the
@@ -197,7 +197,8 @@ class EnvelopeConfig:
         docstring); ``false``: the curve at the voltage measured at the interval's start.
     edge_settle: the edge-region rule holds on the agent's own voltage during the interval too,
         settled as 1547-B's curve is, where the environment is given to :meth:`SafetyEnvelope.act`
-        (see the module docstring); ``false``: on the voltage measured at the interval's start only.
+        (see the module docstring; on by default); ``false``: on the voltage measured at the
+        interval's start only.
     rating_handover: hand an agent over to 1547-B droop while its inverters' rating lies more than
         ``rating_tolerance`` outside the ratings the policy was trained with (see the module
         docstring); ``false``: never.
@@ -217,7 +218,7 @@ class EnvelopeConfig:
     excess_max: float | None = None
     loss_guard: LossGuard = "off"
     handover_settle: bool = True
-    edge_settle: bool = False
+    edge_settle: bool = True
     rating_handover: bool = True
     rating_tolerance: float = 0.05
     smoothing: float = 1.0
