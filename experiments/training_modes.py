@@ -146,7 +146,7 @@ def mean_sd(values) -> str:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and v != v) else (  # noqa: E731
+    fmt = lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else (  # noqa: E731
         f"{v:.4g}" if isinstance(v, float) else str(v))
     return "\n".join(["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
                      + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
@@ -157,6 +157,7 @@ def report(feeder_name: str, rows: list[dict], missing: list[str], *, steps: int
     runs = df[df["training"] != ""]
     per_run = df[["controller", "training", "seed", "test_days", "controllable", "loss_mwh", "selected_step",
                   "local_floats_per_agent_iter", "global_floats_per_agent_iter", "train_wall_s", "eval_s"]]
+    per_run = per_run.astype({"seed": "Int64", "selected_step": "Int64"})
     parts = [f"{feeder_name}, {steps:,} steps, evaluated at {commit}", "", markdown(per_run), ""]
     knew = dict.fromkeys(f"{r['controller']}: {r['knew']}" for r in rows if r["training"] == "")
     knew.update(dict.fromkeys(f"{r['controller']} {r['training']}: {r['knew']}" for r in rows if r["training"]))
