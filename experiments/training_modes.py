@@ -66,9 +66,10 @@ def figures(days: pd.DataFrame) -> dict:
             "loss_mwh": float(days["energy_loss_mwh"].sum())}
 
 
-def evaluate_run(feeder, out: Path, *, command: str) -> dict:
+def evaluate_run(feeder, out: Path, *, command: str, commit: str | None = None) -> dict:
     """The run of ``out`` deployed as ``gridrl compare`` deploys it, on the test days; its row
-    goes to the results ledger."""
+    goes to the results ledger (``commit``: the checkout's, taken before the first row made it
+    dirty; default: now)."""
     from gridrl import ledger
     from gridrl.evaluate import evaluate
     from gridrl.marl.run import deployed, open_run
@@ -87,8 +88,9 @@ def evaluate_run(feeder, out: Path, *, command: str) -> dict:
     ledger.append(feeder=feeder.name, algorithm=cfg["algo"], variant=f"training {mode}", seed=cfg["seed"],
                   selected_step=best["env_steps"] if best is not None else "", test_days=got["test_days"],
                   controllable_rate=got["controllable"], energy_loss_mwh=got["loss_mwh"], config=ident,
-                  source=command, note=f"run {out}; {cfg['steps']:,} steps; selected on validation days; "
-                                       f"deployed as: {ctrl.information}")
+                  source=command, commit=commit,
+                  note=f"run {out}; {cfg['steps']:,} steps; selected on validation days; "
+                       f"deployed as: {ctrl.information}")
     scalars = pd.read_csv(out / "scalars.csv")
     comm = scalars[scalars["tag"].str.startswith("comm/train_")].groupby("tag")["value"].mean()
     return {"controller": cfg["algo"], "training": mode, "seed": cfg["seed"], **got,
@@ -218,13 +220,13 @@ def main(argv=None) -> int:
         if args.train_only:
             return 0
         git = git_commit()
-        commit = "unknown commit" if git is None else git["commit"][:12] + ("+dirty" if git.get("dirty") else "")
+        commit = None if git is None else git["commit"][:12] + ("+dirty" if git.get("dirty") else "")
         rows = [] if args.no_baselines else evaluate_baselines(feeder)
-        rows += [evaluate_run(feeder, out, command=command) for out in outs]
+        rows += [evaluate_run(feeder, out, command=command, commit=commit) for out in outs]
     except GridrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = report(args.feeder, rows, [m.name for m in missing], steps=args.steps, commit=commit)
+    text = report(args.feeder, rows, [m.name for m in missing], steps=args.steps, commit=commit or "an unknown commit")
     print(text)
     if args.out:
         from gridrl.io import write_text
