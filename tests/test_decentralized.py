@@ -173,3 +173,51 @@ def test_a_decentralized_run_folder_is_a_controller(tmp_path, sunny_days):
     env = make_env("ieee33", num_envs=2, seed=0, config=TRAIN_ENV)
     a = policy.act(env.reset())
     assert a.shape == (2, env.n_agents) and torch.isfinite(a).all()
+
+
+def test_the_training_modes_experiment_deploys_runs_through_the_envelope_and_pairs_seeds(tmp_path, sunny_days,
+                                                                                         monkeypatch):
+    """experiments/training_modes.py: a run is judged as `gridrl compare` deploys it (the safety
+    envelope, a label saying what it knew), each look is a ledger row, and the seeds pair up."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    from gridrl import ledger
+
+    spec = importlib.util.spec_from_file_location(
+        "training_modes_exp", Path(__file__).resolve().parents[1] / "experiments" / "training_modes.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    cfg = resolve_train_config({"steps": 32, "num_envs": 4, "checkpoint_every_s": 0, "compare": [],
+                                "env": {"episode_hours": 2.0}, "learner": {**SMALL, "training": "decentralized"}},
+                               source="t.toml")
+    out = exp.run_folder(tmp_path, "ieee33", "dppo", "decentralized", 0)
+    train("ieee33", cfg, out=out, progress=False, log=lambda m: None)
+    module = importlib.import_module("gridrl.evaluate")
+    evaluated, real = {}, module.evaluate
+
+    def one_day(feeder, ctrl, **kw):  # the script imports evaluate where it uses it: one test day
+        evaluated["ctrl"] = ctrl
+        return real(feeder, ctrl, **{**kw, "days": [sunny_days[0]]})
+
+    monkeypatch.setattr(module, "evaluate", one_day)
+    before = len(ledger.read())
+    row = exp.evaluate_run(gridrl.load_feeder("ieee33"), out, command="python experiments/training_modes.py x")
+    from gridrl.env.envelope import SafetyEnvelope
+
+    assert isinstance(evaluated["ctrl"], SafetyEnvelope) and row["knew"] == evaluated["ctrl"].information
+    assert row["knew"].startswith("measured") and "envelope" in row["knew"] and row["global_floats_per_agent_iter"] > 0
+    added = ledger.read().iloc[before:]
+    assert list(added["variant"]) == ["training decentralized"] and (added["test_days"] == 1).all()
+    assert exp._complete(out, 32) and not exp._complete(out, 10_000)
+    # decentralized − shared per seed, only where both modes ran
+    runs = pd.DataFrame([{"controller": "dmpo", "training": m, "seed": s, "loss_mwh": loss, "controllable": 0.99}
+                         for m, s, loss in (("shared", 0, 100.0), ("decentralized", 0, 103.0),
+                                            ("shared", 1, 100.0), ("decentralized", 1, 99.0), ("shared", 2, 90.0))])
+    pairs = exp.paired(runs)
+    assert list(pairs["seed"]) == [0, 1] and list(pairs["loss_diff_pct"].round(6)) == [3.0, -1.0]
+    assert exp.mean_sd([3.0, -1.0]) == "1 ± 2.8"
+    assert exp.main(["--seeds", "0,a"]) == 2
