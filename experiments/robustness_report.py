@@ -72,7 +72,14 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-unlisted-outage", "Robust training with more outages, on ieee33's test days"),
             ("ieee33-smoothing-val", "Does the policies' swing cost loss? The whole action smoothed (ieee33), on the validation days"),
             ("ieee33-smoothing", "The smoothing chosen on the validation days, on ieee33's test days"),
-            ("ieee33-budget-val", "Training budget and the nominal-loss target (ieee33 dppo), on the validation days"))
+            ("ieee33-budget-val", "Training budget and the nominal-loss target (ieee33 dppo), on the validation days"),
+            ("ieee33-settle-val", "The edge rule settled on the voltage during the interval (ieee33), on the validation days"),
+            ("ieee141-settle-val", "The edge rule settled on the voltage during the interval (ieee141), on the validation days"),
+            ("ieee69-settle-val", "The edge rule settled on the voltage during the interval (ieee69), on the validation days"),
+            ("ieee69-night-settle-val", "The edge rule settled, ieee69 with reactive power at night, on the validation days"),
+            ("ieee33-low-val", "ieee33's worst single outage: a wider lower edge region, on the validation days"),
+            ("ieee69-excess-val", "ieee69's growth misses: the cap on over-correction at the edge, on the validation days"),
+            ("ieee69-excess-all-val", "The cap 0.1 in every condition (ieee69), on the validation days"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
