@@ -372,7 +372,8 @@ def test_the_experiment_reads_targets_off_the_learning_curves():
                          for c, loss in (("droop-ieee1547-b", 43.0), ("droop-tuned", 41.5), ("opf", 39.0))])
     md = mod.targets_markdown(runs, curves, base)
     assert "ratio 0.33 (met)" in md and "below the tuned droop's loss (41.500 MWh): 1 of 1" in md
-    assert "gap 2.6 [2.6, 2.6] %" in md
+    assert "gap 2.6 [2.6, 2.6] %" in md and "(droop 1.0000): met on the mean, 1 of 1 seeds." in md
+    assert "at the tuned droop's loss, dppo 6,000: ratio 0.50 (missed)." in md
     assert "| dmpo (k0) | 0 | not reached |" in md and "dmpo `k0` against dmpo `v`: loss 44.000" in md
     # with the tuned droop as a baseline: the steps to droop's rate at the tuned droop's loss, per run and per learner
     assert "| dmpo | 0 | 2,000 | 3,000 | 3,000 |" in md and "| dppo | 0 | 6,000 | 6,000 | 6,000 |" in md
@@ -383,6 +384,15 @@ def test_the_experiment_reads_targets_off_the_learning_curves():
     for path in sorted(root.glob("dmpo_*.toml")):
         exp = from_dict(mod.learners.Experiment, read_toml(path), source=str(path))
         assert {r["algo"] for r in mod.learners.plan(exp, str(path))} <= {"dmpo", "dppo", "ippo", "cppo"}
+    # a baseline given as a table of controller fields (a smaller droop:tuned search) is checked at the door
+    from gridrl.errors import SpecError
+
+    data = read_toml(root / "dmpo_mvlv_rural_measured.toml")
+    tuned = mod.learners.baseline_specs(from_dict(mod.learners.Experiment, data, source="x").baselines)[2]
+    assert tuned.key == "droop-tuned" and tuned.tune["budget"] == 40
+    data["baselines"] = ["none", {"name": "droop", "preset": "tuned", "tun": {}}]
+    with pytest.raises(SpecError, match=r"baselines\[1\]: tun: unknown key"):
+        mod.learners.plan(from_dict(mod.learners.Experiment, data, source="x"), "x")
 
 
 @pytest.mark.parametrize("layout", ["pad", "pool"])
