@@ -295,7 +295,8 @@ def ledger_rows(exp: Experiment, runs_df: pd.DataFrame, runs: list[dict], *, com
         got = ledger.append(feeder=r["feeder"], algorithm=r["algo"], variant=r["variant"], seed=int(r["seed"]),
                             selected_step=int(x["selected_env_steps"]), test_days=n,
                             controllable_rate=float(x["controllable_rate"]), energy_loss_mwh=float(x["energy_loss_mwh"]),
-                            config=ident, source=command, note=f"run {r['folder']}")
+                            config=ident, source=command,
+                            note="; ".join(n for n in (f"run {r['folder']}", ledger.curve_note(r["config"])) if n))
         added += got is not None
     return added
 

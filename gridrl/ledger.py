@@ -32,7 +32,7 @@ from typing import Any
 
 from gridrl.errors import GridrlError
 
-__all__ = ["COLUMNS", "LedgerError", "append", "append_curve", "append_run", "config_hash", "describe", "ledger_path", "read", "selected",
+__all__ = ["COLUMNS", "LedgerError", "append", "append_curve", "append_run", "curve_note", "config_hash", "describe", "ledger_path", "read", "selected",
            "rows_matching"]
 
 COLUMNS = ("date", "commit", "config_hash", "feeder", "algorithm", "variant", "seed", "selected_step", "test_days",
@@ -134,14 +134,22 @@ def append_run(run_dir: str | os.PathLike, summary, *, label: str, variant: str 
     cfg, ident = recorded["config"], recorded["identity"]
     best = selected(run_dir)
     note = ("selected on validation days" if best is not None else "the last policy (no validation)")
-    if cfg.get("eval_split") == "test":
-        every = cfg.get("eval_every_steps")
-        note += (f"; learning curve on the test days {f'every {every:,} steps' if every else 'at the end'} "
-                 f"(reported, chooses nothing)")
+    note = "; ".join(n for n in (note, curve_note(cfg)) if n)
     return append(feeder=ident["feeder"], algorithm=cfg["algo"], variant=variant, seed=cfg["seed"],
                   selected_step=best["env_steps"] if best is not None else "", test_days=int(r["days"]),
                   controllable_rate=float(r["controllable_rate"]), energy_loss_mwh=float(r["energy_loss_mwh"]),
                   config=ident, source=source if source is not None else str(run_dir), note=note, path=path)
+
+
+def curve_note(config: Any) -> str:
+    """What a run's learning curve looked at, for the note of its row: ``config`` is its training
+    config (a :class:`~gridrl.marl.train.TrainConfig` or its recorded mapping). Empty when the
+    curve was not on the test days."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    if get("eval_split") != "test":
+        return ""
+    every = get("eval_every_steps")
+    return f"learning curve on the test days {f'every {every:,} steps' if every else 'at the end'} (reported, chooses nothing)"
 
 
 def append_curve(run_dir: str | os.PathLike, *, variant: str = "", test_days: int | None = None,

@@ -138,6 +138,18 @@ def test_ledger_rows_are_appended_never_removed(tmp_path):
     assert len(ledger.rows_matching(df, seed=1)) == 1 and "35.59 MWh" in ledger.describe(df.iloc[0])
 
 
+def test_a_row_names_the_learning_curve_that_looked_at_the_test_days():
+    """A run whose curve evaluated the test days says so in its row's note, from its recorded
+    config or its config object alike; a curve on validation days is no look at the test days."""
+    from gridrl.marl.train import resolve_train_config
+
+    cfg = resolve_train_config({"algo": "dppo", "steps": 64, "eval_every_steps": 32, "eval_split": "test"}, source="t")
+    note = "learning curve on the test days every 32 steps (reported, chooses nothing)"
+    assert ledger.curve_note(cfg) == ledger.curve_note({"eval_split": "test", "eval_every_steps": 32}) == note
+    assert ledger.curve_note({"eval_split": "test", "eval_every_steps": None}).startswith("learning curve on the test days at the end")
+    assert ledger.curve_note({"eval_split": "val", "eval_every_steps": 32}) == ""
+
+
 def test_ledger_refuses_bad_rows_and_foreign_files(tmp_path):
     path = tmp_path / "ledger.csv"
     with pytest.raises(ledger.LedgerError, match="controllable_rate must be in"):
