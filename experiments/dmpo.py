@@ -92,26 +92,12 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
                          f"{r['energy_loss_mwh']:.3f} |")
         lines.append("")
         if "dmpo" in reach and "dppo" in reach:
-            dm, dp = pd.Series(reach["dmpo"]), pd.Series(reach["dppo"])
-            if dm.notna().all() and dp.notna().all():
-                ratio = dm.mean() / dp.mean()
-                lines.append(f"- sample efficiency (target ≤ 1/3): dmpo needs {dm.mean():,.0f} real steps on average to "
-                             f"reach droop's controllable rate, dppo {dp.mean():,.0f}: ratio {ratio:.2f} "
-                             f"({'met' if ratio <= 1 / 3 else 'missed'}).")
-            else:
-                lines.append(f"- sample efficiency: not every run reached droop's rate within its budget "
-                             f"(dmpo {dm.notna().sum()} of {len(dm)}, dppo {dp.notna().sum()} of {len(dp)}).")
+            lines.append(_ratio_line(reach["dmpo"], reach["dppo"], title="sample efficiency",
+                                     goal="droop's controllable rate"))
         if "dmpo" in reach_tuned and "dppo" in reach_tuned:
-            dm, dp = (pd.Series([x for x, _ in reach_tuned[n]]) for n in ("dmpo", "dppo"))
-            if dm.notna().all() and dp.notna().all():
-                ratio = dm.mean() / dp.mean()
-                lines.append(f"- sample efficiency at the tuned droop's loss (target ≤ 1/3): dmpo needs "
-                             f"{dm.mean():,.0f} real steps on average to reach droop's rate at the tuned droop's loss, "
-                             f"dppo {dp.mean():,.0f}: ratio {ratio:.2f} ({'met' if ratio <= 1 / 3 else 'missed'}).")
-            else:
-                lines.append(f"- sample efficiency at the tuned droop's loss (target ≤ 1/3): no ratio, not every run "
-                             f"reached droop's rate at the tuned droop's loss within its budget (dmpo "
-                             f"{dm.notna().sum()} of {len(dm)}, dppo {dp.notna().sum()} of {len(dp)}).")
+            lines.append(_ratio_line([x for x, _ in reach_tuned["dmpo"]], [x for x, _ in reach_tuned["dppo"]],
+                                     title="sample efficiency at the tuned droop's loss",
+                                     goal="droop's rate at the tuned droop's loss"))
         for name in [n for n in ("dmpo", "dppo", "ippo", "cppo") if n in reach_tuned]:
             got = [x for x, _ in reach_tuned[name] if x == x]
             budget = max(m for _, m in reach_tuned[name])
@@ -139,6 +125,18 @@ def targets_markdown(runs: pd.DataFrame, curves: pd.DataFrame, base: pd.DataFram
                          f"{learners._spread(a['controllable_rate'], 4)} against {learners._spread(ref['controllable_rate'], 4)}.")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ratio_line(dmpo: list[float], dppo: list[float], *, title: str, goal: str) -> str:
+    """The sample-efficiency line: dmpo's mean real steps to reach ``goal`` over dppo's (target
+    ≤ 1/3), from each run's steps (NaN: not reached), or why there is no ratio."""
+    dm, dp = pd.Series(dmpo, dtype=float), pd.Series(dppo, dtype=float)
+    if not (dm.notna().all() and dp.notna().all()):
+        return (f"- {title} (target ≤ 1/3): no ratio, not every run reached {goal} within its budget "
+                f"(dmpo {dm.notna().sum()} of {len(dm)}, dppo {dp.notna().sum()} of {len(dp)}).")
+    ratio = dm.mean() / dp.mean()
+    return (f"- {title} (target ≤ 1/3): dmpo needs {dm.mean():,.0f} real steps on average to reach {goal}, "
+            f"dppo {dp.mean():,.0f}: ratio {ratio:.2f} ({'met' if ratio <= 1 / 3 else 'missed'}).")
 
 
 def model_markdown(runs: list[dict]) -> str:

@@ -374,6 +374,8 @@ def test_the_experiment_reads_targets_off_the_learning_curves():
     assert "ratio 0.33 (met)" in md and "below the tuned droop's loss (41.500 MWh): 1 of 1" in md
     assert "gap 2.6 [2.6, 2.6] %" in md and "(droop 1.0000): met on the mean, 1 of 1 seeds." in md
     assert "at the tuned droop's loss, dppo 6,000: ratio 0.50 (missed)." in md
+    assert mod._ratio_line([1000.0, float("nan")], [2000.0, 3000.0], title="t", goal="g") == (
+        "- t (target ≤ 1/3): no ratio, not every run reached g within its budget (dmpo 1 of 2, dppo 2 of 2).")
     assert "| dmpo (k0) | 0 | not reached |" in md and "dmpo `k0` against dmpo `v`: loss 44.000" in md
     # with the tuned droop as a baseline: the steps to droop's rate at the tuned droop's loss, per run and per learner
     assert "| dmpo | 0 | 2,000 | 3,000 | 3,000 |" in md and "| dppo | 0 | 6,000 | 6,000 | 6,000 |" in md
