@@ -238,7 +238,7 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
                "learner": {"hidden": 64, "message_dim": 32}}},
     {"max_agents": None, "source": "experiments/dmpo_mv_urban.toml", "measured_on": "mv-urban",
      "steps": {"dmpo": 4096, "dppo": 32768, "ippo": 32768, "cppo": 32768},
-     "cpu_min": {"dmpo": 4.8, "dppo": 1.9, "ippo": 1.5, "cppo": 1.3},
+     "cpu_min": {"dmpo": 2.7, "dppo": 1.5, "ippo": 1.1, "cppo": 0.8},
      "train": {"num_envs": 8, "eval_every_steps": 0, "validate_every_steps": 1024, "validation_days": 7,
                "band_margin_pu": 0.005, "env": {"zone_layout": "pool"}, "learner": {"hidden": 64, "message_dim": 32}},
      "compare_days": 7},
