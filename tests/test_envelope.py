@@ -378,6 +378,35 @@ def test_excess_max_keeps_the_action_at_the_edge_within_k_of_1547b(mechanism, k)
 
 
 @pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+def test_excess_max_low_sets_the_lower_regions_slack_apart(mechanism):
+    """``excess_max_low`` caps the lower edge region with its own slack (2: no cap there) and
+    leaves the upper region's cap ``excess_max`` as it is."""
+    m, k = 0.01, 0.1
+    obs, a, v, p, qa = _random_case(77)
+    upper_only = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                                config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, excess_max=k,
+                                                      excess_max_low=2.0, handover_z=None))
+    both = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                          config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, excess_max=k, handover_z=None))
+    plain = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                           config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None))
+    low_only = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                              config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, excess_max_low=k, handover_z=None))
+    out, capped, base, low = upper_only.act(obs), both.act(obs), plain.act(obs), low_only.act(obs)
+    a_b = droop_b_action(v, p, qa)
+    live, tol = qa > 0, 1e-6
+    hi, lo = live & (v >= V_MAX - m + tol), live & (v <= V_MIN + m - tol)
+    torch.testing.assert_close(out[hi], capped[hi])    # the upper cap as with excess_max alone
+    torch.testing.assert_close(out[lo], base[lo])      # no cap below
+    assert (capped[lo] < base[lo] - tol).any()         # where excess_max alone did cap
+    torch.testing.assert_close(low[hi], base[hi])      # the lower cap alone leaves the upper region free
+    assert (low[lo] <= a_b[lo] + k + tol).all() and (low[lo] >= a_b[lo] - tol).all()
+    assert "low excess ≤ 2" in upper_only.config.label
+    with pytest.raises(EnvelopeError, match="excess_max_low must lie in"):
+        EnvelopeConfig(excess_max_low=3.0)
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
 def test_loss_guard_keeps_the_deadband_action_on_the_side_that_does_not_raise_losses(mechanism):
     """Over random voltages and actions: with ``loss_guard`` an agent whose zone lies in 1547-B's deadband never
     injects where injecting raises the losses (sensitivity > 0) nor absorbs where absorbing does

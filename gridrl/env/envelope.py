@@ -100,7 +100,9 @@ limit). In an edge region the rule lets the policy absorb (inject) as much as it
 the voltage is high, and the reactive power it draws through the feeder costs loss (on ieee141
 with 50 % more PV, more than 1547-B's). With ``excess_max = k`` the action sent in the upper edge
 region is also ``≥ a_B(v) − k`` (in the lower ``≤ a_L(v) + k``): at most ``k`` of the headroom
-more corrective than 1547-B.
+more corrective than 1547-B. ``excess_max_low`` sets the lower region's slack apart (``None``: the
+same ``k``; 2, the whole action range: no limit there): on a feeder whose sags need more injection
+than 1547-B's flat curve asks, the cap need only bind where absorbing costs loss.
 
 **A neighbour out** (``neighbour_outage``, off by default). An inverter that is out reports no
 active power and no headroom (``inv_p_mw`` and ``inv_q_avail_mvar`` both 0, as at night). An
@@ -188,6 +190,7 @@ class EnvelopeConfig:
         is more than ``m + h`` inside the band (0: no hold; see the module docstring).
     excess_max: in an edge region the action sent is at most this much (a fraction of the
         headroom) more corrective than 1547-B's (``None``: no limit; see the module docstring).
+    excess_max_low: the same in the lower edge region alone (``None``: ``excess_max``).
     loss_guard: ``off``, ``unseen`` or ``all``: which agents, when their zone lies in 1547-B's
         deadband, never send reactive power of the sign that raises the feeder's losses at their
         bus (see the module docstring); left out, :func:`gridrl.marl.run.deployed` makes it
@@ -216,6 +219,7 @@ class EnvelopeConfig:
     neighbour_outage: bool = False
     hold_pu: float = 0.0
     excess_max: float | None = None
+    excess_max_low: float | None = None
     loss_guard: LossGuard = "off"
     handover_settle: bool = True
     edge_settle: bool = True
@@ -236,9 +240,10 @@ class EnvelopeConfig:
                                 f"{self.low_slope}")
         if not 0 <= self.hold_pu < 0.1:
             raise EnvelopeError(f"envelope hold_pu must lie in [0, 0.1), got {self.hold_pu}")
-        if self.excess_max is not None and not 0 <= self.excess_max <= 2:
-            raise EnvelopeError(f"envelope excess_max must lie in [0, 2] (a fraction of the headroom), got "
-                                f"{self.excess_max}")
+        for name in ("excess_max", "excess_max_low"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 2:
+                raise EnvelopeError(f"envelope {name} must lie in [0, 2] (a fraction of the headroom), got {value}")
         if not 0 <= self.rating_tolerance < 1:
             raise EnvelopeError(f"envelope rating_tolerance must lie in [0, 1) (a fraction of the trained ratings), "
                                 f"got {self.rating_tolerance}")
@@ -250,6 +255,11 @@ class EnvelopeConfig:
             raise EnvelopeError(f"envelope loss_guard {self.loss_guard!r} is unknown (use {', '.join(LOSS_GUARDS)})")
         if self.handover_statistics not in ("own", "pooled"):
             raise EnvelopeError(f"envelope handover_statistics {self.handover_statistics!r} is unknown (use own or pooled)")
+
+    @property
+    def low_excess(self) -> float | None:
+        """The lower edge region's slack: ``excess_max_low``, ``excess_max`` unless set."""
+        return self.excess_max if self.excess_max_low is None else self.excess_max_low
 
     @property
     def low_margin_pu(self) -> float:
@@ -270,7 +280,8 @@ class EnvelopeConfig:
                     + (f", low m {self.margin_low_pu:g}" if self.margin_low_pu is not None else "")
                     + (f", low slope {self.low_slope:g}" if self.low_slope else "")
                     + (f", hold {self.hold_pu:g}" if self.hold_pu else "")
-                    + (f", excess ≤ {self.excess_max:g}" if self.excess_max is not None else "") + ")")
+                    + (f", excess ≤ {self.excess_max:g}" if self.excess_max is not None else "")
+                    + (f", low excess ≤ {self.excess_max_low:g}" if self.excess_max_low is not None else "") + ")")
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
         triggers = [f"{self.handover_z:g}σ{pooled}"] if self.handover_z else []
         if self.rating_handover:
@@ -433,12 +444,14 @@ def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, 
         zero = torch.zeros_like(a)
         a = a - torch.where(live, w_hi * (a - a_b).clamp(min=0.0), zero)
         a = a + torch.where(live, w_lo * (a_low - a).clamp(min=0.0), zero)
-    if config.mechanism != "off" and config.excess_max is not None:
+    if config.mechanism != "off" and (config.excess_max is not None or config.low_excess is not None):
         upper, lower = edge_regions(v, v_min_pu=v_min_pu, v_max_pu=v_max_pu, margin_pu=config.margin_pu,
                                     margin_low_pu=config.low_margin_pu, held=held)
         live = qa > 0
-        a = torch.where(live & upper, torch.maximum(a, a_b - config.excess_max), a)
-        a = torch.where(live & lower, torch.minimum(a, a_low + config.excess_max), a)
+        if config.excess_max is not None:
+            a = torch.where(live & upper, torch.maximum(a, a_b - config.excess_max), a)
+        if config.low_excess is not None:
+            a = torch.where(live & lower, torch.minimum(a, a_low + config.low_excess), a)
     return a
 
 
@@ -557,6 +570,7 @@ class SafetyEnvelope:
                                       "handover_statistics": self.config.handover_statistics,
                                       "neighbour_outage": self.config.neighbour_outage,
                                       "hold_pu": self.config.hold_pu, "excess_max": self.config.excess_max,
+                                      "excess_max_low": self.config.low_excess,
                                       "loss_guard": self.config.loss_guard, "loss_guarded": self.guarded_agents,
                                       "handover_settle": self.config.handover_settle,
                                       "edge_settle": self.config.edge_settle,
