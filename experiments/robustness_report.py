@@ -82,6 +82,7 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee33-low-val", "ieee33's worst single outage: a wider lower edge region, on the validation days"),
             ("ieee69-excess-val", "ieee69's growth misses: the cap on over-correction at the edge, on the validation days"),
             ("ieee69-excess-all-val", "The cap 0.1 in every condition (ieee69), on the validation days"),
+            ("ieee69-excess-upper-val", "The cap 0.1 at the upper edge alone (ieee69), on the validation days"),
             ("ieee69-excess", "The cap 0.1 chosen on the validation days, on ieee69's test days"))
 
 
