@@ -120,6 +120,7 @@ def test_the_description_says_what_every_agent_sends_and_receives(run_dir, expor
     assert names == list(policy.obs_names)
     assert all(f["unit"] != "?" for f in desc["inputs"]["obs"]["features"])
     assert desc["envelope"]["mechanism"] == "clamp" and desc["outputs"]["q_mvar"]["unit"] == "MVAr"
+    assert desc["envelope"]["edge_settle"] and "volt-var function" in desc["envelope"]["settle"]  # what the inverter holds
     assert all(desc["graphs"][g]["bytes"] == (exported.folder / f"{g}.onnx").stat().st_size for g in desc["graphs"])
 
 

@@ -164,6 +164,11 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
                           "agent's own measured voltage: action <= a_B(v) where v >= v_max - margin, action >= a_B(v) "
                           "where v <= v_min + margin (a_B(v) = clip(f_B(v) * s / q_available, -1, 1), "
                           "s = sqrt(p^2 + q_available^2)); inside, the policy's action passes unchanged"),
+            "settle": (None if not envelope.get("edge_settle") else
+                       "the graph applies the statement at the voltage measured at the interval's start; during the "
+                       "interval the inverter's own IEEE 1547-B volt-var function holds it as a limit on the q_mvar "
+                       "sent (at least as corrective as a_B at the voltage it measures then), which settles as "
+                       "comparisons model it (edge_settle)"),
             "handover": None if stats is None else {
                 "rule": "an agent with a tested feature more than handover_z standard deviations from its training "
                         "mean acts as IEEE 1547-B droop, a_B(v)",
