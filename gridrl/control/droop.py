@@ -26,7 +26,8 @@ coupled pair of agents can swing against each other for hundreds of iterations a
 step), and grows back by half after each correction of the same sign, up to ``damping`` again.
 A scenario settles when the largest change its curve asks for falls below ``tol``. Steps still
 moving after ``max_iter`` iterations keep their last iterate and are reported in
-``last_info["unsettled"]``.
+``last_info["unsettled"]``. The iteration is :func:`gridrl.env.fixed_point.damped_fixed_point`,
+which the safety envelope's settled rules use too.
 
 With sensor noise in the environment (``sensor_noise_pu``) each inverter reads its own voltage
 with the error the agents' observations carry at that interval (``env.sensor_noise_pu()``), so a
@@ -51,6 +52,7 @@ import numpy as np
 import torch
 
 from gridrl.control.base import Controller, CurveError, UnknownPreset
+from gridrl.env.fixed_point import FixedPointOptions, damped_fixed_point
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,29 +220,10 @@ def agent_curves(curve: Mapping[str, Any], agents: Sequence[str] | None = None) 
     return out
 
 
-@dataclass(frozen=True, kw_only=True)
-class DroopOptions:
-    """Settings of the within-step fixed-point iteration.
-
-    damping: initial and largest step ``α`` of ``a ← a + α (a_curve − a)``; per agent, it halves
-        when the agent's correction changes sign (down to ``min_damping``) and grows by 1.5×
-        after a correction of the same sign.
-    min_damping: smallest step.
-    tol: a scenario has settled when ``max |a_curve − a| < tol`` (action units, i.e. fractions of
-        the available reactive power).
-    max_iter: iteration cap per step; scenarios not settled by then are flagged ``unsettled``.
-    """
-
-    damping: float = 0.5
-    min_damping: float = 0.02
-    tol: float = 1e-4
-    max_iter: int = 200
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min_damping <= self.damping <= 1:
-            raise ValueError(f"need 0 < min_damping ≤ damping ≤ 1, got {self.min_damping}, {self.damping}")
-        if self.tol <= 0 or self.max_iter < 1:
-            raise ValueError(f"need tol > 0 and max_iter ≥ 1, got {self.tol}, {self.max_iter}")
+#: Settings of droop's within-step fixed point (:class:`gridrl.env.fixed_point.FixedPointOptions`:
+#: ``damping``, ``min_damping``, ``tol``, ``max_iter``), the iteration the safety envelope's settled
+#: rules share.
+DroopOptions = FixedPointOptions
 
 
 class DroopController(Controller):
@@ -348,42 +331,27 @@ class DroopController(Controller):
 
             check_fitted_for(env.feeder, {"fit": self.fit}, env.config)  # never a fitted curve off its scenario
             self._checked_env = env
-        o = self.options
         plant = plant_from_env(env, self._power_flow(env), self._amap)
         batch = plant.batch
-        a = np.zeros((batch, self.n_agents)) if self._last is None or self._last.shape[0] != batch else self._last.copy()
+        a = np.zeros((batch, self.n_agents)) if self._last is None or self._last.shape[0] != batch else self._last
         q_avail = plant.q_avail_mvar @ self._incidence.T                     # [B, N]
         s_max = np.asarray(env.s_max_mva.cpu(), dtype=np.float64) @ self._incidence.T  # the env's ratings
-        alpha = np.full((batch, self.n_agents), o.damping)
-        prev = np.zeros((batch, self.n_agents))                               # last correction
-        settled = np.zeros(batch, dtype=bool)
-        v = None                                                              # [B, n_bus] warm starts
-        rows = np.arange(batch)
+        v = [None]                                                            # [B, n_bus] warm starts
         # its voltage sensor errs as the agents' observations do (like with like)
         noise = (np.asarray(env.sensor_noise_pu().cpu(), dtype=np.float64)[:, self._own_bus]
-                 if env.config.sensor_noise_pu > 0 else 0.0)
-        for _ in range(o.max_iter):
-            res = plant.solve(a[rows], rows, v_init=None if v is None else v[rows])
-            if v is None:
-                v = np.array(res.v)
+                 if env.config.sensor_noise_pu > 0 else None)
+
+        def target(a_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            res = plant.solve(a_rows, rows, v_init=None if v[0] is None else v[0][rows])
+            if v[0] is None:
+                v[0] = np.array(res.v)
             else:
-                v[rows] = res.v
+                v[0][rows] = res.v
             vm_own = np.where(np.asarray(res.converged)[:, None], np.asarray(res.vm_pu)[:, self._own_bus], np.nan)
-            vm_own = vm_own + (noise[rows] if isinstance(noise, np.ndarray) else noise)
-            step = self.target(vm_own, q_avail[rows], rows=rows, s_max_mva=s_max) - a[rows]
-            step = np.where(np.isfinite(step), step, 0.0)  # a diverged solve: hold the actions
-            r = np.abs(step).max(axis=1)
-            done = r < o.tol
-            settled[rows[done]] = True
-            overshot = step * prev[rows] < 0
-            alpha[rows] = np.where(overshot, np.maximum(alpha[rows] / 2, o.min_damping),
-                                   np.minimum(alpha[rows] * 1.5, o.damping))
-            prev[rows] = step
-            move = ~done
-            rows, step = rows[move], step[move]
-            if not len(rows):
-                break
-            a[rows] = np.clip(a[rows] + alpha[rows] * step, -1.0, 1.0)
+            vm_own = vm_own + (0.0 if noise is None else noise[rows])
+            return self.target(vm_own, q_avail[rows], rows=rows, s_max_mva=s_max)
+
+        a, settled = damped_fixed_point(a, target, self.options)
         self._last = a
         self.last_info = {"unsettled": ~settled}
         return torch.as_tensor(a, dtype=torch.float64)

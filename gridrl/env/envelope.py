@@ -151,6 +151,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from gridrl.env.fixed_point import FixedPointOptions, damped_fixed_point
 from gridrl.errors import GridrlError
 
 __all__ = ["LOSS_GUARDS", "EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope",
@@ -693,42 +694,37 @@ class SafetyEnvelope:
 
     def settle(self, env: Any, a: torch.Tensor, handed: torch.Tensor, p: torch.Tensor, qa: torch.Tensor,
                *, policy: torch.Tensor | None = None, regions: tuple[torch.Tensor, torch.Tensor] | None = None,
-               damping: float = 0.5, min_damping: float = 0.02, tol: float = 1e-4, max_iter: int = 200
-               ) -> torch.Tensor:
-        """Actions ``[B, N]`` settled on each agent's own voltage during the pending interval by a
-        damped fixed point (``a ← a + α (target(v(a)) − a)``, ``α`` halving on a swing and growing
-        back, as droop's; droop's default settings). Without ``policy`` the ``handed`` agents settle
-        on 1547-B's curve, every other agent's action ``a`` held; with ``policy`` (the policy's
-        actions before the rule, ``edge_settle``) the target is the whole rule, :func:`shield`, at
-        the voltage during the interval, an agent in an edge region at the interval's start
-        (``regions``) or at any iterate staying in it for the interval."""
+               options: FixedPointOptions = FixedPointOptions()) -> torch.Tensor:
+        """Actions ``[B, N]`` settled on each agent's own voltage during the pending interval by
+        droop's damped fixed point (:func:`gridrl.env.fixed_point.damped_fixed_point`, its default
+        settings, every scenario moving until all have settled). Without ``policy`` the ``handed``
+        agents settle on 1547-B's curve, every other agent's action ``a`` held; with ``policy`` (the
+        policy's actions before the rule, ``edge_settle``) the target is the whole rule,
+        :func:`shield`, at the voltage during the interval, an agent in an edge region at the
+        interval's start (``regions``) or at any iterate staying in it for the interval."""
         noise = env.sensor_noise_pu()[:, env.agent_bus_pos].to(torch.float64) if env.config.sensor_noise_pu > 0 else 0.0
-        alpha = torch.full_like(a, damping)
-        prev = torch.zeros_like(a)
-        v_init = None
-        latched = regions
-        for _ in range(max_iter):
-            sol = env.peek(a.to(torch.float32), v_init=v_init)
-            v_init = sol["v"]
+        start = a.clone()
+        state = {"v_init": None, "latched": regions}
+
+        def target(a_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:  # rows: the whole batch
+            now_a = torch.from_numpy(a_rows)
+            sol = env.peek(now_a.to(torch.float32), v_init=state["v_init"])
+            state["v_init"] = sol["v"]
             v = sol["vm_own_pu"].to(torch.float64).cpu() + noise
             if policy is None:
-                target = torch.where(handed, droop_b_action(v, p, qa), a)
-            else:
-                now = edge_regions(torch.nan_to_num(v, nan=1.0), v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
-                                   margin_pu=self.config.margin_pu, margin_low_pu=self.config.low_margin_pu)
-                latched = now if latched is None else (latched[0] | now[0], latched[1] | now[1])
-                target = shield(policy, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
-                                config=self.config, held=latched)
-                if not self.config.handover_settle:  # handed-over agents keep the curve at the measured voltage
-                    target = torch.where(handed, a, target)
-            step = torch.nan_to_num(target - a, nan=0.0)  # a scenario that did not converge: hold its actions
-            if float(step.abs().max()) < tol:
-                break
-            swung = step * prev < 0
-            alpha = torch.where(swung, (alpha / 2).clamp(min=min_damping), (alpha * 1.5).clamp(max=damping))
-            prev = step
-            a = (a + alpha * step).clamp(-1.0, 1.0)
-        return a
+                return torch.where(handed, droop_b_action(v, p, qa), start).numpy()
+            now = edge_regions(torch.nan_to_num(v, nan=1.0), v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
+                               margin_pu=self.config.margin_pu, margin_low_pu=self.config.low_margin_pu)
+            latched = state["latched"]
+            latched = state["latched"] = now if latched is None else (latched[0] | now[0], latched[1] | now[1])
+            rule = shield(policy, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
+                          config=self.config, held=latched)
+            if not self.config.handover_settle:  # handed-over agents keep the curve at the measured voltage
+                rule = torch.where(handed, now_a, rule)
+            return rule.numpy()
+
+        settled, _ = damped_fixed_point(a.numpy(), target, options, freeze=False)
+        return torch.from_numpy(settled)
 
     def __repr__(self) -> str:
         return f"SafetyEnvelope({self.inner!r}, {self.config.label})"
