@@ -258,9 +258,11 @@ def test_the_envelopes_curve_is_droops_1547b_preset():
 
 
 def test_neighbours_of_an_inverter_that_is_out_act_as_1547b():
-    """On ieee33 at noon with one agent's inverters out: exactly the agents that hear from it
-    (its neighbours on the agent graph, their message delivered) act as 1547-B; a lost message
-    tells nothing, at night nobody is handed over, and without the setting nothing changes."""
+    """On ieee33 at noon, where bus18 reports neither active power nor headroom in scenario 0 (its
+    own PV profile has no sun at that instant: what a tripped inverter reports; the environment's
+    outage only holds its reactive power at 0): exactly the agents that hear from it (its
+    neighbours on the agent graph, their message delivered) act as 1547-B; a lost message tells
+    nothing, at night nobody is handed over, and without the setting nothing changes."""
     import gridrl
     from gridrl.env import EnvConfig
 
@@ -375,6 +377,37 @@ def test_excess_max_keeps_the_action_at_the_edge_within_k_of_1547b(mechanism, k)
     assert f"excess ≤ {k:g}" in capped.config.label
     with pytest.raises(EnvelopeError, match="excess_max must lie in"):
         EnvelopeConfig(excess_max=-0.1)
+
+
+@pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
+@pytest.mark.parametrize("stop", [1.02, 1.035])
+def test_the_injection_stop_caps_injection_near_the_top_and_keeps_the_edge_rule(mechanism, stop):
+    """Over random voltages, PV, headroom and actions: with ``inject_stop_pu = v_stop`` an agent at
+    or above ``v_stop`` injects nothing, from ``v_stop − 0.01`` up at most the falling ramp; below,
+    and wherever the plain envelope's action absorbs, the action is the plain envelope's; the
+    edge rule still holds."""
+    m = 0.01
+    obs, a, v, p, qa = _random_case(70 + int(1000 * (stop - 1)))
+    stopped = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                             config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, inject_stop_pu=stop,
+                                                   handover_z=None))
+    plain = SafetyEnvelope(_Fixed(a, a.shape[1]), v_min_pu=V_MIN, v_max_pu=V_MAX,
+                           config=EnvelopeConfig(mechanism=mechanism, margin_pu=m, handover_z=None))
+    out, base = stopped.act(obs), plain.act(obs)
+    tol = 1e-6
+    above = v >= stop + tol
+    assert above.any() and (base[above] > 0).any()             # the plain envelope injects up there
+    assert (out[above] <= tol).all()
+    ramp = (v > stop - 0.01 + tol) & ~above
+    assert (out[ramp] <= (stop - v[ramp]) / 0.01 + tol).all()
+    free = (v <= stop - 0.01 - tol) | (base <= 0)
+    torch.testing.assert_close(out[free], base[free])
+    a_b, live = droop_b_action(v, p, qa), qa > 0
+    hi, lo = live & (v >= V_MAX - m + tol), live & (v <= V_MIN + m - tol)
+    assert (out[hi] <= a_b[hi] + tol).all() and (out[lo] >= a_b[lo] - tol).all()
+    assert f"no injection from {stop:g}" in stopped.config.label
+    with pytest.raises(EnvelopeError, match="inject_stop_pu must lie in"):
+        EnvelopeConfig(inject_stop_pu=1.2)
 
 
 @pytest.mark.parametrize("mechanism", ["clamp", "ramp"])
@@ -549,3 +582,85 @@ def test_the_settled_edge_rule_holds_on_the_voltage_during_the_interval(sunny_da
         reached = reached or bool((b[ub & live] > droop_b_action(vb, p, qa)[ub & live] + 1e-2).any())
         obs, *_ = env.step(a.to(torch.float32))
     assert reached
+
+
+def _alert_obs(v, q, qa, p=0.5):
+    """Observations ``[1, N, D]`` of NAMES with own voltages ``v``, reactive power in force ``q``,
+    headroom ``qa`` and active power ``p``."""
+    N = len(v)
+    obs = torch.zeros(1, N, len(NAMES))
+    obs[0, :, 0], obs[0, :, 5], obs[0, :, 6], obs[0, :, 4], obs[0, :, 3] = (
+        torch.tensor(v) - 1, torch.tensor(q), torch.tensor(qa), p, 1.0)
+    return obs
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_an_inverter_that_does_not_follow_its_set_point_alerts_agents_up_to_k_hops_away(k):
+    """On a chain of 4 agents acting 0.5: once agent 0's reactive power stays at 0 (it is out), the
+    alert reaches one more hop per step and no further than ``k`` hops; an agent following its
+    set-point (reactive power held within a smaller headroom included) raises none; a lost message
+    carries none; ``reset`` forgets it; alerted agents near the top absorb as 1547-B from 1.02 p.u."""
+    N = 4
+    chain = torch.zeros(N, N, dtype=torch.bool)
+    for i in range(N - 1):
+        chain[i, i + 1] = chain[i + 1, i] = True
+    a = torch.full((1, N), 0.5, dtype=torch.float64)
+    env = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, neighbours=chain,
+                         config=EnvelopeConfig(handover_z=None, edge_settle=False, outage_alert_hops=k))
+    v = [1.0] * N
+    env.act(_alert_obs(v, [0.0] * N, [1.0] * N))                    # the first step: nothing to compare
+    assert env.last_info["alerted"].tolist() == [0]
+    seen = []
+    for s in range(4):  # agent 0 holds 0; the others what 0.5 of the previous headroom asks, within today's
+        env.act(_alert_obs(v, [0.0, 0.5, 0.4 if s == 0 else 0.2, 0.5], [1.0, 1.0, 0.4, 1.0]))
+        seen.append(env._alerted[0].tolist())
+    reach = [[j <= min(s, k) for j in range(N)] for s in range(4)]
+    assert seen == reach
+    # agent 1 at 1.03 p.u. in the widened region: 1547-B's absorption instead of the policy's injection;
+    # agent 3 (never alerted) at the same voltage keeps the policy's action
+    out = env.act(_alert_obs([1.0, 1.03, 1.0, 1.03], [0.0, 0.5, 0.5, 0.5], [1.0] * N))
+    a_b = float(droop_b_action(torch.tensor([1.03], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64),
+                               torch.tensor([1.0], dtype=torch.float64)))
+    assert a_b < 0 and float(out[0, 1]) == pytest.approx(a_b, abs=1e-6) and float(out[0, 3]) == 0.5
+    env.reset()
+    env.act(_alert_obs(v, [0.0] * N, [1.0] * N))
+    env.act(_alert_obs(v, [0.0, 0.5, 0.5, 0.5], [1.0] * N, ))
+    lost = torch.eye(N, dtype=torch.bool)[None]                      # every message lost: only agent 0 knows
+    env.act(_alert_obs(v, [0.0, 0.5, 0.5, 0.5], [1.0] * N), message_mask=lost)
+    assert env._alerted[0].tolist() == [True, False, False, False]
+    plain = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(handover_z=None))
+    assert plain.alerted(_alert_obs(v, [0.0] * N, [1.0] * N).double()) is None
+    assert f"upper margin 0.03 within {k} hops of an inverter out" in env.config.label
+    with pytest.raises(EnvelopeError, match="outage_alert_hops must be a whole number"):
+        EnvelopeConfig(outage_alert_hops=-1)
+
+
+def test_outage_alerts_on_a_real_feeder_find_the_inverter_out_and_change_nothing_without_one():
+    """ieee33 through a morning with the inverter at bus18 out: the agent at bus18 raises the alert
+    and exactly the agents within 2 hops of it are alerted; without an outage no alert is raised
+    over a whole day and every action is the plain envelope's, bit for bit."""
+    import gridrl
+    from gridrl.env import EnvConfig
+
+    feeder = gridrl.load_feeder("ieee33")
+    hops = torch.as_tensor(feeder.hop_distance)
+    k = feeder.agents.index("bus18")
+    for outage in (("bus18",), ()):
+        env = gridrl.make_env("ieee33", split="val", num_envs=4, seed=0,
+                              config=EnvConfig(outage_agents=outage, start_hour=0.0, episode_hours=24.0 if not outage else 12.0))
+        obs = env.reset()
+        inner = _Fixed(torch.full((4, len(feeder.agents)), 0.3, dtype=torch.float64), len(feeder.agents))
+        inner.obs_names = env.obs_names
+        alerts = SafetyEnvelope(inner, v_min_pu=V_MIN, v_max_pu=V_MAX, neighbours=hops == 1,
+                                config=EnvelopeConfig(handover_z=None, outage_alert_hops=2))
+        plain = SafetyEnvelope(inner, v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(handover_z=None))
+        for _ in range(env.episode_steps):
+            a = alerts.act(obs, env=env)
+            if not outage:
+                assert torch.equal(a, plain.act(obs, env=env))
+            obs, *_ = env.step(a.to(torch.float32))
+        if outage:
+            assert alerts._alert_state[1][:, k].all() and alerts._alert_state[1].sum() == 4
+            assert torch.equal(alerts._alerted, (hops[k] <= 2)[None].expand(4, -1))
+        else:
+            assert not alerts._alert_state[1].any()

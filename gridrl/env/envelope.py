@@ -104,12 +104,33 @@ more corrective than 1547-B. ``excess_max_low`` sets the lower region's slack ap
 same ``k``; 2, the whole action range: no limit there): on a feeder whose sags need more injection
 than 1547-B's flat curve asks, the cap need only bind where absorbing costs loss.
 
-**A neighbour out** (``neighbour_outage``, off by default). An inverter that is out reports no
-active power and no headroom (``inv_p_mw`` and ``inv_q_avail_mvar`` both 0, as at night). An
-agent whose own PV produces (``inv_p_mw > 0``) while a neighbour's message reports that, acts as
-1547-B droop at that step: the sun that reaches it reaches the neighbour too, so the neighbour's
-inverter is out, and the policy's learned picture of the zone next door assumes an inverter that
-is not there. A message that does not arrive tells nothing.
+**A neighbour out** (``neighbour_outage``, off by default). An inverter that has tripped altogether
+reports no active power and no headroom (``inv_p_mw`` and ``inv_q_avail_mvar`` both 0, as at
+night). An agent whose own PV produces (``inv_p_mw > 0``) while a neighbour's message reports that,
+acts as 1547-B droop at that step: the sun that reaches it reaches the neighbour too, so the
+neighbour's inverter is out, and the policy's learned picture of the zone next door assumes an
+inverter that is not there. A message that does not arrive tells nothing. The environment's
+outages (``outage_prob``, ``outage_agents``) are of the other kind: the inverter's reactive power
+stays at 0 while its PV still produces, which this rule does not see (it fires where a neighbour's
+own PV profile has no sun yet: 6.6 % of agent-steps on ieee33 without any outage); the outage
+alerts below do.
+
+**An inverter out nearby** (``outage_alert_hops = k``, 0 by default: off). A policy learns to leave
+the work near the top of the band to the inverters that usually do it: on ieee33 with the inverter
+at the end of the longest lateral (bus18) out, the others stay free between 1.02 and 1.04 p.u. where
+1547-B already absorbs, and the end of the lateral leaves the band more often than under 1547-B.
+An agent knows when its own inverters do not follow its set-point: the reactive power it measures
+at the start of an interval (``inv_q_mvar``, the previous set-point in force) is less than half of
+what that set-point asks of its headroom (``a_prev · inv_q_avail_mvar``, at least 2 % of its
+rating). It then raises an alert for the rest of the episode (an inverter that tripped stays out
+until someone resets it) and its messages carry it: each step, an agent hears the alert levels of
+the neighbours whose messages arrive and takes the highest less one (the agent that is out starts at
+``k + 1``), so an alert reaches the agents up to ``k`` hops away in ``k`` steps and fades when its
+source is silent. An alerted agent's upper edge region widens to ``v ≥ v_max − outage_margin_pu``
+(0.03 by default: from 1.02 p.u. on a band of 1.05, where 1547-B starts to absorb), so near the top
+of the band it is never weaker than 1547-B while an inverter nearby is out. The envelope keeps the
+previous actions and alert levels (:meth:`SafetyEnvelope.reset` forgets them), which no exported
+graph does.
 
 **No loss spent where 1547-B rests** (``loss_guard``; ``off`` by default, ``unseen`` by default
 for a transferable policy deployed on a feeder outside its training set: see
@@ -155,7 +176,8 @@ from gridrl.env.fixed_point import FixedPointOptions, damped_fixed_point
 from gridrl.errors import GridrlError
 
 __all__ = ["LOSS_GUARDS", "EnvelopeConfig", "EnvelopeError", "IEEE1547_B", "MECHANISMS", "SafetyEnvelope",
-           "damped_action", "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover", "loss_guard",
+           "damped_action", "droop_b_action", "droop_curve_action", "edge_regions", "envelope_bounds", "handover",
+           "inject_ceiling", "loss_guard",
            "low_floor", "own_columns", "rating_outside", "shield", "unseen_sensitivity"]
 
 Mechanism = Literal["clamp", "ramp", "off"]
@@ -165,6 +187,8 @@ LOSS_GUARDS = ("off", "unseen", "all")
 #: IEEE 1547-2018 Category B default volt-var: (voltage breakpoints p.u., Q in fractions of the
 #: apparent-power rating, positive injects)
 IEEE1547_B = ((0.92, 0.98, 1.02, 1.08), (0.44, 0.0, 0.0, -0.44))
+#: the width (p.u.) of the ramp below ``inject_stop_pu`` over which the injection cap falls to 0
+INJECT_TAPER_PU = 0.01
 
 
 class EnvelopeError(GridrlError, ValueError):
@@ -192,6 +216,13 @@ class EnvelopeConfig:
     excess_max: in an edge region the action sent is at most this much (a fraction of the
         headroom) more corrective than 1547-B's (``None``: no limit; see the module docstring).
     excess_max_low: the same in the lower edge region alone (``None``: ``excess_max``).
+    inject_stop_pu: ``v_stop``: an agent whose own voltage is ``v_stop`` or more injects nothing, and
+        from ``v_stop − 0.01`` up its injection is capped by a ramp falling from all of its headroom
+        to none (``None``: no cap; see the module docstring).
+    outage_alert_hops: ``k``: an agent whose inverters do not follow its set-point alerts the agents
+        up to ``k`` hops away on the agent graph, whose upper edge region widens to
+        ``outage_margin_pu`` (0: no alerts; see the module docstring).
+    outage_margin_pu: the upper edge region's margin for an alerted agent.
     loss_guard: ``off``, ``unseen`` or ``all``: which agents, when their zone lies in 1547-B's
         deadband, never send reactive power of the sign that raises the feeder's losses at their
         bus (see the module docstring); left out, :func:`gridrl.marl.run.deployed` makes it
@@ -221,6 +252,9 @@ class EnvelopeConfig:
     hold_pu: float = 0.0
     excess_max: float | None = None
     excess_max_low: float | None = None
+    inject_stop_pu: float | None = None
+    outage_alert_hops: int = 0
+    outage_margin_pu: float = 0.03
     loss_guard: LossGuard = "off"
     handover_settle: bool = True
     edge_settle: bool = True
@@ -245,6 +279,13 @@ class EnvelopeConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 2:
                 raise EnvelopeError(f"envelope {name} must lie in [0, 2] (a fraction of the headroom), got {value}")
+        if not (isinstance(self.outage_alert_hops, int) and 0 <= self.outage_alert_hops <= 16):
+            raise EnvelopeError(f"envelope outage_alert_hops must be a whole number in [0, 16] (0: no alerts), got "
+                                f"{self.outage_alert_hops!r}")
+        if not 0 <= self.outage_margin_pu < 0.1:
+            raise EnvelopeError(f"envelope outage_margin_pu must lie in [0, 0.1), got {self.outage_margin_pu}")
+        if self.inject_stop_pu is not None and not 0.9 < self.inject_stop_pu < 1.1:
+            raise EnvelopeError(f"envelope inject_stop_pu must lie in (0.9, 1.1) p.u., got {self.inject_stop_pu}")
         if not 0 <= self.rating_tolerance < 1:
             raise EnvelopeError(f"envelope rating_tolerance must lie in [0, 1) (a fraction of the trained ratings), "
                                 f"got {self.rating_tolerance}")
@@ -282,7 +323,8 @@ class EnvelopeConfig:
                     + (f", low slope {self.low_slope:g}" if self.low_slope else "")
                     + (f", hold {self.hold_pu:g}" if self.hold_pu else "")
                     + (f", excess ≤ {self.excess_max:g}" if self.excess_max is not None else "")
-                    + (f", low excess ≤ {self.excess_max_low:g}" if self.excess_max_low is not None else "") + ")")
+                    + (f", low excess ≤ {self.excess_max_low:g}" if self.excess_max_low is not None else "")
+                    + (f", no injection from {self.inject_stop_pu:g}" if self.inject_stop_pu is not None else "") + ")")
         pooled = " (pooled statistics)" if self.handover_statistics == "pooled" else ""
         triggers = [f"{self.handover_z:g}σ{pooled}"] if self.handover_z else []
         if self.rating_handover:
@@ -292,6 +334,8 @@ class EnvelopeConfig:
             base += ", edge rule settled"
         return (base + (f", hand-over at {' or '.join(triggers)}{to}" if triggers else "")
                 + (", 1547-B beside a neighbour out" if self.neighbour_outage else "")
+                + (f", upper margin {self.outage_margin_pu:g} within {self.outage_alert_hops} hops of an inverter out"
+                   if self.outage_alert_hops else "")
                 + (f", loss guard ({self.loss_guard} agents{f': {guarded[0]} of {guarded[1]}' if guarded else ''})"
                    if self.loss_guard != "off" else "")
                 + (f", action smoothed {self.smoothing:g}" if self.smoothing < 1 else ""))
@@ -384,6 +428,13 @@ def edge_regions(vm_pu: torch.Tensor, *, v_min_pu: float, v_max_pu: float, margi
     return upper, lower
 
 
+def inject_ceiling(vm_pu: torch.Tensor, stop_pu: float, width_pu: float = INJECT_TAPER_PU) -> torch.Tensor:
+    """``[..., N]``: the most an agent at own voltage ``vm_pu`` may inject under ``inject_stop_pu``:
+    all of its headroom (1) up to ``stop_pu − width_pu``, falling linearly to 0 at ``stop_pu`` and
+    beyond (absorbing is never capped)."""
+    return ((stop_pu - vm_pu) / width_pu).clamp(0.0, 1.0)
+
+
 def handover(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, test: torch.Tensor, z: float) -> torch.Tensor:
     """``[..., N]`` bool: agents with a tested feature (``test [N, D]``) of their own observation
     ``x [..., N, D]`` more than ``z`` standard deviations ``std [D]`` from the mean ``mean [D]``."""
@@ -453,6 +504,8 @@ def shield(a: torch.Tensor, v: torch.Tensor, p: torch.Tensor, qa: torch.Tensor, 
             a = torch.where(live & upper, torch.maximum(a, a_b - config.excess_max), a)
         if config.low_excess is not None:
             a = torch.where(live & lower, torch.minimum(a, a_low + config.low_excess), a)
+    if config.mechanism != "off" and config.inject_stop_pu is not None:
+        a = torch.minimum(a, inject_ceiling(v, config.inject_stop_pu))
     return a
 
 
@@ -496,15 +549,26 @@ class SafetyEnvelope:
         self._zone_mask = [names.index(f"mask[{n[6:-1]}]") if n.startswith("dv_pu[") and f"mask[{n[6:-1]}]" in names
                            else -1 for n in (names[i] for i in self._zone_v)]
         self._neighbours = None
-        if config.neighbour_outage:
+        if config.neighbour_outage or config.outage_alert_hops:
             if neighbours is None and hasattr(inner, "graph"):
                 g = inner.graph
                 neighbours = np.zeros((g.n_agents, g.n_agents), dtype=bool)
                 one = (g.hop == 1).numpy()
                 neighbours[g.receiver.numpy()[one], g.sender.numpy()[one]] = True
             if neighbours is None:
-                raise EnvelopeError(f"neighbour_outage needs the agent graph, which {inner.name!r} does not have")
+                raise EnvelopeError(f"{'neighbour_outage' if config.neighbour_outage else 'outage_alert_hops'} needs "
+                                    f"the agent graph, which {inner.name!r} does not have")
             self._neighbours = torch.as_tensor(np.asarray(neighbours, dtype=bool))
+        self._q_now = None  # the column of inv_q_mvar, for the outage alerts
+        if config.outage_alert_hops:
+            if "inv_q_mvar" not in names:
+                raise EnvelopeError(f"the envelope's outage alerts read inv_q_mvar, which {inner.name!r}'s observation "
+                                    f"does not have")
+            self._q_now = names.index("inv_q_mvar")
+        # the outage alerts' state: the previous actions sent, agents found out, alert levels [B, N]
+        self._alert_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._alerted: torch.Tensor | None = None
+        self._qa_sent: torch.Tensor | None = None  # the headroom the previous actions were sent with
         self._loss_sensitivity = None
         if config.loss_guard != "off":
             if loss_sensitivity is None or len(loss_sensitivity) != len(inner.agents):
@@ -562,6 +626,9 @@ class SafetyEnvelope:
             self.inner.reset()
         self.last_info = {}
         self._regions = None
+        self._alert_state = None
+        self._alerted = None
+        self._qa_sent = None
 
     def describe(self) -> dict[str, Any]:
         inner = self.inner.describe() if callable(getattr(self.inner, "describe", None)) else {}
@@ -570,7 +637,10 @@ class SafetyEnvelope:
                                       "handover_z": self.config.handover_z,
                                       "handover_statistics": self.config.handover_statistics,
                                       "neighbour_outage": self.config.neighbour_outage,
+                                      "outage_alert_hops": self.config.outage_alert_hops,
+                                      "outage_margin_pu": self.config.outage_margin_pu,
                                       "hold_pu": self.config.hold_pu, "excess_max": self.config.excess_max,
+                                      "inject_stop_pu": self.config.inject_stop_pu,
                                       "excess_max_low": self.config.low_excess,
                                       "loss_guard": self.config.loss_guard, "loss_guarded": self.guarded_agents,
                                       "handover_settle": self.config.handover_settle,
@@ -632,7 +702,7 @@ class SafetyEnvelope:
         """``[B, N]`` bool: agents whose own PV produces and who hear from a neighbour that
         reports neither active power nor headroom (its inverters are out)."""
         B, N = obs.shape[:2]
-        if self._neighbours is None:
+        if not self.config.neighbour_outage:
             return torch.zeros(B, N, dtype=torch.bool)
         p, qa = obs[..., self._p], obs[..., self._qa]
         out = (p == 0) & (qa == 0)
@@ -640,6 +710,37 @@ class SafetyEnvelope:
         if message_mask is not None:
             heard = heard & torch.as_tensor(message_mask, dtype=torch.bool).cpu()
         return (p > 0) & (heard & out[:, None, :]).any(-1)
+
+    def alerted(self, x: torch.Tensor, message_mask=None) -> torch.Tensor | None:
+        """``[B, N]`` bool: agents within ``outage_alert_hops`` hops of an agent whose inverters do not
+        follow its set-point, as the alerts have reached them by this step (observations ``x``,
+        float64; ``message_mask [B, N, N]``: the messages that arrive); ``None`` without alerts.
+        Advances the alerts' state by one step (see the module docstring)."""
+        k = self.config.outage_alert_hops
+        if not k:
+            return None
+        B, N = x.shape[:2]
+        if self._alert_state is None or self._alert_state[0].shape != (B, N):  # a first step, or another batch
+            self._qa_sent = None
+            self._alert_state = (torch.zeros(B, N, dtype=torch.float64), torch.zeros(B, N, dtype=torch.bool),
+                                 torch.zeros(B, N, dtype=torch.float64))
+        sent, out, level = self._alert_state
+        _, p, qa = self.own_measurements(x)
+        q = x[..., self._q_now]
+        # the reactive power the set-point in force asks for: its share of the headroom of the interval
+        # it was sent for, held within the headroom now
+        asked = (torch.zeros_like(qa) if self._qa_sent is None
+                 else torch.maximum(torch.minimum(sent * self._qa_sent, qa), -qa))
+        rating = torch.sqrt(p ** 2 + qa ** 2)
+        out = out | ((qa > 0) & (asked.abs() > 0.02 * rating) & ((q - asked).abs() > 0.5 * asked.abs()))
+        heard = self._neighbours[None].expand(B, N, N)
+        if message_mask is not None:
+            heard = heard & torch.as_tensor(message_mask, dtype=torch.bool).cpu()
+        relayed = torch.where(heard, level[:, None, :], torch.zeros(())).amax(-1) - 1.0
+        level = torch.maximum(torch.where(out, float(k + 1), 0.0), relayed.clamp(min=0.0))
+        self._alert_state = (sent, out, level)
+        self._qa_sent = qa
+        return level > 0
 
     def held(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(upper, lower)`` ``[B, N]`` bool: agents the hold keeps in an edge region at own
@@ -677,6 +778,10 @@ class SafetyEnvelope:
             a = loss_guard(a, *self.zone_voltage_range(x), self._loss_sensitivity)
         a_in = a
         held = self.held(v)
+        self._alerted = self.alerted(x, message_mask)
+        if self._alerted is not None:  # alerted agents: the upper edge region widened
+            wide = self._alerted & (v >= self.v_max_pu - self.config.outage_margin_pu)
+            held = (wide, torch.zeros_like(wide)) if held is None else (held[0] | wide, held[1])
         a = shield(a_in, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config,
                    a_b=a_b, held=held)
         changed = (a - torch.where(handed, a_b, a_in)).abs() > 1e-12
@@ -690,6 +795,10 @@ class SafetyEnvelope:
             changed = changed | (~handed & ((a - a_in).abs() > 1e-12))
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}
+        if self._alerted is not None:
+            _, out, level = self._alert_state
+            self._alert_state = (a.clone(), out, level)
+            self.last_info["alerted"] = self._alerted.sum(1).numpy()
         return a
 
     def settle(self, env: Any, a: torch.Tensor, handed: torch.Tensor, p: torch.Tensor, qa: torch.Tensor,
@@ -715,6 +824,9 @@ class SafetyEnvelope:
                 return torch.where(handed, droop_b_action(v, p, qa), start).numpy()
             now = edge_regions(torch.nan_to_num(v, nan=1.0), v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
                                margin_pu=self.config.margin_pu, margin_low_pu=self.config.low_margin_pu)
+            if self._alerted is not None:  # alerted agents' upper region widened, as at the interval's start
+                now = (now[0] | (self._alerted & (torch.nan_to_num(v, nan=1.0)
+                                                  >= self.v_max_pu - self.config.outage_margin_pu)), now[1])
             latched = state["latched"]
             latched = state["latched"] = now if latched is None else (latched[0] | now[0], latched[1] | now[1])
             rule = shield(policy, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,

@@ -278,7 +278,10 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trai
                              obs_valid=None if norm.valid is None else norm.valid.cpu().numpy(),
                              obs_test=(~norm.keep.cpu()[:len(policy.obs_names)]).numpy() & timeless,
                              loss_sensitivity=_guarded_sensitivity(feeder, cfg.loss_guard, trained_on),
-                             ratings_mva=ratings)
+                             ratings_mva=ratings,
+                             # the feeder's agent graph carries the outage alerts, whatever the policy's messages
+                             neighbours=(feeder.hop_distance == 1 if list(policy.agents) == list(feeder.agents)
+                                         else None))
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
         knew += f"; {policy.residual.label}"
