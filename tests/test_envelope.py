@@ -631,6 +631,7 @@ def test_an_inverter_that_does_not_follow_its_set_point_alerts_agents_up_to_k_ho
     plain = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(handover_z=None))
     assert plain.alerted(_alert_obs(v, [0.0] * N, [1.0] * N).double()) is None
     assert f"upper margin 0.03 within {k} hops of an inverter out" in env.config.label
+    assert env.communication == pytest.approx(1.0 + 6 / 4) and plain.communication == 1.0  # 6 links' one float
     with pytest.raises(EnvelopeError, match="outage_alert_hops must be a whole number"):
         EnvelopeConfig(outage_alert_hops=-1)
 

@@ -115,7 +115,9 @@ def test_the_description_says_what_every_agent_sends_and_receives(run_dir, expor
         assert listed == sorted(j for j in range(graph.n_agents) if graph.mask()[i, j] and j != i)
         for s in a["sends"]:  # only neighbours on the agent graph are sent to
             assert feeder.hop_distance[i, feeder.agent_index(s["to"])] == 1
-    assert desc["messages"]["floats_per_agent_step_mean"] == pytest.approx(policy.communication)
+    alerts = desc["messages"]["outage_alert_floats_per_agent_step"]  # one float to each neighbour (the default)
+    assert alerts == pytest.approx(float((feeder.hop_distance == 1).sum()) / len(feeder.agents))
+    assert desc["messages"]["floats_per_agent_step_mean"] + alerts == pytest.approx(policy.communication)
     names = [f["name"] for f in desc["inputs"]["obs"]["features"]]
     assert names == list(policy.obs_names)
     assert all(f["unit"] != "?" for f in desc["inputs"]["obs"]["features"])

@@ -134,6 +134,7 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
                      "hop); 0 where no agent lies at that hop",
             "lost": "a message that did not arrive is left out of the mean: absent, never stale",
             "floats_per_agent_step_mean": float(np.mean([r["floats_sent_per_step"] for r in agent_rows])),
+            "outage_alert_floats_per_agent_step": float(deployed.communication - policy.communication),
         },
         "outputs": {
             "action": {"shape": ["batch"], "dtype": "float32", "unit": "share of available reactive power",
@@ -169,6 +170,20 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
                        "interval the inverter's own IEEE 1547-B volt-var function holds it as a limit on the q_mvar "
                        "sent (at least as corrective as a_B at the voltage it measures then), which settles as "
                        "comparisons model it (edge_settle)"),
+            "outage_alerts": None if not envelope.get("outage_alert_hops") else {
+                "in_graph": False,
+                "rule": ("an agent whose reactive power at the interval's start is less than half of what its set-point "
+                         "in force asks (action * q_available of the interval it was sent for, held within q_available "
+                         "now; at least 2 % of its rating) raises an alert for the day; each step an agent takes the "
+                         "highest alert level its neighbours on the agent graph send, less one (the agent out sends "
+                         "outage_alert_hops + 1), and sends its own; an agent with a level above 0 applies the "
+                         "statement's upper bound from v >= v_max - outage_margin_pu"),
+                "outage_alert_hops": envelope.get("outage_alert_hops"),
+                "outage_margin_pu": envelope.get("outage_margin_pu"),
+                "deployment": ("the graph keeps no state between steps: the agent's controller keeps its previous "
+                               "set-point and alert level, exchanges the level with its neighbours, and where alerted "
+                               "clamps the graph's action to at most a_B(v) from v_max - outage_margin_pu"),
+            },
             "handover": None if stats is None else {
                 "rule": "an agent with a tested feature more than handover_z standard deviations from its training "
                         "mean acts as IEEE 1547-B droop, a_B(v)",

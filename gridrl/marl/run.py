@@ -285,7 +285,7 @@ def deployed(policy, feeder, env_config, *, envelope=None, trained_on=None, trai
     knew = information_label(env_config)
     if getattr(policy, "residual", None) is not None:
         knew += f"; {policy.residual.label}"
-    label = cfg.label_with(guarded=(wrapped.guarded_agents, len(policy.agents)))
+    label = wrapped.config.label_with(guarded=(wrapped.guarded_agents, len(policy.agents)))
     wrapped.information = f"{knew}; {label}"
     return wrapped
 
