@@ -35,10 +35,12 @@ NIGHT_SUITES = ("ieee69-night",)
 EARLIER = {"ieee141": "ieee141, an earlier look: the runs of the selection-stability study, trained before the "
                       "policies kept each agent's own hand-over statistics (hand-over on the pooled statistics)"}
 #: the feeders' main suites as measured before a change of the envelope's defaults, newest first, kept
-#: after the current ones: (folder, title, what its feeder headings say): before the settled edge rule
-#: (``edge_settle``), and before commit 7470c36 (the hand-over outside the trained ratings, the settled
+#: after the current ones: (folder, title, what its feeder headings say): before the outage alerts
+#: (``outage_alert_hops``), before the settled edge rule (``edge_settle``), and before commit 7470c36 (the hand-over outside the trained ratings, the settled
 #: hand-over); each is compared with the look after it
-BEFORE = (("before-edge-settle", "The fault and growth suites before the settled edge rule (edge_settle)",
+BEFORE = (("before-outage-alerts", "The fault and growth suites before the outage alerts (outage_alert_hops), with "
+                                   "the runs trained in an earlier session", "before the outage alerts"),
+          ("before-edge-settle", "The fault and growth suites before the settled edge rule (edge_settle)",
            "before the settled edge rule"),
           ("before-7470c36", "The fault and growth suites before the rating hand-over and the settled hand-over "
                              "(commit 7470c36)", "before commit 7470c36"))
@@ -83,7 +85,9 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee69-excess-val", "ieee69's growth misses: the cap on over-correction at the edge, on the validation days"),
             ("ieee69-excess-all-val", "The cap 0.1 in every condition (ieee69), on the validation days"),
             ("ieee69-excess-upper-val", "The cap 0.1 at the upper edge alone (ieee69), on the validation days"),
-            ("ieee69-excess", "The cap 0.1 chosen on the validation days, on ieee69's test days"))
+            ("ieee69-excess", "The cap 0.1 chosen on the validation days, on ieee69's test days"),
+            ("ieee33-alert-val", "Outage alerts (ieee33): the upper edge region widened within k hops of an inverter out, on the validation days"),
+            ("ieee33-alert-pair-val", "Outage alerts with the worst pair of inverters out (ieee33), on the validation days"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:

@@ -647,8 +647,9 @@ def test_outage_alerts_on_a_real_feeder_find_the_inverter_out_and_change_nothing
     hops = torch.as_tensor(feeder.hop_distance)
     k = feeder.agents.index("bus18")
     for outage in (("bus18",), ()):
+        hours = 12.0 if outage else 24.0
         env = gridrl.make_env("ieee33", split="val", num_envs=4, seed=0,
-                              config=EnvConfig(outage_agents=outage, start_hour=0.0, episode_hours=24.0 if not outage else 12.0))
+                              config=EnvConfig(outage_agents=outage, start_hour=0.0, episode_hours=hours))
         obs = env.reset()
         inner = _Fixed(torch.full((4, len(feeder.agents)), 0.3, dtype=torch.float64), len(feeder.agents))
         inner.obs_names = env.obs_names

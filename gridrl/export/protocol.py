@@ -172,8 +172,8 @@ def describe_policy(*, run, feeder, env, deployed, graphs: dict[str, str], sizes
                        "comparisons model it (edge_settle)"),
             "outage_alerts": None if not envelope.get("outage_alert_hops") else {
                 "in_graph": False,
-                "rule": ("an agent whose reactive power at the interval's start is less than half of what its set-point "
-                         "in force asks (action * q_available of the interval it was sent for, held within q_available "
+                "rule": ("an agent whose reactive power at the interval's start is less than half of what its "
+                         "set-point in force asks (action * q_available of the interval it was sent for, held within q_available "
                          "now; at least 2 % of its rating) raises an alert for the day; each step an agent takes the "
                          "highest alert level its neighbours on the agent graph send, less one (the agent out sends "
                          "outage_alert_hops + 1), and sends its own; an agent with a level above 0 applies the "
