@@ -109,7 +109,10 @@ def test_train_writes_a_complete_run_folder(run_dir, day):
     assert comm[name] > 0 and comm["none"] == 0  # messages to 1-hop neighbours are counted
     acting = sc.loc[sc["tag"] == "comm/acting", "value"].iloc[-1]
     training = sc.loc[sc["tag"] == "comm/training", "value"].iloc[-1]
-    assert acting == pytest.approx(comm[name]) and training > acting  # critic messages, advantage sums
+    # deployed, each agent also sends its neighbours one float of the envelope's outage alerts
+    feeder = gridrl.load_feeder("ieee33")
+    alerts = float((feeder.hop_distance == 1).sum()) / len(feeder.agents)
+    assert comm[name] == pytest.approx(acting + alerts) and training > acting  # critic messages, advantage sums
     html = (run_dir / "report.html").read_text()
     assert "Training" in html and "Evaluation on whole days" in html and "droop-ieee1547-b" in html
 
