@@ -88,7 +88,8 @@ SECTIONS = (("ieee33-envelope", "Ablation: the safety envelope (off, clamp, ramp
             ("ieee69-excess-upper-val", "The cap 0.1 at the upper edge alone (ieee69), on the validation days"),
             ("ieee69-excess", "The cap 0.1 chosen on the validation days, on ieee69's test days"),
             ("ieee33-alert-val", "Outage alerts (ieee33): the upper edge region widened within k hops of an inverter out, on the validation days"),
-            ("ieee33-alert-pair-val", "Outage alerts with the worst pair of inverters out (ieee33), on the validation days"))
+            ("ieee33-alert-pair-val", "Outage alerts with the worst pair of inverters out (ieee33), on the validation days"),
+            ("mv-urban", "mv-urban (133 agents) with fewer days: 7 test days, dmpo and dppo, every condition but the worst single outage"))
 
 
 def _mean(t: pd.DataFrame) -> pd.DataFrame:
