@@ -630,6 +630,17 @@ def test_an_inverter_that_does_not_follow_its_set_point_alerts_agents_up_to_k_ho
     assert env._alerted[0].tolist() == [True, False, False, False]
     plain = SafetyEnvelope(_Fixed(a, N), v_min_pu=V_MIN, v_max_pu=V_MAX, config=EnvelopeConfig(handover_z=None))
     assert plain.alerted(_alert_obs(v, [0.0] * N, [1.0] * N).double()) is None
+    # a policy without messages of its own (ippo): the alerts still travel as messages, lost with them
+    silent = _Fixed(a, N)
+    silent.reads_messages = False
+    silent.act = lambda obs, *, env=None: a  # takes no message_mask: handed one, it would fail
+    alone = SafetyEnvelope(silent, v_min_pu=V_MIN, v_max_pu=V_MAX, neighbours=chain,
+                           config=EnvelopeConfig(handover_z=None, edge_settle=False, outage_alert_hops=k))
+    assert alone.reads_messages
+    alone.act(_alert_obs(v, [0.0] * N, [1.0] * N))
+    alone.act(_alert_obs(v, [0.0, 0.5, 0.5, 0.5], [1.0] * N))
+    alone.act(_alert_obs(v, [0.0, 0.5, 0.5, 0.5], [1.0] * N), message_mask=lost)  # the policy never sees it
+    assert alone._alerted[0].tolist() == [True, False, False, False]
     assert f"upper margin 0.03 within {k} hops of an inverter out" in env.config.label
     assert env.communication == pytest.approx(1.0 + 6 / 4) and plain.communication == 1.0  # 6 links' one float
     with pytest.raises(EnvelopeError, match="outage_alert_hops must be a whole number"):

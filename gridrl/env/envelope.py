@@ -630,7 +630,9 @@ class SafetyEnvelope:
 
     @property
     def reads_messages(self) -> bool:
-        return getattr(self.inner, "reads_messages", False)
+        """Whether :meth:`act` needs the step's ``message_mask``: the inner controller reads messages,
+        or the outage alerts travel as messages (lost with them)."""
+        return getattr(self.inner, "reads_messages", False) or bool(self.config.outage_alert_hops)
 
     @property
     def obs_names(self) -> list[str]:
@@ -782,7 +784,7 @@ class SafetyEnvelope:
         ``env`` is passed to the inner controller; the envelope reads the observation, and where
         ``env`` is given the handed-over agents settle on the pending interval (``handover_settle``),
         and with ``edge_settle`` the edge-region rule holds on the voltage during it."""
-        if self.reads_messages:
+        if getattr(self.inner, "reads_messages", False):
             a = self.inner.act(obs, env=env, message_mask=message_mask, **kw)
         else:
             a = self.inner.act(obs, env=env, **kw)
