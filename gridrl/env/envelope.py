@@ -581,10 +581,11 @@ class SafetyEnvelope:
                 raise EnvelopeError(f"the envelope's outage alerts read inv_q_mvar, which {inner.name!r}'s observation "
                                     f"does not have")
             self._q_now = names.index("inv_q_mvar")
-        # the outage alerts' state: the previous actions sent, agents found out, alert levels [B, N]
+        # the outage alerts' state [B, N]: the reactive power the previous actions asked for (MVAr),
+        # agents found out, alert levels; and the agent graph's links (receiver, sender) they travel on
         self._alert_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._alerted: torch.Tensor | None = None
-        self._qa_sent: torch.Tensor | None = None  # the headroom the previous actions were sent with
+        self._links = None if self._neighbours is None else self._neighbours.nonzero(as_tuple=True)
         self._loss_sensitivity = None
         if config.loss_guard != "off":
             if loss_sensitivity is None or len(loss_sensitivity) != len(inner.agents):
@@ -649,7 +650,6 @@ class SafetyEnvelope:
         self._regions = None
         self._alert_state = None
         self._alerted = None
-        self._qa_sent = None
 
     def describe(self) -> dict[str, Any]:
         inner = self.inner.describe() if callable(getattr(self.inner, "describe", None)) else {}
@@ -742,26 +742,26 @@ class SafetyEnvelope:
             return None
         B, N = x.shape[:2]
         if self._alert_state is None or self._alert_state[0].shape != (B, N):  # a first step, or another batch
-            self._qa_sent = None
             self._alert_state = (torch.zeros(B, N, dtype=torch.float64), torch.zeros(B, N, dtype=torch.bool),
                                  torch.zeros(B, N, dtype=torch.float64))
         sent, out, level = self._alert_state
         _, p, qa = self.own_measurements(x)
         q = x[..., self._q_now]
-        # the reactive power the set-point in force asks for: its share of the headroom of the interval
-        # it was sent for, held within the headroom now
-        asked = (torch.zeros_like(qa) if self._qa_sent is None
-                 else torch.maximum(torch.minimum(sent * self._qa_sent, qa), -qa))
+        asked = torch.maximum(torch.minimum(sent, qa), -qa)  # the set-point in force, held within the headroom now
         rating = torch.sqrt(p ** 2 + qa ** 2)
         out = out | ((qa > 0) & (asked.abs() > 0.02 * rating) & ((q - asked).abs() > 0.5 * asked.abs()))
-        heard = self._neighbours[None].expand(B, N, N)
+        receiver, sender = self._links  # each link's level, where its message arrives; the highest per receiver
+        heard = level[:, sender]
         if message_mask is not None:
-            heard = heard & torch.as_tensor(message_mask, dtype=torch.bool).cpu()
-        relayed = torch.where(heard, level[:, None, :], torch.zeros(())).amax(-1) - 1.0
+            heard = torch.where(torch.as_tensor(message_mask, dtype=torch.bool).cpu()[:, receiver, sender], heard, 0.0)
+        relayed = torch.zeros(B, N, dtype=torch.float64).scatter_reduce(1, receiver.expand(B, -1), heard, "amax") - 1.0
         level = torch.maximum(torch.where(out, float(k + 1), 0.0), relayed.clamp(min=0.0))
         self._alert_state = (sent, out, level)
-        self._qa_sent = qa
         return level > 0
+
+    def _alert_region(self, v: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: alerted agents whose own voltage ``v`` lies in their widened upper edge region."""
+        return self._alerted & (torch.nan_to_num(v, nan=1.0) >= self.v_max_pu - self.config.outage_margin_pu)
 
     def held(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(upper, lower)`` ``[B, N]`` bool: agents the hold keeps in an edge region at own
@@ -801,7 +801,7 @@ class SafetyEnvelope:
         held = self.held(v)
         self._alerted = self.alerted(x, message_mask)
         if self._alerted is not None:  # alerted agents: the upper edge region widened
-            wide = self._alerted & (v >= self.v_max_pu - self.config.outage_margin_pu)
+            wide = self._alert_region(v)
             held = (wide, torch.zeros_like(wide)) if held is None else (held[0] | wide, held[1])
         a = shield(a_in, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, config=self.config,
                    a_b=a_b, held=held)
@@ -816,9 +816,9 @@ class SafetyEnvelope:
             changed = changed | (~handed & ((a - a_in).abs() > 1e-12))
         inner_info = getattr(self.inner, "last_info", None) or {}
         self.last_info = {**inner_info, "handover": handed.sum(1).numpy(), "envelope": changed.sum(1).numpy()}
-        if self._alerted is not None:
+        if self._alerted is not None:  # what this step's actions ask of the headroom, for the next step's check
             _, out, level = self._alert_state
-            self._alert_state = (a.clone(), out, level)
+            self._alert_state = (a * qa, out, level)
             self.last_info["alerted"] = self._alerted.sum(1).numpy()
         return a
 
@@ -846,8 +846,7 @@ class SafetyEnvelope:
             now = edge_regions(torch.nan_to_num(v, nan=1.0), v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
                                margin_pu=self.config.margin_pu, margin_low_pu=self.config.low_margin_pu)
             if self._alerted is not None:  # alerted agents' upper region widened, as at the interval's start
-                now = (now[0] | (self._alerted & (torch.nan_to_num(v, nan=1.0)
-                                                  >= self.v_max_pu - self.config.outage_margin_pu)), now[1])
+                now = (now[0] | self._alert_region(v), now[1])
             latched = state["latched"]
             latched = state["latched"] = now if latched is None else (latched[0] | now[0], latched[1] | now[1])
             rule = shield(policy, v, p, qa, handed, v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu,
