@@ -123,6 +123,9 @@ def test_the_description_says_what_every_agent_sends_and_receives(run_dir, expor
     assert all(f["unit"] != "?" for f in desc["inputs"]["obs"]["features"])
     assert desc["envelope"]["mechanism"] == "clamp" and desc["outputs"]["q_mvar"]["unit"] == "MVAr"
     assert desc["envelope"]["edge_settle"] and "volt-var function" in desc["envelope"]["settle"]  # what the inverter holds
+    alerts_rule = desc["envelope"]["outage_alerts"]  # kept beside the graphs, which keep no state
+    assert alerts_rule["outage_alert_hops"] == 3 and alerts_rule["in_graph"] is False
+    assert "v_max - outage_margin_pu" in alerts_rule["rule"]
     assert all(desc["graphs"][g]["bytes"] == (exported.folder / f"{g}.onnx").stat().st_size for g in desc["graphs"])
 
 
