@@ -10,7 +10,8 @@ For the left-out feeder F (one of the config's ``feeders``) and a seed, into the
 2. ``F-dppo-seedS``: the feeder-specific learner (``gridrl train F --algo dppo``, the published
    settings), unless ``--specific RUN`` names one already trained;
 3. ``loo-F-finetune-seedS``: the policy of 1 fine-tuned on F (``gridrl train F --init …``) with
-   ``finetune_share`` of the feeder-specific run's steps;
+   ``finetune_share`` of the feeder-specific run's steps, selected on the validation days of F the
+   feeder-specific run was selected on (every one on the IEEE feeders, 7 on the SimBench ones);
 
 then compares the baselines, 1 (zero-shot), 3 and 2 on F's test days (``--days N``: N of them,
 evenly spread) into ``out/loo-F-seedS/compare``, appends a ledger row for every trained policy
@@ -76,6 +77,11 @@ def _steps(run: Path) -> int:
     return int(json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]["steps"])
 
 
+def _validation_days(run: Path) -> int | None:
+    """How many validation days ``run`` was selected on (``None``: every one of its feeder's)."""
+    return json.loads((run / "config.json").read_text(encoding="utf-8"))["config"].get("validation_days")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=Path("experiments/transfer_loo.toml"))
@@ -119,9 +125,16 @@ def main(argv=None) -> int:
         _say(line)
         specific = _train([left], {**data, "seed": seed, "compare": []}, runs / f"{left}-{table['algo']}-seed{seed}")
     ft_steps = int(_steps(specific) * float(exp["finetune_share"]))
-    ft_data = {**{k: v for k, v in table.items()}, "seed": seed, "steps": ft_steps,
+    # selected like the feeder-specific learner it is held against: on the same validation days of F
+    ft_data = {**{k: v for k, v in table.items() if k != "validation_days"}, "seed": seed, "steps": ft_steps,
                "validate_every_steps": max(1024, ft_steps // 4)}
+    n_val = _validation_days(specific)
+    if n_val is not None:
+        ft_data["validation_days"] = n_val
     tuned = _train([left], ft_data, runs / f"loo-{left}-finetune-seed{seed}", init=zero)
+    on_left = f"selected on {'every validation day' if n_val is None else f'{n_val} validation days'} of {left}"
+    notes = {"zero-shot": "selected on validation days of the feeders it trained on",
+             "fine-tuned": on_left + ", as the feeder-specific run", "specific": on_left}
 
     test = [int(d) for d in feeder.days("test")]
     days = None if args.days is None else tuple(sorted({test[int((k + 0.5) * len(test) / args.days)]
@@ -148,7 +161,7 @@ def main(argv=None) -> int:
                       selected_step=best["env_steps"] if best else "", test_days=int(row["days"]),
                       controllable_rate=float(row["controllable_rate"]), energy_loss_mwh=float(row["energy_loss_mwh"]),
                       config=recorded["identity"], source=f"{source} (run {run})",
-                      note="selected on validation days of the feeders it trained on")
+                      note=notes[key])
     write_text(out / "summary.md", _summary(summary, left, others, labels, ft_steps, _steps(specific), source))
     _say((out / "summary.md").read_text(encoding="utf-8"))
     return 0

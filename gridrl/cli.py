@@ -595,7 +595,7 @@ def train_cmd(
     elif config is None and init is not None:
         from gridrl.marl.run import open_run
 
-        data, source, variant = _settings_of(open_run(init)), f"the settings of {init}", "finetune"
+        data, source, variant = _finetune_settings(open_run(init), names[0]), f"the settings of {init}", "finetune"
     elif config is None:
         from gridrl.grid.feeder import load_feeder
         from gridrl.marl.train import published_settings
@@ -629,7 +629,8 @@ def train_cmd(
 
 def _settings_of(run) -> dict:
     """A run's training settings as a training table (fine-tuning takes them): its learner and
-    its environment, the budget and comparison left at their defaults."""
+    its environment, the budget and comparison left at their defaults (the caller sets the
+    validation days of the feeder it fine-tunes on)."""
     import json
 
     try:
@@ -638,6 +639,21 @@ def _settings_of(run) -> dict:
         raise fail(f"{run.path / 'config.json'} is missing or damaged; give the settings with --config") from None
     keep = ("algo", "num_envs", "band_margin_pu", "validation_days", "validate_every_steps", "env", "learner")
     return {k: v for k, v in config.items() if k in keep and v is not None}
+
+
+def _finetune_settings(run, feeder: str) -> dict:
+    """The training table of fine-tuning ``run`` on ``feeder``: the run's settings, selected on
+    the validation days a run trained on ``feeder`` from scratch would be selected on (the run's
+    own count was chosen for the feeders it trained on)."""
+    from gridrl.grid.feeder import load_feeder
+    from gridrl.marl.train import published_settings
+
+    data = _settings_of(run)
+    data.pop("validation_days", None)
+    days = published_settings(load_feeder(feeder), data.get("algo", "dppo"))[0].get("validation_days")
+    if days is not None:
+        data["validation_days"] = days
+    return data
 
 
 def _interrupted(feeder: str, out: Path, cfg) -> str:

@@ -239,3 +239,15 @@ def test_every_learner_trains_one_transferable_policy_on_several_feeders(algo, t
     run = open_run(tmp_path / algo)
     assert run.transferable and run.feeders == ["ieee33", "ieee69"]
     assert len(run.policy(feeder=gridrl.load_feeder("ieee141")).agents) == 22
+
+
+def test_fine_tuning_is_selected_on_the_new_feeders_validation_days(several):
+    from gridrl.cli import _finetune_settings, _settings_of
+    from gridrl.marl.run import open_run
+
+    run = open_run(several)
+    assert _settings_of(run)["validation_days"] == 1  # chosen for the feeders it trained on
+    # every validation day of an IEEE feeder, as `gridrl train ieee141` from scratch is selected on
+    assert "validation_days" not in _finetune_settings(run, "ieee141")
+    assert _finetune_settings(run, "mv-urban")["validation_days"] == 7
+    assert _finetune_settings(run, "ieee141")["learner"]["hidden"] == 16  # the rest is the run's
