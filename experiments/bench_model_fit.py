@@ -80,7 +80,8 @@ def setting(text: str) -> dict:
     """``before`` or ``UxM`` (U updates of M feeder-steps per member) with optional extras:
     ``:lrRATE`` (Adam's rate), ``:hWIDTH`` (model width), ``:bf16`` (the fit's products in
     bfloat16), ``:prior`` (the sensitivity prior), ``:physics`` (the prior alone carries the actions), ``:kHOPS``
-    (the model's κ), ``:stopN`` (the held-out early stop every N updates)."""
+    (the model's κ), ``:stopN`` (the held-out early stop every N updates), ``:uSTEPS`` (the loss
+    unrolled over that many steps, ``model_unroll``)."""
     if text == "before":
         return {"name": "before", "updates": 100, "batch": 64, "learner": {}}
     size, *extras = text.split(":")
@@ -91,8 +92,8 @@ def setting(text: str) -> dict:
             learner["model_lr"] = float(extra[2:])
         elif extra.startswith("stop") and extra[4:].isdigit():
             learner["model_stop_every"] = int(extra[4:])
-        elif extra[:1] in ("h", "k") and extra[1:].isdigit():
-            learner["model_hidden" if extra[0] == "h" else "model_hops"] = int(extra[1:])
+        elif extra[:1] in ("h", "k", "u") and extra[1:].isdigit():
+            learner[{"h": "model_hidden", "k": "model_hops", "u": "model_unroll"}[extra[0]]] = int(extra[1:])
         elif extra in ("bf16", "prior", "physics"):
             learner.update({"model_precision": "bfloat16"} if extra == "bf16" else
                            {"model_prior": "sensitivity" if extra == "prior" else "physics"})
@@ -100,7 +101,7 @@ def setting(text: str) -> dict:
             updates = ""
     if not (updates.isdigit() and batch.isdigit()):
         raise SystemExit(f"setting {text!r} is not 'before' or UPDATESxBATCH[:lrRATE][:hWIDTH][:bf16][:prior|:physics]"
-                         "[:kHOPS][:stopN], "
+                         "[:kHOPS][:stopN][:uSTEPS], "
                          "e.g. 25x256:lr2e-3")
     return {"name": text, "updates": int(updates), "batch": int(batch), "learner": learner}
 

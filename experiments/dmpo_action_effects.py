@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ import torch
 from bench_model_fit import run, setting
 from gridrl.io import write_text
 
-COLUMNS = (("model/volt_rmse_pu", "one-step voltage RMSE"), ("model/cf_volt_rmse_pu", "cf voltage RMSE"),
+COLUMNS = (("model/volt_rmse_pu", "one-step voltage RMSE"),
+           ("model/volt_rmse_h4_pu", "4-step voltage RMSE (own voltages)"), ("model/cf_volt_rmse_pu", "cf voltage RMSE"),
            ("model/cf_effect_rmse_pu", "ignore-actions RMSE"), ("model/cf_obs_floor_pu", "observation floor"),
            ("model/cf_action_effect_pu", "action effect"), ("model/cf_action_error_pu", "action error"))
 
@@ -166,18 +168,19 @@ def main(argv: list[str] | None = None) -> None:
              f"{env.n_agents} agents, `{args.layout}` layout, default environment (measured observations, sensor "
              f"noise); {args.iterations} blocks of B = {args.num_envs} scenarios fitted, the same blocks for every "
              f"variant; ensemble of 5. Variants: `UxM` U updates of M feeder-steps per member each iteration, "
-             f"`:prior` the sensitivity prior, `:physics` the prior alone carries the actions, `:kH` the model's κ = H (default 1), `:hW` width W. Voltage "
+             f"`:prior` the sensitivity prior, `:physics` the prior alone carries the actions, `:kH` the model's κ = H (default 1), `:hW` width W, `:uS` the loss unrolled over S steps. Voltage "
              f"figures in p.u.; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{time.time() - t0:.0f} s.", "",
              "| variant | " + " | ".join(label for _, label in COLUMNS) + " | action error ÷ effect | "
-             "one agent: error ÷ effect within κ | one agent: share of its effect within κ |",
-             "|:---|" + "---:|" * (len(COLUMNS) + 3)]
+             "one agent: error ÷ effect within κ | one agent: share of its effect within κ | fit s (median) |",
+             "|:---|" + "---:|" * (len(COLUMNS) + 4)]
     for s in settings:
         e = res["errors"][s["name"]]
         ratio = e["model/cf_action_error_pu"] / max(e["model/cf_action_effect_pu"], 1e-30)
         local = e["local_error"] / max(e["local_effect"], 1e-30)
-        lines.append(f"| {s['name']} | " + " | ".join(f"{e[k]:.5f}" for k, _ in COLUMNS)
-                     + f" | {ratio:.2f} | {local:.2f} | {e['within_share']:.2f} |")
+        fit_s = statistics.median(res["seconds"][s["name"]][1:] or res["seconds"][s["name"]])
+        lines.append(f"| {s['name']} | " + " | ".join(f"{e[k]:.5f}" if k in e else "–" for k, _ in COLUMNS)
+                     + f" | {ratio:.2f} | {local:.2f} | {e['within_share']:.2f} | {fit_s:.2f} |")
     lines += ["", "Locality bound — the exact sensitivity prior alone, error ÷ effect, every agent redrawing:", "",
               "| model κ | " + " | ".join("whole feeder" if k < 0 else str(k) for k in hops) + " |",
               "|:---|" + "---:|" * len(hops),

@@ -6,6 +6,7 @@ talk only to neighbours."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -482,3 +483,77 @@ def test_the_early_stop_ends_a_fit_where_the_held_out_loss_stops_falling(feeder)
     assert steps(model_stop_every=5, model_lr=5.0)[0] == 5
     assert steps(model_stop_every=5, model_lr=5.0, holdout_every=0)[0] == 40
     assert steps(model_stop_every=0, model_lr=5.0)[0] == 40
+
+
+# --------------------------------------------------------------------------------------------
+# the unrolled model loss (model_unroll)
+# --------------------------------------------------------------------------------------------
+
+def _starts(learner, step: int, per_member: int = 3) -> torch.Tensor:
+    """Training transitions at episode step ``step``, ``per_member`` for every member: ``[K, M, 3]``."""
+    train = learner.replay.transitions(held_out=False)
+    at = train[train[:, 1] == step]
+    K = learner.model.size
+    assert len(at) >= K * per_member
+    return at[:K * per_member].view(K, per_member, 3)
+
+
+def test_the_unrolled_loss_rolls_on_the_models_own_voltages(feeder):
+    """U = 2 from a start with a next step: the mean of the one-step loss at the start and the
+    one-step loss of the next step taken from the voltages the model itself predicted (as its
+    forward pass, the one imagination uses, gives them), not the real ones."""
+    learner, _, _ = _dmpo(feeder, iterations=1, model_ratio=0.0, ensemble=2, model_updates=5, model_check_every=0,
+                          model_unroll=2)
+    m, roles, replay = learner.model, learner.roles, learner.replay
+    starts = _starts(learner, 0)
+    K, M = starts.shape[:2]
+    flat = starts.reshape(K * M, 3)
+    s0, s1 = replay.step(flat), replay.step(flat, 1)
+    assert bool(s1["valid"].all())
+    with torch.no_grad():
+        dv = m.split(m(m.features(s0["obs"], s0["next_obs"], s0["action"]).view(K, M, *s0["obs"].shape[1:-1], -1)))["dv"]
+        own = roles.with_volts(s1["obs"], roles.volts(s0["obs"]) + dv.reshape(K * M, *dv.shape[2:]))
+        losses = []
+        for s in (s0, {**s1, "obs": own}, s1):
+            x, y = m.normalise(*learner._model_data(s))
+            losses.append(m.loss(x.view(K, M, *x.shape[1:]), y.view(K, M, *y.shape[1:])))
+    got = learner._unrolled_backward(starts)
+    assert got == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-5)
+    assert abs(losses[1] - losses[2]) > 1e-3 * losses[2]  # the model's voltages are not the real ones
+    assert all(p.grad is not None for p in m.net.parameters())
+
+
+def test_the_unrolled_loss_past_the_episodes_end_is_the_one_step_loss(feeder):
+    """From an episode's last step nothing follows: U = 3 gives the one-step loss and gradient,
+    divided by U (a step past the end counts nothing)."""
+    learner, env, _ = _dmpo(feeder, iterations=1, model_ratio=0.0, ensemble=2, model_updates=5, model_check_every=0,
+                            model_unroll=3)
+    m = learner.model
+    starts = _starts(learner, env.episode_steps - 1)
+    K, M = starts.shape[:2]
+    x, y = m.normalise(*learner._model_data(learner.replay.step(starts.reshape(K * M, 3))))
+    m.zero_grad()
+    one = m.backward(x.view(K, M, *x.shape[1:]), y.view(K, M, *y.shape[1:]), normalised=True)
+    one_grad = [p.grad.clone() for p in m.net.parameters()]
+    m.zero_grad()
+    assert learner._unrolled_backward(starts) == pytest.approx(one / 3, rel=1e-5)
+    for p, g in zip(m.net.parameters(), one_grad):
+        torch.testing.assert_close(p.grad, g / 3, rtol=1e-4, atol=1e-7)
+
+
+def test_an_unrolled_fit_trains_and_is_counted(feeder):
+    """A fit with U = 2 runs and costs twice the one-step fit's model messages (every unrolled
+    step a pass over the neighbourhoods and its gradient back); the setting's problems are named."""
+    comm = {}
+    for unroll in (1, 2):
+        learner, _, stats = _dmpo(feeder, iterations=2, model_ratio=0.0, ensemble=2, model_updates=20,
+                                  model_check_every=0, model_unroll=unroll)
+        assert math.isfinite(stats["model/train_loss"]) and stats["update/model_steps"] == 20
+        comm[unroll] = stats["comm/train_local_floats"]
+    cfg = learner.cfg
+    model = learner.model_graph.relay_floats(cfg.model_message_dim) * cfg.ensemble
+    assert comm[2] - comm[1] == pytest.approx(20 * cfg.model_batch * 2.0 * model, rel=1e-6)
+    with pytest.raises(ValueError, match="model_unroll must be ≥ 1"):
+        DmpoConfig(model_unroll=0)
+    with pytest.raises(ValueError, match="model_unroll > 1 cannot be combined with model_stop_every"):
+        DmpoConfig(model_unroll=4, model_stop_every=5)

@@ -142,6 +142,11 @@ class DmpoConfig(DppoConfig):
         falls (0: never; every fit makes its ``model_updates``). The fit then sees fewer samples
         where the model has nothing left to learn from the replay (``update/model_steps`` counts
         the updates made).
+    model_unroll: U, steps of the model's loss: 1 fits one step from each real observation; U > 1
+        rolls the model U steps forward on its own voltages from each sampled real step (the
+        recorded actions, loads and PV, as the ``anchor = false`` rollout does) and fits every
+        step's outputs against the real ones, the gradient flowing back through the rollout (the
+        unrolled loss of the paper's code, which unrolls 4); a fit then costs about U times as much.
     model_eval_samples: held-out transitions scored per iteration.
     model_check_every: every this many iterations, the imagined next voltages and rewards are
         checked against the true physics (:meth:`DMPO.counterfactual_errors`, one episode in
@@ -167,6 +172,7 @@ class DmpoConfig(DppoConfig):
     exogenous: Literal["recorded", "predicted"] = "recorded"
     reward_model: Literal["physics", "learned"] = "physics"
     model_stop_every: int = 0
+    model_unroll: int = 1
     model_eval_samples: int = 512
     model_check_every: int = 10
 
@@ -175,7 +181,7 @@ class DmpoConfig(DppoConfig):
         if self.model_hops is not None and self.model_hops < 0:
             problems.append(f"model_hops must be ≥ 0, got {self.model_hops}")
         for name in ("ensemble", "horizon", "replay_iterations", "model_batch", "model_hidden", "model_message_dim",
-                     "model_eval_samples"):
+                     "model_eval_samples", "model_unroll"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("model_ratio", "imagine_from", "holdout_every", "model_updates", "model_check_every",
@@ -194,6 +200,9 @@ class DmpoConfig(DppoConfig):
         elif self.exogenous == "predicted" and self.anchor:
             problems.append("exogenous = 'predicted' needs anchor = false (an anchored rollout follows the recorded "
                             "day, loads and PV included)")
+        if self.model_unroll > 1 and self.model_stop_every:
+            problems.append("model_unroll > 1 cannot be combined with model_stop_every (the early stop scores "
+                            "one-step losses); set one of them to its default")
         if self.reward_model not in ("physics", "learned"):
             problems.append(f"reward_model must be 'physics' or 'learned', got {self.reward_model!r}")
         return problems
@@ -259,7 +268,7 @@ class DMPO(DPPO):
         nets = 1 if self.model.exo_net is None else 2
         out["comm/train_local_floats"] += (imagined_steps * (policy + model * self._model_passes()
                                                              + self.graph.relay_floats(1.0))
-                                           + fits * cfg.model_batch * 2.0 * model * nets)
+                                           + fits * cfg.model_batch * cfg.model_unroll * 2.0 * model * nets)
         out["comm/train_global_floats"] += fits
         if not self.decentralized:
             out["comm/train_global_floats"] += shared_floats(self.model) * fits + 3.0 * self.model.in_dim
@@ -353,6 +362,8 @@ class DMPO(DPPO):
         train = self.replay.transitions(held_out=False)
         if not len(train) or not cfg.model_updates:
             return {}
+        if cfg.model_unroll > 1:
+            return self._fit_unrolled(train)
         with torch.no_grad():
             x_all, y_all = m.normalise(*self._model_data(self.replay.step(train)))
         K, batch = m.size, cfg.model_batch
@@ -380,6 +391,61 @@ class DMPO(DPPO):
                     break
                 best = held
         return {"model/train_loss": total / done, "update/model_steps": float(done)}
+
+    def _fit_unrolled(self, train: torch.Tensor) -> dict[str, float]:
+        """``model_updates`` steps of the unrolled loss (``model_unroll`` = U > 1): every member
+        draws its own minibatch of real starting steps (with replacement), as :meth:`_fit_model`."""
+        cfg, m = self.cfg, self.model
+        K, batch = m.size, cfg.model_batch
+        low = cfg.model_precision == "bfloat16"
+        total = 0.0
+        for _ in range(cfg.model_updates):
+            pick = train[torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)]
+            self.model_optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
+                loss = self._unrolled_backward(pick.view(K, batch, -1))
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
+            self.model_optimizer.step()
+            total += loss / K
+        return {"model/train_loss": total / cfg.model_updates, "update/model_steps": float(cfg.model_updates)}
+
+    def _unrolled_backward(self, starts: torch.Tensor) -> float:
+        """Accumulate the gradient of the unrolled loss of every member's starting steps
+        ``starts [K, M, 3]`` (replay indices) and return it: from each real observation the model
+        rolls U steps on its own voltages with the recorded actions, loads and PV; step h's
+        outputs are scored against the real step's (its voltage change against the real next
+        voltages less the model's own), the squared errors in normalised units averaged over
+        the steps (a step past the episode's end counts nothing) and, per member, over the
+        outputs that exist and the samples, as the one-step loss. Chunk by chunk, in bounded
+        memory."""
+        m, roles, U = self.model, self.roles, self.cfg.model_unroll
+        K, M = starts.shape[:2]
+        valid_out = m.out_valid.to(torch.float32)
+        total = 0.0
+        for chunk in starts.split(m.chunk_rows(), 1):
+            n = chunk.shape[1]
+            index = chunk.reshape(K * n, -1)
+            ok = torch.ones(K * n, dtype=torch.bool, device=self.device)
+            obs = None
+            loss = 0.0
+            for h in range(U):
+                s = self.replay.step(index, h)
+                ok = ok & s["valid"]
+                obs = s["obs"] if obs is None else obs
+                x, y = m.normalise(*self._model_data({**s, "obs": obs}))
+                pred = m._net(x.view(K, n, *x.shape[1:]))                            # [K, n, N, out]
+                w = valid_out * ok.view(K, n, 1, 1).to(torch.float32)
+                loss = loss + ((pred.float() - y.view(K, n, *y.shape[1:])) ** 2 * w).sum()
+                if h + 1 < U:
+                    dv = m.target_norm.inverse(pred.float()).reshape(K * n, *pred.shape[2:])[..., :m.n_volt]
+                    prior = m.prior(obs[..., roles.q_col], s["next_obs"][..., roles.q_col])
+                    if prior is not None:
+                        dv = dv + prior
+                    obs = roles.with_volts(s["next_obs"], roles.volts(obs) + dv * roles.volt_valid.to(dv.dtype))
+            loss = loss / (valid_out.sum() * M * U)
+            loss.backward()
+            total += float(loss.detach())
+        return total
 
     def _stopping_set(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """With ``model_stop_every``, the held-out feeder-steps that decide when a fit stops:
