@@ -14,7 +14,8 @@ One iteration, top to bottom in :meth:`DMPO.iterate`:
 1. **collect** — as dppo: one real episode per scenario with the current (exploring) policy;
 2. **remember** — the episodes join the replay of the last ``replay_iterations`` iterations
    (:mod:`gridrl.marl.replay`); a few scenarios of each are held out from model fitting;
-3. **fit the model** — ``model_updates`` minibatch steps for every ensemble member; held-out
+3. **fit the model** — ``model_updates`` minibatch steps for every ensemble member (the loss one
+   step ahead, or unrolled over ``model_unroll`` steps on the model's own voltages); held-out
    one-step and H-step errors are logged (``model/…``);
 4. **imagine** — ``model_ratio`` imagined feeder-steps per real one, as rollouts of ``horizon``
    steps branched from real replay states (from iteration ``imagine_from`` on);
