@@ -628,9 +628,8 @@ def train_cmd(
 
 
 def _settings_of(run) -> dict:
-    """A run's training settings as a training table (fine-tuning takes them): its learner and
-    its environment, the budget and comparison left at their defaults (the caller sets the
-    validation days of the feeder it fine-tunes on)."""
+    """A run's training settings as a training table (:func:`_finetune_settings` starts from
+    them): its learner and its environment, the budget and comparison left at their defaults."""
     import json
 
     try:
