@@ -351,8 +351,9 @@ class DMPO(DPPO):
                 m.targets(d["obs"], d["next_obs"], d["zone_loss_mw"], d["voltage_cost"], d["reward"]))
 
     def _fit_model(self) -> dict[str, float]:
-        """``model_updates`` steps; every member draws its own minibatch (with replacement).
-        With ``model_stop_every``, the fit stops at the first check (every that many updates)
+        """``model_updates`` steps; every member draws its own minibatch (with replacement) of
+        real transitions, scored one step ahead or, with ``model_unroll``, as the starts of
+        rollouts on the model's own voltages (:meth:`_unrolled_backward`). With ``model_stop_every``, the fit stops at the first check (every that many updates)
         where the loss on :meth:`_stopping_set` is not below its lowest value so far, the value
         before the fit included.
 
@@ -363,11 +364,17 @@ class DMPO(DPPO):
         train = self.replay.transitions(held_out=False)
         if not len(train) or not cfg.model_updates:
             return {}
-        if cfg.model_unroll > 1:
-            return self._fit_unrolled(train)
-        with torch.no_grad():
-            x_all, y_all = m.normalise(*self._model_data(self.replay.step(train)))
         K, batch = m.size, cfg.model_batch
+        if cfg.model_unroll > 1:  # every update rolls the model from its own minibatch of real steps
+            def update_loss(pick: torch.Tensor) -> float:
+                return self._unrolled_backward(train[pick].view(K, batch, -1))
+        else:
+            with torch.no_grad():
+                x_all, y_all = m.normalise(*self._model_data(self.replay.step(train)))
+
+            def update_loss(pick: torch.Tensor) -> float:
+                x, y = x_all[pick], y_all[pick]
+                return m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]), normalised=True)
         low = cfg.model_precision == "bfloat16"
         stopping = self._stopping_set()
         if stopping is not None:
@@ -377,10 +384,9 @@ class DMPO(DPPO):
         done = 0
         while done < cfg.model_updates:
             pick = torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)
-            x, y = x_all[pick], y_all[pick]
             self.model_optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
-                loss = m.backward(x.view(K, batch, *x.shape[1:]), y.view(K, batch, *y.shape[1:]), normalised=True)
+                loss = update_loss(pick)
             torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
             self.model_optimizer.step()
             total += loss / K
@@ -393,32 +399,15 @@ class DMPO(DPPO):
                 best = held
         return {"model/train_loss": total / done, "update/model_steps": float(done)}
 
-    def _fit_unrolled(self, train: torch.Tensor) -> dict[str, float]:
-        """``model_updates`` steps of the unrolled loss (``model_unroll`` = U > 1): every member
-        draws its own minibatch of real starting steps (with replacement), as :meth:`_fit_model`."""
-        cfg, m = self.cfg, self.model
-        K, batch = m.size, cfg.model_batch
-        low = cfg.model_precision == "bfloat16"
-        total = 0.0
-        for _ in range(cfg.model_updates):
-            pick = train[torch.randint(len(train), (K * batch,), generator=self.generator, device=self.device)]
-            self.model_optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
-                loss = self._unrolled_backward(pick.view(K, batch, -1))
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
-            self.model_optimizer.step()
-            total += loss / K
-        return {"model/train_loss": total / cfg.model_updates, "update/model_steps": float(cfg.model_updates)}
-
     def _unrolled_backward(self, starts: torch.Tensor) -> float:
-        """Accumulate the gradient of the unrolled loss of every member's starting steps
-        ``starts [K, M, 3]`` (replay indices) and return it: from each real observation the model
-        rolls U steps on its own voltages with the recorded actions, loads and PV; step h's
-        outputs are scored against the real step's (its voltage change against the real next
-        voltages less the model's own), the squared errors in normalised units averaged over
-        the steps (a step past the episode's end counts nothing) and, per member, over the
-        outputs that exist and the samples, as the one-step loss. Chunk by chunk, in bounded
-        memory."""
+        """Accumulate the gradient of the unrolled loss (``model_unroll`` = U > 1) of every member's
+        starting steps ``starts [K, M, 3]`` (replay indices) and return it: from each real
+        observation the model rolls U steps on its own voltages with the recorded actions, loads
+        and PV; step h's outputs are scored against the real step's (its voltage change against
+        the real next voltages less the model's own), the squared errors in normalised units
+        averaged over the steps (a step past the episode's end counts nothing) and, per member,
+        over the outputs that exist and the samples, as the one-step loss. Chunk by chunk, in
+        bounded memory."""
         m, roles, U = self.model, self.roles, self.cfg.model_unroll
         K, M = starts.shape[:2]
         valid_out = m.out_valid.to(torch.float32)
@@ -433,16 +422,14 @@ class DMPO(DPPO):
                 s = self.replay.step(index, h)
                 ok = ok & s["valid"]
                 obs = s["obs"] if obs is None else obs
-                x, y = m.normalise(*self._model_data({**s, "obs": obs}))
-                pred = m._net(x.view(K, n, *x.shape[1:]))                            # [K, n, N, out]
+                features, targets = self._model_data({**s, "obs": obs})
+                x, y = m.normalise(features, targets)
+                pred = m._net(x.view(K, n, *x.shape[1:])).float()                    # [K, n, N, out]
                 w = valid_out * ok.view(K, n, 1, 1).to(torch.float32)
-                loss = loss + ((pred.float() - y.view(K, n, *y.shape[1:])) ** 2 * w).sum()
+                loss = loss + ((pred - y.view(K, n, *y.shape[1:])) ** 2 * w).sum()
                 if h + 1 < U:
-                    dv = m.target_norm.inverse(pred.float()).reshape(K * n, *pred.shape[2:])[..., :m.n_volt]
-                    prior = m.prior(obs[..., roles.q_col], s["next_obs"][..., roles.q_col])
-                    if prior is not None:
-                        dv = dv + prior
-                    obs = roles.with_volts(s["next_obs"], roles.volts(obs) + dv * roles.volt_valid.to(dv.dtype))
+                    dv = m.split(m.physical(pred, features.view(K, n, *features.shape[1:])))["dv"]
+                    obs = roles.with_volts(s["next_obs"], roles.volts(obs) + dv.reshape(K * n, *dv.shape[2:]))
             loss = loss / (valid_out.sum() * M * U)
             loss.backward()
             total += float(loss.detach())

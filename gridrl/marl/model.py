@@ -408,12 +408,15 @@ class DynamicsEnsemble(nn.Module):
         """Every member's prediction ``[K, M, N, out_dim]`` in physical units, for one input
         ``[M, N, in_dim]`` shared by all members or one per member ``[K, M, N, in_dim]``
         (computed in chunks of samples)."""
+        every = features.expand(self.size, *features.shape) if features.ndim == 3 else features
+        parts = [self._net(self.input_norm(x) * self.input_seen) for x in every.split(self.chunk_rows(), 1)]
+        return self.physical(parts[0] if len(parts) == 1 else torch.cat(parts, 1), features)
+
+    def physical(self, out: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The networks' normalised outputs ``out [..., N, out_dim]`` in physical units, with the
+        voltage change the prior expects from ``features`` (unnormalised, broadcast to ``out``)."""
+        out = self.target_norm.inverse(out)
         prior = self.prior(features[..., self.roles.q_col], features[..., self._q_next])
-        if features.ndim == 3:
-            features = features.expand(self.size, *features.shape)
-        parts = [self.target_norm.inverse(self._net(self.input_norm(x) * self.input_seen))
-                 for x in features.split(self.chunk_rows(), 1)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         if prior is None:
             return out
         return torch.cat([out[..., :self.n_volt] + prior * self.roles.volt_valid.to(out.dtype), out[..., self.n_volt:]], -1)
