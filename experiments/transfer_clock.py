@@ -12,43 +12,30 @@ probe, not a controller: holding the clock is no deployment option.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gridrl.control import make_controller
-from gridrl.env import make_env
 from gridrl.grid.feeder import load_feeder
 from gridrl.marl.run import deployed, open_run
+from transfer_diagnose import rollout
 
 
 def day_loss(feeder, ctrl, days, config, hold: float | None, *, learned: bool = True) -> tuple[float, np.ndarray]:
     """Energy loss (MWh) of ``ctrl`` over whole ``days`` and per hour of day, its clock inputs
     held at hour ``hold`` (``None``: as they are); ``learned``: a run's controller, which reads
     the step's message mask."""
-    cfg = dataclasses.replace(config, start_hour=0.0, episode_hours=24.0, day_sampling="cycle")
-    env = make_env(feeder, split="val", num_envs=len(days), seed=0, days=days, config=cfg)
-    obs = env.reset(days=days)
-    names = list(env.obs_names)
-    si, ci = names.index("sin_time"), names.index("cos_time")
-    if hasattr(ctrl, "reset"):
-        ctrl.reset()
-    hourly, mask = np.zeros(24), None
-    for t in range(env.episode_steps):
-        x = torch.as_tensor(obs).clone()
-        if hold is not None:
-            x[..., si], x[..., ci] = math.sin(2 * math.pi * hold / 24), math.cos(2 * math.pi * hold / 24)
-        a = ctrl.act(x, env=env, message_mask=mask) if learned else ctrl.act(x, env=env)
-        obs, _, done, info = env.step(a)
-        if env.config.message_dropout > 0:
-            mask = info["message_mask"]
-        hourly[int(t * env.step_hours) % 24] += float(info["loss_mw"].sum()) * env.step_hours
-        if bool(torch.as_tensor(done).all()):
-            break
-    return float(hourly.sum()), hourly
+    def held(x, names):
+        x[..., names.index("sin_time")] = math.sin(2 * math.pi * hold / 24)
+        x[..., names.index("cos_time")] = math.cos(2 * math.pi * hold / 24)
+        return x
+
+    r = rollout(feeder, ctrl, days, config, learned=learned, seen=None if hold is None else held)
+    energy = r["loss_mw"].sum(1) * r["hours"]                                   # [T] MWh
+    hourly = np.bincount((np.arange(len(energy)) * r["hours"]).astype(int) % 24, weights=energy, minlength=24)
+    return float(energy.sum()), hourly
 
 
 def main(argv=None) -> int:

@@ -40,9 +40,12 @@ FEEDERS = ("ieee33", "ieee69", "ieee141", "mv-rural", "mv-urban")
 LOSS = "dloss/dq ×1000"  # agent_loss_sensitivity, kW of loss per Mvar
 
 
-def rollout(feeder, ctrl, days, env_config, *, policy=None) -> dict[str, np.ndarray]:
+def rollout(feeder, ctrl, days, env_config, *, policy=None, learned: bool | None = None,
+            seen=None) -> dict[str, np.ndarray]:
     """Per-step records ``[T, B(, N)]`` of ``ctrl`` over whole ``days`` of the validation split;
-    with ``policy`` also its deterministic action before the envelope and its normalised inputs."""
+    with ``policy`` also its deterministic action before the envelope and its normalised inputs.
+    ``learned`` (default: whether ``policy`` is given): ``ctrl`` reads the step's message mask.
+    ``seen``: what the controllers read instead of each observation (a probe, e.g. the clock held)."""
     import dataclasses
 
     cfg = dataclasses.replace(env_config, start_hour=0.0, episode_hours=24.0, day_sampling="cycle")
@@ -55,13 +58,14 @@ def rollout(feeder, ctrl, days, env_config, *, policy=None) -> dict[str, np.ndar
     rec: dict[str, list] = {k: [] for k in ("loss_mw", "ctrl_loss_mw", "controllable", "a_policy", "a_sent", "handed", "v_own",
                                             "q_avail", "z")}
     mask = None
+    learned = policy is not None if learned is None else learned
     for _ in range(env.episode_steps):
-        x = torch.as_tensor(obs)
+        x = torch.as_tensor(obs) if seen is None else seen(torch.as_tensor(obs).clone(), names)
         with torch.no_grad():
             if policy is not None:
                 rec["a_policy"].append(policy.act(x, message_mask=mask).numpy())
                 rec["z"].append(policy.obs_norm(x.to(torch.float32)).numpy())
-            a = ctrl.act(obs, env=env, message_mask=mask) if policy is not None else ctrl.act(obs, env=env)
+            a = ctrl.act(x, env=env, message_mask=mask) if learned else ctrl.act(x, env=env)
         rec["a_sent"].append(np.asarray(a, dtype=np.float64))
         rec["v_own"].append(1.0 + x[..., own].numpy())
         rec["q_avail"].append(x[..., qa_col].numpy())
